@@ -1,0 +1,20 @@
+"""The Fisher information metric (THEORY.md §1): operator, structures, spectral tools."""
+
+from .kfac import KFAC, KroneckerBlock
+from .likelihood import FisherKind, Likelihood
+from .operator import FisherOperator
+from .spectral import SpectralDensity, hutchpp, stochastic_lanczos_quadrature
+
+__all__ = [
+    # the operator
+    "FisherOperator",
+    "FisherKind",
+    "Likelihood",
+    # structures
+    "KFAC",
+    "KroneckerBlock",
+    # spectral tools
+    "SpectralDensity",
+    "hutchpp",
+    "stochastic_lanczos_quadrature",
+]

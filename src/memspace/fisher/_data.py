@@ -1,0 +1,133 @@
+"""Streaming over a data source and checking each batch on the way.
+
+A *data source* is one of
+- a ``torch.utils.data.DataLoader`` (or any re-iterable of ``(x, y)`` batches),
+- a pair of tensors ``(X, y)``, cut into batches of ``batch_size`` rows.
+
+Memory is bounded by one batch: nothing here concatenates batches.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from .._errors import DataError
+
+__all__ = ["BatchStream", "as_batch_stream", "check_finite"]
+
+
+def check_finite(tensor: Tensor, what: str) -> None:
+    """Raise :class:`DataError` if a floating tensor holds NaN or Inf."""
+    if tensor.is_floating_point() or tensor.is_complex():
+        if not bool(torch.isfinite(tensor).all()):
+            bad = int((~torch.isfinite(tensor)).sum())
+            raise DataError(f"{what} contains {bad} NaN/Inf value(s)")
+
+
+@dataclass(frozen=True)
+class _TensorBatches:
+    inputs: Tensor
+    targets: Tensor
+    batch_size: int
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        n = self.inputs.shape[0]
+        for start in range(0, n, self.batch_size):
+            stop = start + self.batch_size
+            yield self.inputs[start:stop], self.targets[start:stop]
+
+
+class BatchStream:
+    """A re-iterable, checked stream of ``(x, y)`` batches on a device and dtype.
+
+    Every pass yields the same batches in the same order (for a DataLoader this
+    requires ``shuffle=False``), so a fixed seed per batch index gives a fixed
+    Monte-Carlo operator.
+
+    Args:
+        source: the batches (see module docstring).
+        device: where to move each batch.
+        dtype: floating dtype the inputs are cast to (integer targets stay integer).
+    """
+
+    def __init__(self, source: Iterable[Any], device: torch.device, dtype: torch.dtype):
+        self._source = source
+        self.device = device
+        self.dtype = dtype
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        count = 0
+        for index, batch in enumerate(self._source):
+            x, y = _split_batch(batch, index)
+            check_finite(x, f"batch {index} (inputs)")
+            check_finite(y, f"batch {index} (targets)")
+            if x.shape[0] == 0:
+                continue
+            if y.shape[0] != x.shape[0]:
+                raise DataError(
+                    f"batch {index}: {x.shape[0]} inputs but {y.shape[0]} targets"
+                )
+            x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
+            y = y.to(self.device, self.dtype if y.is_floating_point() else y.dtype)
+            count += 1
+            yield x, y
+        if count == 0:
+            raise DataError("the data source is empty: it yielded no (x, y) batch")
+
+
+def _split_batch(batch: Any, index: int) -> tuple[Tensor, Tensor]:
+    if isinstance(batch, dict) and {"x", "y"} <= batch.keys():
+        batch = (batch["x"], batch["y"])
+    if not isinstance(batch, (tuple, list)) or len(batch) < 2:
+        raise DataError(
+            f"batch {index} is a {type(batch).__name__}; expected an (x, y) pair"
+        )
+    x, y = batch[0], batch[1]
+    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
+        raise DataError(f"batch {index}: inputs and targets must be torch tensors")
+    return x, y
+
+
+def as_batch_stream(
+    data: Any, *, device: torch.device, dtype: torch.dtype, batch_size: int = 256
+) -> BatchStream:
+    """Turn a data source into a :class:`BatchStream` (see module docstring).
+
+    Raises:
+        DataError: for a source that is neither a pair of tensors nor an iterable.
+    """
+    if isinstance(data, BatchStream):
+        return BatchStream(data._source, device, dtype)
+    if (
+        isinstance(data, (tuple, list))
+        and len(data) == 2
+        and all(isinstance(t, Tensor) for t in data)
+    ):
+        inputs, targets = data
+        if inputs.shape[0] != targets.shape[0]:
+            raise DataError(
+                f"X has {inputs.shape[0]} rows but y has {targets.shape[0]}"
+            )
+        if inputs.shape[0] == 0:
+            raise DataError("the data source is empty: X has no rows")
+        if batch_size < 1:
+            raise DataError(f"batch_size must be positive, got {batch_size}")
+        return BatchStream(_TensorBatches(inputs, targets, batch_size), device, dtype)
+    if isinstance(data, Tensor):
+        raise DataError("data is a single tensor; pass (X, y) or a DataLoader")
+    if not isinstance(data, Iterable):
+        raise DataError(
+            f"data of type {type(data).__name__} is not a DataLoader, an iterable of "
+            "(x, y) batches or an (X, y) pair"
+        )
+    if iter(data) is data:
+        raise DataError(
+            "data is a one-shot iterator; pass a re-iterable (a list or DataLoader), "
+            "since Fisher products stream over the data more than once"
+        )
+    return BatchStream(data, device, dtype)

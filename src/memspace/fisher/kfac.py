@@ -1,0 +1,209 @@
+"""K-FAC: a Kronecker-factored block-diagonal Fisher (Martens & Grosse 2015;
+Grosse & Martens 2016 for convolutions).
+
+For a Linear or Conv2d layer with weight and bias stacked as W̄ = [W, b] of shape
+[O, I+1] (a Conv2d weight [O, C, kh, kw] reads as [O, C·kh·kw]), the Fisher block is
+approximated as
+
+    F_W̄ ≈ G ⊗ A,   A = 1/(N·T) Σ_n Σ_t ā_nt ā_ntᵀ,   G = 1/N Σ_n Σ_t Σ_k g_ntk g_ntkᵀ,
+
+with ā = [a, 1] the layer input (unfolded patches for Conv2d), T the number of
+weight-sharing positions (1 for an MLP, H_out·W_out for a convolution: the "expand"
+variant), and g_ntk the output gradient of the k-th output-Fisher column
+(:mod:`memspace.fisher.likelihood`). In the row-major flat layout of W̄,
+(G ⊗ A) vec(V) = vec(G V A).
+
+Fallback: parameters of any other layer get their exact Fisher *diagonal* block
+(stated, never dropped), computed by per-sample Jacobians.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._taps import LayerTap
+from .operator import FisherOperator, Vector
+
+__all__ = ["KFAC", "KroneckerBlock"]
+
+
+@dataclass
+class KroneckerBlock:
+    """One layer's factors. ``input_factor`` A [I(+1), I(+1)], ``grad_factor`` G [O, O]."""
+
+    module_name: str
+    weight_name: str | None
+    bias_name: str | None
+    input_factor: Tensor
+    grad_factor: Tensor
+
+    def eigenvalues(self) -> Tensor:
+        """All eigenvalues of G ⊗ A restricted to the selected parameters, [O·(I+1)]."""
+        a = self._selected_input_factor()
+        return torch.outer(torch.linalg.eigvalsh(self.grad_factor), torch.linalg.eigvalsh(a)).flatten()
+
+    def _selected_input_factor(self) -> Tensor:
+        """A, or its 1×1 bias corner when only the bias is selected.
+
+        The bias row/column of ones is present exactly when the bias is selected.
+        """
+        return self.input_factor[-1:, -1:] if self.weight_name is None else self.input_factor
+
+
+class KFAC:
+    """K-FAC approximation of a :class:`FisherOperator` (same kinds and likelihoods).
+
+    Build it with ``KFAC(model, data, **operator_kwargs)`` or ``F.kfac()``. The factors
+    are computed once, in one streaming pass: a forward with layer taps and one
+    backward per output-Fisher column, requesting no weight gradients.
+
+    Operations: :meth:`mv` / ``@``, :meth:`diag`, :meth:`trace`, :meth:`eigenvalues`,
+    :meth:`logdet`, :meth:`effective_dimension`, :meth:`dense`.
+    """
+
+    def __init__(self, model: nn.Module, data: Any, **operator_kwargs: Any):
+        self._build(FisherOperator(model, data, **operator_kwargs))
+
+    @classmethod
+    def from_operator(cls, operator: FisherOperator) -> KFAC:
+        """K-FAC of an existing operator (shares its model, data, kind and seed)."""
+        obj = cls.__new__(cls)
+        obj._build(operator)
+        return obj
+
+    # ------------------------------------------------------------------ build
+    def _build(self, operator: FisherOperator) -> None:
+        self.operator = operator
+        self.space = operator.space
+        self.blocks: list[KroneckerBlock] = []
+        self.fallback_diag: dict[str, Tensor] = {}
+        dtype, device = operator.dtype, operator.device
+        inputs: dict[int, Tensor] = {}
+        grads: dict[int, Tensor] = {}
+        fallback: dict[str, Tensor] = {}
+        taps: list[LayerTap] = []
+        count = 0
+        for batch in operator.tapped_batches():
+            taps = batch.taps
+            for i, tap in enumerate(batch.taps):
+                feats = torch.cat([tap.features(c) for c in range(len(tap.inputs))], dim=1)
+                positions = feats.shape[1]
+                feats = feats.flatten(0, 1)
+                if tap.bias_name is not None:
+                    feats = torch.cat([feats, feats.new_ones(feats.shape[0], 1)], dim=1)
+                a = feats.T @ feats / positions
+                inputs[i] = a if i not in inputs else inputs[i] + a
+            for column in batch.column_grads():
+                for i, (tap, tap_grads) in enumerate(zip(batch.taps, column)):
+                    rows = [tap.output_grads(g).flatten(0, 1) for g in tap_grads if g is not None]
+                    if not rows:
+                        continue
+                    g = torch.cat(rows, dim=0)
+                    cov = g.T @ g
+                    grads[i] = cov if i not in grads else grads[i] + cov
+            if batch.fallback:
+                jac = operator.per_sample_jacobians(batch.fallback, batch.inputs)
+                for name in batch.fallback:
+                    proj = torch.einsum("knd,ndp->knp", batch.factors, jac[name])
+                    sq = (proj**2).sum(dim=(0, 1))
+                    fallback[name] = sq if name not in fallback else fallback[name] + sq
+            count += batch.inputs.shape[0]
+        num = operator._reduce(torch.tensor(float(count), dtype=torch.float64)).item()
+        operator._num_data = int(num)
+        prefix_of = {id(m): n for n, m in operator.model.named_modules()}
+        for i, tap in enumerate(taps):
+            out_features = tap.module.weight.shape[0]
+            g = grads.get(i, torch.zeros(out_features, out_features, dtype=dtype, device=device))
+            block = KroneckerBlock(
+                module_name=prefix_of[id(tap.module)],
+                weight_name=tap.weight_name,
+                bias_name=tap.bias_name,
+                input_factor=operator._reduce(inputs[i]) / num,
+                grad_factor=operator._reduce(g) / num,
+            )
+            self.blocks.append(block)
+        for name, value in fallback.items():
+            self.fallback_diag[name] = operator._reduce(value) / num
+        self._eig_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    # ----------------------------------------------------------- products
+    def _block_matrix(self, block: KroneckerBlock, parts: Mapping[str, Tensor]) -> Tensor:
+        """Stack the selected weight/bias parts of a vector into V̄ [O, I(+1)]."""
+        cols = []
+        if block.weight_name is not None:
+            w = parts[block.weight_name]
+            cols.append(w.reshape(w.shape[0], -1))
+        if block.bias_name is not None:
+            cols.append(parts[block.bias_name].reshape(-1, 1))
+        return torch.cat(cols, dim=1)
+
+    def _scatter(self, block: KroneckerBlock, matrix: Tensor, out: dict[str, Tensor]) -> None:
+        if block.weight_name is not None:
+            shape = self.space.shapes[self.space.names.index(block.weight_name)]
+            out[block.weight_name] = matrix[:, : matrix.shape[1] - (1 if block.bias_name else 0)].reshape(shape)
+        if block.bias_name is not None:
+            out[block.bias_name] = matrix[:, -1]
+
+    def mv(self, v: Vector) -> Vector:
+        """(⊕_l G_l ⊗ A_l ⊕ diag fallback) v, same layout as ``v``."""
+        op = self.operator
+        parts = op._to_device(v, "v")
+        out: dict[str, Tensor] = {}
+        for block in self.blocks:
+            matrix = self._block_matrix(block, parts)
+            a = block._selected_input_factor()
+            self._scatter(block, block.grad_factor @ matrix @ a, out)
+        for name, d in self.fallback_diag.items():
+            out[name] = (d * parts[name].reshape(-1)).view_as(parts[name])
+        return op._like_input(v, out)
+
+    def __matmul__(self, v: Vector) -> Vector:
+        return self.mv(v)
+
+    def diag(self) -> Tensor:
+        """diag(G) ⊗ diag(A) per block, the fallback diagonal elsewhere; flat [P]."""
+        out: dict[str, Tensor] = {}
+        for block in self.blocks:
+            a = block._selected_input_factor()
+            self._scatter(block, torch.outer(block.grad_factor.diagonal(), a.diagonal()), out)
+        for name, d in self.fallback_diag.items():
+            out[name] = d.view(self.space.shapes[self.space.names.index(name)])
+        return self.space.to_vector(out)
+
+    def trace(self) -> Tensor:
+        """Σ_l tr(G_l) tr(A_l) + Σ fallback diagonal."""
+        total = sum(
+            (b.grad_factor.trace() * b._selected_input_factor().trace() for b in self.blocks),
+            start=torch.zeros((), dtype=self.operator.dtype, device=self.operator.device),
+        )
+        for d in self.fallback_diag.values():
+            total = total + d.sum()
+        return total
+
+    def eigenvalues(self) -> Tensor:
+        """Every eigenvalue of the approximation, descending, [P] (exact for K-FAC:
+        eig(G ⊗ A) = eig(G) ⊗ eig(A))."""
+        values = [b.eigenvalues() for b in self.blocks] + [d.reshape(-1) for d in self.fallback_diag.values()]
+        return torch.sort(torch.cat(values), descending=True).values
+
+    def logdet(self, damping: float) -> Tensor:
+        """log det(F_kfac + δI) = Σ log(λ_i + δ), exact from the factors' eigenvalues."""
+        if damping <= 0:
+            raise ValueError(f"damping must be positive for a finite log-det, got {damping}")
+        return torch.log(self.eigenvalues().clamp_min(0) + damping).sum()
+
+    def effective_dimension(self, z: float) -> Tensor:
+        """d_eff(z) = Σ λ_i / (λ_i + z) of the approximation."""
+        lam = self.eigenvalues().clamp_min(0)
+        return (lam / (lam + z)).sum()
+
+    def dense(self) -> Tensor:
+        """The approximation as a dense [P, P] matrix (small models, tests)."""
+        dim = self.space.numel
+        eye = torch.eye(dim, dtype=self.operator.dtype, device=self.operator.device)
+        return torch.stack([self.mv(eye[:, j]) for j in range(dim)], dim=1)

@@ -1,0 +1,169 @@
+"""Likelihoods and the Fisher of their output distribution (THEORY.md §1).
+
+For a model with outputs f (logits for classification, means for regression) the
+Fisher of the output distribution is a small D×D matrix per sample,
+
+- classification (softmax / cross-entropy): Λ(p) = diag(p) − p pᵀ, p = softmax(f);
+- regression (Gaussian, unit variance): Λ = I.
+
+The parameter Fisher is F = E_x[Jᵀ Λ̂ J], where Λ̂ depends on the *kind*:
+
+- ``true``: Λ̂ = Λ, the exact expectation over the model's own labels;
+- ``mc``: Λ̂ = (1/M) Σ_m r_m r_mᵀ with r_m = ∇_f log p(y_m|f), y_m ~ p(·|f);
+- ``empirical``: Λ̂ = r rᵀ with r = ∇_f log p(y|f) at the data label y
+  (Kunstner et al. 2019: not a metric of the model; offered and labelled).
+
+Every kind is written as a sum of outer products Λ̂ = Σ_k s_k s_kᵀ: the columns s_k are
+what gets back-propagated to build diagonals and K-FAC factors.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+import torch
+from torch import Tensor
+
+from .._errors import DataError
+
+__all__ = [
+    "FisherKind",
+    "Likelihood",
+    "apply_output_fisher",
+    "check_outputs",
+    "log_likelihood",
+    "output_sqrt_factors",
+]
+
+
+class Likelihood(str, Enum):
+    """The model's output distribution p(y | f(x))."""
+
+    CLASSIFICATION = "classification"
+    """Categorical over C classes with logits f ∈ R^C; y is an integer class."""
+    REGRESSION = "regression"
+    """Gaussian N(f, I) with mean f ∈ R^D; y has the shape of f."""
+
+    @classmethod
+    def parse(cls, value: str | Likelihood) -> Likelihood:
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"unsupported likelihood {value!r}; use one of {names}") from None
+
+
+class FisherKind(str, Enum):
+    """Which Fisher: exact expectation, Monte-Carlo or empirical (see module doc)."""
+
+    TRUE = "true"
+    """E_x[Jᵀ Λ(p) J]: exact expectation over the model's own labels."""
+    MC = "mc"
+    """Labels sampled from the model, ``mc_samples`` per input (unbiased for TRUE)."""
+    EMPIRICAL = "empirical"
+    """Gradients at the data labels; not a metric of the model (Kunstner et al. 2019)."""
+
+    @classmethod
+    def parse(cls, value: str | FisherKind) -> FisherKind:
+        try:
+            return cls(value)
+        except ValueError:
+            names = ", ".join(repr(m.value) for m in cls)
+            raise ValueError(f"unsupported Fisher kind {value!r}; use one of {names}") from None
+
+
+def check_outputs(
+    outputs: Tensor, targets: Tensor, likelihood: Likelihood, where: str
+) -> None:
+    """Check model outputs [N, D] against targets; raise :class:`DataError` if wrong.
+
+    Classification needs integer targets [N] in [0, C); regression needs targets of
+    the outputs' shape.
+    """
+    if outputs.dim() != 2:
+        raise DataError(
+            f"{where}: model output has shape {tuple(outputs.shape)}; expected [N, D]"
+        )
+    if likelihood is Likelihood.CLASSIFICATION:
+        if targets.is_floating_point() or targets.dim() != 1:
+            raise DataError(
+                f"{where}: classification targets must be integer class indices of "
+                f"shape [N], got dtype {targets.dtype} and shape {tuple(targets.shape)}"
+            )
+        num_classes = outputs.shape[1]
+        if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= num_classes):
+            raise DataError(
+                f"{where}: target labels span [{int(targets.min())}, {int(targets.max())}] "
+                f"but the model has {num_classes} classes (labels must be in [0, {num_classes}))"
+            )
+    elif targets.shape != outputs.shape:
+        raise DataError(
+            f"{where}: regression targets have shape {tuple(targets.shape)} but the "
+            f"model output has shape {tuple(outputs.shape)}"
+        )
+
+
+def log_likelihood(outputs: Tensor, targets: Tensor, likelihood: Likelihood) -> Tensor:
+    """Per-sample log p(y | f), shape [N] (Gaussian up to its constant)."""
+    if likelihood is Likelihood.CLASSIFICATION:
+        return -torch.nn.functional.cross_entropy(outputs, targets, reduction="none")
+    return -0.5 * ((outputs - targets) ** 2).sum(dim=1)
+
+
+def apply_output_fisher(outputs: Tensor, tangent: Tensor, likelihood: Likelihood) -> Tensor:
+    """The exact output Fisher applied to a tangent: Λ u, shapes [N, D] → [N, D].
+
+    Classification: Λ(p) u = p ⊙ u − p (pᵀu); regression: u.
+    """
+    if likelihood is Likelihood.REGRESSION:
+        return tangent
+    probs = outputs.softmax(dim=1)
+    weighted = probs * tangent
+    return weighted - probs * weighted.sum(dim=1, keepdim=True)
+
+
+def output_sqrt_factors(
+    outputs: Tensor,
+    targets: Tensor,
+    likelihood: Likelihood,
+    kind: FisherKind,
+    *,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """Columns s_k with Λ̂ = Σ_k s_k s_kᵀ per sample, shape [K, N, D].
+
+    - TRUE, classification: s_c = √p_c (e_c − p), K = C (Σ_c s_c s_cᵀ = diag p − p pᵀ);
+    - TRUE, regression: s_d = e_d, K = D;
+    - MC: s_m = r_m / √M with r_m = e_{y_m} − p (classification) or r_m = ε_m ~ N(0, I);
+    - EMPIRICAL: s = e_y − p (classification) or y − f (regression), K = 1.
+    """
+    outputs = outputs.detach()
+    num, dim = outputs.shape
+    if kind is FisherKind.TRUE:
+        eye = torch.eye(dim, dtype=outputs.dtype, device=outputs.device)
+        if likelihood is Likelihood.REGRESSION:
+            return eye.unsqueeze(1).expand(dim, num, dim)
+        probs = outputs.softmax(dim=1)
+        # [C, N, D]: s_c[n] = sqrt(p_nc) (e_c - p_n)
+        diff = eye.unsqueeze(1) - probs.unsqueeze(0)
+        return probs.T.sqrt().unsqueeze(2) * diff
+    if kind is FisherKind.EMPIRICAL:
+        if likelihood is Likelihood.REGRESSION:
+            return (targets - outputs).unsqueeze(0)
+        probs = outputs.softmax(dim=1)
+        onehot = torch.nn.functional.one_hot(targets, dim).to(outputs.dtype)
+        return (onehot - probs).unsqueeze(0)
+    if mc_samples < 1:
+        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+    scale = mc_samples**-0.5
+    if likelihood is Likelihood.REGRESSION:
+        noise = torch.randn(
+            (mc_samples, num, dim), generator=generator, dtype=outputs.dtype,
+            device=outputs.device,
+        )
+        return noise * scale
+    probs = outputs.softmax(dim=1)
+    labels = torch.multinomial(probs, mc_samples, replacement=True, generator=generator)
+    onehot = torch.nn.functional.one_hot(labels.T, dim).to(outputs.dtype)  # [M, N, D]
+    return (onehot - probs.unsqueeze(0)) * scale

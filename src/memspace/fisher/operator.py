@@ -1,0 +1,475 @@
+"""The Fisher information operator: exact, streaming, matrix-free (THEORY.md §1).
+
+F = (1/N) Σ_n J_nᵀ Λ̂_n J_n, with J_n = ∂f(x_n)/∂θ [D, P] and Λ̂_n the output Fisher
+of the chosen kind (see :mod:`memspace.fisher.likelihood`). Nothing of size P×P or
+N×P is ever built unless :meth:`FisherOperator.dense` is asked for.
+
+Costs per batch, in multiples of one forward+backward (a "gradient"):
+
+- ``F @ v``: one forward carrying a tangent (forward-mode AD) and one backward,
+  ≈ 1.7 gradients; ``quad`` skips the backward.
+- ``diag``: one forward and one backward per column of Λ̂ (C for the true Fisher,
+  M for Monte-Carlo, 1 empirical) *without weight gradients*, then one squared
+  product per layer: Σ_k (g_k ⊗ a)² = (Σ_k g_k²) ⊗ a² for a Linear layer.
+
+Every accumulation is a plain sum over batches with a sample count, divided at the
+end; with ``distributed=True`` sums and counts are all-reduced over the default
+``torch.distributed`` process group first.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.autograd.forward_ad as fwAD
+from torch import Tensor, nn
+from torch.func import functional_call, jacrev, vmap
+
+from ._data import BatchStream, as_batch_stream
+from ._params import ParameterSpace, check_eval_mode
+from ._taps import LayerTap, is_tappable, per_sample_weight_grads
+from .likelihood import (
+    FisherKind,
+    Likelihood,
+    apply_output_fisher,
+    check_outputs,
+    output_sqrt_factors,
+)
+from .spectral import (
+    SpectralDensity,
+    hutchpp,
+    stochastic_lanczos_quadrature,
+    top_eigenpairs,
+)
+
+__all__ = ["FisherOperator", "TappedBatch"]
+
+Vector = Tensor | Mapping[str, Tensor]
+
+
+@dataclass
+class TappedBatch:
+    """One batch after a forward with layer taps, ready for per-column backward passes.
+
+    Attributes:
+        outputs: model outputs [N, D] (in the graph).
+        factors: output-Fisher columns [K, N, D] (Λ̂ = Σ_k s_k s_kᵀ).
+        taps: Linear/Conv2d layers whose parameters are selected.
+        fallback: selected parameter names not covered by a tap.
+        inputs: the batch inputs (for the fallback's per-sample Jacobians).
+    """
+
+    outputs: Tensor
+    factors: Tensor
+    taps: list[LayerTap]
+    fallback: list[str]
+    inputs: Tensor
+
+    def column_grads(self) -> Iterator[list[list[Tensor | None]]]:
+        """For each column s_k, the gradients of s_kᵀf w.r.t. each tap's outputs.
+
+        Only gradients with respect to layer outputs are requested, so autograd skips
+        every weight-gradient product.
+        """
+        flat = [out for tap in self.taps for out in tap.outputs]
+        num = self.factors.shape[0]
+        for k in range(num):
+            if not flat:
+                yield []
+                continue
+            grads = torch.autograd.grad(
+                self.outputs, flat, self.factors[k], retain_graph=k < num - 1,
+                allow_unused=True,
+            )
+            it = iter(grads)
+            yield [[next(it) for _ in tap.outputs] for tap in self.taps]
+
+
+class FisherOperator:
+    """Fisher information of a model on a data source, as a matrix-free operator.
+
+    Args:
+        model: an ``nn.Module`` mapping a batch x to outputs [N, D]; in eval mode if it
+            has BatchNorm or dropout. Its device and dtype are used for everything.
+        data: a DataLoader (``shuffle=False``), a re-iterable of ``(x, y)`` batches, or
+            a pair of tensors ``(X, y)``. Streamed: memory is bounded by one batch.
+        kind: ``"true"`` (exact E over the model's labels), ``"mc"`` (``mc_samples``
+            sampled labels per input, fixed by ``seed`` and the batch index) or
+            ``"empirical"`` (data labels).
+        likelihood: ``"classification"`` (softmax/cross-entropy) or ``"regression"``
+            (Gaussian with unit variance).
+        mc_samples: labels sampled per input for ``kind="mc"``.
+        seed: seed of the Monte-Carlo labels and of random probes.
+        params: restrict F to these parameter names or modules (default: all that
+            require grad).
+        batch_size: rows per batch when ``data`` is an ``(X, y)`` pair.
+        max_dense_bytes: :meth:`dense` refuses matrices larger than this.
+        distributed: all-reduce sums over ``torch.distributed`` (see module doc).
+
+    Example:
+        >>> F = FisherOperator(model, (X, y))
+        >>> Fv = F @ v; d = F.diag(); top = F.eigh(5)
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        *,
+        kind: str | FisherKind = "true",
+        likelihood: str | Likelihood = "classification",
+        mc_samples: int = 1,
+        seed: int = 0,
+        params: Sequence[str | nn.Module] | None = None,
+        batch_size: int = 256,
+        max_dense_bytes: int = 2 * 1024**3,
+        distributed: bool = False,
+    ):
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.kind = FisherKind.parse(kind)
+        self.likelihood = Likelihood.parse(likelihood)
+        if not isinstance(mc_samples, int) or mc_samples < 1:
+            raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+        check_eval_mode(model)
+        self.model = model
+        self.space = ParameterSpace(model, params)
+        first = next(iter(self.space.tensors().values()))
+        self.device, self.dtype = first.device, first.dtype
+        self.data: BatchStream = as_batch_stream(
+            data, device=self.device, dtype=self.dtype, batch_size=batch_size
+        )
+        self.mc_samples = mc_samples
+        self.seed = seed
+        self.max_dense_bytes = max_dense_bytes
+        self.distributed = distributed
+        self._num_data: int | None = None
+
+    # ------------------------------------------------------------------ basics
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(P, P), P the number of selected parameters."""
+        return (self.space.numel, self.space.numel)
+
+    @property
+    def num_data(self) -> int:
+        """N, the number of data points (one pass over the data on first use)."""
+        if self._num_data is None:
+            count = sum(x.shape[0] for x, _ in self.data)
+            self._num_data = int(self._reduce(torch.tensor(float(count))).item())
+        return self._num_data
+
+    def _reduce(self, tensor: Tensor) -> Tensor:
+        if self.distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(tensor)
+        return tensor
+
+    def _finish(self, total: Tensor, count: int) -> Tensor:
+        """Divide a reduced sum by the reduced sample count; remember N."""
+        total = self._reduce(total)
+        count_t = self._reduce(torch.tensor(float(count), dtype=torch.float64))
+        self._num_data = int(count_t.item())
+        return total / count_t.item()
+
+    def _parameters(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """(selected leaves requiring grad, every other parameter detached)."""
+        selected = set(self.space.names)
+        leaves, others = {}, {}
+        for name, p in self.model.named_parameters():
+            if name in selected:
+                leaves[name] = p.detach().requires_grad_(True)
+            else:
+                others[name] = p.detach()
+        return leaves, others
+
+    def _call(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
+        return functional_call(self.model, dict(params), (x,))
+
+    def _generator(self, index: int) -> torch.Generator | None:
+        if self.kind is not FisherKind.MC:
+            return None
+        gen = torch.Generator(device=self.device)
+        gen.manual_seed(self.seed * 1_000_003 + index)
+        return gen
+
+    def _factors(self, outputs: Tensor, y: Tensor, index: int) -> Tensor:
+        check_outputs(outputs, y, self.likelihood, f"batch {index}")
+        return output_sqrt_factors(
+            outputs, y, self.likelihood, self.kind, mc_samples=self.mc_samples,
+            generator=self._generator(index),
+        )
+
+    def _apply_output_fisher(self, outputs: Tensor, y: Tensor, index: int, u: Tensor) -> Tensor:
+        """Λ̂ u per sample, [N, D]."""
+        check_outputs(outputs, y, self.likelihood, f"batch {index}")
+        if self.kind is FisherKind.TRUE:
+            return apply_output_fisher(outputs.detach(), u, self.likelihood)
+        s = self._factors(outputs, y, index)
+        return torch.einsum("knd,kn->nd", s, torch.einsum("knd,nd->kn", s, u))
+
+    def _to_device(self, v: Vector, what: str) -> dict[str, Tensor]:
+        parts = self.space.to_dict(v, what)
+        return {n: t.to(self.device, self.dtype) for n, t in parts.items()}
+
+    def _like_input(self, v: Vector, result: Mapping[str, Tensor]) -> Vector:
+        if isinstance(v, Mapping):
+            return dict(result)
+        return self.space.to_vector(result).to(v.device)
+
+    # ----------------------------------------------------------- products
+    def _dual_forward(self, x: Tensor, tangent: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict]:
+        """One forward carrying a tangent: (f(x), J v, leaves) with f in the graph."""
+        leaves, others = self._parameters()
+        with fwAD.dual_level():
+            duals = {n: fwAD.make_dual(leaves[n], tangent[n]) for n in leaves}
+            out = self._call({**others, **duals}, x)
+            primal, jvp = fwAD.unpack_dual(out)
+        if jvp is None:
+            jvp = torch.zeros_like(primal)
+        return primal, jvp, leaves
+
+    def mv(self, v: Vector) -> Vector:
+        """F v, same layout as ``v`` (flat [P] vector or dict of parameter tensors).
+
+        Per batch: u = J v by forward-mode AD, then Jᵀ (Λ̂ u) by one backward.
+        """
+        tangent = self._to_device(v, "v")
+        total = {n: torch.zeros_like(t) for n, t in tangent.items()}
+        count = 0
+        for index, (x, y) in enumerate(self.data):
+            primal, jvp, leaves = self._dual_forward(x, tangent)
+            weighted = self._apply_output_fisher(primal, y, index, jvp)
+            grads = torch.autograd.grad(
+                primal, list(leaves.values()), weighted, allow_unused=True
+            )
+            for name, g in zip(leaves, grads):
+                if g is not None:
+                    total[name] += g
+            count += x.shape[0]
+        flat = self._finish(self.space.to_vector(total), count)
+        return self._like_input(v, self.space.to_dict(flat))
+
+    def __matmul__(self, v: Vector) -> Vector:
+        return self.mv(v)
+
+    def quad(self, v: Vector) -> Tensor:
+        """vᵀ F v = E_x[(J v)ᵀ Λ̂ (J v)], by forward-mode AD only (no backward)."""
+        tangent = self._to_device(v, "v")
+        leaves, others = self._parameters()
+        total = torch.zeros((), dtype=self.dtype, device=self.device)
+        count = 0
+        with torch.no_grad():
+            for index, (x, y) in enumerate(self.data):
+                with fwAD.dual_level():
+                    duals = {n: fwAD.make_dual(leaves[n].detach(), tangent[n]) for n in leaves}
+                    out = self._call({**others, **duals}, x)
+                    primal, jvp = fwAD.unpack_dual(out)
+                if jvp is None:
+                    jvp = torch.zeros_like(primal)
+                total += (jvp * self._apply_output_fisher(primal, y, index, jvp)).sum()
+                count += x.shape[0]
+        return self._finish(total, count)
+
+    # ----------------------------------------------------------- layer taps
+    def tapped_batches(self) -> Iterator[TappedBatch]:
+        """Stream batches through a forward that taps every selected Linear/Conv2d.
+
+        Used by :meth:`diag` and by :class:`~memspace.fisher.kfac.KFAC`.
+        """
+        leaves, others = self._parameters()
+        selected = set(self.space.names)
+        taps: list[LayerTap] = []
+        covered: set[str] = set()
+        for prefix, module in self.model.named_modules():
+            if not is_tappable(module):
+                continue
+            names = {attr: f"{prefix}.{attr}" if prefix else attr for attr in ("weight", "bias")}
+            weight = names["weight"] if names["weight"] in selected else None
+            bias = names["bias"] if module.bias is not None and names["bias"] in selected else None
+            if weight or bias:
+                taps.append(LayerTap(module, weight, bias))
+                covered.update(n for n in (weight, bias) if n)
+        fallback = [n for n in self.space.names if n not in covered]
+        handles = [tap.module.register_forward_hook(tap.hook) for tap in taps]
+        try:
+            for index, (x, y) in enumerate(self.data):
+                for tap in taps:
+                    tap.clear()
+                outputs = self._call({**others, **leaves}, x)
+                factors = self._factors(outputs, y, index)
+                yield TappedBatch(outputs, factors, taps, fallback, x)
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def per_sample_jacobians(self, names: Sequence[str], x: Tensor) -> dict[str, Tensor]:
+        """J_n for the named parameters: dict of [N, D, p] (used for fallback blocks)."""
+        leaves, others = self._parameters()
+        fixed = {**others, **{n: t.detach() for n, t in leaves.items() if n not in names}}
+        wanted = {n: leaves[n].detach() for n in names}
+
+        def single(params: dict[str, Tensor], xn: Tensor) -> Tensor:
+            return self._call({**fixed, **params}, xn.unsqueeze(0)).squeeze(0)
+
+        jac = vmap(jacrev(single), in_dims=(None, 0))(wanted, x)
+        return {n: jac[n].flatten(2) for n in names}
+
+    # ----------------------------------------------------------- diagonal
+    def diag(self) -> Vector:
+        """diag(F) as a flat vector [P].
+
+        Linear/Conv2d parameters: squared per-sample gradients from layer taps (see
+        module doc). Any other parameter (norm layers, embeddings, grouped conv):
+        exact per-sample Jacobians by ``torch.func`` — slower, never dropped.
+        """
+        total = {n: torch.zeros(s, dtype=self.dtype, device=self.device) for n, s in zip(self.space.names, self.space.shapes)}
+        count = 0
+        for batch in self.tapped_batches():
+            _accumulate_diag(batch, total)
+            if batch.fallback:
+                jac = self.per_sample_jacobians(batch.fallback, batch.inputs)
+                for name in batch.fallback:
+                    proj = torch.einsum("knd,ndp->knp", batch.factors, jac[name])
+                    total[name] += (proj**2).sum(dim=(0, 1)).view_as(total[name])
+            count += batch.inputs.shape[0]
+        return self._finish(self.space.to_vector(total), count)
+
+    # ----------------------------------------------------------- dense
+    def dense(self) -> Tensor:
+        """F as a dense [P, P] matrix from per-sample Jacobians (small models only).
+
+        Raises:
+            ValueError: if P² entries exceed ``max_dense_bytes``, naming the size.
+        """
+        dim = self.space.numel
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        need = dim * dim * itemsize
+        if need > self.max_dense_bytes:
+            raise ValueError(
+                f"the dense Fisher would be {dim}×{dim} = {need / 1024**3:.2f} GiB, over "
+                f"the limit of {self.max_dense_bytes / 1024**3:.2f} GiB (max_dense_bytes); "
+                "use matrix-free products, diag(), eigh() or KFAC instead"
+            )
+        total = torch.zeros(dim, dim, dtype=self.dtype, device=self.device)
+        count = 0
+        for index, (x, y) in enumerate(self.data):
+            rows = max(1, int(256 * 1024**2 // max(1, dim * itemsize * 16)))
+            with torch.no_grad():
+                outputs = self._call(dict(self.model.named_parameters()), x)
+            factors = self._factors(outputs, y, index)
+            for start in range(0, x.shape[0], rows):
+                chunk = slice(start, start + rows)
+                jac = self.per_sample_jacobians(self.space.names, x[chunk])
+                flat = torch.cat([jac[n] for n in self.space.names], dim=2)  # [n, D, P]
+                proj = torch.einsum("knd,ndp->knp", factors[:, chunk], flat).flatten(0, 1)
+                total += proj.T @ proj
+            count += x.shape[0]
+        return self._finish(total, count)
+
+    # ----------------------------------------------------------- spectral
+    def _numpy_matvec(self) -> Callable[[np.ndarray], np.ndarray]:
+        def matvec(v: np.ndarray) -> np.ndarray:
+            t = torch.as_tensor(np.ascontiguousarray(v).ravel(), dtype=self.dtype, device=self.device)
+            return self.mv(t).detach().cpu().double().numpy()
+
+        return matvec
+
+    def trace(self, method: str = "exact", num_matvecs: int = 30, seed: int | None = None) -> Tensor:
+        """tr F: ``"exact"`` (sum of :meth:`diag`) or ``"hutchpp"`` (Meyer et al. 2021).
+
+        Hutch++ uses ``num_matvecs`` products and is unbiased; exact costs one diagonal.
+        """
+        if method == "exact":
+            return self.diag().sum()
+        if method == "hutchpp":
+            value = hutchpp(self._numpy_matvec(), self.space.numel, num_matvecs, self.seed if seed is None else seed)
+            return torch.tensor(value, dtype=torch.float64)
+        raise ValueError(f"unknown trace method {method!r}; use 'exact' or 'hutchpp'")
+
+    def eigh(self, k: int = 1, tol: float = 0.0) -> tuple[Tensor, Tensor]:
+        """Top-k eigenpairs by Lanczos (ARPACK ``eigsh`` on a ``LinearOperator``).
+
+        Returns:
+            ``(eigenvalues [k] descending, eigenvectors [P, k])`` in float64.
+        """
+        dim = self.space.numel
+        if k >= dim:
+            values, vectors = torch.linalg.eigh(self.dense().double())
+            order = torch.argsort(values, descending=True)[:k]
+            return values[order], vectors[:, order]
+        values, vectors = top_eigenpairs(self._numpy_matvec(), dim, k, tol=tol, seed=self.seed)
+        return torch.from_numpy(values.copy()), torch.from_numpy(vectors.copy())
+
+    def spectral_density(self, num_probes: int = 8, steps: int = 40, seed: int | None = None) -> SpectralDensity:
+        """Stochastic Lanczos quadrature of the spectrum (Ubaru, Chen & Saad 2017).
+
+        Costs ``num_probes × steps`` products; see :class:`SpectralDensity`.
+        """
+        return stochastic_lanczos_quadrature(
+            self._numpy_matvec(), self.space.numel, num_probes, steps,
+            self.seed if seed is None else seed,
+        )
+
+    def _spectral_sum(self, fn: Callable[[np.ndarray], np.ndarray], method: str, **slq: Any) -> Tensor:
+        if method == "auto":
+            method = "dense" if self.space.numel <= 3000 else "slq"
+        if method == "dense":
+            values = torch.linalg.eigvalsh(self.dense().double()).clamp_min(0).cpu().numpy()
+            return torch.tensor(float(fn(values).sum()), dtype=torch.float64)
+        if method == "slq":
+            return torch.tensor(self.spectral_density(**slq).spectral_sum(fn), dtype=torch.float64)
+        raise ValueError(f"unknown method {method!r}; use 'auto', 'dense' or 'slq'")
+
+    def logdet(self, damping: float, method: str = "auto", **slq: Any) -> Tensor:
+        """log det(F + δI) = Σ_i log(λ_i + δ).
+
+        ``method="dense"`` is exact (eigenvalues of :meth:`dense`), ``"slq"`` is the
+        stochastic Lanczos quadrature estimate; ``"auto"`` is dense for P ≤ 3000.
+        """
+        if damping <= 0:
+            raise ValueError(f"damping must be positive for a finite log-det, got {damping}")
+        return self._spectral_sum(lambda lam: np.log(lam + damping), method, **slq)
+
+    def effective_dimension(self, z: float, method: str = "auto", **slq: Any) -> Tensor:
+        """d_eff(z) = Σ_i λ_i / (λ_i + z) (Maddox et al. 2020; THEORY.md §1)."""
+        if z <= 0:
+            raise ValueError(f"z must be positive, got {z}")
+        return self._spectral_sum(lambda lam: lam / (lam + z), method, **slq)
+
+    def kfac(self) -> Any:
+        """The K-FAC approximation of this operator (:class:`~memspace.fisher.kfac.KFAC`)."""
+        from .kfac import KFAC
+
+        return KFAC.from_operator(self)
+
+
+def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:
+    """Add Σ_n Σ_k (per-sample gradient)² of every tapped layer to ``total``."""
+    fast = [
+        len(tap.inputs) == 1 and isinstance(tap.module, nn.Linear) and tap.inputs[0].dim() == 2
+        for tap in batch.taps
+    ]
+    squares: list[Tensor | None] = [None] * len(batch.taps)
+    for grads in batch.column_grads():
+        for i, (tap, tap_grads) in enumerate(zip(batch.taps, grads)):
+            if any(g is None for g in tap_grads):
+                tap_grads = [torch.zeros_like(o) if g is None else g for g, o in zip(tap_grads, tap.outputs)]
+            if fast[i]:
+                g2 = tap_grads[0] ** 2
+                squares[i] = g2 if squares[i] is None else squares[i] + g2
+                continue
+            weight, bias = per_sample_weight_grads(tap, tap_grads)
+            if tap.weight_name:
+                total[tap.weight_name] += (weight**2).sum(0).view_as(total[tap.weight_name])
+            if tap.bias_name:
+                total[tap.bias_name] += (bias**2).sum(0)
+    for i, tap in enumerate(batch.taps):
+        if fast[i] and squares[i] is not None:
+            if tap.weight_name:
+                total[tap.weight_name] += squares[i].T @ (tap.inputs[0] ** 2)
+            if tap.bias_name:
+                total[tap.bias_name] += squares[i].sum(0)
