@@ -350,8 +350,8 @@ class FisherOperator:
         need = dim * dim * itemsize
         if need > self.max_dense_bytes:
             raise ValueError(
-                f"the dense Fisher would be {dim}×{dim} = {need / 1024**3:.2f} GiB, over "
-                f"the limit of {self.max_dense_bytes / 1024**3:.2f} GiB (max_dense_bytes); "
+                f"the dense Fisher would be {dim}×{dim} = {_format_bytes(need)}, over "
+                f"the limit of {_format_bytes(self.max_dense_bytes)} (max_dense_bytes); "
                 "use matrix-free products, diag(), eigh() or KFAC instead"
             )
         total = torch.zeros(dim, dim, dtype=self.dtype, device=self.device)
@@ -445,6 +445,14 @@ class FisherOperator:
         from .kfac import KFAC
 
         return KFAC.from_operator(self)
+
+
+def _format_bytes(size: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} TiB"
 
 
 def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:

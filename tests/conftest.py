@@ -1,0 +1,26 @@
+"""Test configuration: caches under .cache/, float64 by default, tests/ importable."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+for var, sub in {
+    "MPLCONFIGDIR": "matplotlib",
+    "SCIKIT_LEARN_DATA": "sklearn",
+    "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+}.items():
+    os.environ.setdefault(var, str(ROOT / ".cache" / sub))
+os.environ.setdefault("MPLBACKEND", "Agg")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _seed_and_threads():
+    torch.manual_seed(0)
+    yield

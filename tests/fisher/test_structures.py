@@ -1,0 +1,87 @@
+"""Diagonal and K-FAC structures against dense references."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from cases import make_case
+from torch import nn
+
+from memspace.fisher import KFAC, FisherOperator
+from memspace.fisher.reference import dense_fisher
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "residual", "regression", "layernorm"])
+@pytest.mark.parametrize("kind", ["true", "empirical"])
+def test_diag_matches_reference(name, kind):
+    case = make_case(name)
+    ref = dense_fisher(case.model, case.inputs, case.targets, likelihood=case.likelihood, kind=kind)
+    F = FisherOperator(case.model, (case.inputs, case.targets), kind=kind,
+                       likelihood=case.likelihood, batch_size=3)
+    torch.testing.assert_close(F.diag(), ref.diagonal(), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(F.trace(), ref.trace(), rtol=1e-10, atol=1e-13)
+
+
+def test_diag_of_shared_weights_and_sequences():
+    """A Linear applied twice (weight tying) and to [N, T, I] inputs: per-sample sums."""
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(3, 3)
+            self.head = nn.Linear(3, 2)
+
+        def forward(self, x):  # x: [N, T, 3]
+            h = torch.tanh(self.inner(x))
+            h = torch.tanh(self.inner(h))
+            return self.head(h.mean(1))
+
+    torch.manual_seed(0)
+    model = Tied().double()
+    X, y = torch.randn(6, 4, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    ref = dense_fisher(model, X, y)
+    torch.testing.assert_close(FisherOperator(model, (X, y)).diag(), ref.diagonal())
+
+
+def test_kfac_is_exact_for_one_sample_one_layer():
+    """For one data point through one Linear layer, F = G ⊗ A exactly."""
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).double()
+    X, y = torch.randn(1, 4, dtype=torch.float64), torch.tensor([1])
+    ref = dense_fisher(model, X, y)
+    kfac = KFAC(model, (X, y))
+    torch.testing.assert_close(kfac.dense(), ref)
+    torch.testing.assert_close(kfac.diag(), ref.diagonal())
+    torch.testing.assert_close(kfac.trace(), ref.trace())
+    torch.testing.assert_close(kfac.eigenvalues()[:3], torch.linalg.eigvalsh(ref).flip(0)[:3])
+    eig = torch.linalg.eigvalsh(ref).clamp_min(0)
+    torch.testing.assert_close(kfac.logdet(0.1), torch.log(eig + 0.1).sum())
+    torch.testing.assert_close(kfac.effective_dimension(0.1), (eig / (eig + 0.1)).sum())
+
+
+def test_kfac_factors_by_hand_and_block_structure():
+    case = make_case("mlp")
+    kfac = FisherOperator(case.model, (case.inputs, case.targets)).kfac()
+    first = kfac.blocks[0]
+    a_bar = torch.cat([case.inputs, torch.ones(11, 1, dtype=torch.float64)], dim=1)
+    torch.testing.assert_close(first.input_factor, a_bar.T @ a_bar / 11)
+    # G of the last layer: the per-sample output Fisher Λ(p), averaged
+    p = case.model(case.inputs).softmax(1).detach()
+    lam = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+    torch.testing.assert_close(kfac.blocks[1].grad_factor, lam.mean(0))
+    dense = kfac.dense()
+    n0 = sum(p.numel() for p in case.model[0].parameters())
+    assert dense[:n0, n0:].abs().max() == 0  # block diagonal across layers
+    torch.testing.assert_close(dense, dense.T)
+
+
+def test_kfac_on_cnn_keeps_diagonal_trace_consistent_and_layernorm_falls_back():
+    case = make_case("cnn")
+    kfac = KFAC(case.model, (case.inputs, case.targets))
+    torch.testing.assert_close(kfac.trace(), kfac.diag().sum())
+    torch.testing.assert_close(kfac.dense().diagonal(), kfac.diag())
+    ln = make_case("layernorm")
+    kfac_ln = KFAC(ln.model, (ln.inputs, ln.targets))
+    assert set(kfac_ln.fallback_diag) == {"1.weight", "1.bias"}
+    exact = FisherOperator(ln.model, (ln.inputs, ln.targets)).diag()
+    torch.testing.assert_close(kfac_ln.diag()[20:30], exact[20:30])  # LayerNorm entries exact
