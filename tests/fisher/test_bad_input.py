@@ -19,14 +19,17 @@ def case():
 def test_nan_and_inf_name_the_batch(case):
     X = case.inputs.clone()
     X[9, 2] = float("nan")
-    F = FisherOperator(case.model, (X, case.targets), batch_size=4)
+    with pytest.raises(DataError, match=r"batch 2 \(inputs\) contains 1 NaN/Inf"):
+        FisherOperator(case.model, (X, case.targets), batch_size=4)  # tensors: checked up front
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, case.targets), batch_size=4)
+    F = FisherOperator(case.model, loader)  # loaders: checked as each batch streams by
     with pytest.raises(DataError, match=r"batch 2 \(inputs\) contains 1 NaN/Inf"):
         F.diag()
     Y = torch.randn(11, 2, dtype=torch.float64)
     Y[0, 0] = float("inf")
     model = nn.Linear(4, 2).double()
     with pytest.raises(DataError, match=r"batch 0 \(targets\)"):
-        FisherOperator(model, (case.inputs, Y), likelihood="regression").mv(torch.zeros(10, dtype=torch.float64))
+        FisherOperator(model, [(case.inputs, Y)], likelihood="regression").mv(torch.zeros(10, dtype=torch.float64))
 
 
 def test_empty_sources(case):

@@ -96,3 +96,21 @@ def test_cuda_matches_cpu():
     gpu = FisherOperator(case.model.cuda(), (case.inputs, case.targets))
     torch.testing.assert_close((gpu @ v.cuda()).cpu(), cpu_mv)
     torch.testing.assert_close(gpu.diag().cpu(), cpu_diag)
+
+
+def test_first_layer_fast_path_leaves_the_model_untouched():
+    case = make_case("cnn")
+    F = FisherOperator(case.model, (case.inputs, case.targets))
+    F @ torch.randn(F.shape[0], dtype=torch.float64)
+    F.quad(torch.randn(F.shape[0], dtype=torch.float64))
+    assert all("forward" not in vars(module) for module in case.model.modules())
+
+
+def test_frozen_first_layer_and_input_gradients():
+    """Unselected first layer: its input then has no tangent but the fast path must not fire."""
+    case = make_case("residual")
+    case.inputs.requires_grad_(True)
+    F = FisherOperator(case.model, (case.inputs, case.targets), params=[case.model.blocks, case.model.head])
+    full = dense_fisher(case.model, case.inputs.detach(), case.targets, names=F.space.names)
+    v = torch.randn(F.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(F @ v, full @ v)

@@ -55,17 +55,24 @@ class BatchStream:
         dtype: floating dtype the inputs are cast to (integer targets stay integer).
     """
 
-    def __init__(self, source: Iterable[Any], device: torch.device, dtype: torch.dtype):
+    def __init__(
+        self, source: Iterable[Any], device: torch.device, dtype: torch.dtype,
+        *, prechecked: bool = False, size: int | None = None,
+    ):
         self._source = source
         self.device = device
         self.dtype = dtype
+        self._prechecked = prechecked
+        self.size = size
+        """Number of samples when known without a pass (an ``(X, y)`` pair), else None."""
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         count = 0
         for index, batch in enumerate(self._source):
             x, y = _split_batch(batch, index)
-            check_finite(x, f"batch {index} (inputs)")
-            check_finite(y, f"batch {index} (targets)")
+            if not self._prechecked:
+                check_finite(x, f"batch {index} (inputs)")
+                check_finite(y, f"batch {index} (targets)")
             if x.shape[0] == 0:
                 continue
             if y.shape[0] != x.shape[0]:
@@ -102,7 +109,7 @@ def as_batch_stream(
         DataError: for a source that is neither a pair of tensors nor an iterable.
     """
     if isinstance(data, BatchStream):
-        return BatchStream(data._source, device, dtype)
+        return BatchStream(data._source, device, dtype, prechecked=data._prechecked, size=data.size)
     if (
         isinstance(data, (tuple, list))
         and len(data) == 2
@@ -117,7 +124,21 @@ def as_batch_stream(
             raise DataError("the data source is empty: X has no rows")
         if batch_size < 1:
             raise DataError(f"batch_size must be positive, got {batch_size}")
-        return BatchStream(_TensorBatches(inputs, targets, batch_size), device, dtype)
+        # Tensors are checked once here, naming the batch a bad row falls in, so
+        # that repeated passes (Lanczos, Hutch++) do not re-check them.
+        for what, tensor in (("inputs", inputs), ("targets", targets)):
+            if tensor.is_floating_point():
+                bad = ~torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+                if bool(bad.any()):
+                    row = int(bad.nonzero()[0, 0])
+                    check_finite(
+                        tensor[(row // batch_size) * batch_size : (row // batch_size + 1) * batch_size],
+                        f"batch {row // batch_size} ({what})",
+                    )
+        return BatchStream(
+            _TensorBatches(inputs, targets, batch_size), device, dtype,
+            prechecked=True, size=inputs.shape[0],
+        )
     if isinstance(data, Tensor):
         raise DataError("data is a single tensor; pass (X, y) or a DataLoader")
     if not isinstance(data, Iterable):

@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from ._data import BatchStream, as_batch_stream
+from ._forward_mode import first_layer_tangents
 from ._params import ParameterSpace, check_eval_mode
 from ._taps import LayerTap, is_tappable, per_sample_weight_grads
 from .likelihood import (
@@ -168,8 +169,14 @@ class FisherOperator:
             torch.distributed.all_reduce(tensor)
         return tensor
 
-    def _finish(self, total: Tensor, count: int) -> Tensor:
-        """Divide a reduced sum by the reduced sample count; remember N."""
+    def _finish(self, total: Tensor, count: int, scale: float | None = None) -> Tensor:
+        """Divide a reduced sum by the reduced sample count; remember N.
+
+        With ``scale`` (1/N already folded in during the pass) only N is recorded.
+        """
+        if scale is not None:
+            self._num_data = count
+            return total
         total = self._reduce(total)
         count_t = self._reduce(torch.tensor(float(count), dtype=torch.float64))
         self._num_data = int(count_t.item())
@@ -224,7 +231,7 @@ class FisherOperator:
     def _dual_forward(self, x: Tensor, tangent: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict]:
         """One forward carrying a tangent: (f(x), J v, leaves) with f in the graph."""
         leaves, others = self._parameters()
-        with fwAD.dual_level():
+        with fwAD.dual_level(), first_layer_tangents(self.model):
             duals = {n: fwAD.make_dual(leaves[n], tangent[n]) for n in leaves}
             out = self._call({**others, **duals}, x)
             primal, jvp = fwAD.unpack_dual(out)
@@ -235,23 +242,35 @@ class FisherOperator:
     def mv(self, v: Vector) -> Vector:
         """F v, same layout as ``v`` (flat [P] vector or dict of parameter tensors).
 
-        Per batch: u = J v by forward-mode AD, then Jᵀ (Λ̂ u) by one backward.
+        Per batch: u = J v by forward-mode AD, then Jᵀ (Λ̂ u) by one backward. When N
+        is known up front (an ``(X, y)`` pair), 1/N is folded into Λ̂ u so that the
+        result needs no extra pass over P entries.
         """
         tangent = self._to_device(v, "v")
-        total = {n: torch.zeros_like(t) for n, t in tangent.items()}
+        scale = self._known_scale()
+        total: dict[str, Tensor] = {}
         count = 0
         for index, (x, y) in enumerate(self.data):
             primal, jvp, leaves = self._dual_forward(x, tangent)
             weighted = self._apply_output_fisher(primal, y, index, jvp)
+            if scale is not None:
+                weighted = weighted * scale
             grads = torch.autograd.grad(
                 primal, list(leaves.values()), weighted, allow_unused=True
             )
             for name, g in zip(leaves, grads):
-                if g is not None:
-                    total[name] += g
+                g = torch.zeros_like(tangent[name]) if g is None else g
+                total[name] = g if name not in total else total[name].add_(g)
             count += x.shape[0]
-        flat = self._finish(self.space.to_vector(total), count)
-        return self._like_input(v, self.space.to_dict(flat))
+        if isinstance(v, Mapping):
+            return self.space.to_dict(self._finish(self.space.to_vector(total), count, scale))
+        return self._finish(self.space.to_vector(total), count, scale).to(v.device)
+
+    def _known_scale(self) -> float | None:
+        """1/N when N is known before the pass and no reduction across processes follows."""
+        if self.data.size is None or self.distributed:
+            return None
+        return 1.0 / self.data.size
 
     def __matmul__(self, v: Vector) -> Vector:
         return self.mv(v)
@@ -264,7 +283,7 @@ class FisherOperator:
         count = 0
         with torch.no_grad():
             for index, (x, y) in enumerate(self.data):
-                with fwAD.dual_level():
+                with fwAD.dual_level(), first_layer_tangents(self.model):
                     duals = {n: fwAD.make_dual(leaves[n].detach(), tangent[n]) for n in leaves}
                     out = self._call({**others, **duals}, x)
                     primal, jvp = fwAD.unpack_dual(out)
