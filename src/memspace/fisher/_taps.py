@@ -61,6 +61,7 @@ class LayerTap:
     bias_name: str | None
     inputs: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
+    _features: dict[int, Tensor] = field(default_factory=dict)
 
     def hook(self, module: nn.Module, args: tuple, output: Tensor) -> None:
         self.inputs.append(args[0].detach())
@@ -69,19 +70,48 @@ class LayerTap:
     def clear(self) -> None:
         self.inputs.clear()
         self.outputs.clear()
+        self._features.clear()
+
+    @property
+    def is_conv(self) -> bool:
+        return isinstance(self.module, nn.Conv2d)
 
     def features(self, call: int) -> Tensor:
-        """Layer inputs as [N, T, I] rows (T = positions or extra dims, 1 for MLPs)."""
-        a = self.inputs[call]
-        if isinstance(self.module, nn.Conv2d):
-            return unfold_conv_input(self.module, a).transpose(1, 2)
-        return a.reshape(a.shape[0], -1, a.shape[-1])
+        """Layer inputs as columns [N, I, T] (T = positions or extra dims, 1 for MLPs).
+
+        For a Conv2d these are the unfolded patches, computed once per batch and call.
+        """
+        if call not in self._features:
+            a = self.inputs[call]
+            if self.is_conv:
+                self._features[call] = unfold_conv_input(self.module, a)
+            else:
+                self._features[call] = a.reshape(a.shape[0], -1, a.shape[-1]).transpose(1, 2)
+        return self._features[call]
 
     def output_grads(self, grad: Tensor) -> Tensor:
-        """Output gradients as [N, T, O] rows matching :meth:`features`."""
-        if isinstance(self.module, nn.Conv2d):
-            return grad.flatten(2).transpose(1, 2)
-        return grad.reshape(grad.shape[0], -1, grad.shape[-1])
+        """Output gradients as columns [N, O, T] matching :meth:`features`."""
+        if self.is_conv:
+            return grad.flatten(2)
+        return grad.reshape(grad.shape[0], -1, grad.shape[-1]).transpose(1, 2)
+
+
+def _per_sample_conv_weight_grads(module: nn.Conv2d, inputs: Tensor, grad: Tensor) -> Tensor:
+    """Per-sample Conv2d weight gradients [N, O, C·kh·kw] without unfolding.
+
+    The batch is folded into the channels and differentiated as one convolution with
+    N groups (the kernel of a grouped convolution's weight gradient is per group).
+    """
+    num, out_ch = grad.shape[:2]
+    weight = module.weight.detach()
+    _, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad.reshape(1, num * out_ch, *grad.shape[2:]),
+        inputs.reshape(1, num * inputs.shape[1], *inputs.shape[2:]),
+        weight.repeat(num, 1, 1, 1),
+        None, list(module.stride), list(module.padding), list(module.dilation),
+        False, [0, 0], num, [False, True, False],
+    )
+    return grad_weight.reshape(num, out_ch, -1)
 
 
 def per_sample_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -94,9 +124,11 @@ def per_sample_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor,
     weight = bias = None
     for call, grad in enumerate(grads):
         g = tap.output_grads(grad)
-        a = tap.features(call)
-        w = torch.einsum("nto,nti->noi", g, a)
-        b = g.sum(dim=1)
+        if tap.is_conv:
+            w = _per_sample_conv_weight_grads(tap.module, tap.inputs[call], grad)
+        else:
+            w = torch.bmm(g, tap.features(call).transpose(1, 2))
+        b = g.sum(dim=2)
         weight = w if weight is None else weight + w
         bias = b if bias is None else bias + b
     return weight, bias

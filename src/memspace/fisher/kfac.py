@@ -55,6 +55,34 @@ class KroneckerBlock:
         return self.input_factor[-1:, -1:] if self.weight_name is None else self.input_factor
 
 
+def _input_covariance(tap: LayerTap) -> Tensor:
+    """Σ_n Σ_t ā ā ᵀ / T over the calls of one tapped layer, [I(+1), I(+1)]."""
+    total, positions = None, 0
+    for call in range(len(tap.inputs)):
+        cols = tap.features(call)  # [N, I, T]
+        positions += cols.shape[2]
+        if cols.shape[2] == 1:
+            rows = cols[:, :, 0]
+            cov = rows.T @ rows
+        else:
+            cov = torch.bmm(cols, cols.transpose(1, 2)).sum(0)
+        if tap.bias_name is not None:
+            sums = cols.sum(dim=(0, 2))
+            count = torch.full((1, 1), float(cols.shape[0] * cols.shape[2]), dtype=cols.dtype, device=cols.device)
+            cov = torch.cat([torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0)
+        total = cov if total is None else total + cov
+    return total / positions
+
+
+def _output_grad_covariance(tap: LayerTap, grad: Tensor) -> Tensor:
+    """Σ_n Σ_t g gᵀ of one call's output gradients, [O, O]."""
+    cols = tap.output_grads(grad)  # [N, O, T]
+    if cols.shape[2] == 1:
+        rows = cols[:, :, 0]
+        return rows.T @ rows
+    return torch.bmm(cols, cols.transpose(1, 2)).sum(0)
+
+
 class KFAC:
     """K-FAC approximation of a :class:`FisherOperator` (same kinds and likelihoods).
 
@@ -91,21 +119,15 @@ class KFAC:
         for batch in operator.tapped_batches():
             taps = batch.taps
             for i, tap in enumerate(batch.taps):
-                feats = torch.cat([tap.features(c) for c in range(len(tap.inputs))], dim=1)
-                positions = feats.shape[1]
-                feats = feats.flatten(0, 1)
-                if tap.bias_name is not None:
-                    feats = torch.cat([feats, feats.new_ones(feats.shape[0], 1)], dim=1)
-                a = feats.T @ feats / positions
+                a = _input_covariance(tap)
                 inputs[i] = a if i not in inputs else inputs[i] + a
             for column in batch.column_grads():
                 for i, (tap, tap_grads) in enumerate(zip(batch.taps, column)):
-                    rows = [tap.output_grads(g).flatten(0, 1) for g in tap_grads if g is not None]
-                    if not rows:
-                        continue
-                    g = torch.cat(rows, dim=0)
-                    cov = g.T @ g
-                    grads[i] = cov if i not in grads else grads[i] + cov
+                    for g in tap_grads:
+                        if g is None:
+                            continue
+                        cov = _output_grad_covariance(tap, g)
+                        grads[i] = cov if i not in grads else grads[i] + cov
             if batch.fallback:
                 jac = operator.per_sample_jacobians(batch.fallback, batch.inputs)
                 for name in batch.fallback:
@@ -132,16 +154,6 @@ class KFAC:
         self._eig_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     # ----------------------------------------------------------- products
-    def _block_matrix(self, block: KroneckerBlock, parts: Mapping[str, Tensor]) -> Tensor:
-        """Stack the selected weight/bias parts of a vector into V̄ [O, I(+1)]."""
-        cols = []
-        if block.weight_name is not None:
-            w = parts[block.weight_name]
-            cols.append(w.reshape(w.shape[0], -1))
-        if block.bias_name is not None:
-            cols.append(parts[block.bias_name].reshape(-1, 1))
-        return torch.cat(cols, dim=1)
-
     def _scatter(self, block: KroneckerBlock, matrix: Tensor, out: dict[str, Tensor]) -> None:
         if block.weight_name is not None:
             shape = self.space.shapes[self.space.names.index(block.weight_name)]
@@ -150,14 +162,27 @@ class KFAC:
             out[block.bias_name] = matrix[:, -1]
 
     def mv(self, v: Vector) -> Vector:
-        """(⊕_l G_l ⊗ A_l ⊕ diag fallback) v, same layout as ``v``."""
+        """(⊕_l G_l ⊗ A_l ⊕ diag fallback) v, same layout as ``v``.
+
+        Per block G V̄ A with V̄ = [V_w, v_b], computed as G (V_w A_{w,:} + v_b A_{b,:})
+        so that V̄ is never assembled.
+        """
         op = self.operator
         parts = op._to_device(v, "v")
         out: dict[str, Tensor] = {}
         for block in self.blocks:
-            matrix = self._block_matrix(block, parts)
-            a = block._selected_input_factor()
-            self._scatter(block, block.grad_factor @ matrix @ a, out)
+            a, g = block.input_factor, block.grad_factor
+            if block.weight_name is None:
+                out[block.bias_name] = (g @ parts[block.bias_name]) * a[-1, -1]
+                continue
+            weight = parts[block.weight_name]
+            flat = weight.reshape(weight.shape[0], -1)
+            if block.bias_name is None:
+                out[block.weight_name] = (g @ flat @ a).view_as(weight)
+                continue
+            result = g @ torch.addr(flat @ a[:-1], parts[block.bias_name], a[-1])
+            out[block.weight_name] = result[:, :-1].reshape(weight.shape)
+            out[block.bias_name] = result[:, -1]
         for name, d in self.fallback_diag.items():
             out[name] = (d * parts[name].reshape(-1)).view_as(parts[name])
         return op._like_input(v, out)

@@ -476,10 +476,7 @@ def _format_bytes(size: float) -> str:
 
 def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:
     """Add Σ_n Σ_k (per-sample gradient)² of every tapped layer to ``total``."""
-    fast = [
-        len(tap.inputs) == 1 and isinstance(tap.module, nn.Linear) and tap.inputs[0].dim() == 2
-        for tap in batch.taps
-    ]
+    fast = [len(tap.inputs) == 1 and not tap.is_conv and tap.inputs[0].dim() == 2 for tap in batch.taps]
     squares: list[Tensor | None] = [None] * len(batch.taps)
     for grads in batch.column_grads():
         for i, (tap, tap_grads) in enumerate(zip(batch.taps, grads)):

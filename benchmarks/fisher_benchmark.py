@@ -1,0 +1,333 @@
+"""Side-by-side benchmark of Fisher operations: memspace vs curvlinops, BackPACK, NNGeometry.
+
+Every operation is timed in the same process, interleaved round by round with a plain
+forward+backward (a "gradient") of the same model on the same batch, and reported as
+the ratio of medians: absolute times on shared machines are noise, ratios are not.
+Peak memory is measured per operation in a fresh subprocess (peak RSS growth on CPU,
+``max_memory_allocated`` on CUDA) and reported as a ratio to the gradient's.
+
+Models (issue #2): an MLP 784-512-512-10 on a batch of 256, and a small residual CNN
+on 1×28×28 inputs with a batch of 128. Run:
+
+    python benchmarks/fisher_benchmark.py            # writes benchmarks/RESULTS.md
+    python benchmarks/fisher_benchmark.py --rounds 5 --no-memory   # quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from memspace.fisher import KFAC, FisherOperator  # noqa: E402
+
+
+class ResidualCNN(nn.Module):
+    """conv stem 1→16 → 2 residual blocks (conv-relu-conv, 16 ch) → pool → linear 10."""
+
+    def __init__(self, channels: int = 16, blocks: int = 2):
+        super().__init__()
+        self.stem = nn.Conv2d(1, channels, 3, padding=1)
+        self.blocks = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
+                          nn.Conv2d(channels, channels, 3, padding=1))
+            for _ in range(blocks)
+        )
+        self.pool = nn.AvgPool2d(4)
+        self.head = nn.Linear(channels * 7 * 7, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        for block in self.blocks:
+            x = x + block(x) / len(self.blocks)
+        return self.head(self.pool(x).flatten(1))
+
+
+def make_setup(name: str, device: str):
+    torch.manual_seed(0)
+    if name == "mlp":
+        model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+        x = torch.randn(256, 784)
+        y = torch.randint(0, 10, (256,))
+    else:
+        model = ResidualCNN()
+        x = torch.randn(128, 1, 28, 28)
+        y = torch.randint(0, 10, (128,))
+    return model.to(device).eval(), x.to(device), y.to(device)
+
+
+# --------------------------------------------------------------------------- tasks
+def gradient_task(model, x, y):
+    params = list(model.parameters())
+
+    def run():
+        loss = nn.functional.cross_entropy(model(x), y)
+        return torch.autograd.grad(loss, params)
+
+    return run
+
+
+def memspace_tasks(model, x, y):
+    true = FisherOperator(model, (x, y), batch_size=x.shape[0])
+    mc = FisherOperator(model, (x, y), batch_size=x.shape[0], kind="mc")
+    v = torch.randn(true.shape[0], device=x.device)
+    kfac = KFAC.from_operator(mc)
+    return {
+        "matvec (true Fisher)": lambda: true @ v,
+        "diagonal, exact": true.diag,
+        "diagonal, MC (1 sample)": mc.diag,
+        "K-FAC factors, MC": lambda: KFAC.from_operator(mc),
+        "K-FAC factors, exact": lambda: KFAC.from_operator(true),
+        "K-FAC matvec": lambda: kfac @ v,
+        "trace, exact": true.trace,
+    }
+
+
+def curvlinops_tasks(model, x, y):
+    import curvlinops
+
+    params = list(model.parameters())
+    data = [(x, y)]
+    ggn = curvlinops.GGNLinearOperator(model, nn.CrossEntropyLoss(), params, data, check_deterministic=False)
+    v = torch.randn(ggn.shape[0], device=x.device)
+
+    def kfac(kind):
+        operator = curvlinops.KFACLinearOperator(model, nn.CrossEntropyLoss(), params, data, fisher_type=kind,
+                                                 check_deterministic=False)
+        operator.compute_kronecker_factors()  # factors are otherwise built lazily
+        return operator
+
+    built = kfac("mc")
+    return {
+        "matvec (true Fisher)": lambda: ggn @ v,
+        "K-FAC factors, MC": lambda: kfac("mc"),
+        "K-FAC factors, exact": lambda: kfac("type-2"),
+        "K-FAC matvec": lambda: built @ v,
+    }
+
+
+def backpack_tasks(model, x, y):
+    if not isinstance(model, nn.Sequential):
+        return {}
+    import backpack
+    from backpack import extensions as ext
+
+    model = backpack.extend(copy.deepcopy(model))
+    loss_fn = backpack.extend(nn.CrossEntropyLoss())
+
+    def with_extension(extension):
+        def run():
+            model.zero_grad(set_to_none=True)
+            with backpack.backpack(extension):
+                loss_fn(model(x), y).backward()
+        return run
+
+    def trace():
+        with_extension(ext.DiagGGNExact())()
+        return sum(p.diag_ggn_exact.sum() for p in model.parameters())
+
+    return {
+        "diagonal, exact": with_extension(ext.DiagGGNExact()),
+        "diagonal, MC (1 sample)": with_extension(ext.DiagGGNMC()),
+        "K-FAC factors, MC": with_extension(ext.KFAC()),
+        "K-FAC factors, exact": with_extension(ext.KFLR()),
+        "trace, exact": trace,
+    }
+
+
+def nngeometry_tasks(model, x, y):
+    from nngeometry.metrics import FIM, FIM_MonteCarlo
+    from nngeometry.object import PMatDiag, PMatKFAC
+
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=x.shape[0])
+    kfac = FIM(model, loader, PMatKFAC, variant="classif_logits")
+    return {
+        "diagonal, exact": lambda: FIM(model, loader, PMatDiag, variant="classif_logits"),
+        "diagonal, MC (1 sample)": lambda: FIM_MonteCarlo(model, loader, PMatDiag, variant="classif_logits"),
+        "K-FAC factors, MC": lambda: FIM_MonteCarlo(model, loader, PMatKFAC, variant="classif_logits"),
+        "K-FAC factors, exact": lambda: FIM(model, loader, PMatKFAC, variant="classif_logits"),
+        "trace, exact": lambda: FIM(model, loader, PMatDiag, variant="classif_logits").trace(),
+        "K-FAC matvec": _nngeometry_kfac_mv(kfac, model),
+    }
+
+
+def _nngeometry_kfac_mv(kfac, model):
+    from nngeometry.object.vector import PVector
+
+    vector = PVector.from_model(model).clone()
+    return lambda: kfac.mv(vector)
+
+
+LIBRARIES: dict[str, Callable] = {
+    "memspace": memspace_tasks,
+    "curvlinops": curvlinops_tasks,
+    "BackPACK": backpack_tasks,
+    "NNGeometry": nngeometry_tasks,
+}
+OPERATIONS = [
+    "matvec (true Fisher)", "diagonal, exact", "diagonal, MC (1 sample)",
+    "K-FAC factors, MC", "K-FAC factors, exact", "K-FAC matvec", "trace, exact",
+]
+
+
+def all_tasks(model, x, y) -> tuple[dict, dict]:
+    tasks, skipped = {("gradient", "forward+backward"): gradient_task(model, x, y)}, {}
+    for library, factory in LIBRARIES.items():
+        try:
+            for op, fn in factory(model, x, y).items():
+                tasks[(library, op)] = fn
+        except Exception as error:  # a peer that cannot run this model is reported, not fatal
+            skipped[library] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    return tasks, skipped
+
+
+# --------------------------------------------------------------------------- measuring
+def sync(device: str):
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_tasks(tasks: dict, rounds: int, device: str) -> tuple[dict, dict]:
+    times = {key: [] for key in tasks}
+    failed = {}
+    for key, fn in list(tasks.items()):
+        try:
+            fn()  # warm-up
+        except Exception as error:
+            failed[key] = f"{type(error).__name__}: {str(error).splitlines()[0][:120]}"
+            del tasks[key], times[key]
+    for _ in range(rounds):
+        for key, fn in tasks.items():
+            sync(device)
+            start = time.perf_counter()
+            fn()
+            sync(device)
+            times[key].append(time.perf_counter() - start)
+    return {key: statistics.median(values) for key, values in times.items()}, failed
+
+
+def peak_memory_child(model_name: str, library: str, op: str, device: str) -> int:
+    """Run in a subprocess: bytes of peak memory growth of one call of the task."""
+    model, x, y = make_setup(model_name, device)
+    tasks, _ = all_tasks(model, x, y)
+    fn = tasks[(library, op)]
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    fn()
+    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+
+
+def peak_memory(model_name: str, key: tuple[str, str], device: str) -> int | None:
+    cmd = [sys.executable, __file__, "--child", model_name, key[0], key[1], "--device", device]
+    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        return int(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
+
+
+def machine_description(device: str) -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
+    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
+            f"{gpu}, Python {platform.python_version()}, device {device}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=11)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-memory", action="store_true")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument("--child", nargs=3, metavar=("MODEL", "LIBRARY", "OP"))
+    args = parser.parse_args()
+    if args.child:
+        print(peak_memory_child(*args.child, args.device))
+        return
+    results = {"machine": machine_description(args.device), "models": {}}
+    for model_name in ("mlp", "rescnn"):
+        model, x, y = make_setup(model_name, args.device)
+        tasks, skipped = all_tasks(model, x, y)
+        medians, failed = time_tasks(tasks, args.rounds, args.device)
+        grad_key = ("gradient", "forward+backward")
+        memory = {}
+        if not args.no_memory:
+            for key in medians:
+                memory[key] = peak_memory(model_name, key, args.device)
+        rows = []
+        for key, seconds in medians.items():
+            mem_ratio = None
+            if memory.get(key) is not None and memory.get(grad_key):
+                mem_ratio = memory[key] / memory[grad_key]
+            rows.append({"library": key[0], "operation": key[1], "seconds": seconds,
+                         "ratio": seconds / medians[grad_key], "peak_bytes": memory.get(key), "memory_ratio": mem_ratio})
+        results["models"][model_name] = {"rows": rows, "skipped": skipped,
+                                         "failed": {f"{k[0]} / {k[1]}": v for k, v in failed.items()}}
+        print(f"{model_name}: gradient {medians[grad_key] * 1e3:.2f} ms")
+        for row in rows:
+            mem = "" if row["memory_ratio"] is None else f"  memory ×{row['memory_ratio']:.2f}"
+            print(f"  {row['library']:<11} {row['operation']:<26} ×{row['ratio']:.2f}{mem}")
+    (HERE / "results.json").write_text(json.dumps(results, indent=2))
+    write_markdown(results, args.out)
+
+
+def write_markdown(results: dict, path: Path) -> None:
+    titles = {"mlp": "MLP 784-512-512-10, batch 256", "rescnn": "Residual CNN on 1×28×28, batch 128"}
+    lines = ["# Fisher benchmark results", "",
+             "Generated by `benchmarks/fisher_benchmark.py`. Times are medians of interleaved rounds, as",
+             "multiples of a plain forward+backward of the same model and batch in the same run;",
+             "memory is peak growth during one call, as a multiple of the gradient's.", "",
+             f"Machine: {results['machine']}", ""]
+    for model_name, block in results["models"].items():
+        lines += [f"## {titles[model_name]}", "", "| operation | " + " | ".join(LIBRARIES) + " |",
+                  "|---|" + "---|" * len(LIBRARIES)]
+        by_key = {(r["library"], r["operation"]): r for r in block["rows"]}
+        grad = by_key[("gradient", "forward+backward")]
+        lines.insert(len(lines) - 2, f"Gradient: {grad['seconds'] * 1e3:.2f} ms; peak growth "
+                     f"{(grad['peak_bytes'] or 0) / 2**20:.1f} MiB.\n")
+        for op in OPERATIONS:
+            cells = []
+            for library in LIBRARIES:
+                row = by_key.get((library, op))
+                if row is None:
+                    cells.append("—")
+                    continue
+                mem = "" if row["memory_ratio"] is None else f" (mem ×{row['memory_ratio']:.2f})"
+                cells.append(f"×{row['ratio']:.2f}{mem}")
+            lines.append(f"| {op} | " + " | ".join(cells) + " |")
+        for library, reason in {**block["skipped"], **block["failed"]}.items():
+            lines.append(f"\n- not run: {library}: {reason}")
+        lines.append("")
+    path.write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
