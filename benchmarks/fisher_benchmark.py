@@ -185,9 +185,11 @@ OPERATIONS = [
 ]
 
 
-def all_tasks(model, x, y) -> tuple[dict, dict]:
+def all_tasks(model, x, y, only: str | None = None) -> tuple[dict, dict]:
     tasks, skipped = {("gradient", "forward+backward"): gradient_task(model, x, y)}, {}
     for library, factory in LIBRARIES.items():
+        if only is not None and library != only:
+            continue
         try:
             for op, fn in factory(model, x, y).items():
                 tasks[(library, op)] = fn
@@ -221,11 +223,27 @@ def time_tasks(tasks: dict, rounds: int, device: str) -> tuple[dict, dict]:
     return {key: statistics.median(values) for key, values in times.items()}, failed
 
 
+def _rss_bytes() -> int:
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * resource.getpagesize()
+
+
 def peak_memory_child(model_name: str, library: str, op: str, device: str) -> int:
-    """Run in a subprocess: bytes of peak memory growth of one call of the task."""
+    """Run in a subprocess: peak memory growth (bytes) during one call of the task.
+
+    CUDA: ``max_memory_allocated``. CPU: resident memory sampled every 0.2 ms by a
+    thread while the task runs (large tensors are mmapped, so RSS tracks them), after
+    a warm-up call and ``malloc_trim`` so that cached free memory is not counted.
+    """
+    import ctypes
+    import gc
+    import threading
+
     model, x, y = make_setup(model_name, device)
-    tasks, _ = all_tasks(model, x, y)
+    tasks, _ = all_tasks(model, x, y, only=None if library == "gradient" else library)
     fn = tasks[(library, op)]
+    fn()
+    gc.collect()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -233,9 +251,24 @@ def peak_memory_child(model_name: str, library: str, op: str, device: str) -> in
         fn()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    fn()
-    return (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    base = _rss_bytes()
+    peak = [base]
+    done = threading.Event()
+
+    def sample():
+        while not done.is_set():
+            peak[0] = max(peak[0], _rss_bytes())
+            time.sleep(0.0002)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    result = fn()
+    peak[0] = max(peak[0], _rss_bytes())
+    done.set()
+    sampler.join()
+    del result
+    return peak[0] - base
 
 
 def peak_memory(model_name: str, key: tuple[str, str], device: str) -> int | None:

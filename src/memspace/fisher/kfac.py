@@ -169,23 +169,27 @@ class KFAC:
         """
         op = self.operator
         parts = op._to_device(v, "v")
-        out: dict[str, Tensor] = {}
+        flat = torch.empty(self.space.numel, dtype=op.dtype, device=op.device)
+        out = self.space.to_dict(flat)  # views into ``flat``: results are written in place
         for block in self.blocks:
             a, g = block.input_factor, block.grad_factor
             if block.weight_name is None:
-                out[block.bias_name] = (g @ parts[block.bias_name]) * a[-1, -1]
+                torch.mul(g @ parts[block.bias_name], a[-1, -1], out=out[block.bias_name])
                 continue
             weight = parts[block.weight_name]
-            flat = weight.reshape(weight.shape[0], -1)
+            rows = weight.reshape(weight.shape[0], -1)
+            target = out[block.weight_name].view(weight.shape[0], -1)
             if block.bias_name is None:
-                out[block.weight_name] = (g @ flat @ a).view_as(weight)
+                torch.matmul(g, rows @ a, out=target)
                 continue
-            result = g @ torch.addr(flat @ a[:-1], parts[block.bias_name], a[-1])
-            out[block.weight_name] = result[:, :-1].reshape(weight.shape)
-            out[block.bias_name] = result[:, -1]
+            result = g @ torch.addr(rows @ a[:-1], parts[block.bias_name], a[-1])
+            target.copy_(result[:, :-1])
+            out[block.bias_name].copy_(result[:, -1])
         for name, d in self.fallback_diag.items():
-            out[name] = (d * parts[name].reshape(-1)).view_as(parts[name])
-        return op._like_input(v, out)
+            torch.mul(d, parts[name].reshape(-1), out=out[name].view(-1))
+        if isinstance(v, Mapping):
+            return out
+        return flat.to(v.device)
 
     def __matmul__(self, v: Vector) -> Vector:
         return self.mv(v)

@@ -180,7 +180,7 @@ class FisherOperator:
         total = self._reduce(total)
         count_t = self._reduce(torch.tensor(float(count), dtype=torch.float64))
         self._num_data = int(count_t.item())
-        return total / count_t.item()
+        return total.div_(count_t.item())
 
     def _parameters(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         """(selected leaves requiring grad, every other parameter detached)."""
@@ -248,23 +248,23 @@ class FisherOperator:
         """
         tangent = self._to_device(v, "v")
         scale = self._known_scale()
-        total: dict[str, Tensor] = {}
+        flat = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
+        views = self.space.to_dict(flat)
         count = 0
         for index, (x, y) in enumerate(self.data):
             primal, jvp, leaves = self._dual_forward(x, tangent)
             weighted = self._apply_output_fisher(primal, y, index, jvp)
             if scale is not None:
                 weighted = weighted * scale
-            grads = torch.autograd.grad(
-                primal, list(leaves.values()), weighted, allow_unused=True
-            )
-            for name, g in zip(leaves, grads):
-                g = torch.zeros_like(tangent[name]) if g is None else g
-                total[name] = g if name not in total else total[name].add_(g)
+            # Gradients accumulate in place into views of one flat buffer: no copies.
+            for name, leaf in leaves.items():
+                leaf.grad = views[name]
+            torch.autograd.backward(primal, weighted, inputs=list(leaves.values()))
             count += x.shape[0]
+        flat = self._finish(flat, count, scale)
         if isinstance(v, Mapping):
-            return self.space.to_dict(self._finish(self.space.to_vector(total), count, scale))
-        return self._finish(self.space.to_vector(total), count, scale).to(v.device)
+            return self.space.to_dict(flat)
+        return flat.to(v.device)
 
     def _known_scale(self) -> float | None:
         """1/N when N is known before the pass and no reduction across processes follows."""
@@ -345,7 +345,8 @@ class FisherOperator:
         module doc). Any other parameter (norm layers, embeddings, grouped conv):
         exact per-sample Jacobians by ``torch.func`` — slower, never dropped.
         """
-        total = {n: torch.zeros(s, dtype=self.dtype, device=self.device) for n, s in zip(self.space.names, self.space.shapes)}
+        flat = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
+        total = self.space.to_dict(flat)
         count = 0
         for batch in self.tapped_batches():
             _accumulate_diag(batch, total)
@@ -355,7 +356,7 @@ class FisherOperator:
                     proj = torch.einsum("knd,ndp->knp", batch.factors, jac[name])
                     total[name] += (proj**2).sum(dim=(0, 1)).view_as(total[name])
             count += batch.inputs.shape[0]
-        return self._finish(self.space.to_vector(total), count)
+        return self._finish(flat, count)
 
     # ----------------------------------------------------------- dense
     def dense(self) -> Tensor:
@@ -494,6 +495,6 @@ def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:
     for i, tap in enumerate(batch.taps):
         if fast[i] and squares[i] is not None:
             if tap.weight_name:
-                total[tap.weight_name] += squares[i].T @ (tap.inputs[0] ** 2)
+                total[tap.weight_name].addmm_(squares[i].T, tap.inputs[0].square())
             if tap.bias_name:
                 total[tap.bias_name] += squares[i].sum(0)

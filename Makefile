@@ -1,0 +1,38 @@
+# All set-up lives here: `make demo` and `make test` work on a fresh machine.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CACHE := $(CURDIR)/.cache
+export MPLCONFIGDIR := $(CACHE)/matplotlib
+export SCIKIT_LEARN_DATA := $(CACHE)/sklearn
+export TORCHINDUCTOR_CACHE_DIR := $(CACHE)/torchinductor
+export PIP_CACHE_DIR := $(CACHE)/pip
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+ARGS ?=
+
+.PHONY: demo test bench clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(VENV)/.runtime: $(BIN)/python requirements.txt pyproject.toml
+	$(BIN)/pip install -q -r requirements.txt
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e . || $(BIN)/pip install -q --no-deps -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-peers.txt
+	$(BIN)/pip install -q -r requirements-dev.txt
+	$(BIN)/pip install -q --no-deps -r requirements-peers.txt
+	touch $@
+
+demo: $(VENV)/.runtime
+	$(BIN)/memspace demo $(ARGS)
+
+test: $(VENV)/.dev
+	$(BIN)/python -m pytest $(ARGS)
+
+bench: $(VENV)/.dev
+	$(BIN)/python benchmarks/fisher_benchmark.py $(ARGS)
+
+clean:
+	rm -rf $(VENV) $(CACHE)

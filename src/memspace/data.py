@@ -1,0 +1,118 @@
+"""Data sets that work offline: embedded, generated, and optional packaged ones.
+
+- ``digits``: scikit-learn's bundled 8×8 handwritten digits (1,797 images, 10 classes).
+- ``moons``: scikit-learn's generated two moons (2-D, 2 classes), for pictures of paths.
+- ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` package (28×28, 10 classes),
+  read from ``/usr/share/datasets/fashion-mnist`` when installed
+  (``apt-get install dataset-fashion-mnist``); a clear error otherwise.
+
+Nothing downloads at run time. Inputs are float32, standardised with training-set
+statistics; labels are int64.
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from ._errors import DataError, MemspaceError
+
+__all__ = ["DATASETS", "DataSplit", "load_dataset"]
+
+DATASETS = ("digits", "moons", "fashion-mnist")
+FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+
+
+@dataclass(frozen=True)
+class DataSplit:
+    """A train/test split.
+
+    Attributes:
+        name: data set name.
+        train / test: ``(X, y)`` with X [N, *input_shape] float32 and y [N] int64.
+        num_classes: C.
+        input_shape: shape of one input (``(64,)``, ``(2,)`` or ``(1, 28, 28)``).
+    """
+
+    name: str
+    train: tuple[Tensor, Tensor]
+    test: tuple[Tensor, Tensor]
+    num_classes: int
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        return tuple(self.train[0].shape[1:])
+
+
+def _split(name: str, X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, classes: int) -> DataSplit:
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(X))
+    n_test = int(round(test_fraction * len(X)))
+    test, train = order[:n_test], order[n_test:]
+    mean = X[train].mean(axis=0, keepdims=True)
+    std = X[train].std(axis=0, keepdims=True) + 1e-6
+    X = ((X - mean) / std).astype(np.float32)
+    as_pair = lambda idx: (torch.from_numpy(X[idx]), torch.from_numpy(y[idx].astype(np.int64)))  # noqa: E731
+    return DataSplit(name, as_pair(train), as_pair(test), classes)
+
+
+def _read_idx(path: Path) -> np.ndarray:
+    with gzip.open(path, "rb") as handle:
+        data = handle.read()
+    dims = data[3]
+    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(dims))
+    return np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * dims).reshape(shape)
+
+
+def _fashion_mnist(limit: int | None, seed: int) -> DataSplit:
+    files = {part: FASHION_MNIST_DIR / f"{part}-ubyte.gz" for part in
+             ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise DataError(
+            f"fashion-mnist is not installed ({missing[0]} not found); install Debian's "
+            "package with `apt-get install dataset-fashion-mnist`, or use --data digits"
+        )
+    rng = np.random.default_rng(seed)
+    parts = []
+    for prefix, default in (("train", limit or 60000), ("t10k", (limit or 60000) // 6)):
+        images = _read_idx(files[f"{prefix}-images-idx3"]).astype(np.float32) / 255.0
+        labels = _read_idx(files[f"{prefix}-labels-idx1"]).astype(np.int64)
+        keep = rng.permutation(len(images))[: min(default, len(images))]
+        parts.append((images[keep], labels[keep]))
+    (xtr, ytr), (xte, yte) = parts
+    mean, std = xtr.mean(), xtr.std()
+    as_pair = lambda x, y: (torch.from_numpy(((x - mean) / std)[:, None].astype(np.float32)), torch.from_numpy(y))  # noqa: E731
+    return DataSplit("fashion-mnist", as_pair(xtr, ytr), as_pair(xte, yte), 10)
+
+
+def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.3, limit: int | None = None) -> DataSplit:
+    """Load a data set by name (see module doc) with a seeded train/test split.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        seed: seed of the split (and of the moons' noise).
+        test_fraction: share of the data held out (digits, moons).
+        limit: for fashion-mnist, the number of training images kept (test: limit/6).
+
+    Raises:
+        MemspaceError: for an unknown name; DataError if an optional set is missing.
+    """
+    if name == "digits":
+        from sklearn.datasets import load_digits
+
+        bunch = load_digits()
+        return _split(name, bunch.data.astype(np.float64), bunch.target, test_fraction, seed, 10)
+    if name == "moons":
+        from sklearn.datasets import make_moons
+
+        X, y = make_moons(n_samples=600, noise=0.2, random_state=seed)
+        return _split(name, X, y, test_fraction, seed, 2)
+    if name == "fashion-mnist":
+        return _fashion_mnist(limit, seed)
+    raise MemspaceError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")

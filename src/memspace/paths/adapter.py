@@ -1,0 +1,119 @@
+"""See any residual network as a path: hooks on its residual blocks (THEORY.md §3).
+
+A *residual block* is a module mapping the residual stream x_l to x_{l+1}
+(skip connection included); its velocity is v_l = (x_{l+1} − x_l)/h. Everything else
+(stem, down-sampling, read-out) is a boundary map. Give the blocks' module names for
+your own model, or use a :class:`~memspace.paths.models.ResidualPathModel`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+from torch import Tensor, nn
+
+from .models import ResidualPathModel
+
+__all__ = ["ResidualPath", "StreamCapture"]
+
+
+@dataclass
+class StreamCapture:
+    """Block inputs x_l and outputs x_{l+1} recorded during one forward, each [N, ...]."""
+
+    inputs: list[Tensor | None]
+    outputs: list[Tensor | None]
+    step: float
+
+    def velocities(self) -> list[Tensor]:
+        """v_l = (x_{l+1} − x_l)/h per block (in the graph)."""
+        return [(out - inp) / self.step for inp, out in zip(self.inputs, self.outputs)]
+
+
+@dataclass
+class ResidualPath:
+    """The residual blocks of a model, in order, and the step size h.
+
+    Args:
+        model: the network.
+        block_names: module names of the residual blocks (``None`` for a
+            :class:`ResidualPathModel`, whose ``blocks`` are used).
+        step: h (default 1/L).
+    """
+
+    model: nn.Module
+    block_names: Sequence[str] | None = None
+    step: float | None = None
+    blocks: list[nn.Module] = field(init=False)
+
+    def __post_init__(self) -> None:
+        if self.block_names is None:
+            if not isinstance(self.model, ResidualPathModel):
+                raise ValueError(
+                    f"{type(self.model).__name__} is not a memspace residual model: pass "
+                    "block_names, the module names of its residual blocks (x_l ↦ x_{l+1})"
+                )
+            self.block_names = [f"blocks.{i}" for i in range(len(self.model.blocks))]
+        modules = dict(self.model.named_modules())
+        missing = [n for n in self.block_names if n not in modules]
+        if missing:
+            raise ValueError(f"no module named {missing[0]!r} in {type(self.model).__name__}")
+        if not self.block_names:
+            raise ValueError("a path needs at least one residual block")
+        self.blocks = [modules[n] for n in self.block_names]
+        if self.step is None:
+            self.step = 1.0 / len(self.blocks)
+
+    @property
+    def depth(self) -> int:
+        return len(self.blocks)
+
+    @contextmanager
+    def capture(self, *, leaf_input: bool = False) -> Iterator[StreamCapture]:
+        """Record every block's input and output during the forwards inside the context.
+
+        Args:
+            leaf_input: make the first block's input a fresh leaf requiring grad, so
+                gradients with respect to the stream never enter the stem.
+
+        Raises:
+            ValueError: (after the forward) if a block ran more than once or never.
+        """
+        record = StreamCapture([None] * self.depth, [None] * self.depth, float(self.step))
+        calls = [0] * self.depth
+        handles = []
+        for i, block in enumerate(self.blocks):
+            def pre_hook(module, args, i=i):
+                if i == 0 and leaf_input:
+                    return (args[0].detach().requires_grad_(True), *args[1:])
+                return None
+
+            def hook(module, args, output, i=i):
+                calls[i] += 1
+                record.inputs[i] = args[0]
+                record.outputs[i] = output
+
+            handles.append(block.register_forward_pre_hook(pre_hook))
+            handles.append(block.register_forward_hook(hook))
+        try:
+            yield record
+        finally:
+            for handle in handles:
+                handle.remove()
+        wrong = [(self.block_names[i], c) for i, c in enumerate(calls) if c > 1]
+        if wrong:
+            raise ValueError(f"residual block {wrong[0][0]} ran {wrong[0][1]} times in one forward; "
+                             "a block of a path must run exactly once")
+
+    def check_captured(self, record: StreamCapture) -> None:
+        """Raise if some block did not run, or changed the stream's shape."""
+        for name, inp, out in zip(self.block_names, record.inputs, record.outputs):
+            if inp is None:
+                raise ValueError(f"residual block {name} did not run in the forward pass")
+            if inp.shape != out.shape:
+                raise ValueError(
+                    f"module {name} maps {tuple(inp.shape)} to {tuple(out.shape)}: a residual "
+                    "block must keep the stream's shape (down-sampling is a boundary map)"
+                )

@@ -1,0 +1,171 @@
+"""The path profile: Fisher speeds, action and length over depth (THEORY.md §3).
+
+For blocks x_{l+1} = x_l + h v_l(x_l):
+
+- Fisher speed s_l² = E_x[(J_l v_l)ᵀ Λ(p) (J_l v_l)], J_l = ∂logits/∂x_l: the output
+  Fisher pulled back to the residual stream. Written with the columns s_k of Λ̂
+  (Λ̂ = Σ_k s_k s_kᵀ): s_l² = E_x Σ_k ⟨g_lk, v_l⟩², g_lk = ∂(s_kᵀ f)/∂x_l.
+- All blocks at once: one backward per column k (C exact, M Monte-Carlo) gives g_lk at
+  every block. The cost is one forward plus K backward passes through the blocks and
+  head, without weight gradients — flat in L relative to a gradient.
+- Action A = h Σ s_l², length C = h Σ s_l, and C² ≤ A (Cauchy–Schwarz, hL = 1), with
+  equality iff the speed is constant; the gap A − C² is reported.
+- Euclidean speed: E‖v_l‖² (the kinetic baseline of Finlay et al. 2020).
+- Metric sensitivity at the boundary maps: tr G at the stem's output x_0 and at the
+  head's input x_L, G = E_x J_lᵀ Λ J_l (also given at every block input).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..fisher._data import as_batch_stream
+from ..fisher._params import check_eval_mode
+from ..fisher.likelihood import FisherKind, Likelihood, check_outputs, output_sqrt_factors
+from .adapter import ResidualPath
+
+__all__ = ["PathProfile", "action_and_length", "path_profile"]
+
+
+def action_and_length(speeds: Sequence[float] | np.ndarray, step: float) -> tuple[float, float]:
+    """(A, C) = (h Σ s_l², h Σ s_l) for per-block speeds s_l ≥ 0."""
+    s = np.asarray(speeds, dtype=np.float64)
+    return float(step * (s**2).sum()), float(step * s.sum())
+
+
+@dataclass
+class PathProfile:
+    """Per-block speeds and the action/length of a path.
+
+    Attributes:
+        metric: ``"fisher"`` or ``"euclidean"``: which speeds define action and length.
+        speeds: s_l for the chosen metric, [L].
+        euclidean_speeds: sqrt(E‖v_l‖²), [L] (always computed: it is free).
+        fisher_speeds: Fisher speeds [L], or None for the Euclidean metric.
+        metric_trace: tr G at each block input and at the last output, [L+1] (Fisher only).
+        step: h.
+        num_data: N.
+    """
+
+    metric: str
+    speeds: np.ndarray
+    euclidean_speeds: np.ndarray
+    fisher_speeds: np.ndarray | None
+    metric_trace: np.ndarray | None
+    step: float
+    num_data: int
+    kind: str = "true"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def action(self) -> float:
+        return action_and_length(self.speeds, self.step)[0]
+
+    @property
+    def length(self) -> float:
+        return action_and_length(self.speeds, self.step)[1]
+
+    @property
+    def gap(self) -> float:
+        """A − C² ≥ 0; zero iff the speed is constant over depth."""
+        return self.action - self.length**2
+
+    @property
+    def boundary(self) -> dict[str, float]:
+        """Fisher sensitivity of the boundary maps: tr G at x_0 (stem out) and x_L (head in)."""
+        if self.metric_trace is None:
+            return {}
+        return {"stem_output": float(self.metric_trace[0]), "head_input": float(self.metric_trace[-1])}
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
+        out = {
+            "metric": self.metric, "kind": self.kind, "step": self.step, "num_data": self.num_data,
+            "speeds": self.speeds.tolist(), "euclidean_speeds": self.euclidean_speeds.tolist(),
+            "action": self.action, "length": self.length, "gap": self.gap, "boundary": self.boundary,
+        }
+        if self.fisher_speeds is not None:
+            out["fisher_speeds"] = self.fisher_speeds.tolist()
+            out["metric_trace"] = self.metric_trace.tolist()
+        return out
+
+
+def path_profile(
+    model: nn.Module,
+    data: Any,
+    *,
+    metric: str = "fisher",
+    kind: str = "true",
+    mc_samples: int = 1,
+    seed: int = 0,
+    likelihood: str = "classification",
+    block_names: Sequence[str] | None = None,
+    step: float | None = None,
+    batch_size: int = 256,
+) -> PathProfile:
+    """Speeds, action and length of the path a residual network traces (module doc).
+
+    Args:
+        model: a :class:`~memspace.paths.models.ResidualPathModel`, or any model with
+            ``block_names`` given (modules mapping x_l to x_{l+1}).
+        data: DataLoader, iterable of ``(x, y)`` or an ``(X, y)`` pair; streamed.
+        metric: ``"fisher"`` or ``"euclidean"``.
+        kind: ``"true"`` (exact over C classes), ``"mc"`` or ``"empirical"``.
+        mc_samples: labels per input for ``kind="mc"``.
+        seed: seed of the Monte-Carlo labels (per batch index).
+        likelihood: ``"classification"`` or ``"regression"``.
+        block_names, step: see :class:`~memspace.paths.adapter.ResidualPath`.
+        batch_size: rows per batch for an ``(X, y)`` pair.
+    """
+    if metric not in ("fisher", "euclidean"):
+        raise ValueError(f"unknown metric {metric!r}; use 'fisher' or 'euclidean'")
+    kind_e, lik = FisherKind.parse(kind), Likelihood.parse(likelihood)
+    check_eval_mode(model)
+    path = ResidualPath(model, block_names, step)
+    first = next(model.parameters())
+    stream = as_batch_stream(data, device=first.device, dtype=first.dtype, batch_size=batch_size)
+    depth = path.depth
+    euclid = torch.zeros(depth, dtype=torch.float64)
+    fisher = torch.zeros(depth, dtype=torch.float64)
+    trace = torch.zeros(depth + 1, dtype=torch.float64)
+    count = 0
+    for index, (x, y) in enumerate(stream):
+        want_fisher = metric == "fisher"
+        with torch.set_grad_enabled(want_fisher), path.capture(leaf_input=want_fisher) as record:
+            logits = model(x)
+        path.check_captured(record)
+        velocities = record.velocities()
+        euclid += torch.stack([(v.detach().double() ** 2).flatten(1).sum(1).sum() for v in velocities])
+        if want_fisher:
+            check_outputs(logits, y, lik, f"batch {index}")
+            gen = None
+            if kind_e is FisherKind.MC:
+                gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + index)
+            factors = output_sqrt_factors(logits, y, lik, kind_e, mc_samples=mc_samples, generator=gen)
+            states = [*record.inputs, record.outputs[-1]]
+            for k in range(factors.shape[0]):
+                grads = torch.autograd.grad(logits, states, factors[k], retain_graph=k < factors.shape[0] - 1,
+                                            allow_unused=True)
+                grads = [torch.zeros_like(s) if g is None else g for g, s in zip(grads, states)]
+                for l, v in enumerate(velocities):
+                    fisher[l] += ((grads[l] * v.detach()).flatten(1).sum(1).double() ** 2).sum()
+                trace += torch.stack([(g.double() ** 2).sum() for g in grads])
+        count += x.shape[0]
+    euclidean_speeds = (euclid / count).sqrt().numpy()
+    fisher_speeds = (fisher / count).sqrt().numpy() if metric == "fisher" else None
+    return PathProfile(
+        metric=metric,
+        speeds=fisher_speeds if metric == "fisher" else euclidean_speeds,
+        euclidean_speeds=euclidean_speeds,
+        fisher_speeds=fisher_speeds,
+        metric_trace=(trace / count).numpy() if metric == "fisher" else None,
+        step=float(path.step),
+        num_data=count,
+        kind=kind_e.value if metric == "fisher" else "n/a",
+    )
