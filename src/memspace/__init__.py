@@ -1,12 +1,17 @@
 """memspace: a deep network as a memory space, measured with the Fisher metric.
 
-See THEORY.md: Fisher information (``memspace.fisher``), complexity of a
-configuration (``memspace.complexity``), a residual network as a path
-(``memspace.paths``) and least-action training (``memspace.action``, ``memspace.train``).
+The data flow is one way (THEORY.md): the metric (:mod:`memspace.fisher`) → quantities
+of a configuration (:mod:`memspace.complexity`) and of a path (:mod:`memspace.paths`)
+→ least action (:mod:`memspace.action`, :mod:`memspace.train`) → studies and reports.
 """
 
 from ._errors import DataError, MemspaceError
+from .action import ActionTerm, StraightenResult, fisher_action, jacobian_action, kinetic_action, straighten
+from .complexity import TrajectoryLength, fisher_distance, fisher_rao_norm, trajectory_length
+from .data import DataSplit, load_dataset
 from .fisher import KFAC, FisherKind, FisherOperator, Likelihood
+from .paths import PathProfile, ResidualCNN, ResidualMLP, ResidualPath, path_profile
+from .train import FitResult, fit
 
 __version__ = "0.1.0"
 
@@ -20,4 +25,27 @@ __all__ = [
     "FisherKind",
     "Likelihood",
     "KFAC",
+    # complexity of a configuration
+    "fisher_rao_norm",
+    "fisher_distance",
+    "trajectory_length",
+    "TrajectoryLength",
+    # a network as a path
+    "ResidualMLP",
+    "ResidualCNN",
+    "ResidualPath",
+    "path_profile",
+    "PathProfile",
+    # least action
+    "ActionTerm",
+    "fisher_action",
+    "kinetic_action",
+    "jacobian_action",
+    "straighten",
+    "StraightenResult",
+    "fit",
+    "FitResult",
+    # data
+    "load_dataset",
+    "DataSplit",
 ]

@@ -12,6 +12,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
+import torch
 from torch import Tensor, nn
 
 from .models import ResidualPathModel
@@ -76,7 +77,8 @@ class ResidualPath:
 
         Args:
             leaf_input: make the first block's input a fresh leaf requiring grad, so
-                gradients with respect to the stream never enter the stem.
+                gradients with respect to the stream never enter the stem. (A first
+                input that does not require grad is always made such a leaf.)
 
         Raises:
             ValueError: (after the forward) if a block ran more than once or never.
@@ -86,7 +88,11 @@ class ResidualPath:
         handles = []
         for i, block in enumerate(self.blocks):
             def pre_hook(module, args, i=i):
-                if i == 0 and leaf_input:
+                # A first input that does not require grad (frozen stem) becomes a leaf
+                # that does, so gradients with respect to the stream exist; this changes
+                # no parameter gradient.
+                needs_leaf = leaf_input or (torch.is_grad_enabled() and not args[0].requires_grad)
+                if i == 0 and needs_leaf:
                     return (args[0].detach().requires_grad_(True), *args[1:])
                 return None
 

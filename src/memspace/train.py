@@ -1,0 +1,298 @@
+"""Least-action training with checkpoints that resume exactly (THEORY.md §4).
+
+:func:`fit` minimises  mean cross-entropy + λ · action  over mini-batches, where the
+action is one of :data:`memspace.action.ACTIONS` (or none). After every epoch it
+measures loss and accuracy (train and validation), the exact Fisher action and length
+of the path on a fixed probe subset of the training data, and writes
+
+- ``metrics.jsonl``: one JSON line per epoch, appended as produced;
+- ``epoch-XXXX.safetensors``: model and optimizer tensors, with the epoch, the
+  optimizer's non-tensor state and the configuration in the file's metadata.
+
+A killed run restarted with the same arguments loads the latest checkpoint and goes on;
+because every source of randomness is a generator seeded from (seed, epoch), the
+resumed run equals an uninterrupted one (on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from ._errors import MemspaceError
+from .action import ActionTerm
+from .fisher._data import check_finite
+from .paths.profile import path_profile
+
+__all__ = ["FitResult", "evaluate", "fit", "latest_checkpoint", "load_checkpoint"]
+
+
+@dataclass
+class FitResult:
+    """What :func:`fit` returns: the trained model and the per-epoch metrics."""
+
+    model: nn.Module
+    history: list[dict[str, Any]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    resumed_from: int = 0
+
+
+def evaluate(model: nn.Module, data: tuple[Tensor, Tensor], batch_size: int = 1024) -> tuple[float, float]:
+    """(mean cross-entropy, accuracy) of a classifier on ``(X, y)``."""
+    X, y = data
+    loss, correct = 0.0, 0
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        for start in range(0, len(X), batch_size):
+            logits = model(X[start : start + batch_size])
+            target = y[start : start + batch_size]
+            loss += float(nn.functional.cross_entropy(logits, target, reduction="sum"))
+            correct += int((logits.argmax(1) == target).sum())
+    model.train(was_training)
+    return loss / len(X), correct / len(X)
+
+
+def _make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise MemspaceError(f"unknown optimizer {name!r}; use 'adam' or 'sgd'")
+
+
+def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
+    state = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, entry in state["state"].items():
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tensors[f"optimizer.{pid}.{key}"] = value.detach().clone().contiguous()
+            else:
+                scalars[f"{pid}.{key}"] = value
+    return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
+
+
+def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+    state: dict[int, dict[str, Any]] = {}
+    for key, value in tensors.items():
+        if key.startswith("optimizer."):
+            _, pid, name = key.split(".", 2)
+            state.setdefault(int(pid), {})[name] = value
+    for key, value in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = value
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def latest_checkpoint(directory: str | Path) -> Path | None:
+    """The checkpoint of the highest epoch in ``directory``, or None."""
+    files = sorted(Path(directory).glob("epoch-*.safetensors"))
+    return files[-1] if files else None
+
+
+def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
+    """Load a :func:`fit` checkpoint's weights into ``model``; return its metadata.
+
+    Raises:
+        MemspaceError: for a corrupt file or one that does not match the architecture.
+    """
+    path = Path(path)
+    try:
+        tensors = load_file(str(path))
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            meta = handle.metadata() or {}
+    except Exception as error:
+        raise MemspaceError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in weights]
+    wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    if missing or wrong:
+        detail = f"missing {missing[0]!r}" if missing else (
+            f"{wrong[0]!r} has shape {tuple(weights[wrong[0]].shape)}, model expects {tuple(expected[wrong[0]].shape)}")
+        raise MemspaceError(f"checkpoint {path} does not match the architecture: {detail}")
+    model.load_state_dict(weights)
+    return {"tensors": tensors, **{k: json.loads(v) for k, v in meta.items()}}
+
+
+def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + salt)
+
+
+def fit(
+    model: nn.Module,
+    train_data: tuple[Tensor, Tensor],
+    *,
+    action: str | None = None,
+    lam: float = 0.0,
+    epochs: int = 20,
+    optimizer: str = "adam",
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    batch_size: int = 64,
+    val_data: tuple[Tensor, Tensor] | None = None,
+    seed: int = 0,
+    checkpoint_dir: str | Path | None = None,
+    block_names: Sequence[str] | None = None,
+    probe_size: int = 256,
+    mc_samples: int = 1,
+    progress: bool = True,
+) -> FitResult:
+    """Train a residual classifier with an optional least-action term.
+
+    Args:
+        model: a :class:`~memspace.paths.ResidualPathModel`, or any model with
+            ``block_names`` (needed when ``action`` is set and for the path metrics).
+        train_data: ``(X, y)`` tensors; shuffled each epoch by a generator seeded from
+            (seed, epoch).
+        action: ``None``, ``"fisher"``, ``"kinetic"`` or ``"jacobian"``.
+        lam: λ, the weight of the action term.
+        epochs: total epochs (a resumed run continues up to this number).
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        lr, weight_decay, batch_size: as usual.
+        val_data: optional ``(X, y)`` for validation loss/accuracy each epoch.
+        seed: seed of shuffling and of the regularisers' random probes/labels.
+        checkpoint_dir: where metrics and checkpoints go; a run with an existing
+            checkpoint there resumes from it.
+        block_names: residual blocks of a model that is not a memspace residual model.
+        probe_size: training points on which the exact Fisher action is measured.
+        mc_samples: sampled labels per input for the Fisher action term.
+        progress: show a progress bar (rich).
+
+    Returns:
+        :class:`FitResult` with the model (in eval mode) and the metrics per epoch.
+    """
+    X, y = train_data
+    if len(X) == 0:
+        raise MemspaceError("the training data is empty")
+    check_finite(X, "training inputs")
+    if val_data is not None:
+        check_finite(val_data[0], "validation inputs")
+    if action is not None and lam < 0:
+        raise MemspaceError(f"lam must be non-negative, got {lam}")
+    term = ActionTerm(action, model, block_names, mc_samples=mc_samples) if action else None
+    opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay)
+    result = FitResult(model)
+    start_epoch = 0
+    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    config = {"action": action, "lam": lam, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+              "batch_size": batch_size, "seed": seed, "epochs": epochs}
+    if directory is not None:
+        directory.mkdir(parents=True, exist_ok=True)
+        last = latest_checkpoint(directory)
+        if last is not None:
+            meta = load_checkpoint(last, model)
+            _restore_optimizer(opt, meta["tensors"], meta["optimizer"])
+            start_epoch = int(meta["epoch"])
+            result.resumed_from = start_epoch
+            metrics_file = directory / "metrics.jsonl"
+            if metrics_file.exists():
+                lines = metrics_file.read_text().splitlines()[:start_epoch]
+                result.history = [json.loads(line) for line in lines]
+                metrics_file.write_text("".join(line + "\n" for line in lines))
+    probe = (X[:probe_size], y[:probe_size])
+    steps_per_epoch = math.ceil(len(X) / batch_size)
+    bar = _progress(progress, epochs, start_epoch)
+    try:
+        for epoch in range(start_epoch, epochs):
+            model.train()
+            order = torch.randperm(len(X), generator=_epoch_generator(seed, epoch, 0))
+            probes = _epoch_generator(seed, epoch, 1)
+            running, seen, action_sum = 0.0, 0, 0.0
+            for step in range(steps_per_epoch):
+                idx = order[step * batch_size : (step + 1) * batch_size]
+                xb, yb = X[idx], y[idx]
+                if term is not None:
+                    with term.capture() as record:
+                        logits = model(xb)
+                    penalty = term(record, logits, yb, generator=probes)
+                else:
+                    logits = model(xb)
+                    penalty = logits.new_zeros(())
+                loss = nn.functional.cross_entropy(logits, yb)
+                total = loss + lam * penalty if term is not None else loss
+                if not torch.isfinite(total):
+                    raise MemspaceError(f"the loss became {float(total)} at epoch {epoch + 1}, step {step + 1}; "
+                                        "lower the learning rate or λ")
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                opt.step()
+                running += float(loss) * len(idx)
+                action_sum += float(penalty) * len(idx)
+                seen += len(idx)
+            model.eval()
+            record_epoch = _epoch_metrics(model, epoch + 1, running / seen, action_sum / seen, train_data,
+                                          val_data, probe, block_names)
+            result.history.append(record_epoch)
+            if directory is not None:
+                result.checkpoints.append(_save(directory, model, opt, epoch + 1, config, record_epoch))
+            bar.advance(record_epoch)
+    finally:
+        bar.close()
+    model.eval()
+    return result
+
+
+def _epoch_metrics(model, epoch, batch_loss, batch_action, train_data, val_data, probe, block_names) -> dict:
+    train_loss, train_acc = evaluate(model, train_data)
+    metrics = {"epoch": epoch, "batch_loss": batch_loss, "train_loss": train_loss, "train_acc": train_acc,
+               "regulariser": batch_action}
+    if val_data is not None:
+        metrics["val_loss"], metrics["val_acc"] = evaluate(model, val_data)
+    try:
+        profile = path_profile(model, probe, block_names=block_names)
+        metrics.update(fisher_action=profile.action, fisher_length=profile.length,
+                       kinetic_action=float(profile.step * (profile.euclidean_speeds**2).sum()))
+    except ValueError:  # not a path (no residual blocks given): skip the path metrics
+        pass
+    return metrics
+
+
+def _save(directory: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, config: dict,
+          metrics: dict) -> Path:
+    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    tensors.update(opt_tensors)
+    path = directory / f"epoch-{epoch:04d}.safetensors"
+    tmp = path.with_suffix(".tmp")
+    save_file(tensors, str(tmp), metadata={"epoch": json.dumps(epoch), "optimizer": json.dumps(opt_meta),
+                                           "config": json.dumps(config)})
+    tmp.replace(path)  # atomic: a killed run never leaves a half-written checkpoint
+    with (directory / "metrics.jsonl").open("a") as handle:
+        handle.write(json.dumps(metrics) + "\n")
+    return path
+
+
+class _progress:
+    """A rich progress bar over epochs (or nothing)."""
+
+    def __init__(self, enabled: bool, total: int, done: int):
+        self._bar = None
+        if enabled and total > done:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task("fit", total=total, completed=done, info="")
+
+    def advance(self, metrics: dict) -> None:
+        if self._bar is not None:
+            info = f"loss {metrics['train_loss']:.3f} acc {metrics['train_acc']:.3f}"
+            self._bar.update(self._task, advance=1, info=info)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
