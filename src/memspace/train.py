@@ -229,8 +229,8 @@ def fit(
                 opt.zero_grad(set_to_none=True)
                 total.backward()
                 opt.step()
-                running += float(loss) * len(idx)
-                action_sum += float(penalty) * len(idx)
+                running += float(loss.detach()) * len(idx)
+                action_sum += float(penalty.detach()) * len(idx)
                 seen += len(idx)
             model.eval()
             record_epoch = _epoch_metrics(model, epoch + 1, running / seen, action_sum / seen, train_data,
