@@ -188,3 +188,14 @@ def test_cnn_profile_and_metric_trace_against_dense():
     expected_trace = torch.einsum("ncp,ncd,ndp->n", jac, lam, jac).mean()
     assert profile.boundary["head_input"] == pytest.approx(float(expected_trace), rel=1e-10)
     assert np.all(profile.fisher_speeds > 0)
+
+
+def test_pointwise_speeds_average_to_the_profile():
+    from memspace.paths import pointwise_speeds
+
+    model = _mlp(depth=3)
+    X, y = _data()
+    speeds, states = pointwise_speeds(model, X, batch_size=7)
+    assert speeds.shape == (40, 3) and states.shape == (4, 40, 5)
+    np.testing.assert_allclose((speeds**2).mean(0), path_profile(model, (X, y)).fisher_speeds ** 2, rtol=1e-10)
+    np.testing.assert_allclose(states[-1], model.stream(X)[-1].detach().numpy())

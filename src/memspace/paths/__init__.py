@@ -2,7 +2,7 @@
 
 from .adapter import ResidualPath, StreamCapture
 from .models import ResidualBlock, ResidualCNN, ResidualMLP, ResidualPathModel
-from .profile import PathProfile, action_and_length, path_profile
+from .profile import PathProfile, action_and_length, path_profile, pointwise_speeds
 
 __all__ = [
     # models
@@ -17,4 +17,5 @@ __all__ = [
     "PathProfile",
     "path_profile",
     "action_and_length",
+    "pointwise_speeds",
 ]

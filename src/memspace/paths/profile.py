@@ -31,7 +31,7 @@ from ..fisher._params import check_eval_mode
 from ..fisher.likelihood import FisherKind, Likelihood, check_outputs, output_sqrt_factors
 from .adapter import ResidualPath
 
-__all__ = ["PathProfile", "action_and_length", "path_profile"]
+__all__ = ["PathProfile", "action_and_length", "path_profile", "pointwise_speeds"]
 
 
 def action_and_length(speeds: Sequence[float] | np.ndarray, step: float) -> tuple[float, float]:
@@ -97,6 +97,75 @@ class PathProfile:
         return out
 
 
+@dataclass
+class _BatchTerms:
+    """Per-sample contributions of one batch: ‖v_l‖² [N, L], Σ_k⟨g_lk, v_l⟩² [N, L],
+    Σ_k‖g_lk‖² [N, L+1] (the last two None for the Euclidean metric), states x_0..x_L."""
+
+    euclidean: torch.Tensor
+    fisher: torch.Tensor | None
+    trace: torch.Tensor | None
+    states: list[torch.Tensor]
+
+
+def _batch_terms(model, path: ResidualPath, x, y, index: int, *, fisher: bool, kind: FisherKind,
+                 likelihood: Likelihood, mc_samples: int, seed: int) -> _BatchTerms:
+    """One forward with block hooks and, for the Fisher metric, one batched backward."""
+    with torch.set_grad_enabled(fisher), path.capture(leaf_input=fisher) as record:
+        logits = model(x)
+    path.check_captured(record)
+    velocities = [v.detach() for v in record.velocities()]
+    states = [*record.inputs, record.outputs[-1]]
+    euclidean = torch.stack([v.double().pow(2).flatten(1).sum(1) for v in velocities], dim=1)
+    if not fisher:
+        return _BatchTerms(euclidean, None, None, [s.detach() for s in states])
+    if y is not None:
+        check_outputs(logits, y, likelihood, f"batch {index}")
+    gen = None
+    if kind is FisherKind.MC:
+        gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + index)
+    factors = output_sqrt_factors(logits, y, likelihood, kind, mc_samples=mc_samples, generator=gen)
+    # K > 1 columns go through one vmapped backward (is_grads_batched); one column
+    # through a plain backward, which avoids vmap's overhead.
+    if factors.shape[0] == 1:
+        grads = [None if g is None else g.unsqueeze(0)
+                 for g in torch.autograd.grad(logits, states, factors[0], allow_unused=True)]
+    else:
+        grads = torch.autograd.grad(logits, states, factors, is_grads_batched=True, allow_unused=True)
+    grads = [torch.zeros((factors.shape[0], *s.shape), dtype=s.dtype, device=s.device) if g is None else g
+             for g, s in zip(grads, states)]
+    speed = torch.stack([(g * v).flatten(2).sum(2).double().pow(2).sum(0) for g, v in zip(grads, velocities)], 1)
+    trace = torch.stack([g.double().pow(2).flatten(2).sum(2).sum(0) for g in grads], dim=1)
+    return _BatchTerms(euclidean, speed, trace, [s.detach() for s in states])
+
+
+def pointwise_speeds(model: nn.Module, inputs: torch.Tensor, *, kind: str = "true",
+                     likelihood: str = "classification", block_names: Sequence[str] | None = None,
+                     step: float | None = None, seed: int = 0, batch_size: int = 256
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Fisher speed of each data point at each block, and the points' trajectories.
+
+    s_l(x)² = Σ_k ⟨g_lk(x), v_l(x)⟩² for one input x (labels from the model for
+    ``kind="true"``: the targets are not used).
+
+    Returns:
+        ``(speeds [N, L], states [L+1, N, d])`` with the stream flattened to d features.
+    """
+    check_eval_mode(model)
+    path = ResidualPath(model, block_names, step)
+    kind_e, lik = FisherKind.parse(kind), Likelihood.parse(likelihood)
+    if kind_e is FisherKind.EMPIRICAL:
+        raise ValueError("pointwise speeds use the model's own labels: kind must be 'true' or 'mc'")
+    speeds, states = [], []
+    for start in range(0, inputs.shape[0], batch_size):
+        x = inputs[start : start + batch_size]
+        terms = _batch_terms(model, path, x, None, start // batch_size, fisher=True, kind=kind_e,
+                             likelihood=lik, mc_samples=1, seed=seed)
+        speeds.append(terms.fisher.sqrt())
+        states.append(torch.stack([s.flatten(1).double() for s in terms.states]))
+    return torch.cat(speeds).cpu().numpy(), torch.cat(states, dim=1).cpu().numpy()
+
+
 def path_profile(
     model: nn.Module,
     data: Any,
@@ -131,37 +200,17 @@ def path_profile(
     path = ResidualPath(model, block_names, step)
     first = next(model.parameters())
     stream = as_batch_stream(data, device=first.device, dtype=first.dtype, batch_size=batch_size)
-    depth = path.depth
-    euclid = torch.zeros(depth, dtype=torch.float64)
-    fisher = torch.zeros(depth, dtype=torch.float64)
-    trace = torch.zeros(depth + 1, dtype=torch.float64)
+    euclid = torch.zeros(path.depth, dtype=torch.float64)
+    fisher = torch.zeros(path.depth, dtype=torch.float64)
+    trace = torch.zeros(path.depth + 1, dtype=torch.float64)
     count = 0
     for index, (x, y) in enumerate(stream):
-        want_fisher = metric == "fisher"
-        with torch.set_grad_enabled(want_fisher), path.capture(leaf_input=want_fisher) as record:
-            logits = model(x)
-        path.check_captured(record)
-        velocities = record.velocities()
-        euclid += torch.stack([(v.detach().double() ** 2).flatten(1).sum(1).sum() for v in velocities])
-        if want_fisher:
-            check_outputs(logits, y, lik, f"batch {index}")
-            gen = None
-            if kind_e is FisherKind.MC:
-                gen = torch.Generator(device=x.device).manual_seed(seed * 1_000_003 + index)
-            factors = output_sqrt_factors(logits, y, lik, kind_e, mc_samples=mc_samples, generator=gen)
-            states = [*record.inputs, record.outputs[-1]]
-            # K > 1 columns go through one vmapped backward (is_grads_batched); one column
-            # through a plain backward, which avoids vmap's overhead.
-            if factors.shape[0] == 1:
-                grads = [None if g is None else g.unsqueeze(0) for g in
-                         torch.autograd.grad(logits, states, factors[0], allow_unused=True)]
-            else:
-                grads = torch.autograd.grad(logits, states, factors, is_grads_batched=True, allow_unused=True)
-            grads = [torch.zeros((factors.shape[0], *s.shape), dtype=s.dtype, device=s.device) if g is None else g
-                     for g, s in zip(grads, states)]
-            for l, v in enumerate(velocities):
-                fisher[l] += ((grads[l] * v.detach()).flatten(2).sum(2).double() ** 2).sum()
-            trace += torch.stack([(g.double() ** 2).sum() for g in grads])
+        terms = _batch_terms(model, path, x, y, index, fisher=metric == "fisher", kind=kind_e,
+                             likelihood=lik, mc_samples=mc_samples, seed=seed)
+        euclid += terms.euclidean.sum(0)
+        if terms.fisher is not None:
+            fisher += terms.fisher.sum(0)
+            trace += terms.trace.sum(0)
         count += x.shape[0]
     euclidean_speeds = (euclid / count).sqrt().numpy()
     fisher_speeds = (fisher / count).sqrt().numpy() if metric == "fisher" else None
