@@ -10,7 +10,7 @@ export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 ARGS ?=
 
-.PHONY: demo test bench clean
+.PHONY: demo test bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,10 +25,16 @@ $(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt requirements-peers.txt
 	$(BIN)/pip install -q --no-deps -r requirements-peers.txt
 	touch $@
 
+# Debian's chromium for the browser test of the report (skipped where it cannot be installed).
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
+	  || echo "note: could not install chromium; the browser test will be skipped"; }
+
 demo: $(VENV)/.runtime
 	$(BIN)/memspace demo $(ARGS)
 
-test: $(VENV)/.dev
+test: $(VENV)/.dev chromium
 	$(BIN)/python -m pytest $(ARGS)
 
 bench: $(VENV)/.dev

@@ -57,7 +57,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=None, help="override the epochs of every run")
-    parser.add_argument("--straighten-steps", type=int, default=200)
+    parser.add_argument("--straighten-steps", type=int, default=300)
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -104,12 +104,17 @@ def write_markdown(results: dict, path: Path, seconds: float) -> None:
                          f"{cell('straighten_ratio', '{:.1f}')} |")
         tau, pval = kendalltau([r["fisher_action"] for r in rows], [r["gap"] for r in rows])
         base = [r for r in rows if r["action_term"] == "none"]
+        base_acc = np.mean([r["test_acc"] for r in base])
+        deltas = ", ".join(
+            f"{term} {100 * (np.mean([r['test_acc'] for r in rows if r['action_term'] == term]) - base_acc):+.1f}"
+            for term in dict.fromkeys(r["action_term"] for r in rows) if term != "none")
         lines += ["", f"- Claim (i), plain training ends near least action: A_trained/A_min for λ = 0 is "
-                  f"{np.mean([r['straighten_ratio'] for r in base]):.1f} on average (1 would be least action).",
-                  f"- Claim (ii), the regulariser does not hurt generalization: compare the test-accuracy column "
-                  f"with the λ = 0 row.",
+                  f"{np.mean([r['straighten_ratio'] for r in base]):.1f} on average (1 would be least action; "
+                  "straightening finds an upper bound on A_min, so this is a lower bound on the distance).",
+                  f"- Claim (ii), the regulariser does not hurt generalization: test accuracy against λ = 0, in "
+                  f"points: {deltas}.",
                   f"- Claim (iii), action correlates with the gap: Kendall τ(A_F, gap) = {tau:.2f} "
-                  f"(p = {pval:.2f}, {len(rows)} networks).", ""]
+                  f"(p = {pval:.2f}, {len(rows)} networks of all four kinds).", ""]
     path.write_text("\n".join(lines) + "\n")
 
 

@@ -164,10 +164,13 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
                block_names: Sequence[str] | None = None, seed: int = 0, batch_size: int = 512) -> StraightenResult:
     """Re-optimise the residual blocks to least action with the end map held fixed.
 
-    Stem and head are frozen; the blocks minimise action + ``penalty`` · E KL(p_trained ‖ p)
-    (a quadratic-penalty method for the constraint "same output distribution on the
-    data"). An iterate is feasible when its mean KL ≤ ``kl_tol``; the feasible iterate of
-    least exact action is returned, starting with the trained network itself.
+    Stem and head are frozen; the blocks minimise A/A_trained + ``penalty`` · E KL(p_trained ‖ p)
+    (a penalty method for the constraint "same output distribution on the data"; the
+    action is normalised by its trained value so that one penalty suits every scale).
+    An iterate is feasible when its mean KL ≤ ``kl_tol``; the feasible iterate of least
+    exact action is returned, starting with the trained network itself. A_min is thus an
+    upper bound on the true least action, and the ratio a lower bound on how far the
+    trained network is from it.
 
     Args:
         model: a trained residual network (copied, not modified).
@@ -202,6 +205,7 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
         return prof.action, prof.gap
 
     action0, gap0 = exact_action(student)
+    scale = action0 if action0 > 0 else 1.0  # the action term is A/A_trained: the penalty is scale-free
     best = (action0, gap0, 0.0, copy.deepcopy(student.state_dict()))
     history = [(0, action0, 0.0)]
     optimizer = torch.optim.Adam(trainable, lr=lr)
@@ -215,7 +219,7 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
         logq = logits.log_softmax(1)
         logp = teacher[index]
         kl = (logp.exp() * (logp - logq)).sum(1).mean()
-        loss = term(record, logits, generator=generator) + penalty * kl
+        loss = term(record, logits, generator=generator) / scale + penalty * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

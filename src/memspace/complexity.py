@@ -77,6 +77,8 @@ def fisher_distance(model: nn.Module, reference_params: Mapping[str, Tensor] | n
 def load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
     """A parameter state from a dict, a ``.safetensors`` file or a ``torch.save`` file.
 
+    A :func:`memspace.train.fit` checkpoint yields its model tensors (prefix removed).
+
     ``torch.load`` runs with ``weights_only=True``: arbitrary objects are never unpickled.
 
     Raises:
@@ -91,8 +93,9 @@ def load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or untrusted content: one clear line
         raise ValueError(f"cannot read checkpoint {path}: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from None
@@ -100,6 +103,8 @@ def load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
         state = state["model"]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
         raise ValueError(f"checkpoint {path} does not hold a dict of tensors")
+    if any(k.startswith("model.") for k in state):  # a memspace.train checkpoint
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     return dict(state)
 
 

@@ -5,6 +5,8 @@
 - ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` package (28×28, 10 classes),
   read from ``/usr/share/datasets/fashion-mnist`` when installed
   (``apt-get install dataset-fashion-mnist``); a clear error otherwise.
+- a path to your own ``.npz`` file with arrays ``X`` and ``y`` (split here), or
+  ``X_train``, ``y_train``, ``X_test``, ``y_test``; loaded with ``allow_pickle=False``.
 
 Nothing downloads at run time. Inputs are float32, standardised with training-set
 statistics; labels are int64.
@@ -91,6 +93,43 @@ def _fashion_mnist(limit: int | None, seed: int) -> DataSplit:
     return DataSplit("fashion-mnist", as_pair(xtr, ytr), as_pair(xte, yte), 10)
 
 
+def _npz(path: Path, test_fraction: float, seed: int) -> DataSplit:
+    if not path.is_file():
+        raise DataError(f"data file {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            content = {k: arrays[k] for k in arrays.files}
+    except Exception as error:
+        raise DataError(f"cannot read data file {path}: {type(error).__name__}: {error}") from None
+    if {"X", "y"} <= content.keys():
+        X, y = content["X"], content["y"]
+        parts = None
+    elif {"X_train", "y_train", "X_test", "y_test"} <= content.keys():
+        X = np.concatenate([content["X_train"], content["X_test"]])
+        y = np.concatenate([content["y_train"], content["y_test"]])
+        parts = len(content["X_train"])
+    else:
+        raise DataError(f"data file {path} must hold arrays X and y (or X_train, y_train, X_test, y_test); "
+                        f"it has {', '.join(content) or 'none'}")
+    if not np.issubdtype(X.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"data file {path}: X must be numeric and y integer class labels")
+    if len(X) != len(y) or len(X) < 2:
+        raise DataError(f"data file {path}: X has {len(X)} rows and y has {len(y)}")
+    bad = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"data file {path}: X contains NaN/Inf (first in row {int(np.argmax(bad))})")
+    if y.min() < 0:
+        raise DataError(f"data file {path}: labels must be non-negative integers")
+    classes = int(y.max()) + 1
+    X = X.astype(np.float64)
+    if parts is None:
+        return _split(str(path), X, y, test_fraction, seed, classes)
+    mean, std = X[:parts].mean(0, keepdims=True), X[:parts].std(0, keepdims=True) + 1e-6
+    X = ((X - mean) / std).astype(np.float32)
+    pair = lambda a, b: (torch.from_numpy(X[a:b]), torch.from_numpy(y[a:b].astype(np.int64)))  # noqa: E731
+    return DataSplit(str(path), pair(0, parts), pair(parts, len(X)), classes)
+
+
 def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.3, limit: int | None = None) -> DataSplit:
     """Load a data set by name (see module doc) with a seeded train/test split.
 
@@ -115,4 +154,6 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.3, limit:
         return _split(name, X, y, test_fraction, seed, 2)
     if name == "fashion-mnist":
         return _fashion_mnist(limit, seed)
+    if name.endswith(".npz"):
+        return _npz(Path(name), test_fraction, seed)
     raise MemspaceError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")

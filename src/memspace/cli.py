@@ -1,0 +1,262 @@
+"""The ``memspace`` command line: thin — it parses, calls the library, prints.
+
+Bad input (a missing or corrupt file, a checkpoint that does not fit the architecture,
+NaN data, an unknown data set, an output folder that exists) ends with one line on
+stderr saying what and where, exit code 2, and no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.util
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from ._errors import MemspaceError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Measure a deep network as a memory space: Fisher complexity, paths and least action.")
+
+DATA_HELP = ("Data set: digits (scikit-learn, embedded), moons (generated), fashion-mnist (Debian package), "
+             "or a path to an .npz file with arrays X and y.")
+
+
+def _cache_defaults() -> None:
+    cache = Path.cwd() / ".cache"
+    for var, sub in {"MPLCONFIGDIR": "matplotlib", "SCIKIT_LEARN_DATA": "sklearn",
+                     "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}.items():
+        os.environ.setdefault(var, str(cache / sub))
+
+
+def _fail(message: str, code: int = 2) -> None:
+    typer.echo(f"memspace: error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _friendly(command):
+    """Turn expected failures into one line on stderr and exit code 2."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        _cache_defaults()
+        try:
+            return command(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except KeyboardInterrupt:
+            _fail("interrupted; run the same command again to resume", 130)
+        except (MemspaceError, ValueError, TypeError, KeyError, FileNotFoundError, PermissionError,
+                IsADirectoryError, NotADirectoryError, ImportError, AttributeError, RuntimeError) as error:
+            if os.environ.get("MEMSPACE_DEBUG"):
+                raise
+            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            _fail(text if isinstance(error, MemspaceError) else f"{type(error).__name__}: {text}")
+
+    return wrapper
+
+
+def _status(json_mode: bool):
+    started = time.time()
+
+    def emit(message: str) -> None:
+        typer.echo(f"[{time.time() - started:5.0f} s] {message}", err=json_mode)
+    return emit
+
+
+def _print_summary(metrics: dict[str, Any], json_mode: bool) -> None:
+    if json_mode:
+        typer.echo(json.dumps(metrics))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="memspace summary")
+    table.add_column("measure")
+    names = list(metrics["networks"])
+    for name in names:
+        table.add_column(name, justify="right")
+    rows = [("test accuracy", "test_acc", "{:.3f}"), ("generalization gap", "gap", "{:+.3f}"),
+            ("Fisher–Rao norm", "fisher_rao_norm", "{:.4g}"), ("Fisher trace", "fisher_trace", "{:.4g}"),
+            ("effective dimension", "effective_dimension", "{:.1f}")]
+    for label, key, fmt in rows:
+        table.add_row(label, *[fmt.format(metrics["networks"][n]["measures"][key]) for n in names])
+    for label, key in (("Fisher action A_F", "action"), ("Fisher length C_F", "length")):
+        table.add_row(label, *[f"{metrics['networks'][n]['measures']['path'][key]:.4g}" for n in names])
+    Console().print(table)
+
+
+@app.command()
+@_friendly
+def demo(
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
+    out: Annotated[Path, typer.Option(help="Run folder for checkpoints, metrics.json and report.html.")] = Path("runs/demo"),
+    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and training.")] = 0,
+    device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
+    epochs: Annotated[int | None, typer.Option(help="Epochs per network (default: per data set).")] = None,
+    lam: Annotated[float | None, typer.Option(help="λ of the Fisher action term (default 0.1).")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Train residual networks with and without least action, measure both, write a report."""
+    from .report import render_report
+    from .studies import run_demo
+
+    started = time.time()
+    metrics = run_demo(data, out, seed=seed, device=device, epochs=epochs, lam=lam, overwrite=overwrite,
+                       progress=not json_output and sys.stderr.isatty(), status=_status(json_output))
+    report = render_report(metrics, out / "report.html")
+    _print_summary(metrics, json_output)
+    typer.echo(f"report: {report} ({time.time() - started:.0f} s)", err=json_output)
+
+
+def _load_factory(spec: str):
+    if ":" not in spec:
+        raise MemspaceError(f"--arch {spec!r} must be MODULE:FACTORY (a module or .py file, and a callable in it)")
+    module_name, _, attr = spec.rpartition(":")
+    if module_name.endswith(".py"):
+        path = Path(module_name)
+        if not path.is_file():
+            raise MemspaceError(f"architecture file {path} does not exist")
+        loaded = importlib.util.spec_from_file_location(path.stem, path)
+        module = importlib.util.module_from_spec(loaded)
+        loaded.loader.exec_module(module)
+    else:
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as error:
+            raise MemspaceError(f"cannot import architecture module {module_name!r}: {error}") from None
+    if not hasattr(module, attr):
+        raise MemspaceError(f"module {module_name!r} has no factory {attr!r}")
+    return getattr(module, attr)
+
+
+@app.command()
+@_friendly
+def measure(
+    model: Annotated[Path, typer.Option(help="Weights: .safetensors, or a torch.save file (loaded with weights_only=True).")],
+    arch: Annotated[str, typer.Option(help="MODULE:FACTORY or path/to/file.py:FACTORY returning the nn.Module.")],
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
+    blocks: Annotated[str | None, typer.Option(help="Comma-separated module names of the residual blocks "
+                                               "(not needed for memspace's ResidualMLP/ResidualCNN).")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json and report.html.")] = Path("runs/measure"),
+    seed: Annotated[int, typer.Option(help="Seed of the data split and random probes.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+) -> None:
+    """Measure your own trained model: the demo's measurements, without training."""
+    import torch
+
+    from .complexity import load_state
+    from .data import load_dataset
+    from .report import render_report
+    from .studies import measure_network
+    from .studies.demo import prepare_run_dir
+
+    factory = _load_factory(arch)
+    network = factory()
+    if not isinstance(network, torch.nn.Module):
+        raise MemspaceError(f"factory {arch} returned {type(network).__name__}, not a torch.nn.Module")
+    state = load_state(model)
+    try:
+        network.load_state_dict(state)
+    except RuntimeError as error:
+        first = str(error).strip().splitlines()
+        raise MemspaceError(f"checkpoint {model} does not match the architecture {arch}: "
+                            f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+    split = load_dataset(data, seed=seed)
+    prepare_run_dir(out, overwrite)
+    names = [b.strip() for b in blocks.split(",")] if blocks else None
+    measures = measure_network(network.float().eval(), split, block_names=names, seed=seed,
+                               status=lambda m: typer.echo(f"  {m}", err=json_output))
+    metrics = {"run": {"data": data, "model": str(model), "arch": arch, "seed": seed},
+               "networks": {model.stem: {"action": "n/a", "lambda": "n/a", "history": [], "measures": measures}}}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
+    report = render_report(metrics, out / "report.html", title=f"memspace report: {model.name}")
+    _print_summary(metrics, json_output)
+    typer.echo(f"report: {report}", err=json_output)
+
+
+@app.command()
+@_friendly
+def train(
+    data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
+    action: Annotated[str, typer.Option(help="Least-action term: none, fisher, kinetic or jacobian.")] = "fisher",
+    lam: Annotated[float, typer.Option(help="λ, the weight of the action term.")] = 0.1,
+    epochs: Annotated[int, typer.Option(help="Total epochs (a resumed run continues to this number).")] = 30,
+    width: Annotated[int, typer.Option(help="Width of the residual stream.")] = 32,
+    depth: Annotated[int, typer.Option(help="Number of residual blocks L (h = 1/L).")] = 8,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
+    batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
+    seed: Annotated[int, typer.Option(help="Seed of split, initialisation and training.")] = 0,
+    out: Annotated[Path, typer.Option(help="Checkpoint folder; an interrupted run there resumes.")] = Path("runs/train"),
+    overwrite: Annotated[bool, typer.Option(help="Start afresh, replacing the folder.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the per-epoch metrics as JSON on stdout.")] = False,
+) -> None:
+    """Least-action training of a residual network, with safetensors checkpoints and resume."""
+    import torch
+
+    from .data import load_dataset
+    from .studies.demo import build_model
+    from .train import fit
+
+    if action not in ("none", "fisher", "kinetic", "jacobian"):
+        raise MemspaceError(f"unknown action {action!r}; use none, fisher, kinetic or jacobian")
+    split = load_dataset(data, seed=seed, limit=3000 if data == "fashion-mnist" else None)
+    out_exists = out.exists() and any(out.glob("epoch-*.safetensors"))
+    if out.exists() and not out.is_dir():
+        raise MemspaceError(f"output path {out} exists and is not a folder")
+    if out_exists and overwrite:
+        import shutil
+
+        shutil.rmtree(out)
+    elif out.exists() and any(out.iterdir()) and not out_exists:
+        raise MemspaceError(f"output folder {out} exists and holds no memspace checkpoints; choose another --out")
+    torch.manual_seed(seed)
+    model = build_model(data, split.input_shape, split.num_classes, {"width": width, "depth": depth})
+    result = fit(model, split.train, action=None if action == "none" else action, lam=lam, epochs=epochs, lr=lr,
+                 batch_size=batch_size, val_data=split.test, seed=seed, checkpoint_dir=out,
+                 progress=not json_output and sys.stderr.isatty())
+    if result.resumed_from:
+        typer.echo(f"resumed from epoch {result.resumed_from}", err=True)
+    if json_output:
+        typer.echo(json.dumps(result.history))
+    elif result.history:
+        last = result.history[-1]
+        typer.echo(f"epoch {last['epoch']}: train acc {last['train_acc']:.3f}, test acc {last.get('val_acc', float('nan')):.3f}, "
+                   f"Fisher action {last.get('fisher_action', float('nan')):.4g}; checkpoints in {out}")
+
+
+@app.command()
+@_friendly
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder holding metrics.json.")],
+    output: Annotated[Path | None, typer.Option(help="Where to write the HTML (default RUN_DIR/report.html).")] = None,
+) -> None:
+    """Re-render report.html from a run's saved metrics.json."""
+    from .report import render_report
+
+    source = run_dir / "metrics.json"
+    if not source.is_file():
+        raise MemspaceError(f"{source} not found: is {run_dir} a finished memspace run?")
+    try:
+        metrics = json.loads(source.read_text())
+        metrics["networks"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise MemspaceError(f"{source} is not a memspace metrics file (corrupt or truncated)") from None
+    path = render_report(metrics, output or run_dir / "report.html")
+    typer.echo(f"report: {path}")
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
