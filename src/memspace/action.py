@@ -160,13 +160,16 @@ def _mean_kl(model: nn.Module, stream, teacher: list[Tensor]) -> float:
 
 
 def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: int = 300, lr: float = 3e-3,
-               penalty: float = 100.0, kl_tol: float = 1e-3, mc_samples: int = 4, eval_every: int = 25,
+               penalty: float = 100.0, penalty_growth: float = 3.0, kl_tol: float = 1e-3, mc_samples: int = 4,
+               eval_every: int = 25,
                block_names: Sequence[str] | None = None, seed: int = 0, batch_size: int = 512) -> StraightenResult:
     """Re-optimise the residual blocks to least action with the end map held fixed.
 
     Stem and head are frozen; the blocks minimise A/A_trained + ``penalty`` · E KL(p_trained ‖ p)
     (a penalty method for the constraint "same output distribution on the data"; the
-    action is normalised by its trained value so that one penalty suits every scale).
+    action is normalised by its trained value so that one penalty suits every scale,
+    and the penalty grows by ``penalty_growth`` at every evaluation that finds the
+    iterate infeasible, which pulls the optimiser back to the constraint).
     An iterate is feasible when its mean KL ≤ ``kl_tol``; the feasible iterate of least
     exact action is returned, starting with the trained network itself. A_min is thus an
     upper bound on the true least action, and the ratio a lower bound on how far the
@@ -178,7 +181,7 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
         metric: ``"fisher"`` (Monte-Carlo Fisher action, ``mc_samples`` labels, during
             optimisation; exact action for evaluation) or ``"euclidean"`` (kinetic).
         steps, lr: Adam steps and learning rate on the blocks' parameters.
-        penalty: weight of the KL term.
+        penalty: initial weight of the KL term; ``penalty_growth`` its factor when infeasible.
         kl_tol: feasibility tolerance on the mean KL (nats).
         eval_every: steps between exact evaluations.
         block_names: residual blocks of a model that is not a memspace residual model.
@@ -206,6 +209,7 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
 
     action0, gap0 = exact_action(student)
     scale = action0 if action0 > 0 else 1.0  # the action term is A/A_trained: the penalty is scale-free
+    weight = penalty
     best = (action0, gap0, 0.0, copy.deepcopy(student.state_dict()))
     history = [(0, action0, 0.0)]
     optimizer = torch.optim.Adam(trainable, lr=lr)
@@ -219,7 +223,7 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
         logq = logits.log_softmax(1)
         logp = teacher[index]
         kl = (logp.exp() * (logp - logq)).sum(1).mean()
-        loss = term(record, logits, generator=generator) / scale + penalty * kl
+        loss = term(record, logits, generator=generator) / scale + weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -229,6 +233,8 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
             history.append((step, action, kl_all))
             if kl_all <= kl_tol and action < best[0]:
                 best = (action, gap, kl_all, copy.deepcopy(student.state_dict()))
+            elif kl_all > kl_tol:
+                weight *= penalty_growth  # infeasible: tighten the penalty (continuation)
     student.load_state_dict(best[3])
     for p in student.parameters():
         p.requires_grad_(True)

@@ -6,7 +6,7 @@ row-major order, in ``model.named_parameters()`` order.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -125,8 +125,3 @@ class ParameterSpace:
     def to_vector(self, tensors: Mapping[str, Tensor]) -> Tensor:
         """Flatten a dict of tensors into the flat layout [P]."""
         return torch.cat([tensors[n].reshape(-1) for n in self.names])
-
-    def flat_like(self, like: Iterable[Tensor] | None = None) -> Tensor:
-        """A zero flat vector on the parameters' device and dtype."""
-        first = next(iter(self.tensors().values()))
-        return torch.zeros(self.numel, dtype=first.dtype, device=first.device)

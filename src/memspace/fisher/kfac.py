@@ -182,9 +182,9 @@ class KFAC:
             if block.bias_name is None:
                 torch.matmul(g, rows @ a, out=target)
                 continue
-            result = g @ torch.addr(rows @ a[:-1], parts[block.bias_name], a[-1])
-            target.copy_(result[:, :-1])
-            out[block.bias_name].copy_(result[:, -1])
+            right = (rows @ a[:-1]).addr_(parts[block.bias_name], a[-1])  # V̄ A, [O, I+1]
+            torch.matmul(g, right[:, :-1], out=target)
+            torch.mv(g, right[:, -1], out=out[block.bias_name])
         for name, d in self.fallback_diag.items():
             torch.mul(d, parts[name].reshape(-1), out=out[name].view(-1))
         if isinstance(v, Mapping):

@@ -222,11 +222,6 @@ class FisherOperator:
         parts = self.space.to_dict(v, what)
         return {n: t.to(self.device, self.dtype) for n, t in parts.items()}
 
-    def _like_input(self, v: Vector, result: Mapping[str, Tensor]) -> Vector:
-        if isinstance(v, Mapping):
-            return dict(result)
-        return self.space.to_vector(result).to(v.device)
-
     # ----------------------------------------------------------- products
     def _dual_forward(self, x: Tensor, tangent: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict]:
         """One forward carrying a tangent: (f(x), J v, leaves) with f in the graph."""

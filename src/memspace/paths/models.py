@@ -8,7 +8,6 @@ network starts as the identity path (v_l ≡ 0).
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 __all__ = ["ResidualBlock", "ResidualCNN", "ResidualMLP", "ResidualPathModel"]

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .._errors import MemspaceError
+from ..complexity import load_state
 from ..data import load_dataset
 from ..paths import ResidualCNN, ResidualMLP
 from ..train import fit
@@ -89,7 +90,6 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
     resuming = prepare_run_dir(out, overwrite)
     if resuming:
         status(f"resuming the interrupted run in {out}")
-    split_dev = split
     networks: dict[str, Any] = {}
     for name, action in (("plain", None), ("least-action", "fisher")):
         torch.manual_seed(seed)
@@ -99,8 +99,6 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
         init_file = run_dir / "init.safetensors"
         if not init_file.exists():
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(init_file))
-        from ..complexity import load_state
-
         initial = load_state(init_file)
         status(f"training the {name} network ({cfg['epochs']} epochs, {'λ·A_F, λ = ' + str(cfg['lam']) if action else 'λ = 0'})")
         train = tuple(t.to(device) for t in split.train)
@@ -111,7 +109,7 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
         checkpoints = [init_file, *sorted(run_dir.glob("epoch-*.safetensors"))]
         status(f"measuring the {name} network")
         measures = measure_network(
-            result.model, split_dev, initial_params=initial, checkpoints=checkpoints,
+            result.model, split, initial_params=initial, checkpoints=checkpoints,
             model_factory=lambda: build_model(data, split.input_shape, split.num_classes, cfg).to(device),
             seed=seed, status=lambda m: status(f"  {m}"))
         networks[name] = {"action": action or "none", "lambda": cfg["lam"] if action else 0.0,
