@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,7 +61,9 @@ def evaluate(model: nn.Module, data: tuple[Tensor, Tensor], batch_size: int = 10
     return loss / len(X), correct / len(X)
 
 
-def _make_optimizer(name: str, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def _make_optimizer(name, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    if callable(name):
+        return name(params)
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     if name == "sgd":
@@ -138,7 +140,7 @@ def fit(
     action: str | None = None,
     lam: float = 0.0,
     epochs: int = 20,
-    optimizer: str = "adam",
+    optimizer: str | Callable[[Any], torch.optim.Optimizer] = "adam",
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     batch_size: int = 64,
@@ -160,7 +162,8 @@ def fit(
         action: ``None``, ``"fisher"``, ``"kinetic"`` or ``"jacobian"``.
         lam: λ, the weight of the action term.
         epochs: total epochs (a resumed run continues up to this number).
-        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9).
+        optimizer: ``"adam"``, ``"sgd"`` (momentum 0.9), or a factory ``params → Optimizer``
+            (then ``lr`` and ``weight_decay`` are the factory's business).
         lr, weight_decay, batch_size: as usual.
         val_data: optional ``(X, y)`` for validation loss/accuracy each epoch.
         seed: seed of shuffling and of the regularisers' random probes/labels.
@@ -187,7 +190,7 @@ def fit(
     result = FitResult(model)
     start_epoch = 0
     directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    config = {"action": action, "lam": lam, "optimizer": optimizer, "lr": lr, "weight_decay": weight_decay,
+    config = {"action": action, "lam": lam, "optimizer": optimizer if isinstance(optimizer, str) else "custom", "lr": lr, "weight_decay": weight_decay,
               "batch_size": batch_size, "seed": seed, "epochs": epochs}
     if directory is not None:
         directory.mkdir(parents=True, exist_ok=True)

@@ -139,3 +139,22 @@ def test_straightening_never_reports_a_ratio_below_one(moons):
     assert drift < 0.1
     for a, b in zip(result.model.stem.parameters(), trained.stem.parameters()):
         torch.testing.assert_close(a, b)
+
+
+def test_fit_accepts_an_optimizer_factory_and_refuses_nan(moons):
+    torch.manual_seed(0)
+    model = ResidualMLP(2, 6, 3, 2)
+    made = []
+
+    def factory(params):
+        made.append(torch.optim.SGD(params, lr=0.3, momentum=0.9))
+        return made[-1]
+
+    result = fit(model, moons.train, epochs=4, optimizer=factory, progress=False)
+    assert len(made) == 1 and made[0].state  # the factory's optimizer did the steps
+    assert result.history[-1]["train_loss"] < result.history[0]["train_loss"]
+    X, y = moons.train
+    bad = X.clone()
+    bad[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="training inputs contains 1 NaN/Inf"):
+        fit(model, (bad, y), epochs=1, progress=False)

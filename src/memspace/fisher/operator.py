@@ -372,10 +372,11 @@ class FisherOperator:
         total = torch.zeros(dim, dim, dtype=self.dtype, device=self.device)
         count = 0
         for index, (x, y) in enumerate(self.data):
-            rows = max(1, int(256 * 1024**2 // max(1, dim * itemsize * 16)))
             with torch.no_grad():
                 outputs = self._call(dict(self.model.named_parameters()), x)
             factors = self._factors(outputs, y, index)
+            # per-sample Jacobians [n, D, P] in chunks of about 256 MiB
+            rows = max(1, int(256 * 1024**2 // (outputs.shape[1] * dim * itemsize)))
             for start in range(0, x.shape[0], rows):
                 chunk = slice(start, start + rows)
                 jac = self.per_sample_jacobians(self.space.names, x[chunk])

@@ -34,9 +34,10 @@ __all__ = ["DEFAULTS", "prepare_run_dir", "run_demo"]
 
 MARKER = ".memspace-run"
 DEFAULTS = {
-    "digits": dict(width=32, depth=8, epochs=30, lr=3e-3, batch_size=64, lam=0.1, limit=None),
-    "moons": dict(width=8, depth=8, epochs=40, lr=1e-2, batch_size=64, lam=0.1, limit=None),
-    "fashion-mnist": dict(width=8, depth=4, epochs=4, lr=3e-3, batch_size=64, lam=0.1, limit=3000),
+    "digits": dict(width=32, depth=8, epochs=30, lr=3e-3, batch_size=64, lam=0.1, limit=None, spectral_points=None),
+    "moons": dict(width=8, depth=8, epochs=40, lr=1e-2, batch_size=64, lam=0.1, limit=None, spectral_points=None),
+    "fashion-mnist": dict(width=8, depth=4, epochs=4, lr=3e-3, batch_size=64, lam=0.1, limit=3000,
+                          spectral_points=256),
 }
 
 
@@ -111,7 +112,7 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
         measures = measure_network(
             result.model, split, initial_params=initial, checkpoints=checkpoints,
             model_factory=lambda: build_model(data, split.input_shape, split.num_classes, cfg).to(device),
-            seed=seed, status=lambda m: status(f"  {m}"))
+            spectral_points=cfg["spectral_points"], seed=seed, status=lambda m: status(f"  {m}"))
         networks[name] = {"action": action or "none", "lambda": cfg["lam"] if action else 0.0,
                           "history": result.history, "measures": measures}
         (out / f"measures-{name}.json").write_text(json.dumps(networks[name], indent=1))
