@@ -36,6 +36,15 @@ __all__ = [
 ]
 
 
+def _parse_option(enum: type[Enum], value, label: str):
+    """The member of a str-Enum named by ``value``, or a ValueError listing the choices."""
+    try:
+        return enum(value)
+    except ValueError:
+        names = ", ".join(repr(m.value) for m in enum)
+        raise ValueError(f"unsupported {label} {value!r}; use one of {names}") from None
+
+
 class Likelihood(str, Enum):
     """The model's output distribution p(y | f(x))."""
 
@@ -46,11 +55,7 @@ class Likelihood(str, Enum):
 
     @classmethod
     def parse(cls, value: str | Likelihood) -> Likelihood:
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"unsupported likelihood {value!r}; use one of {names}") from None
+        return _parse_option(cls, value, "likelihood")
 
 
 class FisherKind(str, Enum):
@@ -65,11 +70,7 @@ class FisherKind(str, Enum):
 
     @classmethod
     def parse(cls, value: str | FisherKind) -> FisherKind:
-        try:
-            return cls(value)
-        except ValueError:
-            names = ", ".join(repr(m.value) for m in cls)
-            raise ValueError(f"unsupported Fisher kind {value!r}; use one of {names}") from None
+        return _parse_option(cls, value, "Fisher kind")
 
 
 def check_outputs(

@@ -28,6 +28,15 @@ def _color(name: str) -> str:
     return COLORS.get(name, "#55A868")
 
 
+def _finish(fig: Figure, axes, legend_size: int = 8) -> Figure:
+    """Legends and grids on every panel, tight layout."""
+    for ax in axes:
+        ax.legend(fontsize=legend_size)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def speed_profile(networks: dict[str, Any]) -> Figure:
     """Fisher speed s_l per block (left) and the Euclidean speed (right)."""
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
@@ -40,11 +49,8 @@ def speed_profile(networks: dict[str, Any]) -> Figure:
     axes[0].set(xlabel="block l", ylabel="Fisher speed $s_l$", title="Fisher speed over depth")
     axes[1].set(xlabel="block l", ylabel="$\\sqrt{E\\|v_l\\|^2}$", title="Euclidean speed over depth")
     for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
         ax.set_ylim(bottom=0)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes)
 
 
 def spectrum(networks: dict[str, Any]) -> Figure:
@@ -63,11 +69,7 @@ def spectrum(networks: dict[str, Any]) -> Figure:
     axes[1].set(xlabel="$\\lambda$", ylabel="spectral mass per decade", xscale="log",
                 title="Spectral density (SLQ)")
     axes[1].set_ylim(bottom=0)
-    for ax in axes:
-        ax.legend(fontsize=8)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes)
 
 
 def training_curves(networks: dict[str, Any]) -> Figure | None:
@@ -92,11 +94,7 @@ def training_curves(networks: dict[str, Any]) -> Figure | None:
     axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
     axes[1].set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     axes[2].set(xlabel="epoch", ylabel="$A_F$", title="Fisher action of the path")
-    for ax in axes:
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return fig
+    return _finish(fig, axes, legend_size=7)
 
 
 def trajectories(networks: dict[str, Any]) -> Figure | None:
