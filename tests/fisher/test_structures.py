@@ -85,3 +85,24 @@ def test_kfac_on_cnn_keeps_diagonal_trace_consistent_and_layernorm_falls_back():
     assert set(kfac_ln.fallback_diag) == {"1.weight", "1.bias"}
     exact = FisherOperator(ln.model, (ln.inputs, ln.targets)).diag()
     torch.testing.assert_close(kfac_ln.diag()[20:30], exact[20:30])  # LayerNorm entries exact
+
+
+def test_a_layer_that_never_runs_has_zero_fisher_everywhere():
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.used = nn.Linear(3, 2)
+            self.unused = nn.Linear(3, 3)
+
+        def forward(self, x):
+            return self.used(x)
+
+    torch.manual_seed(0)
+    model = WithUnused().double()
+    X, y = torch.randn(6, 3, dtype=torch.float64), torch.randint(0, 2, (6,))
+    F = FisherOperator(model, (X, y))
+    v = torch.randn(F.shape[0], dtype=torch.float64)
+    assert (F @ v)[8:].abs().max() == 0 and F.diag()[8:].abs().max() == 0
+    kfac = KFAC(model, (X, y))
+    assert kfac.diag()[8:].abs().max() == 0 and (kfac @ v)[8:].abs().max() == 0
+    torch.testing.assert_close(F.diag()[:8], dense_fisher(model, X, y, names=["used.weight", "used.bias"]).diagonal())

@@ -119,6 +119,8 @@ class KFAC:
         for batch in operator.tapped_batches():
             taps = batch.taps
             for i, tap in enumerate(batch.taps):
+                if not tap.inputs:  # the layer did not run in this batch
+                    continue
                 a = _input_covariance(tap)
                 inputs[i] = a if i not in inputs else inputs[i] + a
             for column in batch.column_grads():
@@ -139,6 +141,12 @@ class KFAC:
         operator._num_data = int(num)
         prefix_of = {id(m): n for n, m in operator.model.named_modules()}
         for i, tap in enumerate(taps):
+            if i not in inputs:  # never ran: a zero block, kept as a zero diagonal
+                for name in (tap.weight_name, tap.bias_name):
+                    if name:
+                        self.fallback_diag[name] = torch.zeros(
+                            self.space.sizes[self.space.names.index(name)], dtype=dtype, device=device)
+                continue
             out_features = tap.module.weight.shape[0]
             g = grads.get(i, torch.zeros(out_features, out_features, dtype=dtype, device=device))
             block = KroneckerBlock(

@@ -477,6 +477,8 @@ def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:
     squares: list[Tensor | None] = [None] * len(batch.taps)
     for grads in batch.column_grads():
         for i, (tap, tap_grads) in enumerate(zip(batch.taps, grads)):
+            if not tap.inputs:  # the layer did not run: its Fisher is zero
+                continue
             if any(g is None for g in tap_grads):
                 tap_grads = [torch.zeros_like(o) if g is None else g for g, o in zip(tap_grads, tap.outputs)]
             if fast[i]:
