@@ -214,10 +214,13 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
     history = [(0, action0, 0.0)]
     optimizer = torch.optim.Adam(trainable, lr=lr)
     generator = torch.Generator(device=first.device).manual_seed(seed)
-    batches = list(range(len(teacher)))
+    def cycle():  # batches in order, round and round, one pass at a time
+        while True:
+            yield from enumerate(stream)
+
+    batches = cycle()
     for step in range(1, steps + 1):
-        index = batches[(step - 1) % len(batches)]
-        x, _ = next(b for i, b in enumerate(stream) if i == index)
+        index, (x, _) = next(batches)
         with term.capture() as record:
             logits = student(x)
         logq = logits.log_softmax(1)

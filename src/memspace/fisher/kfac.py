@@ -130,12 +130,8 @@ class KFAC:
                             continue
                         cov = _output_grad_covariance(tap, g)
                         grads[i] = cov if i not in grads else grads[i] + cov
-            if batch.fallback:
-                jac = operator.per_sample_jacobians(batch.fallback, batch.inputs)
-                for name in batch.fallback:
-                    proj = torch.einsum("knd,ndp->knp", batch.factors, jac[name])
-                    sq = (proj**2).sum(dim=(0, 1))
-                    fallback[name] = sq if name not in fallback else fallback[name] + sq
+            for name, sq in operator.fallback_diag_sums(batch).items():
+                fallback[name] = sq if name not in fallback else fallback[name] + sq
             count += batch.inputs.shape[0]
         num = operator._reduce(torch.tensor(float(count), dtype=torch.float64)).item()
         operator._num_data = int(num)

@@ -332,6 +332,18 @@ class FisherOperator:
         jac = vmap(jacrev(single), in_dims=(None, 0))(wanted, x)
         return {n: jac[n].flatten(2) for n in names}
 
+    def fallback_diag_sums(self, batch: TappedBatch) -> dict[str, Tensor]:
+        """Σ_n Σ_k (s_kᵀ J_n)² for the batch's parameters no tap covers, each [p].
+
+        Exact per-sample Jacobians by ``torch.func``: the stated fallback of
+        :meth:`diag` and of K-FAC for layers other than Linear/Conv2d.
+        """
+        if not batch.fallback:
+            return {}
+        jac = self.per_sample_jacobians(batch.fallback, batch.inputs)
+        return {name: torch.einsum("knd,ndp->knp", batch.factors, jac[name]).pow(2).sum(dim=(0, 1))
+                for name in batch.fallback}
+
     # ----------------------------------------------------------- diagonal
     def diag(self) -> Vector:
         """diag(F) as a flat vector [P].
@@ -345,11 +357,8 @@ class FisherOperator:
         count = 0
         for batch in self.tapped_batches():
             _accumulate_diag(batch, total)
-            if batch.fallback:
-                jac = self.per_sample_jacobians(batch.fallback, batch.inputs)
-                for name in batch.fallback:
-                    proj = torch.einsum("knd,ndp->knp", batch.factors, jac[name])
-                    total[name] += (proj**2).sum(dim=(0, 1)).view_as(total[name])
+            for name, squares in self.fallback_diag_sums(batch).items():
+                total[name] += squares.view_as(total[name])
             count += batch.inputs.shape[0]
         return self._finish(flat, count)
 
