@@ -95,7 +95,7 @@ def test_bad_data_containers(case):
         FisherOperator(case.model, iter([(case.inputs, case.targets)]))
     with pytest.raises(DataError, match="single tensor"):
         FisherOperator(case.model, case.inputs)
-    with pytest.raises(DataError, match="X has 11 rows but y has 10"):
+    with pytest.raises(DataError, match="X has 11 samples .axis 0. but y has 10"):
         FisherOperator(case.model, (case.inputs, case.targets[:10]))
     with pytest.raises(DataError, match=r"batch 0 is a str"):
         FisherOperator(case.model, ["xy"]).diag()

@@ -34,12 +34,14 @@ class _TensorBatches:
     inputs: Tensor
     targets: Tensor
     batch_size: int
+    sample_dim: int = 0
 
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n = self.inputs.shape[0]
+        n = self.inputs.shape[self.sample_dim]
+        lead = (slice(None),) * self.sample_dim
         for start in range(0, n, self.batch_size):
             stop = start + self.batch_size
-            yield self.inputs[start:stop], self.targets[start:stop]
+            yield self.inputs[(*lead, slice(start, stop))], self.targets[start:stop]
 
 
 class BatchStream:
@@ -57,9 +59,10 @@ class BatchStream:
 
     def __init__(
         self, source: Iterable[Any], device: torch.device, dtype: torch.dtype,
-        *, prechecked: bool = False, size: int | None = None,
+        *, prechecked: bool = False, size: int | None = None, sample_dim: int = 0,
     ):
         self._source = source
+        self.sample_dim = sample_dim
         self.device = device
         self.dtype = dtype
         self._prechecked = prechecked
@@ -73,11 +76,15 @@ class BatchStream:
             if not self._prechecked:
                 check_finite(x, f"batch {index} (inputs)")
                 check_finite(y, f"batch {index} (targets)")
-            if x.shape[0] == 0:
+            if x.dim() <= self.sample_dim:
+                raise DataError(f"batch {index}: inputs of shape {tuple(x.shape)} have no sample axis "
+                                f"{self.sample_dim} (sample_dim)")
+            num = x.shape[self.sample_dim]
+            if num == 0:
                 continue
-            if y.shape[0] != x.shape[0]:
+            if y.shape[0] != num:
                 raise DataError(
-                    f"batch {index}: {x.shape[0]} inputs but {y.shape[0]} targets"
+                    f"batch {index}: {num} inputs (axis {self.sample_dim}) but {y.shape[0]} targets"
                 )
             x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
             y = y.to(self.device, self.dtype if y.is_floating_point() else y.dtype)
@@ -101,7 +108,7 @@ def _split_batch(batch: Any, index: int) -> tuple[Tensor, Tensor]:
 
 
 def as_batch_stream(
-    data: Any, *, device: torch.device, dtype: torch.dtype, batch_size: int = 256
+    data: Any, *, device: torch.device, dtype: torch.dtype, batch_size: int = 256, sample_dim: int = 0,
 ) -> BatchStream:
     """Turn a data source into a :class:`BatchStream` (see module docstring).
 
@@ -109,16 +116,21 @@ def as_batch_stream(
         DataError: for a source that is neither a pair of tensors nor an iterable.
     """
     if isinstance(data, BatchStream):
-        return BatchStream(data._source, device, dtype, prechecked=data._prechecked, size=data.size)
+        return BatchStream(data._source, device, dtype, prechecked=data._prechecked, size=data.size,
+                           sample_dim=sample_dim)
     if (
         isinstance(data, (tuple, list))
         and len(data) == 2
         and all(isinstance(t, Tensor) for t in data)
     ):
         inputs, targets = data
+        if inputs.dim() <= sample_dim:
+            raise DataError(f"X of shape {tuple(inputs.shape)} has no sample axis {sample_dim} (sample_dim)")
+        if sample_dim:
+            inputs = inputs.movedim(sample_dim, 0)
         if inputs.shape[0] != targets.shape[0]:
             raise DataError(
-                f"X has {inputs.shape[0]} rows but y has {targets.shape[0]}"
+                f"X has {inputs.shape[0]} samples (axis {sample_dim}) but y has {targets.shape[0]}"
             )
         if inputs.shape[0] == 0:
             raise DataError("the data source is empty: X has no rows")
@@ -135,9 +147,11 @@ def as_batch_stream(
                         tensor[(row // batch_size) * batch_size : (row // batch_size + 1) * batch_size],
                         f"batch {row // batch_size} ({what})",
                     )
+        if sample_dim:
+            inputs = inputs.movedim(0, sample_dim)
         return BatchStream(
-            _TensorBatches(inputs, targets, batch_size), device, dtype,
-            prechecked=True, size=inputs.shape[0],
+            _TensorBatches(inputs, targets, batch_size, sample_dim), device, dtype,
+            prechecked=True, size=targets.shape[0], sample_dim=sample_dim,
         )
     if isinstance(data, Tensor):
         raise DataError("data is a single tensor; pass (X, y) or a DataLoader")
@@ -151,4 +165,4 @@ def as_batch_stream(
             "data is a one-shot iterator; pass a re-iterable (a list or DataLoader), "
             "since Fisher products stream over the data more than once"
         )
-    return BatchStream(data, device, dtype)
+    return BatchStream(data, device, dtype, sample_dim=sample_dim)

@@ -1,4 +1,4 @@
-"""Forward-mode AD without the wasted product on the first layer.
+"""Forward-mode AD rules: no wasted product on the first layer, constant padding rows.
 
 PyTorch's forward-AD rules for ``addmm`` and ``convolution`` materialise a zero
 tangent for an input that has none and multiply it through: for the first layer of a
@@ -7,6 +7,13 @@ an MLP's matvec. While :func:`first_layer_tangents` is active, a Linear or Conv2
 whose weight carries a tangent but whose input carries neither a tangent nor a
 gradient runs through a custom ``autograd.Function`` whose JVP is just
 ``layer(x; W_t, b_t)``; every other call runs the stock module code.
+
+Embedding padding rows: PyTorch's reverse mode treats the lookup of ``padding_idx`` as
+a constant (its row gets no gradient from the lookup), while its forward mode moves the
+looked-up row with the weight's tangent; F·v would then not be symmetric. Inside
+:func:`forward_mode_rules` the lookup of a padding token carries no tangent either, so
+both modes differentiate the same function. (A padding row that is also used elsewhere,
+e.g. by a tied output layer, keeps that use in both modes.)
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
-__all__ = ["first_layer_tangents"]
+__all__ = ["first_layer_tangents", "forward_mode_rules"]
 
 
 def _has_tangent(tensor: Tensor | None) -> bool:
@@ -102,7 +109,36 @@ def _conv2d_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
     return nn.Conv2d.forward(self, x)
 
 
+class _ConstantLookups(torch.autograd.Function):
+    """Identity on embedding outputs whose JVP drops the tangent at padding tokens."""
+
+    @staticmethod
+    def forward(values: Tensor, keep: Tensor) -> Tensor:
+        return values.clone()
+
+    @staticmethod
+    def setup_context(ctx, inputs, output) -> None:
+        ctx.keep = inputs[1]
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        return grad, None
+
+    @staticmethod
+    def jvp(ctx, values_t: Tensor, _keep_t) -> Tensor:
+        return values_t * ctx.keep
+
+
+def _embedding_forward(self: nn.Embedding, x: Tensor) -> Tensor:
+    out = nn.Embedding.forward(self, x)
+    if self.padding_idx is not None and _has_tangent(self.weight):
+        keep = (x != self.padding_idx).unsqueeze(-1).to(out.dtype)
+        out = _ConstantLookups.apply(out, keep)
+    return out
+
+
 _FAST_FORWARDS = {nn.Linear: _linear_forward, nn.Conv2d: _conv2d_forward}
+_RULES = {**_FAST_FORWARDS, nn.Embedding: _embedding_forward}
 
 
 @contextmanager
@@ -112,9 +148,22 @@ def first_layer_tangents(model: nn.Module) -> Iterator[None]:
     Only exact ``nn.Linear``/``nn.Conv2d`` instances without a forward of their own
     are touched, and every patch is removed on exit.
     """
+    with _patched(model, _FAST_FORWARDS):
+        yield
+
+
+@contextmanager
+def forward_mode_rules(model: nn.Module) -> Iterator[None]:
+    """The lean first-layer JVP and constant padding lookups (module doc), removed on exit."""
+    with _patched(model, _RULES):
+        yield
+
+
+@contextmanager
+def _patched(model: nn.Module, rules: dict) -> Iterator[None]:
     patched = []
     for module in model.modules():
-        fast = _FAST_FORWARDS.get(type(module))
+        fast = rules.get(type(module))
         if fast is not None and "forward" not in vars(module):
             module.forward = MethodType(fast, module)
             patched.append(module)

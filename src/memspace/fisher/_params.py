@@ -11,7 +11,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor, nn
 
-__all__ = ["ParameterSpace", "check_eval_mode"]
+__all__ = ["ParameterSpace", "check_eval_mode", "shared_parameters"]
 
 _STOCHASTIC_OR_BATCH_DEPENDENT = (
     nn.modules.batchnorm._BatchNorm,
@@ -37,6 +37,19 @@ def check_eval_mode(model: nn.Module) -> None:
                 "output depends on the whole batch or on chance; call model.eval() "
                 "before measuring the Fisher"
             )
+
+
+def shared_parameters(model: nn.Module) -> dict[str, list[str]]:
+    """Parameters registered in more than one place (tied weights).
+
+    Returns:
+        For each such parameter's name in ``named_parameters`` (the first registration),
+        the other names under which it is registered.
+    """
+    places: dict[int, list[str]] = {}
+    for name, param in model.named_parameters(remove_duplicate=False):
+        places.setdefault(id(param), []).append(name)
+    return {names[0]: names[1:] for names in places.values() if len(names) > 1}
 
 
 class ParameterSpace:

@@ -8,6 +8,14 @@ materialising per-sample gradients of the whole network.
 
 Layers not handled here (LayerNorm, BatchNorm affine, embeddings, grouped
 convolutions, ...) are handled by the callers' stated fallback.
+
+A tap is a shortcut with assumptions, and each is checked before it is used
+(:func:`check_tap_layout`, and the operator's gradient check): every call of the layer
+has an input and an output with a sample axis found by shape tracing (for a Linear any
+axis but the features, for a Conv2d axis 0 of a 4-D input); its parameters belong to
+this module alone; and every use of them in the forward goes through the module's calls.
+A layer that fails a check is handled by the exact per-sample fallback, with the reason
+recorded.
 """
 
 from __future__ import annotations
@@ -18,7 +26,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
-__all__ = ["LayerTap", "is_tappable", "per_sample_weight_grads", "unfold_conv_input"]
+__all__ = ["LayerTap", "check_tap_layout", "is_tappable", "per_sample_weight_grads", "unfold_conv_input"]
 
 
 def is_tappable(module: nn.Module) -> bool:
@@ -45,6 +53,26 @@ def unfold_conv_input(module: nn.Conv2d, inputs: Tensor) -> Tensor:
     )
 
 
+def check_tap_layout(module: nn.Module, axes: list[tuple[int | None, int | None]] | None,
+                     shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] | None = None) -> str | None:
+    """Why a tap cannot be used for ``module`` with these probed sample axes, or None.
+
+    Args:
+        axes: per call, the (input, output) sample axes from
+            :func:`memspace._model_call.sample_axes_by_probe` (None: calls vary with N).
+    """
+    if axes is None:
+        return "its number of calls depends on the batch"
+    for call, (in_axis, out_axis) in enumerate(axes):
+        if in_axis is None or out_axis is None:
+            return f"its input in call {call} has no axis that indexes data points (rows of several samples?)"
+        if in_axis != out_axis:
+            return f"call {call} moves the sample axis from {in_axis} to {out_axis}"
+        if isinstance(module, nn.Conv2d) and in_axis != 0:
+            return f"call {call} has the sample on axis {in_axis}, not 0"
+    return None
+
+
 @dataclass
 class LayerTap:
     """Records, during one forward, a layer's inputs and the outputs to differentiate.
@@ -52,19 +80,28 @@ class LayerTap:
     Attributes:
         module: the tapped Linear or Conv2d.
         weight_name / bias_name: the parameters' full names (``None`` if not selected).
-        inputs: detached layer inputs, one entry per call in the forward.
-        outputs: layer outputs (in the graph), one entry per call.
+        sample_axes: per call, the axis of the layer's input and output that indexes
+            data points (moved to the front when recorded); None while unknown (axis 0).
+        inputs: detached layer inputs, sample axis first, one entry per call.
+        outputs: layer outputs (in the graph, as the layer returned them), one per call.
     """
 
     module: nn.Module
     weight_name: str | None
     bias_name: str | None
+    sample_axes: list[int] | None = None
     inputs: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
     _features: dict[int, Tensor] = field(default_factory=dict)
 
+    def axis(self, call: int) -> int:
+        if self.sample_axes is None or call >= len(self.sample_axes):
+            return 0
+        return self.sample_axes[call]
+
     def hook(self, module: nn.Module, args: tuple, output: Tensor) -> None:
-        self.inputs.append(args[0].detach())
+        call = len(self.inputs)
+        self.inputs.append(args[0].detach().movedim(self.axis(call), 0))
         self.outputs.append(output)
 
     def clear(self) -> None:
@@ -89,10 +126,11 @@ class LayerTap:
                 self._features[call] = a.reshape(a.shape[0], -1, a.shape[-1]).transpose(1, 2)
         return self._features[call]
 
-    def output_grads(self, grad: Tensor) -> Tensor:
+    def output_grads(self, grad: Tensor, call: int = 0) -> Tensor:
         """Output gradients as columns [N, O, T] matching :meth:`features`."""
         if self.is_conv:
             return grad.flatten(2)
+        grad = grad.movedim(self.axis(call), 0)
         return grad.reshape(grad.shape[0], -1, grad.shape[-1]).transpose(1, 2)
 
 
@@ -123,7 +161,7 @@ def per_sample_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor,
     """
     weight = bias = None
     for call, grad in enumerate(grads):
-        g = tap.output_grads(grad)
+        g = tap.output_grads(grad, call)
         if tap.is_conv:
             w = _per_sample_conv_weight_grads(tap.module, tap.inputs[call], grad)
         else:

@@ -74,9 +74,9 @@ def _input_covariance(tap: LayerTap) -> Tensor:
     return total / positions
 
 
-def _output_grad_covariance(tap: LayerTap, grad: Tensor) -> Tensor:
+def _output_grad_covariance(tap: LayerTap, grad: Tensor, call: int) -> Tensor:
     """Σ_n Σ_t g gᵀ of one call's output gradients, [O, O]."""
-    cols = tap.output_grads(grad)  # [N, O, T]
+    cols = tap.output_grads(grad, call)  # [N, O, T]
     if cols.shape[2] == 1:
         rows = cols[:, :, 0]
         return rows.T @ rows
@@ -125,14 +125,14 @@ class KFAC:
                 inputs[i] = a if i not in inputs else inputs[i] + a
             for column in batch.column_grads():
                 for i, (tap, tap_grads) in enumerate(zip(batch.taps, column)):
-                    for g in tap_grads:
+                    for call, g in enumerate(tap_grads):
                         if g is None:
                             continue
-                        cov = _output_grad_covariance(tap, g)
+                        cov = _output_grad_covariance(tap, g, call)
                         grads[i] = cov if i not in grads else grads[i] + cov
             for name, sq in operator.fallback_diag_sums(batch).items():
                 fallback[name] = sq if name not in fallback else fallback[name] + sq
-            count += batch.inputs.shape[0]
+            count += operator.call.num_samples(batch.inputs)
         num = operator._reduce(torch.tensor(float(count), dtype=torch.float64)).item()
         operator._num_data = int(num)
         prefix_of = {id(m): n for n, m in operator.model.named_modules()}

@@ -29,10 +29,12 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
+from .._errors import MemspaceError
+from .._model_call import ModelCall, OutputSelector, derivative_kernels, sample_axes_by_probe
 from ._data import BatchStream, as_batch_stream
-from ._forward_mode import first_layer_tangents
-from ._params import ParameterSpace, check_eval_mode
-from ._taps import LayerTap, is_tappable, per_sample_weight_grads
+from ._forward_mode import forward_mode_rules
+from ._params import ParameterSpace, check_eval_mode, shared_parameters
+from ._taps import LayerTap, check_tap_layout, is_tappable, per_sample_weight_grads
 from .likelihood import (
     FisherKind,
     Likelihood,
@@ -47,9 +49,25 @@ from .spectral import (
     top_eigenpairs,
 )
 
-__all__ = ["FisherOperator", "TappedBatch"]
+__all__ = ["FisherOperator", "TapPlan", "TappedBatch"]
 
 Vector = Tensor | Mapping[str, Tensor]
+
+
+@dataclass
+class TapPlan:
+    """Which selected parameters take the layer-tap shortcut, found on the first batch.
+
+    Attributes:
+        taps: verified taps (sample axis per call known, parameters owned by the layer
+            alone, every use of them inside the layer's calls).
+        fallback: selected parameter names handled by exact per-sample Jacobians.
+        reasons: for each tappable layer whose parameters fell back, why.
+    """
+
+    taps: list[LayerTap]
+    fallback: list[str]
+    reasons: dict[str, str]
 
 
 @dataclass
@@ -110,6 +128,14 @@ class FisherOperator:
         batch_size: rows per batch when ``data`` is an ``(X, y)`` pair.
         max_dense_bytes: :meth:`dense` refuses matrices larger than this.
         distributed: all-reduce sums over ``torch.distributed`` (see module doc).
+        sample_dim: the axis of the inputs that indexes data points (1 for a
+            sequence-first model taking [T, N, ...]); ``(X, y)`` pairs are cut along it.
+        output: how to find the outputs [N, D] in what the model returns: an index
+            (tuple), a key or attribute name (dict, ``ModelOutput``), or a callable.
+
+    Every pass runs the model with kernels that have all derivative rules (math
+    attention, no fused MHA fast path, no oneDNN RNN kernels), restored afterwards.
+    The diagonal's layer taps check their assumptions first (:class:`TapPlan`).
 
     Example:
         >>> F = FisherOperator(model, (X, y))
@@ -129,6 +155,8 @@ class FisherOperator:
         batch_size: int = 256,
         max_dense_bytes: int = 2 * 1024**3,
         distributed: bool = False,
+        sample_dim: int = 0,
+        output: OutputSelector = None,
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -138,17 +166,20 @@ class FisherOperator:
             raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
         check_eval_mode(model)
         self.model = model
+        self.call = ModelCall(sample_dim, output)
         self.space = ParameterSpace(model, params)
         first = next(iter(self.space.tensors().values()))
         self.device, self.dtype = first.device, first.dtype
         self.data: BatchStream = as_batch_stream(
-            data, device=self.device, dtype=self.dtype, batch_size=batch_size
+            data, device=self.device, dtype=self.dtype, batch_size=batch_size, sample_dim=sample_dim
         )
         self.mc_samples = mc_samples
         self.seed = seed
         self.max_dense_bytes = max_dense_bytes
         self.distributed = distributed
         self._num_data: int | None = None
+        self._tap_plan: TapPlan | None = None
+        self._vmap_failure: str | None = None
 
     # ------------------------------------------------------------------ basics
     @property
@@ -160,7 +191,7 @@ class FisherOperator:
     def num_data(self) -> int:
         """N, the number of data points (one pass over the data on first use)."""
         if self._num_data is None:
-            count = sum(x.shape[0] for x, _ in self.data)
+            count = sum(self.call.num_samples(x) for x, _ in self.data)
             self._num_data = int(self._reduce(torch.tensor(float(count))).item())
         return self._num_data
 
@@ -193,8 +224,13 @@ class FisherOperator:
                 others[name] = p.detach()
         return leaves, others
 
-    def _call(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(self.model, dict(params), (x,))
+    def _call(self, params: Mapping[str, Tensor], x: Tensor, *, check: bool = True) -> Tensor:
+        """Outputs [N, D] of the model at ``params`` (selected by ``output``, shape checked)."""
+        with derivative_kernels(self.model):
+            raw = functional_call(self.model, dict(params), (x,))
+        if not check:
+            return raw
+        return self.call.outputs(raw, self.call.num_samples(x))
 
     def _generator(self, index: int) -> torch.Generator | None:
         if self.kind is not FisherKind.MC:
@@ -226,7 +262,7 @@ class FisherOperator:
     def _dual_forward(self, x: Tensor, tangent: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict]:
         """One forward carrying a tangent: (f(x), J v, leaves) with f in the graph."""
         leaves, others = self._parameters()
-        with fwAD.dual_level(), first_layer_tangents(self.model):
+        with fwAD.dual_level(), forward_mode_rules(self.model):
             duals = {n: fwAD.make_dual(leaves[n], tangent[n]) for n in leaves}
             out = self._call({**others, **duals}, x)
             primal, jvp = fwAD.unpack_dual(out)
@@ -255,7 +291,7 @@ class FisherOperator:
             for name, leaf in leaves.items():
                 leaf.grad = views[name]
             torch.autograd.backward(primal, weighted, inputs=list(leaves.values()))
-            count += x.shape[0]
+            count += x.shape[self.call.sample_dim]
         flat = self._finish(flat, count, scale)
         if isinstance(v, Mapping):
             return self.space.to_dict(flat)
@@ -278,26 +314,21 @@ class FisherOperator:
         count = 0
         with torch.no_grad():
             for index, (x, y) in enumerate(self.data):
-                with fwAD.dual_level(), first_layer_tangents(self.model):
+                with fwAD.dual_level(), forward_mode_rules(self.model):
                     duals = {n: fwAD.make_dual(leaves[n].detach(), tangent[n]) for n in leaves}
                     out = self._call({**others, **duals}, x)
                     primal, jvp = fwAD.unpack_dual(out)
                 if jvp is None:
                     jvp = torch.zeros_like(primal)
                 total += (jvp * self._apply_output_fisher(primal, y, index, jvp)).sum()
-                count += x.shape[0]
+                count += x.shape[self.call.sample_dim]
         return self._finish(total, count)
 
     # ----------------------------------------------------------- layer taps
-    def tapped_batches(self) -> Iterator[TappedBatch]:
-        """Stream batches through a forward that taps every selected Linear/Conv2d.
-
-        Used by :meth:`diag` and by :class:`~memspace.fisher.kfac.KFAC`.
-        """
-        leaves, others = self._parameters()
+    def _tap_candidates(self) -> list[LayerTap]:
+        """A tap for every Linear/Conv2d with a selected parameter (not yet verified)."""
         selected = set(self.space.names)
         taps: list[LayerTap] = []
-        covered: set[str] = set()
         for prefix, module in self.model.named_modules():
             if not is_tappable(module):
                 continue
@@ -306,51 +337,195 @@ class FisherOperator:
             bias = names["bias"] if module.bias is not None and names["bias"] in selected else None
             if weight or bias:
                 taps.append(LayerTap(module, weight, bias))
-                covered.update(n for n in (weight, bias) if n)
-        fallback = [n for n in self.space.names if n not in covered]
-        handles = [tap.module.register_forward_hook(tap.hook) for tap in taps]
-        try:
-            for index, (x, y) in enumerate(self.data):
-                for tap in taps:
-                    tap.clear()
+        return taps
+
+    def _plan_taps(self, x: Tensor) -> tuple[list[LayerTap], dict[str, str]]:
+        """Static checks and the sample-axis probe (see :class:`TapPlan`)."""
+        prefix_of = {id(m): n or "<root>" for n, m in self.model.named_modules()}
+        shared = shared_parameters(self.model)
+        leaves, others = self._parameters()
+        params = {**others, **{n: t.detach() for n, t in leaves.items()}}
+        candidates = self._tap_candidates()
+        axes = sample_axes_by_probe(lambda xx: self._call(params, xx, check=False), x, self.call,
+                                    [tap.module for tap in candidates])
+        kept, reasons = [], {}
+        for tap, tap_axes in zip(candidates, axes):
+            names = [n for n in (tap.weight_name, tap.bias_name) if n]
+            owners = next((shared[n] for n in names if n in shared), None)
+            why = (f"its parameter is shared with {', '.join(owners)}" if owners
+                   else check_tap_layout(tap.module, tap_axes))
+            if why:
+                reasons[prefix_of[id(tap.module)]] = why
+                continue
+            tap.sample_axes = [a for a, _ in tap_axes]
+            kept.append(tap)
+        return kept, reasons
+
+    def _verify_taps(self, taps: list[LayerTap], leaves: dict[str, Tensor], outputs: Tensor,
+                     factors: Tensor, reasons: dict[str, str]) -> list[LayerTap]:
+        """Keep the taps whose calls account for the whole gradient of their parameters.
+
+        One random combination r of the output-Fisher columns is back-propagated twice:
+        to the parameters (autograd, every use) and to the taps' outputs (the shortcut's
+        view, Σ_n per-sample gradients). A parameter also used outside its module's calls
+        (attention's functional form, a tied layer) makes the two differ.
+        """
+        gen = torch.Generator(device=factors.device).manual_seed(self.seed + 7919)
+        coeffs = torch.randn(factors.shape[0], generator=gen, dtype=factors.dtype, device=factors.device)
+        r = torch.einsum("k,knd->nd", coeffs, factors)
+        names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
+        if not names:
+            return taps
+        direct = torch.autograd.grad(outputs, [leaves[n] for n in names], r, retain_graph=True, allow_unused=True)
+        direct = dict(zip(names, direct))
+        flat = [out for tap in taps for out in tap.outputs]
+        via = iter(torch.autograd.grad(outputs, flat, r, retain_graph=True, allow_unused=True) if flat else [])
+        tol = torch.finfo(outputs.dtype).eps ** 0.5
+        prefix_of = {id(m): n or "<root>" for n, m in self.model.named_modules()}
+        kept = []
+        for tap in taps:
+            grads = [next(via) for _ in tap.outputs]
+            grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, tap.outputs)]
+            weight, bias = (None, None) if not grads else per_sample_weight_grads(tap, grads)
+            good = True
+            for name, mine in ((tap.weight_name, weight), (tap.bias_name, bias)):
+                if not name:
+                    continue
+                ref = direct[name]
+                ref = torch.zeros_like(leaves[name]) if ref is None else ref
+                mine = torch.zeros_like(ref) if mine is None else mine.sum(0).reshape(ref.shape)
+                scale = max(float(ref.norm()), float(mine.norm()))
+                if float((ref - mine).norm()) > tol * scale + 1e-30:
+                    good = False
+            if good:
+                kept.append(tap)
+            else:
+                reasons[prefix_of[id(tap.module)]] = ("its parameters are used outside its own calls "
+                                                      "(a functional use such as attention's, or a tied layer)")
+        return kept
+
+    def tap_plan(self) -> TapPlan:
+        """The verified :class:`TapPlan` (computed on the first batch, then kept)."""
+        if self._tap_plan is None:
+            for _ in self.tapped_batches():
+                break
+        return self._tap_plan
+
+    def tapped_batches(self) -> Iterator[TappedBatch]:
+        """Stream batches through a forward that taps every verified Linear/Conv2d.
+
+        Used by :meth:`diag` and by :class:`~memspace.fisher.kfac.KFAC`. On the first
+        batch of the first pass the taps are planned and verified (:class:`TapPlan`).
+
+        Raises:
+            MemspaceError: when a later batch runs a tapped layer differently from the
+                first (another number of calls, or no sample axis of the batch's size).
+        """
+        leaves, others = self._parameters()
+        plan = self._tap_plan
+        for index, (x, y) in enumerate(self.data):
+            if plan is None:
+                taps, reasons = self._plan_taps(x)
+            else:
+                taps = plan.taps
+            for tap in taps:
+                tap.clear()
+            handles = [tap.module.register_forward_hook(tap.hook) for tap in taps]
+            try:
                 outputs = self._call({**others, **leaves}, x)
-                factors = self._factors(outputs, y, index)
-                yield TappedBatch(outputs, factors, taps, fallback, x)
-        finally:
-            for handle in handles:
-                handle.remove()
+            finally:
+                for handle in handles:
+                    handle.remove()
+            factors = self._factors(outputs, y, index)
+            if plan is None:
+                taps = self._verify_taps(taps, leaves, outputs, factors, reasons)
+                covered = {n for tap in taps for n in (tap.weight_name, tap.bias_name) if n}
+                plan = self._tap_plan = TapPlan(taps, [n for n in self.space.names if n not in covered], reasons)
+            num = self.call.num_samples(x)
+            for tap in taps:
+                expected = len(tap.sample_axes or [])
+                if len(tap.inputs) != expected or any(a.shape[0] != num for a in tap.inputs):
+                    name = next(n for n, m in self.model.named_modules() if m is tap.module)
+                    raise MemspaceError(
+                        f"layer {name} ran {len(tap.inputs)} time(s) in batch {index} with inputs "
+                        f"{[tuple(a.shape) for a in tap.inputs]} (sample axis first), unlike the first batch "
+                        f"({expected} call(s)); its per-sample shortcut does not apply: pass params= without it"
+                    )
+            yield TappedBatch(outputs, factors, taps, plan.fallback, x)
 
     def per_sample_jacobians(self, names: Sequence[str], x: Tensor) -> dict[str, Tensor]:
-        """J_n for the named parameters: dict of [N, D, p] (used for fallback blocks)."""
+        """J_n for the named parameters: dict of [N, D, p] (used for fallback blocks).
+
+        ``torch.func.vmap`` over the sample axis; where a layer has no batching rule
+        (recurrent layers) a loop over samples with one backward per output entry,
+        remembered for the rest of the operator's life.
+        """
         leaves, others = self._parameters()
         fixed = {**others, **{n: t.detach() for n, t in leaves.items() if n not in names}}
         wanted = {n: leaves[n].detach() for n in names}
+        dim = self.call.sample_dim
+        if self._vmap_failure is None:
+            def single(params: dict[str, Tensor], xn: Tensor) -> Tensor:
+                return self._call({**fixed, **params}, xn.unsqueeze(dim)).squeeze(0)
 
-        def single(params: dict[str, Tensor], xn: Tensor) -> Tensor:
-            return self._call({**fixed, **params}, xn.unsqueeze(0)).squeeze(0)
+            try:
+                jac = vmap(jacrev(single), in_dims=(None, dim))(wanted, x)
+                return {n: jac[n].flatten(2) for n in names}
+            except (RuntimeError, NotImplementedError) as error:
+                self._vmap_failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        return self._looped_jacobians(fixed, wanted, x)
 
-        jac = vmap(jacrev(single), in_dims=(None, 0))(wanted, x)
-        return {n: jac[n].flatten(2) for n in names}
+    def _looped_jacobians(self, fixed: dict[str, Tensor], wanted: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
+        """J_n sample by sample: one forward per sample, one backward per output entry."""
+        names = list(wanted)
+        rows: dict[str, list[Tensor]] = {n: [] for n in names}
+        for n in range(self.call.num_samples(x)):
+            params = {k: t.detach().requires_grad_(True) for k, t in wanted.items()}
+            out = self._call({**fixed, **params}, self.call.take(x, slice(n, n + 1)))[0]
+            per_entry: dict[str, list[Tensor]] = {k: [] for k in names}
+            for d in range(out.shape[0]):
+                grads = torch.autograd.grad(out[d], [params[k] for k in names], retain_graph=d < out.shape[0] - 1,
+                                            allow_unused=True)
+                for k, g in zip(names, grads):
+                    per_entry[k].append((torch.zeros_like(params[k]) if g is None else g).reshape(-1))
+            for k in names:
+                rows[k].append(torch.stack(per_entry[k]))
+        return {k: torch.stack(rows[k]) for k in names}
+
+    def _sample_chunks(self, x: Tensor, dim_out: int, names: Sequence[str]) -> Iterator[tuple[slice, Tensor]]:
+        """Slices of a batch small enough that their Jacobians [n, D, p] stay near 256 MiB."""
+        itemsize = torch.empty((), dtype=self.dtype).element_size()
+        width = sum(self.space.sizes[self.space.names.index(n)] for n in names)
+        rows = max(1, int(256 * 1024**2 // max(1, dim_out * width * itemsize)))
+        num = self.call.num_samples(x)
+        for start in range(0, num, rows):
+            chunk = slice(start, min(num, start + rows))
+            yield chunk, self.call.take(x, chunk)
 
     def fallback_diag_sums(self, batch: TappedBatch) -> dict[str, Tensor]:
         """Σ_n Σ_k (s_kᵀ J_n)² for the batch's parameters no tap covers, each [p].
 
-        Exact per-sample Jacobians by ``torch.func``: the stated fallback of
-        :meth:`diag` and of K-FAC for layers other than Linear/Conv2d.
+        Exact per-sample Jacobians by ``torch.func`` (or the per-sample loop): the stated
+        fallback of :meth:`diag` and of K-FAC for layers other than verified taps.
         """
         if not batch.fallback:
             return {}
-        jac = self.per_sample_jacobians(batch.fallback, batch.inputs)
-        return {name: torch.einsum("knd,ndp->knp", batch.factors, jac[name]).pow(2).sum(dim=(0, 1))
-                for name in batch.fallback}
+        sums: dict[str, Tensor] = {}
+        for chunk, xs in self._sample_chunks(batch.inputs, batch.factors.shape[2], batch.fallback):
+            jac = self.per_sample_jacobians(batch.fallback, xs)
+            for name in batch.fallback:
+                sq = torch.einsum("knd,ndp->knp", batch.factors[:, chunk], jac[name]).pow(2).sum(dim=(0, 1))
+                sums[name] = sq if name not in sums else sums[name] + sq
+        return sums
 
     # ----------------------------------------------------------- diagonal
     def diag(self) -> Vector:
         """diag(F) as a flat vector [P].
 
-        Linear/Conv2d parameters: squared per-sample gradients from layer taps (see
-        module doc). Any other parameter (norm layers, embeddings, grouped conv):
-        exact per-sample Jacobians by ``torch.func`` — slower, never dropped.
+        Linear/Conv2d parameters whose taps pass their checks (:class:`TapPlan`):
+        squared per-sample gradients from layer taps (see module doc). Every other
+        parameter (norm layers, embeddings, attention projections, recurrent layers, tied
+        weights): exact per-sample Jacobians — slower, never dropped.
         """
         flat = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
         total = self.space.to_dict(flat)
@@ -359,7 +534,7 @@ class FisherOperator:
             _accumulate_diag(batch, total)
             for name, squares in self.fallback_diag_sums(batch).items():
                 total[name] += squares.view_as(total[name])
-            count += batch.inputs.shape[0]
+            count += self.call.num_samples(batch.inputs)
         return self._finish(flat, count)
 
     # ----------------------------------------------------------- dense
@@ -384,15 +559,12 @@ class FisherOperator:
             with torch.no_grad():
                 outputs = self._call(dict(self.model.named_parameters()), x)
             factors = self._factors(outputs, y, index)
-            # per-sample Jacobians [n, D, P] in chunks of about 256 MiB
-            rows = max(1, int(256 * 1024**2 // (outputs.shape[1] * dim * itemsize)))
-            for start in range(0, x.shape[0], rows):
-                chunk = slice(start, start + rows)
-                jac = self.per_sample_jacobians(self.space.names, x[chunk])
+            for chunk, xs in self._sample_chunks(x, outputs.shape[1], self.space.names):
+                jac = self.per_sample_jacobians(self.space.names, xs)
                 flat = torch.cat([jac[n] for n in self.space.names], dim=2)  # [n, D, P]
                 proj = torch.einsum("knd,ndp->knp", factors[:, chunk], flat).flatten(0, 1)
                 total += proj.T @ proj
-            count += x.shape[0]
+            count += self.call.num_samples(x)
         return self._finish(total, count)
 
     # ----------------------------------------------------------- spectral
