@@ -6,11 +6,20 @@ of a configuration (:mod:`memspace.complexity`) and of a path (:mod:`memspace.pa
 """
 
 from ._errors import DataError, MemspaceError
-from .action import ActionTerm, StraightenResult, fisher_action, jacobian_action, kinetic_action, straighten
+from .action import ACTIONS, ActionTerm, StraightenResult, jacobian_action, kinetic_action, straighten
 from .complexity import TrajectoryLength, fisher_distance, fisher_rao_norm, trajectory_length
 from .data import DataSplit, load_dataset
 from .fisher import KFAC, FisherKind, FisherOperator, Likelihood
-from .paths import PathProfile, ResidualCNN, ResidualMLP, ResidualPath, path_profile
+from .paths import (
+    BlockSensitivity,
+    PredictivePath,
+    ResidualCNN,
+    ResidualMLP,
+    ResidualPath,
+    block_sensitivity,
+    fisher_rao_distance,
+    predictive_path,
+)
 from .train import FitResult, fit
 
 __version__ = "0.1.0"
@@ -34,11 +43,14 @@ __all__ = [
     "ResidualMLP",
     "ResidualCNN",
     "ResidualPath",
-    "path_profile",
-    "PathProfile",
+    "predictive_path",
+    "PredictivePath",
+    "fisher_rao_distance",
+    "block_sensitivity",
+    "BlockSensitivity",
     # least action
+    "ACTIONS",
     "ActionTerm",
-    "fisher_action",
     "kinetic_action",
     "jacobian_action",
     "straighten",

@@ -1,23 +1,33 @@
 """Least action (THEORY.md §4): action regularisers and path straightening.
 
-Regularisers, each differentiable and computed from the forward pass the training
-step already runs (hooks on the residual blocks record x_l and x_{l+1}):
+Regularisers, each differentiable and computed from the forward pass the training step
+already runs (hooks on the residual blocks record x_0 … x_L):
 
-- ``"fisher"``: A_F = h Σ_l E_x[(J_l v_l)ᵀ Λ̂ (J_l v_l)], with Λ̂ from ``mc_samples``
-  sampled labels (default) or exact. The output-Fisher columns are held fixed within
-  a step (detached); Jacobians and velocities are differentiated (double backward).
+- ``"predictive"``: A = mean_n L·Σ_l d(p_l, p_{l+1})², the action of the predictive path
+  (:mod:`memspace.paths.predictive`): the read-out on every state, exact Fisher–Rao
+  distances on the simplex. Costs L+1 read-out evaluations.
+- ``"predictive-excess"``: A − d(p_0, p_L)² ≥ 0, the excess over the exact least action
+  for the path's own end points (it leaves the end points free).
 - ``"kinetic"``: A = h Σ_l E_x‖v_l‖² (Finlay et al. 2020).
 - ``"jacobian"``: h Σ_l E_x‖∂v_l/∂x_l‖²_F by Hutchinson's estimator, one Gaussian
   probe per block: E_ε‖εᵀ ∂v_l/∂x_l‖² (one vector-Jacobian product per block, each
   through that block only).
 
-:func:`straighten` asks whether a trained network is near least action for its end map.
+The former "Fisher action" h Σ_l (J_l v_l)ᵀΛ(J_l v_l), with J_l at the block's input, is
+gone: it has no positive floor, and training with it learns to cancel a block's own
+Jacobian against its displacement in the C−1 directions Λ sees (Λ-weighted cosines of
+−0.98 to −0.9998 were measured), so its value falls without the path getting simpler.
+Its well-posed relative is the block sensitivity, a diagnostic
+(:mod:`memspace.paths.sensitivity`).
+
+:func:`straighten` asks how close the architecture can get to the exact least action
+with the end map held.
 """
 
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,46 +35,19 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from ._errors import MemspaceError
 from .fisher._data import as_batch_stream
-from .fisher.likelihood import FisherKind, Likelihood, output_sqrt_factors
-from .paths.adapter import ResidualPath, StreamCapture
-from .paths.profile import path_profile
+from .paths.adapter import ResidualPath, StreamCapture, resolve_head
+from .paths.predictive import predictive_action, predictive_path, readout_path
 
-__all__ = ["ACTIONS", "ActionTerm", "StraightenResult", "fisher_action", "jacobian_action",
-           "kinetic_action", "straighten"]
+__all__ = ["ACTIONS", "ActionTerm", "StraightenResult", "jacobian_action", "kinetic_action", "straighten"]
 
-ACTIONS = ("fisher", "kinetic", "jacobian")
+ACTIONS = ("predictive", "predictive-excess", "kinetic", "jacobian")
 
 
 def kinetic_action(record: StreamCapture) -> Tensor:
     """h Σ_l mean_n ‖v_l‖² from a captured forward (differentiable)."""
     return record.step * sum(v.flatten(1).pow(2).sum(1).mean() for v in record.velocities())
-
-
-def fisher_action(record: StreamCapture, logits: Tensor, targets: Tensor | None = None, *,
-                  kind: str = "mc", mc_samples: int = 1, likelihood: str = "classification",
-                  generator: torch.Generator | None = None) -> Tensor:
-    """h Σ_l mean_n Σ_k ⟨g_lk, v_l⟩², g_lk = ∂(s_kᵀ f)/∂x_l (differentiable).
-
-    Args:
-        record: the captured forward that produced ``logits``.
-        logits: model outputs [N, D].
-        targets: data labels (needed for ``kind="empirical"`` only).
-        kind: ``"mc"`` (default), ``"true"`` or ``"empirical"``.
-        mc_samples, likelihood, generator: Monte-Carlo labels and their source.
-    """
-    factors = output_sqrt_factors(logits.detach(), targets, Likelihood.parse(likelihood),
-                                  FisherKind.parse(kind), mc_samples=mc_samples, generator=generator)
-    velocities = record.velocities()
-    inputs = list(record.inputs)
-    if not all(x.requires_grad for x in inputs):
-        raise ValueError("the residual stream does not require grad (frozen stem?): the Fisher "
-                         "action needs gradients with respect to every block input")
-    total = logits.new_zeros(())
-    for k in range(factors.shape[0]):
-        grads = torch.autograd.grad(logits, inputs, factors[k], create_graph=True, retain_graph=True)
-        total = total + sum((g * v).flatten(1).sum(1).pow(2).mean() for g, v in zip(grads, velocities))
-    return record.step * total
 
 
 def jacobian_action(record: StreamCapture, generator: torch.Generator | None = None) -> Tensor:
@@ -83,31 +66,33 @@ class ActionTerm:
     """An action regulariser bound to a model's residual blocks.
 
     Example:
-        >>> term = ActionTerm("kinetic", model)
+        >>> term = ActionTerm("predictive", model)
         >>> with term.capture() as record:
         ...     logits = model(x)
         >>> loss = cross_entropy(logits, y) + lam * term(record, logits, y)
 
     Args:
-        name: ``"fisher"``, ``"kinetic"`` or ``"jacobian"``.
+        name: one of :data:`ACTIONS`.
         model: the network.
-        block_names, step: see :class:`~memspace.paths.ResidualPath`.
-        kind, mc_samples: the Fisher action's output Fisher (see :func:`fisher_action`).
+        block_names: residual blocks of a model that is not a memspace residual model.
+        head: its read-out (module, name or callable), for the predictive terms.
+        likelihood: ``"classification"`` or ``"regression"`` (predictive terms).
     """
 
     name: str
     model: nn.Module
     block_names: Sequence[str] | None = None
-    step: float | None = None
-    kind: str = "mc"
-    mc_samples: int = 1
+    head: nn.Module | str | Callable[[Tensor], Tensor] | None = None
     likelihood: str = "classification"
     path: ResidualPath = field(init=False)
 
     def __post_init__(self) -> None:
         if self.name not in ACTIONS:
-            raise ValueError(f"unknown action {self.name!r}; use one of {', '.join(ACTIONS)}")
-        self.path = ResidualPath(self.model, self.block_names, self.step)
+            extra = (" (the former 'fisher' action had no positive floor; use 'predictive')"
+                     if self.name == "fisher" else "")
+            raise MemspaceError(f"unknown action {self.name!r}; use one of {', '.join(ACTIONS)}{extra}")
+        self.path = ResidualPath(self.model, self.block_names)
+        self._head = resolve_head(self.model, self.head) if self.name.startswith("predictive") else None
 
     @contextmanager
     def capture(self) -> Iterator[StreamCapture]:
@@ -121,8 +106,8 @@ class ActionTerm:
             return kinetic_action(record)
         if self.name == "jacobian":
             return jacobian_action(record, generator)
-        return fisher_action(record, logits, targets, kind=self.kind, mc_samples=self.mc_samples,
-                             likelihood=self.likelihood, generator=generator)
+        outputs = readout_path(self.path.states(record), self._head, logits.shape[0])
+        return predictive_action(outputs, likelihood=self.likelihood, excess=self.name == "predictive-excess")
 
 
 @dataclass
@@ -130,23 +115,30 @@ class StraightenResult:
     """Outcome of :func:`straighten`.
 
     Attributes:
-        ratio: A_trained / A_min ≥ 1 (A_min is the least action among feasible iterates,
-            the trained network included, so the ratio is ≥ 1 by construction).
-        action_trained / action_min: the exact action before and after.
-        gap_trained / gap_min: constant-speed gaps A − C².
-        kl: mean KL(p_trained ‖ p_straightened) of the returned model on the data.
+        ratio_trained: A_trained / A_min, exact (A_min = E d(p_0, p_L)² of the trained net).
+        ratio_straightened: A / A_min of the straightened network (its own end points),
+            what this architecture reached with the end map held: ≥ 1.
+        action_trained / least_action: the trained network's A and A_min.
+        action_straightened / least_action_straightened: the same after straightening.
+        kl: mean KL(p_trained ‖ p_straightened) on the data (≤ ``kl_tol``).
         model: the straightened network (a copy; the input model is untouched).
         history: (step, action, kl) at each evaluation.
     """
 
-    ratio: float
+    ratio_trained: float
+    ratio_straightened: float
     action_trained: float
-    action_min: float
-    gap_trained: float
-    gap_min: float
+    least_action: float
+    action_straightened: float
+    least_action_straightened: float
     kl: float
     model: nn.Module
     history: list[tuple[int, float, float]]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in ("ratio_trained", "ratio_straightened", "action_trained",
+                                             "least_action", "action_straightened",
+                                             "least_action_straightened", "kl")}
 
 
 def _mean_kl(model: nn.Module, stream, teacher: list[Tensor]) -> float:
@@ -159,33 +151,28 @@ def _mean_kl(model: nn.Module, stream, teacher: list[Tensor]) -> float:
     return total / count
 
 
-def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: int = 300, lr: float = 3e-3,
-               penalty: float = 100.0, penalty_growth: float = 3.0, kl_tol: float = 1e-3, mc_samples: int = 4,
-               eval_every: int = 25,
-               block_names: Sequence[str] | None = None, seed: int = 0, batch_size: int = 512) -> StraightenResult:
-    """Re-optimise the residual blocks to least action with the end map held fixed.
+def straighten(model: nn.Module, data: Any, *, steps: int = 300, lr: float = 3e-3, penalty: float = 100.0,
+               penalty_growth: float = 3.0, kl_tol: float = 1e-3, eval_every: int = 25,
+               block_names: Sequence[str] | None = None, head: Any = None, batch_size: int = 512) -> StraightenResult:
+    """Re-optimise the residual blocks to least predictive action with the end map held.
 
-    Stem and head are frozen; the blocks minimise A/A_trained + ``penalty`` · E KL(p_trained ‖ p)
-    (a penalty method for the constraint "same output distribution on the data"; the
-    action is normalised by its trained value so that one penalty suits every scale,
-    and the penalty grows by ``penalty_growth`` at every evaluation that finds the
-    iterate infeasible, which pulls the optimiser back to the constraint).
-    An iterate is feasible when its mean KL ≤ ``kl_tol``; the feasible iterate of least
-    exact action is returned, starting with the trained network itself. A_min is thus an
-    upper bound on the true least action, and the ratio a lower bound on how far the
-    trained network is from it.
+    Stem and head are frozen, so p_0 is fixed; the blocks minimise A/A_trained + ``penalty``
+    · E KL(p_trained ‖ p) (a penalty method for "the same output distribution on the
+    data"; the penalty grows by ``penalty_growth`` at every evaluation that finds the
+    iterate infeasible). An iterate is feasible when its mean KL ≤ ``kl_tol``; the
+    feasible iterate of least exact action is returned, the trained network included.
+
+    Because the least action E d(p_0, p_L)² is exact, ``ratio_trained`` needs no
+    straightening at all; straightening answers a second question, how close this
+    architecture gets to it (``ratio_straightened``).
 
     Args:
         model: a trained residual network (copied, not modified).
         data: the data on which the end map is matched and the action measured.
-        metric: ``"fisher"`` (Monte-Carlo Fisher action, ``mc_samples`` labels, during
-            optimisation; exact action for evaluation) or ``"euclidean"`` (kinetic).
         steps, lr: Adam steps and learning rate on the blocks' parameters.
-        penalty: initial weight of the KL term; ``penalty_growth`` its factor when infeasible.
-        kl_tol: feasibility tolerance on the mean KL (nats).
-        eval_every: steps between exact evaluations.
-        block_names: residual blocks of a model that is not a memspace residual model.
-        seed: seed of the Monte-Carlo labels.
+        penalty, penalty_growth, kl_tol: the constraint (see above).
+        eval_every: steps between exact evaluations on all the data.
+        block_names, head: for a model that is not a memspace residual model.
         batch_size: rows per batch for an ``(X, y)`` pair.
     """
     student = copy.deepcopy(model).eval()
@@ -195,25 +182,24 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
         p.requires_grad_(id(p) in block_params)
     trainable = [p for p in student.parameters() if p.requires_grad]
     if not trainable:
-        raise ValueError("the residual blocks have no parameters to re-optimise")
+        raise MemspaceError("the residual blocks have no parameters to re-optimise")
     first = next(student.parameters())
     stream = as_batch_stream(data, device=first.device, dtype=first.dtype, batch_size=batch_size)
     with torch.no_grad():
         teacher = [model(x).log_softmax(1) for x, _ in stream]
-    term = ActionTerm("fisher" if metric == "fisher" else "kinetic", student, block_names,
-                      kind="mc", mc_samples=mc_samples)
+    term = ActionTerm("predictive", student, block_names, head=head)
 
-    def exact_action(net: nn.Module) -> tuple[float, float]:
-        prof = path_profile(net, stream, metric=metric, block_names=block_names)
-        return prof.action, prof.gap
+    def exact(net: nn.Module) -> tuple[float, float]:
+        result = predictive_path(net, stream, block_names=block_names, head=head)
+        return result.action, result.least_action
 
-    action0, gap0 = exact_action(student)
+    action0, least0 = exact(student)
     scale = action0 if action0 > 0 else 1.0  # the action term is A/A_trained: the penalty is scale-free
     weight = penalty
-    best = (action0, gap0, 0.0, copy.deepcopy(student.state_dict()))
+    best = (action0, least0, 0.0, copy.deepcopy(student.state_dict()))
     history = [(0, action0, 0.0)]
     optimizer = torch.optim.Adam(trainable, lr=lr)
-    generator = torch.Generator(device=first.device).manual_seed(seed)
+
     def cycle():  # batches in order, round and round, one pass at a time
         while True:
             yield from enumerate(stream)
@@ -226,23 +212,24 @@ def straighten(model: nn.Module, data: Any, *, metric: str = "fisher", steps: in
         logq = logits.log_softmax(1)
         logp = teacher[index]
         kl = (logp.exp() * (logp - logq)).sum(1).mean()
-        loss = term(record, logits, generator=generator) / scale + weight * kl
+        loss = term(record, logits) / scale + weight * kl
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if step % eval_every == 0 or step == steps:
-            action, gap = exact_action(student)
+            action, least = exact(student)
             kl_all = _mean_kl(student, stream, teacher)
             history.append((step, action, kl_all))
             if kl_all <= kl_tol and action < best[0]:
-                best = (action, gap, kl_all, copy.deepcopy(student.state_dict()))
+                best = (action, least, kl_all, copy.deepcopy(student.state_dict()))
             elif kl_all > kl_tol:
                 weight *= penalty_growth  # infeasible: tighten the penalty (continuation)
     student.load_state_dict(best[3])
     for p in student.parameters():
         p.requires_grad_(True)
+    ratio = lambda a, b: a / b if b > 0 else float("inf")  # noqa: E731
     return StraightenResult(
-        ratio=action0 / best[0] if best[0] > 0 else 1.0,
-        action_trained=action0, action_min=best[0], gap_trained=gap0, gap_min=best[1],
-        kl=best[2], model=student, history=history,
+        ratio_trained=ratio(action0, least0), ratio_straightened=ratio(best[0], best[1]),
+        action_trained=action0, least_action=least0, action_straightened=best[0],
+        least_action_straightened=best[1], kl=best[2], model=student, history=history,
     )

@@ -87,8 +87,11 @@ def _print_summary(metrics: dict[str, Any], json_mode: bool) -> None:
             ("effective dimension", "effective_dimension", "{:.1f}")]
     for label, key, fmt in rows:
         table.add_row(label, *[fmt.format(metrics["networks"][n]["measures"][key]) for n in names])
-    for label, key in (("Fisher action A_F", "action"), ("Fisher length C_F", "length")):
-        table.add_row(label, *[f"{metrics['networks'][n]['measures']['path'][key]:.4g}" for n in names])
+    for label, key, fmt in (("predictive action A", "action", "{:.4g}"), ("least action A_min", "least_action", "{:.4g}"),
+                            ("A / A_min", "ratio", "{:.3f}")):
+        table.add_row(label, *[fmt.format(metrics["networks"][n]["measures"]["predictive_path"][key])
+                               if "predictive_path" in metrics["networks"][n]["measures"] else "skipped"
+                               for n in names])
     Console().print(table)
 
 
@@ -100,7 +103,7 @@ def demo(
     seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and training.")] = 0,
     device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
     epochs: Annotated[int | None, typer.Option(help="Epochs per network (default: per data set).")] = None,
-    lam: Annotated[float | None, typer.Option(help="λ of the Fisher action term (default 0.1).")] = None,
+    lam: Annotated[float | None, typer.Option(help="λ of the predictive action term (default 0.1).")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
@@ -187,7 +190,7 @@ def measure(
 @_friendly
 def train(
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
-    action: Annotated[str, typer.Option(help="Least-action term: none, fisher, kinetic or jacobian.")] = "fisher",
+    action: Annotated[str, typer.Option(help="Least-action term: none, predictive, predictive-excess, kinetic or jacobian.")] = "predictive",
     lam: Annotated[float, typer.Option(help="λ, the weight of the action term.")] = 0.1,
     epochs: Annotated[int, typer.Option(help="Total epochs (a resumed run continues to this number).")] = 30,
     width: Annotated[int, typer.Option(help="Width of the residual stream.")] = 32,
@@ -206,8 +209,10 @@ def train(
     from .studies.demo import build_model
     from .train import fit
 
-    if action not in ("none", "fisher", "kinetic", "jacobian"):
-        raise MemspaceError(f"unknown action {action!r}; use none, fisher, kinetic or jacobian")
+    from .action import ACTIONS
+
+    if action not in ("none", *ACTIONS):
+        raise MemspaceError(f"unknown action {action!r}; use none, {', '.join(ACTIONS)}")
     split = load_dataset(data, seed=seed, limit=3000 if data == "fashion-mnist" else None)
     out_exists = out.exists() and any(out.glob("epoch-*.safetensors"))
     if out.exists() and not out.is_dir():
@@ -230,7 +235,7 @@ def train(
     elif result.history:
         last = result.history[-1]
         typer.echo(f"epoch {last['epoch']}: train acc {last['train_acc']:.3f}, test acc {last.get('val_acc', float('nan')):.3f}, "
-                   f"Fisher action {last.get('fisher_action', float('nan')):.4g}; checkpoints in {out}")
+                   f"A/A_min {last.get('action_ratio', float('nan')):.3f}; checkpoints in {out}")
 
 
 @app.command()

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from ._errors import MemspaceError
 from .action import ActionTerm
 from .fisher._data import check_finite
-from .paths.profile import path_profile
+from .paths.predictive import predictive_path
 
 __all__ = ["FitResult", "evaluate", "fit", "latest_checkpoint", "load_checkpoint"]
 
@@ -148,8 +148,8 @@ def fit(
     seed: int = 0,
     checkpoint_dir: str | Path | None = None,
     block_names: Sequence[str] | None = None,
+    head: Any = None,
     probe_size: int = 256,
-    mc_samples: int = 1,
     progress: bool = True,
 ) -> FitResult:
     """Train a residual classifier with an optional least-action term.
@@ -159,7 +159,8 @@ def fit(
             ``block_names`` (needed when ``action`` is set and for the path metrics).
         train_data: ``(X, y)`` tensors; shuffled each epoch by a generator seeded from
             (seed, epoch).
-        action: ``None``, ``"fisher"``, ``"kinetic"`` or ``"jacobian"``.
+        action: ``None`` or one of :data:`memspace.action.ACTIONS` (``"predictive"``,
+            ``"predictive-excess"``, ``"kinetic"``, ``"jacobian"``).
         lam: λ, the weight of the action term.
         epochs: total epochs (a resumed run continues up to this number).
         optimizer: ``"adam"``, ``"sgd"`` (momentum 0.9), or a factory ``params → Optimizer``
@@ -169,9 +170,9 @@ def fit(
         seed: seed of shuffling and of the regularisers' random probes/labels.
         checkpoint_dir: where metrics and checkpoints go; a run with an existing
             checkpoint there resumes from it.
-        block_names: residual blocks of a model that is not a memspace residual model.
-        probe_size: training points on which the exact Fisher action is measured.
-        mc_samples: sampled labels per input for the Fisher action term.
+        block_names, head: residual blocks and read-out of a model that is not a memspace
+            residual model.
+        probe_size: training points on which the predictive path is measured each epoch.
         progress: show a progress bar (rich).
 
     Returns:
@@ -185,7 +186,7 @@ def fit(
         check_finite(val_data[0], "validation inputs")
     if action is not None and lam < 0:
         raise MemspaceError(f"lam must be non-negative, got {lam}")
-    term = ActionTerm(action, model, block_names, mc_samples=mc_samples) if action else None
+    term = ActionTerm(action, model, block_names, head=head) if action else None
     opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     result = FitResult(model)
     start_epoch = 0
@@ -237,7 +238,7 @@ def fit(
                 seen += len(idx)
             model.eval()
             record_epoch = _epoch_metrics(model, epoch + 1, running / seen, action_sum / seen, train_data,
-                                          val_data, probe, block_names)
+                                          val_data, probe, block_names, head)
             result.history.append(record_epoch)
             if directory is not None:
                 result.checkpoints.append(_save(directory, model, opt, epoch + 1, config, record_epoch))
@@ -248,17 +249,17 @@ def fit(
     return result
 
 
-def _epoch_metrics(model, epoch, batch_loss, batch_action, train_data, val_data, probe, block_names) -> dict:
+def _epoch_metrics(model, epoch, batch_loss, batch_action, train_data, val_data, probe, block_names, head) -> dict:
     train_loss, train_acc = evaluate(model, train_data)
     metrics = {"epoch": epoch, "batch_loss": batch_loss, "train_loss": train_loss, "train_acc": train_acc,
                "regulariser": batch_action}
     if val_data is not None:
         metrics["val_loss"], metrics["val_acc"] = evaluate(model, val_data)
     try:
-        profile = path_profile(model, probe, block_names=block_names)
-        metrics.update(fisher_action=profile.action, fisher_length=profile.length,
-                       kinetic_action=float(profile.step * (profile.euclidean_speeds**2).sum()))
-    except ValueError:  # not a path (no residual blocks given): skip the path metrics
+        path = predictive_path(model, probe, block_names=block_names, head=head)
+        metrics.update(predictive_action=path.action, least_action=path.least_action, action_ratio=path.ratio,
+                       predictive_length=path.length)
+    except MemspaceError:  # not a path (no residual blocks or read-out given): skip the path metrics
         pass
     return metrics
 

@@ -1,8 +1,16 @@
 """A residual network as a path of near-identity maps (THEORY.md §3)."""
 
-from .adapter import ResidualPath, StreamCapture
+from .adapter import ResidualPath, StreamCapture, resolve_head
 from .models import ResidualBlock, ResidualCNN, ResidualMLP, ResidualPathModel
-from .profile import PathProfile, action_and_length, path_profile, pointwise_speeds
+from .predictive import (
+    PredictivePath,
+    fisher_rao_distance,
+    predictive_action,
+    predictive_path,
+    readout_path,
+    squared_fisher_rao_distance,
+)
+from .sensitivity import BlockSensitivity, block_sensitivity
 
 __all__ = [
     # models
@@ -13,9 +21,15 @@ __all__ = [
     # any model
     "ResidualPath",
     "StreamCapture",
-    # measures
-    "PathProfile",
-    "path_profile",
-    "action_and_length",
-    "pointwise_speeds",
+    "resolve_head",
+    # the predictive path and its exact least action
+    "PredictivePath",
+    "predictive_path",
+    "predictive_action",
+    "readout_path",
+    "fisher_rao_distance",
+    "squared_fisher_rao_distance",
+    # a robustness diagnostic
+    "BlockSensitivity",
+    "block_sensitivity",
 ]

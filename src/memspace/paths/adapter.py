@@ -8,16 +8,40 @@ your own model, or use a :class:`~memspace.paths.models.ResidualPathModel`.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
 
+from .._errors import MemspaceError
 from .models import ResidualPathModel
 
-__all__ = ["ResidualPath", "StreamCapture"]
+__all__ = ["ResidualPath", "StreamCapture", "resolve_head"]
+
+
+def resolve_head(model: nn.Module, head: nn.Module | str | Callable[[Tensor], Tensor] | None) -> Callable[[Tensor], Tensor]:
+    """The read-out that maps a state of the residual stream to logits.
+
+    ``None`` takes a memspace residual model's ``head``; a string names a sub-module.
+
+    Raises:
+        MemspaceError: for a model without a read-out or an unknown name.
+    """
+    if head is None:
+        if isinstance(model, ResidualPathModel):
+            return model.head
+        raise MemspaceError(f"{type(model).__name__} has no read-out memspace knows: pass head=, the module "
+                            "(or its name) that maps a state of the residual stream to logits")
+    if isinstance(head, str):
+        modules = dict(model.named_modules())
+        if head not in modules:
+            raise MemspaceError(f"no module named {head!r} in {type(model).__name__} (head=)")
+        return modules[head]
+    if not callable(head):
+        raise MemspaceError(f"head must be a module, a module name or a callable, got {type(head).__name__}")
+    return head
 
 
 @dataclass
@@ -52,7 +76,7 @@ class ResidualPath:
     def __post_init__(self) -> None:
         if self.block_names is None:
             if not isinstance(self.model, ResidualPathModel):
-                raise ValueError(
+                raise MemspaceError(
                     f"{type(self.model).__name__} is not a memspace residual model: pass "
                     "block_names, the module names of its residual blocks (x_l ↦ x_{l+1})"
                 )
@@ -60,9 +84,9 @@ class ResidualPath:
         modules = dict(self.model.named_modules())
         missing = [n for n in self.block_names if n not in modules]
         if missing:
-            raise ValueError(f"no module named {missing[0]!r} in {type(self.model).__name__}")
+            raise MemspaceError(f"no module named {missing[0]!r} in {type(self.model).__name__}")
         if not self.block_names:
-            raise ValueError("a path needs at least one residual block")
+            raise MemspaceError("a path needs at least one residual block")
         self.blocks = [modules[n] for n in self.block_names]
         if self.step is None:
             self.step = 1.0 / len(self.blocks)
@@ -110,16 +134,34 @@ class ResidualPath:
                 handle.remove()
         wrong = [(self.block_names[i], c) for i, c in enumerate(calls) if c > 1]
         if wrong:
-            raise ValueError(f"residual block {wrong[0][0]} ran {wrong[0][1]} times in one forward; "
+            raise MemspaceError(f"residual block {wrong[0][0]} ran {wrong[0][1]} times in one forward; "
                              "a block of a path must run exactly once")
+
+    def states(self, record: StreamCapture) -> list[Tensor]:
+        """x_0 … x_L from a captured forward, after :meth:`check_captured`.
+
+        Raises:
+            MemspaceError: if the stream is changed between two blocks (the output of
+                block l is not what block l+1 receives).
+        """
+        self.check_captured(record)
+        for l in range(self.depth - 1):
+            out, nxt = record.outputs[l], record.inputs[l + 1]
+            if out is not nxt and (out.shape != nxt.shape or not torch.equal(out.detach(), nxt.detach())):
+                raise MemspaceError(
+                    f"between blocks {self.block_names[l]} and {self.block_names[l + 1]} the stream is changed "
+                    "by something that is not a block: list every residual block, in order, in block_names"
+                )
+        return [record.inputs[0], *record.outputs]
 
     def check_captured(self, record: StreamCapture) -> None:
         """Raise if some block did not run, or changed the stream's shape."""
         for name, inp, out in zip(self.block_names, record.inputs, record.outputs):
             if inp is None:
-                raise ValueError(f"residual block {name} did not run in the forward pass")
-            if inp.shape != out.shape:
-                raise ValueError(
-                    f"module {name} maps {tuple(inp.shape)} to {tuple(out.shape)}: a residual "
+                raise MemspaceError(f"residual block {name} did not run in the forward pass")
+            if not isinstance(out, Tensor) or inp.shape != out.shape:
+                raise MemspaceError(
+                    f"module {name} maps {tuple(inp.shape)} to "
+                    f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}: a residual "
                     "block must keep the stream's shape (down-sampling is a boundary map)"
                 )

@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["speed_profile", "spectrum", "trajectories", "training_curves"]
+__all__ = ["point_paths", "predictive_profile", "sensitivity", "spectrum", "trajectories", "training_curves"]
 
 COLORS = {"plain": "#4C72B0", "least-action": "#DD8452"}
 
@@ -37,20 +37,78 @@ def _finish(fig: Figure, axes, legend_size: int = 8) -> Figure:
     return fig
 
 
-def speed_profile(networks: dict[str, Any]) -> Figure:
-    """Fisher speed s_l per block (left) and the Euclidean speed (right)."""
+def predictive_profile(networks: dict[str, Any]) -> Figure | None:
+    """Predictive speed per block against the constant speed of least action, and lens accuracy."""
+    nets = {n: v for n, v in networks.items() if "predictive_path" in v["measures"]}
+    if not nets:
+        return None
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
-    for name, net in networks.items():
-        path = net["measures"]["path"]
+    for name, net in nets.items():
+        path = net["measures"]["predictive_path"]
         blocks = np.arange(1, len(path["speeds"]) + 1)
-        label = f"{name}: A_F = {path['action']:.3g}, C_F = {path['length']:.3g}"
-        axes[0].plot(blocks, path["speeds"], "o-", color=_color(name), label=label)
-        axes[1].plot(blocks, path["euclidean_speeds"], "s--", color=_color(name), label=name)
-    axes[0].set(xlabel="block l", ylabel="Fisher speed $s_l$", title="Fisher speed over depth")
-    axes[1].set(xlabel="block l", ylabel="$\\sqrt{E\\|v_l\\|^2}$", title="Euclidean speed over depth")
-    for ax in axes:
-        ax.set_ylim(bottom=0)
-    return _finish(fig, axes)
+        color = _color(name)
+        axes[0].plot(blocks, path["speeds"], "o-", color=color,
+                     label=f"{name}: A/A_min = {path['ratio']:.2f}, detour {path['detour']:.2f}")
+        # At least action every point moves along its geodesic at constant speed d_0L, so A = E d_0L².
+        axes[0].axhline(np.sqrt(path["least_action"]), color=color, ls=":", lw=1.2,
+                        label=f"{name}: least action, speed $\\sqrt{{E d_{{0L}}^2}}$")
+        if path.get("lens_accuracy") is not None:
+            axes[1].plot(np.arange(len(path["lens_accuracy"])), path["lens_accuracy"], "s-", color=color, label=name)
+    axes[0].set(xlabel="block l", ylabel="RMS $d(p_l, p_{l+1})/h$", title="Predictive speed over depth")
+    axes[1].set(xlabel="state l (0 = after stem)", ylabel="accuracy of head($x_l$)", title="Lens accuracy over depth")
+    axes[0].set_ylim(bottom=0)
+    return _finish(fig, axes, legend_size=7)
+
+
+def point_paths(networks: dict[str, Any]) -> Figure | None:
+    """Per-point predictive paths against their geodesics: the angle on the quarter circle for
+    two classes, else the distance from the start over depth (normalised by the endpoint distance)."""
+    nets = {n: v for n, v in networks.items() if "predictive_points" in v["measures"]}
+    if not nets:
+        return None
+    fig, axes = plt.subplots(1, len(nets), figsize=(4.6 * len(nets), 3.6), squeeze=False)
+    for ax, (name, net) in zip(axes[0], nets.items()):
+        pts = net["measures"]["predictive_points"]
+        if "angle" in pts:
+            values = np.degrees(np.asarray(pts["angle"]))  # [N, L+1]
+            ylabel, title = "angle θ = atan2(√p₁, √p₀) [°]", f"{name}: paths on the quarter circle"
+        else:
+            dist = np.asarray(pts["from_start"])
+            values = dist / np.maximum(dist[:, -1:], 1e-12)
+            ylabel, title = "$d(p_0, p_l)/d(p_0, p_L)$", f"{name}: distance from the start"
+        depth = values.shape[1] - 1
+        t = np.arange(depth + 1) / depth
+        for row in values[:60]:
+            ax.plot(t, row, "-", color=_color(name), alpha=0.35, lw=0.8)
+            ax.plot([0, 1], [row[0], row[-1]], ":", color="k", alpha=0.25, lw=0.6)
+        ax.plot([], [], "-", color=_color(name), label="predictive path")
+        ax.plot([], [], ":", color="k", label="its geodesic at constant speed")
+        ax.set(xlabel="depth l/L", ylabel=ylabel, title=title)
+    return _finish(fig, axes[0], legend_size=7)
+
+
+def sensitivity(networks: dict[str, Any]) -> Figure | None:
+    """Block sensitivity s_l and the deletion KL, linearised (h²s²/2) against measured."""
+    nets = {n: v for n, v in networks.items() if "sensitivity" in v["measures"]}
+    if not nets:
+        return None
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    for name, net in nets.items():
+        sens = net["measures"]["sensitivity"]
+        blocks = np.arange(1, len(sens["sensitivity"]) + 1)
+        color = _color(name)
+        axes[0].plot(blocks, sens["sensitivity"], "o-", color=color, label=name)
+        axes[1].semilogy(blocks, np.clip(sens["deletion_kl"], 1e-12, None), "o-", color=color, label=f"{name} measured")
+        axes[1].semilogy(blocks, np.clip(sens["linearised_kl"], 1e-12, None), "x--", color=color,
+                         label=f"{name} $h^2 s_l^2/2$")
+        axes[2].plot(blocks, sens["euclidean_speeds"], "s--", color=color,
+                     label=f"{name}: kinetic action {sens['kinetic_action']:.3g}")
+    axes[0].set(xlabel="block l", ylabel="$s_l$", title="Block sensitivity (J after the block)")
+    axes[1].set(xlabel="block l", ylabel="E KL(p ‖ p without block l)", title="Deleting one block")
+    axes[2].set(xlabel="block l", ylabel="$\\sqrt{E\\|v_l\\|^2}$", title="Euclidean speed")
+    axes[0].set_ylim(bottom=0)
+    axes[2].set_ylim(bottom=0)
+    return _finish(fig, axes, legend_size=7)
 
 
 def spectrum(networks: dict[str, Any]) -> Figure:
@@ -73,7 +131,7 @@ def spectrum(networks: dict[str, Any]) -> Figure:
 
 
 def training_curves(networks: dict[str, Any]) -> Figure | None:
-    """Loss, accuracy and Fisher action per epoch."""
+    """Loss, accuracy and the predictive action against its least action per epoch."""
     if not any(net.get("history") for net in networks.values()):
         return None
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
@@ -89,16 +147,17 @@ def training_curves(networks: dict[str, Any]) -> Figure | None:
         axes[1].plot(epochs, [h["train_acc"] for h in hist], "-", color=color, label=f"{name} train")
         if "val_acc" in hist[0]:
             axes[1].plot(epochs, [h["val_acc"] for h in hist], "--", color=color, label=f"{name} test")
-        if "fisher_action" in hist[0]:
-            axes[2].plot(epochs, [h["fisher_action"] for h in hist], "-", color=color, label=name)
+        if "predictive_action" in hist[0]:
+            axes[2].plot(epochs, [h["predictive_action"] for h in hist], "-", color=color, label=f"{name} A")
+            axes[2].plot(epochs, [h["least_action"] for h in hist], ":", color=color, label=f"{name} A_min")
     axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
     axes[1].set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
-    axes[2].set(xlabel="epoch", ylabel="$A_F$", title="Fisher action of the path")
+    axes[2].set(xlabel="epoch", ylabel="action", title="Predictive action and its least action")
     return _finish(fig, axes, legend_size=7)
 
 
 def trajectories(networks: dict[str, Any]) -> Figure | None:
-    """Paths of test points through depth (2-D inputs), segments coloured by Fisher speed."""
+    """Paths of test points through depth (2-D inputs), segments coloured by predictive speed."""
     nets = {n: v for n, v in networks.items() if "trajectories" in v["measures"]}
     if not nets:
         return None
@@ -123,6 +182,6 @@ def trajectories(networks: dict[str, Any]) -> Figure | None:
         ax.autoscale()
         ax.set(title=f"{name}: paths through depth", xlabel="principal axis 1", ylabel="principal axis 2")
         ax.legend(fontsize=7, loc="best")
-        fig.colorbar(lines, ax=ax, label="Fisher speed $s_l(x)$", extend="max")
+        fig.colorbar(lines, ax=ax, label="predictive speed $d(p_l, p_{l+1})/h$", extend="max")
     fig.tight_layout()
     return fig

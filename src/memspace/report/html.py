@@ -1,7 +1,7 @@
 """A self-contained HTML report: figures inlined as PNG, no network requests.
 
-Every figure has a caption saying what it shows and which formula of THEORY.md it
-plots. Everything that comes from the user (run names, paths, data names) is escaped.
+Every figure has a caption saying what it shows and which formula of docs/theory.md it
+plots (docs/theory.md in the repository). Everything that comes from the user (run names, paths, data names) is escaped.
 A small inline script records, once the page has loaded, how many figures decoded
 and any script error, on ``<body data-figures-loaded=… data-errors=…>``, which the
 browser test reads.
@@ -21,23 +21,36 @@ from . import figures
 __all__ = ["render_report"]
 
 CAPTIONS = {
-    "speed": ("Fisher speed over depth",
-              "Per-block Fisher speed s_l, with s_l² = E_x[(J_l v_l)ᵀ Λ(p) (J_l v_l)] (THEORY.md §3), and the "
-              "Euclidean speed √E‖v_l‖² for comparison. Action A_F = h Σ s_l², length C_F = h Σ s_l; a flat "
-              "profile is a constant-speed (geodesic-like) path."),
+    "predictive": ("The predictive path over depth",
+                   "Left: the read-out applied to every state of the residual stream, p_l = softmax(head(x_l)), "
+                   "moves through the probability simplex; the speed of block l is the RMS over data of the exact "
+                   "Fisher–Rao distance d(p_l, p_{l+1}) = 4·arcsin(‖√p_l − √p_{l+1}‖/2) divided by h = 1/L. The "
+                   "dotted line is the constant speed of least action: every point on its geodesic at constant "
+                   "speed, A_min = E d(p_0, p_L)² (exact; docs/theory.md §3). Right: the lens accuracy, the "
+                   "accuracy of head(x_l) at every state."),
+    "points": ("Paths of single points against their geodesics",
+               "Per test point, its predictive path over depth (solid) and the constant-speed geodesic between "
+               "its end points (dotted). For two classes the simplex with the Fisher metric is a quarter circle "
+               "(θ = atan2(√p₁, √p₀), d = 2|Δθ|), so the angle is drawn; otherwise the distance from the start "
+               "d(p_0, p_l), normalised by d(p_0, p_L)."),
+    "sensitivity": ("Block sensitivity and deleting a block",
+                    "Left: block sensitivity s_l² = E[(J_{l+1} h v_l)ᵀ Λ(p) (J_{l+1} h v_l)]/h² with J_{l+1} taken "
+                    "after the block: a robustness diagnostic, not an action (docs/theory.md §3.2). Middle: the "
+                    "measured E KL(p ‖ p with block l skipped) beside its first-order value h²s_l²/2. Right: the "
+                    "Euclidean speed √E‖v_l‖² (kinetic action h Σ E‖v_l‖², a coordinate-dependent baseline)."),
     "trajectories": ("Paths of data points through depth",
                      "Test points carried from the stem's output x_0 (circles) to the head's input x_L (triangles) "
                      "by the residual blocks x_{l+1} = x_l + h v_l(x_l), projected on the two principal axes of the "
-                     "stream; each step is coloured by that point's Fisher speed s_l(x) (THEORY.md §3)."),
+                     "stream; each step is coloured by that point's predictive speed d(p_l, p_{l+1})/h."),
     "spectrum": ("Fisher eigenvalue spectrum",
                  "Left: the top eigenvalues λ_i of the true Fisher F = E_x[Jᵀ Λ(p) J] by Lanczos. Right: its "
                  "spectral density by stochastic Lanczos quadrature, as spectral mass per decade of λ (the "
                  "legend gives the share of the spectrum below six decades under λ_max: directions the data "
                  "barely constrain). The left legend gives tr F and the effective dimension "
-                 "d_eff(z) = Σ λ_i/(λ_i + z) at z = 10⁻³ λ_max (THEORY.md §1)."),
+                 "d_eff(z) = Σ λ_i/(λ_i + z) at z = 10⁻³ λ_max (docs/theory.md §1)."),
     "training": ("Training curves",
-                 "Cross-entropy and accuracy per epoch (solid: train, dashed: test) and the exact Fisher action "
-                 "A_F of the path on a probe set of training points (THEORY.md §3–§4)."),
+                 "Cross-entropy and accuracy per epoch (solid: train, dashed: test) and the predictive action A "
+                 "with its exact least action A_min (dotted) on a probe set of training points (docs/theory.md §3–§4)."),
 }
 
 ROWS = [
@@ -48,10 +61,12 @@ ROWS = [
     ("Fisher trace tr F", "fisher_trace", "{:.4g}", "total sensitivity to weight noise: E KL ≈ σ²/2 tr F (§1, §5)"),
     ("top eigenvalue λ_max", None, "{:.4g}", "stiffest direction of F (Lanczos)"),
     ("effective dimension d_eff", "effective_dimension", "{:.1f}", "Σ λ/(λ+z), z = 10⁻³ λ_max (§1)"),
-    ("Fisher action A_F", ("path", "action"), "{:.4g}", "h Σ_l s_l² (§3)"),
-    ("Fisher length C_F", ("path", "length"), "{:.4g}", "h Σ_l s_l (§3)"),
-    ("constant-speed gap A_F − C_F²", ("path", "gap"), "{:.3g}", "0 iff constant speed (§3)"),
-    ("kinetic action", None, "{:.4g}", "h Σ_l E‖v_l‖², Euclidean baseline (§3)"),
+    ("predictive action A", ("predictive_path", "action"), "{:.4g}", "E L Σ_l d(p_l, p_{l+1})² (§3)"),
+    ("least action A_min", ("predictive_path", "least_action"), "{:.4g}", "E d(p_0, p_L)², exact (§3)"),
+    ("A / A_min", ("predictive_path", "ratio"), "{:.3f}", "distance from least action, ≥ 1 (§3)"),
+    ("detour", ("predictive_path", "detour"), "{:.3f}", "E C / E d(p_0, p_L), ≥ 1 (§3)"),
+    ("predictive length", ("predictive_path", "length"), "{:.4g}", "E Σ_l d(p_l, p_{l+1}) (§3)"),
+    ("kinetic action", ("sensitivity", "kinetic_action"), "{:.4g}", "h Σ_l E‖v_l‖², Euclidean baseline (§3)"),
     ("Fisher distance from init", "fisher_distance_from_init", "{:.4g}", "(θ−θ₀)ᵀF(θ−θ₀) (§2)"),
     ("Euclidean distance from init", "euclidean_distance_from_init", "{:.4g}", "‖θ−θ₀‖"),
     ("Fisher arc length of training", "trajectory_length", "{:.4g}", "Σ_k ‖Δθ_k‖_F over checkpoints (§2)"),
@@ -74,10 +89,6 @@ def _row_value(label: str, key, measures: dict):
     if label.startswith("top eigenvalue"):
         values = measures.get("top_eigenvalues") or [None]
         return values[0]
-    if label == "kinetic action":
-        path = measures.get("path", {})
-        speeds = path.get("euclidean_speeds")
-        return None if speeds is None else path["step"] * sum(s * s for s in speeds)
     return _value(measures, key)
 
 
@@ -141,10 +152,15 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
     networks = metrics["networks"]
     run = metrics.get("run", {})
     title = title or f"memspace report: {run.get('data', 'model')}"
-    blocks = [_figure_block("speed", figures.speed_profile(networks))]
-    traj = figures.trajectories(networks)
-    if traj is not None:
-        blocks.append(_figure_block("trajectories", traj))
+    blocks = []
+    for key, draw in (("predictive", figures.predictive_profile), ("points", figures.point_paths),
+                      ("sensitivity", figures.sensitivity), ("trajectories", figures.trajectories)):
+        fig = draw(networks)
+        if fig is not None:
+            blocks.append(_figure_block(key, fig))
+    skipped = [f"<p class=note><b>{html.escape(n)}:</b> path measures skipped: {html.escape(v['measures']['path_skipped'])}</p>"
+               for n, v in networks.items() if "path_skipped" in v["measures"]]
+    blocks.extend(skipped)
     blocks.append(_figure_block("spectrum", figures.spectrum(networks)))
     curves = figures.training_curves(networks)
     if curves is not None:
@@ -160,10 +176,11 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
 <body>
 <h1>{html.escape(title)}</h1>
 <p class="sub">{details}</p>
-<p>A network as a memory space (THEORY.md): how much it stores (Fisher–Rao norm, trace, effective dimension),
-how the stored information is laid out along depth (the path's Fisher speeds, action and length), and what
-training cost to write it (distance from initialisation, arc length). The least-action network was trained with
-the Fisher action added to its loss. Configuration: <code>{config}</code></p>
+<p>A network as a memory space (docs/theory.md): how much it stores (Fisher–Rao norm, trace, effective dimension),
+how a residual network carries its prediction along depth (the predictive path in the Fisher–Rao simplex, its
+action and its exact least action; the sensitivity of each block), and what training cost to write it (distance
+from initialisation, arc length). The least-action network was trained with the predictive action added to its
+loss. Configuration: <code>{config}</code></p>
 <h2>Summary</h2>
 {summary_table(networks)}
 <h2>Figures</h2>

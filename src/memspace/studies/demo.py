@@ -1,7 +1,7 @@
 """The demo study: train residual networks with and without least action, measure both.
 
 Trains two networks from the same initialisation on the same data — one with plain
-cross-entropy, one with the Fisher action term (λ·A_F, THEORY.md §4) — measures each
+cross-entropy, one with the predictive action term (λ·A, docs/theory.md §4) — measures each
 with :func:`~memspace.studies.measure.measure_network`, and writes into the run folder
 
 - ``train-plain/``, ``train-least-action/``: checkpoints (safetensors) and
@@ -92,7 +92,7 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
     if resuming:
         status(f"resuming the interrupted run in {out}")
     networks: dict[str, Any] = {}
-    for name, action in (("plain", None), ("least-action", "fisher")):
+    for name, action in (("plain", None), ("least-action", "predictive")):
         torch.manual_seed(seed)
         model = build_model(data, split.input_shape, split.num_classes, cfg).to(device)
         run_dir = out / f"train-{name}"
@@ -101,7 +101,7 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
         if not init_file.exists():
             save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(init_file))
         initial = load_state(init_file)
-        status(f"training the {name} network ({cfg['epochs']} epochs, {'λ·A_F, λ = ' + str(cfg['lam']) if action else 'λ = 0'})")
+        status(f"training the {name} network ({cfg['epochs']} epochs, {'λ·A, λ = ' + str(cfg['lam']) if action else 'λ = 0'})")
         train = tuple(t.to(device) for t in split.train)
         test = tuple(t.to(device) for t in split.test)
         result = fit(model, train, action=action, lam=cfg["lam"] if action else 0.0, epochs=cfg["epochs"],

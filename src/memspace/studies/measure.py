@@ -6,12 +6,18 @@ Returns a JSON-ready dict, so that a report can be re-rendered from saved result
 - Fisher–Rao norm θᵀFθ, tr F (exact), the top-k eigenvalues of F (Lanczos), the
   spectral density (stochastic Lanczos quadrature) and the effective dimension
   d_eff(z) = Σ λ/(λ+z) at z = 10⁻³·λ_max;
-- the path profile (Fisher and Euclidean speeds per block, action, length, gap,
-  boundary sensitivities);
+- the predictive path (length, action, its exact least action and their ratio, speed
+  per block, lens accuracy over depth) and, for up to 100 test points, each point's
+  distance from its start over depth (and, for two classes, its angle on the quarter
+  circle) against its geodesic;
+- the block sensitivities beside the measured KL of deleting each block, the Euclidean
+  speeds (kinetic action) and the boundary sensitivities. For a model whose residual
+  blocks or read-out memspace does not know, these are skipped and ``path_skipped``
+  says why and how to get them;
 - the Fisher distance from initialisation and the Fisher arc length of training,
   when the initial parameters / the checkpoints are given;
 - for 2-D inputs, the trajectories of up to 150 points through depth (projected on the
-  stream's two principal axes) with each point's Fisher speed.
+  stream's two principal axes) with each point's predictive speed d(p_l, p_{l+1})/h.
 
 All Fisher quantities use the true Fisher on (up to ``max_points``) training points.
 """
@@ -28,7 +34,8 @@ from torch import Tensor, nn
 from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
 from ..data import DataSplit
 from ..fisher import FisherOperator
-from ..paths import path_profile, pointwise_speeds
+from .._errors import MemspaceError
+from ..paths import ResidualPath, block_sensitivity, predictive_path
 from ..train import evaluate
 
 __all__ = ["measure_network"]
@@ -56,11 +63,42 @@ def _log_spectral_density(density, lam_max: float, decades: float = 6.0, width: 
             "fraction_near_zero": float(weights[~visible].sum()), "floor": floor}
 
 
+def _stream_states(model: nn.Module, inputs: Tensor, block_names) -> np.ndarray:
+    """x_0 … x_L of the residual stream for some inputs, flattened: [L+1, N, d]."""
+    import torch
+
+    path = ResidualPath(model, block_names)
+    with torch.no_grad(), path.capture() as record:
+        model(inputs)
+    return torch.stack([s.flatten(1).double() for s in path.states(record)]).cpu().numpy()
+
+
+def _point_paths(points: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Per-point distance from the start d(p_0, p_l) over depth, and for two classes the angle.
+
+    On the sphere ξ = 2√p two classes live on a quarter circle: θ = atan2(√p_1, √p_0) and
+    d(p, q) = 2|θ_p − θ_q|, so the path is a curve θ_l and its geodesic a straight line.
+    """
+    import torch
+
+    from ..paths import fisher_rao_distance
+
+    probs = torch.as_tensor(points["probabilities"])  # [N, L+1, C]
+    logs = probs.clamp_min(1e-300).log()
+    from_start = fisher_rao_distance(logs[:, :1], logs).numpy()  # [N, L+1]
+    result = {"from_start": from_start.tolist(), "endpoint": points["endpoint_distance"].tolist(),
+              "ratio": (points["action"] / np.maximum(points["endpoint_distance"] ** 2, 1e-300)).tolist()}
+    if probs.shape[2] == 2:
+        result["angle"] = np.arctan2(np.sqrt(probs[..., 1].numpy()), np.sqrt(probs[..., 0].numpy())).tolist()
+    return result
+
+
 def measure_network(
     model: nn.Module,
     split: DataSplit,
     *,
     block_names: Sequence[str] | None = None,
+    head: Any = None,
     initial_params: Mapping[str, Tensor] | None = None,
     checkpoints: Sequence[Path] | None = None,
     model_factory: Callable[[], nn.Module] | None = None,
@@ -103,9 +141,20 @@ def measure_network(
     out["effective_dimension"] = density.spectral_sum(lambda t: np.clip(t, 0, None) / (np.clip(t, 0, None) + z))
     out["effective_dimension_z"] = z
     out["spectral_density"] = _log_spectral_density(density, lam_max)
-    status("path profile")
-    profile = path_profile(model, data, block_names=block_names)
-    out["path"] = profile.as_dict()
+    try:
+        ResidualPath(model, block_names)
+        status("predictive path")
+        out["predictive_path"] = predictive_path(model, data, block_names=block_names, head=head).as_dict()
+    except MemspaceError as error:
+        out["path_skipped"] = (f"{error} — the path measures need the residual blocks (--blocks / block_names) "
+                               "and the read-out (head)")
+        status(f"path skipped: {error}")
+    if "predictive_path" in out:
+        status("block sensitivity and deletion")
+        out["sensitivity"] = block_sensitivity(model, data, block_names=block_names).as_dict()
+        points = predictive_path(model, (test[0][:100], test[1][:100]), block_names=block_names, head=head,
+                                 points=True).points
+        out["predictive_points"] = _point_paths(points)
     if initial_params is not None:
         status("distance from initialisation")
         out["fisher_distance_from_init"] = fisher_distance(model, initial_params, data)
@@ -116,10 +165,13 @@ def measure_network(
         traj = trajectory_length(list(checkpoints), model_factory, _subset(train, min(max_points, 512)))
         out["trajectory_length"] = traj.length
         out["trajectory_step_lengths"] = traj.step_lengths.tolist()
-    if split.input_shape == (2,):
+    if split.input_shape == (2,) and "predictive_path" in out:
         status("trajectories of points")
         points = test[0][:150]
-        speeds, states = pointwise_speeds(model, points, block_names=block_names)
+        per_point = predictive_path(model, (points, test[1][:150]), block_names=block_names, head=head,
+                                    points=True).points
+        speeds = per_point["distances"] * out["predictive_path"]["depth"]
+        states = _stream_states(model, points, block_names)
         flat = states.reshape(-1, states.shape[-1])
         centre = flat.mean(0)
         _, _, axes = np.linalg.svd(flat - centre, full_matrices=False)

@@ -1,0 +1,264 @@
+"""The predictive path: depth as a path in the Fisher–Rao simplex (THEORY.md §3.1).
+
+Apply the read-out to every state of the residual stream, p_l = softmax(head(x_l)),
+l = 0..L. The probability simplex with the Fisher metric is a piece of the sphere of
+radius 2 (ξ = 2√p), so distances are exact and closed-form:
+
+    d(p, q) = 2·arccos Σ_k √(p_k q_k) = 4·arcsin(‖√p − √q‖ / 2)
+
+(the second form is stable near p = q and smooth when squared). For a unit-variance
+Gaussian read-out (regression) d is the Euclidean distance of the means.
+
+Per input, with h = 1/L (depth is the path's time, from 0 to 1):
+
+- length C = Σ_l d(p_l, p_{l+1}); action A = (1/h) Σ_l d(p_l, p_{l+1})²;
+- endpoint distance d_0L = d(p_0, p_L).
+
+Least action, exactly: among all paths with the same end points A ≥ C² ≥ d_0L², with
+equality for a great-circle arc at constant speed, so A_min = E d_0L² needs no
+optimisation and A/A_min ≥ 1 is an exact distance from least action. It splits into a
+detour (C/d_0L) and an uneven speed (A/C²).
+
+Cost: one forward with hooks on the blocks plus L+1 read-out evaluations.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from .._errors import DataError, MemspaceError
+from .._model_call import ModelCall, OutputSelector, derivative_kernels
+from ..fisher._data import as_batch_stream
+from ..fisher._params import check_eval_mode
+from ..fisher.likelihood import Likelihood
+from .adapter import ResidualPath, resolve_head
+
+__all__ = [
+    "PredictivePath",
+    "fisher_rao_distance",
+    "predictive_action",
+    "predictive_path",
+    "readout_path",
+    "squared_fisher_rao_distance",
+]
+
+
+def _half_chord_squared(logp: Tensor, logq: Tensor) -> Tensor:
+    """‖√p − √q‖²/4 = sin²(d/4) from log-probabilities [..., C] → [...]."""
+    return ((logp / 2).exp() - (logq / 2).exp()).pow(2).sum(-1).div(4).clamp(0.0, 1.0)
+
+
+def fisher_rao_distance(logp: Tensor, logq: Tensor) -> Tensor:
+    """d(p, q) = 4·arcsin(‖√p − √q‖/2) from log-probabilities [..., C], shape [...]."""
+    return 4 * torch.asin(_half_chord_squared(logp, logq).sqrt())
+
+
+def squared_fisher_rao_distance(logp: Tensor, logq: Tensor) -> Tensor:
+    """d(p, q)² = 16·arcsin²(√a), a = ‖√p − √q‖²/4, differentiable everywhere.
+
+    arcsin²(√a) = a + a²/3 + … is analytic at a = 0; below a = 1e-12 its first term is
+    used, so the gradient at p = q is 0 rather than 0·∞.
+    """
+    a = _half_chord_squared(logp, logq)
+    small = a < 1e-12
+    exact = torch.asin(a.clamp_min(1e-12).sqrt()).pow(2)
+    return 16 * torch.where(small, a, exact)
+
+
+def _distances(outputs: Sequence[Tensor], likelihood: Likelihood, squared: bool = False) -> Tensor:
+    """Distances between consecutive read-outs, [N, L] (squared if asked)."""
+    if likelihood is Likelihood.REGRESSION:
+        steps = [(b - a).pow(2).sum(-1) for a, b in zip(outputs[:-1], outputs[1:])]
+        out = torch.stack(steps, dim=1)
+        return out if squared else out.sqrt()
+    logs = [o.log_softmax(-1) for o in outputs]
+    fn = squared_fisher_rao_distance if squared else fisher_rao_distance
+    return torch.stack([fn(a, b) for a, b in zip(logs[:-1], logs[1:])], dim=1)
+
+
+def _endpoint(outputs: Sequence[Tensor], likelihood: Likelihood, squared: bool = False) -> Tensor:
+    return _distances([outputs[0], outputs[-1]], likelihood, squared)[:, 0]
+
+
+def readout_path(states: Sequence[Tensor], head: Callable[[Tensor], Tensor], num: int,
+                 where: str = "batch") -> list[Tensor]:
+    """head(x_l) for every state, each checked to be finite logits [N, C]."""
+    outputs = []
+    for l, state in enumerate(states):
+        out = head(state)
+        if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != num:
+            shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise MemspaceError(f"{where}: the read-out maps state x_{l} {tuple(state.shape)} to {shape}; "
+                                f"it must give logits [N, C] = [{num}, C] (pass head= a module that pools "
+                                "and projects the stream)")
+        if not bool(torch.isfinite(out).all()):
+            raise DataError(f"{where}: the read-out gives NaN/Inf logits at state x_{l}")
+        outputs.append(out)
+    return outputs
+
+
+def predictive_action(outputs: Sequence[Tensor], *, likelihood: str | Likelihood = "classification",
+                      excess: bool = False) -> Tensor:
+    """Mean over the batch of A = L·Σ_l d(p_l, p_{l+1})² (or A − d(p_0, p_L)²), differentiable.
+
+    Args:
+        outputs: read-outs head(x_0) … head(x_L), each [N, C] (in the graph).
+        excess: subtract the least action d_0L², leaving A − A_min ≥ 0.
+    """
+    lik = Likelihood.parse(likelihood)
+    depth = len(outputs) - 1
+    action = depth * _distances(outputs, lik, squared=True).sum(1)
+    if excess:
+        action = action - _endpoint(outputs, lik, squared=True)
+    return action.mean()
+
+
+@dataclass
+class PredictivePath:
+    """The predictive path of a residual network on a data set (module doc).
+
+    Attributes:
+        length: E C.
+        action: E A.
+        endpoint_distance: E d(p_0, p_L).
+        least_action: E d(p_0, p_L)², the exact least action for these end points.
+        speeds: per block, the RMS over data of d(p_l, p_{l+1})/h, [L].
+        lens_accuracy: accuracy of head(x_l) for l = 0..L, [L+1] (None without labels).
+        num_data: N.
+        depth: L.
+        likelihood: ``"classification"`` or ``"regression"``.
+        mean_squared_length: E C² (for the uneven-speed factor).
+        points: per data point, when asked (``points=True``): ``length`` [N],
+            ``action`` [N], ``endpoint_distance`` [N], ``distances`` [N, L] and
+            ``probabilities`` [N, L+1, C] (classification) or ``means``.
+    """
+
+    length: float
+    action: float
+    endpoint_distance: float
+    least_action: float
+    speeds: np.ndarray
+    lens_accuracy: np.ndarray | None
+    num_data: int
+    depth: int
+    likelihood: str
+    mean_squared_length: float
+    points: dict[str, np.ndarray] | None = field(default=None, repr=False)
+
+    @property
+    def ratio(self) -> float:
+        """A / A_min ≥ 1: the exact distance from least action (1 = a constant-speed geodesic)."""
+        return self.action / self.least_action if self.least_action > 0 else float("inf")
+
+    @property
+    def detour(self) -> float:
+        """E C / E d_0L ≥ 1: how much longer the path is than the geodesic between its ends."""
+        return self.length / self.endpoint_distance if self.endpoint_distance > 0 else float("inf")
+
+    @property
+    def unevenness(self) -> float:
+        """E A / E C² ≥ 1: 1 when every point moves at constant speed over depth."""
+        return self.action / self.mean_squared_length if self.mean_squared_length > 0 else float("inf")
+
+    @property
+    def step(self) -> float:
+        return 1.0 / self.depth
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (without the per-point arrays)."""
+        return {
+            "length": self.length, "action": self.action, "endpoint_distance": self.endpoint_distance,
+            "least_action": self.least_action, "ratio": self.ratio, "detour": self.detour,
+            "unevenness": self.unevenness, "speeds": self.speeds.tolist(),
+            "lens_accuracy": None if self.lens_accuracy is None else self.lens_accuracy.tolist(),
+            "num_data": self.num_data, "depth": self.depth, "likelihood": self.likelihood,
+        }
+
+
+def predictive_path(
+    model: nn.Module,
+    data: Any,
+    *,
+    block_names: Sequence[str] | None = None,
+    head: nn.Module | str | Callable[[Tensor], Tensor] | None = None,
+    likelihood: str = "classification",
+    batch_size: int = 256,
+    sample_dim: int = 0,
+    output: OutputSelector = None,
+    points: bool = False,
+) -> PredictivePath:
+    """The predictive path, its action and its exact least action (module doc), streamed.
+
+    Args:
+        model: a :class:`~memspace.paths.models.ResidualPathModel`, or any model with
+            ``block_names`` (modules mapping x_l to x_{l+1}, in order) and ``head``.
+        data: DataLoader, iterable of ``(x, y)`` or an ``(X, y)`` pair. Labels are used
+            only for the lens accuracy (classification with integer labels).
+        head: the read-out applied to every state: a module, the name of one, or a
+            callable [stream] → logits [N, C]. Default: the model's ``head``.
+        likelihood: ``"classification"`` (Fisher–Rao on the simplex) or ``"regression"``.
+        sample_dim, output: the model's layout (see :class:`~memspace.FisherOperator`);
+            ``output`` is used only to check the model runs.
+        points: keep per-point arrays (memory O(N·L·C): for figures on small sets).
+
+    Raises:
+        MemspaceError: for a model without a read-out, a block that changes the stream's
+            shape (naming it), a read-out that does not give [N, C]; DataError for NaN.
+    """
+    lik = Likelihood.parse(likelihood)
+    check_eval_mode(model)
+    path = ResidualPath(model, block_names)
+    readout = resolve_head(model, head)
+    call = ModelCall(sample_dim, output)
+    first = next(model.parameters())
+    stream = as_batch_stream(data, device=first.device, dtype=first.dtype, batch_size=batch_size,
+                             sample_dim=sample_dim)
+    depth = path.depth
+    sums = {"length": 0.0, "action": 0.0, "endpoint": 0.0, "endpoint2": 0.0, "length2": 0.0}
+    speed2 = torch.zeros(depth, dtype=torch.float64)
+    correct = torch.zeros(depth + 1, dtype=torch.float64)
+    labelled = lik is Likelihood.CLASSIFICATION
+    count = 0
+    kept: dict[str, list[np.ndarray]] = {}
+    for index, (x, y) in enumerate(stream):
+        num = call.num_samples(x)
+        with torch.no_grad(), derivative_kernels(model), path.capture() as record:
+            call.outputs(model(x), num, f"batch {index}")
+        states = path.states(record)
+        with torch.no_grad(), derivative_kernels(model):
+            outputs = readout_path(states, readout, num, f"batch {index}")
+        dist = _distances(outputs, lik).double()  # [N, L]
+        endpoint = _endpoint(outputs, lik).double()
+        length = dist.sum(1)
+        action = depth * dist.pow(2).sum(1)
+        sums["length"] += float(length.sum())
+        sums["action"] += float(action.sum())
+        sums["endpoint"] += float(endpoint.sum())
+        sums["endpoint2"] += float(endpoint.pow(2).sum())
+        sums["length2"] += float(length.pow(2).sum())
+        speed2 += (dist * depth).pow(2).sum(0).cpu()
+        if labelled and y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) and y.dim() == 1:
+            correct += torch.stack([(o.argmax(1) == y).double().sum() for o in outputs]).cpu()
+        else:
+            labelled = False
+        if points:
+            values = {"length": length, "action": action, "endpoint_distance": endpoint, "distances": dist,
+                      ("probabilities" if lik is Likelihood.CLASSIFICATION else "means"):
+                      torch.stack([o.softmax(-1) if lik is Likelihood.CLASSIFICATION else o for o in outputs], 1)}
+            for key, value in values.items():
+                kept.setdefault(key, []).append(value.detach().double().cpu().numpy())
+        count += num
+    return PredictivePath(
+        length=sums["length"] / count, action=sums["action"] / count,
+        endpoint_distance=sums["endpoint"] / count, least_action=sums["endpoint2"] / count,
+        speeds=(speed2 / count).sqrt().numpy(),
+        lens_accuracy=(correct / count).numpy() if labelled else None,
+        num_data=count, depth=depth, likelihood=lik.value, mean_squared_length=sums["length2"] / count,
+        points={k: np.concatenate(v) for k, v in kept.items()} if points else None,
+    )
