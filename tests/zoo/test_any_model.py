@@ -1,0 +1,163 @@
+"""Right or refused on models nobody here wrote (issue: any model).
+
+Every quantity is checked in float64 against a dense true Fisher built by one reverse
+pass per output entry (tests/model_zoo.py), and each layer's shortcut is asserted to be
+taken or refused for the stated reason.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from model_zoo import ZOO, make_zoo_case, reference_fisher
+from torch import nn
+
+from memspace import MemspaceError, fisher_rao_norm
+from memspace.fisher import KFAC, FisherOperator
+
+NAMES = sorted(ZOO)
+
+
+@pytest.fixture(scope="module", params=NAMES)
+def zoo(request):
+    case = make_zoo_case(request.param)
+    return case, reference_fisher(case)
+
+
+def _operator(case, **kwargs):
+    return FisherOperator(case.model, (case.inputs, case.targets), batch_size=3, **case.options, **kwargs)
+
+
+def test_matvec_quad_and_symmetry(zoo):
+    case, ref = zoo
+    F = _operator(case)
+    gen = torch.Generator().manual_seed(3)
+    u, v = (torch.randn(F.shape[0], dtype=torch.float64, generator=gen) for _ in range(2))
+    torch.testing.assert_close(F @ v, ref @ v, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(F.quad(v), v @ ref @ v, rtol=1e-10, atol=1e-13)
+    assert abs(u @ (F @ v) - v @ (F @ u)) <= 1e-12 * abs(u @ (F @ v)) + 1e-14
+
+
+def test_diag_trace_dense(zoo):
+    case, ref = zoo
+    F = _operator(case)
+    torch.testing.assert_close(F.diag(), ref.diagonal(), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(F.trace(), ref.trace(), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(F.dense(), ref, rtol=1e-10, atol=1e-13)
+
+
+def test_fisher_rao_norm(zoo):
+    case, ref = zoo
+    theta = torch.cat([p.detach().reshape(-1) for p in case.model.parameters()])
+    value = fisher_rao_norm(case.model, (case.inputs, case.targets), **case.options)
+    assert value == pytest.approx(float(theta @ ref @ theta), rel=1e-10)
+
+
+EXPECTED_FALLBACKS = {
+    # layer → why its tap is refused (every other Linear/Conv2d takes the shortcut)
+    "encoder-batch-first": {"layers.0.self_attn.out_proj": "used outside its own calls"},
+    "encoder-sequence-first": {"layers.0.self_attn.out_proj": "used outside its own calls"},
+    "bert-tied": {"encoder.self_attn.out_proj": "used outside its own calls"},
+    "bert-tied-decoder-first": {"encoder.self_attn.out_proj": "used outside its own calls", "decoder": "shared with"},
+    "tied-linears": {"first": "shared with"},
+    "reshaped-rows": {"inner": "no axis that indexes data points"},
+}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_each_shortcut_is_taken_or_refused_for_its_reason(name):
+    case = make_zoo_case(name)
+    plan = _operator(case).tap_plan()
+    expected = EXPECTED_FALLBACKS.get(name, {})
+    assert set(plan.reasons) == set(expected)
+    for layer, why in expected.items():
+        assert why in plan.reasons[layer]
+
+
+def test_sequence_first_equals_batch_first_everywhere():
+    a, b = make_zoo_case("encoder-batch-first"), make_zoo_case("encoder-sequence-first")
+    b.model.load_state_dict(a.model.state_dict())
+    Fa, Fb = _operator(a), _operator(b)
+    v = torch.randn(Fa.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(Fb @ v, Fa @ v, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(Fb.diag(), Fa.diag(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(KFAC.from_operator(Fb).dense(), KFAC.from_operator(Fa).dense(), rtol=1e-12, atol=1e-14)
+
+
+def test_kfac_of_weight_shared_linear_matches_curvlinops():
+    curvlinops = pytest.importorskip("curvlinops")
+    case = make_zoo_case("token-mlp")
+    params = list(case.model.parameters())
+    peer = curvlinops.KFACLinearOperator(
+        case.model, nn.CrossEntropyLoss(), params, [(case.inputs, case.targets)], fisher_type="type-2",
+        kfac_approx="expand", separate_weight_and_bias=False, check_deterministic=False,
+    )
+    ours = KFAC(case.model, (case.inputs, case.targets))
+    eye = torch.eye(ours.space.numel, dtype=torch.float64)
+    dense_peer = torch.stack([peer @ eye[:, j] for j in range(eye.shape[0])], dim=1)
+    torch.testing.assert_close(ours.dense(), dense_peer, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", ["tied-linears", "reshaped-rows", "encoder-batch-first"])
+def test_kfac_falls_back_to_the_exact_diagonal_block_never_a_zero(name):
+    case = make_zoo_case(name)
+    ref = reference_fisher(case)
+    F = _operator(case)
+    kfac = KFAC.from_operator(F)
+    offsets = dict(zip(F.space.names, torch.tensor([0, *F.space.sizes]).cumsum(0).tolist()))
+    for pname in F.tap_plan().fallback:
+        start, size = offsets[pname], F.space.sizes[F.space.names.index(pname)]
+        torch.testing.assert_close(kfac.fallback_diag[pname], ref.diagonal()[start:start + size], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("cell", ["lstm", "gru"])
+def test_recurrent_float32_runs_and_agrees_with_float64(cell):
+    c32, c64 = make_zoo_case(cell, torch.float32), make_zoo_case(cell)
+    F32, F64 = _operator(c32), _operator(c64)
+    v = torch.randn(F32.shape[0], generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close((F32 @ v).double(), F64 @ v.double(), rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(F32.diag().double(), F64.diag(), rtol=1e-5, atol=1e-7)
+    assert F32.eigh(2)[0][0] == pytest.approx(float(F64.eigh(2)[0][0]), rel=1e-5)
+    assert F32._vmap_failure is not None  # the recurrent layers took the per-sample loop
+
+
+def test_default_kernels_are_restored_after_a_pass():
+    case = make_zoo_case("encoder-batch-first")
+    before = torch.backends.mha.get_fastpath_enabled(), torch._C._get_mkldnn_enabled()
+    _operator(case).quad(torch.ones(sum(p.numel() for p in case.model.parameters()), dtype=torch.float64))
+    assert (torch.backends.mha.get_fastpath_enabled(), torch._C._get_mkldnn_enabled()) == before
+
+
+def test_padding_rows_get_no_fisher_from_the_lookup():
+    case = make_zoo_case("bert-tied")
+    case.model.decoder.weight = nn.Parameter(case.model.decoder.weight.detach().clone())  # untie
+    ref = reference_fisher(case)
+    F = _operator(case)
+    names = [n for n, _ in case.model.named_parameters()]
+    offset = sum(p.numel() for n, p in case.model.named_parameters() if names.index(n) < names.index("embed.weight"))
+    pad_row = slice(offset, offset + case.model.embed.weight.shape[1])  # padding_idx = 0: the first row
+    assert float(F.diag()[pad_row].abs().max()) == 0.0
+    assert float(ref.diagonal()[pad_row].abs().max()) == 0.0
+    v = torch.zeros(F.shape[0], dtype=torch.float64)
+    v[pad_row] = 1.0
+    assert float((F @ v).abs().max()) == 0.0 and float(F.quad(v)) == 0.0
+
+
+def test_outputs_that_are_not_tensors_need_a_selector():
+    case = make_zoo_case("tuple-output")
+    with pytest.raises(MemspaceError, match="returned a tuple of 2 values.*pass output="):
+        FisherOperator(case.model, (case.inputs, case.targets)).diag()
+    bert = make_zoo_case("bert-tied")
+    with pytest.raises(MemspaceError, match="keys logits, hidden"):
+        FisherOperator(bert.model, (bert.inputs, bert.targets)) @ torch.zeros(
+            sum(p.numel() for p in bert.model.parameters()), dtype=torch.float64)
+    with pytest.raises(MemspaceError, match="'scores'"):
+        FisherOperator(bert.model, (bert.inputs, bert.targets), output="scores").trace()
+    by_callable = FisherOperator(bert.model, (bert.inputs, bert.targets), output=lambda out: out["logits"])
+    torch.testing.assert_close(by_callable.diag(), _operator(bert).diag())
+
+
+def test_a_sequence_first_model_without_sample_dim_is_refused_not_wrong():
+    case = make_zoo_case("encoder-sequence-first")  # [T=3, N=5, d]; targets for 5 samples
+    with pytest.raises(MemspaceError, match="3 samples .axis 0. but y has 5|sample_dim"):
+        FisherOperator(case.model, (case.inputs, case.targets)).diag()
