@@ -1,9 +1,10 @@
-"""Cost of the path profile against depth: memspace's reverse mode vs a naive per-block JVP.
+"""Cost of the predictive path and the block sensitivity against depth, as multiples of a gradient.
 
-memspace reads every block's Fisher speed from one forward plus one backward per
-output-Fisher column (C exact, 1 Monte-Carlo), so its cost relative to a gradient stays
-flat in L. The naive reference runs, for every block l, a forward-mode product of the
-remaining network from x_l (``torch.func.jvp``) — O(L²) block evaluations.
+The predictive path needs one forward with hooks on the blocks plus L+1 read-out
+evaluations (target: ≤ 1.3× a gradient, flat in L). The block sensitivity needs one
+forward and one backward of the C output-Fisher columns (batched); its deletion KL adds L
+forwards (shown separately). The naive reference for the predictive path runs the
+read-out after re-running the network block by block from the input for every l (O(L²)).
 
 Model: ResidualMLP(64 → width 64, L blocks, 10 classes), batch 256 (digits-sized).
 Appends its table to benchmarks/RESULTS.md (run after fisher_benchmark.py).
@@ -12,6 +13,7 @@ Appends its table to benchmarks/RESULTS.md (run after fisher_benchmark.py).
 from __future__ import annotations
 
 import argparse
+import platform
 import statistics
 import sys
 import time
@@ -19,32 +21,31 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.func import jvp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from memspace.paths import ResidualMLP, path_profile  # noqa: E402
+from memspace.paths import ResidualMLP, block_sensitivity, predictive_path  # noqa: E402
+from memspace.paths.predictive import fisher_rao_distance  # noqa: E402
 
 
-def naive_fisher_speeds(model: ResidualMLP, x: torch.Tensor) -> torch.Tensor:
-    """s_l² by one JVP of the remaining network per block (the reference, O(L²))."""
+def naive_predictive_action(model: ResidualMLP, x: torch.Tensor) -> float:
+    """A by recomputing the stream from the input for every state (the O(L²) reference)."""
     with torch.no_grad():
-        states = model.stream(x)
-        probs = model(x).softmax(1)
-        speeds = []
-        for layer in range(model.depth):
-            v = (states[layer + 1] - states[layer]) / model.step
-            _, jv = jvp(lambda s: model.forward_from(layer, s), (states[layer],), (v,))
-            centred = jv - (probs * jv).sum(1, keepdim=True)
-            speeds.append((probs * centred**2).sum(1).mean())
-    return torch.stack(speeds)
+        logs = []
+        for layer in range(model.depth + 1):
+            state = model.stem(x)
+            for block in model.blocks[:layer]:
+                state = block(state)
+            logs.append(model.head(state).log_softmax(1))
+        d = torch.stack([fisher_rao_distance(a, b) for a, b in zip(logs[:-1], logs[1:])], 1)
+        return float((model.depth * d.pow(2).sum(1)).mean())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--depths", type=int, nargs="+", default=[4, 16, 64])
+    parser.add_argument("--depths", type=int, nargs="+", default=[8, 32])
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     args = parser.parse_args()
     torch.manual_seed(0)
@@ -59,12 +60,13 @@ def main() -> None:
 
         tasks = {
             "gradient": gradient,
-            "memspace exact (C=10 columns)": lambda: path_profile(model, (x, y)),
-            "memspace MC (1 sample)": lambda: path_profile(model, (x, y), kind="mc"),
-            "naive per-block JVP": lambda: naive_fisher_speeds(model, x),
+            "predictive path": lambda: predictive_path(model, (x, y)),
+            "naive predictive (O(L²))": lambda: naive_predictive_action(model, x),
+            "block sensitivity": lambda: block_sensitivity(model, (x, y), deletion=False),
+            "+ deletion KL of every block": lambda: block_sensitivity(model, (x, y)),
         }
-        exact = torch.as_tensor(path_profile(model, (x, y)).fisher_speeds ** 2, dtype=torch.float32)
-        torch.testing.assert_close(naive_fisher_speeds(model, x), exact, rtol=1e-3, atol=1e-6)
+        exact = predictive_path(model, (x, y)).action
+        assert abs(naive_predictive_action(model, x) / exact - 1) < 1e-4
         times = {k: [] for k in tasks}
         for fn in tasks.values():
             fn()
@@ -77,17 +79,18 @@ def main() -> None:
         rows.append((depth, med))
         print(f"L={depth}: " + ", ".join(f"{k} ×{v / med['gradient']:.2f}" for k, v in med.items()))
     keys = list(rows[0][1])
-    lines = ["", "## Path profile cost against depth", "",
+    lines = ["", "## Path measures against depth", "",
              "ResidualMLP 64→64, 10 classes, batch 256; times as multiples of a gradient of the same",
-             "model in the same run (`benchmarks/path_benchmark.py`). Both methods agree to 1e-3.", "",
+             f"model in the same run (`benchmarks/path_benchmark.py`, {platform.machine()}, "
+             f"{torch.get_num_threads()} threads, torch {torch.__version__}). The naive reference agrees to 1e-4.", "",
              "| L | " + " | ".join(keys[1:]) + " | gradient (ms) |", "|---|" + "---|" * len(keys)]
     for depth, med in rows:
         lines.append(f"| {depth} | " + " | ".join(f"×{med[k] / med['gradient']:.2f}" for k in keys[1:])
                      + f" | {med['gradient'] * 1e3:.2f} |")
     text = args.out.read_text() if args.out.exists() else "# Benchmark results\n"
-    marker = "\n## Path profile cost against depth"
-    if marker in text:
-        text = text[: text.index(marker)]
+    for marker in ("\n## Path profile cost against depth", "\n## Path measures against depth"):
+        if marker in text:
+            text = text[: text.index(marker)]
     args.out.write_text(text.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 

@@ -1,6 +1,6 @@
 """memspace: a deep network as a memory space, measured with the Fisher metric.
 
-The data flow is one way (THEORY.md): the metric (:mod:`memspace.fisher`) → quantities
+The data flow is one way (docs/theory.md): the metric (:mod:`memspace.fisher`) → quantities
 of a configuration (:mod:`memspace.complexity`) and of a path (:mod:`memspace.paths`)
 → least action (:mod:`memspace.action`, :mod:`memspace.train`) → studies and reports.
 """

@@ -1,4 +1,4 @@
-"""Least action (THEORY.md §4): action regularisers and path straightening.
+"""Least action (docs/theory.md §4): action regularisers and path straightening.
 
 Regularisers, each differentiable and computed from the forward pass the training step
 already runs (hooks on the residual blocks record x_0 … x_L):

@@ -140,6 +140,34 @@ def _load_factory(spec: str):
     return getattr(module, attr)
 
 
+def _check_before_work(network, split, block_names, head) -> None:
+    """Refuse a model, blocks or data that cannot be measured before any work or folder.
+
+    One forward on two training points; with ``--blocks``, the blocks must exist, run once
+    and keep the stream's shape, and the read-out must be found.
+    """
+    import torch
+
+    from .fisher._params import check_eval_mode
+    from .paths import ResidualPath, resolve_head
+
+    check_eval_mode(network)
+    x = split.train[0][:2]
+    if block_names is not None:
+        path = ResidualPath(network, block_names)
+        with torch.no_grad(), path.capture() as record:
+            out = network(x)
+        path.states(record)
+        resolve_head(network, head)
+    else:
+        with torch.no_grad():
+            out = network(x)
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != split.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise MemspaceError(f"the model maps a batch of 2 inputs of shape {tuple(x.shape[1:])} to {shape}; "
+                            f"measure needs logits [N, {split.num_classes}] for this data set")
+
+
 @app.command()
 @_friendly
 def measure(
@@ -148,6 +176,8 @@ def measure(
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
     blocks: Annotated[str | None, typer.Option(help="Comma-separated module names of the residual blocks "
                                                "(not needed for memspace's ResidualMLP/ResidualCNN).")] = None,
+    head: Annotated[str | None, typer.Option(help="Module name of the read-out that maps the residual stream to "
+                                             "logits (not needed for memspace's models).")] = None,
     out: Annotated[Path, typer.Option(help="Folder for metrics.json and report.html.")] = Path("runs/measure"),
     seed: Annotated[int, typer.Option(help="Seed of the data split and random probes.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
@@ -174,9 +204,11 @@ def measure(
         raise MemspaceError(f"checkpoint {model} does not match the architecture {arch}: "
                             f"{first[1].strip() if len(first) > 1 else first[0]}") from None
     split = load_dataset(data, seed=seed)
-    prepare_run_dir(out, overwrite)
     names = [b.strip() for b in blocks.split(",")] if blocks else None
-    measures = measure_network(network.float().eval(), split, block_names=names, seed=seed,
+    network = network.float().eval()
+    _check_before_work(network, split, names, head)
+    prepare_run_dir(out, overwrite)
+    measures = measure_network(network, split, block_names=names, head=head, seed=seed,
                                status=lambda m: typer.echo(f"  {m}", err=json_output))
     metrics = {"run": {"data": data, "model": str(model), "arch": arch, "seed": seed},
                "networks": {model.stem: {"action": "n/a", "lambda": "n/a", "history": [], "measures": measures}}}

@@ -1,4 +1,4 @@
-"""Complexity of a configuration in the Fisher metric (THEORY.md §2).
+"""Complexity of a configuration in the Fisher metric (docs/theory.md §2).
 
 - :func:`fisher_rao_norm`: ‖θ‖²_fr = θᵀ F θ (Liang, Poggio, Rakhlin & Stokes 2017).
 - :func:`fisher_distance`: (θ − θ₀)ᵀ F (θ − θ₀), e.g. from initialisation.
@@ -29,7 +29,7 @@ def fisher_rao_norm(model: nn.Module, data: Any, kind: str = "true", **operator_
     """‖θ‖²_fr = θᵀ F(θ) θ over the model's (selected) parameters.
 
     For a bias-free ReLU network with K weight layers ⟨θ, ∇_θ f⟩ = K f, so with the
-    true Fisher this equals K² E_x[fᵀ Λ(p) f] (THEORY.md §2).
+    true Fisher this equals K² E_x[fᵀ Λ(p) f] (docs/theory.md §2).
 
     Args:
         model: the network (its parameters are θ).
@@ -110,7 +110,7 @@ def load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
 
 @dataclass(frozen=True)
 class TrajectoryLength:
-    """Fisher arc length Σ_k ‖Δθ_k‖_F and the per-step lengths ‖Δθ_k‖_F (THEORY.md §2)."""
+    """Fisher arc length Σ_k ‖Δθ_k‖_F and the per-step lengths ‖Δθ_k‖_F (docs/theory.md §2)."""
 
     length: float
     step_lengths: np.ndarray

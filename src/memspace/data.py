@@ -8,8 +8,9 @@
 - a path to your own ``.npz`` file with arrays ``X`` and ``y`` (split here), or
   ``X_train``, ``y_train``, ``X_test``, ``y_test``; loaded with ``allow_pickle=False``.
 
-Nothing downloads at run time. Inputs are float32, standardised with training-set
-statistics; labels are int64.
+Nothing downloads at run time. Float inputs are float32, standardised with training-set
+statistics; integer inputs of an ``.npz`` (token ids) stay int64 and are not standardised;
+labels are int64.
 """
 
 from __future__ import annotations
@@ -60,6 +61,19 @@ def _split(name: str, X: np.ndarray, y: np.ndarray, test_fraction: float, seed: 
     std = X[train].std(axis=0, keepdims=True) + 1e-6
     X = ((X - mean) / std).astype(np.float32)
     as_pair = lambda idx: (torch.from_numpy(X[idx]), torch.from_numpy(y[idx].astype(np.int64)))  # noqa: E731
+    return DataSplit(name, as_pair(train), as_pair(test), classes)
+
+
+def _split_integer(name: str, X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, classes: int,
+                   parts: int | None) -> DataSplit:
+    """A split of integer inputs (token ids), kept as int64."""
+    if parts is None:
+        order = np.random.default_rng(seed).permutation(len(X))
+        n_test = int(round(test_fraction * len(X)))
+        test, train = order[:n_test], order[n_test:]
+    else:
+        train, test = np.arange(parts), np.arange(parts, len(X))
+    as_pair = lambda idx: (torch.from_numpy(X[idx].astype(np.int64)), torch.from_numpy(y[idx].astype(np.int64)))  # noqa: E731
     return DataSplit(name, as_pair(train), as_pair(test), classes)
 
 
@@ -121,6 +135,8 @@ def _npz(path: Path, test_fraction: float, seed: int) -> DataSplit:
     if y.min() < 0:
         raise DataError(f"data file {path}: labels must be non-negative integers")
     classes = int(y.max()) + 1
+    if np.issubdtype(X.dtype, np.integer):  # token ids or counts: kept as integers, never standardised
+        return _split_integer(str(path), X, y, test_fraction, seed, classes, parts)
     X = X.astype(np.float64)
     if parts is None:
         return _split(str(path), X, y, test_fraction, seed, classes)

@@ -1,4 +1,4 @@
-"""Least-action training with checkpoints that resume exactly (THEORY.md §4).
+"""Least-action training with checkpoints that resume exactly (docs/theory.md §4).
 
 :func:`fit` minimises  mean cross-entropy + λ · action  over mini-batches, where the
 action is one of :data:`memspace.action.ACTIONS` (or none). After every epoch it

@@ -1,4 +1,4 @@
-"""Action regularisers, least-action training with resume, and straightening (THEORY.md §4)."""
+"""Action regularisers, least-action training with resume, and straightening (docs/theory.md §4)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch.func import jacrev, vmap
 
-from memspace import ActionTerm, ResidualMLP, fit, load_dataset, path_profile, straighten
+from memspace import ActionTerm, ResidualMLP, block_sensitivity, fit, load_dataset, predictive_path, straighten
 from memspace.train import latest_checkpoint, load_checkpoint
 
 
@@ -28,44 +28,38 @@ def _penalty(name, model, X, y, generator=None, **kw):
     return term(record, logits, y, generator=generator)
 
 
-def test_kinetic_and_exact_fisher_action_equal_the_profile():
+def test_kinetic_action_equals_the_measured_one():
     model, (X, y) = _model(), _data()
-    profile = path_profile(model, (X, y))
-    kinetic = float(profile.step * (profile.euclidean_speeds**2).sum())
-    assert float(_penalty("kinetic", model, X, y)) == pytest.approx(kinetic, rel=1e-12)
-    assert float(_penalty("fisher", model, X, y, kind="true")) == pytest.approx(profile.action, rel=1e-10)
+    measured = block_sensitivity(model, (X, y), deletion=False)
+    assert float(_penalty("kinetic", model, X, y)) == pytest.approx(measured.kinetic_action, rel=1e-12)
 
 
-def test_fisher_action_gradient_matches_finite_differences_with_fixed_output_fisher():
+@pytest.mark.parametrize("name", ["predictive", "predictive-excess"])
+def test_predictive_action_gradient_matches_finite_differences(name):
     model, (X, y) = _model(), _data()
-    value = _penalty("fisher", model, X, y, kind="true")
-    grads = torch.autograd.grad(value, list(model.parameters()), allow_unused=True)
-    grads = [torch.zeros_like(p) if g is None else g for g, p in zip(grads, model.parameters())]
-    # finite difference along a random direction, holding Λ(p) at its current value
+    value = _penalty(name, model, X, y)
+    grads = torch.autograd.grad(value, list(model.parameters()))
     direction = [torch.randn_like(p) for p in model.parameters()]
-    probs = model(X).softmax(1).detach()
 
-    def action_with_fixed_metric(eps):
+    def shifted_action(eps):
         import copy
 
         shifted = copy.deepcopy(model)
         with torch.no_grad():
             for p, d in zip(shifted.parameters(), direction):
                 p += eps * d
-        term = ActionTerm("fisher", shifted, kind="true")
-        with term.capture() as record:
-            logits = shifted(X)
-        sq = torch.sqrt(probs).T.unsqueeze(2) * (torch.eye(3, dtype=torch.float64).unsqueeze(1) - probs.unsqueeze(0))
-        total = 0.0
-        for k in range(3):
-            gs = torch.autograd.grad(logits, record.inputs, sq[k], retain_graph=True)
-            total += sum(float(((g * v).sum(1) ** 2).mean()) for g, v in zip(gs, record.velocities()))
-        return record.step * total
+        result = predictive_path(shifted, (X, y))
+        return result.action - (result.least_action if name == "predictive-excess" else 0.0)
 
-    eps = 1e-5
-    numeric = (action_with_fixed_metric(eps) - action_with_fixed_metric(-eps)) / (2 * eps)
+    eps = 1e-6
+    numeric = (shifted_action(eps) - shifted_action(-eps)) / (2 * eps)
     analytic = sum(float((g * d).sum()) for g, d in zip(grads, direction))
-    assert analytic == pytest.approx(numeric, rel=1e-5)
+    assert analytic == pytest.approx(numeric, rel=1e-6)
+
+
+def test_the_former_fisher_action_is_refused_with_its_replacement():
+    with pytest.raises(ValueError, match="no positive floor; use 'predictive'"):
+        ActionTerm("fisher", _model())
 
 
 def test_jacobian_action_hutchinson_converges():
@@ -100,13 +94,19 @@ def _train(split, action, lam, epochs=12, seed=0, checkpoint_dir=None):
                val_data=split.test, seed=seed, checkpoint_dir=checkpoint_dir, progress=False)
 
 
-@pytest.mark.parametrize("action", ["fisher", "kinetic"])
+@pytest.mark.parametrize("action", ["predictive", "kinetic"])
 def test_action_term_lowers_the_action(moons, action):
     plain = _train(moons, None, 0.0)
     regularised = _train(moons, action, 1.0)
-    key = "fisher_action" if action == "fisher" else "kinetic_action"
-    assert regularised.history[-1][key] < 0.7 * plain.history[-1][key]
+    X = moons.train[0][:256]
+    if action == "predictive":
+        before, after = (predictive_path(r.model, (X, moons.train[1][:256])).action for r in (plain, regularised))
+    else:
+        before, after = (block_sensitivity(r.model, (X, moons.train[1][:256]), deletion=False).kinetic_action
+                         for r in (plain, regularised))
+    assert after < 0.7 * before
     assert regularised.history[-1]["train_acc"] > 0.8
+    assert regularised.history[-1]["action_ratio"] >= 1
 
 
 def test_resumed_run_equals_uninterrupted(moons, tmp_path):
@@ -127,12 +127,14 @@ def test_checkpoint_of_another_architecture_is_refused(moons, tmp_path):
         load_checkpoint(latest_checkpoint(tmp_path), ResidualMLP(2, 9, 6, 2))
 
 
-def test_straightening_never_reports_a_ratio_below_one(moons):
+def test_straightening_approaches_the_exact_least_action_and_never_passes_it(moons):
     trained = _train(moons, None, 0.0, epochs=8).model
     X, y = moons.train
     result = straighten(trained, (X[:200], y[:200]), steps=60, eval_every=20, lr=3e-3)
-    assert result.ratio >= 1 - 1e-9
-    assert result.action_min <= result.action_trained
+    exact = predictive_path(trained, (X[:200], y[:200]))
+    assert result.ratio_trained == pytest.approx(exact.ratio, rel=1e-12)
+    assert 1 - 1e-9 <= result.ratio_straightened <= result.ratio_trained
+    assert result.action_straightened <= result.action_trained
     assert result.kl <= 1e-3
     with torch.no_grad():
         drift = (result.model(X[:200]).softmax(1) - trained(X[:200]).softmax(1)).abs().max()

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from torch import nn
 
 from memspace import ResidualMLP
 
@@ -57,11 +58,13 @@ def test_demo_writes_metrics_and_report(demo_run):
         m = net["measures"]
         assert len(net["history"]) == 3
         assert m["fisher_trace"] > 0 and m["fisher_rao_norm"] > 0
-        assert len(m["path"]["speeds"]) == 8 and m["path"]["length"] ** 2 <= m["path"]["action"] + 1e-9
+        path = m["predictive_path"]
+        assert len(path["speeds"]) == 8 and path["ratio"] >= 1 and path["detour"] >= 1
+        assert len(m["sensitivity"]["deletion_kl"]) == 8 and len(m["predictive_points"]["angle"][0]) == 9
         assert len(m["trajectories"]["points"]) == 9
         assert m["trajectory_length"] > 0 and len(m["trajectory_step_lengths"]) == 3
     html = (run / "report.html").read_text()
-    assert html.count("<figure") == 4 and "http://" not in html and "https://" not in html
+    assert html.count("<figure") == 6 and "http://" not in html and "https://" not in html
 
 
 def test_existing_output_is_kept_unless_overwrite(demo_run):
@@ -76,7 +79,7 @@ def test_report_rerenders_from_saved_metrics(demo_run, tmp_path):
     run, _ = demo_run
     result = run_cli("report", str(run), "--output", str(tmp_path / "again.html"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "again.html").read_text().count("<figure") == 4
+    assert (tmp_path / "again.html").read_text().count("<figure") == 6
     assert_clean_failure(run_cli("report", str(tmp_path / "nowhere"), cwd=tmp_path), "metrics.json not found")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text("{not json")
@@ -92,8 +95,8 @@ def test_user_text_is_escaped(tmp_path):
                 "num_params": 10, "top_eigenvalues": [1.0, 0.5], "effective_dimension": 2.0,
                 "spectral_density": {"log10_grid": [-2, 0], "mass_per_decade": [1, 1], "fraction_near_zero": 0.5,
                                      "floor": 1e-6},
-                "path": {"speeds": [1, 2], "euclidean_speeds": [1, 1], "action": 2.5, "length": 1.5, "gap": 0.25,
-                         "step": 0.5}}
+                "predictive_path": {"speeds": [1, 2], "action": 2.5, "length": 1.5, "least_action": 2.0,
+                                    "ratio": 1.25, "detour": 1.1, "lens_accuracy": [0.5, 0.7, 0.9]}}
     path = render_report({"run": run, "networks": {evil: {"history": [], "measures": measures}}}, tmp_path / "r.html")
     text = path.read_text()
     assert evil not in text and "&lt;script&gt;alert(1)&lt;/script&gt;" in text
@@ -128,6 +131,23 @@ def test_measure_a_user_model(user_model):
     measures = json.loads(result.stdout)["networks"]["model"]["measures"]
     assert measures["num_params"] == sum(p.numel() for p in ResidualMLP(2, 6, 3, 2).parameters())
     assert (user_model / "m" / "report.html").exists()
+
+
+def test_measure_a_model_without_residual_blocks_says_how_to_get_the_path(tmp_path):
+    (tmp_path / "flat.py").write_text("from torch import nn\n\ndef make():\n"
+                                       "    return nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 2))\n")
+    torch.manual_seed(0)
+    save_file(nn.Sequential(nn.Linear(2, 5), nn.Tanh(), nn.Linear(5, 2)).state_dict(), str(tmp_path / "flat.safetensors"))
+    result = run_cli("measure", "--model", "flat.safetensors", "--arch", "flat.py:make", "--data", "moons", "--out", "m",
+                     "--json", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    measures = json.loads(result.stdout)["networks"]["flat"]["measures"]
+    assert measures["fisher_trace"] > 0 and "predictive_path" not in measures
+    assert "--blocks" in measures["path_skipped"] and "path skipped" in result.stderr
+    wrong = run_cli("measure", "--model", "flat.safetensors", "--arch", "flat.py:make", "--data", "moons", "--out", "n",
+                    "--blocks", "7", cwd=tmp_path)
+    assert_clean_failure(wrong, "no module named '7'")
+    assert not (tmp_path / "n").exists()  # refused before any work or any folder
 
 
 def test_measure_bad_inputs(user_model):

@@ -1,4 +1,4 @@
-"""Fisher–Rao norm, Fisher distance and the Fisher arc length of training (THEORY.md §2)."""
+"""Fisher–Rao norm, Fisher distance and the Fisher arc length of training (docs/theory.md §2)."""
 
 from __future__ import annotations
 

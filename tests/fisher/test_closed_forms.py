@@ -1,4 +1,4 @@
-"""Closed forms and identities of THEORY.md §1 that any Fisher must satisfy."""
+"""Closed forms and identities of docs/theory.md §1 that any Fisher must satisfy."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The Fisher information metric (THEORY.md §1): operator, structures, spectral tools."""
+"""The Fisher information metric (docs/theory.md §1): operator, structures, spectral tools."""
 
 from .kfac import KFAC, KroneckerBlock
 from .likelihood import FisherKind, Likelihood

@@ -1,4 +1,4 @@
-"""Likelihoods and the Fisher of their output distribution (THEORY.md §1).
+"""Likelihoods and the Fisher of their output distribution (docs/theory.md §1).
 
 For a model with outputs f (logits for classification, means for regression) the
 Fisher of the output distribution is a small D×D matrix per sample,

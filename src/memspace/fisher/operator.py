@@ -1,4 +1,4 @@
-"""The Fisher information operator: exact, streaming, matrix-free (THEORY.md §1).
+"""The Fisher information operator: exact, streaming, matrix-free (docs/theory.md §1).
 
 F = (1/N) Σ_n J_nᵀ Λ̂_n J_n, with J_n = ∂f(x_n)/∂θ [D, P] and Λ̂_n the output Fisher
 of the chosen kind (see :mod:`memspace.fisher.likelihood`). Nothing of size P×P or
@@ -632,7 +632,7 @@ class FisherOperator:
         return self._spectral_sum(lambda lam: np.log(lam + damping), method, **slq)
 
     def effective_dimension(self, z: float, method: str = "auto", **slq: Any) -> Tensor:
-        """d_eff(z) = Σ_i λ_i / (λ_i + z) (Maddox et al. 2020; THEORY.md §1)."""
+        """d_eff(z) = Σ_i λ_i / (λ_i + z) (Maddox et al. 2020; docs/theory.md §1)."""
         if z <= 0:
             raise ValueError(f"z must be positive, got {z}")
         return self._spectral_sum(lambda lam: lam / (lam + z), method, **slq)

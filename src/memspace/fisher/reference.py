@@ -58,7 +58,7 @@ def dense_fisher(
     likelihood: str = "classification", kind: str = "true", names: Sequence[str] | None = None,
     mc_samples: int = 1, generator: torch.Generator | None = None,
 ) -> Tensor:
-    """F = (1/N) Σ_n J_nᵀ Λ̂_n J_n, dense [P, P], everything at once (THEORY.md §1)."""
+    """F = (1/N) Σ_n J_nᵀ Λ̂_n J_n, dense [P, P], everything at once (docs/theory.md §1)."""
     jac = full_jacobian(model, inputs, names)
     with torch.no_grad():
         outputs = model(inputs)

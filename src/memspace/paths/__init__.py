@@ -1,4 +1,4 @@
-"""A residual network as a path of near-identity maps (THEORY.md §3)."""
+"""A residual network as a path of near-identity maps (docs/theory.md §3)."""
 
 from .adapter import ResidualPath, StreamCapture, resolve_head
 from .models import ResidualBlock, ResidualCNN, ResidualMLP, ResidualPathModel

@@ -1,4 +1,4 @@
-"""See any residual network as a path: hooks on its residual blocks (THEORY.md §3).
+"""See any residual network as a path: hooks on its residual blocks (docs/theory.md §3).
 
 A *residual block* is a module mapping the residual stream x_l to x_{l+1}
 (skip connection included); its velocity is v_l = (x_{l+1} − x_l)/h. Everything else

@@ -1,4 +1,4 @@
-"""Ready-made residual networks read as paths (THEORY.md §3).
+"""Ready-made residual networks read as paths (docs/theory.md §3).
 
 stem → L residual blocks x_{l+1} = x_l + h·v_l(x_l), h = 1/L → head. Every block is a
 :class:`ResidualBlock` whose ``velocity`` is v_l; the stem and head are boundary maps.

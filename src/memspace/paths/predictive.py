@@ -1,4 +1,4 @@
-"""The predictive path: depth as a path in the Fisher–Rao simplex (THEORY.md §3.1).
+"""The predictive path: depth as a path in the Fisher–Rao simplex (docs/theory.md §3.1).
 
 Apply the read-out to every state of the residual stream, p_l = softmax(head(x_l)),
 l = 0..L. The probability simplex with the Fisher metric is a piece of the sphere of

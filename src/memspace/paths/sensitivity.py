@@ -1,4 +1,4 @@
-"""Block sensitivity: how much deleting each block would change the prediction (THEORY.md §3.2).
+"""Block sensitivity: how much deleting each block would change the prediction (docs/theory.md §3.2).
 
 For blocks x_{l+1} = x_l + h·v_l(x_l) and J_{l+1} = ∂logits/∂x_{l+1}, the Jacobian *after*
 the block:
