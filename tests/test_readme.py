@@ -15,5 +15,6 @@ def test_readme_python_blocks_run(tmp_path, monkeypatch, capsys):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)  # noqa: S102 - our own README
-    assert namespace["ratio"] >= 1 - 1e-9
-    assert (tmp_path / ".cache" / "tour-run" / "epoch-0002.safetensors").exists()
+    assert namespace["reach"].ratio_trained >= namespace["reach"].ratio_straightened >= 1 - 1e-9
+    assert namespace["path"].ratio >= 1
+    assert (tmp_path / ".cache" / "tour-run-predictive" / "epoch-0002.safetensors").exists()
