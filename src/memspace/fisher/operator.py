@@ -291,7 +291,7 @@ class FisherOperator:
             for name, leaf in leaves.items():
                 leaf.grad = views[name]
             torch.autograd.backward(primal, weighted, inputs=list(leaves.values()))
-            count += x.shape[self.call.sample_dim]
+            count += self.call.num_samples(x)
         flat = self._finish(flat, count, scale)
         if isinstance(v, Mapping):
             return self.space.to_dict(flat)
@@ -321,10 +321,13 @@ class FisherOperator:
                 if jvp is None:
                     jvp = torch.zeros_like(primal)
                 total += (jvp * self._apply_output_fisher(primal, y, index, jvp)).sum()
-                count += x.shape[self.call.sample_dim]
+                count += self.call.num_samples(x)
         return self._finish(total, count)
 
     # ----------------------------------------------------------- layer taps
+    def _module_name(self, module: nn.Module) -> str:
+        return next((n or "<root>" for n, m in self.model.named_modules() if m is module), "<unknown>")
+
     def _tap_candidates(self) -> list[LayerTap]:
         """A tap for every Linear/Conv2d with a selected parameter (not yet verified)."""
         selected = set(self.space.names)
@@ -341,7 +344,6 @@ class FisherOperator:
 
     def _plan_taps(self, x: Tensor) -> tuple[list[LayerTap], dict[str, str]]:
         """Static checks and the sample-axis probe (see :class:`TapPlan`)."""
-        prefix_of = {id(m): n or "<root>" for n, m in self.model.named_modules()}
         shared = shared_parameters(self.model)
         leaves, others = self._parameters()
         params = {**others, **{n: t.detach() for n, t in leaves.items()}}
@@ -355,7 +357,7 @@ class FisherOperator:
             why = (f"its parameter is shared with {', '.join(owners)}" if owners
                    else check_tap_layout(tap.module, tap_axes))
             if why:
-                reasons[prefix_of[id(tap.module)]] = why
+                reasons[self._module_name(tap.module)] = why
                 continue
             tap.sample_axes = [a for a, _ in tap_axes]
             kept.append(tap)
@@ -381,7 +383,6 @@ class FisherOperator:
         flat = [out for tap in taps for out in tap.outputs]
         via = iter(torch.autograd.grad(outputs, flat, r, retain_graph=True, allow_unused=True) if flat else [])
         tol = torch.finfo(outputs.dtype).eps ** 0.5
-        prefix_of = {id(m): n or "<root>" for n, m in self.model.named_modules()}
         kept = []
         for tap in taps:
             grads = [next(via) for _ in tap.outputs]
@@ -400,7 +401,7 @@ class FisherOperator:
             if good:
                 kept.append(tap)
             else:
-                reasons[prefix_of[id(tap.module)]] = ("its parameters are used outside its own calls "
+                reasons[self._module_name(tap.module)] = ("its parameters are used outside its own calls "
                                                       "(a functional use such as attention's, or a tied layer)")
         return kept
 
@@ -445,9 +446,8 @@ class FisherOperator:
             for tap in taps:
                 expected = len(tap.sample_axes or [])
                 if len(tap.inputs) != expected or any(a.shape[0] != num for a in tap.inputs):
-                    name = next(n for n, m in self.model.named_modules() if m is tap.module)
                     raise MemspaceError(
-                        f"layer {name} ran {len(tap.inputs)} time(s) in batch {index} with inputs "
+                        f"layer {self._module_name(tap.module)} ran {len(tap.inputs)} time(s) in batch {index} with inputs "
                         f"{[tuple(a.shape) for a in tap.inputs]} (sample axis first), unlike the first batch "
                         f"({expected} call(s)); its per-sample shortcut does not apply: pass params= without it"
                     )

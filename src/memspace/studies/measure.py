@@ -152,9 +152,11 @@ def measure_network(
     if "predictive_path" in out:
         status("block sensitivity and deletion")
         out["sensitivity"] = block_sensitivity(model, data, block_names=block_names).as_dict()
-        points = predictive_path(model, (test[0][:100], test[1][:100]), block_names=block_names, head=head,
-                                 points=True).points
-        out["predictive_points"] = _point_paths(points)
+        # One per-point pass on the first 150 test points serves both the point figure
+        # (the first 100) and, for 2-D inputs, the trajectories.
+        per_point = predictive_path(model, (test[0][:150], test[1][:150]), block_names=block_names, head=head,
+                                    points=True).points
+        out["predictive_points"] = _point_paths({k: v[:100] for k, v in per_point.items()})
     if initial_params is not None:
         status("distance from initialisation")
         out["fisher_distance_from_init"] = fisher_distance(model, initial_params, data)
@@ -168,8 +170,6 @@ def measure_network(
     if split.input_shape == (2,) and "predictive_path" in out:
         status("trajectories of points")
         points = test[0][:150]
-        per_point = predictive_path(model, (points, test[1][:150]), block_names=block_names, head=head,
-                                    points=True).points
         speeds = per_point["distances"] * out["predictive_path"]["depth"]
         states = _stream_states(model, points, block_names)
         flat = states.reshape(-1, states.shape[-1])
