@@ -1,8 +1,11 @@
 """The ``memspace`` command line: thin — it parses, calls the library, prints.
 
 Bad input (a missing or corrupt file, a checkpoint that does not fit the architecture,
-NaN data, an unknown data set, an output folder that exists) ends with one line on
-stderr saying what and where, exit code 2, and no traceback.
+NaN data, an unknown data set, an option out of range, an output folder that is not a
+memspace run or is in use, a full disk) ends with one line on stderr saying what and
+where, exit code 2, and no traceback. Options and data are checked before any work;
+run folders are :class:`memspace._runs.RunFolder` s (locked, atomic, overwrite removes
+only what memspace wrote, resume refuses changed options).
 """
 
 from __future__ import annotations
@@ -52,14 +55,29 @@ def _friendly(command):
             raise
         except KeyboardInterrupt:
             _fail("interrupted; run the same command again to resume", 130)
-        except (MemspaceError, ValueError, TypeError, KeyError, FileNotFoundError, PermissionError,
-                IsADirectoryError, NotADirectoryError, ImportError, AttributeError, RuntimeError) as error:
+        except OSError as error:  # a disk or permission problem outside memspace's own writes
+            if os.environ.get("MEMSPACE_DEBUG"):
+                raise
+            where = f" {error.filename}" if error.filename else ""
+            _fail(f"cannot access{where}: {error.strerror or type(error).__name__}")
+        except (MemspaceError, ValueError, TypeError, KeyError, ImportError, AttributeError, RuntimeError) as error:
             if os.environ.get("MEMSPACE_DEBUG"):
                 raise
             text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
             _fail(text if isinstance(error, MemspaceError) else f"{type(error).__name__}: {text}")
 
     return wrapper
+
+
+def _check_range(name: str, value, low=None, high=None, *, integer: bool = False) -> None:
+    """One line naming the option when ``value`` is not finite or outside [low, high]."""
+    import math
+
+    if value is None:
+        return
+    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
+        bounds = (f"from {low} to {high}" if high is not None else f"≥ {low}") if low is not None else "finite"
+        raise MemspaceError(f"--{name} must be {'an integer ' if integer else ''}{bounds}, got {value}")
 
 
 def _status(json_mode: bool):
@@ -108,15 +126,16 @@ def demo(
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Train residual networks with and without least action, measure both, write a report."""
-    from .report import render_report
     from .studies import run_demo
+    from .train import MAX_EPOCHS
 
+    _check_range("epochs", epochs, 1, MAX_EPOCHS, integer=True)
+    _check_range("lam", lam, 0)
     started = time.time()
     metrics = run_demo(data, out, seed=seed, device=device, epochs=epochs, lam=lam, overwrite=overwrite,
                        progress=not json_output and sys.stderr.isatty(), status=_status(json_output))
-    report = render_report(metrics, out / "report.html")
     _print_summary(metrics, json_output)
-    typer.echo(f"report: {report} ({time.time() - started:.0f} s)", err=json_output)
+    typer.echo(f"report: {out / 'report.html'} ({time.time() - started:.0f} s)", err=json_output)
 
 
 def _load_factory(spec: str):
@@ -129,15 +148,38 @@ def _load_factory(spec: str):
             raise MemspaceError(f"architecture file {path} does not exist")
         loaded = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(loaded)
-        loaded.loader.exec_module(module)
+        try:
+            loaded.loader.exec_module(module)
+        except Exception as error:  # the user's file: a syntax error or one raised at import
+            raise MemspaceError(f"cannot load architecture file {path}: {_one_line(error)}") from None
     else:
         try:
             module = importlib.import_module(module_name)
-        except ImportError as error:
-            raise MemspaceError(f"cannot import architecture module {module_name!r}: {error}") from None
-    if not hasattr(module, attr):
+        except Exception as error:
+            raise MemspaceError(f"cannot import architecture module {module_name!r}: {_one_line(error)}") from None
+    if not callable(getattr(module, attr, None)):
         raise MemspaceError(f"module {module_name!r} has no factory {attr!r}")
     return getattr(module, attr)
+
+
+def _one_line(error: BaseException) -> str:
+    """``Type: first line`` of an exception, with the line number of a syntax error."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, SyntaxError) and error.lineno:
+        text = f"{error.msg} (line {error.lineno})"
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _build_network(factory, arch: str):
+    import torch
+
+    try:
+        network = factory()
+    except Exception as error:
+        raise MemspaceError(f"the factory {arch} raised {_one_line(error)}") from None
+    if not isinstance(network, torch.nn.Module):
+        raise MemspaceError(f"factory {arch} returned {type(network).__name__}, not a torch.nn.Module")
+    return network
 
 
 def _check_before_work(network, split, block_names, head) -> None:
@@ -153,15 +195,23 @@ def _check_before_work(network, split, block_names, head) -> None:
 
     check_eval_mode(network)
     x = split.train[0][:2]
+
+    def forward():
+        try:
+            return network(x)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise MemspaceError(f"the model cannot run on the data's inputs (samples of shape "
+                                f"{tuple(x.shape[1:])}, {x.dtype}): {_one_line(error)}") from None
+
     if block_names is not None:
         path = ResidualPath(network, block_names)
         with torch.no_grad(), path.capture() as record:
-            out = network(x)
+            out = forward()
         path.states(record)
         resolve_head(network, head)
     else:
         with torch.no_grad():
-            out = network(x)
+            out = forward()
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != split.num_classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
         raise MemspaceError(f"the model maps a batch of 2 inputs of shape {tuple(x.shape[1:])} to {shape}; "
@@ -184,19 +234,15 @@ def measure(
     json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
 ) -> None:
     """Measure your own trained model: the demo's measurements, without training."""
-    import torch
-
-    from .complexity import load_state
+    from ._runs import RunFolder
+    from .complexity import check_weights, load_state
     from .data import load_dataset
     from .report import render_report
     from .studies import measure_network
-    from .studies.demo import prepare_run_dir
 
-    factory = _load_factory(arch)
-    network = factory()
-    if not isinstance(network, torch.nn.Module):
-        raise MemspaceError(f"factory {arch} returned {type(network).__name__}, not a torch.nn.Module")
+    network = _build_network(_load_factory(arch), arch)
     state = load_state(model)
+    check_weights(state, network, model)
     try:
         network.load_state_dict(state)
     except RuntimeError as error:
@@ -207,13 +253,14 @@ def measure(
     names = [b.strip() for b in blocks.split(",")] if blocks else None
     network = network.float().eval()
     _check_before_work(network, split, names, head)
-    prepare_run_dir(out, overwrite)
-    measures = measure_network(network, split, block_names=names, head=head, seed=seed,
-                               status=lambda m: typer.echo(f"  {m}", err=json_output))
-    metrics = {"run": {"data": data, "model": str(model), "arch": arch, "seed": seed},
-               "networks": {model.stem: {"action": "n/a", "lambda": "n/a", "history": [], "measures": measures}}}
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1))
-    report = render_report(metrics, out / "report.html", title=f"memspace report: {model.name}")
+    config = {"data": data, "model": str(model), "arch": arch, "seed": seed, "blocks": names, "head": head}
+    with RunFolder.open(out, kind="measure", config=config, overwrite=overwrite, finished="metrics.json") as run:
+        measures = measure_network(network, split, block_names=names, head=head, seed=seed,
+                                   status=lambda m: typer.echo(f"  {m}", err=json_output))
+        metrics = {"run": {"data": data, "model": str(model), "arch": arch, "seed": seed},
+                   "networks": {model.stem: {"action": "n/a", "lambda": "n/a", "history": [], "measures": measures}}}
+        report = render_report(metrics, run.path("report.html"), title=f"memspace report: {model.name}")
+        run.write_json("metrics.json", metrics)  # last: the marker of a finished run
     _print_summary(metrics, json_output)
     typer.echo(f"report: {report}", err=json_output)
 
@@ -237,28 +284,30 @@ def train(
     """Least-action training of a residual network, with safetensors checkpoints and resume."""
     import torch
 
-    from .data import load_dataset
-    from .studies.demo import build_model
-    from .train import fit
-
     from .action import ACTIONS
+    from .data import load_dataset
+    from .studies.demo import build_model, check_architecture_fits
+    from .train import MAX_EPOCHS, fit
 
     if action not in ("none", *ACTIONS):
         raise MemspaceError(f"unknown action {action!r}; use none, {', '.join(ACTIONS)}")
-    split = load_dataset(data, seed=seed, limit=3000 if data == "fashion-mnist" else None)
-    out_exists = out.exists() and any(out.glob("epoch-*.safetensors"))
+    _check_range("epochs", epochs, 1, MAX_EPOCHS, integer=True)
+    _check_range("width", width, 1, integer=True)
+    _check_range("depth", depth, 1, integer=True)
+    _check_range("batch-size", batch_size, 1, integer=True)
+    _check_range("lam", lam, 0)
+    if not lr > 0 or lr == float("inf"):
+        raise MemspaceError(f"--lr must be finite and positive, got {lr}")
     if out.exists() and not out.is_dir():
         raise MemspaceError(f"output path {out} exists and is not a folder")
-    if out_exists and overwrite:
-        import shutil
-
-        shutil.rmtree(out)
-    elif out.exists() and any(out.iterdir()) and not out_exists:
-        raise MemspaceError(f"output folder {out} exists and holds no memspace checkpoints; choose another --out")
+    split = load_dataset(data, seed=seed, limit=3000 if data == "fashion-mnist" else None)
+    check_architecture_fits(split)
     torch.manual_seed(seed)
     model = build_model(data, split.input_shape, split.num_classes, {"width": width, "depth": depth})
     result = fit(model, split.train, action=None if action == "none" else action, lam=lam, epochs=epochs, lr=lr,
-                 batch_size=batch_size, val_data=split.test, seed=seed, checkpoint_dir=out,
+                 batch_size=batch_size, val_data=split.test, seed=seed, checkpoint_dir=out, overwrite=overwrite,
+                 run_config={"data": data, "width": width, "depth": depth},
+                 log=lambda message: typer.echo(f"memspace: note: {message}", err=True),
                  progress=not json_output and sys.stderr.isatty())
     if result.resumed_from:
         typer.echo(f"resumed from epoch {result.resumed_from}", err=True)
@@ -277,17 +326,29 @@ def report(
     output: Annotated[Path | None, typer.Option(help="Where to write the HTML (default RUN_DIR/report.html).")] = None,
 ) -> None:
     """Re-render report.html from a run's saved metrics.json."""
+    from ._runs import MANIFEST, RunFolder
     from .report import render_report
+    from .report.html import check_metrics
 
     source = run_dir / "metrics.json"
     if not source.is_file():
         raise MemspaceError(f"{source} not found: is {run_dir} a finished memspace run?")
     try:
-        metrics = json.loads(source.read_text())
-        metrics["networks"]
-    except (json.JSONDecodeError, KeyError, TypeError):
+        metrics = json.loads(source.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise MemspaceError(f"{source} is not a memspace metrics file (corrupt or truncated)") from None
-    path = render_report(metrics, output or run_dir / "report.html")
+    check_metrics(metrics, str(source))
+    target = output or run_dir / "report.html"
+    inside = output is None or target.resolve().parent == run_dir.resolve()
+    run = RunFolder.attach(run_dir) if inside and (run_dir / MANIFEST).exists() else None
+    try:
+        path = render_report(metrics, run.path(target.name) if run else target)
+    except (KeyError, TypeError, IndexError) as error:
+        raise MemspaceError(f"{source} is not a complete memspace metrics file ({type(error).__name__}: "
+                            f"{error}); rerun the command that wrote it") from None
+    finally:
+        if run is not None:
+            run.close()
     typer.echo(f"report: {path}")
 
 

@@ -20,9 +20,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from ._errors import MemspaceError
 from .fisher import FisherOperator
 
-__all__ = ["TrajectoryLength", "fisher_distance", "fisher_rao_norm", "load_state", "trajectory_length"]
+__all__ = ["TrajectoryLength", "check_weights", "fisher_distance", "fisher_rao_norm", "load_state", "trajectory_length"]
 
 
 def fisher_rao_norm(model: nn.Module, data: Any, kind: str = "true", **operator_kwargs: Any) -> float:
@@ -106,6 +107,28 @@ def load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
     if any(k.startswith("model.") for k in state):  # a memspace.train checkpoint
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     return dict(state)
+
+
+def check_weights(state: Mapping[str, Tensor], model: nn.Module, source: str | Path = "the checkpoint") -> None:
+    """Refuse weights that would load silently wrong into ``model``.
+
+    A floating-point parameter or buffer of ``model`` must receive a floating-point,
+    finite tensor: integer or boolean tensors would be cast without a word, and NaN/Inf
+    weights fail only later, deep inside a spectral routine.
+
+    Raises:
+        MemspaceError: naming ``source`` and the tensor.
+    """
+    expected = model.state_dict()
+    for name, value in state.items():
+        target = expected.get(name)
+        if target is None or not torch.is_floating_point(target):
+            continue
+        if not torch.is_floating_point(value):
+            raise MemspaceError(f"checkpoint {source}: tensor {name!r} is {value.dtype}; the model's weights are "
+                                "floating point")
+        if not torch.isfinite(value).all():
+            raise MemspaceError(f"checkpoint {source}: tensor {name!r} contains NaN or Inf")
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,9 @@
   (``apt-get install dataset-fashion-mnist``); a clear error otherwise.
 - a path to your own ``.npz`` file with arrays ``X`` and ``y`` (split here), or
   ``X_train``, ``y_train``, ``X_test``, ``y_test``; loaded with ``allow_pickle=False``.
+  Labels must cover 0..C−1, or the file stores the class count as ``num_classes``.
+  X must be real (complex is refused), have at least one feature, and standardise
+  without overflow; both parts must be non-empty.
 
 Nothing downloads at run time. Float inputs are float32, standardised with training-set
 statistics; integer inputs of an ``.npz`` (token ids) stay int64 and are not standardised;
@@ -57,9 +60,10 @@ def _split(name: str, X: np.ndarray, y: np.ndarray, test_fraction: float, seed: 
     order = rng.permutation(len(X))
     n_test = int(round(test_fraction * len(X)))
     test, train = order[:n_test], order[n_test:]
-    mean = X[train].mean(axis=0, keepdims=True)
-    std = X[train].std(axis=0, keepdims=True) + 1e-6
-    X = ((X - mean) / std).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = X[train].mean(axis=0, keepdims=True)
+        std = X[train].std(axis=0, keepdims=True) + 1e-6
+    X = _standardise(name, X, mean, std)
     as_pair = lambda idx: (torch.from_numpy(X[idx]), torch.from_numpy(y[idx].astype(np.int64)))  # noqa: E731
     return DataSplit(name, as_pair(train), as_pair(test), classes)
 
@@ -125,25 +129,82 @@ def _npz(path: Path, test_fraction: float, seed: int) -> DataSplit:
     else:
         raise DataError(f"data file {path} must hold arrays X and y (or X_train, y_train, X_test, y_test); "
                         f"it has {', '.join(content) or 'none'}")
-    if not np.issubdtype(X.dtype, np.number) or not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"data file {path}: X must be numeric and y integer class labels")
-    if len(X) != len(y) or len(X) < 2:
-        raise DataError(f"data file {path}: X has {len(X)} rows and y has {len(y)}")
-    bad = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
-    if bad.any():
-        raise DataError(f"data file {path}: X contains NaN/Inf (first in row {int(np.argmax(bad))})")
-    if y.min() < 0:
-        raise DataError(f"data file {path}: labels must be non-negative integers")
-    classes = int(y.max()) + 1
+    X, y, classes = _check_arrays(path, X, y, parts, content.get("num_classes"))
     if np.issubdtype(X.dtype, np.integer):  # token ids or counts: kept as integers, never standardised
         return _split_integer(str(path), X, y, test_fraction, seed, classes, parts)
     X = X.astype(np.float64)
     if parts is None:
         return _split(str(path), X, y, test_fraction, seed, classes)
     mean, std = X[:parts].mean(0, keepdims=True), X[:parts].std(0, keepdims=True) + 1e-6
-    X = ((X - mean) / std).astype(np.float32)
+    X = _standardise(path, X, mean, std)
     pair = lambda a, b: (torch.from_numpy(X[a:b]), torch.from_numpy(y[a:b].astype(np.int64)))  # noqa: E731
     return DataSplit(str(path), pair(0, parts), pair(parts, len(X)), classes)
+
+
+def _check_arrays(path: Path, X: np.ndarray, y: np.ndarray, parts: int | None,
+                  num_classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+    """Every check of an .npz's arrays, before any work: dtypes, shapes, finiteness, labels.
+
+    Returns ``(X, y, C)``; C is ``num_classes`` when the file gives it, else max(y) + 1,
+    which then must be a label set 0..C−1 with every class present.
+    """
+    where = f"data file {path}"
+    if np.iscomplexobj(X):
+        raise DataError(f"{where}: X is complex ({X.dtype}); memspace takes real inputs")
+    if X.dtype == np.bool_:
+        X = X.astype(np.int64)
+    if not np.issubdtype(X.dtype, np.number):
+        raise DataError(f"{where}: X must be numeric, it holds {X.dtype}")
+    if not np.issubdtype(y.dtype, np.integer):
+        raise DataError(f"{where}: y must hold integer class labels, it holds {y.dtype}")
+    if X.ndim < 2:
+        raise DataError(f"{where}: X has shape {X.shape}; it needs one row per sample and at least one feature "
+                        "axis ([N, D], or [N, C, H, W] for images)")
+    if y.ndim != 1:
+        raise DataError(f"{where}: y has shape {y.shape}; it must be one label per sample, shape [N]")
+    if X[0].size == 0:
+        raise DataError(f"{where}: X has shape {X.shape}: its samples have no features")
+    if len(X) != len(y) or len(X) < 2:
+        raise DataError(f"{where}: X has {len(X)} rows and y has {len(y)}")
+    if parts is not None and not 0 < parts < len(X):
+        raise DataError(f"{where}: X_train and X_test must both be non-empty (they have {parts} and "
+                        f"{len(X) - parts} rows)")
+    bad = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
+    if bad.any():
+        raise DataError(f"{where}: X contains NaN/Inf (first in row {int(np.argmax(bad))})")
+    if y.min() < 0:
+        raise DataError(f"{where}: labels must be non-negative integers")
+    if num_classes is not None:
+        if num_classes.size != 1 or not np.issubdtype(num_classes.dtype, np.integer) or int(num_classes) < 2:
+            raise DataError(f"{where}: num_classes must be one integer ≥ 2")
+        classes = int(num_classes)
+        if y.max() >= classes:
+            raise DataError(f"{where}: label {int(y.max())} is not below num_classes = {classes}")
+        return X, y, classes
+    present = np.unique(y)
+    classes = int(y.max()) + 1
+    if classes < 2:
+        raise DataError(f"{where}: y has a single class; a classifier needs at least two")
+    if len(present) != classes:
+        missing = sorted(set(range(classes)) - set(present.tolist()))
+        raise DataError(f"{where}: labels must cover 0..C−1, but {len(missing)} of 0..{classes - 1} never occur "
+                        f"(first {missing[0]}); relabel them, or store the number of classes as an array "
+                        "num_classes in the file")
+    return X, y, classes
+
+
+def _standardise(path, X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """(X − mean)/std as float32, refusing values whose standardisation overflows."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        out = (X - mean) / std
+        finite = np.isfinite(mean).all() and np.isfinite(std).all() and np.isfinite(out).all()
+        if finite:
+            out = out.astype(np.float32)
+            finite = np.isfinite(out).all()
+    if not finite:
+        raise DataError(f"data file {path}: standardising X overflows (its values reach "
+                        f"{float(np.abs(X).max()):.3g}); rescale X")
+    return out
 
 
 def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.3, limit: int | None = None) -> DataSplit:

@@ -2,37 +2,49 @@
 
 :func:`fit` minimises  mean cross-entropy + λ · action  over mini-batches, where the
 action is one of :data:`memspace.action.ACTIONS` (or none). After every epoch it
-measures loss and accuracy (train and validation), the exact Fisher action and length
-of the path on a fixed probe subset of the training data, and writes
+measures loss and accuracy (train and validation) and the predictive path on a fixed
+probe subset of the training data. With a ``checkpoint_dir`` it is a run folder
+(:class:`memspace._runs.RunFolder`: locked, with a manifest and the run's configuration)
+holding
 
-- ``metrics.jsonl``: one JSON line per epoch, appended as produced;
+- ``init.safetensors``: the initial weights;
 - ``epoch-XXXX.safetensors``: model and optimizer tensors, with the epoch, the
-  optimizer's non-tensor state and the configuration in the file's metadata.
+  optimizer's non-tensor state, the configuration and the metrics of every epoch so far
+  in the file's metadata — one atomic step, so a checkpoint and its metrics never part;
+- ``metrics.jsonl``: one JSON line per epoch, a view rewritten atomically from the
+  newest checkpoint's history.
 
-A killed run restarted with the same arguments loads the latest checkpoint and goes on;
-because every source of randomness is a generator seeded from (seed, epoch), the
-resumed run equals an uninterrupted one (on CPU).
+A killed run restarted with the same arguments loads the newest readable checkpoint
+(a damaged one is skipped, with a note) and goes on; because every source of randomness
+is a generator seeded from (seed, epoch), the resumed run equals an uninterrupted one
+(on CPU). Restarting with other options is refused, naming them.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import numbers
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as load_bytes
+from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
 from ._errors import MemspaceError
+from ._runs import RunFolder, crash_point
 from .action import ActionTerm
 from .fisher._data import check_finite
 from .paths.predictive import predictive_path
 
-__all__ = ["FitResult", "evaluate", "fit", "latest_checkpoint", "load_checkpoint"]
+__all__ = ["MAX_EPOCHS", "FitResult", "checkpoints", "evaluate", "fit", "latest_checkpoint", "load_checkpoint"]
+
+MAX_EPOCHS = 100_000
 
 
 @dataclass
@@ -96,10 +108,37 @@ def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tens
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
 
 
+def checkpoints(directory: str | Path) -> list[Path]:
+    """The ``epoch-XXXX.safetensors`` files of ``directory``, oldest first."""
+    found = []
+    for path in Path(directory).glob("epoch-*.safetensors"):
+        number = path.name[len("epoch-") : -len(".safetensors")]
+        if number.isdigit():
+            found.append((int(number), path))
+    return [path for _, path in sorted(found)]
+
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
     """The checkpoint of the highest epoch in ``directory``, or None."""
-    files = sorted(Path(directory).glob("epoch-*.safetensors"))
+    files = checkpoints(directory)
     return files[-1] if files else None
+
+
+class _DamagedCheckpoint(MemspaceError):
+    """A checkpoint file that cannot be read (truncated, corrupt, wrong format)."""
+
+
+def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    try:
+        raw = path.read_bytes()
+        tensors = load_bytes(raw)
+        header_len = int.from_bytes(raw[:8], "little")
+        meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
+        meta = {k: json.loads(v) for k, v in meta.items()}
+    except Exception as error:
+        raise _DamagedCheckpoint(f"cannot read checkpoint {path}: {type(error).__name__}: "
+                                 f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from None
+    return tensors, meta
 
 
 def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
@@ -109,14 +148,7 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
         MemspaceError: for a corrupt file or one that does not match the architecture.
     """
     path = Path(path)
-    try:
-        tensors = load_file(str(path))
-        from safetensors import safe_open
-
-        with safe_open(str(path), framework="pt") as handle:
-            meta = handle.metadata() or {}
-    except Exception as error:
-        raise MemspaceError(f"cannot read checkpoint {path}: {type(error).__name__}: {error}") from None
+    tensors, meta = _read_checkpoint(path)
     weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
     expected = model.state_dict()
     missing = [k for k in expected if k not in weights]
@@ -126,7 +158,36 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
             f"{wrong[0]!r} has shape {tuple(weights[wrong[0]].shape)}, model expects {tuple(expected[wrong[0]].shape)}")
         raise MemspaceError(f"checkpoint {path} does not match the architecture: {detail}")
     model.load_state_dict(weights)
-    return {"tensors": tensors, **{k: json.loads(v) for k, v in meta.items()}}
+    return {"tensors": tensors, **meta}
+
+
+def _resume(directory: Path, model: nn.Module, log: Callable[[str], None]) -> dict[str, Any] | None:
+    """Load the newest readable checkpoint of ``directory`` (saying which were skipped)."""
+    for path in reversed(checkpoints(directory)):
+        try:
+            meta = load_checkpoint(path, model)
+        except _DamagedCheckpoint as error:
+            log(f"{error}; skipping it and resuming from the checkpoint before")
+            continue
+        meta["path"] = path
+        return meta
+    return None
+
+
+def _history_from(meta: dict[str, Any], directory: Path, epoch: int) -> list[dict[str, Any]]:
+    """The metrics of epochs 1..epoch: from the checkpoint, or an older run's metrics.jsonl."""
+    if "history" in meta:
+        rows = meta["history"]
+    else:  # checkpoints written before the history moved into them
+        rows = []
+        file = directory / "metrics.jsonl"
+        for line in file.read_text().splitlines() if file.exists() else []:
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    by_epoch = {int(row["epoch"]): row for row in rows if isinstance(row, dict) and "epoch" in row}
+    return [by_epoch[e] for e in sorted(by_epoch) if e <= epoch]
 
 
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
@@ -151,6 +212,9 @@ def fit(
     head: Any = None,
     probe_size: int = 256,
     progress: bool = True,
+    overwrite: bool = False,
+    run_config: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
 ) -> FitResult:
     """Train a residual classifier with an optional least-action term.
 
@@ -168,12 +232,17 @@ def fit(
         lr, weight_decay, batch_size: as usual.
         val_data: optional ``(X, y)`` for validation loss/accuracy each epoch.
         seed: seed of shuffling and of the regularisers' random probes/labels.
-        checkpoint_dir: where metrics and checkpoints go; a run with an existing
-            checkpoint there resumes from it.
+        checkpoint_dir: the run folder for checkpoints and metrics (module doc); a run
+            there with the same configuration resumes from its newest readable
+            checkpoint, one with other options is refused.
         block_names, head: residual blocks and read-out of a model that is not a memspace
             residual model.
         probe_size: training points on which the predictive path is measured each epoch.
         progress: show a progress bar (rich).
+        overwrite: remove what memspace wrote in ``checkpoint_dir`` and start afresh.
+        run_config: further options recorded with the run and checked on resume (the
+            command line stores the data set and the architecture here).
+        log: where notes go (a skipped damaged checkpoint); default ``warnings.warn``.
 
     Returns:
         :class:`FitResult` with the model (in eval mode) and the metrics per epoch.
@@ -184,28 +253,61 @@ def fit(
     check_finite(X, "training inputs")
     if val_data is not None:
         check_finite(val_data[0], "validation inputs")
-    if action is not None and lam < 0:
-        raise MemspaceError(f"lam must be non-negative, got {lam}")
+    _check_options(action, lam, epochs, lr, batch_size)
+    log = log or (lambda message: warnings.warn(message, stacklevel=3))
     term = ActionTerm(action, model, block_names, head=head) if action else None
     opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     result = FitResult(model)
     start_epoch = 0
-    directory = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    config = {"action": action, "lam": lam, "optimizer": optimizer if isinstance(optimizer, str) else "custom", "lr": lr, "weight_decay": weight_decay,
-              "batch_size": batch_size, "seed": seed, "epochs": epochs}
-    if directory is not None:
-        directory.mkdir(parents=True, exist_ok=True)
-        last = latest_checkpoint(directory)
-        if last is not None:
-            meta = load_checkpoint(last, model)
-            _restore_optimizer(opt, meta["tensors"], meta["optimizer"])
-            start_epoch = int(meta["epoch"])
-            result.resumed_from = start_epoch
-            metrics_file = directory / "metrics.jsonl"
-            if metrics_file.exists():
-                lines = metrics_file.read_text().splitlines()[:start_epoch]
-                result.history = [json.loads(line) for line in lines]
-                metrics_file.write_text("".join(line + "\n" for line in lines))
+    config = {"action": action, "lam": lam, "optimizer": optimizer if isinstance(optimizer, str) else "custom",
+              "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed, "epochs": epochs,
+              **(run_config or {})}
+    run = None
+    if checkpoint_dir is not None:
+        run = RunFolder.open(checkpoint_dir, kind="train", config=config, overwrite=overwrite, ignore=("epochs",))
+    try:
+        if run is not None:
+            meta = _resume(run.root, model, log) if run.resumed else None
+            if meta is None and checkpoints(run.root):
+                log(f"no checkpoint in {run.root} is readable; training again from the initial weights")
+            if meta is not None:
+                _restore_optimizer(opt, meta["tensors"], meta["optimizer"])
+                start_epoch = int(meta["epoch"])
+                result.resumed_from = start_epoch
+                result.history = _history_from(meta, run.root, start_epoch)
+                run.write("metrics.jsonl", "".join(json.dumps(row) + "\n" for row in result.history))
+            else:
+                run.write("init.safetensors", save_bytes(_cpu_state(model)))
+        _train(model, opt, term, lam, train_data, val_data, seed, batch_size, start_epoch, epochs, probe_size,
+               block_names, head, progress, run, config, result)
+    finally:
+        if run is not None:
+            run.close()
+    model.eval()
+    return result
+
+
+def _check_options(action, lam, epochs, lr, batch_size) -> None:
+    def bad(name, value, rule):
+        return MemspaceError(f"{name} must be {rule}, got {value}")
+
+    if not isinstance(epochs, numbers.Integral) or not 1 <= epochs <= MAX_EPOCHS:
+        raise bad("epochs", epochs, f"an integer from 1 to {MAX_EPOCHS}")
+    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
+        raise bad("batch_size", batch_size, "an integer ≥ 1")
+    if not math.isfinite(lr) or lr <= 0:
+        raise bad("lr", lr, "finite and positive")
+    if action is not None and (not math.isfinite(lam) or lam < 0):
+        raise bad("lam", lam, "finite and non-negative")
+
+
+def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def _train(model, opt, term, lam, train_data, val_data, seed, batch_size, start_epoch, epochs, probe_size,
+           block_names, head, progress, run, config, result) -> None:
+    X, y = train_data
     probe = (X[:probe_size], y[:probe_size])
     steps_per_epoch = math.ceil(len(X) / batch_size)
     bar = _progress(progress, epochs, start_epoch)
@@ -240,13 +342,11 @@ def fit(
             record_epoch = _epoch_metrics(model, epoch + 1, running / seen, action_sum / seen, train_data,
                                           val_data, probe, block_names, head)
             result.history.append(record_epoch)
-            if directory is not None:
-                result.checkpoints.append(_save(directory, model, opt, epoch + 1, config, record_epoch))
+            if run is not None:
+                result.checkpoints.append(_save(run, model, opt, epoch + 1, config, result.history))
             bar.advance(record_epoch)
     finally:
         bar.close()
-    model.eval()
-    return result
 
 
 def _epoch_metrics(model, epoch, batch_loss, batch_action, train_data, val_data, probe, block_names, head) -> dict:
@@ -264,18 +364,17 @@ def _epoch_metrics(model, epoch, batch_loss, batch_action, train_data, val_data,
     return metrics
 
 
-def _save(directory: Path, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, config: dict,
-          metrics: dict) -> Path:
-    tensors = {f"model.{k}": v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+def _save(run: RunFolder, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, config: dict,
+          history: list[dict[str, Any]]) -> Path:
+    """One atomic checkpoint holding the weights, the optimizer and the metrics so far."""
+    tensors = {f"model.{k}": v for k, v in _cpu_state(model).items()}
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
-    path = directory / f"epoch-{epoch:04d}.safetensors"
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp), metadata={"epoch": json.dumps(epoch), "optimizer": json.dumps(opt_meta),
-                                           "config": json.dumps(config)})
-    tmp.replace(path)  # atomic: a killed run never leaves a half-written checkpoint
-    with (directory / "metrics.jsonl").open("a") as handle:
-        handle.write(json.dumps(metrics) + "\n")
+    metadata = {"epoch": json.dumps(epoch), "optimizer": json.dumps(opt_meta), "config": json.dumps(config),
+                "history": json.dumps(history)}
+    path = run.write(f"epoch-{epoch:04d}.safetensors", save_bytes(tensors, metadata=metadata))
+    crash_point("between-checkpoint-and-metrics")
+    run.write("metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
     return path
 
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,29 +14,7 @@ from torch import nn
 
 from memspace import ResidualMLP
 
-ARCH_FILE = '''
-from memspace import ResidualMLP
-
-def make():
-    return ResidualMLP(2, 6, 3, 2)
-'''
-
-
-def run_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    env = {**os.environ, "MPLBACKEND": "Agg"}
-    env.pop("MEMSPACE_DEBUG", None)
-    return subprocess.run([sys.executable, "-m", "memspace.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env, timeout=600)
-
-
-def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> None:
-    assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("memspace: error: ")
-    assert "Traceback" not in result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
+from cli_support import ARCH_FILE, assert_clean_failure, run_cli
 
 
 @pytest.fixture(scope="module")

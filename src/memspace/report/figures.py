@@ -19,9 +19,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["point_paths", "predictive_profile", "sensitivity", "spectrum", "trajectories", "training_curves"]
+__all__ = ["literal", "point_paths", "predictive_profile", "sensitivity", "spectrum", "trajectories", "training_curves"]
 
 COLORS = {"plain": "#4C72B0", "least-action": "#DD8452"}
+
+
+def literal(text: str) -> str:
+    """``text`` as matplotlib shows it literally: a ``$`` would otherwise start mathtext."""
+    return str(text).replace("$", r"\$")
 
 
 def _color(name: str) -> str:

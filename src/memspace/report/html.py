@@ -16,9 +16,11 @@ import json
 from pathlib import Path
 from typing import Any
 
+from .._errors import MemspaceError
+from .._runs import write_atomic
 from . import figures
 
-__all__ = ["render_report"]
+__all__ = ["check_metrics", "render_report"]
 
 CAPTIONS = {
     "predictive": ("The predictive path over depth",
@@ -147,22 +149,45 @@ window.addEventListener('load', function () {
 """
 
 
+def check_metrics(metrics: Any, source: str = "the metrics") -> None:
+    """Refuse anything that is not a memspace metrics dict: ``{"networks": {name: {"measures": {...}}}}``.
+
+    Raises:
+        MemspaceError: naming ``source`` and the first missing or malformed part.
+    """
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("networks"), dict) or not metrics["networks"]:
+        raise MemspaceError(f"{source} is not a memspace metrics file: it has no 'networks'")
+    for name, net in metrics["networks"].items():
+        if not isinstance(net, dict) or not isinstance(net.get("measures"), dict):
+            raise MemspaceError(f"{source} is not a complete memspace metrics file: network {name!r} has no 'measures'")
+        if not isinstance(net.get("history", []), list):
+            raise MemspaceError(f"{source}: the history of network {name!r} is not a list")
+    if not isinstance(metrics.get("run", {}), dict):
+        raise MemspaceError(f"{source}: 'run' is not a mapping")
+
+
 def render_report(metrics: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
-    """Write the report for ``metrics`` (as written by the demo or ``measure``) to ``path``."""
+    """Write the report for ``metrics`` (as written by the demo or ``measure``) to ``path``, atomically.
+
+    Names from the user (networks, files) are shown literally, in the HTML (escaped) and
+    in the figures (no mathtext).
+    """
+    check_metrics(metrics)
     networks = metrics["networks"]
+    drawn = {figures.literal(name): net for name, net in networks.items()}  # names in figures, literally
     run = metrics.get("run", {})
     title = title or f"memspace report: {run.get('data', 'model')}"
     blocks = []
     for key, draw in (("predictive", figures.predictive_profile), ("points", figures.point_paths),
                       ("sensitivity", figures.sensitivity), ("trajectories", figures.trajectories)):
-        fig = draw(networks)
+        fig = draw(drawn)
         if fig is not None:
             blocks.append(_figure_block(key, fig))
     skipped = [f"<p class=note><b>{html.escape(n)}:</b> path measures skipped: {html.escape(v['measures']['path_skipped'])}</p>"
                for n, v in networks.items() if "path_skipped" in v["measures"]]
     blocks.extend(skipped)
-    blocks.append(_figure_block("spectrum", figures.spectrum(networks)))
-    curves = figures.training_curves(networks)
+    blocks.append(_figure_block("spectrum", figures.spectrum(drawn)))
+    curves = figures.training_curves(drawn)
     if curves is not None:
         blocks.append(_figure_block("training", curves))
     shown = {k: (f"{v:.0f} s" if k == "seconds" else v) for k, v in run.items() if k != "config"}
@@ -187,6 +212,4 @@ loss. Configuration: <code>{config}</code></p>
 {''.join(blocks)}
 </body></html>
 """
-    path = Path(path)
-    path.write_text(doc, encoding="utf-8")
-    return path
+    return write_atomic(Path(path), doc)
