@@ -319,6 +319,70 @@ def train(
                    f"A/A_min {last.get('action_ratio', float('nan')):.3f}; checkpoints in {out}")
 
 
+STUDIES = ("capacity", "robustness")
+
+
+@app.command()
+@_friendly
+def study(
+    name: Annotated[str, typer.Argument(help="capacity (memorisation under an action budget, with the Cover anchor) or "
+                                        "robustness (layer re-initialization, weight noise against tr F).")],
+    data: Annotated[str | None, typer.Option(help=DATA_HELP + " Default: the configuration's (digits).")] = None,
+    quick: Annotated[bool, typer.Option(help="The small configuration the tests use (seconds to a minute).")] = False,
+    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/study-NAME); a rerun resumes.")] = None,
+    overwrite: Annotated[bool, typer.Option(help="Replace what memspace wrote in the run folder.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+) -> None:
+    """A memory-space study: every cell saved as produced, a rerun skips finished cells, a report at the end."""
+    from ._runs import RunFolder
+    from .report import render_report
+    from .studies import prepare_study, run_study
+
+    if name not in STUDIES:
+        raise MemspaceError(f"unknown study {name!r}; choose {' or '.join(STUDIES)}")
+    started = time.time()
+    config, split = prepare_study(name, "quick" if quick else "full", data)
+    out = out or Path(f"runs/study-{name}")
+    emit = _status(json_output)
+    with RunFolder.open(out, kind=f"study-{name}", config=config, overwrite=overwrite, finished="metrics.json") as run:
+        if run.resumed:
+            emit(f"resuming the study in {out}: finished cells are skipped")
+        with _cell_progress(not json_output and sys.stderr.isatty(), name) as progress:
+            summary = run_study(name, run, config, split, status=emit, progress=progress)
+        metrics = {"run": {"study": name, "data": config["data"], "quick": quick, "config": config,
+                           "seconds": time.time() - started}, "networks": {}, "studies": {name: summary}}
+        report = render_report(metrics, run.path("report.html"), title=f"memspace study: {name} on {config['data']}")
+        run.write_json("metrics.json", metrics)
+    if json_output:
+        typer.echo(json.dumps(summary))
+    typer.echo(f"report: {report} ({time.time() - started:.0f} s)", err=json_output)
+
+
+class _cell_progress:
+    """A rich progress bar over a study's cells (or nothing)."""
+
+    def __init__(self, enabled: bool, name: str):
+        self.enabled, self.name, self._bar = enabled, name, None
+
+    def __enter__(self):
+        if self.enabled:
+            from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._bar = Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                                 TimeRemainingColumn(), transient=True)
+            self._bar.start()
+            self._task = self._bar.add_task(self.name, total=None)
+        return self
+
+    def __call__(self, done: int, total: int) -> None:
+        if self._bar is not None:
+            self._bar.update(self._task, completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
 @app.command()
 @_friendly
 def report(

@@ -34,6 +34,7 @@ def _data_files(root: Path) -> None:
     np.savez(root / "cube.npz", X=rng.normal(size=(40, 3, 4)), y=y)
     np.savez(root / "words.npz", X=np.array(["a", "b"] * 20), y=y)
     np.savez(root / "float-labels.npz", X=X, y=y.astype(float))
+    np.savez(root / "no-labels.npz", X=X)
 
 
 def _model_files(root: Path) -> None:
@@ -89,6 +90,11 @@ CASES = {
     "input size that does not fit the model": (["measure", "--model", "wide.safetensors", "--arch", "wide.py:make",
                                                 "--data", "moons", "--out", "out"], ["cannot run on the data's inputs",
                                                                                     "(2,)"]),
+    "unknown study": (["study", "memory", "--out", "out"], ["unknown study 'memory'", "capacity or robustness"]),
+    "a capacity grid larger than the data": (["study", "capacity", "--data", "moons", "--out", "out"],
+                                             ["N = 800", "420 training points"]),
+    "study data without labels": (["study", "robustness", "--quick", "--data", "no-labels.npz", "--out", "out"],
+                                  ["no-labels.npz", "X and y"]),
     "report of metrics without measures": (["report", "incomplete"], ["incomplete", "'measures'"]),
     "report of metrics without networks": (["report", "not-metrics"], ["not-metrics", "'networks'"]),
 }

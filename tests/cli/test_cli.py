@@ -40,7 +40,9 @@ def test_demo_writes_metrics_and_report(demo_run):
         assert len(m["trajectories"]["points"]) == 9
         assert m["trajectory_length"] > 0 and len(m["trajectory_step_lengths"]) == 3
     html = (run / "report.html").read_text()
-    assert html.count("<figure") == 6 and "http://" not in html and "https://" not in html
+    assert html.count("<figure") == 10 and "http://" not in html and "https://" not in html
+    assert metrics["studies"].keys() == {"capacity", "robustness"}
+    assert "Capacity ↔ complexity" in html and "Robustness ↔ generalization" in html
 
 
 def test_existing_output_is_kept_unless_overwrite(demo_run):
@@ -55,7 +57,7 @@ def test_report_rerenders_from_saved_metrics(demo_run, tmp_path):
     run, _ = demo_run
     result = run_cli("report", str(run), "--output", str(tmp_path / "again.html"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "again.html").read_text().count("<figure") == 6
+    assert (tmp_path / "again.html").read_text().count("<figure") == 10
     assert_clean_failure(run_cli("report", str(tmp_path / "nowhere"), cwd=tmp_path), "metrics.json not found")
     (tmp_path / "broken").mkdir()
     (tmp_path / "broken" / "metrics.json").write_text("{not json")
@@ -153,6 +155,22 @@ def test_train_resumes(tmp_path):
     assert "resumed from epoch 2" in second.stderr
     assert [h["epoch"] for h in json.loads(second.stdout)] == [1, 2, 3]
     assert_clean_failure(run_cli("train", "--action", "magic", "--out", "u", cwd=tmp_path), "unknown action")
+
+
+def test_a_quick_study_runs_reports_and_resumes(tmp_path):
+    first = run_cli("study", "robustness", "--quick", "--out", "s", "--json", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    summary = json.loads(first.stdout)
+    assert summary["layers"][0] == "stem" and summary["layers"][-1] == "head"
+    assert len(summary["error"]) == len(summary["layers"]) and summary["columns"][0] == "rnd"
+    assert (tmp_path / "s" / "report.html").read_text().count("<figure") == 2
+    assert_clean_failure(run_cli("study", "robustness", "--quick", "--out", "s", cwd=tmp_path), "already exists")
+    cells = (tmp_path / "s" / "cells.jsonl").read_text()
+    (tmp_path / "s" / "metrics.json").unlink()  # as if killed before the end: the finished cell is reused
+    again = run_cli("study", "robustness", "--quick", "--out", "s", "--json", cwd=tmp_path)
+    assert again.returncode == 0 and "resuming" in again.stderr and "training seed" not in again.stderr
+    assert json.loads(again.stdout)["error"] == summary["error"]
+    assert (tmp_path / "s" / "cells.jsonl").read_text() == cells
 
 
 def test_help_explains_options_with_defaults(tmp_path):

@@ -19,7 +19,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["literal", "point_paths", "predictive_profile", "sensitivity", "spectrum", "trajectories", "training_curves"]
+__all__ = ["capacity", "cover_anchor", "literal", "point_paths", "predictive_profile", "reinitialization", "sensitivity",
+           "spectrum", "trajectories", "training_curves", "weight_noise"]
 
 COLORS = {"plain": "#4C72B0", "least-action": "#DD8452"}
 
@@ -190,3 +191,87 @@ def trajectories(networks: dict[str, Any]) -> Figure | None:
         fig.colorbar(lines, ax=ax, label="predictive speed $d(p_l, p_{l+1})/h$", extend="max")
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------------------ the studies
+def capacity(summary: dict[str, Any]) -> Figure:
+    """Fitted fraction against N per λ (random and real labels), and action against bits stored."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    table = summary["table"]
+    lambdas = sorted({row["lam"] for row in table})
+    cmap = plt.get_cmap("viridis")
+    for k, lam in enumerate(lambdas):
+        color = cmap(k / max(1, len(lambdas) - 1) * 0.85)
+        for kind, style in (("random", "o-"), ("real", "s--")):
+            rows = sorted((r for r in table if r["lam"] == lam and r["kind"] == kind), key=lambda r: r["n"])
+            if not rows:
+                continue
+            n_star = summary["n_star"].get(f"{kind}/{lam:g}")
+            axes[0].plot([r["n"] for r in rows], [r["fitted_fraction"] for r in rows], style, color=color,
+                         label=f"{kind} labels, λ = {lam:g} (N* = {n_star})")
+            fitted = [r for r in rows if r["fitted_fraction"] >= 0.5]
+            axes[1].plot([r["bits"] for r in fitted], [r["predictive_action"] for r in fitted], style, color=color,
+                         label=f"{kind}, λ = {lam:g}: {summary['cost_per_bit'][f'{kind}/{lam:g}']['slope']:.2g} per bit")
+    axes[0].set(xlabel="N training points", ylabel="fraction of seeds fitting all N", xscale="log",
+                title="Memorisation under an action budget", ylim=(-0.05, 1.05))
+    axes[1].set(xlabel="bits stored N·log₂C", ylabel="predictive action A of the fitted network",
+                title="Action against bits")
+    return _finish(fig, axes, legend_size=7)
+
+
+def cover_anchor(anchor: dict[str, Any]) -> Figure:
+    """The capacity study on a linear model against Cover's P(N, d)."""
+    fig, ax = plt.subplots(figsize=(6, 4))
+    sizes = anchor["sizes"]
+    ax.plot(sizes, anchor["cover_probability"], "k-", label="Cover: P(N, d)")
+    ax.plot(sizes, anchor["separable_fraction"], "s", color="#55A868", label="separable (linear program)")
+    ax.plot(sizes, anchor["fitted_fraction"], "o", color="#DD8452", mfc="none", ms=9,
+            label=f"fitted by training (N* ≈ {anchor['n_star_fitted']['crossing'] or float('nan'):.1f})")
+    ax.axvline(anchor["two_d"], color="gray", ls=":", label=f"2d = {anchor['two_d']}")
+    ax.axhline(0.5, color="gray", lw=0.5)
+    ax.set(xlabel="N points", ylabel="fraction of random labellings", title=f"Capacity of a linear model, d = {anchor['d']}")
+    return _finish(fig, [ax])
+
+
+def reinitialization(summary: dict[str, Any]) -> Figure:
+    """Heat map of test error after resetting one layer (rows) to a checkpoint or a fresh draw (columns)."""
+    error = np.asarray(summary["error"])
+    fig, ax = plt.subplots(figsize=(1.2 * error.shape[1] + 3, 0.45 * error.shape[0] + 1.8))
+    image = ax.imshow(error, cmap="magma_r", vmin=0, vmax=1, aspect="auto")
+    for (i, j), value in np.ndenumerate(error):
+        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value > 0.5 else "black")
+    columns = ["re-randomized" if c == "rnd" else f"τ = {c}" for c in summary["columns"]]
+    ax.set_xticks(range(len(columns)), columns, fontsize=8)
+    ax.set_yticks(range(len(summary["layers"])), [f"{literal(n)} ({lab})" for n, lab in
+                                                   zip(summary["layers"], summary["labels"])], fontsize=8)
+    ax.set(title=f"Test error after resetting one layer (trained: {summary['trained_error']:.3f}, "
+                 f"chance: {summary['chance_error']:.2f})")
+    fig.colorbar(image, ax=ax, label="test error")
+    fig.tight_layout()
+    return fig
+
+
+def weight_noise(summary: dict[str, Any]) -> Figure:
+    """Measured E KL under weight noise against (σ²/2) tr F, per layer; and damage against tr F_ℓℓ."""
+    noise = summary["noise"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    sigmas = np.asarray(noise["sigmas"])
+    cmap = plt.get_cmap("viridis")
+    for i, name in enumerate(noise["layers"]):
+        color = "k" if name == "all" else cmap(i / max(1, len(noise["layers"]) - 1) * 0.9)
+        axes[0].loglog(sigmas, noise["measured"][i], "o", color=color, ms=4)
+        axes[0].loglog(sigmas, noise["predicted"][i], "-", color=color, lw=1,
+                       label=f"{literal(name)}: tr F = {noise['fisher_trace'][i]:.3g}, breaks at σ = "
+                             f"{noise['breakdown_sigma'][i] if noise['breakdown_sigma'][i] is not None else '—'}")
+    axes[0].set(xlabel="σ of the weight noise", ylabel="E KL(p_θ ‖ p_θ+δ)", title="Weight noise: measured (dots), (σ²/2) tr F (lines)")
+    column = summary["columns"].index("0")
+    damage = np.asarray(summary["error"])[:, column] - summary["trained_error"]
+    traces = noise["fisher_trace"][:-1]
+    axes[1].scatter(traces, damage, color="#4C72B0")
+    for name, x, y in zip(summary["layers"], traces, damage):
+        axes[1].annotate(literal(name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    tau = summary["kendall_pooled"]
+    axes[1].set(xscale="log", xlabel="Fisher sensitivity tr F_ℓℓ", ylabel="damage: err(reset to τ = 0) − err",
+                title=f"Sensitivity against damage: Kendall τ = {tau['tau']:.2f} (p = {tau['p_value']:.2g})")
+    axes[1].plot([], [], "o", color="#4C72B0", label="one layer")
+    return _finish(fig, axes, legend_size=6)

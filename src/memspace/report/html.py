@@ -50,6 +50,28 @@ CAPTIONS = {
                  "legend gives the share of the spectrum below six decades under λ_max: directions the data "
                  "barely constrain). The left legend gives tr F and the effective dimension "
                  "d_eff(z) = Σ λ_i/(λ_i + z) at z = 10⁻³ λ_max (docs/theory.md §1)."),
+    "capacity": ("Memorisation under an action budget",
+                 "Left: the fraction of seeds whose residual MLP fits all N training points (100 % train accuracy "
+                 "within the step budget), for random labels (circles) and real labels (squares), per weight λ of "
+                 "the predictive action in the loss; N* is the largest N fitted by at least half the seeds. Right: "
+                 "the predictive action A of the fitted networks against the bits the labels carry, N·log₂C; the "
+                 "legend gives the least-squares slope, the action per bit (docs/theory.md §5.1)."),
+    "cover": ("The closed-form anchor",
+              "The same memorisation on a bias-free linear model over N standard Gaussian points in d dimensions with "
+              "random ±1 labels: the fraction fitted by training (circles), the fraction separable by an exact "
+              "linear program (squares) and Cover's function-counting probability P(N, d) = 2^(1−N) Σ_{k<d} "
+              "binom(N−1, k), which is ½ at N = 2d (docs/theory.md §5.1)."),
+    "reinit": ("Layer re-initialization",
+               "Test error after resetting one layer (row) of the trained network to its value at epoch τ (τ = 0: "
+               "initialisation), or to a fresh draw from the initialisation distribution (mean of three), every "
+               "other layer kept trained (Zhang, Bengio & Singer). A layer is robust when resetting it to τ = 0 "
+               "costs at most 0.01 test error, critical when the error comes within 0.1 of chance, intermediate "
+               "otherwise (docs/theory.md §5.2)."),
+    "noise": ("Weight noise and Fisher sensitivity",
+              "Left: E_δ E_x KL(p_θ ‖ p_θ+δ) under Gaussian noise δ ~ N(0, σ²I) on one layer (dots, Monte Carlo) "
+              "against its quadratic prediction (σ²/2) tr F_ℓℓ (lines); the legend gives the σ where the measured "
+              "value leaves ½ δᵀFδ of the same draws by more than 10 %. Right: each layer's Fisher sensitivity "
+              "against the damage of resetting it, with Kendall's τ (docs/theory.md §5.2)."),
     "training": ("Training curves",
                  "Cross-entropy and accuracy per epoch (solid: train, dashed: test) and the predictive action A "
                  "with its exact least action A_min (dotted) on a probe set of training points (docs/theory.md §3–§4)."),
@@ -155,8 +177,12 @@ def check_metrics(metrics: Any, source: str = "the metrics") -> None:
     Raises:
         MemspaceError: naming ``source`` and the first missing or malformed part.
     """
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("networks"), dict) or not metrics["networks"]:
+    if not isinstance(metrics, dict) or not isinstance(metrics.get("networks"), dict) or not (
+            metrics["networks"] or metrics.get("studies")):
         raise MemspaceError(f"{source} is not a memspace metrics file: it has no 'networks'")
+    studies = metrics.get("studies", {})
+    if not isinstance(studies, dict) or any(name not in STUDY_SECTIONS for name in studies):
+        raise MemspaceError(f"{source}: 'studies' must map {' or '.join(STUDY_SECTIONS)} to their summaries")
     for name, net in metrics["networks"].items():
         if not isinstance(net, dict) or not isinstance(net.get("measures"), dict):
             raise MemspaceError(f"{source} is not a complete memspace metrics file: network {name!r} has no 'measures'")
@@ -177,6 +203,28 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
     drawn = {figures.literal(name): net for name, net in networks.items()}  # names in figures, literally
     run = metrics.get("run", {})
     title = title or f"memspace report: {run.get('data', 'model')}"
+    shown = {k: (f"{v:.0f} s" if k == "seconds" else v) for k, v in run.items() if k != "config"}
+    details = ", ".join(f"{html.escape(str(k))}: {html.escape(json.dumps(v) if not isinstance(v, str) else v)}"
+                        for k, v in shown.items())
+    config = html.escape(json.dumps(run.get("config", {})))
+    body = [_networks_section(networks, drawn, config)] if networks else []
+    for name, summary in metrics.get("studies", {}).items():
+        heading, draw = STUDY_SECTIONS[name]
+        body.append(f"<h2>{html.escape(heading)}</h2>\n{draw(summary)}")
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>{html.escape(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="sub">{details}</p>
+{''.join(body)}
+</body></html>
+"""
+    return write_atomic(Path(path), doc)
+
+
+def _networks_section(networks: dict[str, Any], drawn: dict[str, Any], config: str) -> str:
     blocks = []
     for key, draw in (("predictive", figures.predictive_profile), ("points", figures.point_paths),
                       ("sensitivity", figures.sensitivity), ("trajectories", figures.trajectories)):
@@ -190,18 +238,7 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
     curves = figures.training_curves(drawn)
     if curves is not None:
         blocks.append(_figure_block("training", curves))
-    shown = {k: (f"{v:.0f} s" if k == "seconds" else v) for k, v in run.items() if k != "config"}
-    details = ", ".join(f"{html.escape(str(k))}: {html.escape(json.dumps(v) if not isinstance(v, str) else v)}"
-                        for k, v in shown.items())
-    config = html.escape(json.dumps(run.get("config", {})))
-    doc = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>{html.escape(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>
-<body>
-<h1>{html.escape(title)}</h1>
-<p class="sub">{details}</p>
-<p>A network as a memory space (docs/theory.md): how much it stores (Fisher–Rao norm, trace, effective dimension),
+    return f"""<p>A network as a memory space (docs/theory.md): how much it stores (Fisher–Rao norm, trace, effective dimension),
 how a residual network carries its prediction along depth (the predictive path in the Fisher–Rao simplex, its
 action and its exact least action; the sensitivity of each block), and what training cost to write it (distance
 from initialisation, arc length). The least-action network was trained with the predictive action added to its
@@ -210,6 +247,36 @@ loss. Configuration: <code>{config}</code></p>
 {summary_table(networks)}
 <h2>Figures</h2>
 {''.join(blocks)}
-</body></html>
 """
-    return write_atomic(Path(path), doc)
+
+
+def _capacity_section(summary: dict[str, Any]) -> str:
+    anchor = summary["anchor"]
+    lams = sorted({row["lam"] for row in summary["table"]})
+    n_star = ", ".join(f"{kind} labels λ = {lam:g}: N* = {summary['n_star'].get(f'{kind}/{lam:g}')}"
+                       for kind in ("random", "real") for lam in lams if f"{kind}/{lam:g}" in summary["n_star"])
+    bits = summary["cost_per_bit"]
+    cost = ", ".join(f"{key}: {value['slope']:.3g} ± {value['stderr']:.2g}" for key, value in bits.items()
+                     if value["slope"] == value["slope"])
+    crossing = anchor["n_star_fitted"]["crossing"]
+    return (f"<p>How much a network stores and what storing it costs (docs/theory.md §5.1): residual MLPs trained "
+            f"to fit N points with random or real labels under an action budget λ. {html.escape(n_star)}. Predictive "
+            f"action per bit of the fitted networks (slope ± standard error): {html.escape(cost or 'too few fitted cells')}. "
+            f"Anchor: a linear model in d = {anchor['d']} dimensions fits random labels up to N* ≈ "
+            f"{crossing if crossing is None else round(crossing, 1)} (Cover: 2d = {anchor['two_d']}).</p>"
+            + _figure_block("capacity", figures.capacity(summary)) + _figure_block("cover", figures.cover_anchor(anchor)))
+
+
+def _robustness_section(summary: dict[str, Any]) -> str:
+    labels = ", ".join(f"{name}: {label}" for name, label in zip(summary["layers"], summary["labels"]))
+    tau = summary["kendall_pooled"]
+    return (f"<p>What survives perturbation (docs/theory.md §5.2). Layers after resetting to their initial value: "
+            f"{html.escape(labels)}. Bottom third critical: {100 * summary['bottom_critical']:.0f} %; top third robust: "
+            f"{100 * summary['top_robust']:.0f} %. Kendall τ between Fisher sensitivity tr F_ℓℓ and the damage of "
+            f"resetting: {tau['tau']:.2f} (p = {tau['p_value']:.2g}, {tau['num_layers']} layer–seed pairs).</p>"
+            + _figure_block("reinit", figures.reinitialization(summary))
+            + _figure_block("noise", figures.weight_noise(summary)))
+
+
+STUDY_SECTIONS = {"capacity": ("Capacity ↔ complexity", _capacity_section),
+                  "robustness": ("Robustness ↔ generalization", _robustness_section)}

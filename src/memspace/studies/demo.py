@@ -52,8 +52,12 @@ def build_model(data: str, input_shape: tuple[int, ...], classes: int, cfg: dict
 
 def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int = 0, device: str = "cpu",
              epochs: int | None = None, lam: float | None = None, overwrite: bool = False, progress: bool = True,
-             report: bool = True, status: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run the demo study (module doc) and return its metrics (``report``: also write report.html)."""
+             report: bool = True, studies: bool = True, status: Callable[[str], None] = print) -> dict[str, Any]:
+    """Run the demo study (module doc) and return its metrics.
+
+    ``report``: also write report.html; ``studies``: add the quick capacity and robustness
+    studies (one report section per memory leg).
+    """
     if data not in DEFAULTS and not data.endswith(".npz"):
         raise MemspaceError(f"unknown data set {data!r}; choose one of {', '.join(DEFAULTS)} or an .npz file")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -75,6 +79,8 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
         if run.resumed:
             status(f"resuming the interrupted run in {run.root}")
         metrics = _run_demo(run, data, split, cfg, seed, device, progress, status, started)
+        if studies:
+            metrics["studies"] = _quick_studies(run, data, split, status)
         if report:
             from ..report import render_report
 
@@ -93,6 +99,24 @@ def check_architecture_fits(split) -> None:
         return
     raise MemspaceError(f"{split.name}: X has samples of shape {shape}; the residual models take vectors [N, D] "
                         "or square images [N, C, H, H] (reshape X, or measure your own model with `memspace measure`)")
+
+
+def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], None]) -> dict[str, Any]:
+    """The quick configurations of the capacity and robustness studies, each in its own run folder.
+
+    On the demo's data when the study can use it (capacity needs vectors: image data
+    falls back to digits).
+    """
+    from . import prepare_study, run_study
+
+    summaries = {}
+    for name in ("capacity", "robustness"):
+        study_data = data if name == "robustness" or len(split.input_shape) == 1 else "digits"
+        config, study_split = prepare_study(name, "quick", study_data)
+        status(f"{name} study (quick, {study_data})")
+        with RunFolder.open(run.path(f"study-{name}"), kind=f"study-{name}", config=config) as folder:
+            summaries[name] = run_study(name, folder, config, study_split, status=lambda m: status(f"  {m}"))
+    return summaries
 
 
 def _run_demo(run: RunFolder, data, split, cfg, seed, device, progress, status, started) -> dict[str, Any]:

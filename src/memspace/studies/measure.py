@@ -93,6 +93,22 @@ def _point_paths(points: dict[str, np.ndarray]) -> dict[str, Any]:
     return result
 
 
+def effective_dimension(F: FisherOperator, lam_max: float | None = None, relative_z: float = 1e-3,
+                        num_probes: int = 4, steps: int = 30):
+    """d_eff = Σ_i λ_i/(λ_i + z) with z = relative_z · λ_max, by stochastic Lanczos quadrature.
+
+    Maddox et al. 2020 (effective dimensionality); docs/theory.md §1. Returns
+    ``(d_eff, z, density)``; λ_max from Lanczos when not given.
+    """
+    if lam_max is None:
+        lam_max = float(F.eigh(1, tol=1e-4)[0][0])
+    lam_max = max(lam_max, 1e-30)
+    z = relative_z * lam_max
+    density = F.spectral_density(num_probes=num_probes, steps=steps)
+    d_eff = density.spectral_sum(lambda t: np.clip(t, 0, None) / (np.clip(t, 0, None) + z))
+    return float(d_eff), z, density
+
+
 def measure_network(
     model: nn.Module,
     split: DataSplit,
@@ -135,11 +151,8 @@ def measure_network(
     values, _ = F.eigh(k, tol=1e-4)
     out["top_eigenvalues"] = values.tolist()
     status("spectral density (SLQ)")
-    density = F.spectral_density(num_probes=4, steps=30)
     lam_max = max(float(values[0]), 1e-30)
-    z = 1e-3 * lam_max
-    out["effective_dimension"] = density.spectral_sum(lambda t: np.clip(t, 0, None) / (np.clip(t, 0, None) + z))
-    out["effective_dimension_z"] = z
+    out["effective_dimension"], out["effective_dimension_z"], density = effective_dimension(F, lam_max)
     out["spectral_density"] = _log_spectral_density(density, lam_max)
     try:
         ResidualPath(model, block_names)

@@ -1,0 +1,44 @@
+"""A study's results, one cell at a time, in its run folder (shared by the studies).
+
+Cells are kept in ``cells.jsonl`` (one JSON object per line, with its ``key``), rewritten
+atomically after each new cell: a killed study loses at most the cell in flight, and a
+rerun skips every cell already there.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from .._runs import RunFolder
+
+CELLS = "cells.jsonl"
+
+
+class CellStore:
+    """The finished cells of a study in ``run`` (module doc)."""
+
+    def __init__(self, run: RunFolder):
+        self.run = run
+        self.cells: dict[str, dict[str, Any]] = {}
+        file = run.root / CELLS
+        if file.exists():
+            for line in file.read_text(encoding="utf-8").splitlines():
+                record = json.loads(line)
+                self.cells[record["key"]] = record
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.cells
+
+    def __getitem__(self, key: str) -> dict[str, Any]:
+        return self.cells[key]
+
+    def add(self, key: str, record: dict[str, Any]) -> dict[str, Any]:
+        """Store a finished cell (atomically, with everything before it)."""
+        record = {"key": key, **record}
+        self.cells[key] = record
+        self.run.write(CELLS, "".join(json.dumps(r) + "\n" for r in self.cells.values()))
+        return record
+
+    def values(self) -> list[dict[str, Any]]:
+        return list(self.cells.values())
