@@ -196,9 +196,15 @@ def trajectories(networks: dict[str, Any]) -> Figure | None:
 # ------------------------------------------------------------------------------------------ the studies
 def capacity(summary: dict[str, Any]) -> Figure:
     """Fitted fraction against N per λ (random and real labels), and action against bits stored."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     table = summary["table"]
     lambdas = sorted({row["lam"] for row in table})
+    for kind, style in (("random", "o-"), ("real", "s--")):
+        stars = [(lam, summary["n_star"][f"{kind}/{lam:g}"]) for lam in lambdas if f"{kind}/{lam:g}" in summary["n_star"]]
+        if stars:
+            axes[2].plot([str(f"{lam:g}") for lam, _ in stars], [n for _, n in stars], style, label=f"{kind} labels")
+    axes[2].set(xlabel="λ (weight of the predictive action: a smaller λ is a larger budget)", ylabel="N*",
+                title="Capacity against the action budget", ylim=(0, None))
     cmap = plt.get_cmap("viridis")
     for k, lam in enumerate(lambdas):
         color = cmap(k / max(1, len(lambdas) - 1) * 0.85)

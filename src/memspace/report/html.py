@@ -274,8 +274,29 @@ def _robustness_section(summary: dict[str, Any]) -> str:
             f"{html.escape(labels)}. Bottom third critical: {100 * summary['bottom_critical']:.0f} %; top third robust: "
             f"{100 * summary['top_robust']:.0f} %. Kendall τ between Fisher sensitivity tr F_ℓℓ and the damage of "
             f"resetting: {tau['tau']:.2f} (p = {tau['p_value']:.2g}, {tau['num_layers']} layer–seed pairs).</p>"
+            + _layer_table(summary)
             + _figure_block("reinit", figures.reinitialization(summary))
             + _figure_block("noise", figures.weight_noise(summary)))
+
+
+def _layer_table(summary: dict[str, Any]) -> str:
+    """Per layer: its label, the damage of resetting it, its Fisher sensitivity, and for blocks the
+    block sensitivity and measured deletion KL (first seed)."""
+    error = summary["error"]
+    reset, rnd = summary["columns"].index("0"), summary["columns"].index("rnd")
+    traces = summary["noise"]["fisher_trace"]
+    sens = summary.get("sensitivity") or {}
+    blocks = [n for n in summary["layers"] if n.startswith("blocks.")]
+    rows = []
+    for i, name in enumerate(summary["layers"]):
+        b = blocks.index(name) if name in blocks else None
+        extra = (f"<td>{sens['sensitivity'][b]:.3g}</td><td>{sens['deletion_kl'][b]:.3g}</td>"
+                 if b is not None and "deletion_kl" in sens and b < len(sens["deletion_kl"]) else "<td>—</td><td>—</td>")
+        rows.append(f"<tr><th>{html.escape(name)}</th><td>{html.escape(summary['labels'][i])}</td>"
+                    f"<td>{error[i][reset] - summary['trained_error']:+.3f}</td>"
+                    f"<td>{error[i][rnd] - summary['trained_error']:+.3f}</td><td>{traces[i]:.3g}</td>{extra}</tr>")
+    return ("<table><tr><th>layer</th><th>label</th><th>Δ reset to τ = 0</th><th>Δ re-randomized</th>"
+            "<th>tr F_ℓℓ</th><th>block sensitivity s_l</th><th>deletion KL</th></tr>" + "".join(rows) + "</table>")
 
 
 STUDY_SECTIONS = {"capacity": ("Capacity ↔ complexity", _capacity_section),
