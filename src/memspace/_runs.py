@@ -352,8 +352,8 @@ class RunFolder:
 
 
 def _remove_ours(root: Path, manifest: Mapping[str, Any]) -> None:
-    """Remove what the manifest lists (and their temporaries); foreign files stay."""
-    for name in manifest["files"]:
+    """Remove what the manifest lists (and their temporaries), newest first; foreign files stay."""
+    for name in reversed(manifest["files"]):
         target = root / name
         try:
             if target.is_dir() and not target.is_symlink():

@@ -383,6 +383,63 @@ class _cell_progress:
             self._bar.stop()
 
 
+ZOO_ACTIONS = ("run", "evaluate", "report")
+
+
+@app.command()
+@_friendly
+def zoo(
+    action: Annotated[str, typer.Argument(help="run (train and measure every model not yet in the database), "
+                                          "evaluate (the leaderboard as JSON) or report (leaderboard.html).")],
+    grid: Annotated[str, typer.Option(help="A grid YAML file, or a built-in grid: quick (CI-sized) or digits.")] = "digits",
+    out: Annotated[Path, typer.Option(help="Zoo folder: zoo.sqlite (WAL), weights/, leaderboard.html.")] = Path("runs/zoo"),
+    workers: Annotated[int, typer.Option(help="Processes of the local joblib (loky) pool.")] = 2,
+    scheduler: Annotated[str | None, typer.Option(help="A Dask scheduler address, e.g. tcp://127.0.0.1:8786: "
+                                                  "the same jobs run on that cluster.")] = None,
+    min_ess: Annotated[float, typer.Option(help="Smallest effective sample size of a kept environment.")] = 12.0,
+    overwrite: Annotated[bool, typer.Option(help="Remove what memspace wrote in the zoo folder and start afresh.")] = False,
+    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+) -> None:
+    """A zoo of trained networks, the literature's generalization measures beside memspace's, ranked."""
+    from .zoo import evaluate_zoo, load_grid, run_zoo
+
+    if action not in ZOO_ACTIONS:
+        raise MemspaceError(f"unknown zoo action {action!r}; choose {', '.join(ZOO_ACTIONS)}")
+    emit = _status(json_output)
+    if action == "run":
+        _check_range("workers", workers, 1, 256, integer=True)
+        load_grid(grid)  # checked before any folder is made
+        with _cell_progress(not json_output and sys.stderr.isatty(), "zoo") as progress:
+            result = run_zoo(grid, out, workers=workers, scheduler=scheduler, overwrite=overwrite, status=emit,
+                             progress=progress)
+        typer.echo(json.dumps(result) if json_output else f"zoo: {result['models']} models in {out} "
+                   f"({result['trained']} trained now, {result['seconds']:.0f} s)")
+        return
+    evaluation = evaluate_zoo(out, min_ess=min_ess)
+    if action == "evaluate":
+        if json_output:
+            typer.echo(json.dumps(evaluation))
+        else:
+            for e in evaluation["leaderboard"]:
+                typer.echo(f"{e['measure']:32s} τ {e['tau']:+.3f}  Ψ {e.get('psi', float('nan')):+.3f}  "
+                           f"CMI {e.get('cmi', float('nan')):.4f}")
+        return
+    from ._runs import RunFolder
+    from .report.html import render_zoo_report
+    from .zoo import ZooStore
+
+    store = ZooStore(out / "zoo.sqlite")
+    try:
+        rows, measures = [r for r in store.models() if r["converged"]], store.measures()
+    finally:
+        store.close()
+    points = {e["measure"]: ([measures[r["id"]].get(e["measure"], float("nan")) for r in rows], [r["gap"] for r in rows])
+              for e in evaluation["leaderboard"][:6]}
+    with RunFolder.attach(out) as run:
+        path = render_zoo_report(evaluation, points, run.path("leaderboard.html"))
+    typer.echo(f"report: {path}")
+
+
 @app.command()
 @_friendly
 def report(

@@ -53,6 +53,9 @@ def _model_files(root: Path) -> None:
     (root / "not-metrics").mkdir()
     (root / "not-metrics" / "metrics.json").write_text("{}")
     (root / "a-file").write_text("")
+    (root / "grid-unknown.yaml").write_text("grid:\n  dropout: [0.1]\n")
+    (root / "grid-range.yaml").write_text("grid:\n  label_noise: [1.5]\n")
+    (root / "grid-broken.yaml").write_text("grid: [unclosed\n")
 
 
 CASES = {
@@ -95,6 +98,13 @@ CASES = {
                                              ["N = 800", "420 training points"]),
     "study data without labels": (["study", "robustness", "--quick", "--data", "no-labels.npz", "--out", "out"],
                                   ["no-labels.npz", "X and y"]),
+    "a grid with an unknown hyperparameter": (["zoo", "run", "--grid", "grid-unknown.yaml", "--out", "out"],
+                                              ["unknown hyperparameter 'dropout'"]),
+    "a grid value out of range": (["zoo", "run", "--grid", "grid-range.yaml", "--out", "out"],
+                                  ["label_noise = 1.5 is out of range"]),
+    "a grid that is not YAML": (["zoo", "run", "--grid", "grid-broken.yaml", "--out", "out"], ["not valid YAML"]),
+    "an unknown zoo action": (["zoo", "train", "--out", "out"], ["unknown zoo action 'train'"]),
+    "a zoo that was never run": (["zoo", "evaluate", "--out", "out"], ["zoo.sqlite not found"]),
     "report of metrics without measures": (["report", "incomplete"], ["incomplete", "'measures'"]),
     "report of metrics without networks": (["report", "not-metrics"], ["not-metrics", "'networks'"]),
 }

@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = ["capacity", "cover_anchor", "literal", "point_paths", "predictive_profile", "reinitialization", "sensitivity",
-           "spectrum", "trajectories", "training_curves", "weight_noise"]
+           "spectrum", "trajectories", "training_curves", "weight_noise", "zoo_cdf", "zoo_scatter"]
 
 COLORS = {"plain": "#4C72B0", "least-action": "#DD8452"}
 
@@ -281,3 +281,40 @@ def weight_noise(summary: dict[str, Any]) -> Figure:
                 title=f"Sensitivity against damage: Kendall τ = {tau['tau']:.2f} (p = {tau['p_value']:.2g})")
     axes[1].plot([], [], "o", color="#4C72B0", label="one layer")
     return _finish(fig, axes, legend_size=6)
+
+
+# ---------------------------------------------------------------------------------------------- the zoo
+def zoo_scatter(points: dict[str, tuple[list[float], list[float]]]) -> Figure:
+    """Each measure (one panel) against the generalization gap, one dot per model."""
+    names = list(points)
+    columns = min(3, len(names))
+    rows = -(-len(names) // columns)
+    fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)
+    for ax, name in zip(axes.flat, names):
+        measure, gap = points[name]
+        ax.scatter(measure, gap, s=12, color="#4C72B0")
+        ax.set(xlabel=literal(name), ylabel="gap (train − test acc.)")
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def zoo_cdf(board: list[dict[str, Any]]) -> Figure | None:
+    """Empirical CDFs of the environment sign errors (Dziugaite et al.), one line per measure."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    edges = np.linspace(0.01, 1.0, 100)
+    drawn = 0
+    for entry in board:
+        summary = entry.get("sign_error", {}).get("all", {})
+        if summary.get("count"):
+            ax.step(edges, summary["cdf"], where="post",
+                    label=f"{literal(entry['measure'])}: max {summary['max']:.2f}, mean {summary['mean']:.2f}")
+            drawn += 1
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set(xlabel="sign error of an environment", ylabel="fraction of environments ≤", xlim=(0, 1),
+           title="Robust sign error over environments")
+    return _finish(fig, [ax], legend_size=6)

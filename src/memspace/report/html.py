@@ -13,6 +13,7 @@ import base64
 import html
 import io
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ from .._errors import MemspaceError
 from .._runs import write_atomic
 from . import figures
 
-__all__ = ["check_metrics", "render_report"]
+__all__ = ["check_metrics", "render_report", "render_zoo_report"]
 
 CAPTIONS = {
     "predictive": ("The predictive path over depth",
@@ -72,6 +73,13 @@ CAPTIONS = {
               "against its quadratic prediction (σ²/2) tr F_ℓℓ (lines); the legend gives the σ where the measured "
               "value leaves ½ δᵀFδ of the same draws by more than 10 %. Right: each layer's Fisher sensitivity "
               "against the damage of resetting it, with Kendall's τ (docs/theory.md §5.2)."),
+    "zoo-scatter": ("Measures against the gap",
+                    "Each panel: one measure (the six with the largest |Ψ|) against the generalization gap "
+                    "(train − test accuracy), one dot per model of the zoo that met its stopping rule."),
+    "zoo-cdf": ("Sign errors over environments",
+                "The empirical CDF of the Hoeffding-weighted sign error over the environments of Dziugaite et al. "
+                "2020 (pairs of configurations one hyperparameter apart, kept at an effective sample size ≥ the "
+                "stated minimum); a robust measure has its whole CDF near 0, and its max is the robust criterion."),
     "training": ("Training curves",
                  "Cross-entropy and accuracy per epoch (solid: train, dashed: test) and the predictive action A "
                  "with its exact least action A_min (dotted) on a probe set of training points (docs/theory.md §3–§4)."),
@@ -301,3 +309,49 @@ def _layer_table(summary: dict[str, Any]) -> str:
 
 STUDY_SECTIONS = {"capacity": ("Capacity ↔ complexity", _capacity_section),
                   "robustness": ("Robustness ↔ generalization", _robustness_section)}
+
+
+def render_zoo_report(evaluation: dict[str, Any], points: dict[str, tuple[list[float], list[float]]],
+                      path: str | Path, title: str = "memspace zoo") -> Path:
+    """The zoo's leaderboard (every measure × every statistic) with its figures, atomically."""
+    board = evaluation["leaderboard"]
+    varied = evaluation["varied"]
+    head = ("<tr><th>measure</th><th>models</th><th>τ</th><th>Ψ</th>"
+            + "".join(f"<th>ψ {html.escape(v)}</th>" for v in varied)
+            + "<th>CMI (PGDL)</th><th>sign error mean</th><th>p90</th><th>max</th><th>environments</th></tr>")
+
+    def number(value, fmt="{:+.3f}"):
+        return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+
+    rows = []
+    for e in board:
+        se = e.get("sign_error", {}).get("all", {})
+        rows.append(f"<tr><th>{html.escape(e['measure'])}</th><td>{e['models']}</td><td>{number(e['tau'])}</td>"
+                    f"<td>{number(e.get('psi'))}</td>"
+                    + "".join(f"<td>{number(e.get('psi_by_hparam', {}).get(v))}</td>" for v in varied)
+                    + f"<td>{number(e.get('cmi'), '{:.4f}')}</td><td>{number(se.get('mean'), '{:.3f}')}</td>"
+                    f"<td>{number(se.get('p90'), '{:.3f}')}</td><td>{number(se.get('max'), '{:.3f}')}</td>"
+                    f"<td>{e.get('environments', 0)}</td></tr>")
+    blocks = [_figure_block("zoo-scatter", figures.zoo_scatter(points))]
+    cdf = figures.zoo_cdf(board[:8])
+    if cdf is not None:
+        blocks.append(_figure_block("zoo-cdf", cdf))
+    doc = f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
+<title>{html.escape(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>
+<body>
+<h1>{html.escape(title)}</h1>
+<p class="sub">{evaluation['kept']} of {evaluation['models']} models met the stopping rule; varied: {html.escape(', '.join(varied))};
+Hoeffding weights with n = {evaluation['n_test']}, environments kept at ESS ≥ {evaluation['min_ess']:g}.</p>
+<p>Does complexity predict generalization (docs/theory.md §5.3)? τ: Kendall's τ_a between each measure and the
+generalization gap over all models; Ψ: the granulated coefficient (the mean over hyperparameters of ψ, the mean τ
+among models that differ in that hyperparameter only); CMI: the PGDL competition score (conditional mutual
+information of measure and gap signs, minimised over pairs of hyperparameters); sign error: per environment (two
+configurations one hyperparameter apart) the Hoeffding-weighted share of pairs the measure orders wrongly — the
+robust criterion is the max. Sorted by |Ψ|.</p>
+<table>{head}{''.join(rows)}</table>
+{''.join(blocks)}
+</body></html>
+"""
+    return write_atomic(Path(path), doc)

@@ -1,0 +1,265 @@
+"""Train, measure and evaluate a zoo: joblib (loky) by default, a Dask cluster when given.
+
+:func:`run_zoo` trains every model of the grid that the database does not hold yet, in
+parallel through joblib — the loky process pool by default, or ``joblib``'s Dask backend
+on a ``distributed`` cluster when a scheduler address is given (the same code path) —
+and commits each model with its measures as it arrives (:class:`~memspace.zoo.store.ZooStore`).
+Each model: a residual MLP trained with Adam on ``train_size`` training points with
+``label_noise`` of their labels replaced (seeded), minimising cross-entropy + λ·A (the
+predictive action), until the training cross-entropy reaches ``stop.target_ce`` or
+``stop.max_epochs``; initial and final weights saved as safetensors.
+
+Measures: memspace's (Fisher–Rao norm, tr F, effective dimension, the predictive action,
+its least action and their ratio, the largest block sensitivity, kinetic action, Fisher
+distance from initialisation, Fisher arc length of training over the epochs) and the
+literature's (:func:`memspace.measures.generalization_measures`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .._errors import MemspaceError
+from .grid import expand, load_grid
+from .store import ZooStore
+
+__all__ = ["DB", "evaluate_zoo", "run_zoo", "train_and_measure"]
+
+DB = "zoo.sqlite"
+
+
+def _data(data: str, hparams: dict[str, Any], seed: int):
+    import torch
+
+    from ..data import load_dataset
+
+    split = load_dataset(data, seed=0)
+    X, y = split.train
+    n = hparams["train_size"] or len(X)
+    if n > len(X):
+        raise MemspaceError(f"train_size {n} exceeds the {len(X)} training points of {data}")
+    generator = torch.Generator().manual_seed(seed)
+    pick = torch.randperm(len(X), generator=generator)[:n]
+    X, y = X[pick], y[pick].clone()
+    noisy = torch.rand(n, generator=generator) < hparams["label_noise"]
+    y[noisy] = torch.randint(split.num_classes, (int(noisy.sum()),), generator=generator)
+    return split, (X, y)
+
+
+def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], weights_dir: str,
+                      measures: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train one model of the zoo, save its weights, measure it (runs in a worker process)."""
+    import torch
+    from safetensors.torch import save
+
+    from .._runs import write_atomic
+    from ..action import ActionTerm
+    from ..paths import ResidualMLP
+    from ..train import evaluate
+
+    torch.set_num_threads(1)  # identical numbers on any pool or cluster
+    started = time.time()
+    hp, seed = model["hparams"], model["seed"]
+    split, (X, y) = _data(data, hp, seed)
+    def factory():
+        return ResidualMLP(X.shape[1], hp["width"], hp["depth"], split.num_classes)
+
+    torch.manual_seed(seed)
+    net = factory()
+    initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    states = [initial]
+    term = ActionTerm("predictive", net) if hp["lam"] > 0 else None
+    optimizer = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
+    generator = torch.Generator().manual_seed(seed + 1)
+    epochs, train_ce = 0, math.inf
+    while epochs < stop["max_epochs"] and train_ce > stop.get("target_ce", 0.0):
+        net.train()
+        for idx in torch.randperm(len(X), generator=generator).split(hp["batch_size"]):
+            if term is not None:
+                with term.capture() as record:
+                    logits = net(X[idx])
+                loss = torch.nn.functional.cross_entropy(logits, y[idx]) + hp["lam"] * term(
+                    record, logits, y[idx], generator=generator)
+            else:
+                loss = torch.nn.functional.cross_entropy(net(X[idx]), y[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        epochs += 1
+        net.eval()
+        train_ce, _ = evaluate(net, (X, y))
+        states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+    net.eval()
+    train_ce, train_acc = evaluate(net, (X, y))
+    _, test_acc = evaluate(net, split.test)
+    folder = Path(weights_dir)
+    init_file, final_file = folder / f"{model['id']}-init.safetensors", folder / f"{model['id']}-final.safetensors"
+    write_atomic(init_file, save(initial))
+    write_atomic(final_file, save({k: v.contiguous() for k, v in net.state_dict().items()}))
+    row = {"id": model["id"], "hparams": hp, "seed": seed, "train_acc": train_acc, "test_acc": test_acc,
+           "train_ce": train_ce, "gap": train_acc - test_acc, "epochs": epochs,
+           "converged": train_ce <= stop.get("target_ce", 0.0), "seconds": time.time() - started,
+           "init_file": init_file.name, "final_file": final_file.name}
+    values = _measure(net, initial, states, (X, y), seed, factory) if measures else {}
+    row["seconds"] = time.time() - started
+    return row, values
+
+
+def _measure(net, initial, states, data, seed, factory) -> dict[str, float]:
+    from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
+    from ..fisher import FisherOperator
+    from ..measures import generalization_measures
+    from ..paths import block_sensitivity, predictive_path
+    from ..studies.measure import effective_dimension
+
+    X, y = data
+    probe = (X[:512], y[:512])
+    out: dict[str, float] = {}
+    out["fisher_rao_norm"] = fisher_rao_norm(net, probe)
+    F = FisherOperator(net, probe, seed=seed)
+    out["fisher_trace"] = float(F.trace())
+    out["effective_dimension"] = effective_dimension(F)[0]
+    path = predictive_path(net, probe)
+    out.update(predictive_action=path.action, least_action=path.least_action, action_ratio=path.ratio)
+    sens = block_sensitivity(net, probe, deletion=False)
+    out["block_sensitivity_max"] = float(np.max(sens.sensitivity))
+    out["kinetic_action"] = sens.kinetic_action
+    out["fisher_distance_from_init"] = fisher_distance(net, initial, probe)
+    out["fisher_arc_length"] = trajectory_length(states, factory, probe).length
+    literature = generalization_measures(net, initial, data, seed=seed)
+    out.update({k: float(v) for k, v in literature.items() if not isinstance(v, bool)})
+    return out
+
+
+def _parallel(workers: int, scheduler: str | None):
+    """A joblib Parallel on loky, or on the Dask cluster at ``scheduler`` (same code path)."""
+    import contextlib
+
+    import joblib
+
+    stack = contextlib.ExitStack()
+    if scheduler:
+        try:
+            from distributed import Client
+        except ImportError:
+            raise MemspaceError("--scheduler needs dask and distributed (pip install dask distributed)") from None
+        try:
+            client = stack.enter_context(Client(scheduler, timeout="20s"))
+        except OSError as error:
+            raise MemspaceError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+        stack.enter_context(joblib.parallel_config(backend="dask"))
+        n_jobs = sum(client.nthreads().values()) or 1
+    else:
+        n_jobs = workers
+    parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered",
+                               backend=None if scheduler else "loky")
+    return stack, parallel
+
+
+def run_zoo(grid: Any, out: str | Path, *, workers: int = 1, scheduler: str | None = None, overwrite: bool = False,
+            status: Callable[[str], None] = lambda m: None,
+            progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
+    """Train and measure every model of ``grid`` not yet in ``out/zoo.sqlite`` (module doc).
+
+    Returns ``{"models": count, "trained": newly trained, "seconds": ...}``.
+    """
+    import joblib
+
+    from .._runs import RunFolder
+
+    grid = load_grid(grid)
+    models = expand(grid)
+    started = time.time()
+    with RunFolder.open(out, kind="zoo", config=grid, overwrite=overwrite) as run:
+        weights = run.path("weights")
+        weights.mkdir(exist_ok=True)
+        store = ZooStore(run.path(DB))
+        try:
+            done = store.model_ids()
+            pending = [m for m in models if m["id"] not in done]
+            status(f"{len(models)} models in the grid, {len(done)} already in {run.root / DB}, {len(pending)} to train")
+            for m in pending:
+                run.path(f"weights/{m['id']}-init.safetensors")
+                run.path(f"weights/{m['id']}-final.safetensors")
+            stack, parallel = _parallel(workers, scheduler)
+            count = len(done)
+            with stack:
+                progress(count, len(models))
+                for row, values in parallel(joblib.delayed(train_and_measure)(m, grid["data"], grid["stop"], str(weights))
+                                            for m in pending):
+                    store.add(row, values)
+                    count += 1
+                    progress(count, len(models))
+                    status(f"model {row['id']}: train acc {row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, "
+                           f"{row['epochs']} epochs")
+        finally:
+            store.close()
+    return {"models": len(models), "trained": len(pending), "seconds": time.time() - started}
+
+
+def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float = 12.0,
+                 converged_only: bool = True) -> dict[str, Any]:
+    """The leaderboard: every measure × every statistic of :mod:`memspace.evaluation` over the zoo.
+
+    Models that did not meet the stopping rule are left out (as Fantastic does) unless
+    ``converged_only=False``. ``n_test`` (default: the test-set size) sets the Hoeffding
+    weights of the robust sign error. PGDL's CMI uses the faithful scorer when the grid is
+    complete with one model per configuration, the count-weighted version otherwise.
+    """
+    from ..data import load_dataset
+    from ..evaluation import granulated_kendall, kendall_tau, pgdl_cmi, robust_sign_error
+    from .._runs import MANIFEST
+
+    path = Path(out) / DB
+    if not path.is_file():
+        raise MemspaceError(f"{path} not found: run `memspace zoo run` first")
+    store = ZooStore(path)
+    try:
+        rows, measures = store.models(), store.measures()
+    finally:
+        store.close()
+    kept = [r for r in rows if r["converged"] or not converged_only]
+    if len(kept) < 3:
+        raise MemspaceError(f"only {len(kept)} of {len(rows)} models met the stopping rule: too few to rank")
+    import json
+
+    grid = json.loads((Path(out) / MANIFEST).read_text())["config"]
+    varied = [name for name in grid["grid"] if len({json.dumps(r["hparams"][name]) for r in kept}) > 1]
+    hparams = {name: [r["hparams"][name] for r in kept] for name in varied}
+    gap = [r["gap"] for r in kept]
+    seeds = [r["seed"] for r in kept]
+    if n_test is None:
+        n_test = len(load_dataset(grid["data"], seed=0).test[0])
+    names = sorted({name for r in kept for name in measures.get(r["id"], {})})
+    board = []
+    for name in names:
+        values = [measures.get(r["id"], {}).get(name, math.nan) for r in kept]
+        ok = [i for i, v in enumerate(values) if math.isfinite(v)]
+        if len(ok) < 3:
+            continue
+        mu, g = [values[i] for i in ok], [gap[i] for i in ok]
+        hp = {k: [v[i] for i in ok] for k, v in hparams.items()}
+        entry = {"measure": name, "models": len(ok), "tau": kendall_tau(mu, g)}
+        if hp:
+            entry["psi"], entry["psi_by_hparam"], _ = granulated_kendall(mu, g, hp)
+        if len(hp) >= 2:
+            try:
+                entry["cmi"], _ = pgdl_cmi(mu, g, hp, faithful=True)
+                entry["cmi_mode"] = "faithful"
+            except MemspaceError:
+                entry["cmi"], _ = pgdl_cmi(mu, g, hp, faithful=False)
+                entry["cmi_mode"] = "count-weighted"
+        if hp:
+            robust = robust_sign_error(mu, g, hp, seeds=[seeds[i] for i in ok], n_test=n_test, min_ess=min_ess)
+            entry["sign_error"] = robust.summary
+            entry["environments"] = len(robust.environments)
+        board.append(entry)
+    board.sort(key=lambda e: -abs(e.get("psi", e["tau"])) if not math.isnan(e.get("psi", e["tau"])) else 0)
+    return {"models": len(rows), "kept": len(kept), "varied": varied, "n_test": n_test, "min_ess": min_ess,
+            "leaderboard": board}

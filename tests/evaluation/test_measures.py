@@ -1,0 +1,81 @@
+"""The literature's measures against hand-computed values on tiny networks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from memspace import MemspaceError
+from memspace.measures import generalization_measures, margin, pac_bayes_sigma, path_norm, weight_matrices
+
+
+def two_layer(w1, w2):
+    net = nn.Sequential(nn.Linear(2, 2, bias=False), nn.Linear(2, 2, bias=False)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor(w1, dtype=torch.float64))
+        net[1].weight.copy_(torch.tensor(w2, dtype=torch.float64))
+    return net
+
+
+def test_norms_path_norm_and_margin_by_hand():
+    # W1 = diag(3, 1): ‖·‖₂² = 9, ‖·‖_F² = 10;  W2 = [[1, 0], [0, 2]]: ‖·‖₂² = 4, ‖·‖_F² = 5
+    net = two_layer([[3.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 2.0]])
+    init = two_layer([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]])
+    assert [name for name, _ in weight_matrices(net)] == ["0.weight", "1.weight"]
+    # squared weights: diag(9, 1) then diag(1, 4); input 𝟙 → (9, 1) → (9, 4): path norm 13
+    assert path_norm(net, (2,)) == 13.0
+    # 20 points x = (t, 0), t = 1..20, all labelled 0: logits (3t, 0) → margins 3t; ⌊20/10⌋ = 2nd smallest: 6
+    X = torch.stack([torch.arange(1.0, 21.0, dtype=torch.float64), torch.zeros(20, dtype=torch.float64)], 1)
+    y = torch.zeros(20, dtype=torch.long)
+    assert margin(net, (X, y)) == (6.0, 6.0)
+    raw = generalization_measures(net, init, (X, y), pac_bayes=False, adjust=False)
+    assert raw["PARAMS"] == 8 and raw["INVERSE_MARGIN"] == pytest.approx(1 / 36)
+    assert raw["LOG_PROD_OF_SPEC"] == pytest.approx(math.log(9) + math.log(4))
+    assert raw["LOG_PROD_OF_SPEC_OVER_MARGIN"] == pytest.approx(math.log(36) - 2 * math.log(6))
+    assert raw["FRO_OVER_SPEC"] == pytest.approx(10 / 9 + 5 / 4)
+    assert raw["LOG_SUM_OF_SPEC"] == pytest.approx(math.log(2) + math.log(36) / 2)
+    assert raw["LOG_PROD_OF_FRO"] == pytest.approx(math.log(50))
+    # W − W⁰: diag(2, 0) and diag(0, 1): Frobenius² 4 and 1, spectral² 4 and 1
+    assert raw["FRO_DIST"] == 5 and raw["DIST_SPEC_INIT"] == pytest.approx(5)
+    assert raw["LOG_SPEC_INIT_MAIN"] == pytest.approx(raw["LOG_PROD_OF_SPEC_OVER_MARGIN"] + math.log(4 / 9 + 1 / 4))
+    assert raw["PARAM_NORM"] == 15 and raw["L2"] == pytest.approx(math.sqrt(15)) and raw["L2_DIST"] == pytest.approx(math.sqrt(5))
+    assert raw["PATH_NORM_OVER_MARGIN"] == pytest.approx(13 / 36)
+    adjusted = generalization_measures(net, init, (X, y), pac_bayes=False)
+    assert adjusted["PARAMS"] == pytest.approx(math.sqrt(8 / 20))
+    assert adjusted["LOG_PROD_OF_FRO"] == pytest.approx(0.5 * (math.log(50) - math.log(20)))
+
+
+def test_a_negative_tenth_percentile_margin_is_flagged():
+    net = two_layer([[1.0, 0.0], [0.0, 1.0]], [[1.0, 0.0], [0.0, 1.0]])
+    X = torch.tensor([[1.0, 2.0]] * 10, dtype=torch.float64)  # logits (1, 2): class 0 has margin −1
+    result = generalization_measures(net, net, (X, torch.zeros(10, dtype=torch.long)), pac_bayes=False)
+    assert result["margin_signed"] == -1.0 and result["margin_flag"]
+
+
+def test_the_sigma_search_converges_and_restores_the_weights():
+    torch.manual_seed(0)
+    X = torch.randn(400, 2, dtype=torch.float64)
+    y = (X[:, 0] + 0.3 * X[:, 1] > 0).long()
+    net = nn.Sequential(nn.Linear(2, 2)).double()
+    with torch.no_grad():
+        net[0].weight.copy_(torch.tensor([[-1.0, -0.3], [1.0, 0.3]]))
+        net[0].bias.zero_()
+    before = [p.clone() for p in net.parameters()]
+    for faithful in (True, False):
+        for magnitude in (False, True):
+            found = pac_bayes_sigma(net, (X, y), 1.0, faithful=faithful, magnitude_aware=magnitude, seed=1)
+            assert found.converged and abs(found.deviation - 0.1) < 0.01 and 0 < found.sigma < 2
+    assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))
+    full = generalization_measures(net, net, (X, y), seed=1)
+    assert full["PACBAYES_FLATNESS"] == pytest.approx(math.sqrt(1 / full["pacbayes_sigma"] ** 2 / 400))
+    # w = w⁰: the init terms reduce to log(m/σ) + 10 (and ¼ Σ log(ε²/ε²) = 0 for the magnitude-aware one)
+    assert full["PACBAYES_INIT"] == pytest.approx(math.sqrt((math.log(400 / full["pacbayes_sigma"]) + 10) / 400))
+    assert full["PACBAYES_MAG_INIT"] == pytest.approx(math.sqrt((math.log(400 / full["pacbayes_mag_sigma"]) + 10) / 400))
+
+
+def test_batchnorm_is_refused_by_name():
+    with pytest.raises(MemspaceError, match="'1' is a BatchNorm"):
+        weight_matrices(nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3)))

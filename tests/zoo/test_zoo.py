@@ -1,0 +1,100 @@
+"""The zoo: a CI-sized grid on the local pool and on a 127.0.0.1 Dask cluster, a real SIGKILL, the leaderboard."""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import pytest
+import yaml
+
+from memspace.evaluation import kendall_tau
+from memspace.zoo import ZooStore, evaluate_zoo, expand, load_grid, run_zoo
+
+TINY = {"data": "digits", "stop": {"target_ce": 1.0, "max_epochs": 6}, "seeds": [0],
+        "grid": {"width": [8], "depth": [2], "lr": [1e-2], "batch_size": [64], "lam": [0.0, 0.1],
+                 "train_size": [300, 600]}}
+
+
+def contents(folder):
+    store = ZooStore(folder / "zoo.sqlite")
+    try:
+        rows = {r["id"]: {k: v for k, v in r.items() if k != "seconds"} for r in store.models()}
+        return rows, store.measures()
+    finally:
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def local_zoo(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("zoo") / "local"
+    result = run_zoo(TINY, folder, workers=2)
+    assert result == {**result, "models": 4, "trained": 4}
+    return folder
+
+
+def test_the_zoo_commits_every_model_with_its_measures(local_zoo):
+    rows, measures = contents(local_zoo)
+    assert set(rows) == {m["id"] for m in expand(load_grid(TINY))}
+    for model_id, row in rows.items():
+        assert (local_zoo / "weights" / row["final_file"]).exists() and (local_zoo / "weights" / row["init_file"]).exists()
+        assert row["gap"] == pytest.approx(row["train_acc"] - row["test_acc"])
+        assert {"fisher_rao_norm", "action_ratio", "fisher_arc_length", "PACBAYES_MAG_FLATNESS",
+                "PATH_NORM"} <= measures[model_id].keys()
+    with sqlite3.connect(local_zoo / "zoo.sqlite") as db:
+        assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    again = run_zoo(TINY, local_zoo, workers=2)  # idempotent: nothing to train
+    assert again["trained"] == 0
+
+
+def test_a_dask_cluster_on_localhost_gives_identical_results(local_zoo, tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                                  dashboard_address=None, protocol="tcp") as cluster:
+        assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
+        run_zoo(TINY, tmp_path / "dask", scheduler=cluster.scheduler_address)
+    assert contents(tmp_path / "dask") == contents(local_zoo)
+
+
+def test_the_leaderboard_uses_the_stored_values(local_zoo):
+    evaluation = evaluate_zoo(local_zoo, min_ess=1)
+    rows, measures = contents(local_zoo)
+    kept = sorted(rows.values(), key=lambda r: r["id"])
+    entry = next(e for e in evaluation["leaderboard"] if e["measure"] == "fisher_trace")
+    assert entry["tau"] == pytest.approx(kendall_tau([measures[r["id"]]["fisher_trace"] for r in kept],
+                                                     [r["gap"] for r in kept]))
+    assert evaluation["varied"] == ["lam", "train_size"] and {"lam", "train_size"} == entry["psi_by_hparam"].keys()
+    assert entry["cmi_mode"] == "faithful" and -1 <= entry["tau"] <= 1
+
+
+def test_a_kill_during_the_run_loses_no_committed_row(tmp_path):
+    grid = {**TINY, "grid": {**TINY["grid"], "width": [8, 12, 16]}}  # 12 models
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    args = [sys.executable, "-m", "memspace.cli", "zoo", "run", "--grid", "grid.yaml", "--out", "z", "--workers", "1"]
+    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)
+    db = tmp_path / "z" / "zoo.sqlite"
+    deadline, committed = time.time() + 300, 0
+    while time.time() < deadline and committed < 2:
+        time.sleep(0.2)
+        if db.exists():
+            with sqlite3.connect(db) as conn:
+                committed = conn.execute("SELECT count(*) FROM models").fetchone()[0]
+    os.killpg(process.pid, signal.SIGKILL)  # the parent and its loky workers
+    process.wait()
+    before, before_measures = contents(tmp_path / "z")
+    assert 2 <= len(before) < 12
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    finished = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)
+    assert finished.returncode == 0, finished.stderr
+    after, after_measures = contents(tmp_path / "z")
+    assert len(after) == 12
+    for model_id, row in before.items():
+        assert after[model_id] == row and after_measures[model_id] == before_measures[model_id]
+    assert all(math.isfinite(v) for v in after_measures[model_id].values() if v == v)
