@@ -15,7 +15,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from memspace._runs import write_atomic  # noqa: E402
 
-ORDER = ["least_action", "memory_space"]
+ORDER = ["least_action", "memory_space", "zoo"]
 
 
 def publish(name: str, text: str) -> Path:

@@ -24,3 +24,17 @@ import torch  # noqa: E402
 def _seed_and_threads():
     torch.manual_seed(0)
     yield
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory):
+    """One short real demo run on two moons (2-D: the trajectory figure is drawn too), shared by the
+    command-line and browser tests: ``(run folder, the metrics printed with --json)``."""
+    import json
+
+    from cli_support import run_cli
+
+    root = tmp_path_factory.mktemp("demo")
+    result = run_cli("demo", "--data", "moons", "--epochs", "3", "--out", "run", "--json", cwd=root)
+    assert result.returncode == 0, result.stderr
+    return root / "run", json.loads(result.stdout)

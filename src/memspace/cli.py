@@ -433,10 +433,10 @@ def zoo(
         rows, measures = [r for r in store.models() if r["converged"]], store.measures()
     finally:
         store.close()
-    points = {e["measure"]: ([measures[r["id"]].get(e["measure"], float("nan")) for r in rows], [r["gap"] for r in rows])
-              for e in evaluation["leaderboard"][:6]}
+    evaluation["points"] = {e["measure"]: ([measures[r["id"]].get(e["measure"], float("nan")) for r in rows],
+                                           [r["gap"] for r in rows]) for e in evaluation["leaderboard"][:6]}
     with RunFolder.attach(out) as run:
-        path = render_zoo_report(evaluation, points, run.path("leaderboard.html"))
+        path = render_zoo_report(evaluation, run.path("leaderboard.html"))
     typer.echo(f"report: {path}")
 
 

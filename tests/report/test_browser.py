@@ -22,12 +22,8 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("browser")
-    result = subprocess.run([sys.executable, "-m", "memspace.cli", "demo", "--data", "moons", "--epochs", "2",
-                             "--out", "run"], capture_output=True, text=True, cwd=root, timeout=600)
-    assert result.returncode == 0, result.stderr
-    return root / "run" / "report.html"
+def report(demo_run) -> Path:
+    return demo_run[0] / "report.html"
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs Debian's chromium)")
@@ -38,10 +34,10 @@ def test_report_renders_every_figure_without_errors(report, tmp_path):
     loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', body.group(0))
     errors = re.search(r'data-errors="(\d+)"', body.group(0))
     assert loaded and errors, body.group(0)
-    assert loaded.group(1) == loaded.group(2) == "10"  # six of the networks, two per study
+    assert loaded.group(1) == loaded.group(2) == "11"  # six of the networks, two per study, one of the zoo
     assert errors.group(1) == "0"
     for figure in ("fig-predictive", "fig-points", "fig-sensitivity", "fig-trajectories", "fig-spectrum",
-                   "fig-training", "fig-capacity", "fig-cover", "fig-reinit", "fig-noise"):
+                   "fig-training", "fig-capacity", "fig-cover", "fig-reinit", "fig-noise", "fig-zoo-scatter"):
         assert f'id="{figure}"' in dom
     shot = tmp_path / "report.png"
     chromium(f"--screenshot={shot}", "--window-size=1200,2400", report.as_uri(), profile=tmp_path / "profile2")

@@ -308,13 +308,12 @@ def _layer_table(summary: dict[str, Any]) -> str:
 
 
 STUDY_SECTIONS = {"capacity": ("Capacity ↔ complexity", _capacity_section),
-                  "robustness": ("Robustness ↔ generalization", _robustness_section)}
+                  "robustness": ("Robustness ↔ generalization", _robustness_section),
+                  "zoo": ("Does complexity predict generalization? A quick zoo", lambda e: _zoo_section(e, limit=12))}
 
 
-def render_zoo_report(evaluation: dict[str, Any], points: dict[str, tuple[list[float], list[float]]],
-                      path: str | Path, title: str = "memspace zoo") -> Path:
-    """The zoo's leaderboard (every measure × every statistic) with its figures, atomically."""
-    board = evaluation["leaderboard"]
+def _zoo_table(evaluation: dict[str, Any], limit: int | None = None) -> str:
+    board = evaluation["leaderboard"][:limit]
     varied = evaluation["varied"]
     head = ("<tr><th>measure</th><th>models</th><th>τ</th><th>Ψ</th>"
             + "".join(f"<th>ψ {html.escape(v)}</th>" for v in varied)
@@ -332,26 +331,39 @@ def render_zoo_report(evaluation: dict[str, Any], points: dict[str, tuple[list[f
                     + f"<td>{number(e.get('cmi'), '{:.4f}')}</td><td>{number(se.get('mean'), '{:.3f}')}</td>"
                     f"<td>{number(se.get('p90'), '{:.3f}')}</td><td>{number(se.get('max'), '{:.3f}')}</td>"
                     f"<td>{e.get('environments', 0)}</td></tr>")
-    blocks = [_figure_block("zoo-scatter", figures.zoo_scatter(points))]
-    cdf = figures.zoo_cdf(board[:8])
+    return f"<table>{head}{''.join(rows)}</table>"
+
+
+def _zoo_section(evaluation: dict[str, Any], limit: int | None = None) -> str:
+    blocks = [_figure_block("zoo-scatter", figures.zoo_scatter(evaluation["points"]))]
+    cdf = figures.zoo_cdf(evaluation["leaderboard"][:8])
     if cdf is not None:
         blocks.append(_figure_block("zoo-cdf", cdf))
+    return (f"""<p class="sub">{evaluation['kept']} of {evaluation['models']} models met the stopping rule; varied:
+{html.escape(', '.join(evaluation['varied']))}; Hoeffding weights with n = {evaluation['n_test']}, environments kept at
+ESS ≥ {evaluation['min_ess']:g}.</p>
+<p>Does complexity predict generalization (docs/theory.md §5.3)? τ: Kendall's τ_a between each measure and the
+generalization gap over all models; Ψ: the granulated coefficient (the mean over hyperparameters of ψ, the mean τ
+among models that differ in that hyperparameter only); CMI: the PGDL competition score (conditional mutual
+information of measure and gap signs, minimised over pairs of hyperparameters); sign error: per environment (two
+configurations one hyperparameter apart) the Hoeffding-weighted share of pairs the measure orders wrongly — the
+robust criterion is the max. Sorted by |Ψ|{f'; the top {limit} shown' if limit else ''}.</p>
+""" + _zoo_table(evaluation, limit) + "".join(blocks))
+
+
+def render_zoo_report(evaluation: dict[str, Any], path: str | Path, title: str = "memspace zoo") -> Path:
+    """The zoo's leaderboard (every measure × every statistic) with its figures, atomically.
+
+    ``evaluation`` is :func:`memspace.zoo.evaluate_zoo`'s result with ``points``:
+    ``{measure: (values, gaps)}`` for the scatter figure.
+    """
     doc = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <title>{html.escape(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="sub">{evaluation['kept']} of {evaluation['models']} models met the stopping rule; varied: {html.escape(', '.join(varied))};
-Hoeffding weights with n = {evaluation['n_test']}, environments kept at ESS ≥ {evaluation['min_ess']:g}.</p>
-<p>Does complexity predict generalization (docs/theory.md §5.3)? τ: Kendall's τ_a between each measure and the
-generalization gap over all models; Ψ: the granulated coefficient (the mean over hyperparameters of ψ, the mean τ
-among models that differ in that hyperparameter only); CMI: the PGDL competition score (conditional mutual
-information of measure and gap signs, minimised over pairs of hyperparameters); sign error: per environment (two
-configurations one hyperparameter apart) the Hoeffding-weighted share of pairs the measure orders wrongly — the
-robust criterion is the max. Sorted by |Ψ|.</p>
-<table>{head}{''.join(rows)}</table>
-{''.join(blocks)}
+{_zoo_section(evaluation)}
 </body></html>
 """
     return write_atomic(Path(path), doc)

@@ -116,7 +116,25 @@ def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], Non
         status(f"{name} study (quick, {study_data})")
         with RunFolder.open(run.path(f"study-{name}"), kind=f"study-{name}", config=config) as folder:
             summaries[name] = run_study(name, folder, config, study_split, status=lambda m: status(f"  {m}"))
+    status("model zoo (quick grid on digits)")
+    summaries["zoo"] = quick_zoo(run.path("zoo"), status=lambda m: status(f"  {m}"))
     return summaries
+
+
+def quick_zoo(folder: Path, status: Callable[[str], None] = print) -> dict[str, Any]:
+    """The CI-sized zoo, trained, measured and ranked: its leaderboard and the top measures' values."""
+    from ..zoo import ZooStore, evaluate_zoo, run_zoo
+
+    run_zoo("quick", folder, workers=2, status=status)
+    evaluation = evaluate_zoo(folder)
+    store = ZooStore(folder / "zoo.sqlite")
+    try:
+        rows, measures = [r for r in store.models() if r["converged"]], store.measures()
+    finally:
+        store.close()
+    evaluation["points"] = {e["measure"]: ([measures[r["id"]].get(e["measure"], float("nan")) for r in rows],
+                                           [r["gap"] for r in rows]) for e in evaluation["leaderboard"][:6]}
+    return evaluation
 
 
 def _run_demo(run: RunFolder, data, split, cfg, seed, device, progress, status, started) -> dict[str, Any]:
