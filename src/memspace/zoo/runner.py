@@ -32,6 +32,7 @@ from .store import ZooStore
 __all__ = ["DB", "evaluate_zoo", "run_zoo", "train_and_measure"]
 
 DB = "zoo.sqlite"
+DIAGNOSTICS = {"margin_signed", "pacbayes_sigma", "pacbayes_deviation", "pacbayes_mag_sigma", "pacbayes_mag_deviation"}
 
 
 def _data(data: str, hparams: dict[str, Any], seed: int):
@@ -208,7 +209,7 @@ def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float =
     """The leaderboard: every measure × every statistic of :mod:`memspace.evaluation` over the zoo.
 
     Models that did not meet the stopping rule are left out (as Fantastic does) unless
-    ``converged_only=False``. ``n_test`` (default: the test-set size) sets the Hoeffding
+    ``converged_only=False``. The σ searches' and the margin's diagnostics are stored but not ranked. ``n_test`` (default: the test-set size) sets the Hoeffding
     weights of the robust sign error. PGDL's CMI uses the faithful scorer when the grid is
     complete with one model per configuration, the count-weighted version otherwise.
     """
@@ -236,7 +237,7 @@ def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float =
     seeds = [r["seed"] for r in kept]
     if n_test is None:
         n_test = len(load_dataset(grid["data"], seed=0).test[0])
-    names = sorted({name for r in kept for name in measures.get(r["id"], {})})
+    names = sorted({name for r in kept for name in measures.get(r["id"], {})} - DIAGNOSTICS)
     board = []
     for name in names:
         values = [measures.get(r["id"], {}).get(name, math.nan) for r in kept]
