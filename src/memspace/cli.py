@@ -319,14 +319,16 @@ def train(
                    f"A/A_min {last.get('action_ratio', float('nan')):.3f}; checkpoints in {out}")
 
 
-STUDIES = ("capacity", "robustness")
+STUDIES = ("capacity", "robustness", "disentanglement")
 
 
 @app.command()
 @_friendly
 def study(
-    name: Annotated[str, typer.Argument(help="capacity (memorisation under an action budget, with the Cover anchor) or "
-                                        "robustness (layer re-initialization, weight noise against tr F).")],
+    name: Annotated[str, typer.Argument(help="capacity (memorisation under an action budget, with the Cover anchor), "
+                                        "robustness (layer re-initialization, weight noise against tr F) or "
+                                        "disentanglement (β-VAEs with and without least action, the standard scores, "
+                                        "the decoder metric's block structure).")],
     data: Annotated[str | None, typer.Option(help=DATA_HELP + " Default: the configuration's (digits).")] = None,
     quick: Annotated[bool, typer.Option(help="The small configuration the tests use (seconds to a minute).")] = False,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/study-NAME); a rerun resumes.")] = None,
@@ -339,7 +341,7 @@ def study(
     from .studies import prepare_study, run_study
 
     if name not in STUDIES:
-        raise MemspaceError(f"unknown study {name!r}; choose {' or '.join(STUDIES)}")
+        raise MemspaceError(f"unknown study {name!r}; choose {', '.join(STUDIES)}")
     started = time.time()
     config, split = prepare_study(name, "quick" if quick else "full", data)
     out = out or Path(f"runs/study-{name}")

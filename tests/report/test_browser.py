@@ -33,10 +33,10 @@ def test_report_renders_every_figure_without_errors(report, tmp_path):
     loaded = re.search(r'data-figures-loaded="(\d+)/(\d+)"', body.group(0))
     errors = re.search(r'data-errors="(\d+)"', body.group(0))
     assert loaded and errors, body.group(0)
-    assert loaded.group(1) == loaded.group(2) == "11"  # six of the networks, two per study, one of the zoo
+    assert loaded.group(1) == loaded.group(2) == "12"  # six of the networks, two per study, the zoo, traversals
     assert errors.group(1) == "0"
     for figure in ("fig-predictive", "fig-points", "fig-sensitivity", "fig-trajectories", "fig-spectrum",
-                   "fig-training", "fig-capacity", "fig-cover", "fig-reinit", "fig-noise", "fig-zoo-scatter"):
+                   "fig-training", "fig-capacity", "fig-cover", "fig-reinit", "fig-noise", "fig-zoo-scatter", "fig-traversal"):
         assert f'id="{figure}"' in dom
     shot = tmp_path / "report.png"
     chromium(f"--screenshot={shot}", "--window-size=1200,2400", report.as_uri(), profile=tmp_path / "profile2")

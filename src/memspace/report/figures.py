@@ -20,7 +20,7 @@ import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 __all__ = ["capacity", "cover_anchor", "literal", "point_paths", "predictive_profile", "reinitialization", "sensitivity",
-           "spectrum", "trajectories", "training_curves", "weight_noise", "zoo_cdf", "zoo_scatter"]
+           "spectrum", "traversal", "trajectories", "training_curves", "weight_noise", "zoo_cdf", "zoo_scatter"]
 
 COLORS = {"plain": "#4C72B0", "least-action": "#DD8452"}
 
@@ -318,3 +318,23 @@ def zoo_cdf(board: list[dict[str, Any]]) -> Figure | None:
     ax.set(xlabel="sign error of an environment", ylabel="fraction of environments ≤", xlim=(0, 1),
            title="Robust sign error over environments")
     return _finish(fig, [ax], legend_size=6)
+
+
+# ---------------------------------------------------------------------------------------------- disentanglement
+def traversal(summary: dict[str, Any]) -> Figure:
+    """Latent traversals (rows: latents, columns: z_j from −2 to 2) and the decoder metric |G| averaged over z."""
+    images = np.asarray(summary["traversal"])  # [latents, steps, 4096]
+    latents, steps = images.shape[:2]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 0.62 * latents + 1.2), gridspec_kw={"width_ratios": [steps, 5]})
+    grid = images.reshape(latents, steps, 64, 64).transpose(0, 2, 1, 3).reshape(latents * 64, steps * 64)
+    axes[0].imshow(grid, cmap="gray", vmin=0, vmax=1)
+    axes[0].set_yticks(np.arange(latents) * 64 + 32, [f"z{j} → factor {g}" if g >= 0 else f"z{j} (inactive)"
+                                                     for j, g in enumerate(summary["latent_groups"])], fontsize=7)
+    axes[0].set_xticks([])
+    axes[0].set_title(f"Latent traversals ({summary['traversal_model']})")
+    metric = np.asarray(summary["metric_mean"])
+    image = axes[1].imshow(metric, cmap="viridis")
+    axes[1].set(title="|G(z)| = |Jᵀ Λ J|, mean over z", xlabel="latent", ylabel="latent")
+    fig.colorbar(image, ax=axes[1], fraction=0.046)
+    fig.tight_layout()
+    return fig

@@ -14,14 +14,17 @@ from typing import Any
 from .._errors import MemspaceError
 from .capacity import CAPACITY_CONFIGS, capacity_study, cover_anchor, cover_probability, memorise
 from .demo import run_demo
+from .disentanglement import DISENTANGLEMENT_CONFIGS, disentanglement_study
 from .measure import measure_network
 from .robustness import ROBUSTNESS_CONFIGS, reinitialization, robustness_study, weight_noise
 
-__all__ = ["CAPACITY_CONFIGS", "ROBUSTNESS_CONFIGS", "capacity_study", "cover_anchor", "cover_probability",
+__all__ = ["CAPACITY_CONFIGS", "DISENTANGLEMENT_CONFIGS", "ROBUSTNESS_CONFIGS", "capacity_study",
+           "disentanglement_study", "cover_anchor", "cover_probability",
            "measure_network", "memorise", "prepare_study", "reinitialization", "robustness_study", "run_demo",
            "run_study", "weight_noise"]
 
-CONFIGS = {"capacity": CAPACITY_CONFIGS, "robustness": ROBUSTNESS_CONFIGS}
+CONFIGS = {"capacity": CAPACITY_CONFIGS, "robustness": ROBUSTNESS_CONFIGS,
+           "disentanglement": DISENTANGLEMENT_CONFIGS}
 
 
 def prepare_study(name: str, size: str = "quick", data: str | None = None, **overrides: Any):
@@ -35,6 +38,11 @@ def prepare_study(name: str, size: str = "quick", data: str | None = None, **ove
     if name not in CONFIGS:
         raise MemspaceError(f"unknown study {name!r}; choose {' or '.join(CONFIGS)}")
     config = {**CONFIGS[name][size], **({"data": data} if data else {}), **overrides}
+    if name == "disentanglement":
+        if config["data"] != "dsprites-like":
+            raise MemspaceError("the disentanglement study runs on the generated dsprites-like data "
+                                f"(--data {config['data']!r} is not supported yet)")
+        return config, None
     split = load_dataset(config["data"], seed=0, limit=config.get("limit"))
     if name == "capacity":
         if len(split.input_shape) != 1 or not split.train[0].is_floating_point():
@@ -56,5 +64,6 @@ def prepare_study(name: str, size: str = "quick", data: str | None = None, **ove
 
 def run_study(name: str, run, config: dict[str, Any], split=None, **kwargs: Any) -> dict[str, Any]:
     """Run (or resume) the study ``name`` in the run folder ``run``; return its summary."""
-    study = {"capacity": capacity_study, "robustness": robustness_study}[name]
+    study = {"capacity": capacity_study, "robustness": robustness_study,
+             "disentanglement": disentanglement_study}[name]
     return study(run, config, split=split, **kwargs)

@@ -118,6 +118,11 @@ def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], Non
             summaries[name] = run_study(name, folder, config, study_split, status=lambda m: status(f"  {m}"))
     status("model zoo (quick grid on digits)")
     summaries["zoo"] = quick_zoo(run.path("zoo"), status=lambda m: status(f"  {m}"))
+    config, _ = prepare_study("disentanglement", "quick")
+    status("disentanglement study (quick: a smoke run of β-VAEs on dsprites-like images)")
+    with RunFolder.open(run.path("study-disentanglement"), kind="study-disentanglement", config=config) as folder:
+        summaries["disentanglement"] = run_study("disentanglement", folder, config, None,
+                                                 status=lambda m: status(f"  {m}"))
     return summaries
 
 
