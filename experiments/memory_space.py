@@ -42,7 +42,8 @@ def capacity_text(s: dict, seconds: float) -> list[str]:
     cfg, anchor = s["config"], s["anchor"]
     lams = cfg["lambdas"]
     lines = [f"### Capacity ({cfg['data']}, residual MLP width {cfg['width']}, L = {cfg['depth']}; "
-             f"{len(cfg['seeds'])} seeds; step budget {cfg['max_steps']}; {seconds / 60:.1f} min)", "",
+             f"{len(cfg['seeds'])} seeds; step budget {cfg['max_steps']}; this call {seconds / 60:.1f} min, reusing "
+             "stored cells)", "",
              "| labels | λ | N* | action per bit (slope ± s.e.) | R² |", "|---|---|---|---|---|"]
     for kind in cfg["kinds"]:
         for lam in lams:
@@ -80,8 +81,8 @@ def capacity_text(s: dict, seconds: float) -> list[str]:
 def robustness_text(s: dict, seconds: float) -> list[str]:
     cfg = s["config"]
     lines = [f"### Robustness ({cfg['data']}, residual MLP width {cfg['width']}, L = {cfg['depth']}, "
-             f"{cfg['epochs']} epochs; {len(cfg['seeds'])} seeds; {seconds / 60:.1f} min; training "
-             f"{np.mean(s['train_seconds']):.0f} s per seed)", "",
+             f"{cfg['epochs']} epochs; {len(cfg['seeds'])} seeds; this call {seconds / 60:.1f} min, reusing stored "
+             f"cells; training {np.mean(s['train_seconds']):.0f} s per seed)", "",
              "Test error after resetting one layer (mean over seeds; trained error "
              f"{s['trained_error']:.3f}, chance {s['chance_error']:.2f}):", "",
              "| layer | " + " | ".join("re-randomized" if c == "rnd" else f"τ = {c}" for c in s["columns"])

@@ -260,7 +260,7 @@ def weight_noise(
     """E_δ E_x KL(p_θ ‖ p_{θ+δ}) against (σ²/2) tr F, per layer and for the whole network.
 
     Args:
-        model: a classifier (logits [N, C]), in eval mode.
+        model: a classifier (logits [N, C]); measured on a float64 copy (small KLs need it).
         data: ``(X, y)``; the KL and F are means over X (y is not used: the true Fisher).
         sigmas: noise scales σ.
         layers: module names (default :func:`layer_units`).
@@ -270,7 +270,11 @@ def weight_noise(
     Returns:
         :class:`WeightNoise`.
     """
-    model.eval()
+    import copy
+
+    # in float64: at small σ the KL is ~σ² tr F_ℓℓ/2 (1e-9 for a quiet block), below float32's resolution
+    model = copy.deepcopy(model).double().eval()
+    data = (data[0].double() if data[0].is_floating_point() else data[0], data[1])
     X = data[0]
     units = layer_units(model, layers)
     params = {k: v.detach() for k, v in model.named_parameters()}
