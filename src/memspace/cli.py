@@ -385,14 +385,15 @@ class _cell_progress:
             self._bar.stop()
 
 
-ZOO_ACTIONS = ("run", "evaluate", "report")
+ZOO_ACTIONS = ("run", "measure", "evaluate", "report")
 
 
 @app.command()
 @_friendly
 def zoo(
     action: Annotated[str, typer.Argument(help="run (train and measure every model not yet in the database), "
-                                          "evaluate (the leaderboard as JSON) or report (leaderboard.html).")],
+                                          "measure (add the measures stored models lack), evaluate (the leaderboard) "
+                                          "or report (leaderboard.html).")],
     grid: Annotated[str, typer.Option(help="A grid YAML file, or a built-in grid: quick (CI-sized) or digits.")] = "digits",
     out: Annotated[Path, typer.Option(help="Zoo folder: zoo.sqlite (WAL), weights/, leaderboard.html.")] = Path("runs/zoo"),
     workers: Annotated[int, typer.Option(help="Processes of the local joblib (loky) pool.")] = 2,
@@ -403,7 +404,7 @@ def zoo(
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
 ) -> None:
     """A zoo of trained networks, the literature's generalization measures beside memspace's, ranked."""
-    from .zoo import evaluate_zoo, load_grid, run_zoo
+    from .zoo import evaluate_zoo, load_grid, measure_zoo, run_zoo
 
     if action not in ZOO_ACTIONS:
         raise MemspaceError(f"unknown zoo action {action!r}; choose {', '.join(ZOO_ACTIONS)}")
@@ -416,6 +417,13 @@ def zoo(
                              progress=progress)
         typer.echo(json.dumps(result) if json_output else f"zoo: {result['models']} models in {out} "
                    f"({result['trained']} trained now, {result['seconds']:.0f} s)")
+        return
+    if action == "measure":
+        _check_range("workers", workers, 1, 256, integer=True)
+        with _cell_progress(not json_output and sys.stderr.isatty(), "measures") as progress:
+            result = measure_zoo(out, workers=workers, scheduler=scheduler, status=emit, progress=progress)
+        typer.echo(json.dumps(result) if json_output else f"zoo: measured {result['measured']} models in {out} "
+                   f"({result['seconds']:.0f} s)")
         return
     evaluation = evaluate_zoo(out, min_ess=min_ess)
     if action == "evaluate":

@@ -34,12 +34,16 @@ PACBAYES_INIT (48)        ‖w − w⁰‖²/(4σ²) + log(m/σ) + 10; ORIG (49)
 PACBAYES_MAG_INIT (56)    ¼ Σ_i log[(ε² + (σ′²+1)‖w − w⁰‖²/ω)/(ε² + σ′²(w_i − w_i⁰)²)]
                           + log(m/σ′) + 10; ORIG (57) with ‖w‖² in the numerator;
                           FLATNESS (61) 1/σ′²
+SHARPNESS_FLATNESS        1/α²; ORIG ‖w‖² log(2ω)/(4α²) + log(m/δ) + 10; INIT with ‖w − w⁰‖²
+SHARPNESS_MAG_INIT        ¼ Σ_i log[(ε² + (α′² + 4 log(2ω/δ))‖w − w⁰‖²/ω)/(ε² + α′²(w_i − w_i⁰)²)]
+                          + log(m/δ) + 10; ORIG with w; FLATNESS 1/α′²  (δ = 0.05)
 ========================  =========================================================
 
 σ (σ′) is found by :func:`pac_bayes_sigma`: bisection on [0, 2], depth 15, for the noise
 level at which the mean training accuracy of 10 perturbed copies deviates from the
 trained accuracy by 0.1 ± 0.01. Every value is then adjusted for the data-set size as the
-reference does: ``LOG_*`` ↦ ½(value − log m), others ↦ √(value/m).
+reference does: ``LOG_*`` ↦ ½(value − log m), others ↦ √(value/m). α (α′), the worst-case
+sharpness box, is found by :func:`sharpness_alpha` (Fantastic's search; optional, slower).
 
 ``faithful=True`` reproduces the reference's quirks: the isotropic noise has standard
 deviation σ² (not σ), the magnitude-aware one σ′²|w_i|² + ε² (not √(σ′²w_i² + ε²)), and
@@ -60,7 +64,8 @@ from torch import Tensor, nn
 
 from ._errors import MemspaceError
 
-__all__ = ["PacBayesSigma", "generalization_measures", "margin", "pac_bayes_sigma", "path_norm", "weight_matrices"]
+__all__ = ["PacBayesSigma", "SharpnessAlpha", "generalization_measures", "margin", "pac_bayes_sigma", "path_norm",
+           "sharpness_alpha", "weight_matrices"]
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -169,14 +174,95 @@ def pac_bayes_sigma(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: flo
     return PacBayesSigma(sigma, deviation, abs(deviation - target) < tolerance)
 
 
+@dataclass(frozen=True)
+class SharpnessAlpha:
+    """The α of the worst-case sharpness search, its achieved deviation and convergence."""
+
+    alpha: float
+    deviation: float
+    converged: bool
+
+
+def _perturbation_bound(originals, alpha: float, magnitude_aware: bool, epsilon: float) -> list[Tensor]:
+    if magnitude_aware:
+        return [alpha * w.abs() + epsilon for w in originals]
+    return [torch.full_like(w, alpha) for w in originals]
+
+
+def sharpness_alpha(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: float, *, magnitude_aware: bool = False,
+                    seed: int = 0, target: float = 0.1, tolerance: float = 0.01, alpha_max: float = 2.0,
+                    iterations: int = 15, restarts: int = 10, eval_batches: int = 20, ascent_steps: int = 20,
+                    batch_size: int = 256, epsilon: float = 1e-3) -> SharpnessAlpha:
+    """Worst-case sharpness (Fantastic §4.6): bisection for the box size α whose worst perturbation costs ``target``.
+
+    For each candidate α (M₁ = ``iterations``), ``restarts`` (M₂) times: u uniform in the box
+    |u_i| ≤ α (magnitude-aware: |u_i| ≤ α|w_i| + ε), then ``ascent_steps`` (M₄) steps of
+    gradient ascent on the training cross-entropy over random mini-batches — each a signed step
+    of 2·bound/M₄, projected back onto the box — and the accuracy on ``eval_batches`` (M₃)
+    mini-batches. The worst accuracy over restarts gives D = accuracy − worst; bisection as for
+    :func:`pac_bayes_sigma`. The step rule is our choice [SPECS §4.6 leaves it open].
+    """
+    X, y = data
+    model.eval()
+    params = list(model.parameters())
+    originals = [p.detach().clone() for p in params]
+    generator = torch.Generator(device=originals[0].device).manual_seed(20200101 + seed)
+
+    def batches(count: int):
+        for _ in range(count):
+            yield torch.randint(len(X), (min(batch_size, len(X)),), generator=generator, device=X.device)
+
+    lo, hi, alpha, deviation = 0.0, alpha_max, alpha_max / 2, math.nan
+    try:
+        for _ in range(iterations):
+            alpha = (lo + hi) / 2
+            bounds = _perturbation_bound(originals, alpha, magnitude_aware, epsilon)
+            worst = math.inf
+            for _ in range(restarts):
+                with torch.no_grad():
+                    for p, w, b in zip(params, originals, bounds):
+                        u = (torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype) * 2 - 1) * b
+                        p.copy_(w + u)
+                for idx in batches(ascent_steps):
+                    model.zero_grad(set_to_none=True)
+                    nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
+                    with torch.no_grad():
+                        for p, w, b in zip(params, originals, bounds):
+                            if p.grad is not None:
+                                p.add_(2 * b / ascent_steps * p.grad.sign())
+                            p.copy_(w + torch.maximum(torch.minimum(p - w, b), -b))
+                with torch.no_grad():
+                    correct = total = 0
+                    for idx in batches(eval_batches):
+                        correct += int((model(X[idx]).argmax(1) == y[idx]).sum())
+                        total += len(idx)
+                worst = min(worst, correct / total)
+            deviation = accuracy - worst
+            if abs(deviation - target) < tolerance:
+                break
+            if deviation > target:
+                hi = alpha
+            else:
+                lo = alpha
+    finally:
+        model.zero_grad(set_to_none=True)
+        with torch.no_grad():
+            for p, w in zip(params, originals):
+                p.copy_(w)
+    return SharpnessAlpha(alpha, deviation, abs(deviation - target) < tolerance)
+
+
 def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Tensor], data: tuple[Tensor, Tensor], *,
                             seed: int = 0, faithful: bool = True, pac_bayes: bool = True,
-                            adjust: bool = True) -> dict[str, Any]:
+                            sharpness: dict[str, int] | None = None, adjust: bool = True) -> dict[str, Any]:
     """Every measure of the module table for ``model`` (trained) against ``initial`` on training ``data``.
 
     Returns ``{name: value}`` (adjusted for m when ``adjust``) plus diagnostics: ``margin_signed``,
     ``margin_flag`` (True when the 10th-percentile margin is ≤ 0), and the σ searches'
     ``pacbayes_sigma``, ``pacbayes_deviation``, ``pacbayes_mag_sigma``, ``pacbayes_mag_deviation``.
+    ``sharpness``: the worst-case sharpness measures with these search sizes (``iterations``,
+    ``restarts``, ``eval_batches``, ``ascent_steps``; ``{}`` for the defaults M₁..M₄ = 15, 10, 20, 20),
+    with the α diagnostics ``sharpness_alpha`` and ``sharpness_mag_alpha``; None skips them.
     """
     if isinstance(initial, nn.Module):
         initial = initial.state_dict()
@@ -241,6 +327,25 @@ def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Ten
         raw["PACBAYES_MAG_FLATNESS"] = 1.0 / sigma_mag**2
         extra.update(pacbayes_sigma=sigma, pacbayes_deviation=iso.deviation, pacbayes_mag_sigma=sigma_mag,
                      pacbayes_mag_deviation=mag.deviation)
+    if sharpness is not None:
+        accuracy = _accuracy(model, data)
+        worst = sharpness_alpha(model, data, accuracy, seed=seed, **sharpness)
+        worst_mag = sharpness_alpha(model, data, accuracy, seed=seed, magnitude_aware=True, **sharpness)
+        alpha, alpha_mag, eps, delta = worst.alpha, worst_mag.alpha, 1e-3, 0.05
+        dist_sq, norm_sq = float((w_all - w0_all).pow(2).sum()), float(w_all.pow(2).sum())
+        confidence = math.log(m / delta) + 10
+        raw["SHARPNESS_FLATNESS"] = 1.0 / alpha**2
+        raw["SHARPNESS_ORIG"] = norm_sq * math.log(2 * omega) / (4 * alpha**2) + confidence
+        raw["SHARPNESS_INIT"] = dist_sq * math.log(2 * omega) / (4 * alpha**2) + confidence
+        spread = alpha_mag**2 + 4 * math.log(2 * omega / delta)
+        delta_sq = (w_all - w0_all).pow(2)
+        raw["SHARPNESS_MAG_INIT"] = float(0.25 * torch.log(
+            (eps**2 + spread * dist_sq / omega) / (eps**2 + alpha_mag**2 * delta_sq)).sum()) + confidence
+        raw["SHARPNESS_MAG_ORIG"] = float(0.25 * torch.log(
+            (eps**2 + spread * norm_sq / omega) / (eps**2 + alpha_mag**2 * w_all.pow(2))).sum()) + confidence
+        raw["SHARPNESS_MAG_FLATNESS"] = 1.0 / alpha_mag**2
+        extra.update(sharpness_alpha=alpha, sharpness_deviation=worst.deviation, sharpness_mag_alpha=alpha_mag,
+                     sharpness_mag_deviation=worst_mag.deviation)
     values = {name: (_adjust(name, value, m) if adjust else value) for name, value in raw.items()}
     return {**values, **extra}
 

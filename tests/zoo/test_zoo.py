@@ -98,3 +98,19 @@ def test_a_kill_during_the_run_loses_no_committed_row(tmp_path):
     for model_id, row in before.items():
         assert after[model_id] == row and after_measures[model_id] == before_measures[model_id]
     assert all(math.isfinite(v) for v in after_measures[model_id].values() if v == v)
+
+
+def test_measure_adds_what_a_stored_model_lacks_with_the_same_values(local_zoo):
+    import sqlite3 as sql
+
+    from memspace.zoo import measure_zoo
+
+    _, before = contents(local_zoo)
+    victim = sorted(before)[0]
+    with sql.connect(local_zoo / "zoo.sqlite") as db:
+        db.execute("DELETE FROM measures WHERE model_id = ? AND name IN ('PATH_NORM', 'SHARPNESS_MAG_FLATNESS')",
+                   (victim,))
+    result = measure_zoo(local_zoo, workers=1)
+    assert result["measured"] == 1
+    _, after = contents(local_zoo)
+    assert after == before  # recomputed from the saved weights: identical (arc length kept from training)

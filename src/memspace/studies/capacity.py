@@ -224,7 +224,7 @@ def cost_per_bit(bits: Sequence[float], action: Sequence[float]) -> dict[str, fl
 CAPACITY_CONFIGS = {
     "quick": dict(data="digits", sizes=[50, 100, 200], lambdas=[0.0, 1.0], kinds=["random", "real"], seeds=[0],
                   width=16, depth=4, max_steps=400, lr=1e-2, batch_size=256,
-                  anchor=dict(d=4, sizes=[4, 6, 8, 10, 12], trials=16)),
+                  anchor=dict(d=4, sizes=[4, 6, 8, 10, 12], trials=12)),
     "full": dict(data="digits", sizes=[50, 100, 200, 400, 800], lambdas=[0.0, 1.0],
                  kinds=["random", "real"], seeds=[0, 1, 2], width=32, depth=8, max_steps=3000, lr=3e-3,
                  batch_size=256, anchor=dict(d=10, sizes=list(range(12, 33, 2)), trials=40)),

@@ -22,8 +22,8 @@ __all__ = ["DISENTANGLEMENT_CONFIGS", "disentanglement_study"]
 
 DISENTANGLEMENT_CONFIGS = {
     # quick: a smoke run (seconds per model; far too short to learn factors), for tests and the demo
-    "quick": dict(data="dsprites-like", betas=[1.0, 4.0], lams=[0.0, 1.0], seeds=[0], steps=30, batch_size=16,
-                  latents=10, width=32, depth=2, num_train=400, num_test=200, vae_score_points=60,
+    "quick": dict(data="dsprites-like", betas=[1.0, 4.0], lams=[0.0, 1.0], seeds=[0], steps=20, batch_size=16,
+                  latents=10, width=32, depth=2, num_train=300, num_test=150, vae_score_points=40,
                   vae_score_batch=16, metric_points=16),
     "full": dict(data="dsprites-like", betas=[1.0, 4.0, 16.0], lams=[0.0, 1.0], seeds=[0, 1], steps=3000,
                  batch_size=64, latents=10, width=64, depth=4, num_train=5000, num_test=2000,

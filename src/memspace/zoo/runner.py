@@ -29,10 +29,14 @@ from .._errors import MemspaceError
 from .grid import expand, load_grid
 from .store import ZooStore
 
-__all__ = ["DB", "evaluate_zoo", "run_zoo", "train_and_measure"]
+__all__ = ["DB", "evaluate_zoo", "measure_zoo", "remeasure", "run_zoo", "train_and_measure"]
 
 DB = "zoo.sqlite"
-DIAGNOSTICS = {"margin_signed", "pacbayes_sigma", "pacbayes_deviation", "pacbayes_mag_sigma", "pacbayes_mag_deviation"}
+SHARPNESS_SEARCH = dict(iterations=10, restarts=3, eval_batches=5, ascent_steps=10)
+EXPECTED_MEASURES = ("fisher_rao_norm", "fisher_trace", "effective_dimension", "predictive_action", "action_ratio",
+                     "PACBAYES_MAG_FLATNESS", "SHARPNESS_MAG_FLATNESS", "PATH_NORM")
+DIAGNOSTICS = {"margin_signed", "pacbayes_sigma", "pacbayes_deviation", "pacbayes_mag_sigma", "pacbayes_mag_deviation",
+               "sharpness_alpha", "sharpness_deviation", "sharpness_mag_alpha", "sharpness_mag_deviation"}
 
 
 def _data(data: str, hparams: dict[str, Any], seed: int):
@@ -107,12 +111,69 @@ def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], we
            "train_ce": train_ce, "gap": train_acc - test_acc, "epochs": epochs,
            "converged": train_ce <= stop.get("target_ce", 0.0), "seconds": time.time() - started,
            "init_file": init_file.name, "final_file": final_file.name}
-    values = _measure(net, initial, states, (X, y), seed, factory) if measures else {}
+    values = _measure(net, initial, (X, y), seed, factory, states) if measures else {}
     row["seconds"] = time.time() - started
     return row, values
 
 
-def _measure(net, initial, states, data, seed, factory) -> dict[str, float]:
+def remeasure(model: dict[str, Any], data: str, weights_dir: str) -> tuple[str, dict[str, float]]:
+    """Every measure of a stored model from its saved weights (runs in a worker process).
+
+    The Fisher arc length of training needs the per-epoch states, which only training sees: it
+    is not recomputed here.
+    """
+    import torch
+
+    from ..complexity import load_state
+    from ..paths import ResidualMLP
+
+    torch.set_num_threads(1)
+    hp, seed = model["hparams"], model["seed"]
+    split, (X, y) = _data(data, hp, seed)
+
+    def factory():
+        return ResidualMLP(X.shape[1], hp["width"], hp["depth"], split.num_classes)
+
+    net = factory()
+    net.load_state_dict(load_state(Path(weights_dir) / model["final_file"]))
+    net.eval()
+    initial = load_state(Path(weights_dir) / model["init_file"])
+    return model["id"], _measure(net, initial, (X, y), seed, factory, states=None)
+
+
+def measure_zoo(out: str | Path, *, workers: int = 1, scheduler: str | None = None, force: bool = False,
+                status: Callable[[str], None] = lambda m: None,
+                progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
+    """Add the measures a stored model lacks (all of them with ``force``), on loky or Dask as :func:`run_zoo`."""
+    import joblib
+
+    from .._runs import MANIFEST, RunFolder
+
+    path = Path(out) / DB
+    if not path.is_file():
+        raise MemspaceError(f"{path} not found: run `memspace zoo run` first")
+    import json
+
+    grid = json.loads((Path(out) / MANIFEST).read_text())["config"]
+    started = time.time()
+    with RunFolder.attach(out) as run:
+        store = ZooStore(path)
+        try:
+            expected = set(EXPECTED_MEASURES)
+            todo = [m for m in store.models() if force or not expected <= store.measure_names(m["id"])]
+            status(f"{len(todo)} models to measure")
+            stack, parallel = _parallel(workers, scheduler)
+            with stack:
+                for done, (model_id, values) in enumerate(parallel(
+                        joblib.delayed(remeasure)(m, grid["data"], str(run.root / "weights")) for m in todo)):
+                    store.add_measures(model_id, values)
+                    progress(done + 1, len(todo))
+        finally:
+            store.close()
+    return {"measured": len(todo), "seconds": time.time() - started}
+
+
+def _measure(net, initial, data, seed, factory, states=None) -> dict[str, float]:
     from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
     from ..fisher import FisherOperator
     from ..measures import generalization_measures
@@ -132,8 +193,10 @@ def _measure(net, initial, states, data, seed, factory) -> dict[str, float]:
     out["block_sensitivity_max"] = float(np.max(sens.sensitivity))
     out["kinetic_action"] = sens.kinetic_action
     out["fisher_distance_from_init"] = fisher_distance(net, initial, probe)
-    out["fisher_arc_length"] = trajectory_length(states, factory, probe).length
-    literature = generalization_measures(net, initial, data, seed=seed)
+    if states is not None:
+        out["fisher_arc_length"] = trajectory_length(states, factory, probe).length
+    literature = generalization_measures(net, initial, data, seed=seed,
+                                         sharpness=SHARPNESS_SEARCH)
     out.update({k: float(v) for k, v in literature.items() if not isinstance(v, bool)})
     return out
 
