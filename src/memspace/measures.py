@@ -77,9 +77,36 @@ def _check_no_batchnorm(model: nn.Module) -> None:
                                 "(the literature's measures are defined on BN-folded weights)")
 
 
-def weight_matrices(model: nn.Module) -> list[tuple[str, Tensor]]:
-    """(name, W_l [out, in·k…]) for every Linear/Conv layer, in module order (module doc)."""
+def _check_layers(model: nn.Module) -> None:
+    """Refuse a model whose weights the norm measures would count wrongly, naming the parameter.
+
+    Every parameter with two or more axes must be the weight of a Linear or Conv layer (an
+    attention ``in_proj_weight``, a recurrent or embedding weight would be left out), and no
+    parameter may be registered twice (a tied weight would be counted twice).
+    """
+    from .fisher import shared_parameters
+
     _check_no_batchnorm(model)
+    tied = shared_parameters(model)
+    if tied:
+        name, others = next(iter(tied.items()))
+        raise MemspaceError(f"parameter {name!r} is also registered as {others[0]!r} (a tied weight): the norm "
+                            "measures would count it twice")
+    for module_name, module in model.named_modules():
+        for name, param in module.named_parameters(recurse=False):
+            if param.dim() >= 2 and not (isinstance(module, _LAYERS) and name == "weight"):
+                full = f"{module_name}.{name}" if module_name else name
+                raise MemspaceError(f"parameter {full!r} of {type(module).__name__} is a weight outside the Linear "
+                                    "and Conv layers the norm measures are defined on: it would be left out")
+
+
+def weight_matrices(model: nn.Module) -> list[tuple[str, Tensor]]:
+    """(name, W_l [out, in·k…]) for every Linear/Conv layer, in module order (module doc).
+
+    Raises:
+        MemspaceError: BatchNorm, tied weights, or weight matrices in other layers (named).
+    """
+    _check_layers(model)
     found = [(f"{name}.weight" if name else "weight", module.weight.detach().reshape(module.weight.shape[0], -1))
              for name, module in model.named_modules() if isinstance(module, _LAYERS)]
     if not found:
@@ -94,8 +121,8 @@ def margin(model: nn.Module, data: tuple[Tensor, Tensor], batch_size: int = 5000
     model.eval()
     with torch.no_grad():
         for start in range(0, len(X), batch_size):
-            logits = model(X[start : start + batch_size]).double()
             target = y[start : start + batch_size]
+            logits = _logits(model, X[start : start + batch_size], len(target)).double()
             correct = logits.gather(1, target[:, None]).squeeze(1)
             others = logits.scatter(1, target[:, None], -math.inf).max(1).values
             margins.append(correct - others)
@@ -113,6 +140,16 @@ def path_norm(model: nn.Module, input_shape: Sequence[int]) -> float:
             p.copy_(p * p)
         first = next(squared.parameters())
         return float(squared(torch.ones(1, *input_shape, dtype=first.dtype, device=first.device)).sum())
+
+
+def _logits(model: nn.Module, x: Tensor, rows: int) -> Tensor:
+    """The model's output on x, which must be logits [rows, C] (samples along axis 0)."""
+    out = model(x)
+    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != rows:
+        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+        raise MemspaceError(f"the measures need logits [N, C] with samples along the inputs' axis 0; the model "
+                            f"maps {rows} inputs to {shape}")
+    return out
 
 
 @dataclass(frozen=True)
@@ -267,6 +304,9 @@ def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Ten
     if isinstance(initial, nn.Module):
         initial = initial.state_dict()
     X, y = data
+    if len(X) != len(y):
+        raise MemspaceError(f"data: {len(X)} inputs along axis 0 and {len(y)} labels; the measures take samples "
+                            "along axis 0")
     m = len(X)
     layers = weight_matrices(model)
     init = {name: initial[name].reshape(w.shape[0], -1).to(w) for name, w in layers}

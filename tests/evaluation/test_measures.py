@@ -110,3 +110,32 @@ def test_the_worst_case_sharpness_search_converges_keeps_the_box_and_restores_th
     omega = 4  # the weight matrix's entries (biases are perturbed but not counted)
     expected_orig = 8 * 1.09 / 4 * math.log(2 * omega) / (4 * full["sharpness_alpha"] ** 2) + confidence
     assert full["SHARPNESS_ORIG"] == pytest.approx(expected_orig)
+
+
+class SequenceFirst(nn.Module):
+    """Takes [T, N, d] (time first) and returns logits [N, 3]."""
+
+    def __init__(self, d: int = 4):
+        super().__init__()
+        self.inner = nn.Linear(d, 3)
+
+    def forward(self, x):
+        return self.inner(x).mean(0)
+
+
+def test_models_the_norm_measures_do_not_cover_are_refused_by_name():
+    from model_zoo import EncoderClassifier, RecurrentClassifier, TiedLinears, TupleOutput
+
+    X, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    with pytest.raises(MemspaceError, match="in_proj_weight.*MultiheadAttention"):
+        generalization_measures(EncoderClassifier(d=8), EncoderClassifier(d=8), (torch.randn(20, 5, 8), y),
+                                pac_bayes=False)
+    with pytest.raises(MemspaceError, match="weight_ih_l0.*LSTM"):
+        generalization_measures(RecurrentClassifier(), RecurrentClassifier(), (torch.randn(20, 5, 3), y),
+                                pac_bayes=False)
+    with pytest.raises(MemspaceError, match="tied weight"):
+        generalization_measures(TiedLinears(), TiedLinears(), (X, y), pac_bayes=False)
+    with pytest.raises(MemspaceError, match=r"maps 20 inputs to tuple"):
+        generalization_measures(TupleOutput(), TupleOutput(), (X, y), pac_bayes=False)
+    with pytest.raises(MemspaceError, match="5 inputs along axis 0 and 20 labels"):
+        generalization_measures(SequenceFirst(), SequenceFirst(), (torch.randn(5, 20, 4), y), pac_bayes=False)

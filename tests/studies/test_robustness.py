@@ -98,3 +98,15 @@ def test_the_whole_network_trace_is_the_fisher_trace(trained):
     model.eval()
     result = weight_noise(model, (X[:50], y[:50]), sigmas=[1e-3], samples=2)
     assert result.fisher_trace[-1] == pytest.approx(float(FisherOperator(model, (X[:50], y[:50])).trace()), rel=1e-10)
+
+
+def test_tied_weights_and_non_logit_outputs_are_refused():
+    from model_zoo import TiedLinears, TupleOutput
+
+    from memspace import MemspaceError
+
+    X, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
+    with pytest.raises(MemspaceError, match="tied weight"):
+        layer_units(TiedLinears())
+    with pytest.raises(MemspaceError, match="maps 20 inputs to tuple"):
+        weight_noise(TupleOutput(), (X, y), sigmas=[1e-3], samples=2)

@@ -2,10 +2,12 @@
 
 from .kfac import KFAC, KroneckerBlock
 from .likelihood import FisherKind, Likelihood
+from ._params import shared_parameters
 from .operator import FisherOperator
 from .spectral import SpectralDensity, hutchpp, stochastic_lanczos_quadrature
 
 __all__ = [
+    "shared_parameters",
     # the operator
     "FisherOperator",
     "FisherKind",

@@ -51,8 +51,16 @@ def layer_units(model: nn.Module, layers: Sequence[str] | None = None) -> dict[s
     ``model``; keys are taken with the module's prefix.
 
     Raises:
-        MemspaceError: for a name that is not a module or a module without parameters.
+        MemspaceError: for a name that is not a module, a module without parameters, or a
+            tied weight (resetting one layer would reset another; noise would reach both).
     """
+    from ..fisher import shared_parameters
+
+    tied = shared_parameters(model)
+    if tied:
+        name, others = next(iter(tied.items()))
+        raise MemspaceError(f"parameter {name!r} is also registered as {others[0]!r} (a tied weight): layers "
+                            "cannot be reset or perturbed one at a time")
     modules = dict(model.named_modules())
     if layers is None:
         if hasattr(model, "blocks") and hasattr(model, "stem") and hasattr(model, "head"):
@@ -280,12 +288,17 @@ def weight_noise(
     params = {k: v.detach() for k, v in model.named_parameters()}
     per_unit = {name: [k for k in keys if k in params] for name, keys in units.items()}
     per_unit["all"] = list(params)
+    with torch.no_grad():
+        logits = model(X)
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != len(data[1]):
+        shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
+        raise MemspaceError(f"weight_noise needs logits [N, C] with samples along the inputs' axis 0; the model "
+                            f"maps {len(data[1])} inputs to {shape}")
     F = FisherOperator(model, data)
     diag = F.space.to_dict(F.diag())
     traces = np.array([float(sum(diag[k].sum() for k in keys if k in diag)) for keys in per_unit.values()])
     generator = torch.Generator(device=X.device).manual_seed(seed)
-    with torch.no_grad():
-        log_p = torch.log_softmax(model(X), dim=-1)
+    log_p = torch.log_softmax(logits, dim=-1)
     shape = (len(per_unit), len(sigmas))
     measured, stderr, paired = np.zeros(shape), np.zeros(shape), np.zeros(shape)
     for i, keys in enumerate(per_unit.values()):
