@@ -436,15 +436,9 @@ def zoo(
         return
     from ._runs import RunFolder
     from .report.html import render_zoo_report
-    from .zoo import ZooStore
+    from .zoo import leaderboard_points
 
-    store = ZooStore(out / "zoo.sqlite")
-    try:
-        rows, measures = [r for r in store.models() if r["converged"]], store.measures()
-    finally:
-        store.close()
-    evaluation["points"] = {e["measure"]: ([measures[r["id"]].get(e["measure"], float("nan")) for r in rows],
-                                           [r["gap"] for r in rows]) for e in evaluation["leaderboard"][:6]}
+    evaluation["points"] = leaderboard_points(out, evaluation)
     with RunFolder.attach(out) as run:
         path = render_zoo_report(evaluation, run.path("leaderboard.html"))
     typer.echo(f"report: {path}")

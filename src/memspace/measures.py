@@ -55,7 +55,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,6 +63,7 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import MemspaceError
+from .train import evaluate
 
 __all__ = ["PacBayesSigma", "SharpnessAlpha", "generalization_measures", "margin", "pac_bayes_sigma", "path_norm",
            "sharpness_alpha", "weight_matrices"]
@@ -161,13 +162,30 @@ class PacBayesSigma:
     converged: bool
 
 
-def _accuracy(model: nn.Module, data: tuple[Tensor, Tensor], batch_size: int = 5000) -> float:
-    X, y = data
-    correct = 0
+def _bisect(deviation_at: Callable[[float], float], upper: float, depth: int, target: float,
+            tolerance: float) -> tuple[float, float]:
+    """Bisection on [0, upper], first candidate upper/2, for x with |deviation_at(x) − target| < tolerance.
+
+    A deviation above the target shrinks the interval from above. Returns the last candidate
+    and its deviation, converged or not (the reference has no early failure).
+    """
+    lo, hi, x, deviation = 0.0, upper, upper / 2, math.nan
+    for _ in range(depth):
+        x = (lo + hi) / 2
+        deviation = deviation_at(x)
+        if abs(deviation - target) < tolerance:
+            break
+        if deviation > target:
+            hi = x
+        else:
+            lo = x
+    return x, deviation
+
+
+def _restore(model: nn.Module, originals: Sequence[Tensor]) -> None:
     with torch.no_grad():
-        for start in range(0, len(X), batch_size):
-            correct += int((model(X[start : start + batch_size]).argmax(1) == y[start : start + batch_size]).sum())
-    return correct / len(X)
+        for p, w in zip(model.parameters(), originals):
+            p.copy_(w)
 
 
 def pac_bayes_sigma(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: float, *, magnitude_aware: bool = False,
@@ -181,33 +199,26 @@ def pac_bayes_sigma(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: flo
     model.eval()
     originals = [p.detach().clone() for p in model.parameters()]
     generator = torch.Generator(device=originals[0].device).manual_seed(10348628753 + seed)
-    lo, hi, sigma, deviation = 0.0, 2.0, 1.0, math.nan
+
+    def deviation_at(sigma: float) -> float:
+        accuracies = []
+        for _ in range(samples):
+            with torch.no_grad():
+                for p, w in zip(model.parameters(), originals):
+                    if magnitude_aware:
+                        std = sigma**2 * w.abs() ** 2 + epsilon**2 if faithful else torch.sqrt(
+                            sigma**2 * w**2 + epsilon**2)
+                    else:
+                        std = sigma**2 if faithful else sigma
+                    noise = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype)
+                    p.copy_(w + std * noise)
+            accuracies.append(evaluate(model, data)[1])
+        return abs(sum(accuracies) / samples - accuracy)
+
     try:
-        for _ in range(depth):
-            sigma = (lo + hi) / 2
-            accuracies = []
-            for _ in range(samples):
-                with torch.no_grad():
-                    for p, w in zip(model.parameters(), originals):
-                        if magnitude_aware:
-                            std = sigma**2 * w.abs() ** 2 + epsilon**2 if faithful else torch.sqrt(
-                                sigma**2 * w**2 + epsilon**2)
-                        else:
-                            std = sigma**2 if faithful else sigma
-                        noise = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype)
-                        p.copy_(w + std * noise)
-                accuracies.append(_accuracy(model, data))
-            deviation = abs(sum(accuracies) / samples - accuracy)
-            if abs(deviation - target) < tolerance:
-                break
-            if deviation > target:
-                hi = sigma
-            else:
-                lo = sigma
+        sigma, deviation = _bisect(deviation_at, 2.0, depth, target, tolerance)
     finally:
-        with torch.no_grad():
-            for p, w in zip(model.parameters(), originals):
-                p.copy_(w)
+        _restore(model, originals)
     return PacBayesSigma(sigma, deviation, abs(deviation - target) < tolerance)
 
 
@@ -249,43 +260,35 @@ def sharpness_alpha(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: flo
         for _ in range(count):
             yield torch.randint(len(X), (min(batch_size, len(X)),), generator=generator, device=X.device)
 
-    lo, hi, alpha, deviation = 0.0, alpha_max, alpha_max / 2, math.nan
-    try:
-        for _ in range(iterations):
-            alpha = (lo + hi) / 2
-            bounds = _perturbation_bound(originals, alpha, magnitude_aware, epsilon)
-            worst = math.inf
-            for _ in range(restarts):
+    def deviation_at(alpha: float) -> float:
+        bounds = _perturbation_bound(originals, alpha, magnitude_aware, epsilon)
+        worst = math.inf
+        for _ in range(restarts):
+            with torch.no_grad():
+                for p, w, b in zip(params, originals, bounds):
+                    u = (torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype) * 2 - 1) * b
+                    p.copy_(w + u)
+            for idx in batches(ascent_steps):
+                model.zero_grad(set_to_none=True)
+                nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
                 with torch.no_grad():
                     for p, w, b in zip(params, originals, bounds):
-                        u = (torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype) * 2 - 1) * b
-                        p.copy_(w + u)
-                for idx in batches(ascent_steps):
-                    model.zero_grad(set_to_none=True)
-                    nn.functional.cross_entropy(model(X[idx]), y[idx]).backward()
-                    with torch.no_grad():
-                        for p, w, b in zip(params, originals, bounds):
-                            if p.grad is not None:
-                                p.add_(2 * b / ascent_steps * p.grad.sign())
-                            p.copy_(w + torch.maximum(torch.minimum(p - w, b), -b))
-                with torch.no_grad():
-                    correct = total = 0
-                    for idx in batches(eval_batches):
-                        correct += int((model(X[idx]).argmax(1) == y[idx]).sum())
-                        total += len(idx)
-                worst = min(worst, correct / total)
-            deviation = accuracy - worst
-            if abs(deviation - target) < tolerance:
-                break
-            if deviation > target:
-                hi = alpha
-            else:
-                lo = alpha
+                        if p.grad is not None:
+                            p.add_(2 * b / ascent_steps * p.grad.sign())
+                        p.copy_(w + torch.maximum(torch.minimum(p - w, b), -b))
+            with torch.no_grad():
+                correct = total = 0
+                for idx in batches(eval_batches):
+                    correct += int((model(X[idx]).argmax(1) == y[idx]).sum())
+                    total += len(idx)
+            worst = min(worst, correct / total)
+        return accuracy - worst
+
+    try:
+        alpha, deviation = _bisect(deviation_at, alpha_max, iterations, target, tolerance)
     finally:
         model.zero_grad(set_to_none=True)
-        with torch.no_grad():
-            for p, w in zip(params, originals):
-                p.copy_(w)
+        _restore(model, originals)
     return SharpnessAlpha(alpha, deviation, abs(deviation - target) < tolerance)
 
 
@@ -348,7 +351,7 @@ def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Ten
     raw["PATH_NORM_OVER_MARGIN"] = raw["PATH_NORM"] / gamma**2 if gamma > 0 else math.inf
     extra: dict[str, Any] = {"margin_signed": signed, "margin_flag": signed <= 0}
     if pac_bayes:
-        accuracy = _accuracy(model, data)
+        accuracy = evaluate(model, data)[1]
         iso = pac_bayes_sigma(model, data, accuracy, seed=seed, faithful=faithful)
         mag = pac_bayes_sigma(model, data, accuracy, seed=seed, faithful=faithful, magnitude_aware=True)
         sigma, sigma_mag, eps = iso.sigma, mag.sigma, 1e-3
@@ -368,7 +371,7 @@ def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Ten
         extra.update(pacbayes_sigma=sigma, pacbayes_deviation=iso.deviation, pacbayes_mag_sigma=sigma_mag,
                      pacbayes_mag_deviation=mag.deviation)
     if sharpness is not None:
-        accuracy = _accuracy(model, data)
+        accuracy = evaluate(model, data)[1]
         worst = sharpness_alpha(model, data, accuracy, seed=seed, **sharpness)
         worst_mag = sharpness_alpha(model, data, accuracy, seed=seed, magnitude_aware=True, **sharpness)
         alpha, alpha_mag, eps, delta = worst.alpha, worst_mag.alpha, 1e-3, 0.05

@@ -55,7 +55,8 @@ def test_a_negative_tenth_percentile_margin_is_flagged():
     assert result["margin_signed"] == -1.0 and result["margin_flag"]
 
 
-def test_the_sigma_search_converges_and_restores_the_weights():
+def separable_problem():
+    """400 Gaussian points labelled by x₀ + 0.3 x₁ > 0, and a linear classifier that fits them all."""
     torch.manual_seed(0)
     X = torch.randn(400, 2, dtype=torch.float64)
     y = (X[:, 0] + 0.3 * X[:, 1] > 0).long()
@@ -63,6 +64,11 @@ def test_the_sigma_search_converges_and_restores_the_weights():
     with torch.no_grad():
         net[0].weight.copy_(torch.tensor([[-1.0, -0.3], [1.0, 0.3]]))
         net[0].bias.zero_()
+    return X, y, net
+
+
+def test_the_sigma_search_converges_and_restores_the_weights():
+    X, y, net = separable_problem()
     before = [p.clone() for p in net.parameters()]
     for faithful in (True, False):
         for magnitude in (False, True):
@@ -84,13 +90,7 @@ def test_batchnorm_is_refused_by_name():
 def test_the_worst_case_sharpness_search_converges_keeps_the_box_and_restores_the_weights():
     from memspace.measures import sharpness_alpha
 
-    torch.manual_seed(0)
-    X = torch.randn(400, 2, dtype=torch.float64)
-    y = (X[:, 0] + 0.3 * X[:, 1] > 0).long()
-    net = nn.Sequential(nn.Linear(2, 2)).double()
-    with torch.no_grad():
-        net[0].weight.copy_(torch.tensor([[-1.0, -0.3], [1.0, 0.3]]))
-        net[0].bias.zero_()
+    X, y, net = separable_problem()
     before = [p.clone() for p in net.parameters()]
     sizes = dict(iterations=15, restarts=3, eval_batches=4, ascent_steps=8, batch_size=400)
     worst = sharpness_alpha(net, (X, y), 1.0, seed=0, **sizes)

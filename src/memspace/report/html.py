@@ -224,17 +224,20 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
     for name, summary in metrics.get("studies", {}).items():
         heading, draw = STUDY_SECTIONS[name]
         body.append(f"<h2>{html.escape(heading)}</h2>\n{draw(summary)}")
-    doc = f"""<!DOCTYPE html>
+    return write_atomic(Path(path), _page(title, f'<p class="sub">{details}</p>\n' + "".join(body)))
+
+
+def _page(title: str, body: str) -> str:
+    """A self-contained HTML page: inline style and script, no network requests (module doc)."""
+    return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
 <title>{html.escape(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>
 <body>
 <h1>{html.escape(title)}</h1>
-<p class="sub">{details}</p>
-{''.join(body)}
+{body}
 </body></html>
 """
-    return write_atomic(Path(path), doc)
 
 
 def _networks_section(networks: dict[str, Any], drawn: dict[str, Any], config: str) -> str:
@@ -383,13 +386,4 @@ def render_zoo_report(evaluation: dict[str, Any], path: str | Path, title: str =
     ``evaluation`` is :func:`memspace.zoo.evaluate_zoo`'s result with ``points``:
     ``{measure: (values, gaps)}`` for the scatter figure.
     """
-    doc = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>{html.escape(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>
-<body>
-<h1>{html.escape(title)}</h1>
-{_zoo_section(evaluation)}
-</body></html>
-"""
-    return write_atomic(Path(path), doc)
+    return write_atomic(Path(path), _page(title, _zoo_section(evaluation)))

@@ -35,6 +35,7 @@ from ..action import ActionTerm
 from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
 from ..fisher import FisherOperator
 from ..paths import block_sensitivity, predictive_path
+from ..train import evaluate
 from .measure import effective_dimension
 
 __all__ = ["Memorisation", "capacity_threshold", "cost_per_bit", "cover_anchor", "cover_probability",
@@ -87,11 +88,6 @@ class Memorisation:
     seconds: float
 
 
-def _accuracy(model: nn.Module, X: Tensor, y: Tensor) -> float:
-    with torch.no_grad():
-        return float((model(X).argmax(-1) == y).double().mean())
-
-
 def memorise(model: nn.Module, X: Tensor, y: Tensor, *, action: str | None = None, lam: float = 0.0,
              max_steps: int = 2000, lr: float = 1e-2, batch_size: int = 256, seed: int = 0,
              check_every: int = 10) -> Memorisation:
@@ -128,15 +124,13 @@ def memorise(model: nn.Module, X: Tensor, y: Tensor, *, action: str | None = Non
         if step & (step - 1) == 0:  # a power of two
             snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         if step % check_every == 0 or step == max_steps:
-            model.eval()
-            fitted = _accuracy(model, X, y) == 1.0
-            model.train()
+            fitted = evaluate(model, (X, y))[1] == 1.0  # evaluate restores training mode
             if fitted:
                 break
     model.eval()
     if step & (step - 1) != 0:
         snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
-    return Memorisation(fitted, step, _accuracy(model, X, y), snapshots, time.time() - started)
+    return Memorisation(fitted, step, evaluate(model, (X, y))[1], snapshots, time.time() - started)
 
 
 def capacity_threshold(sizes: Sequence[int], fitted_fraction: Sequence[float]) -> dict[str, float | None]:

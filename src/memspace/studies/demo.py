@@ -128,17 +128,11 @@ def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], Non
 
 def quick_zoo(folder: Path, status: Callable[[str], None] = print) -> dict[str, Any]:
     """The CI-sized zoo, trained, measured and ranked: its leaderboard and the top measures' values."""
-    from ..zoo import ZooStore, evaluate_zoo, run_zoo
+    from ..zoo import evaluate_zoo, leaderboard_points, run_zoo
 
     run_zoo("quick", folder, workers=2, status=status)
     evaluation = evaluate_zoo(folder)
-    store = ZooStore(folder / "zoo.sqlite")
-    try:
-        rows, measures = [r for r in store.models() if r["converged"]], store.measures()
-    finally:
-        store.close()
-    evaluation["points"] = {e["measure"]: ([measures[r["id"]].get(e["measure"], float("nan")) for r in rows],
-                                           [r["gap"] for r in rows]) for e in evaluation["leaderboard"][:6]}
+    evaluation["points"] = leaderboard_points(folder, evaluation)
     return evaluation
 
 

@@ -43,6 +43,11 @@ __all__ = ["Reinitialization", "WeightNoise", "classify_layers", "layer_units", 
            "sensitivity_ranks_damage", "weight_noise"]
 
 
+def _as_json(result) -> dict[str, Any]:
+    """A result dataclass as a JSON-ready dict (arrays as lists)."""
+    return {key: value.tolist() if isinstance(value, np.ndarray) else value for key, value in asdict(result).items()}
+
+
 def layer_units(model: nn.Module, layers: Sequence[str] | None = None) -> dict[str, list[str]]:
     """The layers studied, each with its state-dict keys (parameters and buffers).
 
@@ -110,11 +115,7 @@ class Reinitialization:
         return self.error[:, self.columns.index(column)] - self.trained_error
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key, value in out.items():
-            if isinstance(value, np.ndarray):
-                out[key] = value.tolist()
-        return out
+        return _as_json(self)
 
 
 def classify_layers(errors_at_init: Sequence[float], trained_error: float, chance_error: float,
@@ -243,11 +244,7 @@ class WeightNoise:
     samples: int
 
     def as_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        for key, value in out.items():
-            if isinstance(value, np.ndarray):
-                out[key] = value.tolist()
-        return out
+        return _as_json(self)
 
 
 def _mean_kl(model: nn.Module, params: dict[str, Tensor], x: Tensor, log_p: Tensor) -> Tensor:

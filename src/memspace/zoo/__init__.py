@@ -7,7 +7,7 @@
 """
 
 from .grid import GRIDS, expand, load_grid
-from .runner import evaluate_zoo, measure_zoo, run_zoo, train_and_measure
+from .runner import evaluate_zoo, leaderboard_points, measure_zoo, run_zoo, train_and_measure
 from .store import ZooStore
 
-__all__ = ["GRIDS", "ZooStore", "evaluate_zoo", "expand", "load_grid", "measure_zoo", "run_zoo", "train_and_measure"]
+__all__ = ["GRIDS", "ZooStore", "evaluate_zoo", "expand", "leaderboard_points", "load_grid", "measure_zoo", "run_zoo", "train_and_measure"]

@@ -29,7 +29,7 @@ from .._errors import MemspaceError
 from .grid import expand, load_grid
 from .store import ZooStore
 
-__all__ = ["DB", "evaluate_zoo", "measure_zoo", "remeasure", "run_zoo", "train_and_measure"]
+__all__ = ["DB", "evaluate_zoo", "leaderboard_points", "measure_zoo", "remeasure", "run_zoo", "train_and_measure"]
 
 DB = "zoo.sqlite"
 SHARPNESS_SEARCH = dict(iterations=10, restarts=3, eval_batches=5, ascent_steps=10)
@@ -327,3 +327,14 @@ def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float =
     board.sort(key=lambda e: -abs(e.get("psi", e["tau"])) if not math.isnan(e.get("psi", e["tau"])) else 0)
     return {"models": len(rows), "kept": len(kept), "varied": varied, "n_test": n_test, "min_ess": min_ess,
             "leaderboard": board}
+
+
+def leaderboard_points(out: str | Path, evaluation: dict[str, Any], count: int = 6) -> dict[str, tuple[list, list]]:
+    """``{measure: (values, gaps)}`` over the converged models, for the top ``count`` of the leaderboard."""
+    store = ZooStore(Path(out) / DB)
+    try:
+        rows, measures = [r for r in store.models() if r["converged"]], store.measures()
+    finally:
+        store.close()
+    return {e["measure"]: ([measures[r["id"]].get(e["measure"], math.nan) for r in rows], [r["gap"] for r in rows])
+            for e in evaluation["leaderboard"][:count]}
