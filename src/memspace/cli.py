@@ -329,7 +329,9 @@ def study(
                                         "robustness (layer re-initialization, weight noise against tr F) or "
                                         "disentanglement (β-VAEs with and without least action, the standard scores, "
                                         "the decoder metric's block structure).")],
-    data: Annotated[str | None, typer.Option(help=DATA_HELP + " Default: the configuration's (digits).")] = None,
+    data: Annotated[str | None, typer.Option(help=DATA_HELP + " Default: the configuration's (digits). "
+                                                  "disentanglement: dsprites-like (generated, the default) or the "
+                                                  "real dSprites .npz (imgs, latents_classes).")] = None,
     quick: Annotated[bool, typer.Option(help="The small configuration the tests use (seconds to a minute).")] = False,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/study-NAME); a rerun resumes.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace what memspace wrote in the run folder.")] = False,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -67,20 +69,69 @@ def test_a_short_vae_run_learns_and_its_action_term_shrinks_the_path():
         train_vae(data, steps=0)
 
 
-def test_the_study_stores_each_model_and_resumes(tmp_path):
+def write_small_dsprites(path, sizes=(3, 2, 2, 4, 4), *, drop=None, seed=0):
+    """A complete factor grid rendered by the generator, rows shuffled, in the real dSprites file layout."""
+    generated = DSpritesLike()
+    factors = np.stack(np.meshgrid(*[np.arange(s) for s in sizes], indexing="ij"), -1).reshape(-1, 5)
+    factors = factors[np.random.RandomState(seed).permutation(len(factors))]
+    if drop is not None:
+        factors = np.delete(factors, drop, axis=0)
+    images = generated.render(factors)[:, 0]
+    classes = np.concatenate([np.zeros((len(factors), 1), np.int64), factors], 1)
+    np.savez_compressed(path, imgs=images, latents_classes=classes)
+    return generated, factors
+
+
+def test_a_stored_grid_renders_its_own_images_by_factor(tmp_path):
+    from memspace.disentanglement import DSpritesFile
+
+    generated, _ = write_small_dsprites(tmp_path / "d.npz")
+    stored = DSpritesFile(tmp_path / "d.npz")
+    assert stored.factor_sizes == (3, 2, 2, 4, 4) and stored.num_images == 192
+    factors = stored.sample_factors(50, np.random.RandomState(1))
+    assert factors.max(0).tolist() <= [2, 1, 1, 3, 3]
+    assert np.array_equal(stored.render(factors), generated.render(factors))
+    assert np.array_equal(stored.index_to_factors(stored.factors_to_index(factors)), factors)
+
+
+@pytest.mark.parametrize("problem, message", [("drop", r"not a complete grid .* \[\d, \d, \d, \d, \d\] is missing"),
+                                              ("grey", "must be binary"), ("small", "must be 64×64")])
+def test_a_stored_set_that_is_not_a_binary_64x64_grid_is_refused(tmp_path, problem, message):
+    from memspace._errors import DataError
+    from memspace.disentanglement import DSpritesFile
+
+    path = tmp_path / "d.npz"
+    write_small_dsprites(path, drop=5 if problem == "drop" else None)
+    if problem != "drop":
+        with np.load(path) as data:
+            images, classes = data["imgs"], data["latents_classes"]
+        images = images * 255 if problem == "grey" else images[:, :32, :32]
+        np.savez(path, imgs=images, latents_classes=classes)
+    with pytest.raises(DataError, match=message):
+        DSpritesFile(path)
+
+
+def test_the_study_runs_on_a_stored_grid_stores_each_model_and_resumes(tmp_path):
     from memspace._runs import RunFolder
+    from memspace.disentanglement import DSpritesFile
     from memspace.studies import prepare_study, run_study
 
-    config, _ = prepare_study("disentanglement", "quick", betas=[1.0], lams=[0.0, 1.0], steps=8, num_train=200,
-                              num_test=100, vae_score_points=20, metric_points=8)
+    write_small_dsprites(tmp_path / "d.npz")
+    config, data = prepare_study("disentanglement", "quick", data=str(tmp_path / "d.npz"), betas=[1.0],
+                                 lams=[0.0, 1.0], steps=8, num_train=200, num_test=100, vae_score_points=20,
+                                 metric_points=8)
+    assert isinstance(data, DSpritesFile)
     with RunFolder.open(tmp_path / "s", kind="study-disentanglement", config=config) as run:
-        summary = run_study("disentanglement", run, config, None)
+        summary = run_study("disentanglement", run, config, data)
     assert [(row["beta"], row["lam"]) for row in summary["table"]] == [(1.0, 0.0), (1.0, 1.0)]
     for row in summary["table"]:
         assert 0 <= row["mig"] <= 1 and 0 <= row["dci_disentanglement"] <= 1 and 0 <= row["beta_vae"] <= 1
     assert np.asarray(summary["traversal"]).shape == (10, 7, 64 * 64)
     assert set(summary["tau_block_diagonality"]) == {"mig", "dci_disentanglement"}
+    additivity = summary["additivity"]["numbers"]
+    assert 0 < additivity["pythagorean_ratio"]["mean"] <= 1 + 1e-12  # d² ≤ d_a² + d_b² on the sphere
     cells = (tmp_path / "s" / "cells.jsonl").read_text()
     with RunFolder.open(tmp_path / "s", kind="study-disentanglement", config=config) as run:
-        again = run_study("disentanglement", run, config, None, status=lambda m: pytest.fail(f"retrained: {m}"))
-    assert again["table"] == summary["table"] and (tmp_path / "s" / "cells.jsonl").read_text() == cells
+        again = run_study("disentanglement", run, config, data, status=lambda m: pytest.fail(f"retrained: {m}"))
+    assert json.dumps(again["table"]) == json.dumps(summary["table"])  # NaN-aware
+    assert (tmp_path / "s" / "cells.jsonl").read_text() == cells

@@ -24,7 +24,7 @@ import numpy as np
 
 from .._errors import DataError
 
-__all__ = ["DSpritesLike", "FACTOR_NAMES", "load_dsprites_npz"]
+__all__ = ["DSpritesFile", "DSpritesLike", "FACTOR_NAMES", "load_dsprites_npz"]
 
 FACTOR_NAMES = ("shape", "scale", "orientation", "posX", "posY")
 
@@ -136,3 +136,50 @@ def load_dsprites_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     if classes.ndim != 2 or classes.shape[1] != 6 or len(classes) != len(images):
         raise DataError(f"{path}: latents_classes must be [N, 6] beside imgs [N, 64, 64]")
     return images[:, None].astype(np.uint8), classes[:, 1:].astype(np.int64)
+
+
+class DSpritesFile:
+    """A stored data set with a complete factorial grid (the real dSprites ``.npz``), behind
+    :class:`DSpritesLike`'s interface: ``factor_sizes``, ``sample_factors``, ``factors_to_index``,
+    ``index_to_factors`` and ``render`` (which looks the images up instead of drawing them).
+
+    Every combination of factor classes must occur exactly once (dSprites: 737,280 images, about
+    3 GB as uint8 in memory), so sampling factors uniformly samples images uniformly, as in the
+    generated set. Images must be 64×64 binary.
+
+    Raises:
+        DataError: a file :func:`load_dsprites_npz` refuses, images that are not 64×64 or not 0/1,
+            or factors that are not a complete grid (naming the first missing or repeated one).
+    """
+
+    def __init__(self, path: str | Path):
+        images, factors = load_dsprites_npz(path)
+        if images.shape[1:] != (1, 64, 64):
+            raise DataError(f"{path}: images must be 64×64, got {images.shape[2:]}")
+        if images.max(initial=0) > 1:
+            raise DataError(f"{path}: images must be binary (0/1), found the value {images.max()}")
+        if (factors < 0).any():
+            raise DataError(f"{path}: latents_classes holds negative class indices")
+        self.factor_sizes = tuple(int(m) + 1 for m in factors.max(0))
+        self.num_images = int(np.prod(self.factor_sizes))
+        self._bases = np.array([int(np.prod(self.factor_sizes[i + 1:])) for i in range(5)])
+        index = factors @ self._bases
+        order = np.full(self.num_images, -1, dtype=np.int64)
+        order[index] = np.arange(len(index))
+        counts = np.bincount(index, minlength=self.num_images)
+        if len(index) != self.num_images or (counts != 1).any():
+            bad = int(np.nonzero(counts != 1)[0][0])
+            what = "missing" if counts[bad] == 0 else "repeated"
+            raise DataError(f"{path}: the factors are not a complete grid of sizes {self.factor_sizes}: "
+                            f"combination {self.index_to_factors(np.array([bad]))[0].tolist()} is {what}")
+        self.path = str(path)
+        self._images, self._order = images, order
+
+    sample_factors = DSpritesLike.sample_factors
+    factors_to_index = DSpritesLike.factors_to_index
+    index_to_factors = DSpritesLike.index_to_factors
+    _check = DSpritesLike._check
+
+    def render(self, factors: np.ndarray) -> np.ndarray:
+        """The stored images of the given factor vectors [n, 1, 64, 64] uint8."""
+        return self._images[self._order[self.factors_to_index(factors)]]

@@ -332,7 +332,31 @@ def _disentanglement_section(summary: dict[str, Any]) -> str:
             f"{tau['dci_disentanglement']:.2f}, over {len(summary['table'])} models. Effect of λ = "
             f"{summary['lams'][-1]:g} against λ = {summary['lams'][0]:g} (mean difference): {html.escape(effect)}."
             f"{caveat}</p>"
-            f"<table><tr>{head}</tr>{rows}</table>" + _figure_block("traversal", figures.traversal(summary)))
+            f"<table><tr>{head}</tr>{rows}</table>" + _figure_block("traversal", figures.traversal(summary))
+            + (_additivity_block(summary["additivity"]) if "additivity" in summary else ""))
+
+
+def _additivity_block(additivity: dict[str, Any]) -> str:
+    numbers, networks = additivity["numbers"], additivity["networks"]
+
+    def cell(entry: dict[str, float]) -> str:
+        return f"<td>{entry['mean']:.3f} ± {entry['std']:.3f}</td>"
+
+    rows = "".join(f"<tr><th>{name}</th>" + "".join(cell(networks[key][column]) for column in
+                                                   ("least_action", "action", "ratio", "test_accuracy")) + "</tr>"
+                   for key, name in (("joint", "joint (C_a·C_b classes)"), ("a", "factor a alone"),
+                                     ("b", "factor b alone")))
+    n = numbers["least_action_ratio"]["n"]
+    return (f"<h3>Additivity of least action on a product task</h3><p>Two independent factors learned by one "
+            f"network or by two ({n} seed{'s' if n > 1 else ''}, held-out points). Joint least action over the sum "
+            f"of the separate ones: {numbers['least_action_ratio']['mean']:.3f} ± "
+            f"{numbers['least_action_ratio']['std']:.3f}; joint action over the sum of its own marginal paths' "
+            f"actions: {numbers['marginal_action_ratio']['mean']:.3f} (1 to second order when the prediction "
+            f"factorises); the spherical Pythagorean law cos(d/2) = cos(d_a/2)·cos(d_b/2) predicts the joint least "
+            f"action from the marginals' at {numbers['pythagorean_ratio']['mean']:.3f} of their sum; factorisation "
+            f"gap (Fisher–Rao distance of the joint prediction from the product of its marginals): "
+            f"{numbers['factorisation_gap']['mean']:.3f}.</p><table><tr><th>network</th><th>A_min</th><th>A</th>"
+            f"<th>A/A_min</th><th>test accuracy</th></tr>{rows}</table>")
 
 
 STUDY_SECTIONS = {"capacity": ("Capacity ↔ complexity", _capacity_section),

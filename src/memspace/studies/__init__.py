@@ -39,10 +39,14 @@ def prepare_study(name: str, size: str = "quick", data: str | None = None, **ove
         raise MemspaceError(f"unknown study {name!r}; choose {' or '.join(CONFIGS)}")
     config = {**CONFIGS[name][size], **({"data": data} if data else {}), **overrides}
     if name == "disentanglement":
-        if config["data"] != "dsprites-like":
-            raise MemspaceError("the disentanglement study runs on the generated dsprites-like data "
-                                f"(--data {config['data']!r} is not supported yet)")
-        return config, None
+        from ..disentanglement import DSpritesFile, DSpritesLike
+
+        if config["data"] == "dsprites-like":
+            return config, DSpritesLike()
+        if not str(config["data"]).endswith(".npz"):
+            raise MemspaceError(f"the disentanglement study runs on dsprites-like (generated) or a dSprites .npz "
+                                f"file, not {config['data']!r}")
+        return config, DSpritesFile(config["data"])
     split = load_dataset(config["data"], seed=0, limit=config.get("limit"))
     if name == "capacity":
         if len(split.input_shape) != 1 or not split.train[0].is_floating_point():

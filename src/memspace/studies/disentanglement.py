@@ -17,17 +17,21 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import Tensor
 
-__all__ = ["DISENTANGLEMENT_CONFIGS", "disentanglement_study"]
+__all__ = ["DISENTANGLEMENT_CONFIGS", "additivity_cell", "disentanglement_study", "summarise_additivity"]
 
 DISENTANGLEMENT_CONFIGS = {
     # quick: a smoke run (seconds per model; far too short to learn factors), for tests and the demo
     "quick": dict(data="dsprites-like", betas=[1.0, 4.0], lams=[0.0, 1.0], seeds=[0], steps=20, batch_size=16,
                   latents=10, width=32, depth=2, num_train=300, num_test=150, vae_score_points=40,
-                  vae_score_batch=16, metric_points=16),
-    "full": dict(data="dsprites-like", betas=[1.0, 4.0, 16.0], lams=[0.0, 1.0], seeds=[0, 1], steps=3000,
+                  vae_score_batch=16, metric_points=16,
+                  product=dict(sizes=[3, 4], dims=6, points=200, steps=60, width=16, depth=4, lr=1e-2, seeds=[0])),
+    "full": dict(data="dsprites-like", betas=[1.0, 4.0, 16.0], lams=[0.0, 1.0], seeds=[0], steps=1500,
                  batch_size=64, latents=10, width=64, depth=4, num_train=5000, num_test=2000,
-                 vae_score_points=1000, vae_score_batch=32, metric_points=64),
+                 vae_score_points=1000, vae_score_batch=32, metric_points=64,
+                 product=dict(sizes=[3, 4], dims=6, points=1000, steps=1500, width=32, depth=8, lr=3e-3,
+                              seeds=[0, 1, 2])),
 }
 
 
@@ -88,16 +92,29 @@ def evaluate_vae(model, dataset, config: dict[str, Any], seed: int) -> dict[str,
 
 def disentanglement_study(run, config: dict[str, Any], *, split=None, status: Callable[[str], None] = lambda m: None,
                           progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
-    """Run (or resume) the disentanglement study in the run folder ``run``; return its summary."""
+    """Run (or resume) the disentanglement study in the run folder ``run``; return its summary.
+
+    ``split``: the image set (a :class:`~memspace.disentanglement.DSpritesLike` or
+    :class:`~memspace.disentanglement.DSpritesFile`); the generated one by default. The product-task
+    cells (additivity of least action) run first: they take seconds; the VAEs take minutes each.
+    """
     from ..disentanglement import DSpritesLike
     from ..disentanglement.vae import train_vae
     from ._cells import CellStore
 
-    dataset = DSpritesLike()
+    dataset = split if split is not None else DSpritesLike()
     store = CellStore(run)
+    product = config["product"]
     cells = [(beta, lam, seed) for beta in config["betas"] for lam in config["lams"] for seed in config["seeds"]]
-    for done, (beta, lam, seed) in enumerate(cells):
-        progress(done, len(cells))
+    total = len(product["seeds"]) + len(cells)
+    for done, seed in enumerate(product["seeds"]):
+        progress(done, total)
+        key = f"product/seed={seed}"
+        if key not in store:
+            status(f"product task, seed {seed}: joint and separate networks ({product['steps']} steps each)")
+            store.add(key, additivity_cell(product, seed))
+    for done, (beta, lam, seed) in enumerate(cells, start=len(product["seeds"])):
+        progress(done, total)
         key = f"beta={beta:g}/lam={lam:g}/seed={seed}"
         if key in store:
             continue
@@ -109,8 +126,59 @@ def disentanglement_study(run, config: dict[str, Any], *, split=None, status: Ca
         store.add(key, {"beta": beta, "lam": lam, "seed": seed, "train_seconds": trained.seconds,
                         "reconstruction": float(np.mean(trained.reconstruction[-20:])),
                         "kl": float(np.mean(trained.kl[-20:])), **record})
-    progress(len(cells), len(cells))
-    return summarise_disentanglement([store[f"beta={b:g}/lam={lam:g}/seed={s}"] for b, lam, s in cells], config)
+    progress(total, total)
+    summary = summarise_disentanglement([store[f"beta={b:g}/lam={lam:g}/seed={s}"] for b, lam, s in cells], config)
+    summary["additivity"] = summarise_additivity([store[f"product/seed={s}"] for s in product["seeds"]])
+    return summary
+
+def additivity_cell(config: dict[str, Any], seed: int) -> dict[str, Any]:
+    """Additivity of least action (docs/theory.md §5.4): joint vs separate networks on one product task.
+
+    See :mod:`memspace.disentanglement.additivity` for what is measured and why.
+
+    ``config`` keys: ``sizes`` (C_a, C_b), ``dims``, ``points`` (train and test each), ``steps``, ``width``,
+    ``depth``, ``lr``.
+    """
+    from ..disentanglement.additivity import marginal_probabilities, path_action, product_distance, product_task
+    from ..paths import ResidualMLP, fisher_rao_distance, predictive_path
+    from ..train import evaluate
+    from .capacity import memorise
+
+    sizes = tuple(config["sizes"])
+    task = product_task(2 * config["points"], sizes, dims=config["dims"], seed=seed)
+    n = config["points"]
+    X = torch.from_numpy(task["X"])
+    out: dict[str, Any] = {"seed": seed}
+    probabilities: dict[str, Tensor] = {}
+    for name, classes in (("joint", sizes[0] * sizes[1]), ("a", sizes[0]), ("b", sizes[1])):
+        labels = torch.from_numpy(task["pair" if name == "joint" else name])
+        torch.manual_seed(seed)
+        model = ResidualMLP(X.shape[1], config["width"], config["depth"], classes)
+        memorise(model, X[:n], labels[:n], max_steps=config["steps"], lr=config["lr"], seed=seed)
+        path = predictive_path(model, (X[n:], labels[n:]), points=True)
+        probabilities[name] = torch.from_numpy(path.points["probabilities"])
+        out[name] = {"action": path.action, "least_action": path.least_action, "ratio": path.ratio,
+                     "test_accuracy": evaluate(model, (X[n:], labels[n:]))[1]}
+    marg_a, marg_b = marginal_probabilities(probabilities["joint"], sizes)
+    logs = {k: v.clamp_min(1e-300).log() for k, v in (("a", marg_a), ("b", marg_b))}
+    d_a = fisher_rao_distance(logs["a"][:, 0], logs["a"][:, -1])
+    d_b = fisher_rao_distance(logs["b"][:, 0], logs["b"][:, -1])
+    product = torch.einsum("nla,nlb->nlab", marg_a, marg_b).flatten(2)
+    gap = fisher_rao_distance(probabilities["joint"].clamp_min(1e-300).log(), product.clamp_min(1e-300).log())
+    marginal_a, marginal_b = path_action(marg_a), path_action(marg_b)
+    out.update(
+        separate_least_action=out["a"]["least_action"] + out["b"]["least_action"],
+        separate_action=out["a"]["action"] + out["b"]["action"],
+        marginal_least_action=marginal_a["least_action"] + marginal_b["least_action"],
+        marginal_action=marginal_a["action"] + marginal_b["action"],
+        pythagorean_least_action=float(product_distance(d_a, d_b).pow(2).mean()),
+        factorisation_gap=float(gap.mean()),
+    )
+    joint = out["joint"]
+    out["least_action_ratio"] = joint["least_action"] / out["separate_least_action"]
+    out["action_ratio"] = joint["action"] / out["separate_action"]
+    out["marginal_action_ratio"] = joint["action"] / out["marginal_action"]
+    return out
 
 
 SCORES = ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informativeness", "modularity", "beta_vae",
@@ -132,8 +200,27 @@ def summarise_disentanglement(cells: list[dict[str, Any]], config: dict[str, Any
         for score in SCORES:
             base = [c[score] for c in cells if c["lam"] == lams[0]]
             charged = [c[score] for c in cells if c["lam"] == lams[-1]]
-            effect[score] = float(np.nanmean(charged) - np.nanmean(base))
+            finite = [np.isfinite(v).any() for v in (base, charged)]
+            effect[score] = float(np.nanmean(charged) - np.nanmean(base)) if all(finite) else math.nan
     showcase = cells[0]
     return {"table": table, "tau_block_diagonality": tracks, "lambda_effect": effect, "lams": lams,
             "traversal": showcase["traversal"], "traversal_model": f"β = {showcase['beta']:g}, λ = {showcase['lam']:g}",
             "metric_mean": showcase["metric_mean"], "latent_groups": showcase["latent_groups"], "config": config}
+
+
+ADDITIVITY_ROWS = ("least_action_ratio", "pythagorean_least_action", "action_ratio", "marginal_action_ratio",
+                   "factorisation_gap")
+
+
+def summarise_additivity(cells: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean and standard deviation over seeds of each additivity number, and the per-network table."""
+    def spread(values: list[float]) -> dict[str, float]:
+        return {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values)}
+
+    numbers = {key: spread([c[key] for c in cells]) for key in
+               ("least_action_ratio", "action_ratio", "marginal_action_ratio", "factorisation_gap",
+                "separate_least_action", "pythagorean_least_action", "marginal_least_action")}
+    numbers["pythagorean_ratio"] = spread([c["pythagorean_least_action"] / c["marginal_least_action"] for c in cells])
+    networks = {name: {key: spread([c[name][key] for c in cells]) for key in
+                       ("action", "least_action", "ratio", "test_accuracy")} for name in ("joint", "a", "b")}
+    return {"numbers": numbers, "networks": networks}
