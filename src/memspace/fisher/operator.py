@@ -14,7 +14,8 @@ Costs per batch, in multiples of one forward+backward (a "gradient"):
 
 Every accumulation is a plain sum over batches with a sample count, divided at the
 end; with ``distributed=True`` sums and counts are all-reduced over the default
-``torch.distributed`` process group first.
+``torch.distributed`` process group first (:mod:`memspace.distributed`: status-checked, so a
+rank that fails stops every rank with its message instead of leaving them waiting).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from .._errors import MemspaceError
+from ..distributed import Collective, guarded
 from .._model_call import ModelCall, OutputSelector, derivative_kernels, sample_axes_by_probe
 from ._data import BatchStream, as_batch_stream
 from ._forward_mode import forward_mode_rules
@@ -177,6 +179,7 @@ class FisherOperator:
         self.seed = seed
         self.max_dense_bytes = max_dense_bytes
         self.distributed = distributed
+        self._collective = Collective(distributed, "the Fisher operator")
         self._num_data: int | None = None
         self._tap_plan: TapPlan | None = None
         self._vmap_failure: str | None = None
@@ -191,14 +194,14 @@ class FisherOperator:
     def num_data(self) -> int:
         """N, the number of data points (one pass over the data on first use)."""
         if self._num_data is None:
-            count = sum(self.call.num_samples(x) for x, _ in self.data)
-            self._num_data = int(self._reduce(torch.tensor(float(count))).item())
+            with self._collective.guard():
+                count = sum(self.call.num_samples(x) for x, _ in self.data)
+                self._num_data = int(self._reduce(torch.tensor(float(count), dtype=torch.float64)).item())
         return self._num_data
 
     def _reduce(self, tensor: Tensor) -> Tensor:
-        if self.distributed and torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(tensor)
-        return tensor
+        """Sum over the ranks when distributed (status-checked, :mod:`memspace.distributed`)."""
+        return self._collective.reduce(tensor)
 
     def _finish(self, total: Tensor, count: int, scale: float | None = None) -> Tensor:
         """Divide a reduced sum by the reduced sample count; remember N.
@@ -211,6 +214,8 @@ class FisherOperator:
         total = self._reduce(total)
         count_t = self._reduce(torch.tensor(float(count), dtype=torch.float64))
         self._num_data = int(count_t.item())
+        if self._num_data == 0:
+            raise MemspaceError("no data points: every batch was empty")
         return total.div_(count_t.item())
 
     def _parameters(self) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -270,6 +275,7 @@ class FisherOperator:
             jvp = torch.zeros_like(primal)
         return primal, jvp, leaves
 
+    @guarded
     def mv(self, v: Vector) -> Vector:
         """F v, same layout as ``v`` (flat [P] vector or dict of parameter tensors).
 
@@ -306,6 +312,7 @@ class FisherOperator:
     def __matmul__(self, v: Vector) -> Vector:
         return self.mv(v)
 
+    @guarded
     def quad(self, v: Vector) -> Tensor:
         """vᵀ F v = E_x[(J v)ᵀ Λ̂ (J v)], by forward-mode AD only (no backward)."""
         tangent = self._to_device(v, "v")
@@ -519,6 +526,7 @@ class FisherOperator:
         return sums
 
     # ----------------------------------------------------------- diagonal
+    @guarded
     def diag(self) -> Vector:
         """diag(F) as a flat vector [P].
 
@@ -538,6 +546,7 @@ class FisherOperator:
         return self._finish(flat, count)
 
     # ----------------------------------------------------------- dense
+    @guarded
     def dense(self) -> Tensor:
         """F as a dense [P, P] matrix from per-sample Jacobians (small models only).
 

@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .._errors import DataError, MemspaceError
 from .._model_call import ModelCall, OutputSelector, derivative_kernels
+from ..distributed import Collective
 from ..fisher._data import as_batch_stream
 from ..fisher._params import check_eval_mode
 from ..fisher.likelihood import Likelihood
@@ -192,6 +193,7 @@ def predictive_path(
     sample_dim: int = 0,
     output: OutputSelector = None,
     points: bool = False,
+    distributed: bool = False,
 ) -> PredictivePath:
     """The predictive path, its action and its exact least action (module doc), streamed.
 
@@ -206,11 +208,22 @@ def predictive_path(
         sample_dim, output: the model's layout (see :class:`~memspace.FisherOperator`);
             ``output`` is used only to check the model runs.
         points: keep per-point arrays (memory O(N·L·C): for figures on small sets).
+        distributed: each rank streams its shard; the sums and counts are all-reduced, so
+            every rank returns the whole data set's path (:mod:`memspace.distributed`). Per-point
+            arrays stay this rank's.
 
     Raises:
         MemspaceError: for a model without a read-out, a block that changes the stream's
             shape (naming it), a read-out that does not give [N, C]; DataError for NaN.
     """
+    collective = Collective(distributed, "the predictive path")
+    with collective.guard():
+        return _predictive_path(model, data, block_names, head, likelihood, batch_size, sample_dim, output, points,
+                                collective)
+
+
+def _predictive_path(model, data, block_names, head, likelihood, batch_size, sample_dim, output, points,
+                     collective: Collective) -> PredictivePath:
     lik = Likelihood.parse(likelihood)
     check_eval_mode(model)
     path = ResidualPath(model, block_names)
@@ -254,6 +267,11 @@ def predictive_path(
             for key, value in values.items():
                 kept.setdefault(key, []).append(value.detach().double().cpu().numpy())
         count += num
+    totals = collective.reduce(torch.tensor([sums[k] for k in ("length", "action", "endpoint", "endpoint2", "length2")]
+                                            + [float(count), float(not labelled)], dtype=torch.float64))
+    sums = dict(zip(("length", "action", "endpoint", "endpoint2", "length2"), totals[:5].tolist()))
+    count, labelled = int(totals[5]), labelled and totals[6] == 0
+    speed2, correct = collective.reduce(speed2), collective.reduce(correct)
     return PredictivePath(
         length=sums["length"] / count, action=sums["action"] / count,
         endpoint_distance=sums["endpoint"] / count, least_action=sums["endpoint2"] / count,

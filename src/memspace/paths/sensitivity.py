@@ -35,6 +35,7 @@ from torch import Tensor, nn
 
 from .._errors import MemspaceError
 from .._model_call import ModelCall, OutputSelector, derivative_kernels, sample_axes_by_probe
+from ..distributed import Collective
 from ..fisher._data import as_batch_stream
 from ..fisher._params import check_eval_mode
 from ..fisher.likelihood import FisherKind, Likelihood, output_sqrt_factors
@@ -131,6 +132,7 @@ def block_sensitivity(
     sample_dim: int = 0,
     output: OutputSelector = None,
     deletion: bool = True,
+    distributed: bool = False,
 ) -> BlockSensitivity:
     """Block sensitivities with the true output Fisher, and the measured deletion KL (module doc).
 
@@ -141,7 +143,17 @@ def block_sensitivity(
             the deletion "KL" is then ½ E‖Δf‖²).
         sample_dim, output: the model's layout (see :class:`~memspace.FisherOperator`).
         deletion: also measure the deletion KL (L extra forwards per batch).
+        distributed: each rank streams its shard; sums and counts are all-reduced
+            (:mod:`memspace.distributed`).
     """
+    collective = Collective(distributed, "block sensitivity")
+    with collective.guard():
+        return _block_sensitivity(model, data, block_names, likelihood, batch_size, sample_dim, output, deletion,
+                                  collective)
+
+
+def _block_sensitivity(model, data, block_names, likelihood, batch_size, sample_dim, output, deletion,
+                       collective: Collective) -> BlockSensitivity:
     lik = Likelihood.parse(likelihood)
     check_eval_mode(model)
     path = ResidualPath(model, block_names)
@@ -175,6 +187,9 @@ def block_sensitivity(
         if deletion:
             deleted += _deletion_kl(model, path, x, logits.detach(), lik, call, index)
         count += num
+    reduced = collective.reduce(torch.cat([sens, euclid, trace, deleted, torch.tensor([float(count)], dtype=torch.float64)]))
+    sens, euclid, trace, deleted = reduced[:-1].split([depth, depth, depth + 1, depth])
+    count = int(reduced[-1])
     sensitivity = (sens / count).sqrt().numpy()
     return BlockSensitivity(
         sensitivity=sensitivity, linearised_kl=step**2 * sensitivity**2 / 2,

@@ -123,26 +123,46 @@ def measure_network(
     spectral_points: int | None = None,
     seed: int = 0,
     status: Callable[[str], None] = lambda message: None,
+    distributed: bool = False,
 ) -> dict[str, Any]:
     """All measures of one network (module doc). ``status`` receives progress messages.
 
     ``max_points`` training points enter every Fisher quantity, except the trace,
     eigenvalues and spectral density, which use ``spectral_points`` (default: the same).
+    With ``distributed`` (an initialised process group, :mod:`memspace.distributed`) those
+    points are split among the ranks, each streams its share and every rank returns the same
+    measures; accuracies and the per-point figures use the whole (small) split on every rank.
     """
+    from ..distributed import Collective, shard
+
+    collective = Collective(distributed, "memspace measure")
+    rank, world = collective.rank, collective.world
+
+    def share(part: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        return shard(part, rank, world) if collective.active else part
+
+    with collective.guard():  # a rank that fails anywhere in here stops the others with its message
+        return _measure(model, split, block_names, head, initial_params, checkpoints, model_factory, top_k,
+                        max_points, spectral_points, seed, status, distributed, share)
+
+
+def _measure(model, split, block_names, head, initial_params, checkpoints, model_factory, top_k, max_points,
+             spectral_points, seed, status, distributed, share) -> dict[str, Any]:
     model.eval()
     device = next(model.parameters()).device
     train = tuple(t.to(device) for t in split.train)
     test = tuple(t.to(device) for t in split.test)
-    data = _subset(train, max_points)
+    data = share(_subset(train, max_points))
     out: dict[str, Any] = {}
     status("accuracy")
     out["train_loss"], out["train_acc"] = evaluate(model, train)
     out["test_loss"], out["test_acc"] = evaluate(model, test)
     out["gap"] = out["train_acc"] - out["test_acc"]
     status("Fisher–Rao norm")
-    out["fisher_rao_norm"] = fisher_rao_norm(model, data)
+    out["fisher_rao_norm"] = fisher_rao_norm(model, data, distributed=distributed)
     # Lanczos and SLQ need ~150 products: they may use fewer points than the rest.
-    F = FisherOperator(model, _subset(train, spectral_points or max_points), seed=seed)
+    F = FisherOperator(model, share(_subset(train, spectral_points or max_points)), seed=seed,
+                       distributed=distributed)
     out["num_params"] = F.shape[0]
     status("Fisher trace")
     out["fisher_trace"] = float(F.trace())
@@ -157,14 +177,16 @@ def measure_network(
     try:
         ResidualPath(model, block_names)
         status("predictive path")
-        out["predictive_path"] = predictive_path(model, data, block_names=block_names, head=head).as_dict()
+        out["predictive_path"] = predictive_path(model, data, block_names=block_names, head=head,
+                                                 distributed=distributed).as_dict()
     except MemspaceError as error:
         out["path_skipped"] = (f"{error} — the path measures need the residual blocks (--blocks / block_names) "
                                "and the read-out (head)")
         status(f"path skipped: {error}")
     if "predictive_path" in out:
         status("block sensitivity and deletion")
-        out["sensitivity"] = block_sensitivity(model, data, block_names=block_names).as_dict()
+        out["sensitivity"] = block_sensitivity(model, data, block_names=block_names,
+                                               distributed=distributed).as_dict()
         # One per-point pass on the first 150 test points serves both the point figure
         # (the first 100) and, for 2-D inputs, the trajectories.
         per_point = predictive_path(model, (test[0][:150], test[1][:150]), block_names=block_names, head=head,
@@ -172,12 +194,13 @@ def measure_network(
         out["predictive_points"] = _point_paths({k: v[:100] for k, v in per_point.items()})
     if initial_params is not None:
         status("distance from initialisation")
-        out["fisher_distance_from_init"] = fisher_distance(model, initial_params, data)
+        out["fisher_distance_from_init"] = fisher_distance(model, initial_params, data, distributed=distributed)
         out["euclidean_distance_from_init"] = float(sum(
             (p.detach() - initial_params[n].to(p)).pow(2).sum() for n, p in model.named_parameters()) ** 0.5)
     if checkpoints and model_factory is not None and len(checkpoints) >= 2:
         status("trajectory length")
-        traj = trajectory_length(list(checkpoints), model_factory, _subset(train, min(max_points, 512)))
+        traj = trajectory_length(list(checkpoints), model_factory, share(_subset(train, min(max_points, 512))),
+                                 distributed=distributed)
         out["trajectory_length"] = traj.length
         out["trajectory_step_lengths"] = traj.step_lengths.tolist()
     if split.input_shape == (2,) and "predictive_path" in out:
