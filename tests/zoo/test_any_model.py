@@ -38,6 +38,15 @@ def test_matvec_quad_and_symmetry(zoo):
     assert abs(u @ (F @ v) - v @ (F @ u)) <= 1e-12 * abs(u @ (F @ v)) + 1e-14
 
 
+def test_low_memory_matvec_and_diagonal(zoo):
+    """memory="low": the two-pass product and the probe-and-hook diagonal give the same F."""
+    case, ref = zoo
+    F = _operator(case, memory="low")
+    v = torch.randn(F.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(F @ v, ref @ v, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(F.diag(), ref.diagonal(), rtol=1e-10, atol=1e-13)
+
+
 def test_diag_trace_dense(zoo):
     case, ref = zoo
     F = _operator(case)

@@ -134,6 +134,8 @@ class FisherOperator:
             sequence-first model taking [T, N, ...]); ``(X, y)`` pairs are cut along it.
         output: how to find the outputs [N, D] in what the model returns: an index
             (tuple), a key or attribute name (dict, ``ModelOutput``), or a callable.
+        memory: ``"fast"`` (default) or ``"low"``: :meth:`mv` and :meth:`diag` at about a
+            gradient's peak memory, for large models (see :meth:`mv` and :meth:`diag`).
 
     Every pass runs the model with kernels that have all derivative rules (math
     attention, no fused MHA fast path, no oneDNN RNN kernels), restored afterwards.
@@ -159,6 +161,7 @@ class FisherOperator:
         distributed: bool = False,
         sample_dim: int = 0,
         output: OutputSelector = None,
+        memory: str = "fast",
     ):
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -175,6 +178,9 @@ class FisherOperator:
         self.data: BatchStream = as_batch_stream(
             data, device=self.device, dtype=self.dtype, batch_size=batch_size, sample_dim=sample_dim
         )
+        if memory not in ("fast", "low"):
+            raise ValueError(f"memory must be 'fast' or 'low', got {memory!r}")
+        self.memory = memory
         self.mc_samples = mc_samples
         self.seed = seed
         self.max_dense_bytes = max_dense_bytes
@@ -289,8 +295,16 @@ class FisherOperator:
         views = self.space.to_dict(flat)
         count = 0
         for index, (x, y) in enumerate(self.data):
-            primal, jvp, leaves = self._dual_forward(x, tangent)
-            weighted = self._apply_output_fisher(primal, y, index, jvp)
+            if self.memory == "low":
+                # Two passes: J v without a graph (inference memory), then a plain forward+backward.
+                primal, jvp = self._graph_free_jvp(x, tangent)
+                leaves, others = self._parameters()
+                weighted = self._apply_output_fisher(primal, y, index, jvp)
+                del jvp
+                primal = self._call({**others, **leaves}, x)
+            else:
+                primal, jvp, leaves = self._dual_forward(x, tangent)
+                weighted = self._apply_output_fisher(primal, y, index, jvp)
             if scale is not None:
                 weighted = weighted * scale
             # Gradients accumulate in place into views of one flat buffer: no copies.
@@ -312,23 +326,26 @@ class FisherOperator:
     def __matmul__(self, v: Vector) -> Vector:
         return self.mv(v)
 
+    def _graph_free_jvp(self, x: Tensor, tangent: Mapping[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(f(x), J v) by forward-mode AD without an autograd graph (inference memory)."""
+        leaves, others = self._parameters()
+        with torch.no_grad(), fwAD.dual_level(), forward_mode_rules(self.model):
+            duals = {n: fwAD.make_dual(leaves[n].detach(), tangent[n]) for n in leaves}
+            out = self._call({**others, **duals}, x)
+            primal, jvp = fwAD.unpack_dual(out)
+        return primal, torch.zeros_like(primal) if jvp is None else jvp
+
     @guarded
     def quad(self, v: Vector) -> Tensor:
         """vᵀ F v = E_x[(J v)ᵀ Λ̂ (J v)], by forward-mode AD only (no backward)."""
         tangent = self._to_device(v, "v")
-        leaves, others = self._parameters()
         total = torch.zeros((), dtype=self.dtype, device=self.device)
         count = 0
-        with torch.no_grad():
-            for index, (x, y) in enumerate(self.data):
-                with fwAD.dual_level(), forward_mode_rules(self.model):
-                    duals = {n: fwAD.make_dual(leaves[n].detach(), tangent[n]) for n in leaves}
-                    out = self._call({**others, **duals}, x)
-                    primal, jvp = fwAD.unpack_dual(out)
-                if jvp is None:
-                    jvp = torch.zeros_like(primal)
+        for index, (x, y) in enumerate(self.data):
+            primal, jvp = self._graph_free_jvp(x, tangent)
+            with torch.no_grad():
                 total += (jvp * self._apply_output_fisher(primal, y, index, jvp)).sum()
-                count += self.call.num_samples(x)
+            count += self.call.num_samples(x)
         return self._finish(total, count)
 
     # ----------------------------------------------------------- layer taps
@@ -538,12 +555,54 @@ class FisherOperator:
         flat = torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
         total = self.space.to_dict(flat)
         count = 0
+        if self.memory == "low":
+            return self._finish(flat, self._low_memory_diag(total))
         for batch in self.tapped_batches():
             _accumulate_diag(batch, total)
             for name, squares in self.fallback_diag_sums(batch).items():
                 total[name] += squares.view_as(total[name])
             count += self.call.num_samples(batch.inputs)
         return self._finish(flat, count)
+
+    def _low_memory_diag(self, total: dict[str, Tensor]) -> int:
+        """:meth:`diag` at about a gradient's peak memory; returns the sample count.
+
+        Per batch and output-Fisher column s_k: a forward in which every verified tap keeps
+        its layer's input and adds a zero probe to its output, then one backward of s_kᵀf to
+        the probes only (no weight gradients, saved activations freed as the backward goes).
+        A hook on each tapped output squares that layer's per-sample gradients the moment they
+        arrive and drops the layer's input. K columns cost K forwards (the fast path: one).
+        """
+        plan = self.tap_plan()
+        others = {n: p.detach() for n, p in self.model.named_parameters()}
+        count = 0
+        for index, (x, y) in enumerate(self.data):
+            factors = None
+            column = 0
+            while factors is None or column < factors.shape[0]:
+                probes: list[Tensor] = []
+                handles = [tap.module.register_forward_hook(_LowMemoryTap(tap, total, probes))
+                           for tap in plan.taps]
+                try:
+                    for tap in plan.taps:
+                        tap.clear()
+                    outputs = self._call(others, x)
+                finally:
+                    for handle in handles:
+                        handle.remove()
+                if factors is None:
+                    factors = self._factors(outputs.detach(), y, index)
+                if probes:
+                    torch.autograd.grad(outputs, probes, factors[column], allow_unused=True)
+                del outputs, probes
+                column += 1
+            for tap in plan.taps:
+                tap.clear()
+            batch = TappedBatch(None, factors, [], plan.fallback, x)  # type: ignore[arg-type]
+            for name, squares in self.fallback_diag_sums(batch).items():
+                total[name] += squares.view_as(total[name])
+            count += self.call.num_samples(x)
+        return count
 
     # ----------------------------------------------------------- dense
     @guarded
@@ -686,3 +745,47 @@ def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:
                 total[tap.weight_name].addmm_(squares[i].T, tap.inputs[0].square())
             if tap.bias_name:
                 total[tap.bias_name] += squares[i].sum(0)
+
+
+class _LowMemoryTap:
+    """Forward hook of :meth:`FisherOperator._low_memory_diag` for one verified tap.
+
+    Keeps the layer's input, returns its output plus a zero probe (so the backward reaches it
+    although no parameter requires a gradient), and squares the per-sample gradients into
+    ``total`` as soon as every call's output gradient has arrived, then frees the inputs.
+    """
+
+    def __init__(self, tap: LayerTap, total: dict[str, Tensor], probes: list[Tensor]):
+        self.tap, self.total, self.probes = tap, total, probes
+        self.grads: dict[int, Tensor] = {}
+
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        tap = self.tap
+        call = len(tap.inputs)
+        tap.inputs.append(args[0].detach().movedim(tap.axis(call), 0))
+        probe = torch.zeros((), dtype=output.dtype, device=output.device, requires_grad=True)
+        self.probes.append(probe)
+        result = output + probe
+        result.register_hook(lambda grad, call=call: self._arrived(call, grad))
+        return result
+
+    def _arrived(self, call: int, grad: Tensor) -> None:
+        tap = self.tap
+        self.grads[call] = grad
+        if len(self.grads) < len(tap.inputs):
+            return
+        grads = [self.grads[c] for c in range(len(tap.inputs))]
+        if len(grads) == 1 and not tap.is_conv and tap.inputs[0].dim() == 2:
+            g2 = grads[0].square()
+            if tap.weight_name:
+                self.total[tap.weight_name].addmm_(g2.T, tap.inputs[0].square())
+            if tap.bias_name:
+                self.total[tap.bias_name] += g2.sum(0)
+        else:
+            weight, bias = per_sample_weight_grads(tap, grads)
+            if tap.weight_name:
+                self.total[tap.weight_name] += (weight**2).sum(0).view_as(self.total[tap.weight_name])
+            if tap.bias_name:
+                self.total[tap.bias_name] += (bias**2).sum(0)
+        self.grads.clear()
+        tap.clear()  # the inputs go as soon as their squares are taken
