@@ -9,7 +9,7 @@ from ._errors import DataError, MemspaceError
 from .action import ACTIONS, ActionTerm, StraightenResult, jacobian_action, kinetic_action, straighten
 from .complexity import TrajectoryLength, fisher_distance, fisher_rao_norm, trajectory_length
 from .data import DataSplit, load_dataset
-from .fisher import KFAC, FisherKind, FisherOperator, Likelihood
+from .fisher import EKFAC, KFAC, FisherKind, FisherOperator, Likelihood
 from .paths import (
     BlockSensitivity,
     PredictivePath,
@@ -34,6 +34,7 @@ __all__ = [
     "FisherKind",
     "Likelihood",
     "KFAC",
+    "EKFAC",
     # complexity of a configuration
     "fisher_rao_norm",
     "fisher_distance",

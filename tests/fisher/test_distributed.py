@@ -1,4 +1,4 @@
-"""Every quantity over data sharded across two gloo ranks equals one process on all of it.
+"""Every quantity (EKFAC included) over data sharded across two gloo ranks equals one process on all of it.
 
 Two CPU processes, a file rendezvous and GLOO_SOCKET_IFNAME=lo (nothing listens beyond this
 machine), float64, shards of unequal size (6 and 5 points, batches of 2). Each rank must return
@@ -35,6 +35,7 @@ def quantities(model, X, y, distributed: bool) -> dict[str, torch.Tensor]:
     v = torch.randn(F.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
     mc = FisherOperator(model, (X, y), kind="mc", mc_samples=2, batch_size=2, distributed=distributed)
     kfac = F.kfac()
+    ekfac = F.ekfac()
     density = F.spectral_density(num_probes=2, steps=6)
     path = predictive_path(model, (X, y), batch_size=2, distributed=distributed)
     blocks = block_sensitivity(model, (X, y), batch_size=2, distributed=distributed)
@@ -44,6 +45,7 @@ def quantities(model, X, y, distributed: bool) -> dict[str, torch.Tensor]:
         "kfac_inputs": torch.cat([b.input_factor.flatten() for b in kfac.blocks]),
         "kfac_grads": torch.cat([b.grad_factor.flatten() for b in kfac.blocks]),
         "kfac_mv": kfac @ v,
+        "ekfac_eigenvalues": ekfac.eigenvalues(), "ekfac_inverse": ekfac.inverse_mv(v, 1e-3),
         "trace": F.trace(), "hutchpp": F.trace("hutchpp", num_matvecs=9),
         "top3": F.eigh(3)[0], "slq_nodes": torch.as_tensor(density.nodes), "slq_weights": torch.as_tensor(density.weights),
         "effective_dimension": F.effective_dimension(0.1, method="slq", num_probes=2, steps=6),

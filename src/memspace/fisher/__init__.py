@@ -1,5 +1,6 @@
 """The Fisher information metric (docs/theory.md §1): operator, structures, spectral tools."""
 
+from .ekfac import EKFAC, EigenBlock
 from .kfac import KFAC, KroneckerBlock
 from .likelihood import FisherKind, Likelihood
 from ._params import shared_parameters
@@ -15,6 +16,8 @@ __all__ = [
     # structures
     "KFAC",
     "KroneckerBlock",
+    "EKFAC",
+    "EigenBlock",
     # spectral tools
     "SpectralDensity",
     "hutchpp",

@@ -711,6 +711,12 @@ class FisherOperator:
 
         return KFAC.from_operator(self)
 
+    def ekfac(self) -> Any:
+        """The eigenvalue-corrected K-FAC of this operator (:class:`~memspace.fisher.ekfac.EKFAC`)."""
+        from .ekfac import EKFAC
+
+        return EKFAC.from_operator(self)
+
 
 def _format_bytes(size: float) -> str:
     for unit in ("bytes", "KiB", "MiB", "GiB"):
