@@ -45,7 +45,7 @@ def quantities(model, X, y, distributed: bool) -> dict[str, torch.Tensor]:
         "kfac_inputs": torch.cat([b.input_factor.flatten() for b in kfac.blocks]),
         "kfac_grads": torch.cat([b.grad_factor.flatten() for b in kfac.blocks]),
         "kfac_mv": kfac @ v,
-        "ekfac_eigenvalues": ekfac.eigenvalues(), "ekfac_inverse": ekfac.inverse_mv(v, 1e-3),
+        "ekfac_eigenvalues": ekfac.eigenvalues(), "ekfac_inverse": ekfac.inverse_mv(v, 0.1),
         "trace": F.trace(), "hutchpp": F.trace("hutchpp", num_matvecs=9),
         "top3": F.eigh(3)[0], "slq_nodes": torch.as_tensor(density.nodes), "slq_weights": torch.as_tensor(density.weights),
         "effective_dimension": F.effective_dimension(0.1, method="slq", num_probes=2, steps=6),
