@@ -25,3 +25,18 @@ def test_an_unknown_memory_mode_is_refused():
     case = make_case("mlp")
     with pytest.raises(ValueError, match="memory must be 'fast' or 'low'"):
         FisherOperator(case.model, (case.inputs, case.targets), memory="tiny")
+
+
+@pytest.mark.parametrize("name", ["cnn", "mlp", "layernorm"])
+def test_per_sample_squares_in_chunks_equal_the_whole_batch(name, monkeypatch):
+    """Wide layers form per-sample gradients a few samples at a time; the sums do not change."""
+    from memspace.fisher import _taps
+
+    case = make_case(name)
+    whole = FisherOperator(case.model, (case.inputs, case.targets), batch_size=8).diag()
+    original = _taps.per_sample_square_sums
+    monkeypatch.setattr("memspace.fisher.operator.per_sample_square_sums",
+                        lambda tap, grads: original(tap, grads, max_elements=1))  # one sample per chunk
+    for memory in ("fast", "low"):
+        chunked = FisherOperator(case.model, (case.inputs, case.targets), batch_size=8, memory=memory).diag()
+        torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)

@@ -45,6 +45,8 @@ def test_low_memory_matvec_and_diagonal(zoo):
     v = torch.randn(F.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(F @ v, ref @ v, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(F.diag(), ref.diagonal(), rtol=1e-10, atol=1e-13)
+    fast = _operator(case).tap_plan()  # the low-memory check of the taps decides as the fast one does
+    assert F.tap_plan().reasons == fast.reasons and F.tap_plan().fallback == fast.fallback
 
 
 def test_diag_trace_dense(zoo):

@@ -170,3 +170,50 @@ def per_sample_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor,
         weight = w if weight is None else weight + w
         bias = b if bias is None else bias + b
     return weight, bias
+
+
+def per_sample_square_sums(tap: LayerTap, grads: list[Tensor], max_elements: int = 1 << 24) -> tuple[Tensor, Tensor]:
+    """Σ_n of squared per-sample weight [O, I] and bias [O] gradients, summed over calls first.
+
+    The per-sample gradients [n, O, I] are formed for a chunk of samples at a time, at most
+    ``max_elements`` entries (64 MiB in float32), so a wide layer never holds a batch of them
+    (ResNet-18's last convolution: 128 × 512 × 4608 entries, 1.2 GB, at once otherwise).
+    """
+    num = tap.inputs[0].shape[0]
+    per_sample = tap.module.weight.numel()
+    chunk = max(1, max_elements // max(1, per_sample))
+    if chunk >= num:
+        weight, bias = per_sample_weight_grads(tap, grads)
+        return (weight**2).sum(0), (bias**2).sum(0)
+    weight_sq = bias_sq = None
+    for start in range(0, num, chunk):
+        size = min(chunk, num - start)
+        part = LayerTap(tap.module, tap.weight_name, tap.bias_name, tap.sample_axes,
+                        [a.narrow(0, start, size) for a in tap.inputs])
+        part_grads = [g.narrow(tap.axis(call), start, size) for call, g in enumerate(grads)]
+        weight, bias = per_sample_weight_grads(part, part_grads)
+        w2, b2 = (weight**2).sum(0), (bias**2).sum(0)
+        weight_sq = w2 if weight_sq is None else weight_sq + w2
+        bias_sq = b2 if bias_sq is None else bias_sq + b2
+    return weight_sq, bias_sq
+
+
+def summed_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
+    """Σ_n of the per-sample weight [O, I] and bias [O] gradients, summed over calls, without
+    forming per-sample gradients (what :func:`per_sample_weight_grads` gives, summed over n).
+    """
+    weight = bias = None
+    for call, grad in enumerate(grads):
+        g = tap.output_grads(grad, call)  # [N, O, T]
+        if tap.is_conv:
+            module = tap.module
+            _, w, _ = torch.ops.aten.convolution_backward(
+                grad, tap.inputs[call], module.weight.detach(), None, list(module.stride), list(module.padding),
+                list(module.dilation), False, [0, 0], module.groups, [False, True, False])
+            w = w.reshape(w.shape[0], -1)
+        else:
+            w = torch.einsum("not,nit->oi", g, tap.features(call))
+        b = g.sum(dim=(0, 2))
+        weight = w if weight is None else weight + w
+        bias = b if bias is None else bias + b
+    return weight, bias

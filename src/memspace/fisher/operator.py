@@ -36,7 +36,7 @@ from .._model_call import ModelCall, OutputSelector, derivative_kernels, sample_
 from ._data import BatchStream, as_batch_stream
 from ._forward_mode import forward_mode_rules
 from ._params import ParameterSpace, check_eval_mode, shared_parameters
-from ._taps import LayerTap, check_tap_layout, is_tappable, per_sample_weight_grads
+from ._taps import LayerTap, check_tap_layout, is_tappable, per_sample_square_sums, summed_weight_grads
 from .likelihood import (
     FisherKind,
     Likelihood,
@@ -411,14 +411,14 @@ class FisherOperator:
         for tap in taps:
             grads = [next(via) for _ in tap.outputs]
             grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, tap.outputs)]
-            weight, bias = (None, None) if not grads else per_sample_weight_grads(tap, grads)
+            weight, bias = (None, None) if not grads else summed_weight_grads(tap, grads)
             good = True
             for name, mine in ((tap.weight_name, weight), (tap.bias_name, bias)):
                 if not name:
                     continue
                 ref = direct[name]
                 ref = torch.zeros_like(leaves[name]) if ref is None else ref
-                mine = torch.zeros_like(ref) if mine is None else mine.sum(0).reshape(ref.shape)
+                mine = torch.zeros_like(ref) if mine is None else mine.reshape(ref.shape)
                 scale = max(float(ref.norm()), float(mine.norm()))
                 if float((ref - mine).norm()) > tol * scale + 1e-30:
                     good = False
@@ -431,10 +431,58 @@ class FisherOperator:
 
     def tap_plan(self) -> TapPlan:
         """The verified :class:`TapPlan` (computed on the first batch, then kept)."""
+        if self._tap_plan is None and self.memory == "low":
+            self._tap_plan = self._low_memory_plan()
         if self._tap_plan is None:
             for _ in self.tapped_batches():
                 break
         return self._tap_plan
+
+    def _low_memory_plan(self) -> TapPlan:
+        """:meth:`_verify_taps` at a gradient's memory: one backward of rᵀf reaches the parameters
+        (autograd, every use) and, through zero probes, each tap's output, whose batch-summed
+        weight gradient a hook forms and compares as it arrives (no graph kept, no per-sample
+        gradients)."""
+        x, y = next(iter(self.data))
+        taps, reasons = self._plan_taps(x)
+        leaves, others = self._parameters()
+        summed: dict[str, Tensor] = {}
+        probes: list[Tensor] = []
+        handles = [tap.module.register_forward_hook(_LowMemoryTap(tap, summed, probes, summed=True)) for tap in taps]
+        try:
+            for tap in taps:
+                tap.clear()
+            outputs = self._call({**others, **leaves}, x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        factors = self._factors(outputs.detach(), y, 0)
+        gen = torch.Generator(device=factors.device).manual_seed(self.seed + 7919)
+        coeffs = torch.randn(factors.shape[0], generator=gen, dtype=factors.dtype, device=factors.device)
+        r = torch.einsum("k,knd->nd", coeffs, factors)
+        names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
+        direct = dict(zip(names, torch.autograd.grad(outputs, [leaves[n] for n in names] + probes, r,
+                                                     allow_unused=True)[: len(names)])) if names else {}
+        del outputs
+        tol = torch.finfo(factors.dtype).eps ** 0.5
+        kept = []
+        for tap in taps:
+            tap.clear()
+            good = True
+            for name in (tap.weight_name, tap.bias_name):
+                if not name:
+                    continue
+                ref = direct[name] if direct.get(name) is not None else torch.zeros_like(leaves[name])
+                mine = summed[name].reshape(ref.shape) if name in summed else torch.zeros_like(ref)
+                scale = max(float(ref.norm()), float(mine.norm()))
+                good &= float((ref - mine).norm()) <= tol * scale + 1e-30
+            if good:
+                kept.append(tap)
+            else:
+                reasons[self._module_name(tap.module)] = ("its parameters are used outside its own calls "
+                                                      "(a functional use such as attention's, or a tied layer)")
+        covered = {n for tap in kept for n in (tap.weight_name, tap.bias_name) if n}
+        return TapPlan(kept, [n for n in self.space.names if n not in covered], reasons)
 
     def tapped_batches(self) -> Iterator[TappedBatch]:
         """Stream batches through a forward that taps every verified Linear/Conv2d.
@@ -740,11 +788,11 @@ def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:
                 g2 = tap_grads[0] ** 2
                 squares[i] = g2 if squares[i] is None else squares[i] + g2
                 continue
-            weight, bias = per_sample_weight_grads(tap, tap_grads)
+            weight_sq, bias_sq = per_sample_square_sums(tap, tap_grads)
             if tap.weight_name:
-                total[tap.weight_name] += (weight**2).sum(0).view_as(total[tap.weight_name])
+                total[tap.weight_name] += weight_sq.view_as(total[tap.weight_name])
             if tap.bias_name:
-                total[tap.bias_name] += (bias**2).sum(0)
+                total[tap.bias_name] += bias_sq
     for i, tap in enumerate(batch.taps):
         if fast[i] and squares[i] is not None:
             if tap.weight_name:
@@ -754,15 +802,16 @@ def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:
 
 
 class _LowMemoryTap:
-    """Forward hook of :meth:`FisherOperator._low_memory_diag` for one verified tap.
+    """Forward hook of the low-memory passes (:meth:`FisherOperator._low_memory_diag`) for one tap.
 
     Keeps the layer's input, returns its output plus a zero probe (so the backward reaches it
-    although no parameter requires a gradient), and squares the per-sample gradients into
-    ``total`` as soon as every call's output gradient has arrived, then frees the inputs.
+    although no parameter requires a gradient), and as soon as every call's output gradient has
+    arrived squares the per-sample gradients into ``total`` — or, with ``summed`` (the plan's
+    check), stores the batch-summed gradients there — then frees the inputs.
     """
 
-    def __init__(self, tap: LayerTap, total: dict[str, Tensor], probes: list[Tensor]):
-        self.tap, self.total, self.probes = tap, total, probes
+    def __init__(self, tap: LayerTap, total: dict[str, Tensor], probes: list[Tensor], summed: bool = False):
+        self.tap, self.total, self.probes, self.summed = tap, total, probes, summed
         self.grads: dict[int, Tensor] = {}
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
@@ -781,17 +830,23 @@ class _LowMemoryTap:
         if len(self.grads) < len(tap.inputs):
             return
         grads = [self.grads[c] for c in range(len(tap.inputs))]
-        if len(grads) == 1 and not tap.is_conv and tap.inputs[0].dim() == 2:
+        if self.summed:
+            weight, bias = summed_weight_grads(tap, grads)
+            if tap.weight_name:
+                self.total[tap.weight_name] = weight
+            if tap.bias_name:
+                self.total[tap.bias_name] = bias
+        elif len(grads) == 1 and not tap.is_conv and tap.inputs[0].dim() == 2:
             g2 = grads[0].square()
             if tap.weight_name:
                 self.total[tap.weight_name].addmm_(g2.T, tap.inputs[0].square())
             if tap.bias_name:
                 self.total[tap.bias_name] += g2.sum(0)
         else:
-            weight, bias = per_sample_weight_grads(tap, grads)
+            weight_sq, bias_sq = per_sample_square_sums(tap, grads)
             if tap.weight_name:
-                self.total[tap.weight_name] += (weight**2).sum(0).view_as(self.total[tap.weight_name])
+                self.total[tap.weight_name] += weight_sq.view_as(self.total[tap.weight_name])
             if tap.bias_name:
-                self.total[tap.bias_name] += (bias**2).sum(0)
+                self.total[tap.bias_name] += bias_sq
         self.grads.clear()
         tap.clear()  # the inputs go as soon as their squares are taken
