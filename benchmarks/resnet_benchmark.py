@@ -73,7 +73,7 @@ class ResNet18(nn.Module):
         return self.head(self.layers(self.stem(x)).mean((2, 3)))
 
 
-def setup(quick: bool):
+def setup(quick: bool, batch: int | None = None, device: str = "cpu"):
     torch.manual_seed(0)
     model = ResNet18(8 if quick else 64).eval()
     with torch.no_grad():  # BatchNorm statistics of a trained-looking network, not the identity
@@ -81,8 +81,9 @@ def setup(quick: bool):
             if isinstance(module, nn.BatchNorm2d):
                 module.running_mean.normal_(0, 0.1)
                 module.running_var.uniform_(0.5, 2.0)
-    batch = 8 if quick else 128
-    return model, torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    batch = batch or (8 if quick else 128)
+    x, y = torch.randn(batch, 3, 32, 32), torch.randint(0, 10, (batch,))
+    return model.to(device), x.to(device), y.to(device)
 
 
 def weights(model) -> list[str]:
@@ -98,7 +99,7 @@ def tasks(model, x, y, have_curvlinops: bool) -> dict[str, callable]:
     F_low = FisherOperator(model, data, batch_size=len(x), memory="low")
     mc = FisherOperator(model, data, batch_size=len(x), kind="mc", params=layers)
     mc_low = FisherOperator(model, data, batch_size=len(x), kind="mc", params=layers, memory="low")
-    v = torch.randn(F.shape[0])
+    v = torch.randn(F.shape[0]).to(x.device)
     run = {
         "gradient": lambda: torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params),
         "memspace F@v": lambda: F @ v,
@@ -129,23 +130,40 @@ def check_agreement(model, x, y) -> float:
     F = FisherOperator(model, (x, y), batch_size=len(x))
     ggn = curvlinops.GGNLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), [(x, y)],
                                        check_deterministic=False)
-    v = torch.randn(F.shape[0], generator=torch.Generator().manual_seed(1))
+    v = torch.randn(F.shape[0], generator=torch.Generator().manual_seed(1)).to(x.device)
     ours, theirs = F @ v, ggn @ v
     low = FisherOperator(model, (x, y), batch_size=len(x), memory="low") @ v
     return max(float((ours - theirs).norm() / theirs.norm()), float((low - theirs).norm() / theirs.norm()))
 
 
-def median_seconds(fn, rounds: int) -> float:
+def median_seconds(fn, rounds: int, device: str = "cpu") -> float:
+    def sync():
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+
     fn()
+    sync()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def child(name: str, quick: bool) -> None:
+def cuda_peak(fn, device: str) -> int:
+    """Peak CUDA memory allocated by ``fn`` above what was allocated before it (bytes)."""
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(device) - base
+
+
+def child(name: str, quick: bool, batch: int | None) -> None:
     """Peak resident-memory growth of one operation, set-up included, in a fresh process (bytes)."""
     have = _have_curvlinops()
 
@@ -157,7 +175,7 @@ def child(name: str, quick: bool) -> None:
 
     Path("/proc/self/clear_refs").write_text("5")
     before = high_water()
-    model, x, y = setup(quick)
+    model, x, y = setup(quick, batch)
     tasks(model, x, y, have)[name]()
     print(high_water() - before)
 
@@ -175,15 +193,21 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--child")
+    parser.add_argument("--batch", type=int, help="batch size (default 128; curvlinops' GPU anchor used 512)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda: on CUDA, memory is the allocator's peak")
     parser.add_argument("--device-label", default=None, help="a label for the machine (default: platform)")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON here")
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.quick)
+        child(args.child, args.quick, args.batch)
         return
-    torch.set_num_threads(2)
-    model, x, y = setup(args.quick)
+    if args.device == "cpu":
+        torch.set_num_threads(2)
+    else:  # float32 means float32: no TF32 in convolutions or matrix products (both libraries alike)
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    model, x, y = setup(args.quick, args.batch, args.device)
     have = _have_curvlinops()
     agreement = check_agreement(model, x, y) if have else float("nan")
     if have and agreement > 1e-4:
@@ -191,24 +215,30 @@ def main() -> None:
     run = tasks(model, x, y, have)
     seconds = {}
     for name, fn in run.items():
-        seconds[name] = median_seconds(fn, args.rounds)
+        seconds[name] = median_seconds(fn, args.rounds, args.device)
         print(f"{name}: {seconds[name]:.3f} s", flush=True)
     memory = {}
     for name in run:
-        command = [sys.executable, __file__, "--child", name] + (["--quick"] if args.quick else [])
+        if args.device != "cpu":
+            memory[name] = cuda_peak(run[name], args.device)
+            continue
+        command = [sys.executable, __file__, "--child", name] + (["--quick"] if args.quick else []) + (
+            ["--batch", str(args.batch)] if args.batch else [])
         out = subprocess.run(command, capture_output=True, text=True)
         memory[name] = int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else None
         if memory[name] is None:
             print(f"memory of {name!r} not measured: {out.stderr.strip()[-300:]}", file=sys.stderr)
     base_t, base_m = seconds["gradient"], memory["gradient"]
     params = sum(p.numel() for p in model.parameters())
-    label = args.device_label or f"{platform.machine()}, 2 threads"
+    label = args.device_label or (f"{platform.machine()}, 2 threads" if args.device == "cpu"
+                                  else torch.cuda.get_device_name(args.device))
     lines = ["", f"## ResNet-18 (32×32, 10 classes, batch {len(x)}, float32): memspace beside curvlinops",
              "", f"`benchmarks/resnet_benchmark.py{' --quick' if args.quick else ''}`, {label}, torch {torch.__version__}; "
              f"{params / 1e6:.2f} M parameters, BatchNorm in eval mode. memspace's products (fast and memory=low) "
              f"and curvlinops' GGN product agree to {agreement:.1e} (relative). Diagonal and K-FAC: the "
-             f"{len(weights(model))} convolution and linear weights. Median of {args.rounds} runs; memory: peak "
-             "resident growth in a fresh process, set-up included.", "",
+             f"{len(weights(model))} convolution and linear weights. Median of {args.rounds} runs; memory: "
+             + ("peak resident growth in a fresh process, set-up included." if args.device == "cpu" else
+                "the CUDA allocator's peak above what was allocated before the operation."), "",
              "| operation | time (× gradient) | peak memory (× gradient) | peak memory |", "|---|---|---|---|"]
     for name in run:
         ratio_m = f"×{memory[name] / base_m:.2f}" if memory[name] and base_m else "—"

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# On a machine with a CUDA GPU: the test suite and the benchmarks in one go, numbers written under
+# $OUT (default benchmarks/device-results/). Needs a Python with a CUDA build of torch and the dev
+# requirements (make's .venv holds the CPU build: pass PYTHON=/path/to/python with CUDA torch).
+#
+#   PYTHON=python3 OUT=/tmp/out bash benchmarks/device.sh
+#
+# Writes: device.txt (nvidia-smi, torch), tests.txt (pytest on the GPU machine, including the CUDA
+# tests), resnet-128.md/json and resnet-512.md/json (ResNet-18 at batch 128 and at curvlinops'
+# anchor batch 512: MC-Fisher matvec about 2.8x a gradient on an A6000). The other benchmarks
+# measure CPU memory (VmHWM) and are run on the CPU machines.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-.venv/bin/python}
+OUT=${OUT:-benchmarks/device-results}
+mkdir -p "$OUT" .cache
+export MPLCONFIGDIR=$PWD/.cache/matplotlib SCIKIT_LEARN_DATA=$PWD/.cache/sklearn TORCHINDUCTOR_CACHE_DIR=$PWD/.cache/torchinductor
+status=0
+{
+  date -u
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 || echo "nvidia-smi not found"
+  "$PYTHON" -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'available', torch.cuda.is_available())"
+} > "$OUT/device.txt" 2>&1
+cat "$OUT/device.txt"
+if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "no CUDA device visible to $PYTHON: nothing to run" | tee -a "$OUT/device.txt"
+  exit 1
+fi
+PYTHONPATH=src timeout 1500 "$PYTHON" -m pytest -q -p no:warnings -x tests 2>&1 | tail -15 > "$OUT/tests.txt" || status=1
+cat "$OUT/tests.txt"
+for batch in 128 512; do
+  PYTHONPATH=src timeout 900 "$PYTHON" benchmarks/resnet_benchmark.py --device cuda --batch "$batch" --rounds 10 \
+    --out "$OUT/resnet-$batch.md" --json "$OUT/resnet-$batch.json" || status=1
+done
+exit $status
