@@ -28,7 +28,7 @@ def load_disent_metrics():
         dataset.DisentDataset = object
         sys.modules.update({"disent": package, "disent.metrics": metrics, "disent.dataset": dataset})
         loaded = {}
-        for name in ("utils", "_mig", "_dci", "_sap"):
+        for name in ("utils", "_mig", "_dci", "_sap", "_factor_vae"):
             module_spec = importlib.util.spec_from_file_location(f"disent.metrics.{name}", root / "metrics" / f"{name}.py")
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[f"disent.metrics.{name}"] = module
