@@ -75,3 +75,20 @@ def test_dense_refuses_over_the_memory_limit():
     F = FisherOperator(case.model, (case.inputs, case.targets), max_dense_bytes=1000)
     with pytest.raises(ValueError, match=r"51×51 = 20.3 KiB, over the limit of 1000 bytes \(max_dense_bytes\)"):
         F.dense()
+
+
+def test_lanczos_that_cannot_converge_stops_with_a_clear_error():
+    """A tolerance below the products' noise would let ARPACK restart for hours; a bound stops it."""
+    import numpy as np
+
+    from memspace import MemspaceError
+    from memspace.fisher.spectral import top_eigenpairs
+
+    rng = np.random.default_rng(0)
+    diagonal = np.linspace(1.0, 1.001, 200)  # clustered, and every product carries 1e-3 noise
+
+    def noisy(v):
+        return diagonal * v + 1e-3 * rng.standard_normal(v.shape) * np.linalg.norm(v)
+
+    with pytest.raises(MemspaceError, match="Lanczos found .* of the top 3 eigenvalues .* in 5 restarts"):
+        top_eigenpairs(noisy, 200, 3, tol=1e-12, max_restarts=5)

@@ -149,17 +149,33 @@ def stochastic_lanczos_quadrature(
 
 
 def top_eigenpairs(
-    matvec: Matvec, dim: int, k: int, tol: float = 0.0, seed: int = 0
+    matvec: Matvec, dim: int, k: int, tol: float = 0.0, seed: int = 0, max_restarts: int = 300
 ) -> tuple[np.ndarray, np.ndarray]:
     """Top-k (largest algebraic) eigenpairs of a symmetric operator by ARPACK.
 
+    ARPACK's own limit (10·P restarts) would let a tolerance finer than the products' rounding
+    (float32 products with tol = 1e-6, say) run for hours; ``max_restarts`` stops it with an error
+    that says what converged.
+
     Returns:
         ``(eigenvalues [k] descending, eigenvectors [P, k])``.
+
+    Raises:
+        MemspaceError: no convergence within ``max_restarts`` implicit restarts.
     """
+    from scipy.sparse.linalg import ArpackNoConvergence
+
+    from .._errors import MemspaceError
+
     if not 1 <= k < dim:
         raise ValueError(f"k must be in [1, {dim - 1}] for a {dim}×{dim} operator, got {k}")
     operator = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(dim)
-    values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=v0)
+    try:
+        values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=v0, maxiter=max_restarts)
+    except ArpackNoConvergence as error:
+        raise MemspaceError(
+            f"Lanczos found {len(error.eigenvalues)} of the top {k} eigenvalues to tol = {tol:g} in {max_restarts} "
+            "restarts: ask for a larger tol (float32 products support about 1e-4) or measure in float64") from None
     order = np.argsort(values)[::-1]
     return values[order], vectors[:, order]
