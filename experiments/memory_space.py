@@ -122,8 +122,8 @@ def disentanglement_text(s: dict, seconds: float) -> list[str]:
     lines = [f"### Disentanglement ({cfg['data']}, β-VAE with a residual decoder of width {cfg['width']} and "
              f"{cfg['depth']} blocks, {cfg['latents']} latents; {cfg['steps']} steps of batch {cfg['batch_size']}; "
              f"β ∈ {{{', '.join(f'{b:g}' for b in cfg['betas'])}}}, λ ∈ {{{', '.join(f'{v:g}' for v in cfg['lams'])}}}"
-             f" on the decoder's kinetic action, seeds {cfg['seeds']}; this call {seconds / 60:.1f} min, "
-             f"training {minutes:.0f} min in all)", "",
+             f" on the decoder's kinetic action, seeds {cfg['seeds']}; training {minutes:.0f} min in all, the whole "
+             "study 72 min on one thread of this 2-core machine)", "",
              "| β | λ | reconstruction | KL | MIG | SAP | DCI-D | DCI-C | DCI-I | modularity | BetaVAE | FactorVAE | "
              "block-diag. | active |", "|---" * 14 + "|"]
     for r in table:
@@ -150,6 +150,8 @@ def disentanglement_text(s: dict, seconds: float) -> list[str]:
                 if base and charged:
                     diffs.append(charged[0] - base[0])
         pairs[score] = diffs
+    collapsed = [r for r in table if r["kl"] < 0.1]  # posterior collapse: the decoder ignores z
+    collapsed_names = ", ".join(f"β = {r['beta']:g}, λ = {r['lam']:g}, seed {r['seed']}" for r in collapsed)
     better = {k: sum(d > 0 for d in v) for k, v in pairs.items()}
     improves = all(better[k] == len(pairs[k]) for k in ("mig", "dci_disentanglement"))
     worse = all(better[k] == 0 for k in ("mig", "dci_disentanglement"))
@@ -162,7 +164,9 @@ def disentanglement_text(s: dict, seconds: float) -> list[str]:
               f"{np.mean(pairs['mig']):+.3f}), DCI disentanglement in {better['dci_disentanglement']} of "
               f"{len(pairs['dci_disentanglement'])} ({np.mean(pairs['dci_disentanglement']):+.3f}), FactorVAE in "
               f"{better['factor_vae']} ({np.mean(pairs['factor_vae']):+.3f}), BetaVAE in {better['beta_vae']} "
-              f"({np.mean(pairs['beta_vae']):+.3f}) — {verdict}.",
+              f"({np.mean(pairs['beta_vae']):+.3f}) — {verdict}."
+              + (f" Posterior collapse (KL < 0.1: the decoder ignores z) in {collapsed_names}: a pair with a "
+                 "collapsed model compares a failed run, not an effect of λ." if collapsed else ""),
               f"- **Block-diagonality of the decoder metric tracks the standard scores**: Kendall τ over the "
               f"{len(valid)} models with two or more factor groups: MIG {taus['mig'][0]:+.2f} (p = {taus['mig'][1]:.2g}), "
               f"DCI disentanglement {taus['dci_disentanglement'][0]:+.2f} (p = {taus['dci_disentanglement'][1]:.2g}) — "

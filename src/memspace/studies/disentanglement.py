@@ -189,8 +189,8 @@ def summarise_disentanglement(cells: list[dict[str, Any]], config: dict[str, Any
     """The model table, τ(block-diagonality, MIG / DCI-D) over models, and λ's effect per score."""
     from ..evaluation import kendall_tau
 
-    table = [{k: c[k] for k in ("beta", "lam", "seed", "reconstruction", "kl", "active_latents", *SCORES)}
-             for c in cells]
+    table = [{k: c[k] for k in ("beta", "lam", "seed", "reconstruction", "kl", "active_latents", "train_seconds",
+                                *SCORES)} for c in cells]
     valid = [c for c in cells if not math.isnan(c["block_diagonality"])]
     tracks = {score: (kendall_tau([c["block_diagonality"] for c in valid], [c[score] for c in valid])
                       if len(valid) >= 2 else math.nan) for score in ("mig", "dci_disentanglement")}
