@@ -109,6 +109,10 @@ class LayerTap:
         self.outputs.clear()
         self._features.clear()
 
+    def drop_features(self) -> None:
+        """Forget the cached :meth:`features` (they are recomputed if asked for again)."""
+        self._features.clear()
+
     @property
     def is_conv(self) -> bool:
         return isinstance(self.module, nn.Conv2d)

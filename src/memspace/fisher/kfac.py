@@ -61,11 +61,8 @@ def _input_covariance(tap: LayerTap) -> Tensor:
     for call in range(len(tap.inputs)):
         cols = tap.features(call)  # [N, I, T]
         positions += cols.shape[2]
-        if cols.shape[2] == 1:
-            rows = cols[:, :, 0]
-            cov = rows.T @ rows
-        else:
-            cov = torch.bmm(cols, cols.transpose(1, 2)).sum(0)
+        rows = _positions_as_rows(cols)
+        cov = rows.T @ rows
         if tap.bias_name is not None:
             sums = cols.sum(dim=(0, 2))
             count = torch.full((1, 1), float(cols.shape[0] * cols.shape[2]), dtype=cols.dtype, device=cols.device)
@@ -76,11 +73,17 @@ def _input_covariance(tap: LayerTap) -> Tensor:
 
 def _output_grad_covariance(tap: LayerTap, grad: Tensor, call: int) -> Tensor:
     """Σ_n Σ_t g gᵀ of one call's output gradients, [O, O]."""
-    cols = tap.output_grads(grad, call)  # [N, O, T]
-    if cols.shape[2] == 1:
-        rows = cols[:, :, 0]
-        return rows.T @ rows
-    return torch.bmm(cols, cols.transpose(1, 2)).sum(0)
+    rows = _positions_as_rows(tap.output_grads(grad, call))
+    return rows.T @ rows
+
+
+def _positions_as_rows(cols: Tensor) -> Tensor:
+    """[N, F, T] columns as [N·T, F] rows, so that Σ_n Σ_t c cᵀ is one matrix product.
+
+    (A batched product would first form N matrices [F, F]: for ResNet-18's last convolutions,
+    128 × 4608² entries, 11 GB.)
+    """
+    return cols[:, :, 0] if cols.shape[2] == 1 else cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
 class KFAC:
@@ -126,6 +129,7 @@ class KFAC:
                 if not tap.inputs:  # the layer did not run in this batch
                     continue
                 a = _input_covariance(tap)
+                tap.drop_features()  # unfolded patches are the largest temporaries: one layer's at a time
                 inputs[i] = a if i not in inputs else inputs[i] + a
             for column in batch.column_grads():
                 for i, (tap, tap_grads) in enumerate(zip(batch.taps, column)):
