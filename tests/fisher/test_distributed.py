@@ -72,6 +72,9 @@ def _worker(rank: int, world: int, root: str, mode: str) -> None:
                 X = X.clone()
                 X[3, 0] = float("nan")  # the second batch of rank 1
             predictive_path(model, (X, y), batch_size=2, distributed=True)
+        elif mode == "mismatch":  # rank 1 measures the head only: its sums would not pair with rank 0's
+            FisherOperator(model, (X, y), batch_size=2, distributed=True,
+                           params=["head.weight", "head.bias"] if rank == 1 else None).diag()
         elif mode == "dies":
             if rank == 1:
                 os._exit(0)  # gone without a word, before its first reduction
@@ -113,6 +116,13 @@ def test_a_failing_rank_stops_every_rank_with_its_message(tmp_path):
     assert outcomes[0]["type"] == "DistributedError", outcomes[0]
     assert "rank 1 failed during the predictive path" in outcomes[0]["message"]
     assert "NaN" in outcomes[0]["message"]
+
+
+def test_ranks_with_different_parameters_are_refused_not_summed(tmp_path):
+    outcomes = _run(tmp_path, "mismatch")
+    for rank, outcome in enumerate(outcomes):
+        assert outcome["type"] == "MemspaceError", outcome
+        assert f"rank {rank}: the ranks disagree on the parameters or the layer taps" in outcome["message"]
 
 
 def test_a_rank_that_dies_is_reported_after_the_timeout_not_a_hang(tmp_path):

@@ -143,12 +143,6 @@ class KFAC:
             count += operator.call.num_samples(batch.inputs)
         num = operator._reduce(torch.tensor(float(count), dtype=torch.float64)).item()
         operator._num_data = int(num)
-        if operator._collective.active:  # a layer that ran on any rank gets a block on every rank
-            ran = operator._reduce(torch.tensor([float(i in inputs) for i in range(len(taps))], dtype=torch.float64))
-            for i, tap in enumerate(taps):
-                if ran[i] > 0 and i not in inputs:
-                    size = tap.module.weight[0].numel() + (tap.bias_name is not None)
-                    inputs[i] = torch.zeros(size, size, dtype=dtype, device=device)
         prefix_of = {id(m): n for n, m in operator.model.named_modules()}
         for i, tap in enumerate(taps):
             if i not in inputs:  # never ran: a zero block, kept as a zero diagonal

@@ -438,6 +438,19 @@ class FisherOperator:
                 break
         return self._tap_plan
 
+    def _check_plans_agree(self, plan: TapPlan) -> None:
+        """With sharded data every rank must tap the same layers, or the reductions would pair unlike sums."""
+        if not self._collective.active:
+            return
+        mine = torch.tensor([float(self.space.numel), float(len(plan.taps)), float(len(plan.fallback))],
+                            dtype=torch.float64)
+        total = self._reduce(mine.clone())
+        if not torch.equal(total, mine * self._collective.world):
+            raise MemspaceError(
+                f"rank {self._collective.rank}: the ranks disagree on the parameters or the layer taps (this rank: "
+                f"{int(mine[0])} parameters, {int(mine[1])} taps, {len(plan.fallback)} on the exact path; "
+                f"sums over ranks {total.tolist()}): give every rank the same model and params=")
+
     def _low_memory_plan(self) -> TapPlan:
         """:meth:`_verify_taps` at a gradient's memory: one backward of rᵀf reaches the parameters
         (autograd, every use) and, through zero probes, each tap's output, whose batch-summed
@@ -482,7 +495,9 @@ class FisherOperator:
                 reasons[self._module_name(tap.module)] = ("its parameters are used outside its own calls "
                                                       "(a functional use such as attention's, or a tied layer)")
         covered = {n for tap in kept for n in (tap.weight_name, tap.bias_name) if n}
-        return TapPlan(kept, [n for n in self.space.names if n not in covered], reasons)
+        plan = TapPlan(kept, [n for n in self.space.names if n not in covered], reasons)
+        self._check_plans_agree(plan)
+        return plan
 
     def tapped_batches(self) -> Iterator[TappedBatch]:
         """Stream batches through a forward that taps every verified Linear/Conv2d.
@@ -514,6 +529,7 @@ class FisherOperator:
                 taps = self._verify_taps(taps, leaves, outputs, factors, reasons)
                 covered = {n for tap in taps for n in (tap.weight_name, tap.bias_name) if n}
                 plan = self._tap_plan = TapPlan(taps, [n for n in self.space.names if n not in covered], reasons)
+                self._check_plans_agree(plan)
             num = self.call.num_samples(x)
             for tap in taps:
                 expected = len(tap.sample_axes or [])
