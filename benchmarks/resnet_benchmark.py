@@ -9,7 +9,7 @@ fresh process (VmHWM growth, set-up included):
 - F@v: memspace's true-Fisher product, fast (forward-mode + backward) and memory="low" (a
   graph-free J·v forward, then a forward+backward), beside curvlinops' GGN product;
 - MC diagonal (1 sampled label): memspace fast and memory="low";
-- K-FAC factors, MC (1 sample): memspace beside curvlinops' KFACLinearOperator.
+- K-FAC factors, MC (1 sample): memspace fast and memory="low" beside curvlinops' KFACLinearOperator.
 
 The diagonal and K-FAC cover the convolution and linear weights (curvlinops' K-FAC supports only
 those; BatchNorm's 9.6 k parameters would take memspace's exact per-sample path). The products cover
@@ -107,6 +107,8 @@ def tasks(model, x, y, have_curvlinops: bool) -> dict[str, callable]:
         "memspace MC diagonal": mc.diag,
         "memspace MC diagonal, memory=low": mc_low.diag,
         "memspace K-FAC factors (MC)": lambda: KFAC(model, data, batch_size=len(x), kind="mc", params=layers),
+        "memspace K-FAC factors (MC), memory=low": lambda: KFAC(model, data, batch_size=len(x), kind="mc",
+                                                                params=layers, memory="low"),
     }
     if have_curvlinops:
         import curvlinops

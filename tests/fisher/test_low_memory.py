@@ -19,6 +19,7 @@ def test_low_memory_equals_the_fast_path(name, kind):
     v = torch.randn(fast.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(low @ v, fast @ v, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(low.diag(), fast.diag(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(low.kfac().dense(), fast.kfac().dense(), rtol=1e-12, atol=1e-14)
 
 
 def test_an_unknown_memory_mode_is_refused():

@@ -109,6 +109,12 @@ class LayerTap:
         self.outputs.clear()
         self._features.clear()
 
+    def features_of(self, inputs: Tensor, call: int) -> Tensor:
+        """:meth:`features` of some of the call's samples (``inputs``: sample axis first), not cached."""
+        if self.is_conv:
+            return unfold_conv_input(self.module, inputs)
+        return inputs.reshape(inputs.shape[0], -1, inputs.shape[-1]).transpose(1, 2)
+
     def drop_features(self) -> None:
         """Forget the cached :meth:`features` (they are recomputed if asked for again)."""
         self._features.clear()

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ._taps import LayerTap
-from .operator import FisherOperator, Vector
+from .operator import FisherOperator, TappedBatch, Vector
 
 __all__ = ["KFAC", "KroneckerBlock"]
 
@@ -55,19 +55,30 @@ class KroneckerBlock:
         return self.input_factor[-1:, -1:] if self.weight_name is None else self.input_factor
 
 
-def _input_covariance(tap: LayerTap) -> Tensor:
-    """Σ_n Σ_t ā ā ᵀ / T over the calls of one tapped layer, [I(+1), I(+1)]."""
+def _input_covariance(tap: LayerTap, max_elements: int = 1 << 24) -> Tensor:
+    """Σ_n Σ_t ā ā ᵀ / T over the calls of one tapped layer, [I(+1), I(+1)].
+
+    A convolution's patches are unfolded a chunk of samples at a time (at most ``max_elements``
+    entries): ResNet-18's first stage alone would unfold to 128 × 576 × 1024 entries per layer.
+    """
     total, positions = None, 0
     for call in range(len(tap.inputs)):
-        cols = tap.features(call)  # [N, I, T]
-        positions += cols.shape[2]
-        rows = _positions_as_rows(cols)
-        cov = rows.T @ rows
-        if tap.bias_name is not None:
-            sums = cols.sum(dim=(0, 2))
-            count = torch.full((1, 1), float(cols.shape[0] * cols.shape[2]), dtype=cols.dtype, device=cols.device)
-            cov = torch.cat([torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0)
-        total = cov if total is None else total + cov
+        if tap.is_conv:
+            a = tap.inputs[call]
+            per_sample = tap.features_of(a[:1], call).numel()
+            chunk = max(1, max_elements // max(1, per_sample))
+            parts = [tap.features_of(a[start : start + chunk], call) for start in range(0, len(a), chunk)]
+        else:
+            parts = [tap.features(call)]
+        for cols in parts:  # [n, I, T]
+            rows = _positions_as_rows(cols)
+            cov = rows.T @ rows
+            if tap.bias_name is not None:
+                sums = cols.sum(dim=(0, 2))
+                count = torch.full((1, 1), float(cols.shape[0] * cols.shape[2]), dtype=cols.dtype, device=cols.device)
+                cov = torch.cat([torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0)
+            total = cov if total is None else total + cov
+        positions += parts[0].shape[2]
     return total / positions
 
 
@@ -123,7 +134,9 @@ class KFAC:
         fallback: dict[str, Tensor] = {}
         taps: list[LayerTap] = []
         count = 0
-        for batch in operator.tapped_batches():
+        if operator.memory == "low":
+            taps, count = self._probe_pass(operator, inputs, grads, fallback)
+        for batch in ([] if operator.memory == "low" else operator.tapped_batches()):
             taps = batch.taps
             for i, tap in enumerate(batch.taps):
                 if not tap.inputs:  # the layer did not run in this batch
@@ -164,6 +177,33 @@ class KFAC:
         for name, value in fallback.items():
             self.fallback_diag[name] = operator._reduce(value) / num
         self._eig_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+    @staticmethod
+    def _probe_pass(operator: FisherOperator, inputs: dict[int, Tensor], grads: dict[int, Tensor],
+                    fallback: dict[str, Tensor]) -> tuple[list[LayerTap], int]:
+        """The factors at about a gradient's memory (``memory="low"``): each layer's A and G are
+        taken in a backward hook as its output gradients arrive, and its input is freed then
+        (:meth:`FisherOperator.probe_columns`)."""
+        taps = operator.tap_plan().taps
+        index = {id(tap): i for i, tap in enumerate(taps)}
+
+        def complete(tap: LayerTap, tap_grads: list[Tensor], column: int) -> None:
+            i = index[id(tap)]
+            if column == 0:
+                a = _input_covariance(tap)
+                tap.drop_features()
+                inputs[i] = a if i not in inputs else inputs[i] + a
+            for call, g in enumerate(tap_grads):
+                cov = _output_grad_covariance(tap, g, call)
+                grads[i] = cov if i not in grads else grads[i] + cov
+
+        count = 0
+        for x, factors in operator.probe_columns(complete):
+            batch = TappedBatch(None, factors, [], operator.tap_plan().fallback, x)  # type: ignore[arg-type]
+            for name, sq in operator.fallback_diag_sums(batch).items():
+                fallback[name] = sq if name not in fallback else fallback[name] + sq
+            count += operator.call.num_samples(x)
+        return taps, count
 
     # ----------------------------------------------------------- products
     def _scatter(self, block: KroneckerBlock, matrix: Tensor, out: dict[str, Tensor]) -> None:

@@ -460,15 +460,14 @@ class FisherOperator:
         taps, reasons = self._plan_taps(x)
         leaves, others = self._parameters()
         summed: dict[str, Tensor] = {}
-        probes: list[Tensor] = []
-        handles = [tap.module.register_forward_hook(_LowMemoryTap(tap, summed, probes, summed=True)) for tap in taps]
-        try:
-            for tap in taps:
-                tap.clear()
-            outputs = self._call({**others, **leaves}, x)
-        finally:
-            for handle in handles:
-                handle.remove()
+
+        def keep_sums(tap: LayerTap, grads: list[Tensor]) -> None:
+            weight, bias = summed_weight_grads(tap, grads)
+            for name, value in ((tap.weight_name, weight), (tap.bias_name, bias)):
+                if name:
+                    summed[name] = value
+
+        outputs, probes = self._probe_forward(x, {**others, **leaves}, taps, keep_sums)
         factors = self._factors(outputs.detach(), y, 0)
         gen = torch.Generator(device=factors.device).manual_seed(self.seed + 7919)
         coeffs = torch.randn(factors.shape[0], generator=gen, dtype=factors.dtype, device=factors.device)
@@ -628,32 +627,39 @@ class FisherOperator:
             count += self.call.num_samples(batch.inputs)
         return self._finish(flat, count)
 
-    def _low_memory_diag(self, total: dict[str, Tensor]) -> int:
-        """:meth:`diag` at about a gradient's peak memory; returns the sample count.
+    def _probe_forward(self, x: Tensor, params: Mapping[str, Tensor], taps: list[LayerTap],
+                       complete: Callable[[LayerTap, list[Tensor]], None]) -> tuple[Tensor, list[Tensor]]:
+        """A forward in which each tap keeps its layer's input and adds a zero probe to its output.
 
-        Per batch and output-Fisher column s_k: a forward in which every verified tap keeps
-        its layer's input and adds a zero probe to its output, then one backward of s_kᵀf to
-        the probes only (no weight gradients, saved activations freed as the backward goes).
-        A hook on each tapped output squares that layer's per-sample gradients the moment they
-        arrive and drops the layer's input. K columns cost K forwards (the fast path: one).
+        Returns (outputs, probes). A backward to the probes (no parameter needs to require a
+        gradient) calls ``complete(tap, output gradients per call)`` as soon as a layer's gradients
+        have all arrived, then frees that layer's inputs: activations go as the backward proceeds.
+        """
+        probes: list[Tensor] = []
+        handles = [tap.module.register_forward_hook(_ProbeTap(tap, probes, complete)) for tap in taps]
+        try:
+            for tap in taps:
+                tap.clear()
+            outputs = self._call(params, x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return outputs, probes
+
+    def probe_columns(self, complete: Callable[[LayerTap, list[Tensor], int], None]) -> Iterator[tuple[Tensor, Tensor]]:
+        """The low-memory pass over the data (``memory="low"``): per batch and output-Fisher column
+        s_k, a probe forward (:meth:`_probe_forward`) and one backward of s_kᵀf to the probes,
+        with ``complete(tap, grads, k)`` called layer by layer. Yields (inputs, factors [K, N, D])
+        after each batch. K columns cost K forwards (the fast path: one forward, K backwards).
         """
         plan = self.tap_plan()
         others = {n: p.detach() for n, p in self.model.named_parameters()}
-        count = 0
         for index, (x, y) in enumerate(self.data):
             factors = None
             column = 0
             while factors is None or column < factors.shape[0]:
-                probes: list[Tensor] = []
-                handles = [tap.module.register_forward_hook(_LowMemoryTap(tap, total, probes))
-                           for tap in plan.taps]
-                try:
-                    for tap in plan.taps:
-                        tap.clear()
-                    outputs = self._call(others, x)
-                finally:
-                    for handle in handles:
-                        handle.remove()
+                outputs, probes = self._probe_forward(
+                    x, others, plan.taps, lambda tap, grads, k=column: complete(tap, grads, k))
                 if factors is None:
                     factors = self._factors(outputs.detach(), y, index)
                 if probes:
@@ -662,6 +668,13 @@ class FisherOperator:
                 column += 1
             for tap in plan.taps:
                 tap.clear()
+            yield x, factors
+
+    def _low_memory_diag(self, total: dict[str, Tensor]) -> int:
+        """:meth:`diag` at about a gradient's peak memory (:meth:`probe_columns`); returns the sample count."""
+        plan = self.tap_plan()
+        count = 0
+        for x, factors in self.probe_columns(lambda tap, grads, column: _add_squares(tap, grads, total)):
             batch = TappedBatch(None, factors, [], plan.fallback, x)  # type: ignore[arg-type]
             for name, squares in self.fallback_diag_sums(batch).items():
                 total[name] += squares.view_as(total[name])
@@ -817,17 +830,11 @@ def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:
                 total[tap.bias_name] += squares[i].sum(0)
 
 
-class _LowMemoryTap:
-    """Forward hook of the low-memory passes (:meth:`FisherOperator._low_memory_diag`) for one tap.
+class _ProbeTap:
+    """Forward hook of :meth:`FisherOperator._probe_forward` for one tap (see there)."""
 
-    Keeps the layer's input, returns its output plus a zero probe (so the backward reaches it
-    although no parameter requires a gradient), and as soon as every call's output gradient has
-    arrived squares the per-sample gradients into ``total`` — or, with ``summed`` (the plan's
-    check), stores the batch-summed gradients there — then frees the inputs.
-    """
-
-    def __init__(self, tap: LayerTap, total: dict[str, Tensor], probes: list[Tensor], summed: bool = False):
-        self.tap, self.total, self.probes, self.summed = tap, total, probes, summed
+    def __init__(self, tap: LayerTap, probes: list[Tensor], complete: Callable[[LayerTap, list[Tensor]], None]):
+        self.tap, self.probes, self.complete = tap, probes, complete
         self.grads: dict[int, Tensor] = {}
 
     def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
@@ -841,28 +848,26 @@ class _LowMemoryTap:
         return result
 
     def _arrived(self, call: int, grad: Tensor) -> None:
-        tap = self.tap
         self.grads[call] = grad
-        if len(self.grads) < len(tap.inputs):
+        if len(self.grads) < len(self.tap.inputs):
             return
-        grads = [self.grads[c] for c in range(len(tap.inputs))]
-        if self.summed:
-            weight, bias = summed_weight_grads(tap, grads)
-            if tap.weight_name:
-                self.total[tap.weight_name] = weight
-            if tap.bias_name:
-                self.total[tap.bias_name] = bias
-        elif len(grads) == 1 and not tap.is_conv and tap.inputs[0].dim() == 2:
-            g2 = grads[0].square()
-            if tap.weight_name:
-                self.total[tap.weight_name].addmm_(g2.T, tap.inputs[0].square())
-            if tap.bias_name:
-                self.total[tap.bias_name] += g2.sum(0)
-        else:
-            weight_sq, bias_sq = per_sample_square_sums(tap, grads)
-            if tap.weight_name:
-                self.total[tap.weight_name] += weight_sq.view_as(self.total[tap.weight_name])
-            if tap.bias_name:
-                self.total[tap.bias_name] += bias_sq
+        grads = [self.grads[c] for c in range(len(self.tap.inputs))]
         self.grads.clear()
-        tap.clear()  # the inputs go as soon as their squares are taken
+        self.complete(self.tap, grads)
+        self.tap.clear()  # the inputs go as soon as the layer is done
+
+
+def _add_squares(tap: LayerTap, grads: list[Tensor], total: dict[str, Tensor]) -> None:
+    """Add one column's Σ_n (per-sample gradient)² of one tapped layer to ``total``."""
+    if len(grads) == 1 and not tap.is_conv and tap.inputs[0].dim() == 2:
+        g2 = grads[0].square()
+        if tap.weight_name:
+            total[tap.weight_name].addmm_(g2.T, tap.inputs[0].square())
+        if tap.bias_name:
+            total[tap.bias_name] += g2.sum(0)
+        return
+    weight_sq, bias_sq = per_sample_square_sums(tap, grads)
+    if tap.weight_name:
+        total[tap.weight_name] += weight_sq.view_as(total[tap.weight_name])
+    if tap.bias_name:
+        total[tap.bias_name] += bias_sq
