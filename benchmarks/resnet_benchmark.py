@@ -184,7 +184,7 @@ def child(name: str, quick: bool, batch: int | None) -> None:
 
 def _have_curvlinops() -> bool:
     try:
-        import curvlinops  # noqa: F401
+        import curvlinops  # noqa: F401  (present or not)
     except ImportError:
         return False
     return True

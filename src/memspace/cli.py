@@ -239,27 +239,60 @@ def measure(
     timeout: Annotated[float, typer.Option(help="With --distributed: seconds a rank waits for the others.")] = 300.0,
 ) -> None:
     """Measure your own trained model: the demo's measurements, without training."""
+    rank, world = 0, 1
     if distributed:
-        _measure_distributed(model, arch, data, blocks, head, out, seed, overwrite, json_output, rendezvous, timeout)
-        return
+        from .distributed import init_process_group
+
+        _check_range("--timeout", timeout, 1.0)
+        rank, world = init_process_group(rendezvous, timeout_s=timeout)
+    _measure(model, arch, data, blocks, head, out, seed, overwrite, json_output, distributed, rank, world)
+    if distributed:
+        import torch
+
+        torch.distributed.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # Leave without C++ static destructors: a gloo thread sometimes outlives them and aborts the process.
+        os._exit(0)
+
+
+def _measure(model, arch, data, blocks, head, out, seed, overwrite, json_output, distributed, rank, world) -> None:
+    """The ``measure`` command's work. Sharded (``distributed``): every rank measures its share of the
+    points, rank 0 alone owns the run folder and prints, and a rank that fails anywhere here stops
+    every rank with its message."""
+    from contextlib import nullcontext
+
     from ._runs import RunFolder
     from .data import load_dataset
+    from .distributed import Collective
     from .report import render_report
     from .studies import measure_network
 
-    network = _load_network(model, arch)
-    split = load_dataset(data, seed=seed)
-    names = [b.strip() for b in blocks.split(",")] if blocks else None
-    network = network.float().eval()
-    _check_before_work(network, split, names, head)
-    config = {"data": data, "model": str(model), "arch": arch, "seed": seed, "blocks": names, "head": head}
-    with RunFolder.open(out, kind="measure", config=config, overwrite=overwrite, finished="metrics.json") as run:
-        measures = measure_network(network, split, block_names=names, head=head, seed=seed,
-                                   status=lambda m: typer.echo(f"  {m}", err=json_output))
-        metrics = {"run": {"data": data, "model": str(model), "arch": arch, "seed": seed},
-                   "networks": {model.stem: {"action": "n/a", "lambda": "n/a", "history": [], "measures": measures}}}
-        report = render_report(metrics, run.path("report.html"), title=f"memspace report: {model.name}")
-        run.write_json("metrics.json", metrics)  # last: the marker of a finished run
+    lead = rank == 0
+    shared = {"processes": world} if distributed else {}
+    with Collective(distributed, "memspace measure").guard():
+        network = _load_network(model, arch)
+        split = load_dataset(data, seed=seed)
+        names = [b.strip() for b in blocks.split(",")] if blocks else None
+        network = network.float().eval()
+        _check_before_work(network, split, names, head)
+        config = {"data": data, "model": str(model), "arch": arch, "seed": seed, "blocks": names, "head": head,
+                  **shared}
+        folder = (RunFolder.open(out, kind="measure", config=config, overwrite=overwrite, finished="metrics.json")
+                  if lead else nullcontext())
+        with folder as run:
+            echo = (lambda m: typer.echo(f"  {m}", err=json_output)) if lead else (lambda m: None)
+            if distributed:
+                echo(f"{world} processes, each measuring its share of the points")
+            measures = measure_network(network, split, block_names=names, head=head, seed=seed, status=echo,
+                                       distributed=distributed)
+            if not lead:
+                return
+            metrics = {"run": {"data": data, "model": str(model), "arch": arch, "seed": seed, **shared},
+                       "networks": {model.stem: {"action": "n/a", "lambda": "n/a", "history": [],
+                                                 "measures": measures}}}
+            report = render_report(metrics, run.path("report.html"), title=f"memspace report: {model.name}")
+            run.write_json("metrics.json", metrics)  # last: the marker of a finished run
     _print_summary(metrics, json_output)
     typer.echo(f"report: {report}", err=json_output)
 
@@ -278,54 +311,6 @@ def _load_network(model: Path, arch: str):
         raise MemspaceError(f"checkpoint {model} does not match the architecture {arch}: "
                             f"{first[1].strip() if len(first) > 1 else first[0]}") from None
     return network
-
-
-def _measure_distributed(model, arch, data, blocks, head, out, seed, overwrite, json_output, rendezvous,
-                         timeout) -> None:
-    """``measure --distributed``: every rank measures its share; rank 0 alone owns the run folder and prints."""
-    from contextlib import nullcontext
-
-    import torch
-
-    from ._runs import RunFolder
-    from .data import load_dataset
-    from .distributed import Collective, init_process_group
-    from .report import render_report
-    from .studies import measure_network
-
-    _check_range("--timeout", timeout, 1.0)
-    rank, world = init_process_group(rendezvous, timeout_s=timeout)
-    collective = Collective(True, "memspace measure")
-    lead = rank == 0
-    with collective.guard():  # a rank that fails while loading stops every rank with its message
-        network = _load_network(model, arch)
-        split = load_dataset(data, seed=seed)
-        names = [b.strip() for b in blocks.split(",")] if blocks else None
-        network = network.float().eval()
-        _check_before_work(network, split, names, head)
-        config = {"data": data, "model": str(model), "arch": arch, "seed": seed, "blocks": names, "head": head,
-                  "processes": world}
-        folder = (RunFolder.open(out, kind="measure", config=config, overwrite=overwrite, finished="metrics.json")
-                  if lead else nullcontext())
-        with folder as run:
-            echo = (lambda m: typer.echo(f"  {m}", err=json_output)) if lead else (lambda m: None)
-            echo(f"{world} processes, each measuring its share of the points")
-            measures = measure_network(network, split, block_names=names, head=head, seed=seed, status=echo,
-                                       distributed=True)
-            if lead:
-                metrics = {"run": {"data": data, "model": str(model), "arch": arch, "seed": seed, "processes": world},
-                           "networks": {model.stem: {"action": "n/a", "lambda": "n/a", "history": [],
-                                                     "measures": measures}}}
-                report = render_report(metrics, run.path("report.html"), title=f"memspace report: {model.name}")
-                run.write_json("metrics.json", metrics)
-    if lead:
-        _print_summary(metrics, json_output)
-        typer.echo(f"report: {report}", err=json_output)
-    torch.distributed.destroy_process_group()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # Leave without C++ static destructors: a gloo thread sometimes outlives them and aborts the process.
-    os._exit(0)
 
 
 @app.command()

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
@@ -41,7 +42,7 @@ __all__ = ["Collective", "DistributedError", "init_process_group", "shard"]
 
 _MESSAGE_BYTES = 400
 _ANNOUNCED = "__memspace_announced__"
-F = TypeVar("F", bound=Callable[..., Any])
+Method = TypeVar("Method", bound=Callable[..., Any])
 
 
 class DistributedError(MemspaceError):
@@ -138,7 +139,7 @@ class Collective:
             self._depth -= 1
 
 
-def guarded(method: F) -> F:
+def guarded(method: Method) -> Method:
     """Run a method of an object holding ``self._collective`` inside its guard."""
     @functools.wraps(method)
     def wrapper(self, *args: Any, **kwargs: Any) -> Any:
@@ -162,8 +163,6 @@ def init_process_group(init_method: str = "env://", *, backend: str | None = Non
     Returns:
         (rank, world size).
     """
-    import os
-
     if not torch.distributed.is_available():
         raise MemspaceError("this torch build has no torch.distributed")
     if torch.distributed.is_initialized():

@@ -15,7 +15,6 @@ import traceback
 
 import pytest
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from memspace import FisherOperator, ResidualMLP, block_sensitivity, fisher_rao_norm, predictive_path

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 from memspace import ResidualMLP, fit
 from memspace.studies.robustness import classify_layers, layer_units, reinitialization, weight_noise

@@ -26,8 +26,6 @@ product of its marginals (the factorisation gap, in Fisher–Rao distance).
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 import torch
 from torch import Tensor

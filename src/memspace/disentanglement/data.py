@@ -49,24 +49,15 @@ def _inside_polygon(px: np.ndarray, py: np.ndarray, poly: np.ndarray) -> np.ndar
     return inside
 
 
-class DSpritesLike:
-    """The procedural dSprites-structured data set (module doc).
+class _FactorGrid:
+    """Factor vectors of a complete grid of sizes ``factor_sizes``, in storage order (last factor fastest)."""
 
-    Attributes:
-        factor_sizes: (3, 6, 40, 32, 32).
-        num_images: 737,280.
-    """
+    factor_sizes: tuple[int, ...]
 
-    factor_sizes = (3, 6, 40, 32, 32)
-
-    def __init__(self, supersample: int = 4):
-        self.supersample = supersample
+    def _set_sizes(self, sizes: tuple[int, ...]) -> None:
+        self.factor_sizes = tuple(sizes)
         self.num_images = int(np.prod(self.factor_sizes))
-        self._bases = np.array([int(np.prod(self.factor_sizes[i + 1:])) for i in range(5)])
-        self._heart = _heart_polygon()
-        s = supersample
-        grid = (np.arange(64 * s) + 0.5) / s
-        self._gx, self._gy = np.meshgrid(grid, grid)  # pixel coordinates of the subsamples [64s, 64s]
+        self._bases = np.array([int(np.prod(self.factor_sizes[i + 1:])) for i in range(len(sizes))])
 
     def sample_factors(self, n: int, rng: np.random.RandomState | np.random.Generator) -> np.ndarray:
         """n factor vectors, each factor uniform over its classes [n, 5] int64."""
@@ -93,6 +84,23 @@ class DSpritesLike:
         if (factors < 0).any() or (factors >= np.array(self.factor_sizes)).any():
             raise DataError(f"factor indices out of range for sizes {self.factor_sizes}")
         return factors.astype(np.int64)
+
+
+class DSpritesLike(_FactorGrid):
+    """The procedural dSprites-structured data set (module doc).
+
+    Attributes:
+        factor_sizes: (3, 6, 40, 32, 32).
+        num_images: 737,280.
+    """
+
+    def __init__(self, supersample: int = 4):
+        self._set_sizes((3, 6, 40, 32, 32))
+        self.supersample = supersample
+        self._heart = _heart_polygon()
+        s = supersample
+        grid = (np.arange(64 * s) + 0.5) / s
+        self._gx, self._gy = np.meshgrid(grid, grid)  # pixel coordinates of the subsamples [64s, 64s]
 
     def render(self, factors: np.ndarray) -> np.ndarray:
         """Binary images of the given factor vectors [n, 1, 64, 64] uint8 (deterministic)."""
@@ -138,7 +146,7 @@ def load_dsprites_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     return images[:, None].astype(np.uint8), classes[:, 1:].astype(np.int64)
 
 
-class DSpritesFile:
+class DSpritesFile(_FactorGrid):
     """A stored data set with a complete factorial grid (the real dSprites ``.npz``), behind
     :class:`DSpritesLike`'s interface: ``factor_sizes``, ``sample_factors``, ``factors_to_index``,
     ``index_to_factors`` and ``render`` (which looks the images up instead of drawing them).
@@ -160,9 +168,7 @@ class DSpritesFile:
             raise DataError(f"{path}: images must be binary (0/1), found the value {images.max()}")
         if (factors < 0).any():
             raise DataError(f"{path}: latents_classes holds negative class indices")
-        self.factor_sizes = tuple(int(m) + 1 for m in factors.max(0))
-        self.num_images = int(np.prod(self.factor_sizes))
-        self._bases = np.array([int(np.prod(self.factor_sizes[i + 1:])) for i in range(5)])
+        self._set_sizes(tuple(int(m) + 1 for m in factors.max(0)))
         index = factors @ self._bases
         order = np.full(self.num_images, -1, dtype=np.int64)
         order[index] = np.arange(len(index))
@@ -174,11 +180,6 @@ class DSpritesFile:
                             f"combination {self.index_to_factors(np.array([bad]))[0].tolist()} is {what}")
         self.path = str(path)
         self._images, self._order = images, order
-
-    sample_factors = DSpritesLike.sample_factors
-    factors_to_index = DSpritesLike.factors_to_index
-    index_to_factors = DSpritesLike.index_to_factors
-    _check = DSpritesLike._check
 
     def render(self, factors: np.ndarray) -> np.ndarray:
         """The stored images of the given factor vectors [n, 1, 64, 64] uint8."""

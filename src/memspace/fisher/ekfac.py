@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ._taps import LayerTap
-from .kfac import KFAC, KroneckerBlock
+from .kfac import KFAC, BlockApproximation, KroneckerBlock
 from .operator import FisherOperator, Vector
 
 __all__ = ["EKFAC", "EigenBlock"]
@@ -80,7 +80,7 @@ def _rotated_squares(tap: LayerTap, grads: list[Tensor], block: EigenBlock) -> T
     return total
 
 
-class EKFAC:
+class EKFAC(BlockApproximation):
     """EKFAC approximation of a :class:`FisherOperator` (module doc; same kinds and likelihoods).
 
     Build with ``EKFAC(model, data, **operator_kwargs)``, ``EKFAC.from_operator(F)`` or
@@ -147,12 +147,7 @@ class EKFAC:
                 columns.append(parts[block.bias_name][:, None])
             stacked = torch.cat(columns, 1)  # V̄ [O, I']
             rotated = block.grad_basis.T @ stacked @ block.input_basis
-            result = block.grad_basis @ (scale(block.eigenvalues) * rotated) @ block.input_basis.T
-            if block.weight_name is not None:
-                shape = self.space.shapes[self.space.names.index(block.weight_name)]
-                out[block.weight_name] = result[:, : result.shape[1] - (block.bias_name is not None)].reshape(shape)
-            if block.bias_name is not None:
-                out[block.bias_name] = result[:, -1]
+            self._scatter(block, block.grad_basis @ (scale(block.eigenvalues) * rotated) @ block.input_basis.T, out)
         for name, d in self.fallback_diag.items():
             out[name] = (scale(d) * parts[name].reshape(-1)).view_as(parts[name])
         if isinstance(v, Mapping):
@@ -162,9 +157,6 @@ class EKFAC:
     def mv(self, v: Vector) -> Vector:
         """F_EKFAC v, same layout as ``v``."""
         return self._apply(v, lambda s: s)
-
-    def __matmul__(self, v: Vector) -> Vector:
-        return self.mv(v)
 
     def inverse_mv(self, v: Vector, damping: float) -> Vector:
         """(F_EKFAC + δI)⁻¹ v, exact in the eigenbasis: the natural-gradient direction for ``v`` a gradient.
@@ -180,15 +172,8 @@ class EKFAC:
         """diag(F_EKFAC) = (U_G ∘ U_G) s (U_A ∘ U_A)ᵀ per block, the fallback diagonal elsewhere; [P]."""
         out: dict[str, Tensor] = {}
         for block in self.blocks:
-            d = block.grad_basis.square() @ block.eigenvalues @ block.input_basis.square().T
-            if block.weight_name is not None:
-                shape = self.space.shapes[self.space.names.index(block.weight_name)]
-                out[block.weight_name] = d[:, : d.shape[1] - (block.bias_name is not None)].reshape(shape)
-            if block.bias_name is not None:
-                out[block.bias_name] = d[:, -1]
-        for name, d in self.fallback_diag.items():
-            out[name] = d.view(self.space.shapes[self.space.names.index(name)])
-        return self.space.to_vector(out)
+            self._scatter(block, block.grad_basis.square() @ block.eigenvalues @ block.input_basis.square().T, out)
+        return self._flat_with_fallback(out)
 
     def eigenvalues(self) -> Tensor:
         """Every eigenvalue of the approximation, descending, [P]."""
@@ -198,20 +183,3 @@ class EKFAC:
     def trace(self) -> Tensor:
         """Σ s + Σ fallback diagonal (equal to the exact trace of the tapped blocks: the basis is orthogonal)."""
         return self.eigenvalues().sum()
-
-    def logdet(self, damping: float) -> Tensor:
-        """log det(F_EKFAC + δI)."""
-        if damping <= 0:
-            raise ValueError(f"damping must be positive for a finite log-det, got {damping}")
-        return torch.log(self.eigenvalues().clamp_min(0) + damping).sum()
-
-    def effective_dimension(self, z: float) -> Tensor:
-        """d_eff(z) = Σ λ_i / (λ_i + z)."""
-        lam = self.eigenvalues().clamp_min(0)
-        return (lam / (lam + z)).sum()
-
-    def dense(self) -> Tensor:
-        """The approximation as a dense [P, P] matrix (small models, tests)."""
-        dim = self.space.numel
-        eye = torch.eye(dim, dtype=self.operator.dtype, device=self.operator.device)
-        return torch.stack([self.mv(eye[:, j]) for j in range(dim)], dim=1)

@@ -27,9 +27,9 @@ import torch
 from torch import Tensor, nn
 
 from ._taps import LayerTap
-from .operator import FisherOperator, TappedBatch, Vector
+from .operator import FisherOperator, Vector
 
-__all__ = ["KFAC", "KroneckerBlock"]
+__all__ = ["BlockApproximation", "KFAC", "KroneckerBlock"]
 
 
 @dataclass
@@ -88,6 +88,11 @@ def _output_grad_covariance(tap: LayerTap, grad: Tensor, call: int) -> Tensor:
     return rows.T @ rows
 
 
+def _add(sums: dict, key: Any, value: Tensor) -> None:
+    """sums[key] += value, starting from value."""
+    sums[key] = value if key not in sums else sums[key] + value
+
+
 def _positions_as_rows(cols: Tensor) -> Tensor:
     """[N, F, T] columns as [N·T, F] rows, so that Σ_n Σ_t c cᵀ is one matrix product.
 
@@ -97,7 +102,51 @@ def _positions_as_rows(cols: Tensor) -> Tensor:
     return cols[:, :, 0] if cols.shape[2] == 1 else cols.transpose(1, 2).reshape(-1, cols.shape[1])
 
 
-class KFAC:
+class BlockApproximation:
+    """What K-FAC and EKFAC share: a block per tapped layer over the stacked [W, b] of shape
+    [O, I'], the exact diagonal elsewhere, and every eigenvalue known (subclasses give
+    ``space``, ``operator``, :meth:`mv` and :meth:`eigenvalues`)."""
+
+    space: Any
+    operator: FisherOperator
+    fallback_diag: dict[str, Tensor]
+
+    def __matmul__(self, v: Vector) -> Vector:
+        return self.mv(v)
+
+    def _scatter(self, block: Any, matrix: Tensor, out: dict[str, Tensor]) -> None:
+        """Split a block's [O, I'] matrix into its weight and bias entries of ``out``."""
+        if block.weight_name is not None:
+            shape = self.space.shapes[self.space.names.index(block.weight_name)]
+            out[block.weight_name] = matrix[:, : matrix.shape[1] - (1 if block.bias_name else 0)].reshape(shape)
+        if block.bias_name is not None:
+            out[block.bias_name] = matrix[:, -1]
+
+    def _flat_with_fallback(self, out: dict[str, Tensor]) -> Tensor:
+        """The flat [P] vector of the blocks' entries in ``out`` and the fallback diagonal."""
+        for name, d in self.fallback_diag.items():
+            out[name] = d.view(self.space.shapes[self.space.names.index(name)])
+        return self.space.to_vector(out)
+
+    def logdet(self, damping: float) -> Tensor:
+        """log det(F_approx + δI) = Σ log(λ_i + δ), exact from the eigenvalues."""
+        if damping <= 0:
+            raise ValueError(f"damping must be positive for a finite log-det, got {damping}")
+        return torch.log(self.eigenvalues().clamp_min(0) + damping).sum()
+
+    def effective_dimension(self, z: float) -> Tensor:
+        """d_eff(z) = Σ λ_i / (λ_i + z) of the approximation."""
+        lam = self.eigenvalues().clamp_min(0)
+        return (lam / (lam + z)).sum()
+
+    def dense(self) -> Tensor:
+        """The approximation as a dense [P, P] matrix (small models, tests)."""
+        dim = self.space.numel
+        eye = torch.eye(dim, dtype=self.operator.dtype, device=self.operator.device)
+        return torch.stack([self.mv(eye[:, j]) for j in range(dim)], dim=1)
+
+
+class KFAC(BlockApproximation):
     """K-FAC approximation of a :class:`FisherOperator` (same kinds and likelihoods).
 
     Build it with ``KFAC(model, data, **operator_kwargs)`` or ``F.kfac()``. The factors
@@ -132,28 +181,8 @@ class KFAC:
         inputs: dict[int, Tensor] = {}
         grads: dict[int, Tensor] = {}
         fallback: dict[str, Tensor] = {}
-        taps: list[LayerTap] = []
-        count = 0
-        if operator.memory == "low":
-            taps, count = self._probe_pass(operator, inputs, grads, fallback)
-        for batch in ([] if operator.memory == "low" else operator.tapped_batches()):
-            taps = batch.taps
-            for i, tap in enumerate(batch.taps):
-                if not tap.inputs:  # the layer did not run in this batch
-                    continue
-                a = _input_covariance(tap)
-                tap.drop_features()  # unfolded patches are the largest temporaries: one layer's at a time
-                inputs[i] = a if i not in inputs else inputs[i] + a
-            for column in batch.column_grads():
-                for i, (tap, tap_grads) in enumerate(zip(batch.taps, column)):
-                    for call, g in enumerate(tap_grads):
-                        if g is None:
-                            continue
-                        cov = _output_grad_covariance(tap, g, call)
-                        grads[i] = cov if i not in grads else grads[i] + cov
-            for name, sq in operator.fallback_diag_sums(batch).items():
-                fallback[name] = sq if name not in fallback else fallback[name] + sq
-            count += operator.call.num_samples(batch.inputs)
+        one_pass = self._probe_pass if operator.memory == "low" else self._tapped_pass
+        taps, count = one_pass(operator, inputs, grads, fallback)
         num = operator._reduce(torch.tensor(float(count), dtype=torch.float64)).item()
         operator._num_data = int(num)
         prefix_of = {id(m): n for n, m in operator.model.named_modules()}
@@ -179,40 +208,54 @@ class KFAC:
         self._eig_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
 
     @staticmethod
+    def _tapped_pass(operator: FisherOperator, inputs: dict[int, Tensor], grads: dict[int, Tensor],
+                     fallback: dict[str, Tensor]) -> tuple[list[LayerTap], int]:
+        """Sums of A, G (per tap index) and the fallback diagonal over the data, the fast way: one
+        tapped forward per batch, one backward per output-Fisher column. Returns (taps, N)."""
+        taps: list[LayerTap] = []
+        count = 0
+        for batch in operator.tapped_batches():
+            taps = batch.taps
+            for i, tap in enumerate(batch.taps):
+                if not tap.inputs:  # the layer did not run in this batch
+                    continue
+                _add(inputs, i, _input_covariance(tap))
+                tap.drop_features()  # unfolded patches are the largest temporaries: one layer's at a time
+            for column in batch.column_grads():
+                for i, (tap, tap_grads) in enumerate(zip(batch.taps, column)):
+                    for call, g in enumerate(tap_grads):
+                        if g is not None:
+                            _add(grads, i, _output_grad_covariance(tap, g, call))
+            for name, sq in operator.fallback_diag_sums(batch.fallback, batch.inputs, batch.factors).items():
+                _add(fallback, name, sq)
+            count += operator.call.num_samples(batch.inputs)
+        return taps, count
+
+    @staticmethod
     def _probe_pass(operator: FisherOperator, inputs: dict[int, Tensor], grads: dict[int, Tensor],
                     fallback: dict[str, Tensor]) -> tuple[list[LayerTap], int]:
-        """The factors at about a gradient's memory (``memory="low"``): each layer's A and G are
-        taken in a backward hook as its output gradients arrive, and its input is freed then
+        """:meth:`_tapped_pass` at about a gradient's memory (``memory="low"``): each layer's A and G
+        are taken in a backward hook as its output gradients arrive, and its input is freed then
         (:meth:`FisherOperator.probe_columns`)."""
-        taps = operator.tap_plan().taps
-        index = {id(tap): i for i, tap in enumerate(taps)}
+        plan = operator.tap_plan()
+        index = {id(tap): i for i, tap in enumerate(plan.taps)}
 
         def complete(tap: LayerTap, tap_grads: list[Tensor], column: int) -> None:
             i = index[id(tap)]
             if column == 0:
-                a = _input_covariance(tap)
+                _add(inputs, i, _input_covariance(tap))
                 tap.drop_features()
-                inputs[i] = a if i not in inputs else inputs[i] + a
             for call, g in enumerate(tap_grads):
-                cov = _output_grad_covariance(tap, g, call)
-                grads[i] = cov if i not in grads else grads[i] + cov
+                _add(grads, i, _output_grad_covariance(tap, g, call))
 
         count = 0
         for x, factors in operator.probe_columns(complete):
-            batch = TappedBatch(None, factors, [], operator.tap_plan().fallback, x)  # type: ignore[arg-type]
-            for name, sq in operator.fallback_diag_sums(batch).items():
-                fallback[name] = sq if name not in fallback else fallback[name] + sq
+            for name, sq in operator.fallback_diag_sums(plan.fallback, x, factors).items():
+                _add(fallback, name, sq)
             count += operator.call.num_samples(x)
-        return taps, count
+        return plan.taps, count
 
     # ----------------------------------------------------------- products
-    def _scatter(self, block: KroneckerBlock, matrix: Tensor, out: dict[str, Tensor]) -> None:
-        if block.weight_name is not None:
-            shape = self.space.shapes[self.space.names.index(block.weight_name)]
-            out[block.weight_name] = matrix[:, : matrix.shape[1] - (1 if block.bias_name else 0)].reshape(shape)
-        if block.bias_name is not None:
-            out[block.bias_name] = matrix[:, -1]
-
     def mv(self, v: Vector) -> Vector:
         """(⊕_l G_l ⊗ A_l ⊕ diag fallback) v, same layout as ``v``.
 
@@ -243,18 +286,13 @@ class KFAC:
             return out
         return flat.to(v.device)
 
-    def __matmul__(self, v: Vector) -> Vector:
-        return self.mv(v)
-
     def diag(self) -> Tensor:
         """diag(G) ⊗ diag(A) per block, the fallback diagonal elsewhere; flat [P]."""
         out: dict[str, Tensor] = {}
         for block in self.blocks:
             a = block._selected_input_factor()
             self._scatter(block, torch.outer(block.grad_factor.diagonal(), a.diagonal()), out)
-        for name, d in self.fallback_diag.items():
-            out[name] = d.view(self.space.shapes[self.space.names.index(name)])
-        return self.space.to_vector(out)
+        return self._flat_with_fallback(out)
 
     def trace(self) -> Tensor:
         """Σ_l tr(G_l) tr(A_l) + Σ fallback diagonal."""
@@ -271,20 +309,3 @@ class KFAC:
         eig(G ⊗ A) = eig(G) ⊗ eig(A))."""
         values = [b.eigenvalues() for b in self.blocks] + [d.reshape(-1) for d in self.fallback_diag.values()]
         return torch.sort(torch.cat(values), descending=True).values
-
-    def logdet(self, damping: float) -> Tensor:
-        """log det(F_kfac + δI) = Σ log(λ_i + δ), exact from the factors' eigenvalues."""
-        if damping <= 0:
-            raise ValueError(f"damping must be positive for a finite log-det, got {damping}")
-        return torch.log(self.eigenvalues().clamp_min(0) + damping).sum()
-
-    def effective_dimension(self, z: float) -> Tensor:
-        """d_eff(z) = Σ λ_i / (λ_i + z) of the approximation."""
-        lam = self.eigenvalues().clamp_min(0)
-        return (lam / (lam + z)).sum()
-
-    def dense(self) -> Tensor:
-        """The approximation as a dense [P, P] matrix (small models, tests)."""
-        dim = self.space.numel
-        eye = torch.eye(dim, dtype=self.operator.dtype, device=self.operator.device)
-        return torch.stack([self.mv(eye[:, j]) for j in range(dim)], dim=1)

@@ -396,9 +396,7 @@ class FisherOperator:
         view, Σ_n per-sample gradients). A parameter also used outside its module's calls
         (attention's functional form, a tied layer) makes the two differ.
         """
-        gen = torch.Generator(device=factors.device).manual_seed(self.seed + 7919)
-        coeffs = torch.randn(factors.shape[0], generator=gen, dtype=factors.dtype, device=factors.device)
-        r = torch.einsum("k,knd->nd", coeffs, factors)
+        r = self._random_column_mix(factors)
         names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
         if not names:
             return taps
@@ -406,28 +404,49 @@ class FisherOperator:
         direct = dict(zip(names, direct))
         flat = [out for tap in taps for out in tap.outputs]
         via = iter(torch.autograd.grad(outputs, flat, r, retain_graph=True, allow_unused=True) if flat else [])
-        tol = torch.finfo(outputs.dtype).eps ** 0.5
-        kept = []
+        summed: dict[str, Tensor] = {}
         for tap in taps:
             grads = [next(via) for _ in tap.outputs]
             grads = [torch.zeros_like(o) if g is None else g for g, o in zip(grads, tap.outputs)]
-            weight, bias = (None, None) if not grads else summed_weight_grads(tap, grads)
+            if grads:
+                _keep_sums(tap, grads, summed)
+        return self._taps_accounting_for(taps, leaves, direct, summed, reasons)
+
+    def _random_column_mix(self, factors: Tensor) -> Tensor:
+        """One seeded random combination r [N, D] of the output-Fisher columns [K, N, D]."""
+        gen = torch.Generator(device=factors.device).manual_seed(self.seed + 7919)
+        coeffs = torch.randn(factors.shape[0], generator=gen, dtype=factors.dtype, device=factors.device)
+        return torch.einsum("k,knd->nd", coeffs, factors)
+
+    def _taps_accounting_for(self, taps: list[LayerTap], leaves: Mapping[str, Tensor],
+                             direct: Mapping[str, Tensor | None], summed: Mapping[str, Tensor],
+                             reasons: dict[str, str]) -> list[LayerTap]:
+        """The taps whose batch-summed gradients (``summed``) equal autograd's (``direct``) for every
+        parameter they cover; the others get their reason in ``reasons``."""
+        kept = []
+        for tap in taps:
             good = True
-            for name, mine in ((tap.weight_name, weight), (tap.bias_name, bias)):
+            for name in (tap.weight_name, tap.bias_name):
                 if not name:
                     continue
-                ref = direct[name]
+                ref = direct.get(name)
                 ref = torch.zeros_like(leaves[name]) if ref is None else ref
-                mine = torch.zeros_like(ref) if mine is None else mine.reshape(ref.shape)
+                mine = summed[name].reshape(ref.shape) if name in summed else torch.zeros_like(ref)
                 scale = max(float(ref.norm()), float(mine.norm()))
-                if float((ref - mine).norm()) > tol * scale + 1e-30:
-                    good = False
+                good &= float((ref - mine).norm()) <= torch.finfo(ref.dtype).eps ** 0.5 * scale + 1e-30
             if good:
                 kept.append(tap)
             else:
                 reasons[self._module_name(tap.module)] = ("its parameters are used outside its own calls "
                                                       "(a functional use such as attention's, or a tied layer)")
         return kept
+
+    def _make_plan(self, taps: list[LayerTap], reasons: dict[str, str]) -> TapPlan:
+        """The plan of the verified ``taps``: every selected parameter they do not cover is a fallback."""
+        covered = {n for tap in taps for n in (tap.weight_name, tap.bias_name) if n}
+        plan = TapPlan(taps, [n for n in self.space.names if n not in covered], reasons)
+        self._check_plans_agree(plan)
+        return plan
 
     def tap_plan(self) -> TapPlan:
         """The verified :class:`TapPlan` (computed on the first batch, then kept)."""
@@ -460,43 +479,16 @@ class FisherOperator:
         taps, reasons = self._plan_taps(x)
         leaves, others = self._parameters()
         summed: dict[str, Tensor] = {}
-
-        def keep_sums(tap: LayerTap, grads: list[Tensor]) -> None:
-            weight, bias = summed_weight_grads(tap, grads)
-            for name, value in ((tap.weight_name, weight), (tap.bias_name, bias)):
-                if name:
-                    summed[name] = value
-
-        outputs, probes = self._probe_forward(x, {**others, **leaves}, taps, keep_sums)
-        factors = self._factors(outputs.detach(), y, 0)
-        gen = torch.Generator(device=factors.device).manual_seed(self.seed + 7919)
-        coeffs = torch.randn(factors.shape[0], generator=gen, dtype=factors.dtype, device=factors.device)
-        r = torch.einsum("k,knd->nd", coeffs, factors)
+        outputs, probes = self._probe_forward(x, {**others, **leaves}, taps,
+                                              lambda tap, grads: _keep_sums(tap, grads, summed))
+        r = self._random_column_mix(self._factors(outputs.detach(), y, 0))
         names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
         direct = dict(zip(names, torch.autograd.grad(outputs, [leaves[n] for n in names] + probes, r,
                                                      allow_unused=True)[: len(names)])) if names else {}
         del outputs
-        tol = torch.finfo(factors.dtype).eps ** 0.5
-        kept = []
         for tap in taps:
             tap.clear()
-            good = True
-            for name in (tap.weight_name, tap.bias_name):
-                if not name:
-                    continue
-                ref = direct[name] if direct.get(name) is not None else torch.zeros_like(leaves[name])
-                mine = summed[name].reshape(ref.shape) if name in summed else torch.zeros_like(ref)
-                scale = max(float(ref.norm()), float(mine.norm()))
-                good &= float((ref - mine).norm()) <= tol * scale + 1e-30
-            if good:
-                kept.append(tap)
-            else:
-                reasons[self._module_name(tap.module)] = ("its parameters are used outside its own calls "
-                                                      "(a functional use such as attention's, or a tied layer)")
-        covered = {n for tap in kept for n in (tap.weight_name, tap.bias_name) if n}
-        plan = TapPlan(kept, [n for n in self.space.names if n not in covered], reasons)
-        self._check_plans_agree(plan)
-        return plan
+        return self._make_plan(self._taps_accounting_for(taps, leaves, direct, summed, reasons), reasons)
 
     def tapped_batches(self) -> Iterator[TappedBatch]:
         """Stream batches through a forward that taps every verified Linear/Conv2d.
@@ -526,9 +518,7 @@ class FisherOperator:
             factors = self._factors(outputs, y, index)
             if plan is None:
                 taps = self._verify_taps(taps, leaves, outputs, factors, reasons)
-                covered = {n for tap in taps for n in (tap.weight_name, tap.bias_name) if n}
-                plan = self._tap_plan = TapPlan(taps, [n for n in self.space.names if n not in covered], reasons)
-                self._check_plans_agree(plan)
+                plan = self._tap_plan = self._make_plan(taps, reasons)
             num = self.call.num_samples(x)
             for tap in taps:
                 expected = len(tap.sample_axes or [])
@@ -589,19 +579,20 @@ class FisherOperator:
             chunk = slice(start, min(num, start + rows))
             yield chunk, self.call.take(x, chunk)
 
-    def fallback_diag_sums(self, batch: TappedBatch) -> dict[str, Tensor]:
-        """Σ_n Σ_k (s_kᵀ J_n)² for the batch's parameters no tap covers, each [p].
+    def fallback_diag_sums(self, names: Sequence[str], x: Tensor, factors: Tensor) -> dict[str, Tensor]:
+        """Σ_n Σ_k (s_kᵀ J_n)² for the named parameters (those no tap covers) on a batch x, each [p].
 
         Exact per-sample Jacobians by ``torch.func`` (or the per-sample loop): the stated
         fallback of :meth:`diag` and of K-FAC for layers other than verified taps.
+        ``factors``: the batch's output-Fisher columns [K, N, D].
         """
-        if not batch.fallback:
+        if not names:
             return {}
         sums: dict[str, Tensor] = {}
-        for chunk, xs in self._sample_chunks(batch.inputs, batch.factors.shape[2], batch.fallback):
-            jac = self.per_sample_jacobians(batch.fallback, xs)
-            for name in batch.fallback:
-                sq = torch.einsum("knd,ndp->knp", batch.factors[:, chunk], jac[name]).pow(2).sum(dim=(0, 1))
+        for chunk, xs in self._sample_chunks(x, factors.shape[2], names):
+            jac = self.per_sample_jacobians(names, xs)
+            for name in names:
+                sq = torch.einsum("knd,ndp->knp", factors[:, chunk], jac[name]).pow(2).sum(dim=(0, 1))
                 sums[name] = sq if name not in sums else sums[name] + sq
         return sums
 
@@ -622,7 +613,7 @@ class FisherOperator:
             return self._finish(flat, self._low_memory_diag(total))
         for batch in self.tapped_batches():
             _accumulate_diag(batch, total)
-            for name, squares in self.fallback_diag_sums(batch).items():
+            for name, squares in self.fallback_diag_sums(batch.fallback, batch.inputs, batch.factors).items():
                 total[name] += squares.view_as(total[name])
             count += self.call.num_samples(batch.inputs)
         return self._finish(flat, count)
@@ -675,8 +666,7 @@ class FisherOperator:
         plan = self.tap_plan()
         count = 0
         for x, factors in self.probe_columns(lambda tap, grads, column: _add_squares(tap, grads, total)):
-            batch = TappedBatch(None, factors, [], plan.fallback, x)  # type: ignore[arg-type]
-            for name, squares in self.fallback_diag_sums(batch).items():
+            for name, squares in self.fallback_diag_sums(plan.fallback, x, factors).items():
                 total[name] += squares.view_as(total[name])
             count += self.call.num_samples(x)
         return count
@@ -817,11 +807,7 @@ def _accumulate_diag(batch: TappedBatch, total: dict[str, Tensor]) -> None:
                 g2 = tap_grads[0] ** 2
                 squares[i] = g2 if squares[i] is None else squares[i] + g2
                 continue
-            weight_sq, bias_sq = per_sample_square_sums(tap, tap_grads)
-            if tap.weight_name:
-                total[tap.weight_name] += weight_sq.view_as(total[tap.weight_name])
-            if tap.bias_name:
-                total[tap.bias_name] += bias_sq
+            _add_squares(tap, tap_grads, total)
     for i, tap in enumerate(batch.taps):
         if fast[i] and squares[i] is not None:
             if tap.weight_name:
@@ -871,3 +857,11 @@ def _add_squares(tap: LayerTap, grads: list[Tensor], total: dict[str, Tensor]) -
         total[tap.weight_name] += weight_sq.view_as(total[tap.weight_name])
     if tap.bias_name:
         total[tap.bias_name] += bias_sq
+
+
+def _keep_sums(tap: LayerTap, grads: list[Tensor], summed: dict[str, Tensor]) -> None:
+    """Store the tap's batch-summed weight and bias gradients in ``summed`` (the taps' check)."""
+    weight, bias = summed_weight_grads(tap, grads)
+    for name, value in ((tap.weight_name, weight), (tap.bias_name, bias)):
+        if name:
+            summed[name] = value

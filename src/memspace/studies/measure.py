@@ -142,76 +142,70 @@ def measure_network(
         return shard(part, rank, world) if collective.active else part
 
     with collective.guard():  # a rank that fails anywhere in here stops the others with its message
-        return _measure(model, split, block_names, head, initial_params, checkpoints, model_factory, top_k,
-                        max_points, spectral_points, seed, status, distributed, share)
-
-
-def _measure(model, split, block_names, head, initial_params, checkpoints, model_factory, top_k, max_points,
-             spectral_points, seed, status, distributed, share) -> dict[str, Any]:
-    model.eval()
-    device = next(model.parameters()).device
-    train = tuple(t.to(device) for t in split.train)
-    test = tuple(t.to(device) for t in split.test)
-    data = share(_subset(train, max_points))
-    out: dict[str, Any] = {}
-    status("accuracy")
-    out["train_loss"], out["train_acc"] = evaluate(model, train)
-    out["test_loss"], out["test_acc"] = evaluate(model, test)
-    out["gap"] = out["train_acc"] - out["test_acc"]
-    status("Fisher–Rao norm")
-    out["fisher_rao_norm"] = fisher_rao_norm(model, data, distributed=distributed)
-    # Lanczos and SLQ need ~150 products: they may use fewer points than the rest.
-    F = FisherOperator(model, share(_subset(train, spectral_points or max_points)), seed=seed,
-                       distributed=distributed)
-    out["num_params"] = F.shape[0]
-    status("Fisher trace")
-    out["fisher_trace"] = float(F.trace())
-    status("top eigenvalues (Lanczos)")
-    k = min(top_k, F.shape[0] - 1)
-    values, _ = F.eigh(k, tol=1e-4)
-    out["top_eigenvalues"] = values.tolist()
-    status("spectral density (SLQ)")
-    lam_max = max(float(values[0]), 1e-30)
-    out["effective_dimension"], out["effective_dimension_z"], density = effective_dimension(F, lam_max)
-    out["spectral_density"] = _log_spectral_density(density, lam_max)
-    try:
-        ResidualPath(model, block_names)
-        status("predictive path")
-        out["predictive_path"] = predictive_path(model, data, block_names=block_names, head=head,
-                                                 distributed=distributed).as_dict()
-    except MemspaceError as error:
-        out["path_skipped"] = (f"{error} — the path measures need the residual blocks (--blocks / block_names) "
-                               "and the read-out (head)")
-        status(f"path skipped: {error}")
-    if "predictive_path" in out:
-        status("block sensitivity and deletion")
-        out["sensitivity"] = block_sensitivity(model, data, block_names=block_names,
-                                               distributed=distributed).as_dict()
-        # One per-point pass on the first 150 test points serves both the point figure
-        # (the first 100) and, for 2-D inputs, the trajectories.
-        per_point = predictive_path(model, (test[0][:150], test[1][:150]), block_names=block_names, head=head,
-                                    points=True).points
-        out["predictive_points"] = _point_paths({k: v[:100] for k, v in per_point.items()})
-    if initial_params is not None:
-        status("distance from initialisation")
-        out["fisher_distance_from_init"] = fisher_distance(model, initial_params, data, distributed=distributed)
-        out["euclidean_distance_from_init"] = float(sum(
-            (p.detach() - initial_params[n].to(p)).pow(2).sum() for n, p in model.named_parameters()) ** 0.5)
-    if checkpoints and model_factory is not None and len(checkpoints) >= 2:
-        status("trajectory length")
-        traj = trajectory_length(list(checkpoints), model_factory, share(_subset(train, min(max_points, 512))),
-                                 distributed=distributed)
-        out["trajectory_length"] = traj.length
-        out["trajectory_step_lengths"] = traj.step_lengths.tolist()
-    if split.input_shape == (2,) and "predictive_path" in out:
-        status("trajectories of points")
-        points = test[0][:150]
-        speeds = per_point["distances"] * out["predictive_path"]["depth"]
-        states = _stream_states(model, points, block_names)
-        flat = states.reshape(-1, states.shape[-1])
-        centre = flat.mean(0)
-        _, _, axes = np.linalg.svd(flat - centre, full_matrices=False)
-        projected = (states - centre) @ axes[:2].T  # [L+1, N, 2]
-        out["trajectories"] = {"points": projected.tolist(), "speeds": speeds.tolist(),
-                               "labels": test[1][:150].tolist()}
-    return out
+        model.eval()
+        device = next(model.parameters()).device
+        train = tuple(t.to(device) for t in split.train)
+        test = tuple(t.to(device) for t in split.test)
+        data = share(_subset(train, max_points))
+        out: dict[str, Any] = {}
+        status("accuracy")
+        out["train_loss"], out["train_acc"] = evaluate(model, train)
+        out["test_loss"], out["test_acc"] = evaluate(model, test)
+        out["gap"] = out["train_acc"] - out["test_acc"]
+        status("Fisher–Rao norm")
+        out["fisher_rao_norm"] = fisher_rao_norm(model, data, distributed=distributed)
+        # Lanczos and SLQ need ~150 products: they may use fewer points than the rest.
+        F = FisherOperator(model, share(_subset(train, spectral_points or max_points)), seed=seed,
+                           distributed=distributed)
+        out["num_params"] = F.shape[0]
+        status("Fisher trace")
+        out["fisher_trace"] = float(F.trace())
+        status("top eigenvalues (Lanczos)")
+        k = min(top_k, F.shape[0] - 1)
+        values, _ = F.eigh(k, tol=1e-4)
+        out["top_eigenvalues"] = values.tolist()
+        status("spectral density (SLQ)")
+        lam_max = max(float(values[0]), 1e-30)
+        out["effective_dimension"], out["effective_dimension_z"], density = effective_dimension(F, lam_max)
+        out["spectral_density"] = _log_spectral_density(density, lam_max)
+        try:
+            ResidualPath(model, block_names)
+            status("predictive path")
+            out["predictive_path"] = predictive_path(model, data, block_names=block_names, head=head,
+                                                     distributed=distributed).as_dict()
+        except MemspaceError as error:
+            out["path_skipped"] = (f"{error} — the path measures need the residual blocks (--blocks / block_names) "
+                                   "and the read-out (head)")
+            status(f"path skipped: {error}")
+        if "predictive_path" in out:
+            status("block sensitivity and deletion")
+            out["sensitivity"] = block_sensitivity(model, data, block_names=block_names,
+                                                   distributed=distributed).as_dict()
+            # One per-point pass on the first 150 test points serves both the point figure
+            # (the first 100) and, for 2-D inputs, the trajectories.
+            per_point = predictive_path(model, (test[0][:150], test[1][:150]), block_names=block_names, head=head,
+                                        points=True).points
+            out["predictive_points"] = _point_paths({k: v[:100] for k, v in per_point.items()})
+        if initial_params is not None:
+            status("distance from initialisation")
+            out["fisher_distance_from_init"] = fisher_distance(model, initial_params, data, distributed=distributed)
+            out["euclidean_distance_from_init"] = float(sum(
+                (p.detach() - initial_params[n].to(p)).pow(2).sum() for n, p in model.named_parameters()) ** 0.5)
+        if checkpoints and model_factory is not None and len(checkpoints) >= 2:
+            status("trajectory length")
+            traj = trajectory_length(list(checkpoints), model_factory, share(_subset(train, min(max_points, 512))),
+                                     distributed=distributed)
+            out["trajectory_length"] = traj.length
+            out["trajectory_step_lengths"] = traj.step_lengths.tolist()
+        if split.input_shape == (2,) and "predictive_path" in out:
+            status("trajectories of points")
+            points = test[0][:150]
+            speeds = per_point["distances"] * out["predictive_path"]["depth"]
+            states = _stream_states(model, points, block_names)
+            flat = states.reshape(-1, states.shape[-1])
+            centre = flat.mean(0)
+            _, _, axes = np.linalg.svd(flat - centre, full_matrices=False)
+            projected = (states - centre) @ axes[:2].T  # [L+1, N, 2]
+            out["trajectories"] = {"points": projected.tolist(), "speeds": speeds.tolist(),
+                                   "labels": test[1][:150].tolist()}
+        return out
