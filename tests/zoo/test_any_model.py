@@ -121,6 +121,15 @@ def test_kfac_falls_back_to_the_exact_diagonal_block_never_a_zero(name):
         torch.testing.assert_close(kfac.fallback_diag[pname], ref.diagonal()[start:start + size], rtol=1e-10, atol=1e-13)
 
 
+def test_ekfac_trace_is_the_exact_trace_on_every_model(zoo):
+    """EKFAC's eigenvalues are F's diagonal in an orthonormal basis per tapped block and the exact diagonal
+    elsewhere, so their sum is tr F exactly: a block built from a wrong tap, or a parameter dropped, breaks it."""
+    case, ref = zoo
+    ekfac = _operator(case).ekfac()
+    torch.testing.assert_close(ekfac.trace(), ref.trace(), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(ekfac.diag().sum(), ref.trace(), rtol=1e-10, atol=1e-13)
+
+
 @pytest.mark.parametrize("cell", ["lstm", "gru"])
 def test_recurrent_float32_runs_and_agrees_with_float64(cell):
     c32, c64 = make_zoo_case(cell, torch.float32), make_zoo_case(cell)
