@@ -28,34 +28,47 @@ import errno
 import json
 import os
 import signal
+import stat
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ._errors import MemspaceError
 
-__all__ = ["MANIFEST", "LOCK", "TMP_SUFFIX", "RunFolder", "crash_point", "write_atomic", "write_json"]
+__all__ = ["MANIFEST", "LOCK", "TMP_SUFFIX", "RunFolder", "crash_point", "entry_parts", "is_own_name",
+           "read_manifest", "read_regular", "write_atomic", "write_json"]
 
 MANIFEST = ".memspace-run"
 LOCK = ".memspace-lock"
 TMP_SUFFIX = ".memspace-tmp"
 _MANIFEST_VERSION = 1
+MAX_MANIFEST_BYTES = 64 * 2**20
+"""The largest manifest read (a zoo of 100,000 models lists about 12 MB)."""
+MAX_NESTING = 8
+"""How deep run folders may nest inside one another (the demo nests two levels)."""
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+_CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 
 
 def crash_point(name: str) -> None:
-    """Kill this process with SIGKILL at a named write step, for the crash tests.
+    """Signal this process at a named step, for the crash and interruption tests.
 
-    Active only when the environment variable ``MEMSPACE_TEST_CRASH`` is ``NAME:K``: the
-    K-th time (1-based) the step ``NAME`` is reached, the process kills itself — a real
-    ``kill -9`` at exactly that moment, which random kills hit only by luck.
+    Active only when the environment variable ``MEMSPACE_TEST_CRASH`` is ``NAME:K`` or
+    ``NAME:K:SIGNAL`` (``KILL``, the default, ``TERM`` or ``INT``): the K-th time (1-based)
+    the step ``NAME`` is reached, the process sends itself that signal — a real ``kill -9``
+    (or a polite SIGTERM / Ctrl-C) at exactly that moment, which timed kills hit only by luck.
     """
     spec = os.environ.get("MEMSPACE_TEST_CRASH")
-    if not spec or spec.rpartition(":")[0] != name:
+    if not spec:
         return
+    step, _, rest = spec.partition(":")
+    if step != name:
+        return
+    count, _, signame = rest.partition(":")
     counts = crash_point.__dict__.setdefault("counts", {})
     counts[name] = counts.get(name, 0) + 1
-    if counts[name] == int(spec.rpartition(":")[2]):
-        os.kill(os.getpid(), signal.SIGKILL)
+    if counts[name] == int(count):
+        os.kill(os.getpid(), getattr(signal, f"SIG{signame or 'KILL'}"))
 
 
 def _os_error(action: str, path: Path, error: OSError) -> MemspaceError:
@@ -76,20 +89,36 @@ def _fsync_folder(folder: Path) -> None:
         os.close(fd)
 
 
+def _refuse_link(path: Path, what: str) -> None:
+    """A :class:`MemspaceError` when ``path`` is a symbolic link (memspace never follows one it writes)."""
+    if path.is_symlink():
+        raise MemspaceError(f"refusing to write {what} {path}: it is a symbolic link (memspace writes only "
+                            "plain files it created, never through a link)")
+
+
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
     """Write ``data`` to ``path`` atomically: temporary sibling, flush, fsync, rename.
 
+    Neither ``path`` nor its temporary may be a symbolic link (refused, nothing written);
+    the temporary is created afresh (``O_EXCL | O_NOFOLLOW``), so a stale one that is a
+    hard link to another file is unlinked, never written into.
+
     Raises:
         MemspaceError: naming ``path`` for any OS error (ENOSPC, EACCES, a missing
-            parent); the previous content of ``path``, if any, is untouched and the
-            temporary is removed.
+            parent) or a link; the previous content of ``path``, if any, is untouched
+            and the temporary is removed.
     """
     path = Path(path)
     if isinstance(data, str):
         data = data.encode("utf-8")
     tmp = path.with_name(path.name + TMP_SUFFIX)
+    _refuse_link(path, "the file")
+    _refuse_link(tmp, "the temporary")
     try:
-        with open(tmp, "wb") as handle:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)  # a stale temporary of a killed run: its name only, never what it points at
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
+        with open(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
@@ -97,7 +126,8 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
         os.replace(tmp, path)
     except OSError as error:
         try:
-            tmp.unlink(missing_ok=True)
+            if not tmp.is_symlink():
+                tmp.unlink(missing_ok=True)
         except OSError:
             pass
         raise _os_error("write", path, error) from None
@@ -111,26 +141,152 @@ def write_json(path: str | Path, obj: Any, indent: int | None = 1) -> Path:
     return write_atomic(path, json.dumps(obj, indent=indent))
 
 
+def read_regular(path: str | Path, what: str = "file", max_bytes: int | None = None) -> bytes:
+    """The bytes of ``path``, a plain file that is not a link, read without following one.
+
+    A run folder may come from someone else: a link in it (to ``/dev/zero``, to a file
+    outside) or a FIFO is refused rather than read, and ``max_bytes`` bounds the size.
+
+    Raises:
+        MemspaceError: naming ``what`` and ``path`` for a link, a non-regular file, a
+            file over ``max_bytes``, or an OS error.
+    """
+    path = Path(path)
+    try:
+        fd = os.open(path, os.O_RDONLY | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0))
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise MemspaceError(f"refusing to read {what} {path}: it is a symbolic link") from None
+        raise _os_error("read", path, error) from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise MemspaceError(f"refusing to read {what} {path}: it is not a regular file")
+        if max_bytes is not None and info.st_size > max_bytes:
+            raise MemspaceError(f"refusing to read {what} {path}: {info.st_size} bytes is over the bound of "
+                                f"{max_bytes} bytes")
+        chunks, left = [], info.st_size
+        while left > 0:
+            chunk = os.read(fd, min(left, 1 << 24))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+    except OSError as error:
+        raise _os_error("read", path, error) from None
+    finally:
+        os.close(fd)
+
+
+# -- manifest entries: plain relative paths that stay inside the folder ------------------------------------------
+
+def is_own_name(name: str) -> bool:
+    """Whether ``name`` (one path component) is one of memspace's bookkeeping files."""
+    return name in (MANIFEST, LOCK) or name.endswith(TMP_SUFFIX)
+
+
+def entry_parts(name: Any) -> tuple[str, ...]:
+    """The components of a manifest entry, checked to be a plain relative path.
+
+    Raises:
+        ValueError: saying why ``name`` is not one: not a non-empty string, absolute, with
+            an empty, ``.`` or ``..`` component, a NUL byte, or a component that is one of
+            memspace's own files (manifest, lock, temporaries).
+    """
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"{name!r} is not a non-empty file name")
+    if "\x00" in name or len(name) > 4096:
+        raise ValueError(f"{name[:80]!r} is not a file name")
+    if name.startswith("/") or os.path.isabs(name) or (os.sep != "/" and os.sep in name):
+        raise ValueError(f"{name!r} is an absolute path")
+    parts = tuple(name.split("/"))
+    for part in parts:
+        if part in ("", ".", ".."):
+            raise ValueError(f"{name!r} is not a plain relative path (it has a {part or 'empty'!r} component)")
+        if is_own_name(part):
+            raise ValueError(f"{name!r} names memspace's own bookkeeping file {part!r}")
+    return parts
+
+
+def _link_in(root: Path, parts: tuple[str, ...]) -> Path | None:
+    """The first component of ``root/parts`` that is a symbolic link, or None."""
+    node = root
+    for part in parts:
+        node = node / part
+        if node.is_symlink():
+            return node
+        if not node.exists():
+            return None
+    return None
+
+
+def _check_entries(root: Path, files: Iterable[str]) -> None:
+    """Refuse ``root`` when any entry of its manifest is not a plain path inside it without links."""
+    for name in files:
+        try:
+            parts = entry_parts(name)
+        except ValueError as error:
+            raise MemspaceError(f"refusing to use {root}: its manifest {root / MANIFEST} is refused: {error}; nothing "
+                                "was changed (a run folder from elsewhere may be crafted: move it aside)") from None
+        link = _link_in(root, parts)
+        if link is not None:
+            raise MemspaceError(f"refusing to use {root}: its manifest entry {name!r} goes through the symbolic "
+                                f"link {link}; nothing was changed (memspace never follows links in a run folder)")
+
+
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
     file = folder / MANIFEST
-    if not file.exists():
+    if not os.path.lexists(file):
         return None
+    damaged = (f"{file} is not a memspace manifest (written by an older memspace, or damaged); "
+               "move the folder aside and start a new run")
     try:
-        manifest = json.loads(file.read_text(encoding="utf-8"))
-        if not isinstance(manifest, dict) or "kind" not in manifest or not isinstance(manifest.get("files"), list):
-            raise ValueError
-    except (ValueError, OSError, UnicodeDecodeError):
-        raise MemspaceError(f"{file} is not a memspace manifest (written by an older memspace, or damaged); "
-                            f"move the folder aside and start a new run") from None
+        manifest = json.loads(read_regular(file, "the manifest", MAX_MANIFEST_BYTES).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
+        raise MemspaceError(damaged) from None
+    if (not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str)
+            or not isinstance(manifest.get("files"), list) or not isinstance(manifest.get("config", {}), dict)):
+        raise MemspaceError(damaged)
+    for name in manifest["files"]:
+        try:
+            entry_parts(name)
+        except ValueError as error:
+            raise MemspaceError(f"refusing to use {folder}: its manifest {file} is refused: {error}; nothing was "
+                                "changed (a run folder from elsewhere may be crafted: move it aside)") from None
+    return manifest
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The checked manifest of ``folder`` (None when it has none), without locking it.
+
+    Raises:
+        MemspaceError: a damaged manifest, a link, or an entry that is not a plain
+            relative path inside the folder.
+    """
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    if manifest is not None:
+        _check_entries(folder, manifest["files"])
     return manifest
 
 
 def _foreign(folder: Path, ours: Iterable[str]) -> list[str]:
-    """Entries of ``folder`` that memspace did not write (temporaries of our files excluded)."""
+    """Entries of ``folder`` that memspace did not write (temporaries of our files excluded).
+
+    memspace's own names count as foreign when they are links or not plain files: a
+    folder holding only a planted ``.memspace-lock`` link is not a memspace run.
+    """
     known = {MANIFEST, LOCK, MANIFEST + TMP_SUFFIX}
     for name in ours:
         known |= {name, name + TMP_SUFFIX}
-    return sorted(entry.name for entry in folder.iterdir() if entry.name not in known)
+    foreign = []
+    for entry in folder.iterdir():
+        if entry.name not in known:
+            foreign.append(entry.name)
+        elif entry.name in (MANIFEST, LOCK, MANIFEST + TMP_SUFFIX) and (entry.is_symlink() or not entry.is_file()):
+            foreign.append(f"{entry.name} (a link or not a plain file)")
+    return sorted(foreign)
 
 
 def _describe(names: list[str]) -> str:
@@ -151,18 +307,35 @@ def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) ->
 
 
 class _Lock:
-    """An exclusive, non-blocking OS lock on ``folder/.memspace-lock`` holding our PID."""
+    """An exclusive, non-blocking OS lock on ``folder/.memspace-lock`` holding our PID.
+
+    The lock file is opened without following links and must be a plain file with one
+    name: a planted link or hard link would otherwise let the PID write truncate a file
+    elsewhere.
+    """
 
     def __init__(self, folder: Path):
         self.file = folder / LOCK
         try:
-            self._fd = os.open(self.file, os.O_RDWR | os.O_CREAT, 0o644)
+            self._fd = os.open(self.file, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC
+                               | getattr(os, "O_NONBLOCK", 0), 0o644)
         except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise MemspaceError(f"refusing to lock {folder}: its {LOCK} is a symbolic link (memspace never "
+                                    "writes through links); move the folder aside") from None
             raise _os_error("lock", folder, error) from None
+        info = os.fstat(self._fd)
+        if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
+            os.close(self._fd)
+            self._fd = None
+            raise MemspaceError(f"refusing to lock {folder}: its {LOCK} is not a plain file of its own "
+                                f"({'a hard link' if stat.S_ISREG(info.st_mode) else 'not a regular file'}); "
+                                "move the folder aside")
         try:
             _lock_fd(self._fd)
         except BlockingIOError:
             os.close(self._fd)
+            self._fd = None
             holder = _read_pid(self.file)
             raise MemspaceError(f"run folder {folder} is in use by another memspace process"
                                 f"{f' (PID {holder})' if holder else ''}; wait for it to finish "
@@ -196,8 +369,8 @@ def _lock_fd(fd: int) -> None:
 
 def _read_pid(file: Path) -> int | None:
     try:
-        return int(file.read_text().strip())
-    except (OSError, ValueError):
+        return int(read_regular(file, "the lock", 64).decode().strip())
+    except (MemspaceError, ValueError, UnicodeDecodeError):
         return None
 
 
@@ -254,7 +427,7 @@ class RunFolder:
         config = json.loads(json.dumps(dict(config or {})))  # what a later reader will see
         if root.exists() and not root.is_dir():
             raise MemspaceError(f"output path {root} exists and is not a folder")
-        manifest = _read_manifest(root) if root.exists() else None
+        manifest = read_manifest(root) if root.exists() else None
         if root.exists() and manifest is None:
             foreign = _foreign(root, ())
             if foreign:
@@ -279,11 +452,14 @@ class RunFolder:
             MemspaceError: when ``root`` is not a memspace run folder or is in use.
         """
         root = Path(root)
-        if _read_manifest(root) is None:
+        if not root.is_dir() or read_manifest(root) is None:
             raise MemspaceError(f"{root} is not a memspace run folder")
         lock = _Lock(root)
         try:
-            return cls(root, _read_manifest(root), lock, True)
+            manifest = read_manifest(root)  # again, now that the folder is ours
+            if manifest is None:
+                raise MemspaceError(f"{root} is not a memspace run folder")
+            return cls(root, manifest, lock, True)
         except BaseException:
             lock.release()
             raise
@@ -291,7 +467,7 @@ class RunFolder:
     @classmethod
     def _open_locked(cls, root: Path, kind: str, config: dict, overwrite: bool, ignore: set[str],
                      finished: str | None, lock: _Lock) -> RunFolder:
-        manifest = _read_manifest(root)  # again, now that the folder is ours
+        manifest = read_manifest(root)  # again, now that the folder is ours
         if manifest is None:
             foreign = _foreign(root, ())
             if foreign:
@@ -327,7 +503,21 @@ class RunFolder:
         write_json(self.root / MANIFEST, self._manifest)
 
     def path(self, name: str) -> Path:
-        """Register ``name`` (a file or subfolder relative to the run) and return its path."""
+        """Register ``name`` (a file or subfolder relative to the run) and return its path.
+
+        Raises:
+            MemspaceError: when ``name`` is not a plain relative path inside the folder, is
+                one of memspace's own files (manifest, lock, temporaries), or passes
+                through a symbolic link.
+        """
+        try:
+            parts = entry_parts(name)
+        except ValueError as error:
+            raise MemspaceError(f"cannot write into run folder {self.root}: {error}") from None
+        link = _link_in(self.root, parts)
+        if link is not None:
+            raise MemspaceError(f"refusing to write {name} in {self.root}: {link} is a symbolic link "
+                                "(memspace never writes through links in a run folder)")
         if name not in self._manifest["files"]:
             self._manifest["files"].append(name)
             self._save_manifest()
@@ -338,7 +528,19 @@ class RunFolder:
         return write_atomic(self.path(name), data)
 
     def write_json(self, name: str, obj: Any, indent: int | None = 1) -> Path:
+        """Register ``name`` and write ``obj`` to it as JSON, atomically."""
         return write_json(self.path(name), obj, indent)
+
+    def read(self, name: str, max_bytes: int | None = None) -> bytes | None:
+        """The bytes of the registered-or-not file ``name`` of the run (None when absent), never
+        through a link (:func:`read_regular`)."""
+        path = self.root / "/".join(entry_parts(name))
+        if not os.path.lexists(path):
+            return None
+        link = _link_in(self.root, entry_parts(name))
+        if link is not None:
+            raise MemspaceError(f"refusing to read {path}: {link} is a symbolic link")
+        return read_regular(path, "the run file", max_bytes)
 
     def close(self) -> None:
         """Release the lock (the folder and its manifest stay)."""
@@ -352,24 +554,83 @@ class RunFolder:
 
 
 def _remove_ours(root: Path, manifest: Mapping[str, Any]) -> None:
-    """Remove what the manifest lists (and their temporaries), newest first; foreign files stay."""
+    """Remove what the manifest lists (and their temporaries), newest first; foreign files stay.
+
+    The whole tree of manifests (nested run folders included) is checked first, so a
+    folder with one bad entry anywhere is refused with nothing removed. Removal never
+    follows a link: each entry is reached through directory descriptors opened with
+    ``O_NOFOLLOW``, files and links are unlinked by name, and only empty folders are
+    removed.
+    """
+    _check_tree(root, manifest, depth=0)
+    _remove_tree(root, manifest)
+
+
+def _check_tree(root: Path, manifest: Mapping[str, Any], depth: int) -> None:
+    if depth > MAX_NESTING:
+        raise MemspaceError(f"refusing to overwrite {root}: run folders nest deeper than {MAX_NESTING} levels")
+    _check_entries(root, manifest["files"])
+    for name in manifest["files"]:
+        target = root / name
+        if target.is_dir() and not target.is_symlink():
+            sub = read_manifest(target)
+            if sub is not None:
+                _check_tree(target, sub, depth + 1)
+
+
+def _remove_tree(root: Path, manifest: Mapping[str, Any]) -> None:
     for name in reversed(manifest["files"]):
+        parts = entry_parts(name)
         target = root / name
         try:
             if target.is_dir() and not target.is_symlink():
-                sub = _read_manifest(target)
+                sub = read_manifest(target)
                 if sub is not None:
                     lock = _Lock(target)
                     try:
-                        _remove_ours(target, sub)
+                        _remove_tree(target, sub)
                     finally:
                         lock.release()
                     for leftover in (MANIFEST, LOCK):
-                        (target / leftover).unlink(missing_ok=True)
+                        _unlink_inside(target, (leftover,))
                 if not any(target.iterdir()):
-                    target.rmdir()
+                    _unlink_inside(root, parts, folder=True)
             else:
-                target.unlink(missing_ok=True)
-            (root / (name + TMP_SUFFIX)).unlink(missing_ok=True)
+                _unlink_inside(root, parts)
+            _unlink_inside(root, (*parts[:-1], parts[-1] + TMP_SUFFIX))
         except OSError as error:
             raise _os_error("remove", target, error) from None
+
+
+def _unlink_inside(root: Path, parts: tuple[str, ...], folder: bool = False) -> None:
+    """Unlink ``root/parts`` (a file or link by its name, or an empty folder) without following any link.
+
+    The parent folders are opened one by one with ``O_NOFOLLOW | O_DIRECTORY``: a link
+    planted on the way after the check stops the removal instead of leading it outside.
+    """
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) | _NOFOLLOW | _CLOEXEC
+    fd = os.open(root, flags)
+    try:
+        for part in parts[:-1]:
+            try:
+                inner = os.open(part, flags, dir_fd=fd)
+            except FileNotFoundError:
+                return
+            except OSError as error:
+                if error.errno in (errno.ELOOP, errno.ENOTDIR):
+                    raise MemspaceError(f"refusing to remove {root / '/'.join(parts)}: {part!r} on its way is a "
+                                        "link or not a folder") from None
+                raise
+            os.close(fd)
+            fd = inner
+        try:
+            if folder:
+                os.rmdir(parts[-1], dir_fd=fd)
+            else:
+                os.unlink(parts[-1], dir_fd=fd)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:  # a folder where a file was listed: left alone, with what it holds
+            pass
+    finally:
+        os.close(fd)

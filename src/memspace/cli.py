@@ -27,6 +27,11 @@ from ._errors import MemspaceError
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure a deep network as a memory space: Fisher complexity, paths and least action.")
 
+MAX_SEED = 2**32 - 1
+"""Seeds run from 0 to 2³² − 1 (NumPy's and torch's generators both take them; SQLite stores them)."""
+MAX_METRICS_BYTES = 256 * 2**20
+"""The largest metrics.json ``memspace report`` reads."""
+
 DATA_HELP = ("Data set: digits (scikit-learn, embedded), moons (generated), fashion-mnist (Debian package), "
              "or a path to an .npz file with arrays X and y.")
 
@@ -43,23 +48,45 @@ def _fail(message: str, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is, so every ``with`` block closes (locks released,
+    atomic writes finished or left as temporaries) exactly as on Ctrl-C."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise _Terminated()
+
+
+def _catch_sigterm() -> None:
+    import signal
+    import threading
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
 def _friendly(command):
-    """Turn expected failures into one line on stderr and exit code 2."""
+    """Turn expected failures into one line on stderr and exit code 2 (130 on Ctrl-C, 143 on SIGTERM)."""
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
         _cache_defaults()
+        _catch_sigterm()
         try:
             return command(*args, **kwargs)
         except typer.Exit:
             raise
-        except KeyboardInterrupt:
-            _fail("interrupted; run the same command again to resume", 130)
+        except KeyboardInterrupt as error:
+            if isinstance(error, _Terminated):
+                _fail("terminated (SIGTERM); what was finished is saved: run the same command again to resume", 143)
+            _fail("interrupted; what was finished is saved: run the same command again to resume", 130)
         except OSError as error:  # a disk or permission problem outside memspace's own writes
             if os.environ.get("MEMSPACE_DEBUG"):
                 raise
-            where = f" {error.filename}" if error.filename else ""
-            _fail(f"cannot access{where}: {error.strerror or type(error).__name__}")
+            if error.filename:
+                _fail(f"cannot access {error.filename}: {error.strerror or type(error).__name__}")
+            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+            _fail(f"operating-system error in {command.__name__}: {type(error).__name__}{f': {text}' if text else ''}")
         except (MemspaceError, ValueError, TypeError, KeyError, ImportError, AttributeError, RuntimeError) as error:
             if os.environ.get("MEMSPACE_DEBUG"):
                 raise
@@ -131,6 +158,7 @@ def demo(
 
     _check_range("epochs", epochs, 1, MAX_EPOCHS, integer=True)
     _check_range("lam", lam, 0)
+    _check_range("seed", seed, 0, MAX_SEED, integer=True)
     started = time.time()
     metrics = run_demo(data, out, seed=seed, device=device, epochs=epochs, lam=lam, overwrite=overwrite,
                        progress=not json_output and sys.stderr.isatty(), status=_status(json_output))
@@ -149,17 +177,32 @@ def _load_factory(spec: str):
         loaded = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(loaded)
         try:
-            loaded.loader.exec_module(module)
+            with _users_code():
+                loaded.loader.exec_module(module)
+        except SystemExit as error:
+            raise MemspaceError(f"architecture file {path} called exit({error.code!r}) while loading; "
+                                "nothing was measured") from None
         except Exception as error:  # the user's file: a syntax error or one raised at import
             raise MemspaceError(f"cannot load architecture file {path}: {_one_line(error)}") from None
     else:
         try:
-            module = importlib.import_module(module_name)
+            with _users_code():
+                module = importlib.import_module(module_name)
+        except SystemExit as error:
+            raise MemspaceError(f"architecture module {module_name!r} called exit({error.code!r}) while loading; "
+                                "nothing was measured") from None
         except Exception as error:
             raise MemspaceError(f"cannot import architecture module {module_name!r}: {_one_line(error)}") from None
     if not callable(getattr(module, attr, None)):
         raise MemspaceError(f"module {module_name!r} has no factory {attr!r}")
     return getattr(module, attr)
+
+
+def _users_code():
+    """Run the user's ``--arch`` code with its prints sent to stderr: stdout is memspace's (``--json``)."""
+    import contextlib
+
+    return contextlib.redirect_stdout(sys.stderr)
 
 
 def _one_line(error: BaseException) -> str:
@@ -174,7 +217,10 @@ def _build_network(factory, arch: str):
     import torch
 
     try:
-        network = factory()
+        with _users_code():
+            network = factory()
+    except SystemExit as error:
+        raise MemspaceError(f"the factory {arch} called exit({error.code!r}); nothing was measured") from None
     except Exception as error:
         raise MemspaceError(f"the factory {arch} raised {_one_line(error)}") from None
     if not isinstance(network, torch.nn.Module):
@@ -239,11 +285,12 @@ def measure(
     timeout: Annotated[float, typer.Option(help="With --distributed: seconds a rank waits for the others.")] = 300.0,
 ) -> None:
     """Measure your own trained model: the demo's measurements, without training."""
+    _check_range("seed", seed, 0, MAX_SEED, integer=True)
     rank, world = 0, 1
     if distributed:
         from .distributed import init_process_group
 
-        _check_range("--timeout", timeout, 1.0)
+        _check_range("timeout", timeout, 1.0)
         rank, world = init_process_group(rendezvous, timeout_s=timeout)
     _measure(model, arch, data, blocks, head, out, seed, overwrite, json_output, distributed, rank, world)
     if distributed:
@@ -344,6 +391,7 @@ def train(
     _check_range("depth", depth, 1, integer=True)
     _check_range("batch-size", batch_size, 1, integer=True)
     _check_range("lam", lam, 0)
+    _check_range("seed", seed, 0, MAX_SEED, integer=True)
     if not lr > 0 or lr == float("inf"):
         raise MemspaceError(f"--lr must be finite and positive, got {lr}")
     if out.exists() and not out.is_dir():
@@ -458,6 +506,7 @@ def zoo(
 
     if action not in ZOO_ACTIONS:
         raise MemspaceError(f"unknown zoo action {action!r}; choose {', '.join(ZOO_ACTIONS)}")
+    _check_range("min-ess", min_ess, 1, 1e9)
     emit = _status(json_output)
     if action == "run":
         _check_range("workers", workers, 1, 256, integer=True)
@@ -501,7 +550,7 @@ def report(
     output: Annotated[Path | None, typer.Option(help="Where to write the HTML (default RUN_DIR/report.html).")] = None,
 ) -> None:
     """Re-render report.html from a run's saved metrics.json."""
-    from ._runs import MANIFEST, RunFolder
+    from ._runs import MANIFEST, RunFolder, is_own_name, read_regular
     from .report import render_report
     from .report.html import check_metrics
 
@@ -509,27 +558,49 @@ def report(
     if not source.is_file():
         raise MemspaceError(f"{source} not found: is {run_dir} a finished memspace run?")
     try:
-        metrics = json.loads(source.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError):
+        metrics = json.loads(read_regular(source, "the metrics file", MAX_METRICS_BYTES).decode("utf-8"))
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise MemspaceError(f"{source} is not a memspace metrics file (corrupt or truncated)") from None
     check_metrics(metrics, str(source))
     target = output or run_dir / "report.html"
+    if is_own_name(target.name) or target.name == source.name:
+        raise MemspaceError(f"--output {target}: that name is memspace's own {target.name!r}; choose another "
+                            "file name for the report")
     inside = output is None or target.resolve().parent == run_dir.resolve()
     run = RunFolder.attach(run_dir) if inside and (run_dir / MANIFEST).exists() else None
     try:
         path = render_report(metrics, run.path(target.name) if run else target)
-    except (KeyError, TypeError, IndexError) as error:
+    except (KeyError, TypeError, IndexError, AttributeError) as error:
         raise MemspaceError(f"{source} is not a complete memspace metrics file ({type(error).__name__}: "
-                            f"{error}); rerun the command that wrote it") from None
+                            f"{str(error)[:120]}); rerun the command that wrote it") from None
     finally:
         if run is not None:
             run.close()
     typer.echo(f"report: {path}")
 
 
-def main() -> None:  # pragma: no cover - console entry point
-    app()
+def main(argv: list[str] | None = None) -> None:
+    """The console entry point: the commands, with click's usage errors as one line (exit 2).
+
+    Click's own usage messages (an unknown option or command, a value that does not
+    parse) come as a box of several lines; here they are one line, like every other
+    failure, with a pointer to ``--help``.
+    """
+    from typer.exceptions import TyperException
+
+    try:
+        code = app(args=argv, prog_name="memspace", standalone_mode=False)
+    except TyperException as error:  # click's UsageError, BadParameter, NoSuchOption, ...
+        message = error.format_message() if hasattr(error, "format_message") else str(error)
+        first = message.strip().splitlines()[0] if message.strip() else type(error).__name__
+        command = getattr(getattr(error, "ctx", None), "command_path", "memspace")
+        typer.echo(f"memspace: error: {first} (see {command} --help)", err=True)
+        sys.exit(getattr(error, "exit_code", 2) or 2)
+    except KeyboardInterrupt:  # before or after a command's own handler (while parsing, say)
+        typer.echo("memspace: error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
-    app()
+    main()

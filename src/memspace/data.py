@@ -27,10 +27,13 @@ import torch
 from torch import Tensor
 
 from ._errors import DataError, MemspaceError
+from ._npz import load_npz
 
 __all__ = ["DATASETS", "DataSplit", "load_dataset"]
 
 DATASETS = ("digits", "moons", "fashion-mnist")
+MAX_CLASSES = 2**20
+"""The most classes a data file may have (labels beyond are refused before any work)."""
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 
 
@@ -114,11 +117,7 @@ def _fashion_mnist(limit: int | None, seed: int) -> DataSplit:
 def _npz(path: Path, test_fraction: float, seed: int) -> DataSplit:
     if not path.is_file():
         raise DataError(f"data file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as arrays:
-            content = {k: arrays[k] for k in arrays.files}
-    except Exception as error:
-        raise DataError(f"cannot read data file {path}: {type(error).__name__}: {error}") from None
+    content = load_npz(path, "data file")
     if {"X", "y"} <= content.keys():
         X, y = content["X"], content["y"]
         parts = None
@@ -162,10 +161,11 @@ def _check_arrays(path: Path, X: np.ndarray, y: np.ndarray, parts: int | None,
                         "axis ([N, D], or [N, C, H, W] for images)")
     if y.ndim != 1:
         raise DataError(f"{where}: y has shape {y.shape}; it must be one label per sample, shape [N]")
+    if len(X) != len(y) or len(X) < 2:
+        raise DataError(f"{where}: X has {len(X)} rows and y has {len(y)}; it needs one label per row and at "
+                        "least two rows")
     if X[0].size == 0:
         raise DataError(f"{where}: X has shape {X.shape}: its samples have no features")
-    if len(X) != len(y) or len(X) < 2:
-        raise DataError(f"{where}: X has {len(X)} rows and y has {len(y)}")
     if parts is not None and not 0 < parts < len(X):
         raise DataError(f"{where}: X_train and X_test must both be non-empty (they have {parts} and "
                         f"{len(X) - parts} rows)")
@@ -174,10 +174,13 @@ def _check_arrays(path: Path, X: np.ndarray, y: np.ndarray, parts: int | None,
         raise DataError(f"{where}: X contains NaN/Inf (first in row {int(np.argmax(bad))})")
     if y.min() < 0:
         raise DataError(f"{where}: labels must be non-negative integers")
+    if y.max() >= MAX_CLASSES:
+        raise DataError(f"{where}: label {int(y.max())} is over the bound of {MAX_CLASSES} classes")
     if num_classes is not None:
-        if num_classes.size != 1 or not np.issubdtype(num_classes.dtype, np.integer) or int(num_classes) < 2:
-            raise DataError(f"{where}: num_classes must be one integer ≥ 2")
-        classes = int(num_classes)
+        if (num_classes.size != 1 or not np.issubdtype(num_classes.dtype, np.integer)
+                or not 2 <= int(num_classes.reshape(-1)[0]) <= MAX_CLASSES):
+            raise DataError(f"{where}: num_classes must be one integer from 2 to {MAX_CLASSES}")
+        classes = int(num_classes.reshape(-1)[0])
         if y.max() >= classes:
             raise DataError(f"{where}: label {int(y.max())} is not below num_classes = {classes}")
         return X, y, classes
@@ -185,10 +188,11 @@ def _check_arrays(path: Path, X: np.ndarray, y: np.ndarray, parts: int | None,
     classes = int(y.max()) + 1
     if classes < 2:
         raise DataError(f"{where}: y has a single class; a classifier needs at least two")
-    if len(present) != classes:
-        missing = sorted(set(range(classes)) - set(present.tolist()))
-        raise DataError(f"{where}: labels must cover 0..C−1, but {len(missing)} of 0..{classes - 1} never occur "
-                        f"(first {missing[0]}); relabel them, or store the number of classes as an array "
+    if len(present) != classes:  # present is sorted and unique: the first gap is the first missing label
+        gaps = np.nonzero(present != np.arange(len(present)))[0]
+        first = int(gaps[0]) if len(gaps) else len(present)
+        raise DataError(f"{where}: labels must cover 0..C−1, but {classes - len(present)} of 0..{classes - 1} never "
+                        f"occur (first {first}); relabel them, or store the number of classes as an array "
                         "num_classes in the file")
     return X, y, classes
 

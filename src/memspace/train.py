@@ -37,7 +37,7 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
 from ._errors import MemspaceError
-from ._runs import RunFolder, crash_point
+from ._runs import RunFolder, crash_point, read_regular
 from .action import ActionTerm
 from .fisher._data import check_finite
 from .paths.predictive import predictive_path
@@ -129,8 +129,8 @@ class _DamagedCheckpoint(MemspaceError):
 
 
 def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
+    raw = read_regular(path, "checkpoint")  # a link or a FIFO is refused, never skipped as damaged
     try:
-        raw = path.read_bytes()
         tensors = load_bytes(raw)
         header_len = int.from_bytes(raw[:8], "little")
         meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
@@ -181,7 +181,8 @@ def _history_from(meta: dict[str, Any], directory: Path, epoch: int) -> list[dic
     else:  # checkpoints written before the history moved into them
         rows = []
         file = directory / "metrics.jsonl"
-        for line in file.read_text().splitlines() if file.exists() else []:
+        stored = read_regular(file, "the metrics log").decode("utf-8", errors="replace") if file.exists() else ""
+        for line in stored.splitlines():
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError:

@@ -18,11 +18,13 @@ the ellipse modulo π; every metric still treats orientation as 40 classes.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
 
 from .._errors import DataError
+from .._npz import load_npz
 
 __all__ = ["DSpritesFile", "DSpritesLike", "FACTOR_NAMES", "load_dsprites_npz"]
 
@@ -136,13 +138,17 @@ def load_dsprites_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"dSprites file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            images, classes = data["imgs"], data["latents_classes"]
-    except (KeyError, ValueError, OSError) as error:
-        raise DataError(f"{path} is not the dSprites .npz (needs imgs and latents_classes): {error}") from None
-    if classes.ndim != 2 or classes.shape[1] != 6 or len(classes) != len(images):
-        raise DataError(f"{path}: latents_classes must be [N, 6] beside imgs [N, 64, 64]")
+    data = load_npz(path, "dSprites file", names=("imgs", "latents_classes"))
+    if not {"imgs", "latents_classes"} <= data.keys():
+        raise DataError(f"{path} is not the dSprites .npz (needs imgs and latents_classes; it has "
+                        f"{', '.join(sorted(data)) or 'neither'})")
+    images, classes = data["imgs"], data["latents_classes"]
+    if images.ndim != 3 or classes.ndim != 2 or classes.shape[1] != 6 or len(classes) != len(images):
+        raise DataError(f"{path}: latents_classes must be [N, 6] beside imgs [N, 64, 64]; they are "
+                        f"{list(classes.shape)} and {list(images.shape)}")
+    if not np.issubdtype(classes.dtype, np.integer) or not (np.issubdtype(images.dtype, np.integer)
+                                                            or images.dtype == np.bool_):
+        raise DataError(f"{path}: imgs and latents_classes must hold integers ({images.dtype}, {classes.dtype})")
     return images[:, None].astype(np.uint8), classes[:, 1:].astype(np.int64)
 
 
@@ -168,7 +174,11 @@ class DSpritesFile(_FactorGrid):
             raise DataError(f"{path}: images must be binary (0/1), found the value {images.max()}")
         if (factors < 0).any():
             raise DataError(f"{path}: latents_classes holds negative class indices")
-        self._set_sizes(tuple(int(m) + 1 for m in factors.max(0)))
+        sizes = tuple(int(m) + 1 for m in factors.max(0))
+        if math.prod(sizes) != len(factors):  # a complete grid has exactly one image per combination
+            raise DataError(f"{path}: the factors are not a complete grid: {len(factors)} images for "
+                            f"{math.prod(sizes)} combinations of sizes {sizes}")
+        self._set_sizes(sizes)
         index = factors @ self._bases
         order = np.full(self.num_images, -1, dtype=np.int64)
         order[index] = np.arange(len(index))

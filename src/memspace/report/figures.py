@@ -284,9 +284,11 @@ def weight_noise(summary: dict[str, Any]) -> Figure:
 
 
 # ---------------------------------------------------------------------------------------------- the zoo
-def zoo_scatter(points: dict[str, tuple[list[float], list[float]]]) -> Figure:
-    """Each measure (one panel) against the generalization gap, one dot per model."""
+def zoo_scatter(points: dict[str, tuple[list[float], list[float]]]) -> Figure | None:
+    """Each measure (one panel) against the generalization gap, one dot per model (None without points)."""
     names = list(points)
+    if not names:
+        return None
     columns = min(3, len(names))
     rows = -(-len(names) // columns)
     fig, axes = plt.subplots(rows, columns, figsize=(4.2 * columns, 3.2 * rows), squeeze=False)

@@ -1,10 +1,13 @@
 """A self-contained HTML report: figures inlined as PNG, no network requests.
 
 Every figure has a caption saying what it shows and which formula of docs/theory.md it
-plots (docs/theory.md in the repository). Everything that comes from the user (run names, paths, data names) is escaped.
-A small inline script records, once the page has loaded, how many figures decoded
-and any script error, on ``<body data-figures-loaded=… data-errors=…>``, which the
-browser test reads.
+plots (docs/theory.md in the repository).
+
+A report may be rendered from a metrics file someone else wrote, so the page runs no
+script at all: its Content-Security-Policy is ``default-src 'none'; script-src 'none'``
+(images only as inline ``data:`` PNGs, inline style), and every value that reaches the
+HTML — names, paths, numbers, table cells, whatever their type — goes through
+:func:`_text` or :func:`_num`, which escape it.
 """
 
 from __future__ import annotations
@@ -172,16 +175,26 @@ figure{margin:1.6em 0;padding:.8em;border:1px solid #eee;border-radius:6px} figu
 figcaption{font-size:.92em;color:#333;margin-top:.4em}
 """
 
-SCRIPT = """
-window.__errors = [];
-window.addEventListener('error', function (e) { window.__errors.push(String(e.message || e)); });
-window.addEventListener('load', function () {
-  var imgs = Array.prototype.slice.call(document.querySelectorAll('figure img'));
-  var ok = imgs.filter(function (i) { return i.complete && i.naturalWidth > 0; }).length;
-  document.body.setAttribute('data-figures-loaded', ok + '/' + imgs.length);
-  document.body.setAttribute('data-errors', String(window.__errors.length));
-});
-"""
+CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'none'; base-uri 'none'; form-action 'none'"
+"""The page's Content-Security-Policy: no script of any kind, no request, images only inline."""
+
+
+def _text(value: Any) -> str:
+    """Any value as escaped HTML text."""
+    return html.escape(value if isinstance(value, str) else json.dumps(value) if isinstance(
+        value, (dict, list)) else str(value))
+
+
+def _num(value: Any, fmt: str = "{:.3g}") -> str:
+    """A number formatted with ``fmt`` (— for None or NaN); anything else escaped as text."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            return html.escape(fmt.format(value))
+        except (ValueError, TypeError):
+            pass
+    return _text(value)
 
 
 def check_metrics(metrics: Any, source: str = "the metrics") -> None:
@@ -228,11 +241,11 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
 
 
 def _page(title: str, body: str) -> str:
-    """A self-contained HTML page: inline style and script, no network requests (module doc)."""
+    """A self-contained HTML page: inline style, no script, no network requests (module doc)."""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'unsafe-inline'">
-<title>{html.escape(title)}</title><style>{STYLE}</style><script>{SCRIPT}</script></head>
+<meta http-equiv="Content-Security-Policy" content="{CSP}">
+<title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>
 <h1>{html.escape(title)}</h1>
 {body}
@@ -278,18 +291,19 @@ def _capacity_section(summary: dict[str, Any]) -> str:
     return (f"<p>How much a network stores and what storing it costs (docs/theory.md §5.1): residual MLPs trained "
             f"to fit N points with random or real labels under an action budget λ. {html.escape(n_star)}. Predictive "
             f"action per bit of the fitted networks (slope ± standard error): {html.escape(cost or 'too few fitted cells')}. "
-            f"Anchor: a linear model in d = {anchor['d']} dimensions fits random labels up to N* ≈ "
-            f"{crossing if crossing is None else round(crossing, 1)} (Cover: 2d = {anchor['two_d']}).</p>"
+            f"Anchor: a linear model in d = {_num(anchor['d'])} dimensions fits random labels up to N* ≈ "
+            f"{_num(crossing, '{:.1f}')} (Cover: 2d = {_num(anchor['two_d'])}).</p>"
             + _figure_block("capacity", figures.capacity(summary)) + _figure_block("cover", figures.cover_anchor(anchor)))
 
 
 def _robustness_section(summary: dict[str, Any]) -> str:
-    labels = ", ".join(f"{name}: {label}" for name, label in zip(summary["layers"], summary["labels"]))
+    labels = ", ".join(f"{name}: {label}" for name, label in zip(map(str, summary["layers"]), map(str, summary["labels"])))
     tau = summary["kendall_pooled"]
     return (f"<p>What survives perturbation (docs/theory.md §5.2). Layers after resetting to their initial value: "
-            f"{html.escape(labels)}. Bottom third critical: {100 * summary['bottom_critical']:.0f} %; top third robust: "
-            f"{100 * summary['top_robust']:.0f} %. Kendall τ between Fisher sensitivity tr F_ℓℓ and the damage of "
-            f"resetting: {tau['tau']:.2f} (p = {tau['p_value']:.2g}, {tau['num_layers']} layer–seed pairs).</p>"
+            f"{html.escape(labels)}. Bottom third critical: {_num(100 * summary['bottom_critical'], '{:.0f}')} %; top "
+            f"third robust: {_num(100 * summary['top_robust'], '{:.0f}')} %. Kendall τ between Fisher sensitivity "
+            f"tr F_ℓℓ and the damage of resetting: {_num(tau['tau'], '{:.2f}')} (p = {_num(tau['p_value'], '{:.2g}')}, "
+            f"{_num(tau['num_layers'])} layer–seed pairs).</p>"
             + _layer_table(summary)
             + _figure_block("reinit", figures.reinitialization(summary))
             + _figure_block("noise", figures.weight_noise(summary)))
@@ -306,11 +320,12 @@ def _layer_table(summary: dict[str, Any]) -> str:
     rows = []
     for i, name in enumerate(summary["layers"]):
         b = blocks.index(name) if name in blocks else None
-        extra = (f"<td>{sens['sensitivity'][b]:.3g}</td><td>{sens['deletion_kl'][b]:.3g}</td>"
+        extra = (f"<td>{_num(sens['sensitivity'][b])}</td><td>{_num(sens['deletion_kl'][b])}</td>"
                  if b is not None and "deletion_kl" in sens and b < len(sens["deletion_kl"]) else "<td>—</td><td>—</td>")
-        rows.append(f"<tr><th>{html.escape(name)}</th><td>{html.escape(summary['labels'][i])}</td>"
-                    f"<td>{error[i][reset] - summary['trained_error']:+.3f}</td>"
-                    f"<td>{error[i][rnd] - summary['trained_error']:+.3f}</td><td>{traces[i]:.3g}</td>{extra}</tr>")
+        rows.append(f"<tr><th>{_text(name)}</th><td>{_text(summary['labels'][i])}</td>"
+                    f"<td>{_num(error[i][reset] - summary['trained_error'], '{:+.3f}')}</td>"
+                    f"<td>{_num(error[i][rnd] - summary['trained_error'], '{:+.3f}')}</td><td>{_num(traces[i])}</td>"
+                    f"{extra}</tr>")
     return ("<table><tr><th>layer</th><th>label</th><th>Δ reset to τ = 0</th><th>Δ re-randomized</th>"
             "<th>tr F_ℓℓ</th><th>block sensitivity s_l</th><th>deletion KL</th></tr>" + "".join(rows) + "</table>")
 
@@ -319,18 +334,18 @@ def _disentanglement_section(summary: dict[str, Any]) -> str:
     columns = ["beta", "lam", "seed", "reconstruction", "kl", "mig", "sap", "dci_disentanglement", "dci_completeness",
                "dci_informativeness", "modularity", "beta_vae", "factor_vae", "block_diagonality", "active_latents"]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    rows = "".join("<tr>" + "".join(f"<td>{row[c]:.3g}</td>" if isinstance(row[c], float) else f"<td>{row[c]}</td>"
-                                    for c in columns) + "</tr>" for row in summary["table"])
+    rows = "".join("<tr>" + "".join(f"<td>{_num(row[c])}</td>" for c in columns) + "</tr>" for row in summary["table"])
     tau = summary["tau_block_diagonality"]
     effect = ", ".join(f"{k} {v:+.3f}" for k, v in summary["lambda_effect"].items())
     quick = summary["config"]["steps"] < 500
-    caveat = (f" This is the quick configuration ({summary['config']['steps']} training steps): a smoke run whose "
+    caveat = (f" This is the quick configuration ({_num(summary['config']['steps'])} training steps): a smoke run whose "
               "scores sit near chance, not a result." if quick else "")
     return (f"<p>How economically a network stores (docs/theory.md §5.4): β-VAEs on dSprites-structured images, with "
             f"and without the kinetic action of the decoder's residual path in the loss. Kendall τ between the block-"
-            f"diagonality of the decoder metric and MIG: {tau['mig']:.2f}, and DCI disentanglement: "
-            f"{tau['dci_disentanglement']:.2f}, over {len(summary['table'])} models. Effect of λ = "
-            f"{summary['lams'][-1]:g} against λ = {summary['lams'][0]:g} (mean difference): {html.escape(effect)}."
+            f"diagonality of the decoder metric and MIG: {_num(tau['mig'], '{:.2f}')}, and DCI disentanglement: "
+            f"{_num(tau['dci_disentanglement'], '{:.2f}')}, over {len(summary['table'])} models. Effect of λ = "
+            f"{_num(summary['lams'][-1], '{:g}')} against λ = {_num(summary['lams'][0], '{:g}')} (mean difference): "
+            f"{html.escape(effect)}."
             f"{caveat}</p>"
             f"<table><tr>{head}</tr>{rows}</table>" + _figure_block("traversal", figures.traversal(summary))
             + (_additivity_block(summary["additivity"]) if "additivity" in summary else ""))
@@ -340,22 +355,23 @@ def _additivity_block(additivity: dict[str, Any]) -> str:
     numbers, networks = additivity["numbers"], additivity["networks"]
 
     def cell(entry: dict[str, float]) -> str:
-        return f"<td>{entry['mean']:.3f} ± {entry['std']:.3f}</td>"
+        return f"<td>{_num(entry['mean'], '{:.3f}')} ± {_num(entry['std'], '{:.3f}')}</td>"
 
-    rows = "".join(f"<tr><th>{name}</th>" + "".join(cell(networks[key][column]) for column in
+    rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(cell(networks[key][column]) for column in
                                                    ("least_action", "action", "ratio", "test_accuracy")) + "</tr>"
                    for key, name in (("joint", "joint (C_a·C_b classes)"), ("a", "factor a alone"),
                                      ("b", "factor b alone")))
     n = numbers["least_action_ratio"]["n"]
+    plural = "s" if not isinstance(n, (int, float)) or n != 1 else ""
     return (f"<h3>Additivity of least action on a product task</h3><p>Two independent factors learned by one "
-            f"network or by two ({n} seed{'s' if n > 1 else ''}, held-out points). Joint least action over the sum "
-            f"of the separate ones: {numbers['least_action_ratio']['mean']:.3f} ± "
-            f"{numbers['least_action_ratio']['std']:.3f}; joint action over the sum of its own marginal paths' "
-            f"actions: {numbers['marginal_action_ratio']['mean']:.3f} (1 to second order when the prediction "
-            f"factorises); the spherical Pythagorean law cos(d/2) = cos(d_a/2)·cos(d_b/2) predicts the joint least "
-            f"action from the marginals' at {numbers['pythagorean_ratio']['mean']:.3f} of their sum; factorisation "
-            f"gap (Fisher–Rao distance of the joint prediction from the product of its marginals): "
-            f"{numbers['factorisation_gap']['mean']:.3f}.</p><table><tr><th>network</th><th>A_min</th><th>A</th>"
+            f"network or by two ({_num(n)} seed{plural}, held-out points). Joint least action over the sum "
+            f"of the separate ones: {_num(numbers['least_action_ratio']['mean'], '{:.3f}')} ± "
+            f"{_num(numbers['least_action_ratio']['std'], '{:.3f}')}; joint action over the sum of its own marginal "
+            f"paths' actions: {_num(numbers['marginal_action_ratio']['mean'], '{:.3f}')} (1 to second order when the "
+            f"prediction factorises); the spherical Pythagorean law cos(d/2) = cos(d_a/2)·cos(d_b/2) predicts the "
+            f"joint least action from the marginals' at {_num(numbers['pythagorean_ratio']['mean'], '{:.3f}')} of "
+            f"their sum; factorisation gap (Fisher–Rao distance of the joint prediction from the product of its "
+            f"marginals): {_num(numbers['factorisation_gap']['mean'], '{:.3f}')}.</p><table><tr><th>network</th><th>A_min</th><th>A</th>"
             f"<th>A/A_min</th><th>test accuracy</th></tr>{rows}</table>")
 
 
@@ -369,32 +385,34 @@ def _zoo_table(evaluation: dict[str, Any], limit: int | None = None) -> str:
     board = evaluation["leaderboard"][:limit]
     varied = evaluation["varied"]
     head = ("<tr><th>measure</th><th>models</th><th>τ</th><th>Ψ</th>"
-            + "".join(f"<th>ψ {html.escape(v)}</th>" for v in varied)
+            + "".join(f"<th>ψ {_text(v)}</th>" for v in varied)
             + "<th>CMI (PGDL)</th><th>sign error mean</th><th>p90</th><th>max</th><th>environments</th></tr>")
 
     def number(value, fmt="{:+.3f}"):
-        return "—" if value is None or (isinstance(value, float) and math.isnan(value)) else fmt.format(value)
+        return _num(value, fmt)
 
     rows = []
     for e in board:
         se = e.get("sign_error", {}).get("all", {})
-        rows.append(f"<tr><th>{html.escape(e['measure'])}</th><td>{e['models']}</td><td>{number(e['tau'])}</td>"
+        rows.append(f"<tr><th>{_text(e['measure'])}</th><td>{_num(e['models'])}</td><td>{number(e['tau'])}</td>"
                     f"<td>{number(e.get('psi'))}</td>"
                     + "".join(f"<td>{number(e.get('psi_by_hparam', {}).get(v))}</td>" for v in varied)
                     + f"<td>{number(e.get('cmi'), '{:.4f}')}</td><td>{number(se.get('mean'), '{:.3f}')}</td>"
                     f"<td>{number(se.get('p90'), '{:.3f}')}</td><td>{number(se.get('max'), '{:.3f}')}</td>"
-                    f"<td>{e.get('environments', 0)}</td></tr>")
+                    f"<td>{_num(e.get('environments', 0))}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _zoo_section(evaluation: dict[str, Any], limit: int | None = None) -> str:
-    blocks = [_figure_block("zoo-scatter", figures.zoo_scatter(evaluation["points"]))]
+    scatter = figures.zoo_scatter(evaluation["points"])
+    blocks = [_figure_block("zoo-scatter", scatter)] if scatter is not None else [
+        "<p class=note>No measure has finite values on three or more models: nothing to draw.</p>"]
     cdf = figures.zoo_cdf(evaluation["leaderboard"][:8])
     if cdf is not None:
         blocks.append(_figure_block("zoo-cdf", cdf))
-    return (f"""<p class="sub">{evaluation['kept']} of {evaluation['models']} models met the stopping rule; varied:
-{html.escape(', '.join(evaluation['varied']))}; Hoeffding weights with n = {evaluation['n_test']}, environments kept at
-ESS ≥ {evaluation['min_ess']:g}.</p>
+    return (f"""<p class="sub">{_num(evaluation['kept'])} of {_num(evaluation['models'])} models met the stopping rule;
+varied: {html.escape(', '.join(map(str, evaluation['varied'])))}; Hoeffding weights with n = {_num(evaluation['n_test'])},
+environments kept at ESS ≥ {_num(evaluation['min_ess'], '{:g}')}.</p>
 <p>Does complexity predict generalization (docs/theory.md §5.3)? τ: Kendall's τ_a between each measure and the
 generalization gap over all models; Ψ: the granulated coefficient (the mean over hyperparameters of ψ, the mean τ
 among models that differ in that hyperparameter only); CMI: the PGDL competition score (conditional mutual

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from .._errors import MemspaceError
 from .._runs import RunFolder
 
 CELLS = "cells.jsonl"
@@ -21,11 +22,14 @@ class CellStore:
     def __init__(self, run: RunFolder):
         self.run = run
         self.cells: dict[str, dict[str, Any]] = {}
-        file = run.root / CELLS
-        if file.exists():
-            for line in file.read_text(encoding="utf-8").splitlines():
+        stored = run.read(CELLS)
+        for number, line in enumerate((stored or b"").decode("utf-8", errors="replace").splitlines(), 1):
+            try:
                 record = json.loads(line)
-                self.cells[record["key"]] = record
+                self.cells[str(record["key"])] = record
+            except (ValueError, KeyError, TypeError, RecursionError):
+                raise MemspaceError(f"{run.root / CELLS}, line {number}: not a cell memspace wrote (damaged); "
+                                    "rerun with --overwrite to start the study afresh") from None
 
     def __contains__(self, key: str) -> bool:
         return key in self.cells

@@ -18,6 +18,7 @@ literature's (:func:`memspace.measures.generalization_measures`).
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from .._errors import MemspaceError
 from .grid import expand, load_grid
 from .store import ZooStore
 
-__all__ = ["DB", "evaluate_zoo", "leaderboard_points", "measure_zoo", "remeasure", "run_zoo", "train_and_measure"]
+__all__ = ["DB", "die_with_parent", "evaluate_zoo", "leaderboard_points", "measure_zoo", "remeasure", "run_zoo", "train_and_measure", "zoo_grid"]
 
 DB = "zoo.sqlite"
 SHARPNESS_SEARCH = dict(iterations=10, restarts=3, eval_batches=5, ascent_steps=10)
@@ -57,10 +58,44 @@ def _data(data: str, hparams: dict[str, Any], seed: int):
     return split, (X, y)
 
 
+def die_with_parent(parent: int | None) -> None:
+    """In a pool worker started by process ``parent``: exit as soon as that process is gone.
+
+    A loky worker whose parent is killed (``kill -9``, an OOM kill) would otherwise live on
+    as an orphan, training models nobody will store. A daemon thread polls the parent
+    PID twice a second and ends this process when it changes. Nothing happens in the
+    parent itself (a one-worker pool runs there) or on a remote Dask worker (whose parent
+    is not ``parent``).
+    """
+    import os
+    import threading
+
+    if parent is None or os.getpid() == parent or os.getppid() != parent:
+        return
+    if die_with_parent.__dict__.get("watching") == parent:
+        return
+    die_with_parent.watching = parent
+
+    def watch() -> None:
+        import time as clock
+
+        while os.getppid() == parent:
+            clock.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="memspace-parent-watch", daemon=True).start()
+
+
 def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], weights_dir: str,
-                      measures: bool = True) -> tuple[dict[str, Any], dict[str, float]]:
-    """Train one model of the zoo, save its weights, measure it (runs in a worker process)."""
+                      measures: bool = True, parent: int | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+    """Train one model of the zoo, save its weights, measure it (runs in a worker process).
+
+    ``parent``: the PID of the process that runs the pool, which this worker dies with
+    (:func:`die_with_parent`).
+    """
     import torch
+
+    die_with_parent(parent)
     from safetensors.torch import save
 
     from .._runs import write_atomic
@@ -116,13 +151,16 @@ def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], we
     return row, values
 
 
-def remeasure(model: dict[str, Any], data: str, weights_dir: str) -> tuple[str, dict[str, float]]:
+def remeasure(model: dict[str, Any], data: str, weights_dir: str,
+              parent: int | None = None) -> tuple[str, dict[str, float]]:
     """Every measure of a stored model from its saved weights (runs in a worker process).
 
     The Fisher arc length of training needs the per-epoch states, which only training sees: it
-    is not recomputed here.
+    is not recomputed here. ``parent`` as in :func:`train_and_measure`.
     """
     import torch
+
+    die_with_parent(parent)
 
     from ..complexity import load_state
     from ..paths import ResidualMLP
@@ -147,30 +185,42 @@ def measure_zoo(out: str | Path, *, workers: int = 1, scheduler: str | None = No
     """Add the measures a stored model lacks (all of them with ``force``), on loky or Dask as :func:`run_zoo`."""
     import joblib
 
-    from .._runs import MANIFEST, RunFolder
+    from .._runs import RunFolder
 
     path = Path(out) / DB
     if not path.is_file():
         raise MemspaceError(f"{path} not found: run `memspace zoo run` first")
-    import json
-
-    grid = json.loads((Path(out) / MANIFEST).read_text())["config"]
+    grid = zoo_grid(out)
     started = time.time()
-    with RunFolder.attach(out) as run:
+    stack, parallel = _parallel(workers, scheduler)  # the cluster answers before the folder is touched
+    with stack, RunFolder.attach(out) as run:
         store = ZooStore(path)
         try:
             expected = set(EXPECTED_MEASURES)
             todo = [m for m in store.models() if force or not expected <= store.measure_names(m["id"])]
             status(f"{len(todo)} models to measure")
-            stack, parallel = _parallel(workers, scheduler)
-            with stack:
-                for done, (model_id, values) in enumerate(parallel(
-                        joblib.delayed(remeasure)(m, grid["data"], str(run.root / "weights")) for m in todo)):
-                    store.add_measures(model_id, values)
-                    progress(done + 1, len(todo))
+            for done, (model_id, values) in enumerate(parallel(
+                    joblib.delayed(remeasure)(m, grid["data"], str(run.root / "weights"), parent=os.getpid())
+                    for m in todo)):
+                store.add_measures(model_id, values)
+                progress(done + 1, len(todo))
         finally:
             store.close()
     return {"measured": len(todo), "seconds": time.time() - started}
+
+
+def zoo_grid(out: str | Path) -> dict[str, Any]:
+    """The checked grid a zoo folder was run with (from its manifest, checked as a grid file is).
+
+    Raises:
+        MemspaceError: when ``out`` is not a zoo folder or its stored grid is not a valid grid.
+    """
+    from .._runs import read_manifest
+
+    manifest = read_manifest(out) if Path(out).is_dir() else None
+    if manifest is None or manifest["kind"] != "zoo":
+        raise MemspaceError(f"{out} is not a memspace zoo folder (no zoo manifest): run `memspace zoo run` first")
+    return load_grid(manifest.get("config", {}))
 
 
 def _measure(net, initial, data, seed, factory, states=None) -> dict[str, float]:
@@ -201,28 +251,70 @@ def _measure(net, initial, data, seed, factory, states=None) -> dict[str, float]
     return out
 
 
-def _parallel(workers: int, scheduler: str | None):
-    """A joblib Parallel on loky, or on the Dask cluster at ``scheduler`` (same code path)."""
+SCHEDULER_TIMEOUT_S = 20.0
+"""How long a Dask scheduler has to accept the connection *and* answer the handshake."""
+
+
+def _connect(scheduler: str, timeout_s: float):
+    """A ``distributed.Client`` on ``scheduler``, bounded end to end (connect and handshake).
+
+    ``Client(timeout=...)`` bounds only the TCP connection: a server that accepts and then
+    says nothing would hang forever. The client is made in a helper thread that is given
+    ``timeout_s`` in all; past that the address is refused by name.
+
+    Raises:
+        MemspaceError: an empty or malformed address, no dask, or no answer in time.
+    """
+    import threading
+
+    if not scheduler.strip():
+        raise MemspaceError("--scheduler is empty: give a Dask scheduler address such as tcp://127.0.0.1:8786, "
+                            "or leave the option out for the local pool")
+    try:
+        from distributed import Client
+    except ImportError:
+        raise MemspaceError("--scheduler needs dask and distributed (pip install dask distributed)") from None
+    outcome: dict[str, Any] = {}
+
+    def connect() -> None:
+        try:
+            outcome["client"] = Client(scheduler, timeout=f"{timeout_s}s")
+        except BaseException as error:  # reported below, in the caller's thread
+            outcome["error"] = error
+
+    thread = threading.Thread(target=connect, name="memspace-dask-connect", daemon=True)
+    thread.start()
+    thread.join(timeout_s + 5.0)
+    if thread.is_alive():
+        raise MemspaceError(f"the Dask scheduler at {scheduler} accepted no complete handshake within "
+                            f"{timeout_s + 5.0:.0f} s; is it a Dask scheduler?")
+    if "error" in outcome:
+        error = outcome["error"]
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise MemspaceError(f"cannot reach the Dask scheduler at {scheduler}: {type(error).__name__}"
+                            f"{f': {text}' if text else ''}") from None
+    return outcome["client"]
+
+
+def _parallel(workers: int, scheduler: str | None, timeout_s: float = SCHEDULER_TIMEOUT_S):
+    """A joblib Parallel on loky, or on the Dask cluster at ``scheduler`` (same code path).
+
+    The cluster is connected here, before any folder is made, so a wrong address leaves
+    nothing behind.
+    """
     import contextlib
 
     import joblib
 
     stack = contextlib.ExitStack()
-    if scheduler:
-        try:
-            from distributed import Client
-        except ImportError:
-            raise MemspaceError("--scheduler needs dask and distributed (pip install dask distributed)") from None
-        try:
-            client = stack.enter_context(Client(scheduler, timeout="20s"))
-        except OSError as error:
-            raise MemspaceError(f"cannot reach the Dask scheduler at {scheduler}: {error}") from None
+    if scheduler is not None:
+        client = stack.enter_context(_connect(scheduler, timeout_s))
         stack.enter_context(joblib.parallel_config(backend="dask"))
         n_jobs = sum(client.nthreads().values()) or 1
     else:
         n_jobs = workers
     parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered",
-                               backend=None if scheduler else "loky")
+                               backend=None if scheduler is not None else "loky")
     return stack, parallel
 
 
@@ -235,12 +327,13 @@ def run_zoo(grid: Any, out: str | Path, *, workers: int = 1, scheduler: str | No
     """
     import joblib
 
-    from .._runs import RunFolder
+    from .._runs import RunFolder, crash_point
 
     grid = load_grid(grid)
     models = expand(grid)
     started = time.time()
-    with RunFolder.open(out, kind="zoo", config=grid, overwrite=overwrite) as run:
+    stack, parallel = _parallel(workers, scheduler)  # the cluster answers before any folder is made
+    with stack, RunFolder.open(out, kind="zoo", config=grid, overwrite=overwrite) as run:
         weights = run.path("weights")
         weights.mkdir(exist_ok=True)
         store = ZooStore(run.path(DB))
@@ -251,17 +344,17 @@ def run_zoo(grid: Any, out: str | Path, *, workers: int = 1, scheduler: str | No
             for m in pending:
                 run.path(f"weights/{m['id']}-init.safetensors")
                 run.path(f"weights/{m['id']}-final.safetensors")
-            stack, parallel = _parallel(workers, scheduler)
             count = len(done)
-            with stack:
+            progress(count, len(models))
+            for row, values in parallel(joblib.delayed(train_and_measure)(m, grid["data"], grid["stop"], str(weights),
+                                                                          parent=os.getpid())
+                                        for m in pending):
+                store.add(row, values)
+                count += 1
                 progress(count, len(models))
-                for row, values in parallel(joblib.delayed(train_and_measure)(m, grid["data"], grid["stop"], str(weights))
-                                            for m in pending):
-                    store.add(row, values)
-                    count += 1
-                    progress(count, len(models))
-                    status(f"model {row['id']}: train acc {row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, "
-                           f"{row['epochs']} epochs")
+                status(f"model {row['id']}: train acc {row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, "
+                       f"{row['epochs']} epochs")
+                crash_point("zoo-model-stored")
         finally:
             store.close()
     return {"models": len(models), "trained": len(pending), "seconds": time.time() - started}
@@ -278,7 +371,6 @@ def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float =
     """
     from ..data import load_dataset
     from ..evaluation import granulated_kendall, kendall_tau, pgdl_cmi, robust_sign_error
-    from .._runs import MANIFEST
 
     path = Path(out) / DB
     if not path.is_file():
@@ -293,7 +385,7 @@ def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float =
         raise MemspaceError(f"only {len(kept)} of {len(rows)} models met the stopping rule: too few to rank")
     import json
 
-    grid = json.loads((Path(out) / MANIFEST).read_text())["config"]
+    grid = zoo_grid(out)
     varied = [name for name in grid["grid"] if len({json.dumps(r["hparams"][name]) for r in kept}) > 1]
     hparams = {name: [r["hparams"][name] for r in kept] for name in varied}
     gap = [r["gap"] for r in kept]
@@ -336,5 +428,5 @@ def leaderboard_points(out: str | Path, evaluation: dict[str, Any], count: int =
         rows, measures = [r for r in store.models() if r["converged"]], store.measures()
     finally:
         store.close()
-    return {e["measure"]: ([measures[r["id"]].get(e["measure"], math.nan) for r in rows], [r["gap"] for r in rows])
+    return {e["measure"]: ([measures.get(r["id"], {}).get(e["measure"], math.nan) for r in rows], [r["gap"] for r in rows])
             for e in evaluation["leaderboard"][:count]}
