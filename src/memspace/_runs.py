@@ -29,6 +29,7 @@ import json
 import os
 import signal
 import stat
+import threading
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -53,22 +54,28 @@ _CLOEXEC = getattr(os, "O_CLOEXEC", 0)
 def crash_point(name: str) -> None:
     """Signal this process at a named step, for the crash and interruption tests.
 
-    Active only when the environment variable ``MEMSPACE_TEST_CRASH`` is ``NAME:K`` or
-    ``NAME:K:SIGNAL`` (``KILL``, the default, ``TERM`` or ``INT``): the K-th time (1-based)
-    the step ``NAME`` is reached, the process sends itself that signal — a real ``kill -9``
-    (or a polite SIGTERM / Ctrl-C) at exactly that moment, which timed kills hit only by luck.
+    Active only when the environment variable ``MEMSPACE_TEST_CRASH`` holds ``NAME:K`` or
+    ``NAME:K:ACTION`` (several separated by commas): the K-th time (1-based) the step
+    ``NAME`` is reached in a process, that process sends itself SIGKILL (``KILL``, the
+    default), SIGTERM (``TERM``) or SIGINT (``INT``) — a real signal at exactly that moment,
+    which timed kills hit only by luck — or stops there for good (``HANG``: a worker that
+    never finishes).
     """
-    spec = os.environ.get("MEMSPACE_TEST_CRASH")
-    if not spec:
+    specs = os.environ.get("MEMSPACE_TEST_CRASH")
+    if not specs:
         return
-    step, _, rest = spec.partition(":")
-    if step != name:
-        return
-    count, _, signame = rest.partition(":")
-    counts = crash_point.__dict__.setdefault("counts", {})
-    counts[name] = counts.get(name, 0) + 1
-    if counts[name] == int(count):
-        os.kill(os.getpid(), getattr(signal, f"SIG{signame or 'KILL'}"))
+    for spec in specs.split(","):
+        step, _, rest = spec.partition(":")
+        if step != name:
+            continue
+        count, _, action = rest.partition(":")
+        counts = crash_point.__dict__.setdefault("counts", {})
+        counts[name] = counts.get(name, 0) + 1
+        if counts[name] != int(count):
+            return
+        if action == "HANG":
+            threading.Event().wait()
+        os.kill(os.getpid(), getattr(signal, f"SIG{action or 'KILL'}"))
 
 
 def _os_error(action: str, path: Path, error: OSError) -> MemspaceError:

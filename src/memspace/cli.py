@@ -497,6 +497,8 @@ def zoo(
     workers: Annotated[int, typer.Option(help="Processes of the local joblib (loky) pool.")] = 2,
     scheduler: Annotated[str | None, typer.Option(help="A Dask scheduler address, e.g. tcp://127.0.0.1:8786: "
                                                   "the same jobs run on that cluster.")] = None,
+    connect_timeout: Annotated[float, typer.Option(help="Seconds the Dask scheduler has to accept the connection and "
+                                                   "answer the handshake.")] = 20.0,
     min_ess: Annotated[float, typer.Option(help="Smallest effective sample size of a kept environment.")] = 12.0,
     overwrite: Annotated[bool, typer.Option(help="Remove what memspace wrote in the zoo folder and start afresh.")] = False,
     json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
@@ -507,20 +509,22 @@ def zoo(
     if action not in ZOO_ACTIONS:
         raise MemspaceError(f"unknown zoo action {action!r}; choose {', '.join(ZOO_ACTIONS)}")
     _check_range("min-ess", min_ess, 1, 1e9)
+    _check_range("connect-timeout", connect_timeout, 1, 3600)
     emit = _status(json_output)
     if action == "run":
         _check_range("workers", workers, 1, 256, integer=True)
         load_grid(grid)  # checked before any folder is made
         with _cell_progress(not json_output and sys.stderr.isatty(), "zoo") as progress:
             result = run_zoo(grid, out, workers=workers, scheduler=scheduler, overwrite=overwrite, status=emit,
-                             progress=progress)
+                             progress=progress, connect_timeout=connect_timeout)
         typer.echo(json.dumps(result) if json_output else f"zoo: {result['models']} models in {out} "
                    f"({result['trained']} trained now, {result['seconds']:.0f} s)")
         return
     if action == "measure":
         _check_range("workers", workers, 1, 256, integer=True)
         with _cell_progress(not json_output and sys.stderr.isatty(), "measures") as progress:
-            result = measure_zoo(out, workers=workers, scheduler=scheduler, status=emit, progress=progress)
+            result = measure_zoo(out, workers=workers, scheduler=scheduler, status=emit, progress=progress,
+                                 connect_timeout=connect_timeout)
         typer.echo(json.dumps(result) if json_output else f"zoo: measured {result['measured']} models in {out} "
                    f"({result['seconds']:.0f} s)")
         return

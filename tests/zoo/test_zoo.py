@@ -9,6 +9,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -72,23 +73,43 @@ def test_the_leaderboard_uses_the_stored_values(local_zoo):
     assert entry["cmi_mode"] == "faithful" and -1 <= entry["tau"] <= 1
 
 
-def test_a_kill_during_the_run_loses_no_committed_row(tmp_path):
+def tagged_processes(tag: str) -> list[int]:
+    """PIDs of live processes whose environment carries ``MEMSPACE_TEST_TAG=tag`` (ours and our workers)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                environ = (entry / "environ").read_bytes()
+                state = (entry / "stat").read_text().split(")")[-1].split()[0]
+            except OSError:
+                continue
+            if f"MEMSPACE_TEST_TAG={tag}".encode() in environ.split(b"\0") and state != "Z":
+                found.append(int(entry.name))
+    return found
+
+
+def test_a_kill_of_the_parent_loses_no_committed_row_and_leaves_no_orphan_worker(tmp_path):
     grid = {**TINY, "grid": {**TINY["grid"], "width": [8, 12, 16]}}  # 12 models
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
-    args = [sys.executable, "-m", "memspace.cli", "zoo", "run", "--grid", "grid.yaml", "--out", "z", "--workers", "1"]
-    process = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               start_new_session=True)
-    db = tmp_path / "z" / "zoo.sqlite"
-    deadline, committed = time.time() + 300, 0
-    while time.time() < deadline and committed < 2:
+    args = [sys.executable, "-m", "memspace.cli", "zoo", "run", "--grid", "grid.yaml", "--out", "z", "--workers", "2"]
+    tag = f"zoo-{os.getpid()}-{time.monotonic_ns()}"
+    # Each worker trains its first model, then never finishes its second; the parent is killed (SIGKILL,
+    # nothing runs in it after) once it has stored the two first models.
+    crash = "zoo-model-stored:2,zoo-train-start:2:HANG"
+    env = {**os.environ, "MEMSPACE_TEST_TAG": tag, "MEMSPACE_TEST_CRASH": crash}
+    with open(tmp_path / "stderr.txt", "w") as stderr:  # not a pipe: a hung orphan would hold it open
+        killed = subprocess.run(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    assert killed.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-2000:]
+    deadline = time.monotonic() + 60  # they notice within a second; without the watch they hang forever
+    while tagged_processes(tag) and time.monotonic() < deadline:
         time.sleep(0.2)
-        if db.exists():
-            with sqlite3.connect(db) as conn:
-                committed = conn.execute("SELECT count(*) FROM models").fetchone()[0]
-    os.killpg(process.pid, signal.SIGKILL)  # the parent and its loky workers
-    process.wait()
+    orphans = tagged_processes(tag)
+    for pid in orphans:
+        os.kill(pid, signal.SIGKILL)
+    assert not orphans, "loky workers outlived their parent"
+    db = tmp_path / "z" / "zoo.sqlite"
     before, before_measures = contents(tmp_path / "z")
-    assert 2 <= len(before) < 12
+    assert len(before) == 2
     with sqlite3.connect(db) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     finished = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True)

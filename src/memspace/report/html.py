@@ -229,9 +229,8 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
     drawn = {figures.literal(name): net for name, net in networks.items()}  # names in figures, literally
     run = metrics.get("run", {})
     title = title or f"memspace report: {run.get('data', 'model')}"
-    shown = {k: (f"{v:.0f} s" if k == "seconds" else v) for k, v in run.items() if k != "config"}
-    details = ", ".join(f"{html.escape(str(k))}: {html.escape(json.dumps(v) if not isinstance(v, str) else v)}"
-                        for k, v in shown.items())
+    details = ", ".join(f"{_text(k)}: {_num(v, '{:.0f} s') if k == 'seconds' else _text(v)}"
+                        for k, v in run.items() if k != "config")
     config = html.escape(json.dumps(run.get("config", {})))
     body = [_networks_section(networks, drawn, config)] if networks else []
     for name, summary in metrics.get("studies", {}).items():

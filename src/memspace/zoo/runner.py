@@ -33,6 +33,8 @@ from .store import ZooStore
 __all__ = ["DB", "die_with_parent", "evaluate_zoo", "leaderboard_points", "measure_zoo", "remeasure", "run_zoo", "train_and_measure", "zoo_grid"]
 
 DB = "zoo.sqlite"
+SCHEDULER_TIMEOUT_S = 20.0
+"""How long a Dask scheduler has to accept the connection *and* answer the handshake."""
 SHARPNESS_SEARCH = dict(iterations=10, restarts=3, eval_batches=5, ascent_steps=10)
 EXPECTED_MEASURES = ("fisher_rao_norm", "fisher_trace", "effective_dimension", "predictive_action", "action_ratio",
                      "PACBAYES_MAG_FLATNESS", "SHARPNESS_MAG_FLATNESS", "PATH_NORM")
@@ -98,12 +100,13 @@ def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], we
     die_with_parent(parent)
     from safetensors.torch import save
 
-    from .._runs import write_atomic
+    from .._runs import crash_point, write_atomic
     from ..action import ActionTerm
     from ..paths import ResidualMLP
     from ..train import evaluate
 
     torch.set_num_threads(1)  # identical numbers on any pool or cluster
+    crash_point("zoo-train-start")
     started = time.time()
     hp, seed = model["hparams"], model["seed"]
     split, (X, y) = _data(data, hp, seed)
@@ -180,7 +183,7 @@ def remeasure(model: dict[str, Any], data: str, weights_dir: str,
 
 
 def measure_zoo(out: str | Path, *, workers: int = 1, scheduler: str | None = None, force: bool = False,
-                status: Callable[[str], None] = lambda m: None,
+                connect_timeout: float = SCHEDULER_TIMEOUT_S, status: Callable[[str], None] = lambda m: None,
                 progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
     """Add the measures a stored model lacks (all of them with ``force``), on loky or Dask as :func:`run_zoo`."""
     import joblib
@@ -192,7 +195,7 @@ def measure_zoo(out: str | Path, *, workers: int = 1, scheduler: str | None = No
         raise MemspaceError(f"{path} not found: run `memspace zoo run` first")
     grid = zoo_grid(out)
     started = time.time()
-    stack, parallel = _parallel(workers, scheduler)  # the cluster answers before the folder is touched
+    stack, parallel = _parallel(workers, scheduler, connect_timeout)  # the cluster answers before the folder is touched
     with stack, RunFolder.attach(out) as run:
         store = ZooStore(path)
         try:
@@ -249,10 +252,6 @@ def _measure(net, initial, data, seed, factory, states=None) -> dict[str, float]
                                          sharpness=SHARPNESS_SEARCH)
     out.update({k: float(v) for k, v in literature.items() if not isinstance(v, bool)})
     return out
-
-
-SCHEDULER_TIMEOUT_S = 20.0
-"""How long a Dask scheduler has to accept the connection *and* answer the handshake."""
 
 
 def _connect(scheduler: str, timeout_s: float):
@@ -313,15 +312,18 @@ def _parallel(workers: int, scheduler: str | None, timeout_s: float = SCHEDULER_
         n_jobs = sum(client.nthreads().values()) or 1
     else:
         n_jobs = workers
-    parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered",
+    parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
                                backend=None if scheduler is not None else "loky")
     return stack, parallel
 
 
 def run_zoo(grid: Any, out: str | Path, *, workers: int = 1, scheduler: str | None = None, overwrite: bool = False,
-            status: Callable[[str], None] = lambda m: None,
+            connect_timeout: float = SCHEDULER_TIMEOUT_S, status: Callable[[str], None] = lambda m: None,
             progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
     """Train and measure every model of ``grid`` not yet in ``out/zoo.sqlite`` (module doc).
+
+    ``connect_timeout``: seconds the Dask scheduler has for the connection and handshake
+    (:func:`_connect`); a silent one is refused before any folder is made.
 
     Returns ``{"models": count, "trained": newly trained, "seconds": ...}``.
     """
@@ -332,7 +334,7 @@ def run_zoo(grid: Any, out: str | Path, *, workers: int = 1, scheduler: str | No
     grid = load_grid(grid)
     models = expand(grid)
     started = time.time()
-    stack, parallel = _parallel(workers, scheduler)  # the cluster answers before any folder is made
+    stack, parallel = _parallel(workers, scheduler, connect_timeout)  # the cluster answers before any folder is made
     with stack, RunFolder.open(out, kind="zoo", config=grid, overwrite=overwrite) as run:
         weights = run.path("weights")
         weights.mkdir(exist_ok=True)
