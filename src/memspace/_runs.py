@@ -20,6 +20,21 @@ A :class:`RunFolder` is a folder memspace owns:
 
 All OS errors on writes (no space left, permission denied, a missing parent) become a
 :class:`~memspace.MemspaceError` naming the path; what was written before stays valid.
+
+A run folder is a boundary, since people share them (a colleague's results, a
+downloaded artefact) and a crafted one must not turn ``--overwrite`` against the rest of
+the disk:
+
+- every manifest entry is a plain relative path (:func:`entry_parts`: no ``..``, no
+  absolute path, no empty or ``.`` part, never one of memspace's own names), and no
+  component of it may be a symbolic link; this is checked when the manifest is read, for
+  nested run folders too, and a folder that fails is refused by name with nothing removed;
+- removal never follows a link: each entry is reached through folder descriptors opened
+  with ``O_NOFOLLOW``, files and links are unlinked by name, only empty folders removed;
+- the lock is opened with ``O_NOFOLLOW`` and must be a plain file with one name;
+  temporaries are created with ``O_EXCL | O_NOFOLLOW``; a result that is a link is not
+  written; files read back (checkpoints, cells, metrics) go through :func:`read_regular`,
+  which refuses links, FIFOs and devices.
 """
 
 from __future__ import annotations

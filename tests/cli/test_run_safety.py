@@ -157,13 +157,17 @@ def test_resume_with_a_changed_option_is_refused_naming_it(tmp_path):
     assert first.returncode == 0, first.stderr
     before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
 
-    def changed(option):
+    def changed(option):  # each on its own copy of the run: two processes never contend for one lock
         args = list(TRAIN)
         if option in args:
             args[args.index(option) + 1] = CHANGES[option]
         else:
             args += [option, CHANGES[option]]
-        return run_cli(*args, "--out", "run", cwd=tmp_path)
+        copy = tmp_path / f"copy{option}"
+        shutil.copytree(tmp_path / "run", copy / "run")
+        result = run_cli(*args, "--out", "run", cwd=copy)
+        assert (copy / "run" / "metrics.jsonl").read_bytes() == before
+        return result
 
     with ThreadPoolExecutor(2) as pool:
         results = dict(zip(CHANGES, pool.map(changed, CHANGES)))

@@ -72,3 +72,22 @@ def test_a_link_in_place_of_the_database_is_refused(tmp_path):
     Path(tmp_path / "zoo.sqlite").symlink_to(tmp_path / "elsewhere.sqlite")
     with pytest.raises(MemspaceError, match="is a link or not a regular file"):
         ZooStore(tmp_path / "zoo.sqlite")
+
+
+def test_a_zoo_without_finite_measures_still_reports_and_says_so(tmp_path):
+    from memspace._runs import RunFolder
+    from memspace.report.html import render_zoo_report
+    from memspace.zoo import evaluate_zoo, leaderboard_points, load_grid
+
+    grid = load_grid("quick")
+    with RunFolder.open(tmp_path / "z", kind="zoo", config=grid) as run:
+        store = ZooStore(run.path("zoo.sqlite"))
+        for i, lam in enumerate([0.0, 0.1, 0.0, 0.1]):
+            store.add({**ROW, "id": f"m{i}", "hparams": {**grid["grid"], "lam": lam, "width": 8}, "gap": 0.1 * i},
+                      {"fisher_trace": float("nan")})
+        store.close()
+    evaluation = evaluate_zoo(tmp_path / "z")
+    assert evaluation["leaderboard"] == []
+    evaluation["points"] = leaderboard_points(tmp_path / "z", evaluation)
+    page = render_zoo_report(evaluation, tmp_path / "leaderboard.html").read_text()
+    assert "nothing to draw" in page

@@ -175,10 +175,14 @@ def remeasure(model: dict[str, Any], data: str, weights_dir: str,
     def factory():
         return ResidualMLP(X.shape[1], hp["width"], hp["depth"], split.num_classes)
 
+    files = [Path(weights_dir) / model[key] for key in ("final_file", "init_file")]
+    for file in files:
+        if file.is_symlink():
+            raise MemspaceError(f"refusing to read {file}: it is a symbolic link (a zoo's weights are plain files)")
     net = factory()
-    net.load_state_dict(load_state(Path(weights_dir) / model["final_file"]))
+    net.load_state_dict(load_state(files[0]))
     net.eval()
-    initial = load_state(Path(weights_dir) / model["init_file"])
+    initial = load_state(files[1])
     return model["id"], _measure(net, initial, (X, y), seed, factory, states=None)
 
 
