@@ -1,4 +1,4 @@
-"""Test configuration: caches under .cache/, float64 by default, tests/ importable."""
+"""Test configuration: caches under .cache/, tests/ importable, a fixed torch seed per test (tests that need float64 ask for it)."""
 
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ def demo_run(tmp_path_factory):
     command-line and browser tests: ``(run folder, the metrics printed with --json)``."""
     import json
 
-    from cli_support import run_cli
+    from cli_support import run_cli_subprocess
 
     root = tmp_path_factory.mktemp("demo")
-    result = run_cli("demo", "--data", "moons", "--epochs", "3", "--out", "run", "--json", cwd=root)
+    result = run_cli_subprocess("demo", "--data", "moons", "--epochs", "3", "--out", "run", "--json", cwd=root)
     assert result.returncode == 0, result.stderr
     return root / "run", json.loads(result.stdout)

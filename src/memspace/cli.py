@@ -387,9 +387,9 @@ def train(
     if action not in ("none", *ACTIONS):
         raise MemspaceError(f"unknown action {action!r}; use none, {', '.join(ACTIONS)}")
     _check_range("epochs", epochs, 1, MAX_EPOCHS, integer=True)
-    _check_range("width", width, 1, integer=True)
-    _check_range("depth", depth, 1, integer=True)
-    _check_range("batch-size", batch_size, 1, integer=True)
+    _check_range("width", width, 1, 4096, integer=True)
+    _check_range("depth", depth, 1, 1024, integer=True)
+    _check_range("batch-size", batch_size, 1, 1_000_000, integer=True)
     _check_range("lam", lam, 0)
     _check_range("seed", seed, 0, MAX_SEED, integer=True)
     if not lr > 0 or lr == float("inf"):

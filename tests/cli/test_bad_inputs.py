@@ -59,7 +59,7 @@ def _model_files(root: Path) -> None:
 
 
 CASES = {
-    "batch size 0": (TRAIN + ["--batch-size", "0"], ["--batch-size", "≥ 1"]),
+    "batch size 0": (TRAIN + ["--batch-size", "0"], ["--batch-size", "from 1 to"]),
     "negative batch size": (TRAIN + ["--batch-size", "-3"], ["--batch-size"]),
     "zero epochs": (TRAIN + ["--epochs", "0"], ["--epochs"]),
     "negative epochs": (TRAIN + ["--epochs", "-2"], ["--epochs"]),
