@@ -38,7 +38,15 @@ def cli_env(**extra: str) -> dict[str, str]:
 
 
 def _child(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -> None:
-    """In the forked child: the caller's folder, environment and output files, then the entry point."""
+    """In the forked child: the caller's folder, environment and output files, then the entry point.
+
+    Ctrl-C gets Python's usual handler, as in a command typed at a terminal: a shell that
+    started the test run in the background passes SIGINT down as ignored, which would make
+    the interruption tests depend on how the suite was launched.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     os.chdir(cwd)
     os.environ.clear()
     os.environ.update(env)
@@ -89,6 +97,22 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
     """``memspace ARGS`` started in the background as a plain subprocess (to be killed or waited for)."""
     return subprocess.Popen([sys.executable, "-m", "memspace.cli", *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, cwd=cwd, env=env or cli_env())
+
+
+def run_cases(cases: dict[str, tuple], root: Path, prepare, workers: int = 4
+              ) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """Every case ``{name: (args, ...)}`` once, each in its own folder under ``root`` filled by
+    ``prepare(folder)``, ``workers`` at a time: ``{name: (result, folder)}``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    folders = {}
+    for index, name in enumerate(cases):
+        folders[name] = root / f"case-{index:02d}"
+        folders[name].mkdir()
+        prepare(folders[name])
+    with ThreadPoolExecutor(workers) as pool:
+        futures = {name: pool.submit(run_cli, *cases[name][0], cwd=folders[name]) for name in cases}
+        return {name: (future.result(), folders[name]) for name, future in futures.items()}
 
 
 def assert_clean_failure(result: subprocess.CompletedProcess, *fragments: str) -> None:

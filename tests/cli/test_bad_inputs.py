@@ -6,7 +6,6 @@ The cases run concurrently (each is a separate `memspace` process); each test ch
 from __future__ import annotations
 
 import json
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +15,7 @@ from safetensors.torch import save_file
 
 from memspace import ResidualMLP
 
-from cli_support import ARCH_FILE, assert_clean_failure, run_cli
+from cli_support import ARCH_FILE, assert_clean_failure, run_cases
 
 TRAIN = ["train", "--data", "moons", "--width", "4", "--depth", "2", "--out", "out"]
 MEASURE = ["measure", "--model", "model.safetensors", "--arch", "arch.py:make", "--data", "moons", "--out", "out"]
@@ -117,18 +116,13 @@ CASES = {
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
     """Run every case once, four processes at a time, each in its own folder."""
-    root = tmp_path_factory.mktemp("bad-inputs")
-    folders = {}
-    for index, name in enumerate(CASES):
-        folder = root / f"case-{index:02d}"
-        folder.mkdir()
+    torch.manual_seed(0)
+
+    def prepare(folder):
         _data_files(folder)
         _model_files(folder)
-        folders[name] = folder
-    torch.manual_seed(0)
-    with ThreadPoolExecutor(4) as pool:
-        futures = {name: pool.submit(run_cli, *CASES[name][0], cwd=folders[name]) for name in CASES}
-        return {name: (future.result(), folders[name]) for name, future in futures.items()}
+
+    return run_cases(CASES, tmp_path_factory.mktemp("bad-inputs"), prepare)
 
 
 @pytest.mark.parametrize("case", list(CASES))

@@ -12,7 +12,6 @@ import json
 import socket
 import sqlite3
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +23,7 @@ from memspace import ResidualMLP
 from memspace._runs import MANIFEST
 from memspace.zoo import load_grid
 
-from cli_support import ARCH_FILE, assert_clean_failure, run_cli
+from cli_support import ARCH_FILE, assert_clean_failure, run_cases, run_cli
 
 GRID = load_grid("quick")
 MEASURE = ["measure", "--model", "model.safetensors", "--data", "moons", "--out", "out"]
@@ -115,15 +114,7 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def outcomes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("failures")
-    folders = {}
-    for index, name in enumerate(CASES):
-        folders[name] = root / f"case-{index:02d}"
-        folders[name].mkdir()
-        _files(folders[name])
-    with ThreadPoolExecutor(4) as pool:
-        futures = {name: pool.submit(run_cli, *CASES[name][0], cwd=folders[name]) for name in CASES}
-        return {name: (future.result(), folders[name]) for name, future in futures.items()}
+    return run_cases(CASES, tmp_path_factory.mktemp("failures"), _files)
 
 
 @pytest.mark.parametrize("case", list(CASES))
