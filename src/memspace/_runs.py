@@ -270,12 +270,6 @@ def _read_manifest(folder: Path) -> dict[str, Any] | None:
     if (not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str)
             or not isinstance(manifest.get("files"), list) or not isinstance(manifest.get("config", {}), dict)):
         raise MemspaceError(damaged)
-    for name in manifest["files"]:
-        try:
-            entry_parts(name)
-        except ValueError as error:
-            raise MemspaceError(f"refusing to use {folder}: its manifest {file} is refused: {error}; nothing was "
-                                "changed (a run folder from elsewhere may be crafted: move it aside)") from None
     return manifest
 
 
@@ -532,14 +526,7 @@ class RunFolder:
                 one of memspace's own files (manifest, lock, temporaries), or passes
                 through a symbolic link.
         """
-        try:
-            parts = entry_parts(name)
-        except ValueError as error:
-            raise MemspaceError(f"cannot write into run folder {self.root}: {error}") from None
-        link = _link_in(self.root, parts)
-        if link is not None:
-            raise MemspaceError(f"refusing to write {name} in {self.root}: {link} is a symbolic link "
-                                "(memspace never writes through links in a run folder)")
+        self._inside(name, "write")
         if name not in self._manifest["files"]:
             self._manifest["files"].append(name)
             self._save_manifest()
@@ -556,13 +543,20 @@ class RunFolder:
     def read(self, name: str, max_bytes: int | None = None) -> bytes | None:
         """The bytes of the registered-or-not file ``name`` of the run (None when absent), never
         through a link (:func:`read_regular`)."""
-        path = self.root / "/".join(entry_parts(name))
-        if not os.path.lexists(path):
-            return None
-        link = _link_in(self.root, entry_parts(name))
+        path = self._inside(name, "read")
+        return read_regular(path, "the run file", max_bytes) if os.path.lexists(path) else None
+
+    def _inside(self, name: str, action: str) -> Path:
+        """``root/name`` once ``name`` is a plain relative path with no link on its way (else an error)."""
+        try:
+            parts = entry_parts(name)
+        except ValueError as error:
+            raise MemspaceError(f"cannot {action} into run folder {self.root}: {error}") from None
+        link = _link_in(self.root, parts)
         if link is not None:
-            raise MemspaceError(f"refusing to read {path}: {link} is a symbolic link")
-        return read_regular(path, "the run file", max_bytes)
+            raise MemspaceError(f"refusing to {action} {name} in {self.root}: {link} is a symbolic link "
+                                "(memspace never goes through links in a run folder)")
+        return self.root.joinpath(*parts)
 
     def close(self) -> None:
         """Release the lock (the folder and its manifest stay)."""

@@ -69,7 +69,6 @@ def die_with_parent(parent: int | None) -> None:
     parent itself (a one-worker pool runs there) or on a remote Dask worker (whose parent
     is not ``parent``).
     """
-    import os
     import threading
 
     if parent is None or os.getpid() == parent or os.getppid() != parent:
