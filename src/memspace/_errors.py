@@ -1,17 +1,27 @@
-"""Errors raised by memspace, shared by the library and the command line."""
+"""Errors raised by memspace, shared by the library and the command line.
+
+One family: every error memspace raises on purpose is a :class:`MemspaceError`. It subclasses
+``ValueError`` (and :class:`ArgumentTypeError` also ``TypeError``), so code that catches the
+built-in types keeps working. The command line turns a ``MemspaceError`` into one line on
+stderr and exit code 2; anything else that escapes is a bug in memspace and keeps its traceback.
+"""
 
 from __future__ import annotations
 
-__all__ = ["MemspaceError", "DataError"]
+__all__ = ["ArgumentTypeError", "DataError", "MemspaceError", "ModelError"]
 
 
 class MemspaceError(ValueError):
-    """A problem with what the user handed to memspace (data, model, file, option).
-
-    It subclasses ``ValueError`` so callers that catch ``ValueError`` keep working;
-    the command line turns it into one line on stderr and exit code 2.
-    """
+    """A problem with what the user handed to memspace (data, model, file, option)."""
 
 
 class DataError(MemspaceError):
     """Bad data: NaN/Inf values, an empty source, wrong shapes or labels."""
+
+
+class ModelError(MemspaceError):
+    """A model memspace cannot measure as asked: unsupported layers, wrong outputs, shared parameters."""
+
+
+class ArgumentTypeError(MemspaceError, TypeError):
+    """An argument of the wrong type (a ``TypeError`` too, as Python's own would be)."""

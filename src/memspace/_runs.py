@@ -212,22 +212,22 @@ def entry_parts(name: Any) -> tuple[str, ...]:
     """The components of a manifest entry, checked to be a plain relative path.
 
     Raises:
-        ValueError: saying why ``name`` is not one: not a non-empty string, absolute, with
+        MemspaceError: saying why ``name`` is not one: not a non-empty string, absolute, with
             an empty, ``.`` or ``..`` component, a NUL byte, or a component that is one of
             memspace's own files (manifest, lock, temporaries).
     """
     if not isinstance(name, str) or not name:
-        raise ValueError(f"{name!r} is not a non-empty file name")
+        raise MemspaceError(f"{name!r} is not a non-empty file name")
     if "\x00" in name or len(name) > 4096:
-        raise ValueError(f"{name[:80]!r} is not a file name")
+        raise MemspaceError(f"{name[:80]!r} is not a file name")
     if name.startswith("/") or os.path.isabs(name) or (os.sep != "/" and os.sep in name):
-        raise ValueError(f"{name!r} is an absolute path")
+        raise MemspaceError(f"{name!r} is an absolute path")
     parts = tuple(name.split("/"))
     for part in parts:
         if part in ("", ".", ".."):
-            raise ValueError(f"{name!r} is not a plain relative path (it has a {part or 'empty'!r} component)")
+            raise MemspaceError(f"{name!r} is not a plain relative path (it has a {part or 'empty'!r} component)")
         if is_own_name(part):
-            raise ValueError(f"{name!r} names memspace's own bookkeeping file {part!r}")
+            raise MemspaceError(f"{name!r} names memspace's own bookkeeping file {part!r}")
     return parts
 
 

@@ -66,7 +66,12 @@ def _catch_sigterm() -> None:
 
 
 def _friendly(command):
-    """Turn expected failures into one line on stderr and exit code 2 (130 on Ctrl-C, 143 on SIGTERM)."""
+    """Turn expected failures into one line on stderr and exit code 2 (130 on Ctrl-C, 143 on SIGTERM).
+
+    Expected failures are memspace's own errors (:class:`~memspace.MemspaceError`, raised where bad input
+    is found) and operating-system errors (a full disk, a permission). Anything else is a bug of ours:
+    its traceback is printed, with a line asking to report it, and the exit code is 1.
+    """
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
@@ -87,11 +92,17 @@ def _friendly(command):
                 _fail(f"cannot access {error.filename}: {error.strerror or type(error).__name__}")
             text = str(error).strip().splitlines()[0] if str(error).strip() else ""
             _fail(f"operating-system error in {command.__name__}: {type(error).__name__}{f': {text}' if text else ''}")
-        except (MemspaceError, ValueError, TypeError, KeyError, ImportError, AttributeError, RuntimeError) as error:
+        except MemspaceError as error:
             if os.environ.get("MEMSPACE_DEBUG"):
                 raise
             text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            _fail(text if isinstance(error, MemspaceError) else f"{type(error).__name__}: {text}")
+            _fail(text)
+        except Exception:  # anything else is memspace's bug, never passed off as the user's mistake
+            import traceback
+
+            traceback.print_exc()
+            _fail(f"internal error in memspace {command.__name__} (the traceback above): this is a bug in "
+                  "memspace, not a problem with your input; please report it with the command you ran", 1)
 
     return wrapper
 

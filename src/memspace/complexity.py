@@ -60,16 +60,16 @@ def fisher_distance(model: nn.Module, reference_params: Mapping[str, Tensor] | n
         data, kind, **operator_kwargs: as for :func:`fisher_rao_norm`.
 
     Raises:
-        ValueError: if a parameter is missing from ``reference_params`` or mis-shaped.
+        MemspaceError: if a parameter is missing from ``reference_params`` or mis-shaped.
     """
     F = FisherOperator(model, data, kind=kind, **operator_kwargs)
     reference = _as_state(reference_params)
     delta = {}
     for name, theta in F.space.tensors().items():
         if name not in reference:
-            raise ValueError(f"reference_params has no entry for parameter {name!r}")
+            raise MemspaceError(f"reference_params has no entry for parameter {name!r}")
         if reference[name].shape != theta.shape:
-            raise ValueError(f"reference_params[{name!r}] has shape {tuple(reference[name].shape)}; "
+            raise MemspaceError(f"reference_params[{name!r}] has shape {tuple(reference[name].shape)}; "
                              f"expected {tuple(theta.shape)}")
         delta[name] = theta.detach() - reference[name].detach().to(theta)
     return float(F.quad(delta))
@@ -83,13 +83,13 @@ def load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
     ``torch.load`` runs with ``weights_only=True``: arbitrary objects are never unpickled.
 
     Raises:
-        ValueError: for a missing, unreadable or corrupt file, naming it.
+        MemspaceError: for a missing, unreadable or corrupt file, naming it.
     """
     if isinstance(source, Mapping):
         return dict(source)
     path = Path(source)
     if not path.is_file():
-        raise ValueError(f"checkpoint {path} does not exist")
+        raise MemspaceError(f"checkpoint {path} does not exist")
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -98,12 +98,12 @@ def load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # corrupt or untrusted content: one clear line
-        raise ValueError(f"cannot read checkpoint {path}: {type(error).__name__}: "
+        raise MemspaceError(f"cannot read checkpoint {path}: {type(error).__name__}: "
                          f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from None
     if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
         state = state["model"]
     if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise ValueError(f"checkpoint {path} does not hold a dict of tensors")
+        raise MemspaceError(f"checkpoint {path} does not hold a dict of tensors")
     if any(k.startswith("model.") for k in state):  # a memspace.train checkpoint
         state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     return dict(state)
@@ -163,7 +163,7 @@ def trajectory_length(
         data, kind, **operator_kwargs: as for :func:`fisher_rao_norm`.
     """
     if len(checkpoints) < 2:
-        raise ValueError(f"a trajectory needs at least two checkpoints, got {len(checkpoints)}")
+        raise MemspaceError(f"a trajectory needs at least two checkpoints, got {len(checkpoints)}")
     model = model_factory().eval()
     previous = load_state(checkpoints[0])
     lengths = []
@@ -172,7 +172,7 @@ def trajectory_length(
         names = [n for n, _ in model.named_parameters()]
         missing = [n for n in names if n not in current or n not in previous]
         if missing:
-            raise ValueError(f"checkpoint {item if not isinstance(item, Mapping) else '(dict)'} lacks "
+            raise MemspaceError(f"checkpoint {item if not isinstance(item, Mapping) else '(dict)'} lacks "
                              f"parameter {missing[0]!r}")
         midpoint = {n: (previous[n] + current[n]) / 2 for n in names}
         model.load_state_dict({**model.state_dict(), **midpoint})

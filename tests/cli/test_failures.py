@@ -171,3 +171,31 @@ def test_a_scheduler_that_accepts_and_says_nothing_is_refused_in_bounded_time(tm
     assert_clean_failure(result, server.address)
     assert not (tmp_path / "out").exists()
     assert server.held, "the server saw the connection"
+
+
+def test_a_bug_of_ours_is_a_traceback_not_the_users_mistake(monkeypatch, capsys, tmp_path):
+    """A KeyError (or any non-memspace error) from inside memspace keeps its traceback and exits 1."""
+    import memspace.cli
+    import memspace.studies
+
+    def broken(*args, **kwargs):
+        return {}["networks"]
+
+    monkeypatch.setattr(memspace.studies, "run_demo", broken)
+    with pytest.raises(SystemExit) as stopped:
+        memspace.cli.main(["demo", "--out", str(tmp_path / "demo"), "--epochs", "1"])
+    err = capsys.readouterr().err
+    assert stopped.value.code == 1
+    assert "Traceback" in err and "KeyError: 'networks'" in err
+    assert "bug in memspace" in err.splitlines()[-1]
+
+
+def test_memspace_errors_keep_their_builtin_types():
+    """Callers that catch ValueError or TypeError keep working with the one error family."""
+    from memspace import FisherOperator, MemspaceError
+
+    with pytest.raises(MemspaceError) as raised:
+        FisherOperator(object(), (torch.zeros(2, 1), torch.zeros(2)))
+    assert isinstance(raised.value, TypeError)
+    with pytest.raises(ValueError):
+        FisherOperator(torch.nn.Linear(1, 2), (torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)), memory="huge")

@@ -6,6 +6,7 @@ row-major order, in ``model.named_parameters()`` order.
 
 from __future__ import annotations
 
+from .._errors import ArgumentTypeError, MemspaceError
 from collections.abc import Mapping, Sequence
 
 import torch
@@ -27,12 +28,12 @@ def check_eval_mode(model: nn.Module) -> None:
     model random; a per-sample Fisher is then not defined.
 
     Raises:
-        ValueError: naming the first such layer and asking for ``model.eval()``.
+        MemspaceError: naming the first such layer and asking for ``model.eval()``.
     """
     for name, module in model.named_modules():
         if isinstance(module, _STOCHASTIC_OR_BATCH_DEPENDENT) and module.training:
             kind = type(module).__name__
-            raise ValueError(
+            raise MemspaceError(
                 f"layer {name or '<root>'} ({kind}) is in training mode, where its "
                 "output depends on the whole batch or on chance; call model.eval() "
                 "before measuring the Fisher"
@@ -77,24 +78,24 @@ class ParameterSpace:
                 if isinstance(item, nn.Module):
                     sub = [ids[id(p)] for p in item.parameters() if id(p) in ids]
                     if not sub:
-                        raise ValueError(
+                        raise MemspaceError(
                             f"module {type(item).__name__} has no parameters of the model"
                         )
                     chosen.update(sub)
                 elif isinstance(item, str):
                     if item not in named:
                         near = ", ".join(list(named)[:8])
-                        raise ValueError(
+                        raise MemspaceError(
                             f"unknown parameter name {item!r}; the model has {near}, ..."
                         )
                     chosen.add(item)
                 else:
-                    raise TypeError(
+                    raise ArgumentTypeError(
                         f"params entries must be names or modules, got {type(item).__name__}"
                     )
         self.names: list[str] = [n for n in named if n in chosen]
         if not self.names:
-            raise ValueError("no parameters selected: the Fisher would be empty")
+            raise MemspaceError("no parameters selected: the Fisher would be empty")
         self.shapes: list[torch.Size] = [named[n].shape for n in self.names]
         self.sizes: list[int] = [named[n].numel() for n in self.names]
         self.numel: int = sum(self.sizes)
@@ -109,26 +110,26 @@ class ParameterSpace:
         """Accept a flat vector [P] or a dict of tensors; return a dict of tensors.
 
         Raises:
-            ValueError: for a wrong length, missing/extra names or wrong shapes.
+            MemspaceError: for a wrong length, missing/extra names or wrong shapes.
         """
         if isinstance(vector, Mapping):
             missing = [n for n in self.names if n not in vector]
             extra = [n for n in vector if n not in self.names]
             if missing or extra:
-                raise ValueError(
+                raise MemspaceError(
                     f"{what} dict does not match the parameters: missing {missing[:5]}, "
                     f"unexpected {extra[:5]}"
                 )
             for n, shape in zip(self.names, self.shapes):
                 if tuple(vector[n].shape) != tuple(shape):
-                    raise ValueError(
+                    raise MemspaceError(
                         f"{what}[{n!r}] has shape {tuple(vector[n].shape)}; expected {tuple(shape)}"
                     )
             return {n: vector[n] for n in self.names}
         if not isinstance(vector, Tensor):
-            raise TypeError(f"{what} must be a tensor or a dict of tensors, got {type(vector).__name__}")
+            raise ArgumentTypeError(f"{what} must be a tensor or a dict of tensors, got {type(vector).__name__}")
         if vector.dim() != 1 or vector.shape[0] != self.numel:
-            raise ValueError(
+            raise MemspaceError(
                 f"{what} has shape {tuple(vector.shape)}; expected a flat vector of "
                 f"{self.numel} entries (or a dict of parameter tensors)"
             )

@@ -22,6 +22,7 @@ verified taps keep their exact diagonal, as in K-FAC (and its inverse is element
 
 from __future__ import annotations
 
+from .._errors import MemspaceError
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -162,10 +163,10 @@ class EKFAC(BlockApproximation):
         """(F_EKFAC + δI)⁻¹ v, exact in the eigenbasis: the natural-gradient direction for ``v`` a gradient.
 
         Raises:
-            ValueError: for δ ≤ 0 (the approximation is singular wherever s = 0).
+            MemspaceError: for δ ≤ 0 (the approximation is singular wherever s = 0).
         """
         if not damping > 0:
-            raise ValueError(f"damping must be positive, got {damping}")
+            raise MemspaceError(f"damping must be positive, got {damping}")
         return self._apply(v, lambda s: 1.0 / (s + damping))
 
     def diag(self) -> Tensor:

@@ -19,6 +19,7 @@ Fallback: parameters of any other layer get their exact Fisher *diagonal* block
 
 from __future__ import annotations
 
+from .._errors import MemspaceError
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -131,7 +132,7 @@ class BlockApproximation:
     def logdet(self, damping: float) -> Tensor:
         """log det(F_approx + δI) = Σ log(λ_i + δ), exact from the eigenvalues."""
         if damping <= 0:
-            raise ValueError(f"damping must be positive for a finite log-det, got {damping}")
+            raise MemspaceError(f"damping must be positive for a finite log-det, got {damping}")
         return torch.log(self.eigenvalues().clamp_min(0) + damping).sum()
 
     def effective_dimension(self, z: float) -> Tensor:

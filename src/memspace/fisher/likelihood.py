@@ -24,7 +24,7 @@ from enum import Enum
 import torch
 from torch import Tensor
 
-from .._errors import DataError
+from .._errors import DataError, MemspaceError
 
 __all__ = [
     "FisherKind",
@@ -42,7 +42,7 @@ def _parse_option(enum: type[Enum], value, label: str):
         return enum(value)
     except ValueError:
         names = ", ".join(repr(m.value) for m in enum)
-        raise ValueError(f"unsupported {label} {value!r}; use one of {names}") from None
+        raise MemspaceError(f"unsupported {label} {value!r}; use one of {names}") from None
 
 
 class Likelihood(str, Enum):
@@ -156,7 +156,7 @@ def output_sqrt_factors(
         onehot = torch.nn.functional.one_hot(targets, dim).to(outputs.dtype)
         return (onehot - probs).unsqueeze(0)
     if mc_samples < 1:
-        raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+        raise MemspaceError(f"mc_samples must be >= 1, got {mc_samples}")
     scale = mc_samples**-0.5
     if likelihood is Likelihood.REGRESSION:
         noise = torch.randn(

@@ -30,7 +30,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
-from .._errors import MemspaceError
+from .._errors import ArgumentTypeError, MemspaceError
 from ..distributed import Collective, guarded
 from .._model_call import ModelCall, OutputSelector, derivative_kernels, sample_axes_by_probe
 from ._data import BatchStream, as_batch_stream
@@ -164,11 +164,11 @@ class FisherOperator:
         memory: str = "fast",
     ):
         if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+            raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.kind = FisherKind.parse(kind)
         self.likelihood = Likelihood.parse(likelihood)
         if not isinstance(mc_samples, int) or mc_samples < 1:
-            raise ValueError(f"mc_samples must be a positive integer, got {mc_samples!r}")
+            raise MemspaceError(f"mc_samples must be a positive integer, got {mc_samples!r}")
         check_eval_mode(model)
         self.model = model
         self.call = ModelCall(sample_dim, output)
@@ -179,7 +179,7 @@ class FisherOperator:
             data, device=self.device, dtype=self.dtype, batch_size=batch_size, sample_dim=sample_dim
         )
         if memory not in ("fast", "low"):
-            raise ValueError(f"memory must be 'fast' or 'low', got {memory!r}")
+            raise MemspaceError(f"memory must be 'fast' or 'low', got {memory!r}")
         self.memory = memory
         self.mc_samples = mc_samples
         self.seed = seed
@@ -677,13 +677,13 @@ class FisherOperator:
         """F as a dense [P, P] matrix from per-sample Jacobians (small models only).
 
         Raises:
-            ValueError: if P² entries exceed ``max_dense_bytes``, naming the size.
+            MemspaceError: if P² entries exceed ``max_dense_bytes``, naming the size.
         """
         dim = self.space.numel
         itemsize = torch.empty((), dtype=self.dtype).element_size()
         need = dim * dim * itemsize
         if need > self.max_dense_bytes:
-            raise ValueError(
+            raise MemspaceError(
                 f"the dense Fisher would be {dim}×{dim} = {_format_bytes(need)}, over "
                 f"the limit of {_format_bytes(self.max_dense_bytes)} (max_dense_bytes); "
                 "use matrix-free products, diag(), eigh() or KFAC instead"
@@ -720,7 +720,7 @@ class FisherOperator:
         if method == "hutchpp":
             value = hutchpp(self._numpy_matvec(), self.space.numel, num_matvecs, self.seed if seed is None else seed)
             return torch.tensor(value, dtype=torch.float64)
-        raise ValueError(f"unknown trace method {method!r}; use 'exact' or 'hutchpp'")
+        raise MemspaceError(f"unknown trace method {method!r}; use 'exact' or 'hutchpp'")
 
     def eigh(self, k: int = 1, tol: float = 0.0) -> tuple[Tensor, Tensor]:
         """Top-k eigenpairs by Lanczos (ARPACK ``eigsh`` on a ``LinearOperator``).
@@ -754,7 +754,7 @@ class FisherOperator:
             return torch.tensor(float(fn(values).sum()), dtype=torch.float64)
         if method == "slq":
             return torch.tensor(self.spectral_density(**slq).spectral_sum(fn), dtype=torch.float64)
-        raise ValueError(f"unknown method {method!r}; use 'auto', 'dense' or 'slq'")
+        raise MemspaceError(f"unknown method {method!r}; use 'auto', 'dense' or 'slq'")
 
     def logdet(self, damping: float, method: str = "auto", **slq: Any) -> Tensor:
         """log det(F + δI) = Σ_i log(λ_i + δ).
@@ -763,13 +763,13 @@ class FisherOperator:
         stochastic Lanczos quadrature estimate; ``"auto"`` is dense for P ≤ 3000.
         """
         if damping <= 0:
-            raise ValueError(f"damping must be positive for a finite log-det, got {damping}")
+            raise MemspaceError(f"damping must be positive for a finite log-det, got {damping}")
         return self._spectral_sum(lambda lam: np.log(lam + damping), method, **slq)
 
     def effective_dimension(self, z: float, method: str = "auto", **slq: Any) -> Tensor:
         """d_eff(z) = Σ_i λ_i / (λ_i + z) (Maddox et al. 2020; docs/theory.md §1)."""
         if z <= 0:
-            raise ValueError(f"z must be positive, got {z}")
+            raise MemspaceError(f"z must be positive, got {z}")
         return self._spectral_sum(lambda lam: lam / (lam + z), method, **slq)
 
     def kfac(self) -> Any:

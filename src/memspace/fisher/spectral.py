@@ -13,6 +13,7 @@ a numpy vector [P].
 
 from __future__ import annotations
 
+from .._errors import MemspaceError
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -43,7 +44,7 @@ def hutchpp(matvec: Matvec, dim: int, num_matvecs: int, seed: int = 0) -> float:
     handles the rest, (3/m) Σ gᵀ(I−QQᵀ)A(I−QQᵀ)g. Unbiased; variance O(1/m²) for PSD A.
     """
     if num_matvecs < 3:
-        raise ValueError(f"hutchpp needs at least 3 matvecs, got {num_matvecs}")
+        raise MemspaceError(f"hutchpp needs at least 3 matvecs, got {num_matvecs}")
     rng = np.random.default_rng(seed)
     k = num_matvecs // 3
     sketch = _rademacher(rng, (dim, k))
@@ -165,10 +166,9 @@ def top_eigenpairs(
     """
     from scipy.sparse.linalg import ArpackNoConvergence
 
-    from .._errors import MemspaceError
 
     if not 1 <= k < dim:
-        raise ValueError(f"k must be in [1, {dim - 1}] for a {dim}×{dim} operator, got {k}")
+        raise MemspaceError(f"k must be in [1, {dim - 1}] for a {dim}×{dim} operator, got {k}")
     operator = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
     v0 = np.random.default_rng(seed).standard_normal(dim)
     try:

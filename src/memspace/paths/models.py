@@ -8,6 +8,7 @@ network starts as the identity path (v_l ≡ 0).
 
 from __future__ import annotations
 
+from .._errors import MemspaceError
 from torch import Tensor, nn
 
 __all__ = ["ResidualBlock", "ResidualCNN", "ResidualMLP", "ResidualPathModel"]
@@ -19,7 +20,7 @@ def _activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
     except KeyError:
-        raise ValueError(f"unknown activation {name!r}; use one of {', '.join(_ACTIVATIONS)}") from None
+        raise MemspaceError(f"unknown activation {name!r}; use one of {', '.join(_ACTIVATIONS)}") from None
 
 
 class ResidualBlock(nn.Module):
@@ -94,7 +95,7 @@ class ResidualMLP(ResidualPathModel):
                  hidden: int | None = None, activation: str = "tanh", identity_init: bool = False):
         super().__init__()
         if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+            raise MemspaceError(f"depth must be at least 1, got {depth}")
         hidden = hidden or width
         self.stem = nn.Linear(in_features, width)
         self.blocks = nn.ModuleList(
@@ -123,7 +124,7 @@ class ResidualCNN(ResidualPathModel):
                  image_size: int = 28, activation: str = "relu", identity_init: bool = False):
         super().__init__()
         if depth < 1:
-            raise ValueError(f"depth must be at least 1, got {depth}")
+            raise MemspaceError(f"depth must be at least 1, got {depth}")
         self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), _activation(activation))
         self.blocks = nn.ModuleList(
             ResidualBlock(nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), _activation(activation),
