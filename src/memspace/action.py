@@ -36,7 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import MemspaceError
-from .fisher._data import as_batch_stream
+from ._stream import as_batch_stream
 from .paths.adapter import ResidualPath, StreamCapture, resolve_head
 from .paths.predictive import predictive_action, predictive_path, readout_path
 

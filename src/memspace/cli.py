@@ -247,7 +247,7 @@ def _check_before_work(network, split, block_names, head) -> None:
     """
     import torch
 
-    from .fisher._params import check_eval_mode
+    from ._params import check_eval_mode
     from .paths import ResidualPath, resolve_head
 
     check_eval_mode(network)
@@ -357,7 +357,7 @@ def _measure(model, arch, data, blocks, head, out, seed, overwrite, json_output,
 
 def _load_network(model: Path, arch: str):
     """The architecture from ``arch`` with the checked weights of ``model``."""
-    from .complexity import check_weights, load_state
+    from .checkpoint import check_weights, load_state
 
     network = _build_network(_load_factory(arch), arch)
     state = load_state(model)
@@ -392,7 +392,7 @@ def train(
 
     from .action import ACTIONS
     from .data import load_dataset
-    from .studies.demo import build_model, check_architecture_fits
+    from .paths import build_model, check_architecture_fits
     from .train import MAX_EPOCHS, fit
 
     if action not in ("none", *ACTIONS):
@@ -410,7 +410,7 @@ def train(
     split = load_dataset(data, seed=seed, limit=3000 if data == "fashion-mnist" else None)
     check_architecture_fits(split)
     torch.manual_seed(seed)
-    model = build_model(data, split.input_shape, split.num_classes, {"width": width, "depth": depth})
+    model = build_model(split.input_shape, split.num_classes, {"width": width, "depth": depth})
     result = fit(model, split.train, action=None if action == "none" else action, lam=lam, epochs=epochs, lr=lr,
                  batch_size=batch_size, val_data=split.test, seed=seed, checkpoint_dir=out, overwrite=overwrite,
                  run_config={"data": data, "width": width, "depth": depth},

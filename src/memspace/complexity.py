@@ -21,9 +21,10 @@ import torch
 from torch import Tensor, nn
 
 from ._errors import MemspaceError
+from .checkpoint import load_state
 from .fisher import FisherOperator
 
-__all__ = ["TrajectoryLength", "check_weights", "fisher_distance", "fisher_rao_norm", "load_state", "trajectory_length"]
+__all__ = ["TrajectoryLength", "fisher_distance", "fisher_rao_norm", "trajectory_length"]
 
 
 def fisher_rao_norm(model: nn.Module, data: Any, kind: str = "true", **operator_kwargs: Any) -> float:
@@ -75,62 +76,6 @@ def fisher_distance(model: nn.Module, reference_params: Mapping[str, Tensor] | n
     return float(F.quad(delta))
 
 
-def load_state(source: str | Path | Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """A parameter state from a dict, a ``.safetensors`` file or a ``torch.save`` file.
-
-    A :func:`memspace.train.fit` checkpoint yields its model tensors (prefix removed).
-
-    ``torch.load`` runs with ``weights_only=True``: arbitrary objects are never unpickled.
-
-    Raises:
-        MemspaceError: for a missing, unreadable or corrupt file, naming it.
-    """
-    if isinstance(source, Mapping):
-        return dict(source)
-    path = Path(source)
-    if not path.is_file():
-        raise MemspaceError(f"checkpoint {path} does not exist")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # corrupt or untrusted content: one clear line
-        raise MemspaceError(f"cannot read checkpoint {path}: {type(error).__name__}: "
-                         f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from None
-    if isinstance(state, Mapping) and "model" in state and isinstance(state["model"], Mapping):
-        state = state["model"]
-    if not isinstance(state, Mapping) or not all(isinstance(v, Tensor) for v in state.values()):
-        raise MemspaceError(f"checkpoint {path} does not hold a dict of tensors")
-    if any(k.startswith("model.") for k in state):  # a memspace.train checkpoint
-        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
-    return dict(state)
-
-
-def check_weights(state: Mapping[str, Tensor], model: nn.Module, source: str | Path = "the checkpoint") -> None:
-    """Refuse weights that would load silently wrong into ``model``.
-
-    A floating-point parameter or buffer of ``model`` must receive a floating-point,
-    finite tensor: integer or boolean tensors would be cast without a word, and NaN/Inf
-    weights fail only later, deep inside a spectral routine.
-
-    Raises:
-        MemspaceError: naming ``source`` and the tensor.
-    """
-    expected = model.state_dict()
-    for name, value in state.items():
-        target = expected.get(name)
-        if target is None or not torch.is_floating_point(target):
-            continue
-        if not torch.is_floating_point(value):
-            raise MemspaceError(f"checkpoint {source}: tensor {name!r} is {value.dtype}; the model's weights are "
-                                "floating point")
-        if not torch.isfinite(value).all():
-            raise MemspaceError(f"checkpoint {source}: tensor {name!r} contains NaN or Inf")
-
-
 @dataclass(frozen=True)
 class TrajectoryLength:
     """Fisher arc length Σ_k ‖Δθ_k‖_F and the per-step lengths ‖Δθ_k‖_F (docs/theory.md §2)."""
@@ -158,7 +103,7 @@ def trajectory_length(
 
     Args:
         checkpoints: parameter states in training order (dicts or files, see
-            :func:`load_state`), at least two.
+            :func:`~memspace.checkpoint.load_state`), at least two.
         model_factory: builds a fresh model of the right architecture.
         data, kind, **operator_kwargs: as for :func:`fisher_rao_norm`.
     """

@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from ._errors import MemspaceError
 from ._runs import RunFolder, crash_point, read_regular
 from .action import ActionTerm
-from .fisher._data import check_finite
+from ._stream import check_finite
 from .paths.predictive import predictive_path
 
 __all__ = ["MAX_EPOCHS", "FitResult", "checkpoints", "evaluate", "fit", "latest_checkpoint", "load_checkpoint"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memspace.evaluation import kendall_tau
+from memspace.ranking import kendall_tau
 from memspace.zoo import ZooStore, evaluate_zoo, expand, load_grid, run_zoo
 
 TINY = {"data": "digits", "stop": {"target_ce": 1.0, "max_epochs": 6}, "seeds": [0],

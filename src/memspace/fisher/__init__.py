@@ -3,12 +3,10 @@
 from .ekfac import EKFAC, EigenBlock
 from .kfac import KFAC, KroneckerBlock
 from .likelihood import FisherKind, Likelihood
-from ._params import shared_parameters
 from .operator import FisherOperator
 from .spectral import SpectralDensity, hutchpp, stochastic_lanczos_quadrature
 
 __all__ = [
-    "shared_parameters",
     # the operator
     "FisherOperator",
     "FisherKind",

@@ -33,9 +33,9 @@ from torch.func import functional_call, jacrev, vmap
 from .._errors import ArgumentTypeError, MemspaceError
 from ..distributed import Collective, guarded
 from .._model_call import ModelCall, OutputSelector, derivative_kernels, sample_axes_by_probe
-from ._data import BatchStream, as_batch_stream
+from .._stream import BatchStream, as_batch_stream
 from ._forward_mode import forward_mode_rules
-from ._params import ParameterSpace, check_eval_mode, shared_parameters
+from .._params import ParameterSpace, check_eval_mode, shared_parameters
 from ._taps import LayerTap, check_tap_layout, is_tappable, per_sample_square_sums, summed_weight_grads
 from .likelihood import (
     FisherKind,

@@ -1,7 +1,14 @@
 """A residual network as a path of near-identity maps (docs/theory.md §3)."""
 
 from .adapter import ResidualPath, StreamCapture, resolve_head
-from .models import ResidualBlock, ResidualCNN, ResidualMLP, ResidualPathModel
+from .models import (
+    ResidualBlock,
+    ResidualCNN,
+    ResidualMLP,
+    ResidualPathModel,
+    build_model,
+    check_architecture_fits,
+)
 from .predictive import (
     PredictivePath,
     fisher_rao_distance,
@@ -18,6 +25,8 @@ __all__ = [
     "ResidualPathModel",
     "ResidualMLP",
     "ResidualCNN",
+    "build_model",
+    "check_architecture_fits",
     # any model
     "ResidualPath",
     "StreamCapture",

@@ -8,10 +8,13 @@ network starts as the identity path (v_l ≡ 0).
 
 from __future__ import annotations
 
-from .._errors import MemspaceError
+import torch
 from torch import Tensor, nn
 
-__all__ = ["ResidualBlock", "ResidualCNN", "ResidualMLP", "ResidualPathModel"]
+from .._errors import MemspaceError
+
+__all__ = ["ResidualBlock", "ResidualCNN", "ResidualMLP", "ResidualPathModel", "build_model",
+           "check_architecture_fits"]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -137,3 +140,38 @@ class ResidualCNN(ResidualPathModel):
             self._zero_last_layers()
 
 
+
+
+def build_model(input_shape: tuple[int, ...], classes: int, cfg: dict) -> nn.Module:
+    """The residual network memspace trains on data of this shape: a :class:`ResidualCNN` for images.
+
+    Args:
+        input_shape: one sample's shape, ``(D,)`` for vectors or ``(C, H, H)`` for square images.
+        classes: number of classes C (the width of the logits).
+        cfg: at least ``width`` (of the residual stream) and ``depth`` (the number of blocks L).
+
+    Returns:
+        A :class:`ResidualMLP` for vectors, a :class:`ResidualCNN` for images.
+    """
+    if len(input_shape) == 3:
+        return ResidualCNN(input_shape[0], cfg["width"], cfg["depth"], classes, image_size=input_shape[-1])
+    return ResidualMLP(input_shape[0], cfg["width"], cfg["depth"], classes)
+
+
+def check_architecture_fits(split) -> None:
+    """Refuse data the memspace residual models cannot take: vectors [N, D] or square images.
+
+    Args:
+        split: a :class:`~memspace.data.DataSplit`.
+
+    Raises:
+        MemspaceError: for integer inputs or samples of another shape, naming the data set.
+    """
+    shape = split.input_shape
+    if split.train[0].dtype not in (torch.float32, torch.float64):
+        raise MemspaceError(f"{split.name}: the residual models take real-valued inputs, X holds "
+                            f"{split.train[0].dtype}; measure your own model with `memspace measure`")
+    if len(shape) == 1 or (len(shape) == 3 and shape[1] == shape[2]):
+        return
+    raise MemspaceError(f"{split.name}: X has samples of shape {shape}; the residual models take vectors [N, D] "
+                        "or square images [N, C, H, H] (reshape X, or measure your own model with `memspace measure`)")

@@ -35,8 +35,8 @@ from torch import Tensor, nn
 from .._errors import DataError, MemspaceError
 from .._model_call import ModelCall, OutputSelector, derivative_kernels
 from ..distributed import Collective
-from ..fisher._data import as_batch_stream
-from ..fisher._params import check_eval_mode
+from .._stream import as_batch_stream
+from .._params import check_eval_mode
 from ..fisher.likelihood import Likelihood
 from .adapter import ResidualPath, resolve_head
 

@@ -36,8 +36,8 @@ from torch import Tensor, nn
 from .._errors import MemspaceError
 from .._model_call import ModelCall, OutputSelector, derivative_kernels, sample_axes_by_probe
 from ..distributed import Collective
-from ..fisher._data import as_batch_stream
-from ..fisher._params import check_eval_mode
+from .._stream import as_batch_stream
+from .._params import check_eval_mode
 from ..fisher.likelihood import FisherKind, Likelihood, output_sqrt_factors
 from .adapter import ResidualPath
 

@@ -57,7 +57,7 @@ def prepare_study(name: str, size: str = "quick", data: str | None = None, **ove
             raise MemspaceError(f"capacity grid: N = {too_big[0]} exceeds the {len(split.train[0])} training points "
                                 f"of {config['data']}")
     else:
-        from .demo import check_architecture_fits
+        from ..paths import check_architecture_fits
 
         check_architecture_fits(split)
         if config["epochs"] < max(config["taus"]):

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch import nn
 
 from .._errors import MemspaceError
 from .._runs import RunFolder
-from ..complexity import load_state
+from ..checkpoint import load_state
 from ..data import load_dataset
-from ..paths import ResidualCNN, ResidualMLP
+from ..paths import build_model, check_architecture_fits
 from ..train import MAX_EPOCHS, fit
 from .measure import measure_network
 
@@ -42,12 +41,6 @@ DEFAULTS = {
     "fashion-mnist": dict(width=8, depth=4, epochs=4, lr=3e-3, batch_size=64, lam=0.1, limit=3000,
                           spectral_points=256),
 }
-
-
-def build_model(data: str, input_shape: tuple[int, ...], classes: int, cfg: dict) -> nn.Module:
-    if len(input_shape) == 3:
-        return ResidualCNN(input_shape[0], cfg["width"], cfg["depth"], classes, image_size=input_shape[-1])
-    return ResidualMLP(input_shape[0], cfg["width"], cfg["depth"], classes)
 
 
 def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int = 0, device: str = "cpu",
@@ -89,18 +82,6 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
     return metrics
 
 
-def check_architecture_fits(split) -> None:
-    """Refuse data the memspace residual models cannot take: vectors [N, D] or square images."""
-    shape = split.input_shape
-    if split.train[0].dtype not in (torch.float32, torch.float64):
-        raise MemspaceError(f"{split.name}: the residual models take real-valued inputs, X holds "
-                            f"{split.train[0].dtype}; measure your own model with `memspace measure`")
-    if len(shape) == 1 or (len(shape) == 3 and shape[1] == shape[2]):
-        return
-    raise MemspaceError(f"{split.name}: X has samples of shape {shape}; the residual models take vectors [N, D] "
-                        "or square images [N, C, H, H] (reshape X, or measure your own model with `memspace measure`)")
-
-
 def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], None]) -> dict[str, Any]:
     """The quick configurations of the capacity and robustness studies, each in its own run folder.
 
@@ -140,7 +121,7 @@ def _run_demo(run: RunFolder, data, split, cfg, seed, device, progress, status, 
     networks: dict[str, Any] = {}
     for name, action in (("plain", None), ("least-action", "predictive")):
         torch.manual_seed(seed)
-        model = build_model(data, split.input_shape, split.num_classes, cfg).to(device)
+        model = build_model(split.input_shape, split.num_classes, cfg).to(device)
         run_dir = run.path(f"train-{name}")
         status(f"training the {name} network ({cfg['epochs']} epochs, {'λ·A, λ = ' + str(cfg['lam']) if action else 'λ = 0'})")
         train = tuple(t.to(device) for t in split.train)
@@ -156,7 +137,7 @@ def _run_demo(run: RunFolder, data, split, cfg, seed, device, progress, status, 
         status(f"measuring the {name} network")
         measures = measure_network(
             result.model, split, initial_params=initial, checkpoints=checkpoints,
-            model_factory=lambda: build_model(data, split.input_shape, split.num_classes, cfg).to(device),
+            model_factory=lambda: build_model(split.input_shape, split.num_classes, cfg).to(device),
             spectral_points=cfg["spectral_points"], seed=seed, status=lambda m: status(f"  {m}"))
         networks[name] = {"action": action or "none", "lambda": cfg["lam"] if action else 0.0,
                           "history": result.history, "measures": measures}

@@ -187,7 +187,7 @@ SCORES = ("mig", "sap", "dci_disentanglement", "dci_completeness", "dci_informat
 
 def summarise_disentanglement(cells: list[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
     """The model table, τ(block-diagonality, MIG / DCI-D) over models, and λ's effect per score."""
-    from ..evaluation import kendall_tau
+    from ..ranking import kendall_tau
 
     table = [{k: c[k] for k in ("beta", "lam", "seed", "reconstruction", "kl", "active_latents", "train_seconds",
                                 *SCORES)} for c in cells]

@@ -59,7 +59,7 @@ def layer_units(model: nn.Module, layers: Sequence[str] | None = None) -> dict[s
         MemspaceError: for a name that is not a module, a module without parameters, or a
             tied weight (resetting one layer would reset another; noise would reach both).
     """
-    from ..fisher import shared_parameters
+    from .._params import shared_parameters
 
     tied = shared_parameters(model)
     if tied:
@@ -356,13 +356,13 @@ def robustness_study(run, config: dict[str, Any], *, split=None, status: Callabl
     from ..paths import block_sensitivity
     from ..train import fit, load_checkpoint
     from ._cells import CellStore
-    from .demo import build_model
+    from ..paths import build_model
 
     split = split or load_dataset(config["data"], seed=0, limit=config.get("limit"))
     if config["epochs"] < max(config["taus"]):
         raise MemspaceError(f"checkpoint τ = {max(config['taus'])} is beyond the {config['epochs']} training epochs")
     store = CellStore(run)
-    factory = lambda: build_model(config["data"], split.input_shape, split.num_classes, config)  # noqa: E731
+    factory = lambda: build_model(split.input_shape, split.num_classes, config)  # noqa: E731
     for done, seed in enumerate(config["seeds"]):
         progress(done, len(config["seeds"]))
         key = f"seed={seed}"
@@ -381,7 +381,7 @@ def robustness_study(run, config: dict[str, Any], *, split=None, status: Callabl
         for tau in config["taus"]:
             probe = factory()
             if tau == 0:
-                from ..complexity import load_state
+                from ..checkpoint import load_state
 
                 probe.load_state_dict(load_state(folder / "init.safetensors"))
             else:

@@ -3,7 +3,7 @@
 - :mod:`.grid`: grids in YAML, expanded to models with stable ids;
 - :mod:`.store`: SQLite (WAL), one row per model and per (model, measure);
 - :mod:`.runner`: training and measuring on joblib's loky pool or a Dask cluster, and the
-  leaderboard of :mod:`memspace.evaluation`'s statistics.
+  leaderboard of :mod:`memspace.ranking`'s statistics.
 """
 
 from .grid import GRIDS, expand, load_grid

@@ -12,7 +12,7 @@ predictive action), until the training cross-entropy reaches ``stop.target_ce`` 
 Measures: memspace's (Fisher–Rao norm, tr F, effective dimension, the predictive action,
 its least action and their ratio, the largest block sensitivity, kinetic action, Fisher
 distance from initialisation, Fisher arc length of training over the epochs) and the
-literature's (:func:`memspace.measures.generalization_measures`).
+literature's (:func:`memspace.zoo.measures.generalization_measures`).
 """
 
 from __future__ import annotations
@@ -164,7 +164,7 @@ def remeasure(model: dict[str, Any], data: str, weights_dir: str,
 
     die_with_parent(parent)
 
-    from ..complexity import load_state
+    from ..checkpoint import load_state
     from ..paths import ResidualMLP
 
     torch.set_num_threads(1)
@@ -232,7 +232,7 @@ def zoo_grid(out: str | Path) -> dict[str, Any]:
 def _measure(net, initial, data, seed, factory, states=None) -> dict[str, float]:
     from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
     from ..fisher import FisherOperator
-    from ..measures import generalization_measures
+    from .measures import generalization_measures
     from ..paths import block_sensitivity, predictive_path
     from ..studies.measure import effective_dimension
 
@@ -367,7 +367,7 @@ def run_zoo(grid: Any, out: str | Path, *, workers: int = 1, scheduler: str | No
 
 def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float = 12.0,
                  converged_only: bool = True) -> dict[str, Any]:
-    """The leaderboard: every measure × every statistic of :mod:`memspace.evaluation` over the zoo.
+    """The leaderboard: every measure × every statistic of :mod:`memspace.ranking` over the zoo.
 
     Models that did not meet the stopping rule are left out (as Fantastic does) unless
     ``converged_only=False``. The σ searches' and the margin's diagnostics are stored but not ranked. ``n_test`` (default: the test-set size) sets the Hoeffding
@@ -375,7 +375,7 @@ def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float =
     complete with one model per configuration, the count-weighted version otherwise.
     """
     from ..data import load_dataset
-    from ..evaluation import granulated_kendall, kendall_tau, pgdl_cmi, robust_sign_error
+    from ..ranking import granulated_kendall, kendall_tau, pgdl_cmi, robust_sign_error
 
     path = Path(out) / DB
     if not path.is_file():

@@ -62,8 +62,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._errors import MemspaceError
-from .train import evaluate
+from .._errors import MemspaceError
+from ..train import evaluate
 
 __all__ = ["PacBayesSigma", "SharpnessAlpha", "generalization_measures", "margin", "pac_bayes_sigma", "path_norm",
            "sharpness_alpha", "weight_matrices"]
@@ -85,7 +85,7 @@ def _check_layers(model: nn.Module) -> None:
     attention ``in_proj_weight``, a recurrent or embedding weight would be left out), and no
     parameter may be registered twice (a tied weight would be counted twice).
     """
-    from .fisher import shared_parameters
+    from .._params import shared_parameters
 
     _check_no_batchnorm(model)
     tied = shared_parameters(model)

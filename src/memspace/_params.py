@@ -6,7 +6,7 @@ row-major order, in ``model.named_parameters()`` order.
 
 from __future__ import annotations
 
-from .._errors import ArgumentTypeError, MemspaceError
+from ._errors import ArgumentTypeError, MemspaceError
 from collections.abc import Mapping, Sequence
 
 import torch

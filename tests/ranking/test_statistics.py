@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import kendalltau
 
 from memspace import MemspaceError
-from memspace.evaluation import (
+from memspace.ranking import (
     granulated_kendall,
     hoeffding_weight,
     kendall_tau,

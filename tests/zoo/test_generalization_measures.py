@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from memspace import MemspaceError
-from memspace.measures import generalization_measures, margin, pac_bayes_sigma, path_norm, weight_matrices
+from memspace.zoo.measures import generalization_measures, margin, pac_bayes_sigma, path_norm, weight_matrices
 
 
 def two_layer(w1, w2):
@@ -88,7 +88,7 @@ def test_batchnorm_is_refused_by_name():
 
 
 def test_the_worst_case_sharpness_search_converges_keeps_the_box_and_restores_the_weights():
-    from memspace.measures import sharpness_alpha
+    from memspace.zoo.measures import sharpness_alpha
 
     X, y, net = separable_problem()
     before = [p.clone() for p in net.parameters()]

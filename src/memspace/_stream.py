@@ -16,7 +16,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from .._errors import DataError
+from ._errors import DataError
 
 __all__ = ["BatchStream", "as_batch_stream", "check_finite"]
 
