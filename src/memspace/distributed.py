@@ -140,10 +140,10 @@ class Collective:
 
 
 def guarded(method: Method) -> Method:
-    """Run a method of an object holding ``self._collective`` inside its guard."""
+    """Run a method of an object with a ``guard()`` (a :class:`Collective`'s, say) inside that guard."""
     @functools.wraps(method)
     def wrapper(self, *args: Any, **kwargs: Any) -> Any:
-        with self._collective.guard():
+        with self.guard():
             return method(self, *args, **kwargs)
 
     return wrapper  # type: ignore[return-value]

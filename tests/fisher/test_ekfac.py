@@ -90,4 +90,16 @@ def test_mc_and_empirical_kinds_build_and_keep_the_trace_identity():
     for kind in ("mc", "empirical"):
         F = FisherOperator(case.model, (case.inputs, case.targets), kind=kind, batch_size=4)
         torch.testing.assert_close(F.ekfac().trace(), F.trace(), rtol=1e-10, atol=1e-13)
-    assert isinstance(KFAC(case.model, (case.inputs, case.targets)).operator, FisherOperator)
+        built = KFAC(case.model, (case.inputs, case.targets), kind=kind, batch_size=4)  # the same options, built anew
+        torch.testing.assert_close(built.dense(), F.kfac().dense(), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn", "residual"])
+def test_low_memory_ekfac_equals_the_fast_one(name):
+    """memory="low" holds for both EKFAC passes (K-FAC's factors, then the eigenvalues), with the same result."""
+    case = make_case(name)
+    fast = EKFAC(case.model, (case.inputs, case.targets), kind="mc", mc_samples=2, batch_size=8)
+    low = EKFAC(case.model, (case.inputs, case.targets), kind="mc", mc_samples=2, batch_size=8, memory="low")
+    assert low.parts.collector.memory == "low" and fast.parts.collector.memory == "fast"
+    torch.testing.assert_close(low.eigenvalues(), fast.eigenvalues(), rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(low.dense(), fast.dense(), rtol=1e-10, atol=1e-13)

@@ -37,6 +37,7 @@ def test_mc_kfac_converges_to_true_kfac():
     data = (case.inputs, case.targets)
     true = KFAC(case.model, data)
     mc = KFAC(case.model, data, kind="mc", mc_samples=2000, seed=1)
+    assert len(true.blocks) >= 2 and [b.module_name for b in mc.blocks] == [b.module_name for b in true.blocks]
     for block_true, block_mc in zip(true.blocks, mc.blocks):
         assert _relative_error(block_mc.grad_factor, block_true.grad_factor) < 0.05
         torch.testing.assert_close(block_mc.input_factor, block_true.input_factor)

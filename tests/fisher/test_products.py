@@ -22,7 +22,7 @@ def _reference(case, kind, F):
         x, y = case.inputs[start : start + 4], case.targets[start : start + 4]
         total = total + x.shape[0] * dense_fisher(
             case.model, x, y, likelihood=case.likelihood, kind="mc",
-            mc_samples=F.mc_samples, generator=F._generator(index),
+            mc_samples=F.mc_samples, generator=F.data_pass.generator(index),
         )
     return total / case.inputs.shape[0]
 

@@ -1,4 +1,4 @@
-"""Per-layer taps: layer inputs and output gradients of Linear and Conv2d layers.
+"""Per-layer taps: layer inputs and output gradients of the layers :mod:`._rules` covers.
 
 For a layer with weight W and per-sample output gradients g (one per back-propagated
 column s_k of the output Fisher), the per-sample weight gradient is g aᵀ (Linear) or
@@ -24,52 +24,38 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor, nn
-from torch.nn import functional as nnf
 
-__all__ = ["LayerTap", "check_tap_layout", "is_tappable", "per_sample_weight_grads", "unfold_conv_input"]
+from ._rules import LayerRule, rule_for
+
+__all__ = ["LayerTap", "check_tap_layout", "is_tappable", "per_sample_square_sums", "per_sample_weight_grads",
+           "summed_weight_grads"]
 
 
 def is_tappable(module: nn.Module) -> bool:
-    """Linear, or Conv2d with one group, numeric padding and zero padding mode."""
-    if isinstance(module, nn.Linear):
-        return True
-    if isinstance(module, nn.Conv2d):
-        return (
-            module.groups == 1
-            and module.padding_mode == "zeros"
-            and not isinstance(module.padding, str)
-        )
-    return False
+    """Whether a rule of :mod:`._rules` covers ``module`` (Linear; Conv2d with one group and zero padding)."""
+    rule = rule_for(module)
+    return rule is not None and rule.refuses(module) is None
 
 
-def unfold_conv_input(module: nn.Conv2d, inputs: Tensor) -> Tensor:
-    """Input patches of a Conv2d: [N, C_in, H, W] → [N, C_in·kh·kw, P]."""
-    return nnf.unfold(
-        inputs,
-        kernel_size=module.kernel_size,
-        dilation=module.dilation,
-        padding=module.padding,
-        stride=module.stride,
-    )
-
-
-def check_tap_layout(module: nn.Module, axes: list[tuple[int | None, int | None]] | None,
-                     shapes: list[tuple[tuple[int, ...], tuple[int, ...]]] | None = None) -> str | None:
+def check_tap_layout(module: nn.Module, axes: list[tuple[int | None, int | None]] | None) -> str | None:
     """Why a tap cannot be used for ``module`` with these probed sample axes, or None.
 
     Args:
+        module: a layer :func:`is_tappable` accepts.
         axes: per call, the (input, output) sample axes from
             :func:`memspace._model_call.sample_axes_by_probe` (None: calls vary with N).
     """
     if axes is None:
         return "its number of calls depends on the batch"
+    rule = rule_for(module)
     for call, (in_axis, out_axis) in enumerate(axes):
         if in_axis is None or out_axis is None:
             return f"its input in call {call} has no axis that indexes data points (rows of several samples?)"
         if in_axis != out_axis:
             return f"call {call} moves the sample axis from {in_axis} to {out_axis}"
-        if isinstance(module, nn.Conv2d) and in_axis != 0:
-            return f"call {call} has the sample on axis {in_axis}, not 0"
+        why = rule.check_axes(call, in_axis)
+        if why:
+            return why
     return None
 
 
@@ -78,7 +64,7 @@ class LayerTap:
     """Records, during one forward, a layer's inputs and the outputs to differentiate.
 
     Attributes:
-        module: the tapped Linear or Conv2d.
+        module: the tapped layer (one :mod:`._rules` covers).
         weight_name / bias_name: the parameters' full names (``None`` if not selected).
         sample_axes: per call, the axis of the layer's input and output that indexes
             data points (moved to the front when recorded); None while unknown (axis 0).
@@ -94,72 +80,54 @@ class LayerTap:
     outputs: list[Tensor] = field(default_factory=list)
     _features: dict[int, Tensor] = field(default_factory=dict)
 
+    @property
+    def rule(self) -> LayerRule:
+        """The layer's rule (:func:`._rules.rule_for`)."""
+        return rule_for(self.module)
+
     def axis(self, call: int) -> int:
+        """The sample axis of call ``call`` (0 while unknown)."""
         if self.sample_axes is None or call >= len(self.sample_axes):
             return 0
         return self.sample_axes[call]
 
     def hook(self, module: nn.Module, args: tuple, output: Tensor) -> None:
+        """Forward hook: record the call's input (sample axis first) and its output."""
         call = len(self.inputs)
         self.inputs.append(args[0].detach().movedim(self.axis(call), 0))
         self.outputs.append(output)
 
     def clear(self) -> None:
+        """Forget what the last forward recorded."""
         self.inputs.clear()
         self.outputs.clear()
         self._features.clear()
 
     def features_of(self, inputs: Tensor, call: int) -> Tensor:
         """:meth:`features` of some of the call's samples (``inputs``: sample axis first), not cached."""
-        if self.is_conv:
-            return unfold_conv_input(self.module, inputs)
-        return inputs.reshape(inputs.shape[0], -1, inputs.shape[-1]).transpose(1, 2)
+        return self.rule.features(self.module, inputs)
 
     def drop_features(self) -> None:
         """Forget the cached :meth:`features` (they are recomputed if asked for again)."""
         self._features.clear()
 
     @property
-    def is_conv(self) -> bool:
-        return isinstance(self.module, nn.Conv2d)
+    def rank_one(self) -> bool:
+        """One call whose per-sample gradient is g aᵀ: squares factor as g² ⊗ a² (the fast diagonal)."""
+        return len(self.inputs) == 1 and self.rule.rank_one(self.inputs[0])
 
     def features(self, call: int) -> Tensor:
         """Layer inputs as columns [N, I, T] (T = positions or extra dims, 1 for MLPs).
 
-        For a Conv2d these are the unfolded patches, computed once per batch and call.
+        Computed once per batch and call (for a Conv2d: the unfolded patches).
         """
         if call not in self._features:
-            a = self.inputs[call]
-            if self.is_conv:
-                self._features[call] = unfold_conv_input(self.module, a)
-            else:
-                self._features[call] = a.reshape(a.shape[0], -1, a.shape[-1]).transpose(1, 2)
+            self._features[call] = self.rule.features(self.module, self.inputs[call])
         return self._features[call]
 
     def output_grads(self, grad: Tensor, call: int = 0) -> Tensor:
         """Output gradients as columns [N, O, T] matching :meth:`features`."""
-        if self.is_conv:
-            return grad.flatten(2)
-        grad = grad.movedim(self.axis(call), 0)
-        return grad.reshape(grad.shape[0], -1, grad.shape[-1]).transpose(1, 2)
-
-
-def _per_sample_conv_weight_grads(module: nn.Conv2d, inputs: Tensor, grad: Tensor) -> Tensor:
-    """Per-sample Conv2d weight gradients [N, O, C·kh·kw] without unfolding.
-
-    The batch is folded into the channels and differentiated as one convolution with
-    N groups (the kernel of a grouped convolution's weight gradient is per group).
-    """
-    num, out_ch = grad.shape[:2]
-    weight = module.weight.detach()
-    _, grad_weight, _ = torch.ops.aten.convolution_backward(
-        grad.reshape(1, num * out_ch, *grad.shape[2:]),
-        inputs.reshape(1, num * inputs.shape[1], *inputs.shape[2:]),
-        weight.repeat(num, 1, 1, 1),
-        None, list(module.stride), list(module.padding), list(module.dilation),
-        False, [0, 0], num, [False, True, False],
-    )
-    return grad_weight.reshape(num, out_ch, -1)
+        return self.rule.output_grads(self.module, grad, self.axis(call))
 
 
 def per_sample_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
@@ -170,13 +138,10 @@ def per_sample_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor,
         grads: gradients w.r.t. each recorded output, one per call.
     """
     weight = bias = None
+    rule = tap.rule
     for call, grad in enumerate(grads):
-        g = tap.output_grads(grad, call)
-        if tap.is_conv:
-            w = _per_sample_conv_weight_grads(tap.module, tap.inputs[call], grad)
-        else:
-            w = torch.bmm(g, tap.features(call).transpose(1, 2))
-        b = g.sum(dim=2)
+        w = rule.per_sample_weight_grads(tap.module, tap.inputs[call], grad, tap.axis(call))
+        b = tap.output_grads(grad, call).sum(dim=2)
         weight = w if weight is None else weight + w
         bias = b if bias is None else bias + b
     return weight, bias
@@ -213,17 +178,10 @@ def summed_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor, Ten
     forming per-sample gradients (what :func:`per_sample_weight_grads` gives, summed over n).
     """
     weight = bias = None
+    rule = tap.rule
     for call, grad in enumerate(grads):
-        g = tap.output_grads(grad, call)  # [N, O, T]
-        if tap.is_conv:
-            module = tap.module
-            _, w, _ = torch.ops.aten.convolution_backward(
-                grad, tap.inputs[call], module.weight.detach(), None, list(module.stride), list(module.padding),
-                list(module.dilation), False, [0, 0], module.groups, [False, True, False])
-            w = w.reshape(w.shape[0], -1)
-        else:
-            w = torch.einsum("not,nit->oi", g, tap.features(call))
-        b = g.sum(dim=(0, 2))
+        w = rule.summed_weight_grads(tap.module, tap.inputs[call], grad, tap.axis(call))
+        b = tap.output_grads(grad, call).sum(dim=(0, 2))
         weight = w if weight is None else weight + w
         bias = b if bias is None else bias + b
     return weight, bias

@@ -22,21 +22,19 @@ verified taps keep their exact diagonal, as in K-FAC (and its inverse is element
 
 from __future__ import annotations
 
-from .._errors import MemspaceError
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from ._taps import LayerTap
+from .._errors import MemspaceError
+from ._pass import Vector
+from ._statistics import RotatedSquares
 from .kfac import KFAC, BlockApproximation, KroneckerBlock
-from .operator import FisherOperator, Vector
 
 __all__ = ["EKFAC", "EigenBlock"]
-
-_CHUNK_ELEMENTS = 1 << 24  # rotated per-sample gradients formed at most this many entries at a time
 
 
 @dataclass
@@ -55,38 +53,16 @@ class EigenBlock:
 
 
 def _basis(block: KroneckerBlock) -> tuple[Tensor, Tensor]:
-    return torch.linalg.eigh(block.grad_factor)[1], torch.linalg.eigh(block._selected_input_factor())[1]
-
-
-def _rotated_squares(tap: LayerTap, grads: list[Tensor], block: EigenBlock) -> Tensor:
-    """Σ_n ((U_Gᵀ ∇W̄_n U_A)_ij)² for one output-Fisher column, [O, I']."""
-    u_g, u_a = block.grad_basis, block.input_basis
-    with_weight, with_bias = block.weight_name is not None, block.bias_name is not None
-    rotated_g, rotated_a = [], []
-    for call, grad in enumerate(grads):
-        g = tap.output_grads(grad, call)  # [N, O, T]
-        a = tap.features(call) if with_weight else g.new_empty(g.shape[0], 0, g.shape[2])  # [N, I, T]
-        if with_bias:
-            a = torch.cat([a, a.new_ones(a.shape[0], 1, a.shape[2])], 1)
-        rotated_g.append(torch.einsum("oq,not->nqt", u_g, g))
-        rotated_a.append(torch.einsum("ij,nit->njt", u_a, a))
-    if len(grads) == 1 and rotated_g[0].shape[2] == 1:  # rank one per sample
-        return rotated_g[0][:, :, 0].square().T @ rotated_a[0][:, :, 0].square()
-    g_all, a_all = torch.cat(rotated_g, 2), torch.cat(rotated_a, 2)  # calls add like positions
-    num, out, inp = g_all.shape[0], g_all.shape[1], a_all.shape[1]
-    chunk = max(1, _CHUNK_ELEMENTS // max(1, out * inp))
-    total = g_all.new_zeros(out, inp)
-    for start in range(0, num, chunk):
-        total += torch.bmm(g_all[start : start + chunk], a_all[start : start + chunk].transpose(1, 2)).square().sum(0)
-    return total
+    return torch.linalg.eigh(block.grad_factor)[1], torch.linalg.eigh(block.selected_input_factor())[1]
 
 
 class EKFAC(BlockApproximation):
-    """EKFAC approximation of a :class:`FisherOperator` (module doc; same kinds and likelihoods).
+    """EKFAC approximation of a Fisher operator (module doc; same kinds, likelihoods and memory modes).
 
     Build with ``EKFAC(model, data, **operator_kwargs)``, ``EKFAC.from_operator(F)`` or
     ``EKFAC.from_kfac(kfac)``: K-FAC's factors give the basis (one pass), a second pass of the
-    same cost corrects the eigenvalues. With ``distributed=True`` both passes reduce across ranks.
+    same cost and the same collector (so ``memory="low"`` holds for both) corrects the eigenvalues.
+    With ``distributed=True`` both passes reduce across ranks.
 
     Operations: :meth:`mv` / ``@``, :meth:`inverse_mv` (natural-gradient steps), :meth:`diag`,
     :meth:`trace`, :meth:`eigenvalues`, :meth:`logdet`, :meth:`effective_dimension`, :meth:`dense`.
@@ -96,48 +72,42 @@ class EKFAC(BlockApproximation):
         self._build(KFAC(model, data, **operator_kwargs))
 
     @classmethod
-    def from_operator(cls, operator: FisherOperator) -> EKFAC:
+    def from_operator(cls, operator: Any) -> EKFAC:
+        """EKFAC of an existing :class:`~memspace.fisher.FisherOperator` (its K-FAC first)."""
         return cls.from_kfac(KFAC.from_operator(operator))
 
     @classmethod
     def from_kfac(cls, kfac: KFAC) -> EKFAC:
+        """EKFAC in the eigenbasis of ``kfac``'s factors (one more pass over the data)."""
         obj = cls.__new__(cls)
         obj._build(kfac)
         return obj
 
     def _build(self, kfac: KFAC) -> None:
-        operator = self.operator = kfac.operator
-        self.space = kfac.space
+        self.parts = parts = kfac.parts
+        dp = parts.data_pass
         self.fallback_diag = dict(kfac.fallback_diag)
         self.blocks: list[EigenBlock] = []
-        by_module: dict[str, EigenBlock] = {}
+        modules = dict(dp.model.named_modules())
+        by_module: dict[int, EigenBlock] = {}
         for block in kfac.blocks:
             u_g, u_a = _basis(block)
             eigen = EigenBlock(block.module_name, block.weight_name, block.bias_name, u_g, u_a,
                                torch.zeros(u_g.shape[0], u_a.shape[0], dtype=u_g.dtype, device=u_g.device))
             self.blocks.append(eigen)
-            by_module[block.module_name] = eigen
-        names = {id(m): n for n, m in operator.model.named_modules()}
-        with operator._collective.guard():
+            by_module[id(modules[block.module_name])] = eigen
+        with dp.guard():
             count = 0
-            for batch in operator.tapped_batches():
-                for column in batch.column_grads():
-                    for tap, tap_grads in zip(batch.taps, column):
-                        block = by_module.get(names[id(tap.module)])
-                        if block is None or not tap.inputs:
-                            continue
-                        tap_grads = [torch.zeros_like(o) if g is None else g for g, o in zip(tap_grads, tap.outputs)]
-                        block.eigenvalues += _rotated_squares(tap, tap_grads, block)
-                count += operator.call.num_samples(batch.inputs)
-            num = operator._reduce(torch.tensor(float(count), dtype=torch.float64)).item()
+            for x, _, _ in parts.collector.collect(RotatedSquares(by_module)):
+                count += dp.call.num_samples(x)
+            num = dp.count(count)
             for block in self.blocks:
-                block.eigenvalues = operator._reduce(block.eigenvalues) / num
+                block.eigenvalues = dp.reduce(block.eigenvalues) / num
 
     # ----------------------------------------------------------- products
-    def _apply(self, v: Vector, scale) -> Vector:
+    def _apply(self, v: Vector, scale: Callable[[Tensor], Tensor]) -> Vector:
         """U_G (scale(s) ∘ (U_Gᵀ V̄ U_A)) U_Aᵀ per block, ``scale(d) ∘ v`` on the fallback."""
-        op = self.operator
-        parts = op._to_device(v, "v")
+        parts = self.parts.data_pass.to_device(v, "v")
         out: dict[str, Tensor] = {}
         for block in self.blocks:
             columns = []

@@ -19,7 +19,6 @@ Fallback: parameters of any other layer get their exact Fisher *diagonal* block
 
 from __future__ import annotations
 
-from .._errors import MemspaceError
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,8 +26,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from ._taps import LayerTap
-from .operator import FisherOperator, Vector
+from .._errors import MemspaceError
+from ._collect import FisherParts, fisher_parts
+from ._pass import Vector
+from ._statistics import KroneckerSums
 
 __all__ = ["BlockApproximation", "KFAC", "KroneckerBlock"]
 
@@ -45,10 +46,10 @@ class KroneckerBlock:
 
     def eigenvalues(self) -> Tensor:
         """All eigenvalues of G ⊗ A restricted to the selected parameters, [O·(I+1)]."""
-        a = self._selected_input_factor()
+        a = self.selected_input_factor()
         return torch.outer(torch.linalg.eigvalsh(self.grad_factor), torch.linalg.eigvalsh(a)).flatten()
 
-    def _selected_input_factor(self) -> Tensor:
+    def selected_input_factor(self) -> Tensor:
         """A, or its 1×1 bias corner when only the bias is selected.
 
         The bias row/column of ones is present exactly when the bias is selected.
@@ -56,64 +57,49 @@ class KroneckerBlock:
         return self.input_factor[-1:, -1:] if self.weight_name is None else self.input_factor
 
 
-def _input_covariance(tap: LayerTap, max_elements: int = 1 << 24) -> Tensor:
-    """Σ_n Σ_t ā ā ᵀ / T over the calls of one tapped layer, [I(+1), I(+1)].
-
-    A convolution's patches are unfolded a chunk of samples at a time (at most ``max_elements``
-    entries): ResNet-18's first stage alone would unfold to 128 × 576 × 1024 entries per layer.
-    """
-    total, positions = None, 0
-    for call in range(len(tap.inputs)):
-        if tap.is_conv:
-            a = tap.inputs[call]
-            per_sample = tap.features_of(a[:1], call).numel()
-            chunk = max(1, max_elements // max(1, per_sample))
-            parts = [tap.features_of(a[start : start + chunk], call) for start in range(0, len(a), chunk)]
-        else:
-            parts = [tap.features(call)]
-        for cols in parts:  # [n, I, T]
-            rows = _positions_as_rows(cols)
-            cov = rows.T @ rows
-            if tap.bias_name is not None:
-                sums = cols.sum(dim=(0, 2))
-                count = torch.full((1, 1), float(cols.shape[0] * cols.shape[2]), dtype=cols.dtype, device=cols.device)
-                cov = torch.cat([torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0)
-            total = cov if total is None else total + cov
-        positions += parts[0].shape[2]
-    return total / positions
-
-
-def _output_grad_covariance(tap: LayerTap, grad: Tensor, call: int) -> Tensor:
-    """Σ_n Σ_t g gᵀ of one call's output gradients, [O, O]."""
-    rows = _positions_as_rows(tap.output_grads(grad, call))
-    return rows.T @ rows
-
-
-def _add(sums: dict, key: Any, value: Tensor) -> None:
-    """sums[key] += value, starting from value."""
-    sums[key] = value if key not in sums else sums[key] + value
-
-
-def _positions_as_rows(cols: Tensor) -> Tensor:
-    """[N, F, T] columns as [N·T, F] rows, so that Σ_n Σ_t c cᵀ is one matrix product.
-
-    (A batched product would first form N matrices [F, F]: for ResNet-18's last convolutions,
-    128 × 4608² entries, 11 GB.)
-    """
-    return cols[:, :, 0] if cols.shape[2] == 1 else cols.transpose(1, 2).reshape(-1, cols.shape[1])
-
-
 class BlockApproximation:
     """What K-FAC and EKFAC share: a block per tapped layer over the stacked [W, b] of shape
     [O, I'], the exact diagonal elsewhere, and every eigenvalue known (subclasses give
-    ``space``, ``operator``, :meth:`mv` and :meth:`eigenvalues`)."""
+    ``blocks``, :meth:`mv` and :meth:`eigenvalues`).
 
-    space: Any
-    operator: FisherOperator
+    Attributes:
+        parts: the data pass, collector and per-sample Jacobians it was built from
+            (:func:`memspace.fisher._collect.fisher_parts`); ``data_pass.space`` is its parameter space.
+        fallback_diag: the exact Fisher diagonal [p] of each parameter no block covers.
+    """
+
+    parts: FisherParts
     fallback_diag: dict[str, Tensor]
+
+    @property
+    def space(self) -> Any:
+        """The parameter space θ (names, shapes, layout)."""
+        return self.parts.data_pass.space
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(P, P), P the number of selected parameters."""
+        return (self.space.numel, self.space.numel)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.parts.data_pass.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.parts.data_pass.device
+
+    @property
+    def num_data(self) -> int:
+        """N, the number of data points the factors were averaged over."""
+        return self.parts.data_pass.num_data
 
     def __matmul__(self, v: Vector) -> Vector:
         return self.mv(v)
+
+    def __repr__(self) -> str:
+        return (f"{type(self).__name__}({len(self.blocks)} blocks, {len(self.fallback_diag)} parameters on the "
+                f"exact diagonal, P={self.space.numel})")
 
     def _scatter(self, block: Any, matrix: Tensor, out: dict[str, Tensor]) -> None:
         """Split a block's [O, I'] matrix into its weight and bias entries of ``out``."""
@@ -143,118 +129,73 @@ class BlockApproximation:
     def dense(self) -> Tensor:
         """The approximation as a dense [P, P] matrix (small models, tests)."""
         dim = self.space.numel
-        eye = torch.eye(dim, dtype=self.operator.dtype, device=self.operator.device)
+        eye = torch.eye(dim, dtype=self.dtype, device=self.device)
         return torch.stack([self.mv(eye[:, j]) for j in range(dim)], dim=1)
 
 
 class KFAC(BlockApproximation):
-    """K-FAC approximation of a :class:`FisherOperator` (same kinds and likelihoods).
+    """K-FAC approximation of a Fisher operator (same kinds, likelihoods and memory modes).
 
-    Build it with ``KFAC(model, data, **operator_kwargs)`` or ``F.kfac()``. The factors
-    are computed once, in one streaming pass: a forward with layer taps and one
-    backward per output-Fisher column, requesting no weight gradients.
+    Build it with ``KFAC(model, data, **operator_kwargs)`` (the options of
+    :class:`~memspace.fisher.FisherOperator`) or ``F.kfac()``. The factors are computed once, in
+    one streaming pass of the operator's collector: with ``memory="fast"`` a forward with layer taps
+    and one backward per output-Fisher column, requesting no weight gradients; with ``memory="low"``
+    one probe forward and backward per column, each layer's factors taken as its gradients arrive.
 
     Operations: :meth:`mv` / ``@``, :meth:`diag`, :meth:`trace`, :meth:`eigenvalues`,
     :meth:`logdet`, :meth:`effective_dimension`, :meth:`dense`.
     """
 
     def __init__(self, model: nn.Module, data: Any, **operator_kwargs: Any):
-        self._build(FisherOperator(model, data, **operator_kwargs))
+        operator_kwargs.pop("max_dense_bytes", None)  # a dense matrix of K-FAC is built from its products
+        self._build(fisher_parts(model, data, **operator_kwargs))
 
     @classmethod
-    def from_operator(cls, operator: FisherOperator) -> KFAC:
-        """K-FAC of an existing operator (shares its model, data, kind and seed)."""
+    def from_operator(cls, operator: Any) -> KFAC:
+        """K-FAC of an existing :class:`~memspace.fisher.FisherOperator` (shares its model, data,
+        kind, seed, memory mode and plan of the taps)."""
         obj = cls.__new__(cls)
-        obj._build(operator)
+        obj._build(FisherParts(operator.data_pass, operator.collector, operator.jacobians))
         return obj
 
     # ------------------------------------------------------------------ build
-    def _build(self, operator: FisherOperator) -> None:
-        with operator._collective.guard():
-            self._accumulate(operator)
+    def _build(self, parts: FisherParts) -> None:
+        self.parts = parts
+        with parts.data_pass.guard():
+            self._accumulate(parts)
 
-    def _accumulate(self, operator: FisherOperator) -> None:
-        self.operator = operator
-        self.space = operator.space
+    def _accumulate(self, parts: FisherParts) -> None:
+        dp = parts.data_pass
+        sums = KroneckerSums()
+        fallback: dict[str, Tensor] = {}
+        count = 0
+        for x, factors, names in parts.collector.collect(sums):
+            for name, sq in parts.jacobians.diag_sums(names, x, factors).items():
+                fallback[name] = sq if name not in fallback else fallback[name] + sq
+            count += dp.call.num_samples(x)
+        num = dp.count(count)
         self.blocks: list[KroneckerBlock] = []
         self.fallback_diag: dict[str, Tensor] = {}
-        dtype, device = operator.dtype, operator.device
-        inputs: dict[int, Tensor] = {}
-        grads: dict[int, Tensor] = {}
-        fallback: dict[str, Tensor] = {}
-        one_pass = self._probe_pass if operator.memory == "low" else self._tapped_pass
-        taps, count = one_pass(operator, inputs, grads, fallback)
-        num = operator._reduce(torch.tensor(float(count), dtype=torch.float64)).item()
-        operator._num_data = int(num)
-        prefix_of = {id(m): n for n, m in operator.model.named_modules()}
-        for i, tap in enumerate(taps):
-            if i not in inputs:  # never ran: a zero block, kept as a zero diagonal
+        prefix_of = {id(m): n for n, m in dp.model.named_modules()}
+        for tap in parts.collector.tap_plan().taps:
+            key = id(tap.module)
+            if key not in sums.inputs:  # never ran: a zero block, kept as a zero diagonal
                 for name in (tap.weight_name, tap.bias_name):
                     if name:
                         self.fallback_diag[name] = torch.zeros(
-                            self.space.sizes[self.space.names.index(name)], dtype=dtype, device=device)
+                            self.space.sizes[self.space.names.index(name)], dtype=dp.dtype, device=dp.device)
                 continue
             out_features = tap.module.weight.shape[0]
-            g = grads.get(i, torch.zeros(out_features, out_features, dtype=dtype, device=device))
-            block = KroneckerBlock(
+            g = sums.grads.get(key, torch.zeros(out_features, out_features, dtype=dp.dtype, device=dp.device))
+            self.blocks.append(KroneckerBlock(
                 module_name=prefix_of[id(tap.module)],
                 weight_name=tap.weight_name,
                 bias_name=tap.bias_name,
-                input_factor=operator._reduce(inputs[i]) / num,
-                grad_factor=operator._reduce(g) / num,
-            )
-            self.blocks.append(block)
+                input_factor=dp.reduce(sums.inputs[key]) / num,
+                grad_factor=dp.reduce(g) / num,
+            ))
         for name, value in fallback.items():
-            self.fallback_diag[name] = operator._reduce(value) / num
-        self._eig_cache: dict[int, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
-
-    @staticmethod
-    def _tapped_pass(operator: FisherOperator, inputs: dict[int, Tensor], grads: dict[int, Tensor],
-                     fallback: dict[str, Tensor]) -> tuple[list[LayerTap], int]:
-        """Sums of A, G (per tap index) and the fallback diagonal over the data, the fast way: one
-        tapped forward per batch, one backward per output-Fisher column. Returns (taps, N)."""
-        taps: list[LayerTap] = []
-        count = 0
-        for batch in operator.tapped_batches():
-            taps = batch.taps
-            for i, tap in enumerate(batch.taps):
-                if not tap.inputs:  # the layer did not run in this batch
-                    continue
-                _add(inputs, i, _input_covariance(tap))
-                tap.drop_features()  # unfolded patches are the largest temporaries: one layer's at a time
-            for column in batch.column_grads():
-                for i, (tap, tap_grads) in enumerate(zip(batch.taps, column)):
-                    for call, g in enumerate(tap_grads):
-                        if g is not None:
-                            _add(grads, i, _output_grad_covariance(tap, g, call))
-            for name, sq in operator.fallback_diag_sums(batch.fallback, batch.inputs, batch.factors).items():
-                _add(fallback, name, sq)
-            count += operator.call.num_samples(batch.inputs)
-        return taps, count
-
-    @staticmethod
-    def _probe_pass(operator: FisherOperator, inputs: dict[int, Tensor], grads: dict[int, Tensor],
-                    fallback: dict[str, Tensor]) -> tuple[list[LayerTap], int]:
-        """:meth:`_tapped_pass` at about a gradient's memory (``memory="low"``): each layer's A and G
-        are taken in a backward hook as its output gradients arrive, and its input is freed then
-        (:meth:`FisherOperator.probe_columns`)."""
-        plan = operator.tap_plan()
-        index = {id(tap): i for i, tap in enumerate(plan.taps)}
-
-        def complete(tap: LayerTap, tap_grads: list[Tensor], column: int) -> None:
-            i = index[id(tap)]
-            if column == 0:
-                _add(inputs, i, _input_covariance(tap))
-                tap.drop_features()
-            for call, g in enumerate(tap_grads):
-                _add(grads, i, _output_grad_covariance(tap, g, call))
-
-        count = 0
-        for x, factors in operator.probe_columns(complete):
-            for name, sq in operator.fallback_diag_sums(plan.fallback, x, factors).items():
-                _add(fallback, name, sq)
-            count += operator.call.num_samples(x)
-        return plan.taps, count
+            self.fallback_diag[name] = dp.reduce(value) / num
 
     # ----------------------------------------------------------- products
     def mv(self, v: Vector) -> Vector:
@@ -263,9 +204,8 @@ class KFAC(BlockApproximation):
         Per block G V̄ A with V̄ = [V_w, v_b], computed as G (V_w A_{w,:} + v_b A_{b,:})
         so that V̄ is never assembled.
         """
-        op = self.operator
-        parts = op._to_device(v, "v")
-        flat = torch.empty(self.space.numel, dtype=op.dtype, device=op.device)
+        parts = self.parts.data_pass.to_device(v, "v")
+        flat = torch.empty(self.space.numel, dtype=self.dtype, device=self.device)
         out = self.space.to_dict(flat)  # views into ``flat``: results are written in place
         for block in self.blocks:
             a, g = block.input_factor, block.grad_factor
@@ -291,15 +231,15 @@ class KFAC(BlockApproximation):
         """diag(G) ⊗ diag(A) per block, the fallback diagonal elsewhere; flat [P]."""
         out: dict[str, Tensor] = {}
         for block in self.blocks:
-            a = block._selected_input_factor()
+            a = block.selected_input_factor()
             self._scatter(block, torch.outer(block.grad_factor.diagonal(), a.diagonal()), out)
         return self._flat_with_fallback(out)
 
     def trace(self) -> Tensor:
         """Σ_l tr(G_l) tr(A_l) + Σ fallback diagonal."""
         total = sum(
-            (b.grad_factor.trace() * b._selected_input_factor().trace() for b in self.blocks),
-            start=torch.zeros((), dtype=self.operator.dtype, device=self.operator.device),
+            (b.grad_factor.trace() * b.selected_input_factor().trace() for b in self.blocks),
+            start=torch.zeros((), dtype=self.dtype, device=self.device),
         )
         for d in self.fallback_diag.values():
             total = total + d.sum()

@@ -8,7 +8,9 @@
   (scipy's ``eigsh`` on a ``LinearOperator``).
 
 All work in float64 numpy on the host; a product callback maps a numpy vector [P] to
-a numpy vector [P].
+a numpy vector [P]. :func:`trace`, :func:`eigh` and :func:`spectral_density` take instead any
+operator with ``mv`` (a torch vector [P] to [P]) and ``shape`` (P, P): a
+:class:`~memspace.fisher.FisherOperator`, K-FAC, EKFAC, or one of the user's own.
 """
 
 from __future__ import annotations
@@ -16,20 +18,72 @@ from __future__ import annotations
 from .._errors import MemspaceError
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Protocol
+
+import torch
 
 import numpy as np
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
 
 __all__ = [
+    "LinearOperatorLike",
     "SpectralDensity",
+    "eigh",
     "hutchpp",
+    "numpy_matvec",
+    "spectral_density",
+    "trace",
     "lanczos",
     "stochastic_lanczos_quadrature",
     "top_eigenpairs",
 ]
 
 Matvec = Callable[[np.ndarray], np.ndarray]
+
+
+class LinearOperatorLike(Protocol):
+    """A symmetric operator given by its product: ``mv`` maps a torch vector [P] to [P]."""
+
+    shape: tuple[int, int]
+
+    def mv(self, v: torch.Tensor) -> Any: ...
+
+
+def numpy_matvec(operator: LinearOperatorLike) -> Matvec:
+    """``operator.mv`` as a float64 numpy product (vectors cast to the operator's dtype and device,
+    when it has them; float64 on the CPU otherwise)."""
+    dtype = getattr(operator, "dtype", torch.float64)
+    device = getattr(operator, "device", "cpu")
+
+    def matvec(v: np.ndarray) -> np.ndarray:
+        t = torch.as_tensor(np.ascontiguousarray(v).ravel(), dtype=dtype, device=device)
+        return operator.mv(t).detach().cpu().double().numpy()
+
+    return matvec
+
+
+def trace(operator: LinearOperatorLike, num_matvecs: int = 30, seed: int = 0) -> torch.Tensor:
+    """tr A by Hutch++ with ``num_matvecs`` products of ``operator`` (:func:`hutchpp`), float64 scalar."""
+    value = hutchpp(numpy_matvec(operator), operator.shape[0], num_matvecs, seed)
+    return torch.tensor(value, dtype=torch.float64)
+
+
+def eigh(operator: LinearOperatorLike, k: int = 1, tol: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Top-k eigenpairs of ``operator`` by ARPACK (:func:`top_eigenpairs`).
+
+    Returns:
+        ``(eigenvalues [k] descending, eigenvectors [P, k])`` in float64.
+    """
+    values, vectors = top_eigenpairs(numpy_matvec(operator), operator.shape[0], k, tol=tol, seed=seed)
+    return torch.from_numpy(values.copy()), torch.from_numpy(vectors.copy())
+
+
+def spectral_density(operator: LinearOperatorLike, num_probes: int = 8, steps: int = 40,
+                     seed: int = 0) -> SpectralDensity:
+    """The spectral density of ``operator`` by stochastic Lanczos quadrature (``num_probes × steps``
+    products; :func:`stochastic_lanczos_quadrature`)."""
+    return stochastic_lanczos_quadrature(numpy_matvec(operator), operator.shape[0], num_probes, steps, seed)
 
 
 def _rademacher(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:

@@ -138,7 +138,7 @@ def test_recurrent_float32_runs_and_agrees_with_float64(cell):
     torch.testing.assert_close((F32 @ v).double(), F64 @ v.double(), rtol=1e-5, atol=1e-7)
     torch.testing.assert_close(F32.diag().double(), F64.diag(), rtol=1e-5, atol=1e-7)
     assert F32.eigh(2)[0][0] == pytest.approx(float(F64.eigh(2)[0][0]), rel=1e-5)
-    assert F32._vmap_failure is not None  # the recurrent layers took the per-sample loop
+    assert F32.jacobian_fallback is not None  # the recurrent layers took the per-sample loop
 
 
 def test_default_kernels_are_restored_after_a_pass():

@@ -1,0 +1,444 @@
+"""Collectors: one pass over the data that hands each tapped layer's statistics to whoever asks.
+
+The diagonal, K-FAC and EKFAC need, per batch and per output-Fisher column s_k, each tapped
+layer's input a and output gradient g_k = ∂(s_kᵀ f)/∂(layer output), never a weight gradient.
+A collector streams the data, plans and checks the taps (:class:`TapPlan`) and calls a
+:class:`LayerStatistic` layer by layer; the memory mode is chosen once, as the collector's class:
+
+- :class:`FastCollector` (``memory="fast"``): one forward with taps per batch, one backward per
+  column to the layers' outputs; the taps are planned and verified inside the first batch's pass.
+- :class:`LowMemoryCollector` (``memory="low"``): per column a forward in which each tap adds a
+  zero probe to its output, and one backward to the probes; a layer's statistic is taken in its
+  backward hook and its input freed then, so the peak is about a gradient's.
+
+Every parameter that no verified tap covers is listed in the plan's ``fallback`` and gets the
+exact per-sample treatment of :mod:`._jacobians` from the caller (never dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from .._errors import MemspaceError
+from .._model_call import sample_axes_by_probe
+from .._params import shared_parameters
+from ._jacobians import PerSampleJacobians
+from ._pass import DataPass
+from ._taps import LayerTap, check_tap_layout, is_tappable, summed_weight_grads
+
+__all__ = ["Collector", "FastCollector", "FisherParts", "LayerStatistic", "LowMemoryCollector", "TapPlan",
+           "TappedBatch", "fisher_parts", "make_collector"]
+
+
+@dataclass
+class TapPlan:
+    """Which selected parameters take the layer-tap shortcut, found on the first batch.
+
+    Attributes:
+        taps: verified taps (sample axis per call known, parameters owned by the layer
+            alone, every use of them inside the layer's calls).
+        fallback: selected parameter names handled by exact per-sample Jacobians.
+        reasons: for each tappable layer whose parameters fell back, why.
+    """
+
+    taps: list[LayerTap]
+    fallback: list[str]
+    reasons: dict[str, str]
+
+    def __repr__(self) -> str:
+        return (f"TapPlan({len(self.taps)} tapped layers, {len(self.fallback)} parameters on the exact path"
+                + (f", refused: {self.reasons}" if self.reasons else "") + ")")
+
+
+@dataclass
+class TappedBatch:
+    """One batch after a forward with layer taps, ready for per-column backward passes.
+
+    Attributes:
+        outputs: model outputs [N, D] (in the graph).
+        factors: output-Fisher columns [K, N, D] (Λ̂ = Σ_k s_k s_kᵀ).
+        taps: the verified taps.
+        fallback: selected parameter names not covered by a tap.
+        inputs: the batch inputs (for the fallback's per-sample Jacobians).
+    """
+
+    outputs: Tensor
+    factors: Tensor
+    taps: list[LayerTap]
+    fallback: list[str]
+    inputs: Tensor
+
+    def column_grads(self) -> Iterator[list[list[Tensor | None]]]:
+        """For each column s_k, the gradients of s_kᵀf w.r.t. each tap's outputs.
+
+        Only gradients with respect to layer outputs are requested, so autograd skips
+        every weight-gradient product.
+        """
+        flat = [out for tap in self.taps for out in tap.outputs]
+        num = self.factors.shape[0]
+        for k in range(num):
+            if not flat:
+                yield []
+                continue
+            grads = torch.autograd.grad(self.outputs, flat, self.factors[k], retain_graph=k < num - 1,
+                                        allow_unused=True)
+            it = iter(grads)
+            yield [[next(it) for _ in tap.outputs] for tap in self.taps]
+
+
+class LayerStatistic(Protocol):
+    """What a collector feeds, layer by layer (:mod:`._statistics`)."""
+
+    def column(self, tap: LayerTap, grads: list[Tensor], column: int) -> None:
+        """One output-Fisher column's output gradients of ``tap`` (one per call; the inputs are recorded)."""
+
+    def flush(self, tap: LayerTap) -> None:
+        """The layer's columns so far are all given; its inputs are still recorded."""
+
+
+class Collector:
+    """A pass over the data that plans the taps and feeds a :class:`LayerStatistic` (module doc)."""
+
+    memory = "fast"
+
+    def __init__(self, data_pass: DataPass):
+        self.data_pass = data_pass
+        self.plan: TapPlan | None = None
+
+    def tap_plan(self) -> TapPlan:
+        """The verified :class:`TapPlan` (computed on the first batch, then kept)."""
+        raise NotImplementedError
+
+    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+        """Feed ``statistic`` every tapped layer's columns; yield (inputs, factors [K, N, D], fallback
+        names) after each batch, for the caller's exact per-sample part."""
+        raise NotImplementedError
+
+    # ----------------------------------------------------------- planning
+    def _candidates(self) -> list[LayerTap]:
+        """A tap for every layer a rule covers with a selected parameter (not yet verified)."""
+        dp = self.data_pass
+        selected = set(dp.space.names)
+        taps: list[LayerTap] = []
+        for prefix, module in dp.model.named_modules():
+            if not is_tappable(module):
+                continue
+            names = {attr: f"{prefix}.{attr}" if prefix else attr for attr in ("weight", "bias")}
+            weight = names["weight"] if names["weight"] in selected else None
+            bias = names["bias"] if module.bias is not None and names["bias"] in selected else None
+            if weight or bias:
+                taps.append(LayerTap(module, weight, bias))
+        return taps
+
+    def plan_taps(self, x: Tensor) -> tuple[list[LayerTap], dict[str, str]]:
+        """Static checks and the sample-axis probe: the candidate taps, and why the others were refused."""
+        dp = self.data_pass
+        shared = shared_parameters(dp.model)
+        leaves, others = dp.parameters()
+        params = {**others, **{n: t.detach() for n, t in leaves.items()}}
+        candidates = self._candidates()
+        axes = sample_axes_by_probe(lambda xx: dp.forward(params, xx, check=False), x, dp.call,
+                                    [tap.module for tap in candidates])
+        kept, reasons = [], {}
+        for tap, tap_axes in zip(candidates, axes):
+            names = [n for n in (tap.weight_name, tap.bias_name) if n]
+            owners = next((shared[n] for n in names if n in shared), None)
+            why = (f"its parameter is shared with {', '.join(owners)}" if owners
+                   else check_tap_layout(tap.module, tap_axes))
+            if why:
+                reasons[dp.module_name(tap.module)] = why
+                continue
+            tap.sample_axes = [a for a, _ in tap_axes]
+            kept.append(tap)
+        return kept, reasons
+
+    def taps_accounting_for(self, taps: list[LayerTap], leaves: dict[str, Tensor],
+                            direct: dict[str, Tensor | None], summed: dict[str, Tensor],
+                            reasons: dict[str, str]) -> list[LayerTap]:
+        """The taps whose batch-summed gradients (``summed``) equal autograd's (``direct``) for every
+        parameter they cover; the others get their reason in ``reasons``."""
+        kept = []
+        for tap in taps:
+            good = True
+            for name in (tap.weight_name, tap.bias_name):
+                if not name:
+                    continue
+                ref = direct.get(name)
+                ref = torch.zeros_like(leaves[name]) if ref is None else ref
+                mine = summed[name].reshape(ref.shape) if name in summed else torch.zeros_like(ref)
+                scale = max(float(ref.norm()), float(mine.norm()))
+                good &= float((ref - mine).norm()) <= torch.finfo(ref.dtype).eps ** 0.5 * scale + 1e-30
+            if good:
+                kept.append(tap)
+            else:
+                reasons[self.data_pass.module_name(tap.module)] = (
+                    "its parameters are used outside its own calls (a functional use such as attention's, "
+                    "or a tied layer)")
+        return kept
+
+    def make_plan(self, taps: list[LayerTap], reasons: dict[str, str]) -> TapPlan:
+        """The plan of the verified ``taps``: every selected parameter they do not cover is a fallback."""
+        covered = {n for tap in taps for n in (tap.weight_name, tap.bias_name) if n}
+        plan = TapPlan(taps, [n for n in self.data_pass.space.names if n not in covered], reasons)
+        self._check_plans_agree(plan)
+        return plan
+
+    def _check_plans_agree(self, plan: TapPlan) -> None:
+        """With sharded data every rank must tap the same layers, or the reductions would pair unlike sums."""
+        dp = self.data_pass
+        collective = dp.collective
+        if not collective.active:
+            return
+        mine = torch.tensor([float(dp.space.numel), float(len(plan.taps)), float(len(plan.fallback))],
+                            dtype=torch.float64)
+        total = dp.reduce(mine.clone())
+        if not torch.equal(total, mine * collective.world):
+            raise MemspaceError(
+                f"rank {collective.rank}: the ranks disagree on the parameters or the layer taps (this rank: "
+                f"{int(mine[0])} parameters, {int(mine[1])} taps, {len(plan.fallback)} on the exact path; "
+                f"sums over ranks {total.tolist()}): give every rank the same model and params=")
+
+    def probe_forward(self, x: Tensor, params: dict[str, Tensor], taps: list[LayerTap],
+                      complete: Callable[[LayerTap, list[Tensor]], None]) -> tuple[Tensor, list[Tensor]]:
+        """A forward in which each tap keeps its layer's input and adds a zero probe to its output.
+
+        Returns (outputs, probes). A backward to the probes (no parameter needs to require a
+        gradient) calls ``complete(tap, output gradients per call)`` as soon as a layer's gradients
+        have all arrived, then frees that layer's inputs: activations go as the backward proceeds.
+        """
+        probes: list[Tensor] = []
+        handles = [tap.module.register_forward_hook(_ProbeTap(tap, probes, complete)) for tap in taps]
+        try:
+            for tap in taps:
+                tap.clear()
+            outputs = self.data_pass.forward(params, x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return outputs, probes
+
+
+class FastCollector(Collector):
+    """``memory="fast"``: one tapped forward per batch, one backward per output-Fisher column."""
+
+    memory = "fast"
+
+    def tap_plan(self) -> TapPlan:
+        if self.plan is None:
+            for _ in self.tapped_batches():
+                break
+        return self.plan
+
+    def tapped_batches(self) -> Iterator[TappedBatch]:
+        """Stream batches through a forward that taps every verified layer.
+
+        On the first batch of the first pass the taps are planned and verified (:class:`TapPlan`).
+
+        Raises:
+            MemspaceError: when a later batch runs a tapped layer differently from the
+                first (another number of calls, or no sample axis of the batch's size).
+        """
+        dp = self.data_pass
+        leaves, others = dp.parameters()
+        plan = self.plan
+        for index, (x, y) in enumerate(dp.data):
+            if plan is None:
+                taps, reasons = self.plan_taps(x)
+            else:
+                taps = plan.taps
+            for tap in taps:
+                tap.clear()
+            handles = [tap.module.register_forward_hook(tap.hook) for tap in taps]
+            try:
+                outputs = dp.forward({**others, **leaves}, x)
+            finally:
+                for handle in handles:
+                    handle.remove()
+            factors = dp.factors(outputs, y, index)
+            if plan is None:
+                taps = self._verify_taps(taps, leaves, outputs, factors, reasons)
+                plan = self.plan = self.make_plan(taps, reasons)
+            num = dp.call.num_samples(x)
+            for tap in taps:
+                expected = len(tap.sample_axes or [])
+                if len(tap.inputs) != expected or any(a.shape[0] != num for a in tap.inputs):
+                    raise MemspaceError(
+                        f"layer {dp.module_name(tap.module)} ran {len(tap.inputs)} time(s) in batch {index} with "
+                        f"inputs {[tuple(a.shape) for a in tap.inputs]} (sample axis first), unlike the first batch "
+                        f"({expected} call(s)); its per-sample shortcut does not apply: pass params= without it"
+                    )
+            yield TappedBatch(outputs, factors, taps, plan.fallback, x)
+
+    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+        for batch in self.tapped_batches():
+            ran = [tap for tap in batch.taps if tap.inputs]  # a layer that did not run has zero Fisher
+            for k, grads in enumerate(batch.column_grads()):
+                for tap, tap_grads in zip(batch.taps, grads):
+                    if tap.inputs:
+                        statistic.column(tap, _zeros_for_unused(tap, tap_grads), k)
+            for tap in ran:
+                statistic.flush(tap)
+            yield batch.inputs, batch.factors, batch.fallback
+
+    def _verify_taps(self, taps: list[LayerTap], leaves: dict[str, Tensor], outputs: Tensor,
+                     factors: Tensor, reasons: dict[str, str]) -> list[LayerTap]:
+        """Keep the taps whose calls account for the whole gradient of their parameters.
+
+        One random combination r of the output-Fisher columns is back-propagated twice:
+        to the parameters (autograd, every use) and to the taps' outputs (the shortcut's
+        view, Σ_n per-sample gradients). A parameter also used outside its module's calls
+        (attention's functional form, a tied layer) makes the two differ.
+        """
+        r = self.data_pass.random_column_mix(factors)
+        names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
+        if not names:
+            return taps
+        direct = torch.autograd.grad(outputs, [leaves[n] for n in names], r, retain_graph=True, allow_unused=True)
+        direct = dict(zip(names, direct))
+        flat = [out for tap in taps for out in tap.outputs]
+        via = iter(torch.autograd.grad(outputs, flat, r, retain_graph=True, allow_unused=True) if flat else [])
+        summed: dict[str, Tensor] = {}
+        for tap in taps:
+            grads = _zeros_for_unused(tap, [next(via) for _ in tap.outputs])
+            if grads:
+                _keep_sums(tap, grads, summed)
+        return self.taps_accounting_for(taps, leaves, direct, summed, reasons)
+
+
+class LowMemoryCollector(Collector):
+    """``memory="low"``: K probe forwards per batch, each with one backward (a gradient's memory)."""
+
+    memory = "low"
+
+    def tap_plan(self) -> TapPlan:
+        if self.plan is None:
+            self.plan = self._low_memory_plan()
+        return self.plan
+
+    def _low_memory_plan(self) -> TapPlan:
+        """The taps' check at a gradient's memory: one backward of rᵀf reaches the parameters
+        (autograd, every use) and, through zero probes, each tap's output, whose batch-summed
+        weight gradient a hook forms and compares as it arrives (no graph kept, no per-sample
+        gradients)."""
+        dp = self.data_pass
+        x, y = next(iter(dp.data))
+        taps, reasons = self.plan_taps(x)
+        leaves, others = dp.parameters()
+        summed: dict[str, Tensor] = {}
+        outputs, probes = self.probe_forward(x, {**others, **leaves}, taps,
+                                             lambda tap, grads: _keep_sums(tap, grads, summed))
+        r = dp.random_column_mix(dp.factors(outputs.detach(), y, 0))
+        names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
+        direct = dict(zip(names, torch.autograd.grad(outputs, [leaves[n] for n in names] + probes, r,
+                                                     allow_unused=True)[: len(names)])) if names else {}
+        del outputs
+        for tap in taps:
+            tap.clear()
+        return self.make_plan(self.taps_accounting_for(taps, leaves, direct, summed, reasons), reasons)
+
+    def probe_columns(self, complete: Callable[[LayerTap, list[Tensor], int], None]) -> Iterator[tuple[Tensor, Tensor]]:
+        """Per batch and output-Fisher column s_k, a probe forward and one backward of s_kᵀf to the
+        probes, with ``complete(tap, grads, k)`` called layer by layer. Yields (inputs, factors
+        [K, N, D]) after each batch. K columns cost K forwards (the fast path: one forward, K backwards).
+        """
+        dp = self.data_pass
+        plan = self.tap_plan()
+        others = {n: p.detach() for n, p in dp.model.named_parameters()}
+        for index, (x, y) in enumerate(dp.data):
+            factors = None
+            column = 0
+            while factors is None or column < factors.shape[0]:
+                outputs, probes = self.probe_forward(
+                    x, others, plan.taps, lambda tap, grads, k=column: complete(tap, grads, k))
+                if factors is None:
+                    factors = dp.factors(outputs.detach(), y, index)
+                if probes:
+                    torch.autograd.grad(outputs, probes, factors[column], allow_unused=True)
+                del outputs, probes
+                column += 1
+            for tap in plan.taps:
+                tap.clear()
+            yield x, factors
+
+    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+        plan = self.tap_plan()
+
+        def complete(tap: LayerTap, grads: list[Tensor], column: int) -> None:
+            statistic.column(tap, grads, column)
+            statistic.flush(tap)  # the inputs go when the hook returns
+
+        for x, factors in self.probe_columns(complete):
+            yield x, factors, plan.fallback
+
+
+def make_collector(memory: str, data_pass: DataPass) -> Collector:
+    """The collector of a memory mode: ``"fast"`` or ``"low"``.
+
+    Raises:
+        MemspaceError: for another mode.
+    """
+    collectors = {"fast": FastCollector, "low": LowMemoryCollector}
+    if memory not in collectors:
+        raise MemspaceError(f"memory must be 'fast' or 'low', got {memory!r}")
+    return collectors[memory](data_pass)
+
+
+class FisherParts(NamedTuple):
+    """What every Fisher structure holds: the data pass, its collector and its exact per-sample Jacobians."""
+
+    data_pass: DataPass
+    collector: Collector
+    jacobians: PerSampleJacobians
+
+
+def fisher_parts(model: nn.Module, data: Any, *, memory: str = "fast", **pass_options: Any) -> FisherParts:
+    """The parts of a Fisher structure on ``model`` and ``data`` (options as :class:`DataPass`'s)."""
+    data_pass = DataPass(model, data, **pass_options)
+    return FisherParts(data_pass, make_collector(memory, data_pass), PerSampleJacobians(data_pass))
+
+
+class _ProbeTap:
+    """Forward hook of :meth:`Collector.probe_forward` for one tap (see there)."""
+
+    def __init__(self, tap: LayerTap, probes: list[Tensor], complete: Callable[[LayerTap, list[Tensor]], None]):
+        self.tap, self.probes, self.complete = tap, probes, complete
+        self.grads: dict[int, Tensor] = {}
+
+    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+        tap = self.tap
+        call = len(tap.inputs)
+        tap.inputs.append(args[0].detach().movedim(tap.axis(call), 0))
+        probe = torch.zeros((), dtype=output.dtype, device=output.device, requires_grad=True)
+        self.probes.append(probe)
+        result = output + probe
+        result.register_hook(lambda grad, call=call: self._arrived(call, grad))
+        return result
+
+    def _arrived(self, call: int, grad: Tensor) -> None:
+        self.grads[call] = grad
+        if len(self.grads) < len(self.tap.inputs):
+            return
+        grads = [self.grads[c] for c in range(len(self.tap.inputs))]
+        self.grads.clear()
+        self.complete(self.tap, grads)
+        self.tap.clear()  # the inputs go as soon as the layer is done
+
+
+def _zeros_for_unused(tap: LayerTap, grads: list[Tensor | None]) -> list[Tensor]:
+    """The output gradients of a tap's calls, zeros where an output did not reach the loss."""
+    if all(g is not None for g in grads):
+        return grads
+    return [torch.zeros_like(o) if g is None else g for g, o in zip(grads, tap.outputs)]
+
+
+def _keep_sums(tap: LayerTap, grads: list[Tensor], summed: dict[str, Tensor]) -> None:
+    """Store the tap's batch-summed weight and bias gradients in ``summed`` (the taps' check)."""
+    weight, bias = summed_weight_grads(tap, grads)
+    for name, value in ((tap.weight_name, weight), (tap.bias_name, bias)):
+        if name:
+            summed[name] = value

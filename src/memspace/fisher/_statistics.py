@@ -1,0 +1,161 @@
+"""Per-layer statistics a collector feeds (:class:`._collect.LayerStatistic`), one per structure.
+
+With a layer's features a [N, I, T] and one column's output gradients g [N, O, T]
+(:mod:`._rules`), summed over batches and output-Fisher columns k:
+
+- :class:`DiagonalSquares`: Σ_n Σ_k (Σ_t g_ntk a_ntᵀ)², the diagonal of F on the layer's weight
+  (for a rank-one layer (g_k ⊗ a)² = g_k² ⊗ a², so Σ_k g_k² is summed first and multiplied once);
+- :class:`KroneckerSums`: K-FAC's Σ_n Σ_t ā ā ᵀ / T (once per batch) and Σ_n Σ_t Σ_k g gᵀ;
+- :class:`RotatedSquares`: EKFAC's Σ_n Σ_k ((U_Gᵀ ∇W̄_nk U_A)_ij)² in a fixed eigenbasis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._taps import LayerTap, per_sample_square_sums
+
+__all__ = ["DiagonalSquares", "KroneckerSums", "RotatedSquares"]
+
+_CHUNK_ELEMENTS = 1 << 24
+"""Unfolded patches and rotated per-sample gradients are formed at most this many entries at a time."""
+
+
+class DiagonalSquares:
+    """Σ_n Σ_k (per-sample gradient)² of every tapped layer, added into ``total`` (views by name)."""
+
+    def __init__(self, total: Mapping[str, Tensor]):
+        self.total = total
+        self._pending: dict[int, Tensor] = {}
+
+    def column(self, tap: LayerTap, grads: list[Tensor], column: int) -> None:
+        if tap.rank_one:
+            g2 = grads[0].square()
+            key = id(tap)
+            self._pending[key] = g2 if key not in self._pending else self._pending[key] + g2
+            return
+        weight_sq, bias_sq = per_sample_square_sums(tap, grads)
+        if tap.weight_name:
+            self.total[tap.weight_name] += weight_sq.view_as(self.total[tap.weight_name])
+        if tap.bias_name:
+            self.total[tap.bias_name] += bias_sq
+
+    def flush(self, tap: LayerTap) -> None:
+        squares = self._pending.pop(id(tap), None)
+        if squares is None:
+            return
+        if tap.weight_name:
+            self.total[tap.weight_name].addmm_(squares.T, tap.inputs[0].square())
+        if tap.bias_name:
+            self.total[tap.bias_name] += squares.sum(0)
+
+
+class KroneckerSums:
+    """K-FAC's sums per layer (keyed by module): ``inputs`` Σ ā āᵀ/T and ``grads`` Σ g gᵀ."""
+
+    def __init__(self) -> None:
+        self.inputs: dict[int, Tensor] = {}
+        self.grads: dict[int, Tensor] = {}
+
+    def column(self, tap: LayerTap, grads: list[Tensor], column: int) -> None:
+        key = id(tap.module)
+        if column == 0:
+            _add(self.inputs, key, input_covariance(tap))
+            tap.drop_features()  # unfolded patches are the largest temporaries: one layer's at a time
+        for call, g in enumerate(grads):
+            _add(self.grads, key, output_grad_covariance(tap, g, call))
+
+    def flush(self, tap: LayerTap) -> None:
+        pass
+
+
+class RotatedSquares:
+    """EKFAC's second moments in each layer's eigenbasis, added into ``blocks[module].eigenvalues``."""
+
+    def __init__(self, blocks: Mapping[int, Any]):
+        self.blocks = blocks
+
+    def column(self, tap: LayerTap, grads: list[Tensor], column: int) -> None:
+        block = self.blocks.get(id(tap.module))
+        if block is not None:
+            block.eigenvalues += rotated_squares(tap, grads, block)
+
+    def flush(self, tap: LayerTap) -> None:
+        pass
+
+
+def input_covariance(tap: LayerTap, max_elements: int = _CHUNK_ELEMENTS) -> Tensor:
+    """Σ_n Σ_t ā ā ᵀ / T over the calls of one tapped layer, [I(+1), I(+1)].
+
+    Features are formed a chunk of samples at a time (at most ``max_elements`` entries): ResNet-18's
+    first stage alone would unfold to 128 × 576 × 1024 entries per layer.
+    """
+    total, positions = None, 0
+    for call in range(len(tap.inputs)):
+        a = tap.inputs[call]
+        per_sample = tap.features_of(a[:1], call).numel()
+        chunk = max(1, max_elements // max(1, per_sample))
+        parts = ([tap.features(call)] if chunk >= len(a)
+                 else [tap.features_of(a[start : start + chunk], call) for start in range(0, len(a), chunk)])
+        for cols in parts:  # [n, I, T]
+            rows = _positions_as_rows(cols)
+            cov = rows.T @ rows
+            if tap.bias_name is not None:
+                sums = cols.sum(dim=(0, 2))
+                count = torch.full((1, 1), float(cols.shape[0] * cols.shape[2]), dtype=cols.dtype, device=cols.device)
+                cov = torch.cat([torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0)
+            total = cov if total is None else total + cov
+        positions += parts[0].shape[2]
+    return total / positions
+
+
+def output_grad_covariance(tap: LayerTap, grad: Tensor, call: int) -> Tensor:
+    """Σ_n Σ_t g gᵀ of one call's output gradients, [O, O]."""
+    rows = _positions_as_rows(tap.output_grads(grad, call))
+    return rows.T @ rows
+
+
+def rotated_squares(tap: LayerTap, grads: list[Tensor], block: Any) -> Tensor:
+    """Σ_n ((U_Gᵀ ∇W̄_n U_A)_ij)² for one output-Fisher column, [O, I'].
+
+    ``block`` holds ``grad_basis`` U_G [O, O], ``input_basis`` U_A [I', I'] and which of weight and
+    bias are selected. Rank one per sample (one call, one position): (g̃²)ᵀ(ã²); otherwise the
+    rotated per-sample gradients are formed a chunk of samples at a time.
+    """
+    u_g, u_a = block.grad_basis, block.input_basis
+    with_weight, with_bias = block.weight_name is not None, block.bias_name is not None
+    rotated_g, rotated_a = [], []
+    for call, grad in enumerate(grads):
+        g = tap.output_grads(grad, call)  # [N, O, T]
+        a = tap.features(call) if with_weight else g.new_empty(g.shape[0], 0, g.shape[2])  # [N, I, T]
+        if with_bias:
+            a = torch.cat([a, a.new_ones(a.shape[0], 1, a.shape[2])], 1)
+        rotated_g.append(torch.einsum("oq,not->nqt", u_g, g))
+        rotated_a.append(torch.einsum("ij,nit->njt", u_a, a))
+    if len(grads) == 1 and rotated_g[0].shape[2] == 1:  # rank one per sample
+        return rotated_g[0][:, :, 0].square().T @ rotated_a[0][:, :, 0].square()
+    g_all, a_all = torch.cat(rotated_g, 2), torch.cat(rotated_a, 2)  # calls add like positions
+    num, out, inp = g_all.shape[0], g_all.shape[1], a_all.shape[1]
+    chunk = max(1, _CHUNK_ELEMENTS // max(1, out * inp))
+    total = g_all.new_zeros(out, inp)
+    for start in range(0, num, chunk):
+        total += torch.bmm(g_all[start : start + chunk], a_all[start : start + chunk].transpose(1, 2)).square().sum(0)
+    return total
+
+
+def _add(sums: dict, key: Any, value: Tensor) -> None:
+    """sums[key] += value, starting from value."""
+    sums[key] = value if key not in sums else sums[key] + value
+
+
+def _positions_as_rows(cols: Tensor) -> Tensor:
+    """[N, F, T] columns as [N·T, F] rows, so that Σ_n Σ_t c cᵀ is one matrix product.
+
+    (A batched product would first form N matrices [F, F]: for ResNet-18's last convolutions,
+    128 × 4608² entries, 11 GB.)
+    """
+    return cols[:, :, 0] if cols.shape[2] == 1 else cols.transpose(1, 2).reshape(-1, cols.shape[1])
