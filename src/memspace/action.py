@@ -69,7 +69,7 @@ class ActionTerm:
         >>> term = ActionTerm("predictive", model)
         >>> with term.capture() as record:
         ...     logits = model(x)
-        >>> loss = cross_entropy(logits, y) + lam * term(record, logits, y)
+        >>> loss = cross_entropy(logits, y) + lam * term(record, logits)
 
     Args:
         name: one of :data:`ACTIONS`.
@@ -100,8 +100,10 @@ class ActionTerm:
             yield record
         self.path.check_captured(record)
 
-    def __call__(self, record: StreamCapture, logits: Tensor, targets: Tensor | None = None,
+    def __call__(self, record: StreamCapture, logits: Tensor | None = None, *,
                  generator: torch.Generator | None = None) -> Tensor:
+        """The action of the captured forward (``logits`` are needed by the predictive actions only;
+        ``generator`` draws the Jacobian action's probes)."""
         if self.name == "kinetic":
             return kinetic_action(record)
         if self.name == "jacobian":

@@ -42,7 +42,8 @@ from .action import ActionTerm
 from ._stream import check_finite
 from .paths.predictive import predictive_path
 
-__all__ = ["MAX_EPOCHS", "FitResult", "checkpoints", "evaluate", "fit", "latest_checkpoint", "load_checkpoint"]
+__all__ = ["MAX_EPOCHS", "FitResult", "checkpoints", "evaluate", "fit", "latest_checkpoint", "load_checkpoint",
+           "optimizer_step", "penalised_loss", "snapshot"]
 
 MAX_EPOCHS = 100_000
 
@@ -191,6 +192,49 @@ def _history_from(meta: dict[str, Any], directory: Path, epoch: int) -> list[dic
     return [by_epoch[e] for e in sorted(by_epoch) if e <= epoch]
 
 
+def snapshot(model: nn.Module) -> dict[str, Tensor]:
+    """A copy of ``model``'s state (parameters and buffers), detached, on their devices."""
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def penalised_loss(forward: Callable[[], Tensor], data_loss: Callable[[Tensor], Tensor], term: ActionTerm | None,
+                   lam: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """The loss of one step of least-action training: data loss + λ · action (docs/theory.md §4).
+
+    Args:
+        forward: runs the model on the batch and returns its outputs (logits, say).
+        data_loss: the data term of those outputs (cross-entropy, a VAE's ELBO, ...).
+        term: the action term (its capture records the residual stream of ``forward``), or None.
+        lam: λ.
+        generator: the action's random probes (the Jacobian action's).
+
+    Returns:
+        ``(total, data loss, action)``; the action is 0 without a term.
+    """
+    if term is None:
+        outputs = forward()
+        loss = data_loss(outputs)
+        return loss, loss, loss.new_zeros(())
+    with term.capture() as record:
+        outputs = forward()
+    loss = data_loss(outputs)
+    penalty = term(record, outputs, generator=generator)
+    return loss + lam * penalty, loss, penalty
+
+
+def optimizer_step(optimizer: torch.optim.Optimizer, total: Tensor, where: str) -> None:
+    """One optimiser step on ``total``, refused when it is not finite.
+
+    Raises:
+        MemspaceError: the loss is NaN or ±Inf (``where`` says at which step), before any update.
+    """
+    if not torch.isfinite(total):
+        raise MemspaceError(f"the loss became {float(total)} {where}; lower the learning rate or λ")
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+
+
 def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + salt)
 
@@ -321,21 +365,9 @@ def _train(model, opt, term, lam, train_data, val_data, seed, batch_size, start_
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
                 xb, yb = X[idx], y[idx]
-                if term is not None:
-                    with term.capture() as record:
-                        logits = model(xb)
-                    penalty = term(record, logits, yb, generator=probes)
-                else:
-                    logits = model(xb)
-                    penalty = logits.new_zeros(())
-                loss = nn.functional.cross_entropy(logits, yb)
-                total = loss + lam * penalty if term is not None else loss
-                if not torch.isfinite(total):
-                    raise MemspaceError(f"the loss became {float(total)} at epoch {epoch + 1}, step {step + 1}; "
-                                        "lower the learning rate or λ")
-                opt.zero_grad(set_to_none=True)
-                total.backward()
-                opt.step()
+                total, loss, penalty = penalised_loss(lambda: model(xb), lambda logits: nn.functional.cross_entropy(
+                    logits, yb), term, lam, probes)
+                optimizer_step(opt, total, f"at epoch {epoch + 1}, step {step + 1}")
                 running += float(loss.detach()) * len(idx)
                 action_sum += float(penalty.detach()) * len(idx)
                 seen += len(idx)

@@ -25,7 +25,7 @@ def _penalty(name, model, X, y, generator=None, **kw):
     term = ActionTerm(name, model, **kw)
     with term.capture() as record:
         logits = model(X)
-    return term(record, logits, y, generator=generator)
+    return term(record, logits, generator=generator)
 
 
 def test_kinetic_action_equals_the_measured_one():

@@ -82,6 +82,7 @@ def train_vae(dataset, *, beta: float = 1.0, lam: float = 0.0, steps: int = 2000
     kinetic action of the decoder's residual path (docs/theory.md §3.3).
     """
     from ..action import ActionTerm
+    from ..train import optimizer_step, penalised_loss
 
     if steps < 1 or beta < 0 or lam < 0:
         raise MemspaceError("steps must be ≥ 1 and beta, lam ≥ 0")
@@ -97,19 +98,17 @@ def train_vae(dataset, *, beta: float = 1.0, lam: float = 0.0, steps: int = 2000
         x = torch.from_numpy(dataset.render(dataset.sample_factors(batch_size, rng))).float()
         mu, log_var = model.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * log_var).exp()
-        if term is not None:
-            with term.capture() as record:
-                logits = model.decode(z)
-            penalty = term(record, None, None)
-        else:
-            logits = model.decode(z)
-            penalty = logits.new_zeros(())
-        reconstruction = nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum") / batch_size
-        kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum(1).mean()
-        loss = reconstruction + beta * kl + lam * penalty
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        parts = {}
+
+        def elbo(logits: Tensor, x=x, mu=mu, log_var=log_var) -> Tensor:
+            parts["reconstruction"] = nn.functional.binary_cross_entropy_with_logits(
+                logits, x, reduction="sum") / batch_size
+            parts["kl"] = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum(1).mean()
+            return parts["reconstruction"] + beta * parts["kl"]
+
+        total, _, _ = penalised_loss(lambda z=z: model.decode(z), elbo, term, lam)
+        optimizer_step(optimizer, total, f"training the β-VAE (β = {beta}, λ = {lam}) at step {len(recon) + 1}")
+        reconstruction, kl = parts["reconstruction"], parts["kl"]
         recon.append(float(reconstruction.detach()))
         kls.append(float(kl.detach()))
     model.eval()

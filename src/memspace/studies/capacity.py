@@ -35,7 +35,7 @@ from ..action import ActionTerm
 from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
 from ..fisher import FisherOperator
 from ..paths import block_sensitivity, predictive_path
-from ..train import evaluate
+from ..train import evaluate, optimizer_step, penalised_loss, snapshot
 from .measure import effective_dimension
 
 __all__ = ["Memorisation", "capacity_threshold", "cost_per_bit", "cover_anchor", "cover_probability",
@@ -102,7 +102,7 @@ def memorise(model: nn.Module, X: Tensor, y: Tensor, *, action: str | None = Non
     term = ActionTerm(action, model) if action else None
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     generator = torch.Generator().manual_seed(seed)
-    snapshots = [{k: v.detach().clone() for k, v in model.state_dict().items()}]
+    snapshots = [snapshot(model)]
     n, step, order, cursor = len(X), 0, torch.arange(len(X)), len(X)
     fitted = False
     model.train()
@@ -111,25 +111,19 @@ def memorise(model: nn.Module, X: Tensor, y: Tensor, *, action: str | None = Non
             order, cursor = torch.randperm(n, generator=generator), 0
         idx = order[cursor : cursor + batch_size]
         cursor += batch_size
-        if term is not None:
-            with term.capture() as record:
-                logits = model(X[idx])
-            loss = nn.functional.cross_entropy(logits, y[idx]) + lam * term(record, logits, y[idx], generator=generator)
-        else:
-            loss = nn.functional.cross_entropy(model(X[idx]), y[idx])
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        total, _, _ = penalised_loss(lambda: model(X[idx]), lambda logits: nn.functional.cross_entropy(logits, y[idx]),
+                                     term, lam, generator)
+        optimizer_step(optimizer, total, f"at step {step + 1}")
         step += 1
         if step & (step - 1) == 0:  # a power of two
-            snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            snapshots.append(snapshot(model))
         if step % check_every == 0 or step == max_steps:
             fitted = evaluate(model, (X, y))[1] == 1.0  # evaluate restores training mode
             if fitted:
                 break
     model.eval()
     if step & (step - 1) != 0:
-        snapshots.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        snapshots.append(snapshot(model))
     return Memorisation(fitted, step, evaluate(model, (X, y))[1], snapshots, time.time() - started)
 
 

@@ -37,7 +37,7 @@ from torch.func import functional_call
 
 from .._errors import MemspaceError
 from ..fisher import FisherOperator
-from ..train import evaluate
+from ..train import evaluate, snapshot
 
 __all__ = ["Reinitialization", "WeightNoise", "classify_layers", "layer_units", "reinitialization",
            "sensitivity_ranks_damage", "weight_noise"]
@@ -181,7 +181,7 @@ def reinitialization(
     draws = []
     for seed in rerandomize_seeds:
         torch.manual_seed(seed)
-        draws.append({k: v.detach().clone() for k, v in model_factory().state_dict().items()})
+        draws.append(snapshot(model_factory()))
     columns = ["rnd", *checkpoints]
     error = np.zeros((len(units), len(columns)))
     loss = np.zeros_like(error)
@@ -386,8 +386,8 @@ def robustness_study(run, config: dict[str, Any], *, split=None, status: Callabl
                 probe.load_state_dict(load_state(folder / "init.safetensors"))
             else:
                 load_checkpoint(folder / f"epoch-{tau:04d}.safetensors", probe)
-            checkpoints[str(tau)] = {k: v.detach().clone() for k, v in probe.state_dict().items()}
-        final = {k: v.detach().clone() for k, v in result.model.state_dict().items()}
+            checkpoints[str(tau)] = snapshot(probe)
+        final = snapshot(result.model)
         status(f"re-initialization heat map, seed {seed}")
         reinit = reinitialization(factory, final, checkpoints, split.test, num_classes=split.num_classes,
                                   rerandomize_seeds=[10_000 + 3 * seed + i for i in range(3)])

@@ -102,7 +102,7 @@ def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], we
     from .._runs import crash_point, write_atomic
     from ..action import ActionTerm
     from ..paths import ResidualMLP
-    from ..train import evaluate
+    from ..train import evaluate, optimizer_step, penalised_loss, snapshot
 
     torch.set_num_threads(1)  # identical numbers on any pool or cluster
     crash_point("zoo-train-start")
@@ -114,7 +114,7 @@ def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], we
 
     torch.manual_seed(seed)
     net = factory()
-    initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    initial = snapshot(net)
     states = [initial]
     term = ActionTerm("predictive", net) if hp["lam"] > 0 else None
     optimizer = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
@@ -123,20 +123,13 @@ def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], we
     while epochs < stop["max_epochs"] and train_ce > stop.get("target_ce", 0.0):
         net.train()
         for idx in torch.randperm(len(X), generator=generator).split(hp["batch_size"]):
-            if term is not None:
-                with term.capture() as record:
-                    logits = net(X[idx])
-                loss = torch.nn.functional.cross_entropy(logits, y[idx]) + hp["lam"] * term(
-                    record, logits, y[idx], generator=generator)
-            else:
-                loss = torch.nn.functional.cross_entropy(net(X[idx]), y[idx])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            total, _, _ = penalised_loss(lambda: net(X[idx]), lambda logits: torch.nn.functional.cross_entropy(
+                logits, y[idx]), term, hp["lam"], generator)
+            optimizer_step(optimizer, total, f"training zoo model {model['id']} at epoch {epochs + 1}")
         epochs += 1
         net.eval()
         train_ce, _ = evaluate(net, (X, y))
-        states.append({k: v.detach().clone() for k, v in net.state_dict().items()})
+        states.append(snapshot(net))
     net.eval()
     train_ce, train_acc = evaluate(net, (X, y))
     _, test_acc = evaluate(net, split.test)
