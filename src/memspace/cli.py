@@ -21,14 +21,15 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from typer._click.exceptions import UsageError
+from typer.core import TyperGroup
 
 from ._errors import MemspaceError
+from ._options import MAX_SEED, check_number
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Measure a deep network as a memory space: Fisher complexity, paths and least action.")
 
-MAX_SEED = 2**32 - 1
-"""Seeds run from 0 to 2³² − 1 (NumPy's and torch's generators both take them; SQLite stores them)."""
 MAX_METRICS_BYTES = 256 * 2**20
 """The largest metrics.json ``memspace report`` reads."""
 
@@ -107,15 +108,9 @@ def _friendly(command):
     return wrapper
 
 
-def _check_range(name: str, value, low=None, high=None, *, integer: bool = False) -> None:
-    """One line naming the option when ``value`` is not finite or outside [low, high]."""
-    import math
-
-    if value is None:
-        return
-    if not math.isfinite(value) or (low is not None and value < low) or (high is not None and value > high):
-        bounds = (f"from {low} to {high}" if high is not None else f"≥ {low}") if low is not None else "finite"
-        raise MemspaceError(f"--{name} must be {'an integer ' if integer else ''}{bounds}, got {value}")
+def _check_option(name: str, value, low=None, high=None, *, integer: bool = False) -> None:
+    """Check an option that exists on the command line only (one line naming ``--name``)."""
+    check_number(f"--{name}", value, low, high, integer=integer, flag="")
 
 
 def _status(json_mode: bool):
@@ -165,114 +160,12 @@ def demo(
 ) -> None:
     """Train residual networks with and without least action, measure both, write a report."""
     from .studies import run_demo
-    from .train import MAX_EPOCHS
 
-    _check_range("epochs", epochs, 1, MAX_EPOCHS, integer=True)
-    _check_range("lam", lam, 0)
-    _check_range("seed", seed, 0, MAX_SEED, integer=True)
     started = time.time()
     metrics = run_demo(data, out, seed=seed, device=device, epochs=epochs, lam=lam, overwrite=overwrite,
                        progress=not json_output and sys.stderr.isatty(), status=_status(json_output))
     _print_summary(metrics, json_output)
     typer.echo(f"report: {out / 'report.html'} ({time.time() - started:.0f} s)", err=json_output)
-
-
-def _load_factory(spec: str):
-    if ":" not in spec:
-        raise MemspaceError(f"--arch {spec!r} must be MODULE:FACTORY (a module or .py file, and a callable in it)")
-    module_name, _, attr = spec.rpartition(":")
-    if module_name.endswith(".py"):
-        path = Path(module_name)
-        if not path.is_file():
-            raise MemspaceError(f"architecture file {path} does not exist")
-        loaded = importlib.util.spec_from_file_location(path.stem, path)
-        module = importlib.util.module_from_spec(loaded)
-        try:
-            with _users_code():
-                loaded.loader.exec_module(module)
-        except SystemExit as error:
-            raise MemspaceError(f"architecture file {path} called exit({error.code!r}) while loading; "
-                                "nothing was measured") from None
-        except Exception as error:  # the user's file: a syntax error or one raised at import
-            raise MemspaceError(f"cannot load architecture file {path}: {_one_line(error)}") from None
-    else:
-        try:
-            with _users_code():
-                module = importlib.import_module(module_name)
-        except SystemExit as error:
-            raise MemspaceError(f"architecture module {module_name!r} called exit({error.code!r}) while loading; "
-                                "nothing was measured") from None
-        except Exception as error:
-            raise MemspaceError(f"cannot import architecture module {module_name!r}: {_one_line(error)}") from None
-    if not callable(getattr(module, attr, None)):
-        raise MemspaceError(f"module {module_name!r} has no factory {attr!r}")
-    return getattr(module, attr)
-
-
-def _users_code():
-    """Run the user's ``--arch`` code with its prints sent to stderr: stdout is memspace's (``--json``)."""
-    import contextlib
-
-    return contextlib.redirect_stdout(sys.stderr)
-
-
-def _one_line(error: BaseException) -> str:
-    """``Type: first line`` of an exception, with the line number of a syntax error."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    if isinstance(error, SyntaxError) and error.lineno:
-        text = f"{error.msg} (line {error.lineno})"
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def _build_network(factory, arch: str):
-    import torch
-
-    try:
-        with _users_code():
-            network = factory()
-    except SystemExit as error:
-        raise MemspaceError(f"the factory {arch} called exit({error.code!r}); nothing was measured") from None
-    except Exception as error:
-        raise MemspaceError(f"the factory {arch} raised {_one_line(error)}") from None
-    if not isinstance(network, torch.nn.Module):
-        raise MemspaceError(f"factory {arch} returned {type(network).__name__}, not a torch.nn.Module")
-    return network
-
-
-def _check_before_work(network, split, block_names, head) -> None:
-    """Refuse a model, blocks or data that cannot be measured before any work or folder.
-
-    One forward on two training points; with ``--blocks``, the blocks must exist, run once
-    and keep the stream's shape, and the read-out must be found.
-    """
-    import torch
-
-    from ._params import check_eval_mode
-    from .paths import ResidualPath, resolve_head
-
-    check_eval_mode(network)
-    x = split.train[0][:2]
-
-    def forward():
-        try:
-            return network(x)
-        except (RuntimeError, ValueError, TypeError, IndexError) as error:
-            raise MemspaceError(f"the model cannot run on the data's inputs (samples of shape "
-                                f"{tuple(x.shape[1:])}, {x.dtype}): {_one_line(error)}") from None
-
-    if block_names is not None:
-        path = ResidualPath(network, block_names)
-        with torch.no_grad(), path.capture() as record:
-            out = forward()
-        path.states(record)
-        resolve_head(network, head)
-    else:
-        with torch.no_grad():
-            out = forward()
-    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != split.num_classes:
-        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise MemspaceError(f"the model maps a batch of 2 inputs of shape {tuple(x.shape[1:])} to {shape}; "
-                            f"measure needs logits [N, {split.num_classes}] for this data set")
 
 
 @app.command()
@@ -296,14 +189,22 @@ def measure(
     timeout: Annotated[float, typer.Option(help="With --distributed: seconds a rank waits for the others.")] = 300.0,
 ) -> None:
     """Measure your own trained model: the demo's measurements, without training."""
-    _check_range("seed", seed, 0, MAX_SEED, integer=True)
+    from .studies.measure import measure_weights
+
+    _check_option("seed", seed, 0, MAX_SEED, integer=True)
     rank, world = 0, 1
     if distributed:
         from .distributed import init_process_group
 
-        _check_range("timeout", timeout, 1.0)
+        _check_option("timeout", timeout, 1.0)
         rank, world = init_process_group(rendezvous, timeout_s=timeout)
-    _measure(model, arch, data, blocks, head, out, seed, overwrite, json_output, distributed, rank, world)
+    names = [b.strip() for b in blocks.split(",")] if blocks else None
+    metrics, report = measure_weights(model, arch, data, blocks=names, head=head, out=out, seed=seed,
+                                      overwrite=overwrite, distributed=distributed, rank=rank, world=world,
+                                      status=lambda m: typer.echo(f"  {m}", err=json_output))
+    if metrics is not None:
+        _print_summary(metrics, json_output)
+        typer.echo(f"report: {report}", err=json_output)
     if distributed:
         import torch
 
@@ -312,63 +213,6 @@ def measure(
         sys.stderr.flush()
         # Leave without C++ static destructors: a gloo thread sometimes outlives them and aborts the process.
         os._exit(0)
-
-
-def _measure(model, arch, data, blocks, head, out, seed, overwrite, json_output, distributed, rank, world) -> None:
-    """The ``measure`` command's work. Sharded (``distributed``): every rank measures its share of the
-    points, rank 0 alone owns the run folder and prints, and a rank that fails anywhere here stops
-    every rank with its message."""
-    from contextlib import nullcontext
-
-    from ._runs import RunFolder
-    from .data import load_dataset
-    from .distributed import Collective
-    from .report import render_report
-    from .studies import measure_network
-
-    lead = rank == 0
-    shared = {"processes": world} if distributed else {}
-    with Collective(distributed, "memspace measure").guard():
-        network = _load_network(model, arch)
-        split = load_dataset(data, seed=seed)
-        names = [b.strip() for b in blocks.split(",")] if blocks else None
-        network = network.float().eval()
-        _check_before_work(network, split, names, head)
-        config = {"data": data, "model": str(model), "arch": arch, "seed": seed, "blocks": names, "head": head,
-                  **shared}
-        folder = (RunFolder.open(out, kind="measure", config=config, overwrite=overwrite, finished="metrics.json")
-                  if lead else nullcontext())
-        with folder as run:
-            echo = (lambda m: typer.echo(f"  {m}", err=json_output)) if lead else (lambda m: None)
-            if distributed:
-                echo(f"{world} processes, each measuring its share of the points")
-            measures = measure_network(network, split, block_names=names, head=head, seed=seed, status=echo,
-                                       distributed=distributed)
-            if not lead:
-                return
-            metrics = {"run": {"data": data, "model": str(model), "arch": arch, "seed": seed, **shared},
-                       "networks": {model.stem: {"action": "n/a", "lambda": "n/a", "history": [],
-                                                 "measures": measures}}}
-            report = render_report(metrics, run.path("report.html"), title=f"memspace report: {model.name}")
-            run.write_json("metrics.json", metrics)  # last: the marker of a finished run
-    _print_summary(metrics, json_output)
-    typer.echo(f"report: {report}", err=json_output)
-
-
-def _load_network(model: Path, arch: str):
-    """The architecture from ``arch`` with the checked weights of ``model``."""
-    from .checkpoint import check_weights, load_state
-
-    network = _build_network(_load_factory(arch), arch)
-    state = load_state(model)
-    check_weights(state, network, model)
-    try:
-        network.load_state_dict(state)
-    except RuntimeError as error:
-        first = str(error).strip().splitlines()
-        raise MemspaceError(f"checkpoint {model} does not match the architecture {arch}: "
-                            f"{first[1].strip() if len(first) > 1 else first[0]}") from None
-    return network
 
 
 @app.command()
@@ -393,18 +237,13 @@ def train(
     from .action import ACTIONS
     from .data import load_dataset
     from .paths import build_model, check_architecture_fits
-    from .train import MAX_EPOCHS, fit
+    from .train import fit
 
     if action not in ("none", *ACTIONS):
         raise MemspaceError(f"unknown action {action!r}; use none, {', '.join(ACTIONS)}")
-    _check_range("epochs", epochs, 1, MAX_EPOCHS, integer=True)
-    _check_range("width", width, 1, 4096, integer=True)
-    _check_range("depth", depth, 1, 1024, integer=True)
-    _check_range("batch-size", batch_size, 1, 1_000_000, integer=True)
-    _check_range("lam", lam, 0)
-    _check_range("seed", seed, 0, MAX_SEED, integer=True)
-    if not lr > 0 or lr == float("inf"):
-        raise MemspaceError(f"--lr must be finite and positive, got {lr}")
+    _check_option("width", width, 1, 4096, integer=True)
+    _check_option("depth", depth, 1, 1024, integer=True)
+    _check_option("seed", seed, 0, MAX_SEED, integer=True)
     if out.exists() and not out.is_dir():
         raise MemspaceError(f"output path {out} exists and is not a folder")
     split = load_dataset(data, seed=seed, limit=3000 if data == "fashion-mnist" else None)
@@ -426,19 +265,24 @@ def train(
                    f"A/A_min {last.get('action_ratio', float('nan')):.3f}; checkpoints in {out}")
 
 
-STUDIES = ("capacity", "robustness", "disentanglement")
+def _studies_help() -> str:
+    from .studies.registry import STUDIES
+
+    return " or ".join(f"{s.name} ({s.summary})" for s in STUDIES.values()) + "."
+
+
+def _studies_data_help() -> str:
+    from .studies.registry import STUDIES
+
+    own = " ".join(f"{s.name}: {s.data_help}." for s in STUDIES.values() if s.data_help)
+    return DATA_HELP + " Default: the configuration's (digits)." + (f" {own}" if own else "")
 
 
 @app.command()
 @_friendly
 def study(
-    name: Annotated[str, typer.Argument(help="capacity (memorisation under an action budget, with the Cover anchor), "
-                                        "robustness (layer re-initialization, weight noise against tr F) or "
-                                        "disentanglement (β-VAEs with and without least action, the standard scores, "
-                                        "the decoder metric's block structure).")],
-    data: Annotated[str | None, typer.Option(help=DATA_HELP + " Default: the configuration's (digits). "
-                                                  "disentanglement: dsprites-like (generated, the default) or the "
-                                                  "real dSprites .npz (imgs, latents_classes).")] = None,
+    name: Annotated[str, typer.Argument(help=_studies_help())],
+    data: Annotated[str | None, typer.Option(help=_studies_data_help())] = None,
     quick: Annotated[bool, typer.Option(help="The small configuration the tests use (seconds to a minute).")] = False,
     out: Annotated[Path | None, typer.Option(help="Run folder (default runs/study-NAME); a rerun resumes.")] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace what memspace wrote in the run folder.")] = False,
@@ -449,8 +293,6 @@ def study(
     from .report import render_report
     from .studies import prepare_study, run_study
 
-    if name not in STUDIES:
-        raise MemspaceError(f"unknown study {name!r}; choose {', '.join(STUDIES)}")
     started = time.time()
     config, split = prepare_study(name, "quick" if quick else "full", data)
     out = out or Path(f"runs/study-{name}")
@@ -494,64 +336,104 @@ class _cell_progress:
             self._bar.stop()
 
 
-ZOO_ACTIONS = ("run", "measure", "evaluate", "report")
+class _ZooGroup(TyperGroup):
+    """The ``zoo`` sub-commands, with an unknown one named as such in one line."""
+
+    def resolve_command(self, ctx, args):
+        if args and not args[0].startswith("-") and args[0] not in self.commands:
+            raise UsageError(f"unknown zoo action {args[0]!r}; choose {', '.join(self.commands)}", ctx)
+        return super().resolve_command(ctx, args)
 
 
-@app.command()
+zoo_app = typer.Typer(cls=_ZooGroup, no_args_is_help=True, add_completion=False,
+                      help="A zoo of trained networks, the literature's generalization measures beside memspace's, "
+                           "ranked.")
+app.add_typer(zoo_app, name="zoo")
+
+ZooFolder = Annotated[Path, typer.Option("--out", help="Zoo folder: zoo.sqlite (WAL), weights/, leaderboard.html.")]
+Workers = Annotated[int, typer.Option(help="Processes of the local joblib (loky) pool.")]
+Scheduler = Annotated[str | None, typer.Option(help="A Dask scheduler address, e.g. tcp://127.0.0.1:8786: the same "
+                                               "jobs run on that cluster.")]
+ConnectTimeout = Annotated[float, typer.Option(help="Seconds the Dask scheduler has to accept the connection and "
+                                               "answer the handshake.")]
+MinEss = Annotated[float, typer.Option(help="Smallest effective sample size of a kept environment.")]
+JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+
+
+def _check_pool(workers: int, connect_timeout: float) -> None:
+    _check_option("workers", workers, 1, 256, integer=True)
+    _check_option("connect-timeout", connect_timeout, 1, 3600)
+
+
+@zoo_app.command("run")
 @_friendly
-def zoo(
-    action: Annotated[str, typer.Argument(help="run (train and measure every model not yet in the database), "
-                                          "measure (add the measures stored models lack), evaluate (the leaderboard) "
-                                          "or report (leaderboard.html).")],
+def zoo_run(
     grid: Annotated[str, typer.Option(help="A grid YAML file, or a built-in grid: quick (CI-sized) or digits.")] = "digits",
-    out: Annotated[Path, typer.Option(help="Zoo folder: zoo.sqlite (WAL), weights/, leaderboard.html.")] = Path("runs/zoo"),
-    workers: Annotated[int, typer.Option(help="Processes of the local joblib (loky) pool.")] = 2,
-    scheduler: Annotated[str | None, typer.Option(help="A Dask scheduler address, e.g. tcp://127.0.0.1:8786: "
-                                                  "the same jobs run on that cluster.")] = None,
-    connect_timeout: Annotated[float, typer.Option(help="Seconds the Dask scheduler has to accept the connection and "
-                                                   "answer the handshake.")] = 20.0,
-    min_ess: Annotated[float, typer.Option(help="Smallest effective sample size of a kept environment.")] = 12.0,
+    out: ZooFolder = Path("runs/zoo"),
+    workers: Workers = 2,
+    scheduler: Scheduler = None,
+    connect_timeout: ConnectTimeout = 20.0,
     overwrite: Annotated[bool, typer.Option(help="Remove what memspace wrote in the zoo folder and start afresh.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")] = False,
+    json_output: JsonOutput = False,
 ) -> None:
-    """A zoo of trained networks, the literature's generalization measures beside memspace's, ranked."""
-    from .zoo import evaluate_zoo, load_grid, measure_zoo, run_zoo
+    """Train and measure every model of the grid not yet in the database."""
+    from .zoo import load_grid, run_zoo
 
-    if action not in ZOO_ACTIONS:
-        raise MemspaceError(f"unknown zoo action {action!r}; choose {', '.join(ZOO_ACTIONS)}")
-    _check_range("min-ess", min_ess, 1, 1e9)
-    _check_range("connect-timeout", connect_timeout, 1, 3600)
-    emit = _status(json_output)
-    if action == "run":
-        _check_range("workers", workers, 1, 256, integer=True)
-        load_grid(grid)  # checked before any folder is made
-        with _cell_progress(not json_output and sys.stderr.isatty(), "zoo") as progress:
-            result = run_zoo(grid, out, workers=workers, scheduler=scheduler, overwrite=overwrite, status=emit,
+    _check_pool(workers, connect_timeout)
+    load_grid(grid)  # checked before any folder is made
+    with _cell_progress(not json_output and sys.stderr.isatty(), "zoo") as progress:
+        result = run_zoo(grid, out, workers=workers, scheduler=scheduler, overwrite=overwrite,
+                         status=_status(json_output), progress=progress, connect_timeout=connect_timeout)
+    typer.echo(json.dumps(result) if json_output else f"zoo: {result['models']} models in {out} "
+               f"({result['trained']} trained now, {result['seconds']:.0f} s)")
+
+
+@zoo_app.command("measure")
+@_friendly
+def zoo_measure(
+    out: ZooFolder = Path("runs/zoo"),
+    workers: Workers = 2,
+    scheduler: Scheduler = None,
+    connect_timeout: ConnectTimeout = 20.0,
+    json_output: JsonOutput = False,
+) -> None:
+    """Add the measures the stored models lack."""
+    from .zoo import measure_zoo
+
+    _check_pool(workers, connect_timeout)
+    with _cell_progress(not json_output and sys.stderr.isatty(), "measures") as progress:
+        result = measure_zoo(out, workers=workers, scheduler=scheduler, status=_status(json_output),
                              progress=progress, connect_timeout=connect_timeout)
-        typer.echo(json.dumps(result) if json_output else f"zoo: {result['models']} models in {out} "
-                   f"({result['trained']} trained now, {result['seconds']:.0f} s)")
-        return
-    if action == "measure":
-        _check_range("workers", workers, 1, 256, integer=True)
-        with _cell_progress(not json_output and sys.stderr.isatty(), "measures") as progress:
-            result = measure_zoo(out, workers=workers, scheduler=scheduler, status=emit, progress=progress,
-                                 connect_timeout=connect_timeout)
-        typer.echo(json.dumps(result) if json_output else f"zoo: measured {result['measured']} models in {out} "
-                   f"({result['seconds']:.0f} s)")
-        return
+    typer.echo(json.dumps(result) if json_output else f"zoo: measured {result['measured']} models in {out} "
+               f"({result['seconds']:.0f} s)")
+
+
+@zoo_app.command("evaluate")
+@_friendly
+def zoo_evaluate(out: ZooFolder = Path("runs/zoo"), min_ess: MinEss = 12.0, json_output: JsonOutput = False) -> None:
+    """The leaderboard: every measure's rank agreement with the generalization gap."""
+    from .zoo import evaluate_zoo
+
+    _check_option("min-ess", min_ess, 1, 1e9)
     evaluation = evaluate_zoo(out, min_ess=min_ess)
-    if action == "evaluate":
-        if json_output:
-            typer.echo(json.dumps(evaluation))
-        else:
-            for e in evaluation["leaderboard"]:
-                typer.echo(f"{e['measure']:32s} τ {e['tau']:+.3f}  Ψ {e.get('psi', float('nan')):+.3f}  "
-                           f"CMI {e.get('cmi', float('nan')):.4f}")
+    if json_output:
+        typer.echo(json.dumps(evaluation))
         return
+    for e in evaluation["leaderboard"]:
+        typer.echo(f"{e['measure']:32s} τ {e['tau']:+.3f}  Ψ {e.get('psi', float('nan')):+.3f}  "
+                   f"CMI {e.get('cmi', float('nan')):.4f}")
+
+
+@zoo_app.command("report")
+@_friendly
+def zoo_report(out: ZooFolder = Path("runs/zoo"), min_ess: MinEss = 12.0) -> None:
+    """Write leaderboard.html into the zoo folder."""
     from ._runs import RunFolder
     from .report.html import render_zoo_report
-    from .zoo import leaderboard_points
+    from .zoo import evaluate_zoo, leaderboard_points
 
+    _check_option("min-ess", min_ess, 1, 1e9)
+    evaluation = evaluate_zoo(out, min_ess=min_ess)
     evaluation["points"] = leaderboard_points(out, evaluation)
     with RunFolder.attach(out) as run:
         path = render_zoo_report(evaluation, run.path("leaderboard.html"))

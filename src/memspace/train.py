@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import math
-import numbers
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -37,12 +36,13 @@ from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
 from ._errors import MemspaceError
+from ._options import check_number
 from ._runs import RunFolder, crash_point, read_regular
 from .action import ActionTerm
 from ._stream import check_finite
 from .paths.predictive import predictive_path
 
-__all__ = ["MAX_EPOCHS", "FitResult", "checkpoints", "evaluate", "fit", "latest_checkpoint", "load_checkpoint",
+__all__ = ["MAX_BATCH_SIZE", "MAX_EPOCHS", "FitResult", "checkpoints", "evaluate", "fit", "latest_checkpoint", "load_checkpoint",
            "optimizer_step", "penalised_loss", "snapshot"]
 
 MAX_EPOCHS = 100_000
@@ -332,18 +332,16 @@ def fit(
     return result
 
 
-def _check_options(action, lam, epochs, lr, batch_size) -> None:
-    def bad(name, value, rule):
-        return MemspaceError(f"{name} must be {rule}, got {value}")
+MAX_BATCH_SIZE = 1_000_000
 
-    if not isinstance(epochs, numbers.Integral) or not 1 <= epochs <= MAX_EPOCHS:
-        raise bad("epochs", epochs, f"an integer from 1 to {MAX_EPOCHS}")
-    if not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise bad("batch_size", batch_size, "an integer ≥ 1")
-    if not math.isfinite(lr) or lr <= 0:
-        raise bad("lr", lr, "finite and positive")
-    if action is not None and (not math.isfinite(lam) or lam < 0):
-        raise bad("lam", lam, "finite and non-negative")
+
+def _check_options(action, lam, epochs, lr, batch_size) -> None:
+    """The training options, checked once, here (the command line passes them on unchecked)."""
+    check_number("epochs", epochs, 1, MAX_EPOCHS, integer=True)
+    check_number("batch_size", batch_size, 1, MAX_BATCH_SIZE, integer=True)
+    check_number("lr", lr, 0, strict_low=True)
+    if action is not None:
+        check_number("lam", lam, 0)
 
 
 def _cpu_state(model: nn.Module) -> dict[str, Tensor]:

@@ -207,8 +207,9 @@ def check_metrics(metrics: Any, source: str = "the metrics") -> None:
             metrics["networks"] or metrics.get("studies")):
         raise MemspaceError(f"{source} is not a memspace metrics file: it has no 'networks'")
     studies = metrics.get("studies", {})
-    if not isinstance(studies, dict) or any(name not in STUDY_SECTIONS for name in studies):
-        raise MemspaceError(f"{source}: 'studies' must map {' or '.join(STUDY_SECTIONS)} to their summaries")
+    known = section_names()
+    if not isinstance(studies, dict) or any(name not in known for name in studies):
+        raise MemspaceError(f"{source}: 'studies' must map {' or '.join(known)} to their summaries")
     for name, net in metrics["networks"].items():
         if not isinstance(net, dict) or not isinstance(net.get("measures"), dict):
             raise MemspaceError(f"{source} is not a complete memspace metrics file: network {name!r} has no 'measures'")
@@ -234,7 +235,7 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
     config = html.escape(json.dumps(run.get("config", {})))
     body = [_networks_section(networks, drawn, config)] if networks else []
     for name, summary in metrics.get("studies", {}).items():
-        heading, draw = STUDY_SECTIONS[name]
+        heading, draw = study_section(name)
         body.append(f"<h2>{html.escape(heading)}</h2>\n{draw(summary)}")
     return write_atomic(Path(path), _page(title, f'<p class="sub">{details}</p>\n' + "".join(body)))
 
@@ -374,10 +375,32 @@ def _additivity_block(additivity: dict[str, Any]) -> str:
             f"<th>A/A_min</th><th>test accuracy</th></tr>{rows}</table>")
 
 
-STUDY_SECTIONS = {"capacity": ("Capacity ↔ complexity", _capacity_section),
-                  "robustness": ("Robustness ↔ generalization", _robustness_section),
-                  "zoo": ("Does complexity predict generalization? A quick zoo", lambda e: _zoo_section(e, limit=12)),
-                  "disentanglement": ("Efficiency ↔ disentanglement", _disentanglement_section)}
+ZOO_TITLE = "Does complexity predict generalization? A quick zoo"
+
+_DRAW = {"capacity": _capacity_section, "robustness": _robustness_section,
+         "disentanglement": _disentanglement_section, "zoo": lambda e: _zoo_section(e, limit=12)}
+"""The figures and tables of each study's section; a study without an entry gets :func:`_generic_section`."""
+
+
+def _generic_section(summary: dict[str, Any]) -> str:
+    """A study's summary as its JSON, for a study the report has no figures for yet."""
+    return f"<pre>{html.escape(json.dumps(summary, indent=1, default=str))}</pre>"
+
+
+def study_section(name: str) -> tuple[str, Any]:
+    """(heading, drawing function) of the report section of study ``name`` (:data:`memspace.studies.STUDIES`,
+    or the demo's quick zoo)."""
+    from ..studies.registry import STUDIES
+
+    title = ZOO_TITLE if name == "zoo" else STUDIES[name].title
+    return title, _DRAW.get(name, _generic_section)
+
+
+def section_names() -> list[str]:
+    """The study names a metrics file may hold: every registered study and the demo's zoo."""
+    from ..studies.registry import STUDIES
+
+    return [*STUDIES, "zoo"]
 
 
 def _zoo_table(evaluation: dict[str, Any], limit: int | None = None) -> str:

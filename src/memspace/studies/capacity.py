@@ -31,6 +31,7 @@ from scipy.stats import linregress
 from torch import Tensor, nn
 
 from .._errors import MemspaceError
+from .base import Study
 from ..action import ActionTerm
 from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
 from ..fisher import FisherOperator
@@ -294,3 +295,25 @@ def summarise_capacity(cells: list[dict[str, Any]], anchor: dict[str, Any], conf
                 table.append({"kind": kind, "lam": float(lam), "n": n, "bits": same[0]["bits"],
                               "fitted_fraction": float(fraction), **means})
     return {"n_star": n_star, "cost_per_bit": per_bit, "table": table, "anchor": anchor, "config": config}
+
+
+def prepare_capacity(config: dict[str, Any]):
+    """The capacity study's data, checked: real vectors, with at least the largest N of the grid."""
+    from ..data import load_dataset
+
+    split = load_dataset(config["data"], seed=0, limit=config.get("limit"))
+    if len(split.input_shape) != 1 or not split.train[0].is_floating_point():
+        raise MemspaceError(f"the capacity study trains residual MLPs on real vectors; {config['data']} has "
+                            f"samples of shape {split.input_shape}")
+    too_big = [n for n in config["sizes"] if n > len(split.train[0])]
+    if too_big:
+        raise MemspaceError(f"capacity grid: N = {too_big[0]} exceeds the {len(split.train[0])} training points "
+                            f"of {config['data']}")
+    return split
+
+
+STUDY = Study(
+    name="capacity", title="Capacity ↔ complexity",
+    summary="memorisation under an action budget, with the Cover anchor",
+    configs=CAPACITY_CONFIGS, prepare=prepare_capacity, run=capacity_study,
+    demo_data=lambda data, shape: data if len(shape) == 1 else "digits")  # it needs vectors

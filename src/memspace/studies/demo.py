@@ -17,7 +17,6 @@ rerun with other options refused rather than mixed into it.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,6 +25,7 @@ from typing import Any
 import torch
 
 from .._errors import MemspaceError
+from .._options import MAX_SEED, check_number
 from .._runs import RunFolder
 from ..checkpoint import load_state
 from ..data import load_dataset
@@ -55,10 +55,9 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
         raise MemspaceError(f"unknown data set {data!r}; choose one of {', '.join(DEFAULTS)} or an .npz file")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MemspaceError(f"device {device!r} requested but CUDA is not available")
-    if epochs is not None and not 1 <= epochs <= MAX_EPOCHS:
-        raise MemspaceError(f"--epochs must be from 1 to {MAX_EPOCHS}, got {epochs}")
-    if lam is not None and not (math.isfinite(lam) and lam >= 0):
-        raise MemspaceError(f"--lam must be finite and non-negative, got {lam}")
+    check_number("epochs", epochs, 1, MAX_EPOCHS, integer=True)
+    check_number("lam", lam, 0)
+    check_number("seed", seed, 0, MAX_SEED, integer=True)
     cfg = dict(DEFAULTS.get(data, DEFAULTS["digits"]))
     if epochs is not None:
         cfg["epochs"] = epochs
@@ -83,27 +82,21 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
 
 
 def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], None]) -> dict[str, Any]:
-    """The quick configurations of the capacity and robustness studies, each in its own run folder.
-
-    On the demo's data when the study can use it (capacity needs vectors: image data
-    falls back to digits).
-    """
-    from . import prepare_study, run_study
+    """The quick configuration of every study of the registry the demo includes, each in its own
+    run folder (on the demo's data where the study can use it), then the quick zoo."""
+    from .registry import STUDIES, prepare_study
 
     summaries = {}
-    for name in ("capacity", "robustness"):
-        study_data = data if name == "robustness" or len(split.input_shape) == 1 else "digits"
-        config, study_split = prepare_study(name, "quick", study_data)
-        status(f"{name} study (quick, {study_data})")
-        with RunFolder.open(run.path(f"study-{name}"), kind=f"study-{name}", config=config) as folder:
-            summaries[name] = run_study(name, folder, config, study_split, status=lambda m: status(f"  {m}"))
+    for study in STUDIES.values():
+        if not study.in_demo:
+            continue
+        study_data = study.demo_data(data, split.input_shape)
+        config, study_split = prepare_study(study.name, "quick", study_data)
+        status(f"{study.name} study (quick, {config['data']})")
+        with RunFolder.open(run.path(f"study-{study.name}"), kind=f"study-{study.name}", config=config) as folder:
+            summaries[study.name] = study.run(folder, config, split=study_split, status=lambda m: status(f"  {m}"))
     status("model zoo (quick grid on digits)")
     summaries["zoo"] = quick_zoo(run.path("zoo"), status=lambda m: status(f"  {m}"))
-    config, _ = prepare_study("disentanglement", "quick")
-    status("disentanglement study (quick: a smoke run of β-VAEs on dsprites-like images)")
-    with RunFolder.open(run.path("study-disentanglement"), kind="study-disentanglement", config=config) as folder:
-        summaries["disentanglement"] = run_study("disentanglement", folder, config, None,
-                                                 status=lambda m: status(f"  {m}"))
     return summaries
 
 

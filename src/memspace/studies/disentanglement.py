@@ -19,6 +19,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from .._errors import MemspaceError
+from .base import Study
+
 __all__ = ["DISENTANGLEMENT_CONFIGS", "additivity_cell", "disentanglement_study", "summarise_additivity"]
 
 DISENTANGLEMENT_CONFIGS = {
@@ -224,3 +227,23 @@ def summarise_additivity(cells: list[dict[str, Any]]) -> dict[str, Any]:
     networks = {name: {key: spread([c[name][key] for c in cells]) for key in
                        ("action", "least_action", "ratio", "test_accuracy")} for name in ("joint", "a", "b")}
     return {"numbers": numbers, "networks": networks}
+
+
+def prepare_disentanglement(config: dict[str, Any]):
+    """The disentanglement study's dataset: dsprites-like (generated) or a real dSprites ``.npz``."""
+    from ..disentanglement import DSpritesFile, DSpritesLike
+
+    if config["data"] == "dsprites-like":
+        return DSpritesLike()
+    if not str(config["data"]).endswith(".npz"):
+        raise MemspaceError(f"the disentanglement study runs on dsprites-like (generated) or a dSprites .npz "
+                            f"file, not {config['data']!r}")
+    return DSpritesFile(config["data"])
+
+
+STUDY = Study(
+    name="disentanglement", title="Efficiency ↔ disentanglement",
+    summary="β-VAEs with and without least action, the standard scores, the decoder metric's block structure",
+    configs=DISENTANGLEMENT_CONFIGS, prepare=prepare_disentanglement, run=disentanglement_study,
+    demo_data=lambda data, shape: None,  # its own images
+    data_help="dsprites-like (generated, the default) or the real dSprites .npz (imgs, latents_classes)")

@@ -209,3 +209,93 @@ def measure_network(
             out["trajectories"] = {"points": projected.tolist(), "speeds": speeds.tolist(),
                                    "labels": test[1][:150].tolist()}
         return out
+
+
+def check_measurable(network: nn.Module, split: DataSplit, block_names: Sequence[str] | None,
+                     head: str | None) -> None:
+    """Refuse a model, blocks or data that cannot be measured, before any work or folder.
+
+    One forward on two training points; with ``block_names``, the blocks must exist, run once
+    and keep the stream's shape, and the read-out must be found.
+
+    Raises:
+        MemspaceError: naming what does not fit (the model's error on the data, the blocks, or
+            outputs that are not logits [N, C]).
+    """
+    import torch
+
+    from .._params import check_eval_mode
+    from ..architecture import one_line
+    from ..paths import resolve_head
+
+    check_eval_mode(network)
+    x = split.train[0][:2]
+
+    def forward():
+        try:
+            return network(x)
+        except (RuntimeError, ValueError, TypeError, IndexError) as error:
+            raise MemspaceError(f"the model cannot run on the data's inputs (samples of shape "
+                                f"{tuple(x.shape[1:])}, {x.dtype}): {one_line(error)}") from None
+
+    if block_names is not None:
+        path = ResidualPath(network, block_names)
+        with torch.no_grad(), path.capture() as record:
+            out = forward()
+        path.states(record)
+        resolve_head(network, head)
+    else:
+        with torch.no_grad():
+            out = forward()
+    if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != split.num_classes:
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise MemspaceError(f"the model maps a batch of 2 inputs of shape {tuple(x.shape[1:])} to {shape}; "
+                            f"measure needs logits [N, {split.num_classes}] for this data set")
+
+
+def measure_weights(weights: Path, arch: str, data: str, *, blocks: Sequence[str] | None = None,
+                    head: str | None = None, out: Path = Path("runs/measure"), seed: int = 0,
+                    overwrite: bool = False, distributed: bool = False, rank: int = 0, world: int = 1,
+                    status: Callable[[str], None] = lambda message: None) -> tuple[dict[str, Any] | None, Path | None]:
+    """``memspace measure``: a user's trained model measured into a run folder with a report.
+
+    Sharded (``distributed``): every rank measures its share of the points, rank 0 alone owns the
+    run folder, and a rank that fails anywhere here stops every rank with its message.
+
+    Returns:
+        (metrics, report path) on rank 0; (None, None) on the other ranks.
+    """
+    from contextlib import nullcontext
+
+    from .._runs import RunFolder
+    from ..architecture import load_network
+    from ..data import load_dataset
+    from ..distributed import Collective
+    from ..report import render_report
+
+    lead = rank == 0
+    shared = {"processes": world} if distributed else {}
+    with Collective(distributed, "memspace measure").guard():
+        network = load_network(weights, arch)
+        split = load_dataset(data, seed=seed)
+        names = list(blocks) if blocks else None
+        network = network.float().eval()
+        check_measurable(network, split, names, head)
+        config = {"data": data, "model": str(weights), "arch": arch, "seed": seed, "blocks": names, "head": head,
+                  **shared}
+        folder = (RunFolder.open(out, kind="measure", config=config, overwrite=overwrite, finished="metrics.json")
+                  if lead else nullcontext())
+        with folder as run:
+            say = status if lead else (lambda message: None)
+            if distributed:
+                say(f"{world} processes, each measuring its share of the points")
+            measures = measure_network(network, split, block_names=names, head=head, seed=seed, status=say,
+                                       distributed=distributed)
+            if not lead:
+                return None, None
+            metrics = {"run": {"data": data, "model": str(weights), "arch": arch, "seed": seed, **shared},
+                       "networks": {weights.stem: {"action": "n/a", "lambda": "n/a", "history": [],
+                                                   "measures": measures}}}
+            report = render_report(metrics, run.path("report.html"), title=f"memspace report: {weights.name}")
+            run.write_json("metrics.json", metrics)  # last: the marker of a finished run
+    return metrics, report

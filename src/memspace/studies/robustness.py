@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._errors import MemspaceError
+from .base import Study
 from ..fisher import FisherOperator
 from ..train import evaluate, snapshot
 
@@ -428,3 +429,22 @@ def summarise_robustness(cells: list[dict[str, Any]], config: dict[str, Any]) ->
         "noise": cells[0]["noise"], "sensitivity": cells[0]["sensitivity"],
         "train_seconds": [c["train_seconds"] for c in cells], "config": config,
     }
+
+
+def prepare_robustness(config: dict[str, Any]):
+    """The robustness study's data, checked: what the residual models take, checkpoints within training."""
+    from ..data import load_dataset
+    from ..paths import check_architecture_fits
+
+    split = load_dataset(config["data"], seed=0, limit=config.get("limit"))
+    check_architecture_fits(split)
+    if config["epochs"] < max(config["taus"]):
+        raise MemspaceError(f"robustness: checkpoint τ = {max(config['taus'])} is beyond the "
+                            f"{config['epochs']} training epochs")
+    return split
+
+
+STUDY = Study(
+    name="robustness", title="Robustness ↔ generalization",
+    summary="layer re-initialization, weight noise against tr F",
+    configs=ROBUSTNESS_CONFIGS, prepare=prepare_robustness, run=robustness_study)

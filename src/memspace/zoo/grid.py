@@ -30,6 +30,7 @@ from typing import Any
 import yaml
 
 from .._errors import MemspaceError
+from .._options import MAX_SEED
 from .._runs import read_regular
 
 __all__ = ["DEFAULTS", "GRIDS", "expand", "load_grid", "model_id"]
@@ -55,7 +56,6 @@ MAX_GRID_BYTES = 1 << 20
 """The largest grid file read (a grid is a few lines; a larger file is not one)."""
 MAX_MODELS = 100_000
 """The most models a grid may expand to (configurations × seeds)."""
-MAX_SEED = 2**32 - 1
 _TOP_KEYS = {"data", "stop", "seeds", "grid"}
 _STOP_KEYS = {"target_ce", "max_epochs"}
 
