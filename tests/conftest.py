@@ -1,4 +1,5 @@
-"""Test configuration: caches under .cache/, tests/ importable, a fixed torch seed per test (tests that need float64 ask for it)."""
+"""Test configuration: caches under .cache/, tests/ importable, and per test a fixed torch seed, the default dtype
+(float32: tests that need float64 ask for it) restored, and a fixed number of torch threads."""
 
 from __future__ import annotations
 
@@ -20,10 +21,16 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 
 
+THREADS = int(os.environ.get("MEMSPACE_TEST_THREADS", min(2, os.cpu_count() or 1)))
+"""Torch threads in the test process: the same on a 2-core runner and a large machine."""
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_threads():
+def _seed_dtype_and_threads():
     torch.manual_seed(0)
+    torch.set_num_threads(THREADS)
     yield
+    torch.set_default_dtype(torch.float32)  # a test that changed it leaks nothing into the next
 
 
 @pytest.fixture(scope="session")

@@ -171,6 +171,36 @@ class PredictivePath:
     def step(self) -> float:
         return 1.0 / self.depth
 
+    def __repr__(self) -> str:
+        return (f"PredictivePath(A={self.action:.4g}, A_min={self.least_action:.4g}, A/A_min={self.ratio:.3f}, "
+                f"length={self.length:.4g}, detour={self.detour:.3f}, L={self.depth}, N={self.num_data})")
+
+    def _repr_html_(self) -> str:
+        from ..report.notebook import key_value_table
+
+        lens = None if self.lens_accuracy is None else float(self.lens_accuracy[-1])
+        return key_value_table("predictive path", [
+            ("action A", self.action, ".4g"), ("least action A_min", self.least_action, ".4g"),
+            ("A / A_min", self.ratio, ".3f"), ("length E C", self.length, ".4g"), ("detour", self.detour, ".3f"),
+            ("unevenness", self.unevenness, ".3f"), ("lens accuracy at the read-out", lens, ".3f"),
+            ("depth L", self.depth, "d"), ("points N", self.num_data, "d")])
+
+    def plot(self, ax: Any = None) -> Any:
+        """The report's figure: predictive speed per block against least action's, and the lens accuracy.
+
+        Args:
+            ax: two matplotlib axes (default: a new figure).
+
+        Returns:
+            The matplotlib figure.
+        """
+        from types import SimpleNamespace
+
+        from ..report import figures
+
+        return figures.predictive_profile({"network": {"measures": SimpleNamespace(predictive_path=self.as_dict())}},
+                                          axes=ax)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the per-point arrays)."""
         return {

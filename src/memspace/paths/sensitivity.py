@@ -75,7 +75,37 @@ class BlockSensitivity:
         """tr G at the stem's output x_0 and at the read-out's input x_L."""
         return {"stem_output": float(self.metric_trace[0]), "head_input": float(self.metric_trace[-1])}
 
+    def __repr__(self) -> str:
+        worst = int(np.argmax(self.deletion_kl)) if len(self.deletion_kl) else -1
+        return (f"BlockSensitivity(L={len(self.sensitivity)}, max s_l={float(np.max(self.sensitivity, initial=0)):.4g}, "
+                f"largest deletion KL={float(np.max(self.deletion_kl, initial=0)):.4g} (block {worst + 1}), "
+                f"kinetic action={self.kinetic_action:.4g}, N={self.num_data})")
+
+    def _repr_html_(self) -> str:
+        from ..report.notebook import key_value_table
+
+        rows = [(f"block {l + 1}: s_l, deletion KL", f"{s:.4g}, {kl:.4g}", "s")
+                for l, (s, kl) in enumerate(zip(self.sensitivity, self.deletion_kl))]
+        return key_value_table("block sensitivity", [*rows, ("kinetic action", self.kinetic_action, ".4g"),
+                                                     ("points N", self.num_data, "d")])
+
+    def plot(self, ax: Any = None) -> Any:
+        """The report's figure: s_l, the deletion KL (linearised and measured) and the Euclidean speeds.
+
+        Args:
+            ax: three matplotlib axes (default: a new figure).
+
+        Returns:
+            The matplotlib figure.
+        """
+        from types import SimpleNamespace
+
+        from ..report import figures
+
+        return figures.sensitivity({"network": {"measures": SimpleNamespace(sensitivity=self.as_dict())}}, axes=ax)
+
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary."""
         return {
             "sensitivity": self.sensitivity.tolist(), "linearised_kl": self.linearised_kl.tolist(),
             "deletion_kl": self.deletion_kl.tolist(), "euclidean_speeds": self.euclidean_speeds.tolist(),

@@ -43,14 +43,26 @@ def _finish(fig: Figure, axes, legend_size: int = 8) -> Figure:
     return fig
 
 
-def predictive_profile(networks: dict[str, Any]) -> Figure | None:
+def _axes(axes: Any, count: int, figsize: tuple[float, float]) -> tuple[Figure, Any]:
+    """(figure, ``count`` axes): the given ones (a notebook's), or a new figure's."""
+    if axes is None:
+        return plt.subplots(1, count, figsize=figsize)
+    axes = list(np.atleast_1d(axes))
+    if len(axes) != count:
+        from .._errors import MemspaceError
+
+        raise MemspaceError(f"this figure draws on {count} axes, {len(axes)} given")
+    return axes[0].figure, axes
+
+
+def predictive_profile(networks: dict[str, Any], axes: Any = None) -> Figure | None:
     """Predictive speed per block against the constant speed of least action, and lens accuracy."""
-    nets = {n: v for n, v in networks.items() if "predictive_path" in v["measures"]}
+    nets = {n: v for n, v in networks.items() if v["measures"].predictive_path is not None}
     if not nets:
         return None
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = _axes(axes, 2, (9, 3.4))
     for name, net in nets.items():
-        path = net["measures"]["predictive_path"]
+        path = net["measures"].predictive_path
         blocks = np.arange(1, len(path["speeds"]) + 1)
         color = _color(name)
         axes[0].plot(blocks, path["speeds"], "o-", color=color,
@@ -69,12 +81,12 @@ def predictive_profile(networks: dict[str, Any]) -> Figure | None:
 def point_paths(networks: dict[str, Any]) -> Figure | None:
     """Per-point predictive paths against their geodesics: the angle on the quarter circle for
     two classes, else the distance from the start over depth (normalised by the endpoint distance)."""
-    nets = {n: v for n, v in networks.items() if "predictive_points" in v["measures"]}
+    nets = {n: v for n, v in networks.items() if v["measures"].predictive_points is not None}
     if not nets:
         return None
     fig, axes = plt.subplots(1, len(nets), figsize=(4.6 * len(nets), 3.6), squeeze=False)
     for ax, (name, net) in zip(axes[0], nets.items()):
-        pts = net["measures"]["predictive_points"]
+        pts = net["measures"].predictive_points
         if "angle" in pts:
             values = np.degrees(np.asarray(pts["angle"]))  # [N, L+1]
             ylabel, title = "angle θ = atan2(√p₁, √p₀) [°]", f"{name}: paths on the quarter circle"
@@ -93,14 +105,14 @@ def point_paths(networks: dict[str, Any]) -> Figure | None:
     return _finish(fig, axes[0], legend_size=7)
 
 
-def sensitivity(networks: dict[str, Any]) -> Figure | None:
+def sensitivity(networks: dict[str, Any], axes: Any = None) -> Figure | None:
     """Block sensitivity s_l and the deletion KL, linearised (h²s²/2) against measured."""
-    nets = {n: v for n, v in networks.items() if "sensitivity" in v["measures"]}
+    nets = {n: v for n, v in networks.items() if v["measures"].sensitivity is not None}
     if not nets:
         return None
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.4))
+    fig, axes = _axes(axes, 3, (12, 3.4))
     for name, net in nets.items():
-        sens = net["measures"]["sensitivity"]
+        sens = net["measures"].sensitivity
         blocks = np.arange(1, len(sens["sensitivity"]) + 1)
         color = _color(name)
         axes[0].plot(blocks, sens["sensitivity"], "o-", color=color, label=name)
@@ -117,15 +129,16 @@ def sensitivity(networks: dict[str, Any]) -> Figure | None:
     return _finish(fig, axes, legend_size=7)
 
 
-def spectrum(networks: dict[str, Any]) -> Figure:
-    """Top eigenvalues (left, log scale) and the SLQ spectral density (right)."""
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+def spectrum(networks: dict[str, Any], axes: Any = None) -> Figure:
+    """Top eigenvalues (left, log scale) and the SLQ spectral density (right), on two given ``axes``
+    or a new figure's."""
+    fig, axes = _axes(axes, 2, (9, 3.4))
     for name, net in networks.items():
         m = net["measures"]
-        values = np.asarray(m["top_eigenvalues"])
+        values = np.asarray(m.top_eigenvalues)
         axes[0].semilogy(np.arange(1, len(values) + 1), np.clip(values, 1e-12, None), "o-", color=_color(name),
-                         label=f"{name}: tr F = {m['fisher_trace']:.3g}, d_eff = {m['effective_dimension']:.1f}")
-        dens = m["spectral_density"]
+                         label=f"{name}: tr F = {m.fisher_trace:.3g}, d_eff = {m.effective_dimension:.1f}")
+        dens = m.spectral_density
         axes[1].plot(10.0 ** np.asarray(dens["log10_grid"]), dens["mass_per_decade"], color=_color(name),
                      label=f"{name}: {100 * dens['fraction_near_zero']:.0f}% of the spectrum below "
                            f"{dens['floor']:.1e}")
@@ -164,16 +177,16 @@ def training_curves(networks: dict[str, Any]) -> Figure | None:
 
 def trajectories(networks: dict[str, Any]) -> Figure | None:
     """Paths of test points through depth (2-D inputs), segments coloured by predictive speed."""
-    nets = {n: v for n, v in networks.items() if "trajectories" in v["measures"]}
+    nets = {n: v for n, v in networks.items() if v["measures"].trajectories is not None}
     if not nets:
         return None
     from matplotlib.collections import LineCollection
 
     fig, axes = plt.subplots(1, len(nets), figsize=(4.6 * len(nets), 4.2), squeeze=False)
     # A robust colour scale: the 95th percentile, so a few fast points do not wash out the rest.
-    vmax = max(float(np.percentile(v["measures"]["trajectories"]["speeds"], 95)) for v in nets.values()) or 1.0
+    vmax = max(float(np.percentile(v["measures"].trajectories["speeds"], 95)) for v in nets.values()) or 1.0
     for ax, (name, net) in zip(axes[0], nets.items()):
-        traj = net["measures"]["trajectories"]
+        traj = net["measures"].trajectories
         points = np.asarray(traj["points"])  # [L+1, N, 2]
         speeds = np.asarray(traj["speeds"])  # [N, L]
         segments = np.stack([points[:-1], points[1:]], axis=2).transpose(1, 0, 2, 3).reshape(-1, 2, 2)

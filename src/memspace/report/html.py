@@ -22,6 +22,7 @@ from typing import Any
 
 from .._errors import MemspaceError
 from .._runs import write_atomic
+from ..studies.results import NetworkMeasures
 from . import figures
 
 __all__ = ["check_metrics", "render_report", "render_zoo_report"]
@@ -114,20 +115,20 @@ ROWS = [
 ]
 
 
-def _value(measures: dict, key) -> Any:
+def _value(measures: NetworkMeasures, key) -> Any:
     if key is None:
         return None
     if isinstance(key, tuple):
-        node = measures
-        for part in key:
+        node = getattr(measures, key[0])
+        for part in key[1:]:
             node = node.get(part, {}) if isinstance(node, dict) else {}
         return node if not isinstance(node, dict) else None
-    return measures.get(key)
+    return getattr(measures, key)
 
 
-def _row_value(label: str, key, measures: dict):
+def _row_value(label: str, key, measures: NetworkMeasures):
     if label.startswith("top eigenvalue"):
-        values = measures.get("top_eigenvalues") or [None]
+        values = measures.top_eigenvalues or [None]
         return values[0]
     return _value(measures, key)
 
@@ -149,8 +150,9 @@ def _figure_block(key: str, fig) -> str:
 
 def summary_table(networks: dict[str, Any]) -> str:
     names = list(networks)
-    head = "".join(f"<th>{html.escape(n)}<br><small>action {html.escape(str(networks[n].get('action', '')))}, "
-                   f"λ = {html.escape(str(networks[n].get('lambda', '')))}</small></th>" for n in names)
+    head = "".join(f"<th>{html.escape(n)}" + (f"<br><small>action {html.escape(str(networks[n]['action']))}, "
+                                             f"λ = {html.escape(str(networks[n].get('lambda', '')))}</small>"
+                                             if "action" in networks[n] else "") + "</th>" for n in names)
     rows = []
     for label, key, fmt, note in ROWS:
         cells = []
@@ -226,7 +228,8 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
     in the figures (no mathtext).
     """
     check_metrics(metrics)
-    networks = metrics["networks"]
+    networks = {name: {**net, "measures": NetworkMeasures.from_dict(net["measures"], f"network {name!r}")}
+                for name, net in metrics["networks"].items()}  # typed, checked on read
     drawn = {figures.literal(name): net for name, net in networks.items()}  # names in figures, literally
     run = metrics.get("run", {})
     title = title or f"memspace report: {run.get('data', 'model')}"
@@ -260,8 +263,8 @@ def _networks_section(networks: dict[str, Any], drawn: dict[str, Any], config: s
         fig = draw(drawn)
         if fig is not None:
             blocks.append(_figure_block(key, fig))
-    skipped = [f"<p class=note><b>{html.escape(n)}:</b> path measures skipped: {html.escape(v['measures']['path_skipped'])}</p>"
-               for n, v in networks.items() if "path_skipped" in v["measures"]]
+    skipped = [f"<p class=note><b>{html.escape(n)}:</b> path measures skipped: {_text(v['measures'].path_skipped)}</p>"
+               for n, v in networks.items() if v["measures"].path_skipped is not None]
     blocks.extend(skipped)
     blocks.append(_figure_block("spectrum", figures.spectrum(drawn)))
     curves = figures.training_curves(drawn)

@@ -12,6 +12,7 @@ The studies are listed once, in :data:`.registry.STUDIES`.
 
 from __future__ import annotations
 
+from .base import StudySummary
 from .capacity import CAPACITY_CONFIGS, capacity_study, cover_anchor, cover_probability, memorise
 from .demo import run_demo
 from .disentanglement import DISENTANGLEMENT_CONFIGS, disentanglement_study
@@ -19,7 +20,7 @@ from .measure import measure_network
 from .registry import STUDIES, Study, get_study, prepare_study, run_study
 from .robustness import ROBUSTNESS_CONFIGS, reinitialization, robustness_study, weight_noise
 
-__all__ = ["CAPACITY_CONFIGS", "DISENTANGLEMENT_CONFIGS", "ROBUSTNESS_CONFIGS", "STUDIES", "Study",
+__all__ = ["CAPACITY_CONFIGS", "DISENTANGLEMENT_CONFIGS", "ROBUSTNESS_CONFIGS", "STUDIES", "Study", "StudySummary",
            "capacity_study", "cover_anchor", "cover_probability", "disentanglement_study", "get_study",
            "measure_network", "memorise", "prepare_study", "reinitialization", "robustness_study", "run_demo",
            "run_study", "weight_noise"]

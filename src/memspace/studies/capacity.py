@@ -313,7 +313,7 @@ def prepare_capacity(config: dict[str, Any]):
 
 
 STUDY = Study(
-    name="capacity", title="Capacity ↔ complexity",
+    name="capacity", figure="capacity", title="Capacity ↔ complexity",
     summary="memorisation under an action budget, with the Cover anchor",
     configs=CAPACITY_CONFIGS, prepare=prepare_capacity, run=capacity_study,
     demo_data=lambda data, shape: data if len(shape) == 1 else "digits")  # it needs vectors

@@ -84,6 +84,7 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
 def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], None]) -> dict[str, Any]:
     """The quick configuration of every study of the registry the demo includes, each in its own
     run folder (on the demo's data where the study can use it), then the quick zoo."""
+    from .base import StudySummary
     from .registry import STUDIES, prepare_study
 
     summaries = {}
@@ -94,7 +95,8 @@ def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], Non
         config, study_split = prepare_study(study.name, "quick", study_data)
         status(f"{study.name} study (quick, {config['data']})")
         with RunFolder.open(run.path(f"study-{study.name}"), kind=f"study-{study.name}", config=config) as folder:
-            summaries[study.name] = study.run(folder, config, split=study_split, status=lambda m: status(f"  {m}"))
+            summaries[study.name] = StudySummary(study.name, study.run(folder, config, split=study_split,
+                                                                       status=lambda m: status(f"  {m}")))
     status("model zoo (quick grid on digits)")
     summaries["zoo"] = quick_zoo(run.path("zoo"), status=lambda m: status(f"  {m}"))
     return summaries
@@ -133,7 +135,7 @@ def _run_demo(run: RunFolder, data, split, cfg, seed, device, progress, status, 
             model_factory=lambda: build_model(split.input_shape, split.num_classes, cfg).to(device),
             spectral_points=cfg["spectral_points"], seed=seed, status=lambda m: status(f"  {m}"))
         networks[name] = {"action": action or "none", "lambda": cfg["lam"] if action else 0.0,
-                          "history": result.history, "measures": measures}
+                          "history": result.history, "measures": measures.to_dict()}
         run.write_json(f"measures-{name}.json", networks[name])
     return {
         "run": {"data": data, "seed": seed, "device": device, "config": cfg, "out": str(run.root),

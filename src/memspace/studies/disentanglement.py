@@ -242,7 +242,7 @@ def prepare_disentanglement(config: dict[str, Any]):
 
 
 STUDY = Study(
-    name="disentanglement", title="Efficiency ↔ disentanglement",
+    name="disentanglement", figure="traversal", title="Efficiency ↔ disentanglement",
     summary="β-VAEs with and without least action, the standard scores, the decoder metric's block structure",
     configs=DISENTANGLEMENT_CONFIGS, prepare=prepare_disentanglement, run=disentanglement_study,
     demo_data=lambda data, shape: None,  # its own images

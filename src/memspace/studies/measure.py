@@ -37,6 +37,7 @@ from ..fisher import FisherOperator
 from .._errors import MemspaceError
 from ..paths import ResidualPath, block_sensitivity, predictive_path
 from ..train import evaluate
+from .results import NetworkMeasures
 
 __all__ = ["measure_network"]
 
@@ -124,8 +125,9 @@ def measure_network(
     seed: int = 0,
     status: Callable[[str], None] = lambda message: None,
     distributed: bool = False,
-) -> dict[str, Any]:
-    """All measures of one network (module doc). ``status`` receives progress messages.
+) -> NetworkMeasures:
+    """All measures of one network (module doc), typed (:class:`~memspace.studies.results.NetworkMeasures`;
+    ``.to_dict()`` is the JSON a run folder stores). ``status`` receives progress messages.
 
     ``max_points`` training points enter every Fisher quantity, except the trace,
     eigenvalues and spectral density, which use ``spectral_points`` (default: the same).
@@ -208,7 +210,7 @@ def measure_network(
             projected = (states - centre) @ axes[:2].T  # [L+1, N, 2]
             out["trajectories"] = {"points": projected.tolist(), "speeds": speeds.tolist(),
                                    "labels": test[1][:150].tolist()}
-        return out
+        return NetworkMeasures(**out)
 
 
 def check_measurable(network: nn.Module, split: DataSplit, block_names: Sequence[str] | None,
@@ -295,7 +297,7 @@ def measure_weights(weights: Path, arch: str, data: str, *, blocks: Sequence[str
                 return None, None
             metrics = {"run": {"data": data, "model": str(weights), "arch": arch, "seed": seed, **shared},
                        "networks": {weights.stem: {"action": "n/a", "lambda": "n/a", "history": [],
-                                                   "measures": measures}}}
+                                                   "measures": measures.to_dict()}}}
             report = render_report(metrics, run.path("report.html"), title=f"memspace report: {weights.name}")
             run.write_json("metrics.json", metrics)  # last: the marker of a finished run
     return metrics, report

@@ -13,7 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 from .._errors import MemspaceError
-from .base import Study
+from .base import Study, StudySummary
 
 __all__ = ["STUDIES", "Study", "get_study", "prepare_study", "run_study"]
 
@@ -52,5 +52,5 @@ def prepare_study(name: str, size: str = "quick", data: str | None = None, **ove
 
 
 def run_study(name: str, run: Any, config: dict[str, Any], split: Any = None, **kwargs: Any) -> dict[str, Any]:
-    """Run (or resume) the study ``name`` in the run folder ``run``; return its summary."""
-    return get_study(name).run(run, config, split=split, **kwargs)
+    """Run (or resume) the study ``name`` in the run folder ``run``; return its :class:`StudySummary`."""
+    return StudySummary(name, get_study(name).run(run, config, split=split, **kwargs))

@@ -445,6 +445,6 @@ def prepare_robustness(config: dict[str, Any]):
 
 
 STUDY = Study(
-    name="robustness", title="Robustness ↔ generalization",
+    name="robustness", figure="reinitialization", title="Robustness ↔ generalization",
     summary="layer re-initialization, weight noise against tr F",
     configs=ROBUSTNESS_CONFIGS, prepare=prepare_robustness, run=robustness_study)
