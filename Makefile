@@ -10,7 +10,7 @@ export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 ARGS ?=
 
-.PHONY: demo test bench clean chromium
+.PHONY: demo test lint bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,13 @@ chromium:
 demo: $(VENV)/.runtime
 	$(BIN)/memspace demo $(ARGS)
 
-test: $(VENV)/.dev chromium
+test: $(VENV)/.dev chromium lint
 	$(BIN)/python -m pytest $(ARGS)
+
+# The style the project declares, checked: pycodestyle, pyflakes, isort, pydocstyle (Google), the format.
+lint: $(VENV)/.dev
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/fisher_benchmark.py $(ARGS)

@@ -44,8 +44,11 @@ class ResidualCNN(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(1, channels, 3, padding=1)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), nn.ReLU(),
-                          nn.Conv2d(channels, channels, 3, padding=1))
+            nn.Sequential(
+                nn.Conv2d(channels, channels, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(channels, channels, 3, padding=1),
+            )
             for _ in range(blocks)
         )
         self.pool = nn.AvgPool2d(4)
@@ -61,7 +64,9 @@ class ResidualCNN(nn.Module):
 def make_setup(name: str, device: str):
     torch.manual_seed(0)
     if name == "mlp":
-        model = nn.Sequential(nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10))
+        model = nn.Sequential(
+            nn.Linear(784, 512), nn.ReLU(), nn.Linear(512, 512), nn.ReLU(), nn.Linear(512, 10)
+        )
         x = torch.randn(256, 784)
         y = torch.randint(0, 10, (256,))
     else:
@@ -103,12 +108,15 @@ def curvlinops_tasks(model, x, y):
 
     params = list(model.parameters())
     data = [(x, y)]
-    ggn = curvlinops.GGNLinearOperator(model, nn.CrossEntropyLoss(), params, data, check_deterministic=False)
+    ggn = curvlinops.GGNLinearOperator(
+        model, nn.CrossEntropyLoss(), params, data, check_deterministic=False
+    )
     v = torch.randn(ggn.shape[0], device=x.device)
 
     def kfac(kind):
-        operator = curvlinops.KFACLinearOperator(model, nn.CrossEntropyLoss(), params, data, fisher_type=kind,
-                                                 check_deterministic=False)
+        operator = curvlinops.KFACLinearOperator(
+            model, nn.CrossEntropyLoss(), params, data, fisher_type=kind, check_deterministic=False
+        )
         operator.compute_kronecker_factors()  # factors are otherwise built lazily
         return operator
 
@@ -135,6 +143,7 @@ def backpack_tasks(model, x, y):
             model.zero_grad(set_to_none=True)
             with backpack.backpack(extension):
                 loss_fn(model(x), y).backward()
+
         return run
 
     def trace():
@@ -154,12 +163,18 @@ def nngeometry_tasks(model, x, y):
     from nngeometry.metrics import FIM, FIM_MonteCarlo
     from nngeometry.object import PMatDiag, PMatKFAC
 
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, y), batch_size=x.shape[0])
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=x.shape[0]
+    )
     kfac = FIM(model, loader, PMatKFAC, variant="classif_logits")
     return {
         "diagonal, exact": lambda: FIM(model, loader, PMatDiag, variant="classif_logits"),
-        "diagonal, MC (1 sample)": lambda: FIM_MonteCarlo(model, loader, PMatDiag, variant="classif_logits"),
-        "K-FAC factors, MC": lambda: FIM_MonteCarlo(model, loader, PMatKFAC, variant="classif_logits"),
+        "diagonal, MC (1 sample)": lambda: FIM_MonteCarlo(
+            model, loader, PMatDiag, variant="classif_logits"
+        ),
+        "K-FAC factors, MC": lambda: FIM_MonteCarlo(
+            model, loader, PMatKFAC, variant="classif_logits"
+        ),
         "K-FAC factors, exact": lambda: FIM(model, loader, PMatKFAC, variant="classif_logits"),
         "trace, exact": lambda: FIM(model, loader, PMatDiag, variant="classif_logits").trace(),
         "K-FAC matvec": _nngeometry_kfac_mv(kfac, model),
@@ -180,8 +195,13 @@ LIBRARIES: dict[str, Callable] = {
     "NNGeometry": nngeometry_tasks,
 }
 OPERATIONS = [
-    "matvec (true Fisher)", "diagonal, exact", "diagonal, MC (1 sample)",
-    "K-FAC factors, MC", "K-FAC factors, exact", "K-FAC matvec", "trace, exact",
+    "matvec (true Fisher)",
+    "diagonal, exact",
+    "diagonal, MC (1 sample)",
+    "K-FAC factors, MC",
+    "K-FAC factors, exact",
+    "K-FAC matvec",
+    "trace, exact",
 ]
 
 
@@ -276,7 +296,12 @@ def peak_memory(model_name: str, key: tuple[str, str], device: str) -> int | Non
     cmd = [sys.executable, __file__, "--child", model_name, key[0], key[1], "--device", device]
     # A fixed mmap threshold keeps glibc from serving large tensors from its heap after
     # they are freed (its dynamic threshold otherwise grows), so RSS tracks live memory.
-    env = {**os.environ, "PYTHONWARNINGS": "ignore", "MALLOC_MMAP_THRESHOLD_": "65536", "MALLOC_TRIM_THRESHOLD_": "0"}
+    env = {
+        **os.environ,
+        "PYTHONWARNINGS": "ignore",
+        "MALLOC_MMAP_THRESHOLD_": "65536",
+        "MALLOC_TRIM_THRESHOLD_": "0",
+    }
     out = subprocess.run(cmd, capture_output=True, text=True, env=env)
     try:
         return int(out.stdout.strip().splitlines()[-1])
@@ -294,8 +319,11 @@ def machine_description(device: str) -> str:
     except OSError:
         pass
     gpu = f", GPU {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
-    return (f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads)"
-            f"{gpu}, Python {platform.python_version()}, device {device}")
+    return (
+        f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} "
+        "threads)"
+        f"{gpu}, Python {platform.python_version()}, device {device}"
+    )
 
 
 def main() -> None:
@@ -305,7 +333,9 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "LIBRARY", "OP"))
-    parser.add_argument("--markdown-only", action="store_true", help="rewrite RESULTS.md from results.json")
+    parser.add_argument(
+        "--markdown-only", action="store_true", help="rewrite RESULTS.md from results.json"
+    )
     args = parser.parse_args()
     if args.child:
         print(peak_memory_child(*args.child, args.device))
@@ -328,10 +358,21 @@ def main() -> None:
             mem_ratio = None
             if memory.get(key) is not None and memory.get(grad_key):
                 mem_ratio = memory[key] / memory[grad_key]
-            rows.append({"library": key[0], "operation": key[1], "seconds": seconds,
-                         "ratio": seconds / medians[grad_key], "peak_bytes": memory.get(key), "memory_ratio": mem_ratio})
-        results["models"][model_name] = {"rows": rows, "skipped": skipped,
-                                         "failed": {f"{k[0]} / {k[1]}": v for k, v in failed.items()}}
+            rows.append(
+                {
+                    "library": key[0],
+                    "operation": key[1],
+                    "seconds": seconds,
+                    "ratio": seconds / medians[grad_key],
+                    "peak_bytes": memory.get(key),
+                    "memory_ratio": mem_ratio,
+                }
+            )
+        results["models"][model_name] = {
+            "rows": rows,
+            "skipped": skipped,
+            "failed": {f"{k[0]} / {k[1]}": v for k, v in failed.items()},
+        }
         print(f"{model_name}: gradient {medians[grad_key] * 1e3:.2f} ms")
         for row in rows:
             mem = "" if row["memory_ratio"] is None else f"  memory ×{row['memory_ratio']:.2f}"
@@ -341,47 +382,96 @@ def main() -> None:
 
 
 # Issue #2's targets on the MLP, as multiples of a gradient (memory: of its peak growth).
-TARGETS = {"matvec (true Fisher)": 1.8, "diagonal, MC (1 sample)": 1.5, "diagonal, exact": 4.0,
-           "K-FAC factors, MC": 2.0}
+TARGETS = {
+    "matvec (true Fisher)": 1.8,
+    "diagonal, MC (1 sample)": 1.5,
+    "diagonal, exact": 4.0,
+    "K-FAC factors, MC": 2.0,
+}
 MEMORY_TARGET = 1.4
 
 
 def target_lines(block: dict) -> list[str]:
     """Met/missed, and by how much, for each target, plus the comparison with every peer."""
     by_key = {(r["library"], r["operation"]): r for r in block["rows"]}
-    lines = ["| operation | target | memspace | fastest peer | memory (target ×1.4) |", "|---|---|---|---|---|"]
+    lines = [
+        "| operation | target | memspace | fastest peer | memory (target ×1.4) |",
+        "|---|---|---|---|---|",
+    ]
     for op, target in TARGETS.items():
         ours = by_key.get(("memspace", op))
         if ours is None:
             continue
-        peers = [r for (lib, o), r in by_key.items() if o == op and lib not in ("memspace", "gradient")]
+        peers = [
+            r for (lib, o), r in by_key.items() if o == op and lib not in ("memspace", "gradient")
+        ]
         best = min(peers, key=lambda r: r["ratio"]) if peers else None
-        verdict = "met" if ours["ratio"] <= target else f"missed by {100 * (ours['ratio'] / target - 1):.0f} %"
-        peer = "—" if best is None else (f"{best['library']} ×{best['ratio']:.2f} "
-                                         f"({'faster' if ours['ratio'] < best['ratio'] else 'slower'} than it)")
+        verdict = (
+            "met"
+            if ours["ratio"] <= target
+            else f"missed by {100 * (ours['ratio'] / target - 1):.0f} %"
+        )
+        peer = (
+            "—"
+            if best is None
+            else (
+                f"{best['library']} ×{best['ratio']:.2f} "
+                f"({'faster' if ours['ratio'] < best['ratio'] else 'slower'} than it)"
+            )
+        )
         mem = ours.get("memory_ratio")
-        mem_text = "—" if mem is None else (f"×{mem:.2f} " + ("met" if mem <= MEMORY_TARGET else
-                                                             f"missed by {100 * (mem / MEMORY_TARGET - 1):.0f} %"))
-        lines.append(f"| {op} | ≤ ×{target} | ×{ours['ratio']:.2f}, {verdict} | {peer} | {mem_text} |")
+        mem_text = (
+            "—"
+            if mem is None
+            else (
+                f"×{mem:.2f} "
+                + (
+                    "met"
+                    if mem <= MEMORY_TARGET
+                    else f"missed by {100 * (mem / MEMORY_TARGET - 1):.0f} %"
+                )
+            )
+        )
+        lines.append(
+            f"| {op} | ≤ ×{target} | ×{ours['ratio']:.2f}, {verdict} | {peer} | {mem_text} |"
+        )
     return lines
 
 
 def write_markdown(results: dict, path: Path) -> None:
-    titles = {"mlp": "MLP 784-512-512-10, batch 256", "rescnn": "Residual CNN on 1×28×28, batch 128"}
-    lines = ["# Fisher benchmark results", "",
-             "Generated by `benchmarks/fisher_benchmark.py`. Times are medians of interleaved rounds, as",
-             "multiples of a plain forward+backward of the same model and batch in the same run;",
-             "memory is peak growth during one call, as a multiple of the gradient's.", "",
-             f"Machine: {results['machine']}", ""]
+    titles = {
+        "mlp": "MLP 784-512-512-10, batch 256",
+        "rescnn": "Residual CNN on 1×28×28, batch 128",
+    }
+    lines = [
+        "# Fisher benchmark results",
+        "",
+        "Generated by `benchmarks/fisher_benchmark.py`. Times are medians of interleaved rounds, "
+        "as",
+        "multiples of a plain forward+backward of the same model and batch in the same run;",
+        "memory is peak growth during one call, as a multiple of the gradient's.",
+        "",
+        f"Machine: {results['machine']}",
+        "",
+    ]
     if "mlp" in results["models"]:
-        lines += ["## Targets of issue #2 (MLP)", ""] + target_lines(results["models"]["mlp"]) + [""]
+        lines += (
+            ["## Targets of issue #2 (MLP)", ""] + target_lines(results["models"]["mlp"]) + [""]
+        )
     for model_name, block in results["models"].items():
-        lines += [f"## {titles[model_name]}", "", "| operation | " + " | ".join(LIBRARIES) + " |",
-                  "|---|" + "---|" * len(LIBRARIES)]
+        lines += [
+            f"## {titles[model_name]}",
+            "",
+            "| operation | " + " | ".join(LIBRARIES) + " |",
+            "|---|" + "---|" * len(LIBRARIES),
+        ]
         by_key = {(r["library"], r["operation"]): r for r in block["rows"]}
         grad = by_key[("gradient", "forward+backward")]
-        lines.insert(len(lines) - 2, f"Gradient: {grad['seconds'] * 1e3:.2f} ms; peak growth "
-                     f"{(grad['peak_bytes'] or 0) / 2**20:.1f} MiB.\n")
+        lines.insert(
+            len(lines) - 2,
+            f"Gradient: {grad['seconds'] * 1e3:.2f} ms; peak growth "
+            f"{(grad['peak_bytes'] or 0) / 2**20:.1f} MiB.\n",
+        )
         for op in OPERATIONS:
             cells = []
             for library in LIBRARIES:
@@ -400,7 +490,7 @@ def write_markdown(results: dict, path: Path) -> None:
         lines += [notes.read_text().rstrip("\n"), ""]
     previous = path.read_text() if path.exists() else ""
     marker = "\n## Path profile cost against depth"
-    tail = previous[previous.index(marker):] if marker in previous else ""
+    tail = previous[previous.index(marker) :] if marker in previous else ""
     path.write_text("\n".join(lines).rstrip("\n") + "\n" + tail)
 
 

@@ -79,14 +79,24 @@ def main() -> None:
         rows.append((depth, med))
         print(f"L={depth}: " + ", ".join(f"{k} ×{v / med['gradient']:.2f}" for k, v in med.items()))
     keys = list(rows[0][1])
-    lines = ["", "## Path measures against depth", "",
-             "ResidualMLP 64→64, 10 classes, batch 256; times as multiples of a gradient of the same",
-             f"model in the same run (`benchmarks/path_benchmark.py`, {platform.machine()}, "
-             f"{torch.get_num_threads()} threads, torch {torch.__version__}). The naive reference agrees to 1e-4.", "",
-             "| L | " + " | ".join(keys[1:]) + " | gradient (ms) |", "|---|" + "---|" * len(keys)]
+    lines = [
+        "",
+        "## Path measures against depth",
+        "",
+        "ResidualMLP 64→64, 10 classes, batch 256; times as multiples of a gradient of the same",
+        f"model in the same run (`benchmarks/path_benchmark.py`, {platform.machine()}, "
+        f"{torch.get_num_threads()} threads, torch {torch.__version__}). The naive reference "
+        "agrees to 1e-4.",
+        "",
+        "| L | " + " | ".join(keys[1:]) + " | gradient (ms) |",
+        "|---|" + "---|" * len(keys),
+    ]
     for depth, med in rows:
-        lines.append(f"| {depth} | " + " | ".join(f"×{med[k] / med['gradient']:.2f}" for k in keys[1:])
-                     + f" | {med['gradient'] * 1e3:.2f} |")
+        lines.append(
+            f"| {depth} | "
+            + " | ".join(f"×{med[k] / med['gradient']:.2f}" for k in keys[1:])
+            + f" | {med['gradient'] * 1e3:.2f} |"
+        )
     text = args.out.read_text() if args.out.exists() else "# Benchmark results\n"
     for marker in ("\n## Path profile cost against depth", "\n## Path measures against depth"):
         if marker in text:

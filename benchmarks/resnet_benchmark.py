@@ -1,4 +1,6 @@
-"""A ResNet-18-sized network: memspace beside curvlinops, as multiples of a gradient, with peak memory.
+"""A ResNet-18-sized network.
+
+Memspace beside curvlinops, as multiples of a gradient, with peak memory.
 
 ResNet-18 for 32×32 inputs (3×3 stem, no max-pool, stages of 64-128-256-512 channels with two
 basic blocks each, BatchNorm in eval mode, 10 classes; 11.2 M parameters), batch 128, float32.
@@ -9,7 +11,8 @@ fresh process (VmHWM growth, set-up included):
 - F@v: memspace's true-Fisher product, fast (forward-mode + backward) and memory="low" (a
   graph-free J·v forward, then a forward+backward), beside curvlinops' GGN product;
 - MC diagonal (1 sampled label): memspace fast and memory="low";
-- K-FAC factors, MC (1 sample): memspace fast and memory="low" beside curvlinops' KFACLinearOperator.
+- K-FAC factors, MC (1 sample): memspace fast and memory="low" beside curvlinops'
+KFACLinearOperator.
 
 The diagonal and K-FAC cover the convolution and linear weights (curvlinops' K-FAC supports only
 those; BatchNorm's 9.6 k parameters would take memspace's exact per-sample path). The products cover
@@ -48,7 +51,9 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(out)
         self.shortcut = nn.Sequential()
         if stride != 1 or inp != out:
-            self.shortcut = nn.Sequential(nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out))
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(inp, out, 1, stride, bias=False), nn.BatchNorm2d(out)
+            )
 
     def forward(self, x):
         y = torch.relu(self.bn1(self.conv1(x)))
@@ -60,7 +65,9 @@ class ResNet18(nn.Module):
 
     def __init__(self, width: int = 64, classes: int = 10):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.stem = nn.Sequential(
+            nn.Conv2d(3, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        )
         layers, inp = [], width
         for stage, out in enumerate((width, 2 * width, 4 * width, 8 * width)):
             for block in range(2):
@@ -87,7 +94,9 @@ def setup(quick: bool, batch: int | None = None, device: str = "cpu"):
 
 
 def weights(model) -> list[str]:
-    return [name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))]
+    return [
+        name for name, module in model.named_modules() if isinstance(module, (nn.Conv2d, nn.Linear))
+    ]
 
 
 def tasks(model, x, y, have_curvlinops: bool) -> dict[str, callable]:
@@ -106,19 +115,31 @@ def tasks(model, x, y, have_curvlinops: bool) -> dict[str, callable]:
         "memspace F@v, memory=low": lambda: F_low @ v,
         "memspace MC diagonal": mc.diag,
         "memspace MC diagonal, memory=low": mc_low.diag,
-        "memspace K-FAC factors (MC)": lambda: KFAC(model, data, batch_size=len(x), kind="mc", params=layers),
-        "memspace K-FAC factors (MC), memory=low": lambda: KFAC(model, data, batch_size=len(x), kind="mc",
-                                                                params=layers, memory="low"),
+        "memspace K-FAC factors (MC)": lambda: KFAC(
+            model, data, batch_size=len(x), kind="mc", params=layers
+        ),
+        "memspace K-FAC factors (MC), memory=low": lambda: KFAC(
+            model, data, batch_size=len(x), kind="mc", params=layers, memory="low"
+        ),
     }
     if have_curvlinops:
         import curvlinops
 
-        ggn = curvlinops.GGNLinearOperator(model, nn.CrossEntropyLoss(), params, [data], check_deterministic=False)
+        ggn = curvlinops.GGNLinearOperator(
+            model, nn.CrossEntropyLoss(), params, [data], check_deterministic=False
+        )
         run["curvlinops GGN@v"] = lambda: ggn @ v
 
         def curvlinops_kfac():
-            op = curvlinops.KFACLinearOperator(model, nn.CrossEntropyLoss(), layer_params, [data], fisher_type="mc",
-                                               check_deterministic=False, separate_weight_and_bias=False)
+            op = curvlinops.KFACLinearOperator(
+                model,
+                nn.CrossEntropyLoss(),
+                layer_params,
+                [data],
+                fisher_type="mc",
+                check_deterministic=False,
+                separate_weight_and_bias=False,
+            )
             op.compute_kronecker_factors()
             return op
 
@@ -130,12 +151,15 @@ def check_agreement(model, x, y) -> float:
     import curvlinops
 
     F = FisherOperator(model, (x, y), batch_size=len(x))
-    ggn = curvlinops.GGNLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), [(x, y)],
-                                       check_deterministic=False)
+    ggn = curvlinops.GGNLinearOperator(
+        model, nn.CrossEntropyLoss(), list(model.parameters()), [(x, y)], check_deterministic=False
+    )
     v = torch.randn(F.shape[0], generator=torch.Generator().manual_seed(1)).to(x.device)
     ours, theirs = F @ v, ggn @ v
     low = FisherOperator(model, (x, y), batch_size=len(x), memory="low") @ v
-    return max(float((ours - theirs).norm() / theirs.norm()), float((low - theirs).norm() / theirs.norm()))
+    return max(
+        float((ours - theirs).norm() / theirs.norm()), float((low - theirs).norm() / theirs.norm())
+    )
 
 
 def median_seconds(fn, rounds: int, device: str = "cpu") -> float:
@@ -195,9 +219,15 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--child")
-    parser.add_argument("--batch", type=int, help="batch size (default 128; curvlinops' GPU anchor used 512)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda: on CUDA, memory is the allocator's peak")
-    parser.add_argument("--device-label", default=None, help="a label for the machine (default: platform)")
+    parser.add_argument(
+        "--batch", type=int, help="batch size (default 128; curvlinops' GPU anchor used 512)"
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda: on CUDA, memory is the allocator's peak"
+    )
+    parser.add_argument(
+        "--device-label", default=None, help="a label for the machine (default: platform)"
+    )
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--json", type=Path, help="also write the numbers as JSON here")
     args = parser.parse_args()
@@ -206,7 +236,7 @@ def main() -> None:
         return
     if args.device == "cpu":
         torch.set_num_threads(2)
-    else:  # float32 means float32: no TF32 in convolutions or matrix products (both libraries alike)
+    else:  # float32 means float32: no TF32 in convolutions or matrix products (for both libraries)
         torch.backends.cudnn.allow_tf32 = False
         torch.backends.cuda.matmul.allow_tf32 = False
     model, x, y = setup(args.quick, args.batch, args.device)
@@ -224,33 +254,68 @@ def main() -> None:
         if args.device != "cpu":
             memory[name] = cuda_peak(run[name], args.device)
             continue
-        command = [sys.executable, __file__, "--child", name] + (["--quick"] if args.quick else []) + (
-            ["--batch", str(args.batch)] if args.batch else [])
+        command = (
+            [sys.executable, __file__, "--child", name]
+            + (["--quick"] if args.quick else [])
+            + (["--batch", str(args.batch)] if args.batch else [])
+        )
         out = subprocess.run(command, capture_output=True, text=True)
-        memory[name] = int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else None
+        memory[name] = (
+            int(out.stdout.strip().splitlines()[-1])
+            if out.returncode == 0 and out.stdout.strip()
+            else None
+        )
         if memory[name] is None:
             print(f"memory of {name!r} not measured: {out.stderr.strip()[-300:]}", file=sys.stderr)
     base_t, base_m = seconds["gradient"], memory["gradient"]
     params = sum(p.numel() for p in model.parameters())
-    label = args.device_label or (f"{platform.machine()}, 2 threads" if args.device == "cpu"
-                                  else torch.cuda.get_device_name(args.device))
-    lines = ["", f"## ResNet-18 (32×32, 10 classes, batch {len(x)}, float32): memspace beside curvlinops",
-             "", f"`benchmarks/resnet_benchmark.py{' --quick' if args.quick else ''}`, {label}, torch {torch.__version__}; "
-             f"{params / 1e6:.2f} M parameters, BatchNorm in eval mode. memspace's products (fast and memory=low) "
-             f"and curvlinops' GGN product agree to {agreement:.1e} (relative). Diagonal and K-FAC: the "
-             f"{len(weights(model))} convolution and linear weights. Median of {args.rounds} runs; memory: "
-             + ("peak resident growth in a fresh process, set-up included." if args.device == "cpu" else
-                "the CUDA allocator's peak above what was allocated before the operation."), "",
-             "| operation | time (× gradient) | peak memory (× gradient) | peak memory |", "|---|---|---|---|"]
+    label = args.device_label or (
+        f"{platform.machine()}, 2 threads"
+        if args.device == "cpu"
+        else torch.cuda.get_device_name(args.device)
+    )
+    lines = [
+        "",
+        f"## ResNet-18 (32×32, 10 classes, batch {len(x)}, float32): memspace beside curvlinops",
+        "",
+        f"`benchmarks/resnet_benchmark.py{' --quick' if args.quick else ''}`, {label}, torch "
+        f"{torch.__version__}; "
+        f"{params / 1e6:.2f} M parameters, BatchNorm in eval mode. memspace's products (fast and "
+        "memory=low) "
+        f"and curvlinops' GGN product agree to {agreement:.1e} (relative). Diagonal and K-FAC: the "
+        f"{len(weights(model))} convolution and linear weights. Median of {args.rounds} runs; "
+        "memory: "
+        + (
+            "peak resident growth in a fresh process, set-up included."
+            if args.device == "cpu"
+            else "the CUDA allocator's peak above what was allocated before the operation."
+        ),
+        "",
+        "| operation | time (× gradient) | peak memory (× gradient) | peak memory |",
+        "|---|---|---|---|",
+    ]
     for name in run:
         ratio_m = f"×{memory[name] / base_m:.2f}" if memory[name] and base_m else "—"
         absolute = f"{memory[name] / 2**20:.0f} MiB" if memory[name] else "—"
         lines.append(f"| {name} | ×{seconds[name] / base_t:.2f} | {ratio_m} | {absolute} |")
-    lines.append(f"\nGradient: {base_t:.2f} s, {base_m / 2**20:.0f} MiB. Ratios within one run only.")
+    lines.append(
+        f"\nGradient: {base_t:.2f} s, {base_m / 2**20:.0f} MiB. Ratios within one run only."
+    )
     print("\n".join(lines))
     if args.json:
-        args.json.write_text(json.dumps({"seconds": seconds, "memory": memory, "agreement": agreement,
-                                         "label": label, "batch": len(x), "parameters": params}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "seconds": seconds,
+                    "memory": memory,
+                    "agreement": agreement,
+                    "label": label,
+                    "batch": len(x),
+                    "parameters": params,
+                },
+                indent=1,
+            )
+        )
     if not args.quick:
         with args.out.open("a") as handle:
             handle.write("\n".join(lines) + "\n")

@@ -36,7 +36,9 @@ from memspace.fisher import FisherOperator  # noqa: E402
 class EncoderClassifier(nn.Module):
     def __init__(self, d_model: int = 64, heads: int = 4, layers: int = 2, classes: int = 10):
         super().__init__()
-        layer = nn.TransformerEncoderLayer(d_model, heads, dim_feedforward=128, dropout=0.0, batch_first=True)
+        layer = nn.TransformerEncoderLayer(
+            d_model, heads, dim_feedforward=128, dropout=0.0, batch_first=True
+        )
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
         self.head = nn.Linear(d_model, classes)
 
@@ -57,18 +59,27 @@ def tasks(model, x, y) -> dict[str, callable]:
     params = list(model.parameters())
     F = FisherOperator(model, (x, y), batch_size=len(x))
     mc = FisherOperator(model, (x, y), batch_size=len(x), kind="mc")
-    ggn = curvlinops.GGNLinearOperator(model, nn.CrossEntropyLoss(), params, [(x, y)], check_deterministic=False)
+    ggn = curvlinops.GGNLinearOperator(
+        model, nn.CrossEntropyLoss(), params, [(x, y)], check_deterministic=False
+    )
     v = torch.randn(F.shape[0])
 
     def gradient():
         return torch.autograd.grad(nn.functional.cross_entropy(model(x), y), params)
 
     def curvlinops_product():
-        with derivative_kernels(model):  # without it curvlinops fails: the fused encoder has no forward AD
+        with derivative_kernels(
+            model
+        ):  # without it curvlinops fails: the fused encoder has no forward AD
             return ggn @ v
 
-    return {"gradient": gradient, "memspace F@v": lambda: F @ v, "curvlinops GGN@v": curvlinops_product,
-            "memspace diag, MC (1 sample)": mc.diag, "memspace diag, exact": F.diag}
+    return {
+        "gradient": gradient,
+        "memspace F@v": lambda: F @ v,
+        "curvlinops GGN@v": curvlinops_product,
+        "memspace diag, MC (1 sample)": mc.diag,
+        "memspace diag, exact": F.diag,
+    }
 
 
 def check_agreement(model, x, y) -> float:
@@ -76,8 +87,9 @@ def check_agreement(model, x, y) -> float:
     import curvlinops
 
     F = FisherOperator(model, (x, y), batch_size=len(x))
-    ggn = curvlinops.GGNLinearOperator(model, nn.CrossEntropyLoss(), list(model.parameters()), [(x, y)],
-                                       check_deterministic=False)
+    ggn = curvlinops.GGNLinearOperator(
+        model, nn.CrossEntropyLoss(), list(model.parameters()), [(x, y)], check_deterministic=False
+    )
     v = torch.randn(F.shape[0], generator=torch.Generator().manual_seed(1))
     ours = F @ v
     with derivative_kernels(model):
@@ -136,24 +148,45 @@ def main() -> None:
     seconds = {name: median_seconds(fn, args.rounds) for name, fn in run.items()}
     memory = {}
     for name in run:
-        out = subprocess.run([sys.executable, __file__, "--child", name], capture_output=True, text=True)
-        memory[name] = int(out.stdout.strip().splitlines()[-1]) if out.returncode == 0 and out.stdout.strip() else None
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", name], capture_output=True, text=True
+        )
+        memory[name] = (
+            int(out.stdout.strip().splitlines()[-1])
+            if out.returncode == 0 and out.stdout.strip()
+            else None
+        )
         if memory[name] is None:
             print(f"memory of {name!r} not measured: {out.stderr.strip()[-300:]}", file=sys.stderr)
     base_t, base_m = seconds["gradient"], memory["gradient"]
-    lines = ["", "## Transformer encoder: memspace beside curvlinops",
-             "", f"2-layer `nn.TransformerEncoder` (d 64, 4 heads, FF 128, batch-first), sequence 16, batch 64, "
-             f"10 classes; `benchmarks/transformer_benchmark.py`, {platform.machine()}, 2 threads, torch "
-             f"{torch.__version__}. memspace F@v and curvlinops GGN@v agree to {agreement:.1e} (relative). "
-             "curvlinops runs inside memspace's `derivative_kernels`: on the default encoder in eval mode its GGN "
-             "product raises NotImplementedError (the fused encoder-layer kernel has no forward-mode rule). "
-             f"Layer taps: {len(plan.taps)} taps, {len(plan.fallback)} parameters on the exact per-sample path "
-             f"({', '.join(sorted(set(plan.reasons)))[:160] or 'none'}).", "",
-             "| operation | time (× gradient) | peak memory growth, set-up included (× gradient) |", "|---|---|---|"]
+    lines = [
+        "",
+        "## Transformer encoder: memspace beside curvlinops",
+        "",
+        "2-layer `nn.TransformerEncoder` (d 64, 4 heads, FF 128, batch-first), sequence 16, "
+        "batch 64, "
+        f"10 classes; `benchmarks/transformer_benchmark.py`, {platform.machine()}, 2 threads, "
+        "torch "
+        f"{torch.__version__}. memspace F@v and curvlinops GGN@v agree to {agreement:.1e} "
+        "(relative). "
+        "curvlinops runs inside memspace's `derivative_kernels`: on the default encoder in eval "
+        "mode its GGN "
+        "product raises NotImplementedError (the fused encoder-layer kernel has no forward-mode "
+        "rule). "
+        f"Layer taps: {len(plan.taps)} taps, {len(plan.fallback)} parameters on the exact "
+        "per-sample path "
+        f"({', '.join(sorted(set(plan.reasons)))[:160] or 'none'}).",
+        "",
+        "| operation | time (× gradient) | peak memory growth, set-up included (× gradient) |",
+        "|---|---|---|",
+    ]
     for name in run:
         ratio_m = f"×{memory[name] / base_m:.2f}" if memory[name] and base_m else "—"
         lines.append(f"| {name} | ×{seconds[name] / base_t:.2f} | {ratio_m} |")
-    lines.append(f"\nGradient: {base_t * 1e3:.2f} ms. Ratios within one run only; ±10 % run to run on these machines.")
+    lines.append(
+        f"\nGradient: {base_t * 1e3:.2f} ms. Ratios within one run only; ±10 % run to run on "
+        "these machines."
+    )
     print("\n".join(lines))
     with args.out.open("a") as handle:
         handle.write("\n".join(lines) + "\n")

@@ -1,7 +1,8 @@
 """Every memspace quantity with the data sharded across processes.
 
     torchrun --nproc-per-node 2 examples/distributed_measure.py            # CPU ranks (gloo)
-    torchrun --nproc-per-node 4 examples/distributed_measure.py --float64  # compare with --processes 1
+    torchrun --nproc-per-node 4 examples/distributed_measure.py --float64  # compare with
+    --processes 1
 
 Each rank takes its share of the digits training set, streams it, and every sum and count is
 all-reduced (memspace.distributed): each rank prints — and rank 0 reports — the numbers one process
@@ -18,15 +19,26 @@ import argparse
 
 import torch
 
-from memspace import FisherOperator, ResidualMLP, block_sensitivity, fisher_rao_norm, predictive_path
+from memspace import (
+    FisherOperator,
+    ResidualMLP,
+    block_sensitivity,
+    fisher_rao_norm,
+    predictive_path,
+)
 from memspace.data import load_dataset
 from memspace.distributed import init_process_group, shard
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--weights", help="a .safetensors state of ResidualMLP(64, 32, 8, 10) (default: seeded init)")
-    parser.add_argument("--float64", action="store_true", help="measure in float64 (equal to one process to 1e-12)")
+    parser.add_argument(
+        "--weights",
+        help="a .safetensors state of ResidualMLP(64, 32, 8, 10) (default: seeded init)",
+    )
+    parser.add_argument(
+        "--float64", action="store_true", help="measure in float64 (equal to one process to 1e-12)"
+    )
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
     rank, world = init_process_group("env://", backend="gloo", timeout_s=args.timeout)
@@ -48,7 +60,10 @@ def main() -> None:
         "K-FAC trace": float(F.kfac().trace()),
         "Fisher–Rao norm": fisher_rao_norm(model, (X, y), distributed=True),
         "A/A_min": predictive_path(model, (X, y), distributed=True).ratio,
-        "block sensitivity": [round(float(s), 5) for s in block_sensitivity(model, (X, y), distributed=True).sensitivity],
+        "block sensitivity": [
+            round(float(s), 5)
+            for s in block_sensitivity(model, (X, y), distributed=True).sensitivity
+        ],
     }
     print(f"rank {rank}/{world}: {numbers}", flush=True)
     torch.distributed.destroy_process_group()

@@ -23,8 +23,16 @@ def publish(name: str, text: str) -> Path:
     sections = HERE / "results"
     sections.mkdir(exist_ok=True)
     write_atomic(sections / f"{name}.md", text)
-    present = sorted(sections.glob("*.md"), key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem))
-    parts = ["# Experiment results", "",
-             "Each section is written by the script it names (see `experiments/`); numbers are as measured.", ""]
+    present = sorted(
+        sections.glob("*.md"),
+        key=lambda p: (ORDER.index(p.stem) if p.stem in ORDER else 99, p.stem),
+    )
+    parts = [
+        "# Experiment results",
+        "",
+        "Each section is written by the script it names (see `experiments/`); numbers are as "
+        "measured.",
+        "",
+    ]
     parts += [p.read_text().rstrip() + "\n" for p in present]
     return write_atomic(HERE / "RESULTS.md", "\n".join(parts))

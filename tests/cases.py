@@ -16,7 +16,8 @@ class TinyResidual(nn.Module):
         super().__init__()
         self.stem = nn.Linear(d_in, width)
         self.blocks = nn.ModuleList(
-            nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width)) for _ in range(2)
+            nn.Sequential(nn.Linear(width, width), nn.Tanh(), nn.Linear(width, width))
+            for _ in range(2)
         )
         self.head = nn.Linear(width, classes)
 

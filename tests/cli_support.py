@@ -20,12 +20,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-ARCH_FILE = '''
+ARCH_FILE = """
 from memspace import ResidualMLP
 
 def make():
     return ResidualMLP(2, 6, 3, 2)
-'''
+"""
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["torch", "memspace", "memspace.cli", "memspace.report"])
@@ -54,8 +54,12 @@ def _child(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -
         target = os.open(name, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
         os.dup2(target, fd)
         os.close(target)
-    sys.stdout = open(1, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
-    sys.stderr = open(2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1)
+    sys.stdout = open(
+        1, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
+    )
+    sys.stderr = open(
+        2, "w", encoding="utf-8", errors="backslashreplace", closefd=False, buffering=1
+    )
     sys.argv = ["memspace", *args]
     import atexit
 
@@ -63,46 +67,78 @@ def _child(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -
 
     try:
         main(list(args))
-    finally:  # as at a normal interpreter exit (multiprocessing ends its children with os._exit): loky's
-        atexit._run_exitfuncs()  # hook stops the pool's workers instead of leaving them to their idle timeout
+    finally:
+        # As at a normal interpreter exit (multiprocessing ends its children with os._exit): loky's
+        # hook stops the pool's workers instead of leaving them to their idle timeout.
+        atexit._run_exitfuncs()
 
 
-def run_cli(*args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
-            ) -> subprocess.CompletedProcess:
+def run_cli(
+    *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess:
     """``memspace ARGS`` in ``cwd``, waited for, output captured (module doc)."""
     with tempfile.TemporaryDirectory(prefix="memspace-cli-") as scratch:
         out, err = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
-        child = _CONTEXT.Process(target=_child, args=(list(args), str(cwd), env or cli_env(), out, err))
+        child = _CONTEXT.Process(
+            target=_child, args=(list(args), str(cwd), env or cli_env(), out, err)
+        )
         child.start()
         child.join(timeout)
         if child.exitcode is None:
             child.kill()
             child.join()
             raise subprocess.TimeoutExpired(["memspace", *args], timeout)
-        read = lambda name: Path(name).read_text(encoding="utf-8", errors="replace") if os.path.exists(name) else ""  # noqa: E731
-        return subprocess.CompletedProcess(["memspace", *args], child.exitcode, read(out), read(err))
+
+        def read(name: str) -> str:
+            return (
+                Path(name).read_text(encoding="utf-8", errors="replace")
+                if os.path.exists(name)
+                else ""
+            )
+
+        return subprocess.CompletedProcess(
+            ["memspace", *args], child.exitcode, read(out), read(err)
+        )
 
 
-def run_cli_subprocess(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+def run_cli_subprocess(
+    *args: str, cwd: Path, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """``python -m memspace.cli ARGS`` as a plain subprocess, waited for, output captured.
 
     For the demo: under the forkserver its quick studies ran 2.4 times slower than in a fresh
     interpreter (not understood yet), which the fixture shared by the report tests cannot afford.
     """
-    return subprocess.run([sys.executable, "-m", "memspace.cli", *args], capture_output=True, text=True,
-                          cwd=cwd, env=env or cli_env(), timeout=900)
+    return subprocess.run(
+        [sys.executable, "-m", "memspace.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=env or cli_env(),
+        timeout=900,
+    )
 
 
 def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``memspace ARGS`` started in the background as a plain subprocess (to be killed or waited for)."""
-    return subprocess.Popen([sys.executable, "-m", "memspace.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, cwd=cwd, env=env or cli_env())
+    """``memspace ARGS`` started in the background as a plain subprocess (to kill or wait for)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "memspace.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        env=env or cli_env(),
+    )
 
 
-def run_cases(cases: dict[str, tuple], root: Path, prepare, workers: int = 4
-              ) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
-    """Every case ``{name: (args, ...)}`` once, each in its own folder under ``root`` filled by
-    ``prepare(folder)``, ``workers`` at a time: ``{name: (result, folder)}``."""
+def run_cases(
+    cases: dict[str, tuple], root: Path, prepare, workers: int = 4
+) -> dict[str, tuple[subprocess.CompletedProcess, Path]]:
+    """Every case ``{name: (args, ...)}`` once.
+
+    Each in its own folder under ``root`` filled by ``prepare(folder)``, ``workers`` at a time:
+    ``{name: (result, folder)}``.
+    """
     from concurrent.futures import ThreadPoolExecutor
 
     folders = {}

@@ -1,5 +1,8 @@
-"""Test configuration: caches under .cache/, tests/ importable, and per test a fixed torch seed, the default dtype
-(float32: tests that need float64 ask for it) restored, and a fixed number of torch threads."""
+"""Test configuration: caches under .cache/, tests/ importable, and per test a fixed torch seed.
+
+The default dtype (float32: tests that need float64 ask for it) restored, and a fixed number of
+torch threads.
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
-
 THREADS = int(os.environ.get("MEMSPACE_TEST_THREADS", min(2, os.cpu_count() or 1)))
 """Torch threads in the test process: the same on a 2-core runner and a large machine."""
 
@@ -35,13 +37,17 @@ def _seed_dtype_and_threads():
 
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory):
-    """One short real demo run on two moons (2-D: the trajectory figure is drawn too), shared by the
-    command-line and browser tests: ``(run folder, the metrics printed with --json)``."""
+    """One short real demo run on two moons (2-D: the trajectory figure is drawn too).
+
+    Shared by the command-line and browser tests: ``(run folder, the metrics printed with --json)``.
+    """
     import json
 
     from cli_support import run_cli_subprocess
 
     root = tmp_path_factory.mktemp("demo")
-    result = run_cli_subprocess("demo", "--data", "moons", "--epochs", "3", "--out", "run", "--json", cwd=root)
+    result = run_cli_subprocess(
+        "demo", "--data", "moons", "--epochs", "3", "--out", "run", "--json", cwd=root
+    )
     assert result.returncode == 0, result.stderr
     return root / "run", json.loads(result.stdout)

@@ -24,11 +24,20 @@ class EncoderClassifier(nn.Module):
     ``batch_first=False`` takes inputs [T, N, d] (the sample is dimension 1).
     """
 
-    def __init__(self, d: int = 8, heads: int = 2, layers: int = 1, classes: int = 3, batch_first: bool = True):
+    def __init__(
+        self,
+        d: int = 8,
+        heads: int = 2,
+        layers: int = 1,
+        classes: int = 3,
+        batch_first: bool = True,
+    ):
         super().__init__()
         self.batch_first = batch_first
         self.layers = nn.ModuleList(
-            nn.TransformerEncoderLayer(d, heads, dim_feedforward=2 * d, dropout=0.0, batch_first=batch_first)
+            nn.TransformerEncoderLayer(
+                d, heads, dim_feedforward=2 * d, dropout=0.0, batch_first=batch_first
+            )
             for _ in range(layers)
         )
         self.norm = nn.LayerNorm(d)
@@ -44,8 +53,10 @@ class EncoderClassifier(nn.Module):
 
 
 class TinyBert(nn.Module):
-    """Token ids [N, T] → embedding (padding_idx=0) + positions → encoder → logits over
-    the vocabulary at position 0, through the embedding matrix (tied output layer).
+    """Token ids [N, T] → embedding + positions → encoder → logits at position 0.
+
+    The embedding has padding_idx=0; the logits over the vocabulary come through the embedding
+    matrix (a tied output layer).
 
     Returns a dict ``{"logits": [N, V], "hidden": [N, T, d]}`` like a Hugging Face model.
     """
@@ -61,7 +72,9 @@ class TinyBert(nn.Module):
             self.decoder = nn.Linear(d, vocab, bias=False)
             self.decoder.weight = self.embed.weight
         self.position = nn.Parameter(0.3 * torch.randn(length, d))
-        self.encoder = nn.TransformerEncoderLayer(d, 2, dim_feedforward=16, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoderLayer(
+            d, 2, dim_feedforward=16, dropout=0.0, batch_first=True
+        )
         self.bias = nn.Parameter(torch.zeros(vocab))
 
     def forward(self, tokens: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -124,8 +137,10 @@ class TupleOutput(nn.Module):
 
 
 class TokenMLP(nn.Module):
-    """A Linear on every position of [N, T, d] (weight sharing), mean-pooled: K-FAC's
-    "expand" case, where curvlinops computes the same factors."""
+    """A Linear on every position of [N, T, d] (weight sharing), mean-pooled.
+
+    K-FAC's "expand" case, where curvlinops computes the same factors.
+    """
 
     def __init__(self, d: int = 3, hidden: int = 5, classes: int = 3):
         super().__init__()
@@ -186,7 +201,12 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, dict]]] = {
     "gru": lambda: _recurrent("gru"),
     "tied-linears": lambda: (torch.manual_seed(13), TiedLinears(), torch.randn(6, 4), {})[1:],
     "reshaped-rows": lambda: (torch.manual_seed(14), ReshapedRows(), torch.randn(5, 3, 3), {})[1:],
-    "tuple-output": lambda: (torch.manual_seed(15), TupleOutput(), torch.randn(6, 4), {"output": 0})[1:],
+    "tuple-output": lambda: (
+        torch.manual_seed(15),
+        TupleOutput(),
+        torch.randn(6, 4),
+        {"output": 0},
+    )[1:],
     "token-mlp": lambda: (torch.manual_seed(16), TokenMLP(), torch.randn(5, 3, 3), {})[1:],
 }
 
@@ -216,10 +236,17 @@ def reference_jacobian(case: ZooCase) -> tuple[torch.Tensor, torch.Tensor, list[
     for n in range(outputs.shape[0]):
         cols = []
         for c in range(outputs.shape[1]):
-            grads = torch.autograd.grad(outputs[n, c], [named[k] for k in names], retain_graph=True,
-                                        allow_unused=True)
-            cols.append(torch.cat([(torch.zeros_like(named[k]) if g is None else g).reshape(-1)
-                                   for k, g in zip(names, grads)]))
+            grads = torch.autograd.grad(
+                outputs[n, c], [named[k] for k in names], retain_graph=True, allow_unused=True
+            )
+            cols.append(
+                torch.cat(
+                    [
+                        (torch.zeros_like(named[k]) if g is None else g).reshape(-1)
+                        for k, g in zip(names, grads)
+                    ]
+                )
+            )
         rows.append(torch.stack(cols))
     return torch.stack(rows), outputs.detach(), names
 

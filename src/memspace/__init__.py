@@ -6,7 +6,14 @@ of a configuration (:mod:`memspace.complexity`) and of a path (:mod:`memspace.pa
 """
 
 from ._errors import DataError, MemspaceError
-from .action import ACTIONS, ActionTerm, StraightenResult, jacobian_action, kinetic_action, straighten
+from .action import (
+    ACTIONS,
+    ActionTerm,
+    StraightenResult,
+    jacobian_action,
+    kinetic_action,
+    straighten,
+)
 from .complexity import TrajectoryLength, fisher_distance, fisher_rao_norm, trajectory_length
 from .data import DataSplit, load_dataset
 from .fisher import EKFAC, KFAC, FisherKind, FisherOperator, Likelihood

@@ -20,7 +20,10 @@ class DataError(MemspaceError):
 
 
 class ModelError(MemspaceError):
-    """A model memspace cannot measure as asked: unsupported layers, wrong outputs, shared parameters."""
+    """A model memspace cannot measure as asked.
+
+    Unsupported layers, wrong outputs, shared parameters.
+    """
 
 
 class ArgumentTypeError(MemspaceError, TypeError):

@@ -32,10 +32,16 @@ from torch import Tensor, nn
 
 from ._errors import DataError, MemspaceError
 
-__all__ = ["ModelCall", "OutputSelector", "derivative_kernels", "sample_axes_by_probe", "select_output"]
+__all__ = [
+    "ModelCall",
+    "OutputSelector",
+    "derivative_kernels",
+    "sample_axes_by_probe",
+    "select_output",
+]
 
 OutputSelector = Union[None, int, str, Callable[[Any], Tensor]]
-"""None (the model returns a tensor), an index (tuple/list), a key or attribute name, or a callable."""
+"""None (the model returns a tensor), an index (tuple/list), a key or attribute name, a callable."""
 
 
 def select_output(raw: Any, output: OutputSelector, where: str = "the model") -> Tensor:
@@ -51,7 +57,9 @@ def select_output(raw: Any, output: OutputSelector, where: str = "the model") ->
         value = output(raw)
     elif isinstance(output, int) and not isinstance(output, bool):
         if not isinstance(raw, (tuple, list)):
-            raise MemspaceError(f"output={output!r} indexes a tuple, but {where} returned {type(raw).__name__}")
+            raise MemspaceError(
+                f"output={output!r} indexes a tuple, but {where} returned {type(raw).__name__}"
+            )
         if not -len(raw) <= output < len(raw):
             raise MemspaceError(f"output={output!r}: {where} returned {len(raw)} values")
         value = raw[output]
@@ -61,23 +69,38 @@ def select_output(raw: Any, output: OutputSelector, where: str = "the model") ->
         elif hasattr(raw, output):
             value = getattr(raw, output)
         else:
-            keys = list(raw.keys()) if isinstance(raw, Mapping) else [a for a in vars(raw)] if hasattr(raw, "__dict__") else []
-            raise MemspaceError(f"output={output!r}: {where} returned a {type(raw).__name__} without it "
-                                f"(it has {', '.join(map(str, keys[:8])) or 'no named fields'})")
+            keys = (
+                list(raw.keys())
+                if isinstance(raw, Mapping)
+                else [a for a in vars(raw)]
+                if hasattr(raw, "__dict__")
+                else []
+            )
+            raise MemspaceError(
+                f"output={output!r}: {where} returned a {type(raw).__name__} without it "
+                f"(it has {', '.join(map(str, keys[:8])) or 'no named fields'})"
+            )
     else:
-        raise MemspaceError(f"output must be None, an index, a key or attribute name, or a callable; got {output!r}")
+        raise MemspaceError(
+            f"output must be None, an index, a key or attribute name, or a callable; got {output!r}"
+        )
     if not isinstance(value, Tensor):
         if output is None:
             if isinstance(raw, Mapping):
-                what = f"a value of type {type(raw).__name__} with keys {', '.join(map(str, list(raw)[:8]))}"
+                keys = ", ".join(map(str, list(raw)[:8]))
+                what = f"a value of type {type(raw).__name__} with keys {keys}"
             elif isinstance(raw, (tuple, list)):
                 what = f"a {type(raw).__name__} of {len(raw)} values"
             else:
                 what = f"a {type(raw).__name__}"
-            raise MemspaceError(f"{where} returned {what}, not a tensor of outputs [N, D]; pass output= "
-                                "(an index, a key or attribute name such as 'logits', or a callable) to say "
-                                "which value holds the logits")
-        raise MemspaceError(f"output={output!r} selects a {type(value).__name__} from {where}, not a tensor")
+            raise MemspaceError(
+                f"{where} returned {what}, not a tensor of outputs [N, D]; pass output= "
+                "(an index, a key or attribute name such as 'logits', or a callable) to say "
+                "which value holds the logits"
+            )
+        raise MemspaceError(
+            f"output={output!r} selects a {type(value).__name__} from {where}, not a tensor"
+        )
     return value
 
 
@@ -117,14 +140,23 @@ class ModelCall:
     output: OutputSelector = None
 
     def __post_init__(self) -> None:
-        if not isinstance(self.sample_dim, int) or isinstance(self.sample_dim, bool) or self.sample_dim < 0:
-            raise MemspaceError(f"sample_dim must be a non-negative integer axis of the inputs, got {self.sample_dim!r}")
+        if (
+            not isinstance(self.sample_dim, int)
+            or isinstance(self.sample_dim, bool)
+            or self.sample_dim < 0
+        ):
+            raise MemspaceError(
+                "sample_dim must be a non-negative integer axis of the inputs, got "
+                f"{self.sample_dim!r}"
+            )
 
     def num_samples(self, x: Tensor) -> int:
         """N, the size of ``x`` along the sample axis."""
         if x.dim() <= self.sample_dim:
-            raise MemspaceError(f"inputs of shape {tuple(x.shape)} have no axis {self.sample_dim} "
-                                "(sample_dim); pass the axis that indexes data points")
+            raise MemspaceError(
+                f"inputs of shape {tuple(x.shape)} have no axis {self.sample_dim} "
+                "(sample_dim); pass the axis that indexes data points"
+            )
         return x.shape[self.sample_dim]
 
     def take(self, x: Tensor, index: Tensor | slice) -> Tensor:
@@ -137,10 +169,14 @@ class ModelCall:
         """Select the outputs and check that they are [N, D] with the batch's N."""
         out = select_output(raw, self.output, where)
         if out.dim() != 2 or out.shape[0] != num:
-            hint = (" (for a sequence-first model pass sample_dim=1; the outputs must be [N, D] with "
-                    "samples first: pool or transpose in output=)")
-            raise DataError(f"{where}: model output has shape {tuple(out.shape)} for a batch of {num} inputs; "
-                            f"expected [N, D] = [{num}, D]{hint}")
+            hint = (
+                " (for a sequence-first model pass sample_dim=1; the outputs must be [N, D] with "
+                "samples first: pool or transpose in output=)"
+            )
+            raise DataError(
+                f"{where}: model output has shape {tuple(out.shape)} for a batch of {num} inputs; "
+                f"expected [N, D] = [{num}, D]{hint}"
+            )
         return out
 
 
@@ -155,7 +191,10 @@ def _axis_from_shapes(small: Sequence[int], large: Sequence[int]) -> int | None:
 
 
 def sample_axes_by_probe(
-    run: Callable[[Tensor], Any], x: Tensor, call: ModelCall, modules: Sequence[nn.Module],
+    run: Callable[[Tensor], Any],
+    x: Tensor,
+    call: ModelCall,
+    modules: Sequence[nn.Module],
 ) -> list[list[tuple[int | None, int | None]] | None]:
     """For each module, per call in one forward, (input sample axis, output sample axis).
 
@@ -169,10 +208,16 @@ def sample_axes_by_probe(
         seen: list[list[tuple[tuple[int, ...], tuple[int, ...]]]] = [[] for _ in modules]
         handles = []
         for i, module in enumerate(modules):
+
             def hook(mod, args, out, i=i):
                 inp = args[0] if args and isinstance(args[0], Tensor) else None
-                seen[i].append((tuple(inp.shape) if inp is not None else (),
-                                tuple(out.shape) if isinstance(out, Tensor) else ()))
+                seen[i].append(
+                    (
+                        tuple(inp.shape) if inp is not None else (),
+                        tuple(out.shape) if isinstance(out, Tensor) else (),
+                    )
+                )
+
             handles.append(module.register_forward_hook(hook))
         try:
             with torch.no_grad():
@@ -186,5 +231,10 @@ def sample_axes_by_probe(
         if len(small) != len(large):
             result.append(None)
             continue
-        result.append([(_axis_from_shapes(a[0], b[0]), _axis_from_shapes(a[1], b[1])) for a, b in zip(small, large)])
+        result.append(
+            [
+                (_axis_from_shapes(a[0], b[0]), _axis_from_shapes(a[1], b[1]))
+                for a, b in zip(small, large)
+            ]
+        )
     return result

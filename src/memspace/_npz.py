@@ -53,7 +53,9 @@ def _header(member, name: str, where: str) -> tuple[np.dtype, tuple[int, ...], b
         else:
             raise ValueError(f"unsupported .npy version {version}")
     except (ValueError, OSError, EOFError, SyntaxError, zipfile.BadZipFile) as error:
-        raise DataError(f"{where}: member {name!r} is not a readable .npy array ({error})") from None
+        raise DataError(
+            f"{where}: member {name!r} is not a readable .npy array ({error})"
+        ) from None
     return dtype, tuple(shape), bool(fortran)
 
 
@@ -68,8 +70,12 @@ def _read_into(stream, buffer: memoryview) -> int:
     return done
 
 
-def load_npz(path: str | Path, what: str = "data file", names: Iterable[str] | None = None,
-             max_bytes: int | None = None) -> dict[str, np.ndarray]:
+def load_npz(
+    path: str | Path,
+    what: str = "data file",
+    names: Iterable[str] | None = None,
+    max_bytes: int | None = None,
+) -> dict[str, np.ndarray]:
     """The arrays of the ``.npz`` at ``path`` (only ``names`` when given), checked before inflating.
 
     Args:
@@ -99,29 +105,52 @@ def load_npz(path: str | Path, what: str = "data file", names: Iterable[str] | N
     arrays: dict[str, np.ndarray] = {}
     with archive:
         members = [info for info in archive.infolist() if not info.is_dir()]
-        chosen = [info for info in members
-                  if wanted is None or info.filename.removesuffix(".npy") in wanted]
+        chosen = [
+            info
+            for info in members
+            if wanted is None or info.filename.removesuffix(".npy") in wanted
+        ]
         declared = sum(info.file_size for info in chosen)
         if declared > budget:
-            raise DataError(f"{where}: its arrays inflate to {declared} bytes, over the bound of {budget} bytes "
-                            "(set MEMSPACE_MAX_NPZ_BYTES to allow more)")
+            raise DataError(
+                f"{where}: its arrays inflate to {declared} bytes, over the bound of {budget} "
+                "bytes "
+                "(set MEMSPACE_MAX_NPZ_BYTES to allow more)"
+            )
         for info in chosen:
             name = info.filename.removesuffix(".npy")
             try:
                 with archive.open(info) as member:
                     dtype, shape, fortran = _header(member, name, where)
                     if dtype.hasobject:
-                        raise DataError(f"{where}: array {name!r} holds Python objects ({dtype}); memspace never "
-                                        "unpickles, store numbers")
+                        raise DataError(
+                            f"{where}: array {name!r} holds Python objects ({dtype}); memspace "
+                            "never "
+                            "unpickles, store numbers"
+                        )
                     size = math.prod(shape) * dtype.itemsize
                     if size > budget or size > info.file_size:
-                        raise DataError(f"{where}: array {name!r} of shape {shape} and {dtype} needs {size} bytes, "
-                                        f"over the {min(budget, info.file_size)} bytes its file or the bound allows")
+                        raise DataError(
+                            f"{where}: array {name!r} of shape {shape} and {dtype} needs {size} "
+                            "bytes, "
+                            f"over the {min(budget, info.file_size)} bytes its file or the bound "
+                            "allows"
+                        )
                     flat = np.empty(math.prod(shape), dtype=dtype)
                     got = _read_into(member, memoryview(flat.view(np.uint8)))
-            except (zipfile.BadZipFile, OSError, EOFError, RuntimeError, NotImplementedError) as error:
-                raise DataError(f"cannot read {where}: member {name!r} is damaged ({error})") from None
+            except (
+                zipfile.BadZipFile,
+                OSError,
+                EOFError,
+                RuntimeError,
+                NotImplementedError,
+            ) as error:
+                raise DataError(
+                    f"cannot read {where}: member {name!r} is damaged ({error})"
+                ) from None
             if got != size:
-                raise DataError(f"{where}: array {name!r} ends after {got} of its {size} bytes (truncated)")
+                raise DataError(
+                    f"{where}: array {name!r} ends after {got} of its {size} bytes (truncated)"
+                )
             arrays[name] = flat.reshape(shape, order="F" if fortran else "C")
     return arrays

@@ -6,11 +6,12 @@ row-major order, in ``model.named_parameters()`` order.
 
 from __future__ import annotations
 
-from ._errors import ArgumentTypeError, MemspaceError
 from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
+
+from ._errors import ArgumentTypeError, MemspaceError
 
 __all__ = ["ParameterSpace", "check_eval_mode", "shared_parameters"]
 
@@ -106,7 +107,9 @@ class ParameterSpace:
         named = dict(self._model.named_parameters())
         return {n: named[n] for n in self.names}
 
-    def to_dict(self, vector: Tensor | Mapping[str, Tensor], what: str = "vector") -> dict[str, Tensor]:
+    def to_dict(
+        self, vector: Tensor | Mapping[str, Tensor], what: str = "vector"
+    ) -> dict[str, Tensor]:
         """Accept a flat vector [P] or a dict of tensors; return a dict of tensors.
 
         Raises:
@@ -127,7 +130,9 @@ class ParameterSpace:
                     )
             return {n: vector[n] for n in self.names}
         if not isinstance(vector, Tensor):
-            raise ArgumentTypeError(f"{what} must be a tensor or a dict of tensors, got {type(vector).__name__}")
+            raise ArgumentTypeError(
+                f"{what} must be a tensor or a dict of tensors, got {type(vector).__name__}"
+            )
         if vector.dim() != 1 or vector.shape[0] != self.numel:
             raise MemspaceError(
                 f"{what} has shape {tuple(vector.shape)}; expected a flat vector of "

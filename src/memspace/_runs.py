@@ -51,8 +51,19 @@ from typing import Any
 
 from ._errors import MemspaceError
 
-__all__ = ["MANIFEST", "LOCK", "TMP_SUFFIX", "RunFolder", "crash_point", "entry_parts", "is_own_name",
-           "read_manifest", "read_regular", "write_atomic", "write_json"]
+__all__ = [
+    "MANIFEST",
+    "LOCK",
+    "TMP_SUFFIX",
+    "RunFolder",
+    "crash_point",
+    "entry_parts",
+    "is_own_name",
+    "read_manifest",
+    "read_regular",
+    "write_atomic",
+    "write_json",
+]
 
 MANIFEST = ".memspace-run"
 LOCK = ".memspace-lock"
@@ -112,10 +123,12 @@ def _fsync_folder(folder: Path) -> None:
 
 
 def _refuse_link(path: Path, what: str) -> None:
-    """A :class:`MemspaceError` when ``path`` is a symbolic link (memspace never follows one it writes)."""
+    """A :class:`MemspaceError` when ``path`` is a symbolic link (memspace never follows one)."""
     if path.is_symlink():
-        raise MemspaceError(f"refusing to write {what} {path}: it is a symbolic link (memspace writes only "
-                            "plain files it created, never through a link)")
+        raise MemspaceError(
+            f"refusing to write {what} {path}: it is a symbolic link (memspace writes only "
+            "plain files it created, never through a link)"
+        )
 
 
 def write_atomic(path: str | Path, data: bytes | str) -> Path:
@@ -138,7 +151,9 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     _refuse_link(tmp, "the temporary")
     try:
         if os.path.lexists(tmp):
-            os.unlink(tmp)  # a stale temporary of a killed run: its name only, never what it points at
+            os.unlink(
+                tmp
+            )  # a stale temporary of a killed run: its name only, never what it points at
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
         with open(fd, "wb") as handle:
             handle.write(data)
@@ -185,8 +200,10 @@ def read_regular(path: str | Path, what: str = "file", max_bytes: int | None = N
         if not stat.S_ISREG(info.st_mode):
             raise MemspaceError(f"refusing to read {what} {path}: it is not a regular file")
         if max_bytes is not None and info.st_size > max_bytes:
-            raise MemspaceError(f"refusing to read {what} {path}: {info.st_size} bytes is over the bound of "
-                                f"{max_bytes} bytes")
+            raise MemspaceError(
+                f"refusing to read {what} {path}: {info.st_size} bytes is over the bound of "
+                f"{max_bytes} bytes"
+            )
         chunks, left = [], info.st_size
         while left > 0:
             chunk = os.read(fd, min(left, 1 << 24))
@@ -201,7 +218,9 @@ def read_regular(path: str | Path, what: str = "file", max_bytes: int | None = N
         os.close(fd)
 
 
-# -- manifest entries: plain relative paths that stay inside the folder ------------------------------------------
+# -- manifest entries: plain relative paths that stay inside the folder
+# ------------------------------------------
+
 
 def is_own_name(name: str) -> bool:
     """Whether ``name`` (one path component) is one of memspace's bookkeeping files."""
@@ -225,7 +244,9 @@ def entry_parts(name: Any) -> tuple[str, ...]:
     parts = tuple(name.split("/"))
     for part in parts:
         if part in ("", ".", ".."):
-            raise MemspaceError(f"{name!r} is not a plain relative path (it has a {part or 'empty'!r} component)")
+            raise MemspaceError(
+                f"{name!r} is not a plain relative path (it has a {part or 'empty'!r} component)"
+            )
         if is_own_name(part):
             raise MemspaceError(f"{name!r} names memspace's own bookkeeping file {part!r}")
     return parts
@@ -244,31 +265,44 @@ def _link_in(root: Path, parts: tuple[str, ...]) -> Path | None:
 
 
 def _check_entries(root: Path, files: Iterable[str]) -> None:
-    """Refuse ``root`` when any entry of its manifest is not a plain path inside it without links."""
+    """Refuse ``root`` when an entry of its manifest is not a plain path inside it without links."""
     for name in files:
         try:
             parts = entry_parts(name)
         except ValueError as error:
-            raise MemspaceError(f"refusing to use {root}: its manifest {root / MANIFEST} is refused: {error}; nothing "
-                                "was changed (a run folder from elsewhere may be crafted: move it aside)") from None
+            raise MemspaceError(
+                f"refusing to use {root}: its manifest {root / MANIFEST} is refused: {error}; "
+                "nothing "
+                "was changed (a run folder from elsewhere may be crafted: move it aside)"
+            ) from None
         link = _link_in(root, parts)
         if link is not None:
-            raise MemspaceError(f"refusing to use {root}: its manifest entry {name!r} goes through the symbolic "
-                                f"link {link}; nothing was changed (memspace never follows links in a run folder)")
+            raise MemspaceError(
+                f"refusing to use {root}: its manifest entry {name!r} goes through the symbolic "
+                f"link {link}; nothing was changed (memspace never follows links in a run folder)"
+            )
 
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
     file = folder / MANIFEST
     if not os.path.lexists(file):
         return None
-    damaged = (f"{file} is not a memspace manifest (written by an older memspace, or damaged); "
-               "move the folder aside and start a new run")
+    damaged = (
+        f"{file} is not a memspace manifest (written by an older memspace, or damaged); "
+        "move the folder aside and start a new run"
+    )
     try:
-        manifest = json.loads(read_regular(file, "the manifest", MAX_MANIFEST_BYTES).decode("utf-8"))
+        manifest = json.loads(
+            read_regular(file, "the manifest", MAX_MANIFEST_BYTES).decode("utf-8")
+        )
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise MemspaceError(damaged) from None
-    if (not isinstance(manifest, dict) or not isinstance(manifest.get("kind"), str)
-            or not isinstance(manifest.get("files"), list) or not isinstance(manifest.get("config", {}), dict)):
+    if (
+        not isinstance(manifest, dict)
+        or not isinstance(manifest.get("kind"), str)
+        or not isinstance(manifest.get("files"), list)
+        or not isinstance(manifest.get("config", {}), dict)
+    ):
         raise MemspaceError(damaged)
     return manifest
 
@@ -300,7 +334,9 @@ def _foreign(folder: Path, ours: Iterable[str]) -> list[str]:
     for entry in folder.iterdir():
         if entry.name not in known:
             foreign.append(entry.name)
-        elif entry.name in (MANIFEST, LOCK, MANIFEST + TMP_SUFFIX) and (entry.is_symlink() or not entry.is_file()):
+        elif entry.name in (MANIFEST, LOCK, MANIFEST + TMP_SUFFIX) and (
+            entry.is_symlink() or not entry.is_file()
+        ):
             foreign.append(f"{entry.name} (a link or not a plain file)")
     return sorted(foreign)
 
@@ -317,9 +353,12 @@ def _format_value(value: Any) -> str:
 def config_differences(stored: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
     """``name: stored → current`` for every key whose value differs (missing counts)."""
     missing = object()
-    return [f"{key} {_format_value(stored.get(key, '(unset)'))} → {_format_value(current.get(key, '(unset)'))}"
-            for key in sorted(set(stored) | set(current))
-            if stored.get(key, missing) != current.get(key, missing)]
+    return [
+        f"{key} {_format_value(stored.get(key, '(unset)'))} → "
+        f"{_format_value(current.get(key, '(unset)'))}"
+        for key in sorted(set(stored) | set(current))
+        if stored.get(key, missing) != current.get(key, missing)
+    ]
 
 
 class _Lock:
@@ -333,29 +372,38 @@ class _Lock:
     def __init__(self, folder: Path):
         self.file = folder / LOCK
         try:
-            self._fd = os.open(self.file, os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC
-                               | getattr(os, "O_NONBLOCK", 0), 0o644)
+            self._fd = os.open(
+                self.file,
+                os.O_RDWR | os.O_CREAT | _NOFOLLOW | _CLOEXEC | getattr(os, "O_NONBLOCK", 0),
+                0o644,
+            )
         except OSError as error:
             if error.errno == errno.ELOOP:
-                raise MemspaceError(f"refusing to lock {folder}: its {LOCK} is a symbolic link (memspace never "
-                                    "writes through links); move the folder aside") from None
+                raise MemspaceError(
+                    f"refusing to lock {folder}: its {LOCK} is a symbolic link (memspace never "
+                    "writes through links); move the folder aside"
+                ) from None
             raise _os_error("lock", folder, error) from None
         info = os.fstat(self._fd)
         if not stat.S_ISREG(info.st_mode) or info.st_nlink > 1:
             os.close(self._fd)
             self._fd = None
-            raise MemspaceError(f"refusing to lock {folder}: its {LOCK} is not a plain file of its own "
-                                f"({'a hard link' if stat.S_ISREG(info.st_mode) else 'not a regular file'}); "
-                                "move the folder aside")
+            raise MemspaceError(
+                f"refusing to lock {folder}: its {LOCK} is not a plain file of its own "
+                f"({'a hard link' if stat.S_ISREG(info.st_mode) else 'not a regular file'}); "
+                "move the folder aside"
+            )
         try:
             _lock_fd(self._fd)
         except BlockingIOError:
             os.close(self._fd)
             self._fd = None
             holder = _read_pid(self.file)
-            raise MemspaceError(f"run folder {folder} is in use by another memspace process"
-                                f"{f' (PID {holder})' if holder else ''}; wait for it to finish "
-                                "or choose another --out") from None
+            raise MemspaceError(
+                f"run folder {folder} is in use by another memspace process"
+                f"{f' (PID {holder})' if holder else ''}; wait for it to finish "
+                "or choose another --out"
+            ) from None
         os.ftruncate(self._fd, 0)
         os.write(self._fd, f"{os.getpid()}\n".encode())
 
@@ -419,8 +467,16 @@ class RunFolder:
         return list(self._manifest["files"])
 
     @classmethod
-    def open(cls, root: str | Path, *, kind: str, config: Mapping[str, Any] | None = None, overwrite: bool = False,
-             ignore: Iterable[str] = (), finished: str | None = None) -> RunFolder:
+    def open(
+        cls,
+        root: str | Path,
+        *,
+        kind: str,
+        config: Mapping[str, Any] | None = None,
+        overwrite: bool = False,
+        ignore: Iterable[str] = (),
+        finished: str | None = None,
+    ) -> RunFolder:
         """Create, resume or (with ``overwrite``) reset the run folder ``root``, locked.
 
         Args:
@@ -447,8 +503,10 @@ class RunFolder:
         if root.exists() and manifest is None:
             foreign = _foreign(root, ())
             if foreign:
-                raise MemspaceError(f"refusing to use {root}: it is not a memspace run folder (it holds "
-                                    f"{_describe(foreign)}); choose another --out")
+                raise MemspaceError(
+                    f"refusing to use {root}: it is not a memspace run folder (it holds "
+                    f"{_describe(foreign)}); choose another --out"
+                )
         try:
             root.mkdir(parents=True, exist_ok=True)
         except OSError as error:
@@ -481,37 +539,59 @@ class RunFolder:
             raise
 
     @classmethod
-    def _open_locked(cls, root: Path, kind: str, config: dict, overwrite: bool, ignore: set[str],
-                     finished: str | None, lock: _Lock) -> RunFolder:
+    def _open_locked(
+        cls,
+        root: Path,
+        kind: str,
+        config: dict,
+        overwrite: bool,
+        ignore: set[str],
+        finished: str | None,
+        lock: _Lock,
+    ) -> RunFolder:
         manifest = read_manifest(root)  # again, now that the folder is ours
         if manifest is None:
             foreign = _foreign(root, ())
             if foreign:
-                raise MemspaceError(f"refusing to use {root}: it is not a memspace run folder (it holds "
-                                    f"{_describe(foreign)}); choose another --out")
+                raise MemspaceError(
+                    f"refusing to use {root}: it is not a memspace run folder (it holds "
+                    f"{_describe(foreign)}); choose another --out"
+                )
         elif manifest["kind"] != kind:
-            raise MemspaceError(f"{root} holds a memspace {manifest['kind']} run, not a {kind} run; "
-                                "choose another --out")
+            raise MemspaceError(
+                f"{root} holds a memspace {manifest['kind']} run, not a {kind} run; "
+                "choose another --out"
+            )
         elif overwrite:
             _remove_ours(root, manifest)
             manifest = None
         elif finished is not None and (root / finished).exists():
-            raise MemspaceError(f"output folder {root} already exists and holds a finished {kind} run; "
-                                "pass --overwrite to replace it or choose another --out")
+            raise MemspaceError(
+                f"output folder {root} already exists and holds a finished {kind} run; "
+                "pass --overwrite to replace it or choose another --out"
+            )
         else:
             stored = {k: v for k, v in manifest.get("config", {}).items() if k not in ignore}
-            differences = config_differences(stored, {k: v for k, v in config.items() if k not in ignore})
+            differences = config_differences(
+                stored, {k: v for k, v in config.items() if k not in ignore}
+            )
             if differences:
-                raise MemspaceError(f"{root} holds a run started with other options ({'; '.join(differences)}); "
-                                    "rerun with the same options to resume it, or pass --overwrite or another "
-                                    "--out to start a new run")
+                raise MemspaceError(
+                    f"{root} holds a run started with other options ({'; '.join(differences)}); "
+                    "rerun with the same options to resume it, or pass --overwrite or another "
+                    "--out to start a new run"
+                )
             manifest["config"] = {**manifest.get("config", {}), **config}
             resumed = any((root / name).exists() for name in manifest["files"])
             folder = cls(root, manifest, lock, resumed)
             folder._save_manifest()
             return folder
-        folder = cls(root, {"memspace_manifest": _MANIFEST_VERSION, "kind": kind, "config": config, "files": []},
-                     lock, False)
+        folder = cls(
+            root,
+            {"memspace_manifest": _MANIFEST_VERSION, "kind": kind, "config": config, "files": []},
+            lock,
+            False,
+        )
         folder._save_manifest()
         return folder
 
@@ -541,21 +621,25 @@ class RunFolder:
         return write_json(self.path(name), obj, indent)
 
     def read(self, name: str, max_bytes: int | None = None) -> bytes | None:
-        """The bytes of the registered-or-not file ``name`` of the run (None when absent), never
-        through a link (:func:`read_regular`)."""
+        """The bytes of the registered-or-not file ``name`` of the run (None when absent).
+
+        Never through a link (:func:`read_regular`).
+        """
         path = self._inside(name, "read")
         return read_regular(path, "the run file", max_bytes) if os.path.lexists(path) else None
 
     def _inside(self, name: str, action: str) -> Path:
-        """``root/name`` once ``name`` is a plain relative path with no link on its way (else an error)."""
+        """``root/name`` once ``name`` is a plain relative path with no link on its way."""
         try:
             parts = entry_parts(name)
         except ValueError as error:
             raise MemspaceError(f"cannot {action} into run folder {self.root}: {error}") from None
         link = _link_in(self.root, parts)
         if link is not None:
-            raise MemspaceError(f"refusing to {action} {name} in {self.root}: {link} is a symbolic link "
-                                "(memspace never goes through links in a run folder)")
+            raise MemspaceError(
+                f"refusing to {action} {name} in {self.root}: {link} is a symbolic link "
+                "(memspace never goes through links in a run folder)"
+            )
         return self.root.joinpath(*parts)
 
     def close(self) -> None:
@@ -584,7 +668,9 @@ def _remove_ours(root: Path, manifest: Mapping[str, Any]) -> None:
 
 def _check_tree(root: Path, manifest: Mapping[str, Any], depth: int) -> None:
     if depth > MAX_NESTING:
-        raise MemspaceError(f"refusing to overwrite {root}: run folders nest deeper than {MAX_NESTING} levels")
+        raise MemspaceError(
+            f"refusing to overwrite {root}: run folders nest deeper than {MAX_NESTING} levels"
+        )
     _check_entries(root, manifest["files"])
     for name in manifest["files"]:
         target = root / name
@@ -619,7 +705,7 @@ def _remove_tree(root: Path, manifest: Mapping[str, Any]) -> None:
 
 
 def _unlink_inside(root: Path, parts: tuple[str, ...], folder: bool = False) -> None:
-    """Unlink ``root/parts`` (a file or link by its name, or an empty folder) without following any link.
+    """Unlink ``root/parts`` (a file or link by its name, or an empty folder), following no link.
 
     The parent folders are opened one by one with ``O_NOFOLLOW | O_DIRECTORY``: a link
     planted on the way after the check stops the removal instead of leading it outside.
@@ -634,8 +720,10 @@ def _unlink_inside(root: Path, parts: tuple[str, ...], folder: bool = False) -> 
                 return
             except OSError as error:
                 if error.errno in (errno.ELOOP, errno.ENOTDIR):
-                    raise MemspaceError(f"refusing to remove {root / '/'.join(parts)}: {part!r} on its way is a "
-                                        "link or not a folder") from None
+                    raise MemspaceError(
+                        f"refusing to remove {root / '/'.join(parts)}: {part!r} on its way is a "
+                        "link or not a folder"
+                    ) from None
                 raise
             os.close(fd)
             fd = inner
@@ -646,7 +734,9 @@ def _unlink_inside(root: Path, parts: tuple[str, ...], folder: bool = False) -> 
                 os.unlink(parts[-1], dir_fd=fd)
         except FileNotFoundError:
             pass
-        except IsADirectoryError:  # a folder where a file was listed: left alone, with what it holds
+        except (
+            IsADirectoryError
+        ):  # a folder where a file was listed: left alone, with what it holds
             pass
     finally:
         os.close(fd)

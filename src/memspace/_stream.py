@@ -58,8 +58,14 @@ class BatchStream:
     """
 
     def __init__(
-        self, source: Iterable[Any], device: torch.device, dtype: torch.dtype,
-        *, prechecked: bool = False, size: int | None = None, sample_dim: int = 0,
+        self,
+        source: Iterable[Any],
+        device: torch.device,
+        dtype: torch.dtype,
+        *,
+        prechecked: bool = False,
+        size: int | None = None,
+        sample_dim: int = 0,
     ):
         self._source = source
         self.sample_dim = sample_dim
@@ -77,8 +83,10 @@ class BatchStream:
                 check_finite(x, f"batch {index} (inputs)")
                 check_finite(y, f"batch {index} (targets)")
             if x.dim() <= self.sample_dim:
-                raise DataError(f"batch {index}: inputs of shape {tuple(x.shape)} have no sample axis "
-                                f"{self.sample_dim} (sample_dim)")
+                raise DataError(
+                    f"batch {index}: inputs of shape {tuple(x.shape)} have no sample axis "
+                    f"{self.sample_dim} (sample_dim)"
+                )
             num = x.shape[self.sample_dim]
             if num == 0:
                 continue
@@ -98,9 +106,7 @@ def _split_batch(batch: Any, index: int) -> tuple[Tensor, Tensor]:
     if isinstance(batch, dict) and {"x", "y"} <= batch.keys():
         batch = (batch["x"], batch["y"])
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise DataError(
-            f"batch {index} is a {type(batch).__name__}; expected an (x, y) pair"
-        )
+        raise DataError(f"batch {index} is a {type(batch).__name__}; expected an (x, y) pair")
     x, y = batch[0], batch[1]
     if not isinstance(x, Tensor) or not isinstance(y, Tensor):
         raise DataError(f"batch {index}: inputs and targets must be torch tensors")
@@ -108,7 +114,12 @@ def _split_batch(batch: Any, index: int) -> tuple[Tensor, Tensor]:
 
 
 def as_batch_stream(
-    data: Any, *, device: torch.device, dtype: torch.dtype, batch_size: int = 256, sample_dim: int = 0,
+    data: Any,
+    *,
+    device: torch.device,
+    dtype: torch.dtype,
+    batch_size: int = 256,
+    sample_dim: int = 0,
 ) -> BatchStream:
     """Turn a data source into a :class:`BatchStream` (see module docstring).
 
@@ -116,8 +127,14 @@ def as_batch_stream(
         DataError: for a source that is neither a pair of tensors nor an iterable.
     """
     if isinstance(data, BatchStream):
-        return BatchStream(data._source, device, dtype, prechecked=data._prechecked, size=data.size,
-                           sample_dim=sample_dim)
+        return BatchStream(
+            data._source,
+            device,
+            dtype,
+            prechecked=data._prechecked,
+            size=data.size,
+            sample_dim=sample_dim,
+        )
     if (
         isinstance(data, (tuple, list))
         and len(data) == 2
@@ -125,7 +142,9 @@ def as_batch_stream(
     ):
         inputs, targets = data
         if inputs.dim() <= sample_dim:
-            raise DataError(f"X of shape {tuple(inputs.shape)} has no sample axis {sample_dim} (sample_dim)")
+            raise DataError(
+                f"X of shape {tuple(inputs.shape)} has no sample axis {sample_dim} (sample_dim)"
+            )
         if sample_dim:
             inputs = inputs.movedim(sample_dim, 0)
         if inputs.shape[0] != targets.shape[0]:
@@ -144,14 +163,20 @@ def as_batch_stream(
                 if bool(bad.any()):
                     row = int(bad.nonzero()[0, 0])
                     check_finite(
-                        tensor[(row // batch_size) * batch_size : (row // batch_size + 1) * batch_size],
+                        tensor[
+                            (row // batch_size) * batch_size : (row // batch_size + 1) * batch_size
+                        ],
                         f"batch {row // batch_size} ({what})",
                     )
         if sample_dim:
             inputs = inputs.movedim(0, sample_dim)
         return BatchStream(
-            _TensorBatches(inputs, targets, batch_size, sample_dim), device, dtype,
-            prechecked=True, size=targets.shape[0], sample_dim=sample_dim,
+            _TensorBatches(inputs, targets, batch_size, sample_dim),
+            device,
+            dtype,
+            prechecked=True,
+            size=targets.shape[0],
+            sample_dim=sample_dim,
         )
     if isinstance(data, Tensor):
         raise DataError("data is a single tensor; pass (X, y) or a DataLoader")

@@ -40,18 +40,25 @@ from ._stream import as_batch_stream
 from .paths.adapter import ResidualPath, StreamCapture, resolve_head
 from .paths.predictive import predictive_action, predictive_path, readout_path
 
-__all__ = ["ACTIONS", "ActionTerm", "StraightenResult", "jacobian_action", "kinetic_action", "straighten"]
+__all__ = [
+    "ACTIONS",
+    "ActionTerm",
+    "StraightenResult",
+    "jacobian_action",
+    "kinetic_action",
+    "straighten",
+]
 
 ACTIONS = ("predictive", "predictive-excess", "kinetic", "jacobian")
 
 
 def kinetic_action(record: StreamCapture) -> Tensor:
-    """h Σ_l mean_n ‖v_l‖² from a captured forward (differentiable)."""
+    """H Σ_l mean_n ‖v_l‖² from a captured forward (differentiable)."""
     return record.step * sum(v.flatten(1).pow(2).sum(1).mean() for v in record.velocities())
 
 
 def jacobian_action(record: StreamCapture, generator: torch.Generator | None = None) -> Tensor:
-    """h Σ_l mean_n ‖εᵀ ∂v_l/∂x_l‖², ε ~ N(0, I): Hutchinson for E‖∂v_l/∂x_l‖²_F."""
+    """H Σ_l mean_n ‖εᵀ ∂v_l/∂x_l‖², ε ~ N(0, I): Hutchinson for E‖∂v_l/∂x_l‖²_F."""
     total = None
     for x, v in zip(record.inputs, record.velocities()):
         probe = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
@@ -88,28 +95,46 @@ class ActionTerm:
 
     def __post_init__(self) -> None:
         if self.name not in ACTIONS:
-            extra = (" (the former 'fisher' action had no positive floor; use 'predictive')"
-                     if self.name == "fisher" else "")
-            raise MemspaceError(f"unknown action {self.name!r}; use one of {', '.join(ACTIONS)}{extra}")
+            extra = (
+                " (the former 'fisher' action had no positive floor; use 'predictive')"
+                if self.name == "fisher"
+                else ""
+            )
+            raise MemspaceError(
+                f"unknown action {self.name!r}; use one of {', '.join(ACTIONS)}{extra}"
+            )
         self.path = ResidualPath(self.model, self.block_names)
-        self._head = resolve_head(self.model, self.head) if self.name.startswith("predictive") else None
+        self._head = (
+            resolve_head(self.model, self.head) if self.name.startswith("predictive") else None
+        )
 
     @contextmanager
     def capture(self) -> Iterator[StreamCapture]:
+        """Record the residual stream of the forward inside the block (checked on exit)."""
         with self.path.capture() as record:
             yield record
         self.path.check_captured(record)
 
-    def __call__(self, record: StreamCapture, logits: Tensor | None = None, *,
-                 generator: torch.Generator | None = None) -> Tensor:
-        """The action of the captured forward (``logits`` are needed by the predictive actions only;
-        ``generator`` draws the Jacobian action's probes)."""
+    def __call__(
+        self,
+        record: StreamCapture,
+        logits: Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+    ) -> Tensor:
+        """The action of the captured forward.
+
+        ``logits`` are needed by the predictive actions only; ``generator`` draws the Jacobian
+        action's probes.
+        """
         if self.name == "kinetic":
             return kinetic_action(record)
         if self.name == "jacobian":
             return jacobian_action(record, generator)
         outputs = readout_path(self.path.states(record), self._head, logits.shape[0])
-        return predictive_action(outputs, likelihood=self.likelihood, excess=self.name == "predictive-excess")
+        return predictive_action(
+            outputs, likelihood=self.likelihood, excess=self.name == "predictive-excess"
+        )
 
 
 @dataclass
@@ -138,9 +163,19 @@ class StraightenResult:
     history: list[tuple[int, float, float]]
 
     def as_dict(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in ("ratio_trained", "ratio_straightened", "action_trained",
-                                             "least_action", "action_straightened",
-                                             "least_action_straightened", "kl")}
+        """JSON-ready summary (without the model)."""
+        return {
+            k: getattr(self, k)
+            for k in (
+                "ratio_trained",
+                "ratio_straightened",
+                "action_trained",
+                "least_action",
+                "action_straightened",
+                "least_action_straightened",
+                "kl",
+            )
+        }
 
 
 def _mean_kl(model: nn.Module, stream, teacher: list[Tensor]) -> float:
@@ -153,9 +188,20 @@ def _mean_kl(model: nn.Module, stream, teacher: list[Tensor]) -> float:
     return total / count
 
 
-def straighten(model: nn.Module, data: Any, *, steps: int = 300, lr: float = 3e-3, penalty: float = 100.0,
-               penalty_growth: float = 3.0, kl_tol: float = 1e-3, eval_every: int = 25,
-               block_names: Sequence[str] | None = None, head: Any = None, batch_size: int = 512) -> StraightenResult:
+def straighten(
+    model: nn.Module,
+    data: Any,
+    *,
+    steps: int = 300,
+    lr: float = 3e-3,
+    penalty: float = 100.0,
+    penalty_growth: float = 3.0,
+    kl_tol: float = 1e-3,
+    eval_every: int = 25,
+    block_names: Sequence[str] | None = None,
+    head: Any = None,
+    batch_size: int = 512,
+) -> StraightenResult:
     """Re-optimise the residual blocks to least predictive action with the end map held.
 
     Stem and head are frozen, so p_0 is fixed; the blocks minimise A/A_trained + ``penalty``
@@ -171,10 +217,14 @@ def straighten(model: nn.Module, data: Any, *, steps: int = 300, lr: float = 3e-
     Args:
         model: a trained residual network (copied, not modified).
         data: the data on which the end map is matched and the action measured.
-        steps, lr: Adam steps and learning rate on the blocks' parameters.
-        penalty, penalty_growth, kl_tol: the constraint (see above).
+        steps: Adam steps on the blocks' parameters.
+        lr: Adam's learning rate.
+        penalty: the initial weight of the KL constraint (see above).
+        penalty_growth: its factor at every infeasible evaluation.
+        kl_tol: the largest mean KL of a feasible iterate.
         eval_every: steps between exact evaluations on all the data.
-        block_names, head: for a model that is not a memspace residual model.
+        block_names: the residual blocks of a model that is not a memspace residual model.
+        head: its read-out.
         batch_size: rows per batch for an ``(X, y)`` pair.
     """
     student = copy.deepcopy(model).eval()
@@ -196,7 +246,9 @@ def straighten(model: nn.Module, data: Any, *, steps: int = 300, lr: float = 3e-
         return result.action, result.least_action
 
     action0, least0 = exact(student)
-    scale = action0 if action0 > 0 else 1.0  # the action term is A/A_trained: the penalty is scale-free
+    scale = (
+        action0 if action0 > 0 else 1.0
+    )  # the action term is A/A_trained: the penalty is scale-free
     weight = penalty
     best = (action0, least0, 0.0, copy.deepcopy(student.state_dict()))
     history = [(0, action0, 0.0)]
@@ -231,7 +283,13 @@ def straighten(model: nn.Module, data: Any, *, steps: int = 300, lr: float = 3e-
         p.requires_grad_(True)
     ratio = lambda a, b: a / b if b > 0 else float("inf")  # noqa: E731
     return StraightenResult(
-        ratio_trained=ratio(action0, least0), ratio_straightened=ratio(best[0], best[1]),
-        action_trained=action0, least_action=least0, action_straightened=best[0],
-        least_action_straightened=best[1], kl=best[2], model=student, history=history,
+        ratio_trained=ratio(action0, least0),
+        ratio_straightened=ratio(best[0], best[1]),
+        action_trained=action0,
+        least_action=least0,
+        action_straightened=best[0],
+        least_action_straightened=best[1],
+        kl=best[2],
+        model=student,
+        history=history,
     )

@@ -46,7 +46,9 @@ def load_factory(spec: str) -> Callable[[], Any]:
             exits while loading), or no callable of that name in it.
     """
     if ":" not in spec:
-        raise MemspaceError(f"--arch {spec!r} must be MODULE:FACTORY (a module or .py file, and a callable in it)")
+        raise MemspaceError(
+            f"--arch {spec!r} must be MODULE:FACTORY (a module or .py file, and a callable in it)"
+        )
     module_name, _, attr = spec.rpartition(":")
     if module_name.endswith(".py"):
         path = Path(module_name)
@@ -58,19 +60,27 @@ def load_factory(spec: str) -> Callable[[], Any]:
             with _users_code():
                 loaded.loader.exec_module(module)
         except SystemExit as error:
-            raise MemspaceError(f"architecture file {path} called exit({error.code!r}) while loading; "
-                                "nothing was measured") from None
+            raise MemspaceError(
+                f"architecture file {path} called exit({error.code!r}) while loading; "
+                "nothing was measured"
+            ) from None
         except Exception as error:  # the user's file: a syntax error or one raised at import
-            raise MemspaceError(f"cannot load architecture file {path}: {one_line(error)}") from None
+            raise MemspaceError(
+                f"cannot load architecture file {path}: {one_line(error)}"
+            ) from None
     else:
         try:
             with _users_code():
                 module = importlib.import_module(module_name)
         except SystemExit as error:
-            raise MemspaceError(f"architecture module {module_name!r} called exit({error.code!r}) while loading; "
-                                "nothing was measured") from None
+            raise MemspaceError(
+                f"architecture module {module_name!r} called exit({error.code!r}) while loading; "
+                "nothing was measured"
+            ) from None
         except Exception as error:
-            raise MemspaceError(f"cannot import architecture module {module_name!r}: {one_line(error)}") from None
+            raise MemspaceError(
+                f"cannot import architecture module {module_name!r}: {one_line(error)}"
+            ) from None
     if not callable(getattr(module, attr, None)):
         raise MemspaceError(f"module {module_name!r} has no factory {attr!r}")
     return getattr(module, attr)
@@ -86,11 +96,15 @@ def build_network(factory: Callable[[], Any], spec: str) -> nn.Module:
         with _users_code():
             network = factory()
     except SystemExit as error:
-        raise MemspaceError(f"the factory {spec} called exit({error.code!r}); nothing was measured") from None
+        raise MemspaceError(
+            f"the factory {spec} called exit({error.code!r}); nothing was measured"
+        ) from None
     except Exception as error:
         raise MemspaceError(f"the factory {spec} raised {one_line(error)}") from None
     if not isinstance(network, nn.Module):
-        raise MemspaceError(f"factory {spec} returned {type(network).__name__}, not a torch.nn.Module")
+        raise MemspaceError(
+            f"factory {spec} returned {type(network).__name__}, not a torch.nn.Module"
+        )
     return network
 
 
@@ -109,6 +123,8 @@ def load_network(weights: Path, spec: str) -> nn.Module:
         network.load_state_dict(state)
     except RuntimeError as error:
         first = str(error).strip().splitlines()
-        raise MemspaceError(f"checkpoint {weights} does not match the architecture {spec}: "
-                            f"{first[1].strip() if len(first) > 1 else first[0]}") from None
+        raise MemspaceError(
+            f"checkpoint {weights} does not match the architecture {spec}: "
+            f"{first[1].strip() if len(first) > 1 else first[0]}"
+        ) from None
     return network

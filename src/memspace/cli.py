@@ -11,8 +11,6 @@ only what memspace wrote, resume refuses changed options).
 from __future__ import annotations
 
 import functools
-import importlib
-import importlib.util
 import json
 import os
 import sys
@@ -27,20 +25,29 @@ from typer.core import TyperGroup
 from ._errors import MemspaceError
 from ._options import MAX_SEED, check_number
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="Measure a deep network as a memory space: Fisher complexity, paths and least action.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Measure a deep network as a memory space: Fisher complexity, paths and least action.",
+)
 
 MAX_METRICS_BYTES = 256 * 2**20
 """The largest metrics.json ``memspace report`` reads."""
 
-DATA_HELP = ("Data set: digits (scikit-learn, embedded), moons (generated), fashion-mnist (Debian package), "
-             "or a path to an .npz file with arrays X and y.")
+DATA_HELP = (
+    "Data set: digits (scikit-learn, embedded), moons (generated), fashion-mnist (Debian package), "
+    "or a path to an .npz file with arrays X and y."
+)
 
 
 def _cache_defaults() -> None:
     cache = Path.cwd() / ".cache"
-    for var, sub in {"MPLCONFIGDIR": "matplotlib", "SCIKIT_LEARN_DATA": "sklearn",
-                     "TORCHINDUCTOR_CACHE_DIR": "torchinductor"}.items():
+    for var, sub in {
+        "MPLCONFIGDIR": "matplotlib",
+        "SCIKIT_LEARN_DATA": "sklearn",
+        "TORCHINDUCTOR_CACHE_DIR": "torchinductor",
+    }.items():
         os.environ.setdefault(var, str(cache / sub))
 
 
@@ -50,8 +57,11 @@ def _fail(message: str, code: int = 2) -> None:
 
 
 class _Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the process is, so every ``with`` block closes (locks released,
-    atomic writes finished or left as temporaries) exactly as on Ctrl-C."""
+    """SIGTERM, raised where the process is.
+
+    So every ``with`` block closes (locks released, atomic writes finished or left as temporaries)
+    exactly as on Ctrl-C.
+    """
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -67,10 +77,12 @@ def _catch_sigterm() -> None:
 
 
 def _friendly(command):
-    """Turn expected failures into one line on stderr and exit code 2 (130 on Ctrl-C, 143 on SIGTERM).
+    """Turn expected failures into one line on stderr and exit code 2 (Ctrl-C: 130, SIGTERM: 143).
 
-    Expected failures are memspace's own errors (:class:`~memspace.MemspaceError`, raised where bad input
-    is found) and operating-system errors (a full disk, a permission). Anything else is a bug of ours:
+    Expected failures are memspace's own errors (:class:`~memspace.MemspaceError`, raised where bad
+    input
+    is found) and operating-system errors (a full disk, a permission). Anything else is a bug of
+    ours:
     its traceback is printed, with a line asking to report it, and the exit code is 1.
     """
 
@@ -84,26 +96,42 @@ def _friendly(command):
             raise
         except KeyboardInterrupt as error:
             if isinstance(error, _Terminated):
-                _fail("terminated (SIGTERM); what was finished is saved: run the same command again to resume", 143)
-            _fail("interrupted; what was finished is saved: run the same command again to resume", 130)
+                _fail(
+                    "terminated (SIGTERM); what was finished is saved: run the same command "
+                    "again to resume",
+                    143,
+                )
+            _fail(
+                "interrupted; what was finished is saved: run the same command again to resume", 130
+            )
         except OSError as error:  # a disk or permission problem outside memspace's own writes
             if os.environ.get("MEMSPACE_DEBUG"):
                 raise
             if error.filename:
                 _fail(f"cannot access {error.filename}: {error.strerror or type(error).__name__}")
             text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            _fail(f"operating-system error in {command.__name__}: {type(error).__name__}{f': {text}' if text else ''}")
+            _fail(
+                f"operating-system error in {command.__name__}: "
+                f"{type(error).__name__}{f': {text}' if text else ''}"
+            )
         except MemspaceError as error:
             if os.environ.get("MEMSPACE_DEBUG"):
                 raise
-            text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            text = (
+                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+            )
             _fail(text)
         except Exception:  # anything else is memspace's bug, never passed off as the user's mistake
             import traceback
 
             traceback.print_exc()
-            _fail(f"internal error in memspace {command.__name__} (the traceback above): this is a bug in "
-                  "memspace, not a problem with your input; please report it with the command you ran", 1)
+            _fail(
+                f"internal error in memspace {command.__name__} (the traceback above): this is a "
+                "bug in "
+                "memspace, not a problem with your input; please report it with the command you "
+                "ran",
+                1,
+            )
 
     return wrapper
 
@@ -118,6 +146,7 @@ def _status(json_mode: bool):
 
     def emit(message: str) -> None:
         typer.echo(f"[{time.time() - started:5.0f} s] {message}", err=json_mode)
+
     return emit
 
 
@@ -133,16 +162,29 @@ def _print_summary(metrics: dict[str, Any], json_mode: bool) -> None:
     names = list(metrics["networks"])
     for name in names:
         table.add_column(name, justify="right")
-    rows = [("test accuracy", "test_acc", "{:.3f}"), ("generalization gap", "gap", "{:+.3f}"),
-            ("Fisher–Rao norm", "fisher_rao_norm", "{:.4g}"), ("Fisher trace", "fisher_trace", "{:.4g}"),
-            ("effective dimension", "effective_dimension", "{:.1f}")]
+    rows = [
+        ("test accuracy", "test_acc", "{:.3f}"),
+        ("generalization gap", "gap", "{:+.3f}"),
+        ("Fisher–Rao norm", "fisher_rao_norm", "{:.4g}"),
+        ("Fisher trace", "fisher_trace", "{:.4g}"),
+        ("effective dimension", "effective_dimension", "{:.1f}"),
+    ]
     for label, key, fmt in rows:
         table.add_row(label, *[fmt.format(metrics["networks"][n]["measures"][key]) for n in names])
-    for label, key, fmt in (("predictive action A", "action", "{:.4g}"), ("least action A_min", "least_action", "{:.4g}"),
-                            ("A / A_min", "ratio", "{:.3f}")):
-        table.add_row(label, *[fmt.format(metrics["networks"][n]["measures"]["predictive_path"][key])
-                               if "predictive_path" in metrics["networks"][n]["measures"] else "skipped"
-                               for n in names])
+    for label, key, fmt in (
+        ("predictive action A", "action", "{:.4g}"),
+        ("least action A_min", "least_action", "{:.4g}"),
+        ("A / A_min", "ratio", "{:.3f}"),
+    ):
+        table.add_row(
+            label,
+            *[
+                fmt.format(metrics["networks"][n]["measures"]["predictive_path"][key])
+                if "predictive_path" in metrics["networks"][n]["measures"]
+                else "skipped"
+                for n in names
+            ],
+        )
     Console().print(table)
 
 
@@ -150,20 +192,39 @@ def _print_summary(metrics: dict[str, Any], json_mode: bool) -> None:
 @_friendly
 def demo(
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
-    out: Annotated[Path, typer.Option(help="Run folder for checkpoints, metrics.json and report.html.")] = Path("runs/demo"),
-    seed: Annotated[int, typer.Option(help="Seed of the split, the initialisation and training.")] = 0,
+    out: Annotated[
+        Path, typer.Option(help="Run folder for checkpoints, metrics.json and report.html.")
+    ] = Path("runs/demo"),
+    seed: Annotated[
+        int, typer.Option(help="Seed of the split, the initialisation and training.")
+    ] = 0,
     device: Annotated[str, typer.Option(help="Torch device, e.g. cpu or cuda.")] = "cpu",
-    epochs: Annotated[int | None, typer.Option(help="Epochs per network (default: per data set).")] = None,
-    lam: Annotated[float | None, typer.Option(help="λ of the predictive action term (default 0.1).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs per network (default: per data set).")
+    ] = None,
+    lam: Annotated[
+        float | None, typer.Option(help="λ of the predictive action term (default 0.1).")
+    ] = None,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing run folder.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Train residual networks with and without least action, measure both, write a report."""
     from .studies import run_demo
 
     started = time.time()
-    metrics = run_demo(data, out, seed=seed, device=device, epochs=epochs, lam=lam, overwrite=overwrite,
-                       progress=not json_output and sys.stderr.isatty(), status=_status(json_output))
+    metrics = run_demo(
+        data,
+        out,
+        seed=seed,
+        device=device,
+        epochs=epochs,
+        lam=lam,
+        overwrite=overwrite,
+        progress=not json_output and sys.stderr.isatty(),
+        status=_status(json_output),
+    )
     _print_summary(metrics, json_output)
     typer.echo(f"report: {out / 'report.html'} ({time.time() - started:.0f} s)", err=json_output)
 
@@ -171,22 +232,55 @@ def demo(
 @app.command()
 @_friendly
 def measure(
-    model: Annotated[Path, typer.Option(help="Weights: .safetensors, or a torch.save file (loaded with weights_only=True).")],
-    arch: Annotated[str, typer.Option(help="MODULE:FACTORY or path/to/file.py:FACTORY returning the nn.Module.")],
+    model: Annotated[
+        Path,
+        typer.Option(
+            help="Weights: .safetensors, or a torch.save file (loaded with weights_only=True)."
+        ),
+    ],
+    arch: Annotated[
+        str, typer.Option(help="MODULE:FACTORY or path/to/file.py:FACTORY returning the nn.Module.")
+    ],
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
-    blocks: Annotated[str | None, typer.Option(help="Comma-separated module names of the residual blocks "
-                                               "(not needed for memspace's ResidualMLP/ResidualCNN).")] = None,
-    head: Annotated[str | None, typer.Option(help="Module name of the read-out that maps the residual stream to "
-                                             "logits (not needed for memspace's models).")] = None,
-    out: Annotated[Path, typer.Option(help="Folder for metrics.json and report.html.")] = Path("runs/measure"),
+    blocks: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated module names of the residual blocks "
+            "(not needed for memspace's ResidualMLP/ResidualCNN)."
+        ),
+    ] = None,
+    head: Annotated[
+        str | None,
+        typer.Option(
+            help="Module name of the read-out that maps the residual stream to "
+            "logits (not needed for memspace's models)."
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder for metrics.json and report.html.")] = Path(
+        "runs/measure"
+    ),
     seed: Annotated[int, typer.Option(help="Seed of the data split and random probes.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Replace an existing output folder.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")] = False,
-    distributed: Annotated[bool, typer.Option(help="Share the measured points among processes (launch with "
-                                              "torchrun --nproc-per-node N); rank 0 writes the results.")] = False,
-    rendezvous: Annotated[str, typer.Option(help="With --distributed: env:// (torchrun's variables) or "
-                                            "file:///shared/path (with RANK and WORLD_SIZE set).")] = "env://",
-    timeout: Annotated[float, typer.Option(help="With --distributed: seconds a rank waits for the others.")] = 300.0,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the metrics as JSON on stdout.")
+    ] = False,
+    distributed: Annotated[
+        bool,
+        typer.Option(
+            help="Share the measured points among processes (launch with "
+            "torchrun --nproc-per-node N); rank 0 writes the results."
+        ),
+    ] = False,
+    rendezvous: Annotated[
+        str,
+        typer.Option(
+            help="With --distributed: env:// (torchrun's variables) or "
+            "file:///shared/path (with RANK and WORLD_SIZE set)."
+        ),
+    ] = "env://",
+    timeout: Annotated[
+        float, typer.Option(help="With --distributed: seconds a rank waits for the others.")
+    ] = 300.0,
 ) -> None:
     """Measure your own trained model: the demo's measurements, without training."""
     from .studies.measure import measure_weights
@@ -199,9 +293,20 @@ def measure(
         _check_option("timeout", timeout, 1.0)
         rank, world = init_process_group(rendezvous, timeout_s=timeout)
     names = [b.strip() for b in blocks.split(",")] if blocks else None
-    metrics, report = measure_weights(model, arch, data, blocks=names, head=head, out=out, seed=seed,
-                                      overwrite=overwrite, distributed=distributed, rank=rank, world=world,
-                                      status=lambda m: typer.echo(f"  {m}", err=json_output))
+    metrics, report = measure_weights(
+        model,
+        arch,
+        data,
+        blocks=names,
+        head=head,
+        out=out,
+        seed=seed,
+        overwrite=overwrite,
+        distributed=distributed,
+        rank=rank,
+        world=world,
+        status=lambda m: typer.echo(f"  {m}", err=json_output),
+    )
     if metrics is not None:
         _print_summary(metrics, json_output)
         typer.echo(f"report: {report}", err=json_output)
@@ -211,7 +316,8 @@ def measure(
         torch.distributed.destroy_process_group()
         sys.stdout.flush()
         sys.stderr.flush()
-        # Leave without C++ static destructors: a gloo thread sometimes outlives them and aborts the process.
+        # Leave without C++ static destructors: a gloo thread sometimes outlives them and aborts the
+        # process.
         os._exit(0)
 
 
@@ -219,17 +325,28 @@ def measure(
 @_friendly
 def train(
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
-    action: Annotated[str, typer.Option(help="Least-action term: none, predictive, predictive-excess, kinetic or jacobian.")] = "predictive",
+    action: Annotated[
+        str,
+        typer.Option(
+            help="Least-action term: none, predictive, predictive-excess, kinetic or jacobian."
+        ),
+    ] = "predictive",
     lam: Annotated[float, typer.Option(help="λ, the weight of the action term.")] = 0.1,
-    epochs: Annotated[int, typer.Option(help="Total epochs (a resumed run continues to this number).")] = 30,
+    epochs: Annotated[
+        int, typer.Option(help="Total epochs (a resumed run continues to this number).")
+    ] = 30,
     width: Annotated[int, typer.Option(help="Width of the residual stream.")] = 32,
     depth: Annotated[int, typer.Option(help="Number of residual blocks L (h = 1/L).")] = 8,
     lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 3e-3,
     batch_size: Annotated[int, typer.Option(help="Mini-batch size.")] = 64,
     seed: Annotated[int, typer.Option(help="Seed of split, initialisation and training.")] = 0,
-    out: Annotated[Path, typer.Option(help="Checkpoint folder; an interrupted run there resumes.")] = Path("runs/train"),
+    out: Annotated[
+        Path, typer.Option(help="Checkpoint folder; an interrupted run there resumes.")
+    ] = Path("runs/train"),
     overwrite: Annotated[bool, typer.Option(help="Start afresh, replacing the folder.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the per-epoch metrics as JSON on stdout.")] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the per-epoch metrics as JSON on stdout.")
+    ] = False,
 ) -> None:
     """Least-action training of a residual network, with safetensors checkpoints and resume."""
     import torch
@@ -250,19 +367,33 @@ def train(
     check_architecture_fits(split)
     torch.manual_seed(seed)
     model = build_model(split.input_shape, split.num_classes, {"width": width, "depth": depth})
-    result = fit(model, split.train, action=None if action == "none" else action, lam=lam, epochs=epochs, lr=lr,
-                 batch_size=batch_size, val_data=split.test, seed=seed, checkpoint_dir=out, overwrite=overwrite,
-                 run_config={"data": data, "width": width, "depth": depth},
-                 log=lambda message: typer.echo(f"memspace: note: {message}", err=True),
-                 progress=not json_output and sys.stderr.isatty())
+    result = fit(
+        model,
+        split.train,
+        action=None if action == "none" else action,
+        lam=lam,
+        epochs=epochs,
+        lr=lr,
+        batch_size=batch_size,
+        val_data=split.test,
+        seed=seed,
+        checkpoint_dir=out,
+        overwrite=overwrite,
+        run_config={"data": data, "width": width, "depth": depth},
+        log=lambda message: typer.echo(f"memspace: note: {message}", err=True),
+        progress=not json_output and sys.stderr.isatty(),
+    )
     if result.resumed_from:
         typer.echo(f"resumed from epoch {result.resumed_from}", err=True)
     if json_output:
         typer.echo(json.dumps(result.history))
     elif result.history:
         last = result.history[-1]
-        typer.echo(f"epoch {last['epoch']}: train acc {last['train_acc']:.3f}, test acc {last.get('val_acc', float('nan')):.3f}, "
-                   f"A/A_min {last.get('action_ratio', float('nan')):.3f}; checkpoints in {out}")
+        typer.echo(
+            f"epoch {last['epoch']}: train acc {last['train_acc']:.3f}, test acc "
+            f"{last.get('val_acc', float('nan')):.3f}, "
+            f"A/A_min {last.get('action_ratio', float('nan')):.3f}; checkpoints in {out}"
+        )
 
 
 def _studies_help() -> str:
@@ -283,12 +414,23 @@ def _studies_data_help() -> str:
 def study(
     name: Annotated[str, typer.Argument(help=_studies_help())],
     data: Annotated[str | None, typer.Option(help=_studies_data_help())] = None,
-    quick: Annotated[bool, typer.Option(help="The small configuration the tests use (seconds to a minute).")] = False,
-    out: Annotated[Path | None, typer.Option(help="Run folder (default runs/study-NAME); a rerun resumes.")] = None,
-    overwrite: Annotated[bool, typer.Option(help="Replace what memspace wrote in the run folder.")] = False,
-    json_output: Annotated[bool, typer.Option("--json", help="Print the summary as JSON on stdout.")] = False,
+    quick: Annotated[
+        bool, typer.Option(help="The small configuration the tests use (seconds to a minute).")
+    ] = False,
+    out: Annotated[
+        Path | None, typer.Option(help="Run folder (default runs/study-NAME); a rerun resumes.")
+    ] = None,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace what memspace wrote in the run folder.")
+    ] = False,
+    json_output: Annotated[
+        bool, typer.Option("--json", help="Print the summary as JSON on stdout.")
+    ] = False,
 ) -> None:
-    """A memory-space study: every cell saved as produced, a rerun skips finished cells, a report at the end."""
+    """A memory-space study: every cell saved as produced, a rerun skips finished cells.
+
+    A report at the end.
+    """
     from ._runs import RunFolder
     from .report import render_report
     from .studies import prepare_study, run_study
@@ -297,14 +439,27 @@ def study(
     config, split = prepare_study(name, "quick" if quick else "full", data)
     out = out or Path(f"runs/study-{name}")
     emit = _status(json_output)
-    with RunFolder.open(out, kind=f"study-{name}", config=config, overwrite=overwrite, finished="metrics.json") as run:
+    with RunFolder.open(
+        out, kind=f"study-{name}", config=config, overwrite=overwrite, finished="metrics.json"
+    ) as run:
         if run.resumed:
             emit(f"resuming the study in {out}: finished cells are skipped")
         with _cell_progress(not json_output and sys.stderr.isatty(), name) as progress:
             summary = run_study(name, run, config, split, status=emit, progress=progress)
-        metrics = {"run": {"study": name, "data": config["data"], "quick": quick, "config": config,
-                           "seconds": time.time() - started}, "networks": {}, "studies": {name: summary}}
-        report = render_report(metrics, run.path("report.html"), title=f"memspace study: {name} on {config['data']}")
+        metrics = {
+            "run": {
+                "study": name,
+                "data": config["data"],
+                "quick": quick,
+                "config": config,
+                "seconds": time.time() - started,
+            },
+            "networks": {},
+            "studies": {name: summary},
+        }
+        report = render_report(
+            metrics, run.path("report.html"), title=f"memspace study: {name} on {config['data']}"
+        )
         run.write_json("metrics.json", metrics)
     if json_output:
         typer.echo(json.dumps(summary))
@@ -321,8 +476,13 @@ class _cell_progress:
         if self.enabled:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn(f"[bold]{self.name}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TimeRemainingColumn(), transient=True)
+            self._bar = Progress(
+                TextColumn(f"[bold]{self.name}"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
             self._bar.start()
             self._task = self._bar.add_task(self.name, total=None)
         return self
@@ -341,22 +501,41 @@ class _ZooGroup(TyperGroup):
 
     def resolve_command(self, ctx, args):
         if args and not args[0].startswith("-") and args[0] not in self.commands:
-            raise UsageError(f"unknown zoo action {args[0]!r}; choose {', '.join(self.commands)}", ctx)
+            raise UsageError(
+                f"unknown zoo action {args[0]!r}; choose {', '.join(self.commands)}", ctx
+            )
         return super().resolve_command(ctx, args)
 
 
-zoo_app = typer.Typer(cls=_ZooGroup, no_args_is_help=True, add_completion=False,
-                      help="A zoo of trained networks, the literature's generalization measures beside memspace's, "
-                           "ranked.")
+zoo_app = typer.Typer(
+    cls=_ZooGroup,
+    no_args_is_help=True,
+    add_completion=False,
+    help="A zoo of trained networks, the literature's generalization measures beside memspace's, "
+    "ranked.",
+)
 app.add_typer(zoo_app, name="zoo")
 
-ZooFolder = Annotated[Path, typer.Option("--out", help="Zoo folder: zoo.sqlite (WAL), weights/, leaderboard.html.")]
+ZooFolder = Annotated[
+    Path, typer.Option("--out", help="Zoo folder: zoo.sqlite (WAL), weights/, leaderboard.html.")
+]
 Workers = Annotated[int, typer.Option(help="Processes of the local joblib (loky) pool.")]
-Scheduler = Annotated[str | None, typer.Option(help="A Dask scheduler address, e.g. tcp://127.0.0.1:8786: the same "
-                                               "jobs run on that cluster.")]
-ConnectTimeout = Annotated[float, typer.Option(help="Seconds the Dask scheduler has to accept the connection and "
-                                               "answer the handshake.")]
-MinEss = Annotated[float, typer.Option(help="Smallest effective sample size of a kept environment.")]
+Scheduler = Annotated[
+    str | None,
+    typer.Option(
+        help="A Dask scheduler address, e.g. tcp://127.0.0.1:8786: the same "
+        "jobs run on that cluster."
+    ),
+]
+ConnectTimeout = Annotated[
+    float,
+    typer.Option(
+        help="Seconds the Dask scheduler has to accept the connection and answer the handshake."
+    ),
+]
+MinEss = Annotated[
+    float, typer.Option(help="Smallest effective sample size of a kept environment.")
+]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
 
 
@@ -368,12 +547,16 @@ def _check_pool(workers: int, connect_timeout: float) -> None:
 @zoo_app.command("run")
 @_friendly
 def zoo_run(
-    grid: Annotated[str, typer.Option(help="A grid YAML file, or a built-in grid: quick (CI-sized) or digits.")] = "digits",
+    grid: Annotated[
+        str, typer.Option(help="A grid YAML file, or a built-in grid: quick (CI-sized) or digits.")
+    ] = "digits",
     out: ZooFolder = Path("runs/zoo"),
     workers: Workers = 2,
     scheduler: Scheduler = None,
     connect_timeout: ConnectTimeout = 20.0,
-    overwrite: Annotated[bool, typer.Option(help="Remove what memspace wrote in the zoo folder and start afresh.")] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Remove what memspace wrote in the zoo folder and start afresh.")
+    ] = False,
     json_output: JsonOutput = False,
 ) -> None:
     """Train and measure every model of the grid not yet in the database."""
@@ -382,10 +565,22 @@ def zoo_run(
     _check_pool(workers, connect_timeout)
     load_grid(grid)  # checked before any folder is made
     with _cell_progress(not json_output and sys.stderr.isatty(), "zoo") as progress:
-        result = run_zoo(grid, out, workers=workers, scheduler=scheduler, overwrite=overwrite,
-                         status=_status(json_output), progress=progress, connect_timeout=connect_timeout)
-    typer.echo(json.dumps(result) if json_output else f"zoo: {result['models']} models in {out} "
-               f"({result['trained']} trained now, {result['seconds']:.0f} s)")
+        result = run_zoo(
+            grid,
+            out,
+            workers=workers,
+            scheduler=scheduler,
+            overwrite=overwrite,
+            status=_status(json_output),
+            progress=progress,
+            connect_timeout=connect_timeout,
+        )
+    typer.echo(
+        json.dumps(result)
+        if json_output
+        else f"zoo: {result['models']} models in {out} "
+        f"({result['trained']} trained now, {result['seconds']:.0f} s)"
+    )
 
 
 @zoo_app.command("measure")
@@ -402,15 +597,26 @@ def zoo_measure(
 
     _check_pool(workers, connect_timeout)
     with _cell_progress(not json_output and sys.stderr.isatty(), "measures") as progress:
-        result = measure_zoo(out, workers=workers, scheduler=scheduler, status=_status(json_output),
-                             progress=progress, connect_timeout=connect_timeout)
-    typer.echo(json.dumps(result) if json_output else f"zoo: measured {result['measured']} models in {out} "
-               f"({result['seconds']:.0f} s)")
+        result = measure_zoo(
+            out,
+            workers=workers,
+            scheduler=scheduler,
+            status=_status(json_output),
+            progress=progress,
+            connect_timeout=connect_timeout,
+        )
+    typer.echo(
+        json.dumps(result)
+        if json_output
+        else f"zoo: measured {result['measured']} models in {out} ({result['seconds']:.0f} s)"
+    )
 
 
 @zoo_app.command("evaluate")
 @_friendly
-def zoo_evaluate(out: ZooFolder = Path("runs/zoo"), min_ess: MinEss = 12.0, json_output: JsonOutput = False) -> None:
+def zoo_evaluate(
+    out: ZooFolder = Path("runs/zoo"), min_ess: MinEss = 12.0, json_output: JsonOutput = False
+) -> None:
     """The leaderboard: every measure's rank agreement with the generalization gap."""
     from .zoo import evaluate_zoo
 
@@ -420,8 +626,10 @@ def zoo_evaluate(out: ZooFolder = Path("runs/zoo"), min_ess: MinEss = 12.0, json
         typer.echo(json.dumps(evaluation))
         return
     for e in evaluation["leaderboard"]:
-        typer.echo(f"{e['measure']:32s} τ {e['tau']:+.3f}  Ψ {e.get('psi', float('nan')):+.3f}  "
-                   f"CMI {e.get('cmi', float('nan')):.4f}")
+        typer.echo(
+            f"{e['measure']:32s} τ {e['tau']:+.3f}  Ψ {e.get('psi', float('nan')):+.3f}  "
+            f"CMI {e.get('cmi', float('nan')):.4f}"
+        )
 
 
 @zoo_app.command("report")
@@ -444,7 +652,9 @@ def zoo_report(out: ZooFolder = Path("runs/zoo"), min_ess: MinEss = 12.0) -> Non
 @_friendly
 def report(
     run_dir: Annotated[Path, typer.Argument(help="A run folder holding metrics.json.")],
-    output: Annotated[Path | None, typer.Option(help="Where to write the HTML (default RUN_DIR/report.html).")] = None,
+    output: Annotated[
+        Path | None, typer.Option(help="Where to write the HTML (default RUN_DIR/report.html).")
+    ] = None,
 ) -> None:
     """Re-render report.html from a run's saved metrics.json."""
     from ._runs import MANIFEST, RunFolder, is_own_name, read_regular
@@ -455,21 +665,29 @@ def report(
     if not source.is_file():
         raise MemspaceError(f"{source} not found: is {run_dir} a finished memspace run?")
     try:
-        metrics = json.loads(read_regular(source, "the metrics file", MAX_METRICS_BYTES).decode("utf-8"))
+        metrics = json.loads(
+            read_regular(source, "the metrics file", MAX_METRICS_BYTES).decode("utf-8")
+        )
     except (ValueError, UnicodeDecodeError, RecursionError):
-        raise MemspaceError(f"{source} is not a memspace metrics file (corrupt or truncated)") from None
+        raise MemspaceError(
+            f"{source} is not a memspace metrics file (corrupt or truncated)"
+        ) from None
     check_metrics(metrics, str(source))
     target = output or run_dir / "report.html"
     if is_own_name(target.name) or target.name == source.name:
-        raise MemspaceError(f"--output {target}: that name is memspace's own {target.name!r}; choose another "
-                            "file name for the report")
+        raise MemspaceError(
+            f"--output {target}: that name is memspace's own {target.name!r}; choose another "
+            "file name for the report"
+        )
     inside = output is None or target.resolve().parent == run_dir.resolve()
     run = RunFolder.attach(run_dir) if inside and (run_dir / MANIFEST).exists() else None
     try:
         path = render_report(metrics, run.path(target.name) if run else target)
     except (KeyError, TypeError, IndexError, AttributeError) as error:
-        raise MemspaceError(f"{source} is not a complete memspace metrics file ({type(error).__name__}: "
-                            f"{str(error)[:120]}); rerun the command that wrote it") from None
+        raise MemspaceError(
+            f"{source} is not a complete memspace metrics file ({type(error).__name__}: "
+            f"{str(error)[:120]}); rerun the command that wrote it"
+        ) from None
     finally:
         if run is not None:
             run.close()

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from torch import Tensor, nn
 
 from ._errors import MemspaceError
@@ -27,7 +26,9 @@ from .fisher import FisherOperator
 __all__ = ["TrajectoryLength", "fisher_distance", "fisher_rao_norm", "trajectory_length"]
 
 
-def fisher_rao_norm(model: nn.Module, data: Any, kind: str = "true", **operator_kwargs: Any) -> float:
+def fisher_rao_norm(
+    model: nn.Module, data: Any, kind: str = "true", **operator_kwargs: Any
+) -> float:
     """‖θ‖²_fr = θᵀ F(θ) θ over the model's (selected) parameters.
 
     For a bias-free ReLU network with K weight layers ⟨θ, ∇_θ f⟩ = K f, so with the
@@ -51,14 +52,21 @@ def _as_state(reference: Mapping[str, Tensor] | nn.Module) -> Mapping[str, Tenso
     return reference
 
 
-def fisher_distance(model: nn.Module, reference_params: Mapping[str, Tensor] | nn.Module, data: Any,
-                    kind: str = "true", **operator_kwargs: Any) -> float:
+def fisher_distance(
+    model: nn.Module,
+    reference_params: Mapping[str, Tensor] | nn.Module,
+    data: Any,
+    kind: str = "true",
+    **operator_kwargs: Any,
+) -> float:
     """(θ − θ₀)ᵀ F(θ) (θ − θ₀), the squared Fisher length of the straight step θ₀ → θ.
 
     Args:
         model: the network at θ (F is taken there).
         reference_params: θ₀ as a dict of parameter tensors (a state dict) or a model.
-        data, kind, **operator_kwargs: as for :func:`fisher_rao_norm`.
+        data: the data F is averaged over (as for :func:`fisher_rao_norm`).
+        kind: the Fisher's kind.
+        **operator_kwargs: further :class:`~memspace.FisherOperator` options.
 
     Raises:
         MemspaceError: if a parameter is missing from ``reference_params`` or mis-shaped.
@@ -70,8 +78,10 @@ def fisher_distance(model: nn.Module, reference_params: Mapping[str, Tensor] | n
         if name not in reference:
             raise MemspaceError(f"reference_params has no entry for parameter {name!r}")
         if reference[name].shape != theta.shape:
-            raise MemspaceError(f"reference_params[{name!r}] has shape {tuple(reference[name].shape)}; "
-                             f"expected {tuple(theta.shape)}")
+            raise MemspaceError(
+                f"reference_params[{name!r}] has shape {tuple(reference[name].shape)}; "
+                f"expected {tuple(theta.shape)}"
+            )
         delta[name] = theta.detach() - reference[name].detach().to(theta)
     return float(F.quad(delta))
 
@@ -105,7 +115,9 @@ def trajectory_length(
         checkpoints: parameter states in training order (dicts or files, see
             :func:`~memspace.checkpoint.load_state`), at least two.
         model_factory: builds a fresh model of the right architecture.
-        data, kind, **operator_kwargs: as for :func:`fisher_rao_norm`.
+        data: the data F is averaged over (as for :func:`fisher_rao_norm`).
+        kind: the Fisher's kind.
+        **operator_kwargs: further :class:`~memspace.FisherOperator` options.
     """
     if len(checkpoints) < 2:
         raise MemspaceError(f"a trajectory needs at least two checkpoints, got {len(checkpoints)}")
@@ -117,8 +129,10 @@ def trajectory_length(
         names = [n for n, _ in model.named_parameters()]
         missing = [n for n in names if n not in current or n not in previous]
         if missing:
-            raise MemspaceError(f"checkpoint {item if not isinstance(item, Mapping) else '(dict)'} lacks "
-                             f"parameter {missing[0]!r}")
+            raise MemspaceError(
+                f"checkpoint {item if not isinstance(item, Mapping) else '(dict)'} lacks "
+                f"parameter {missing[0]!r}"
+            )
         midpoint = {n: (previous[n] + current[n]) / 2 for n in names}
         model.load_state_dict({**model.state_dict(), **midpoint})
         F = FisherOperator(model, data, kind=kind, **operator_kwargs)

@@ -55,10 +55,13 @@ class DataSplit:
 
     @property
     def input_shape(self) -> tuple[int, ...]:
+        """One sample's shape, (D,) or (C, H, W)."""
         return tuple(self.train[0].shape[1:])
 
 
-def _split(name: str, X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, classes: int) -> DataSplit:
+def _split(
+    name: str, X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, classes: int
+) -> DataSplit:
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(X))
     n_test = int(round(test_fraction * len(X)))
@@ -71,8 +74,15 @@ def _split(name: str, X: np.ndarray, y: np.ndarray, test_fraction: float, seed: 
     return DataSplit(name, as_pair(train), as_pair(test), classes)
 
 
-def _split_integer(name: str, X: np.ndarray, y: np.ndarray, test_fraction: float, seed: int, classes: int,
-                   parts: int | None) -> DataSplit:
+def _split_integer(
+    name: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    test_fraction: float,
+    seed: int,
+    classes: int,
+    parts: int | None,
+) -> DataSplit:
     """A split of integer inputs (token ids), kept as int64."""
     if parts is None:
         order = np.random.default_rng(seed).permutation(len(X))
@@ -80,7 +90,10 @@ def _split_integer(name: str, X: np.ndarray, y: np.ndarray, test_fraction: float
         test, train = order[:n_test], order[n_test:]
     else:
         train, test = np.arange(parts), np.arange(parts, len(X))
-    as_pair = lambda idx: (torch.from_numpy(X[idx].astype(np.int64)), torch.from_numpy(y[idx].astype(np.int64)))  # noqa: E731
+
+    def as_pair(idx: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(X[idx].astype(np.int64)), torch.from_numpy(y[idx].astype(np.int64))
+
     return DataSplit(name, as_pair(train), as_pair(test), classes)
 
 
@@ -93,8 +106,15 @@ def _read_idx(path: Path) -> np.ndarray:
 
 
 def _fashion_mnist(limit: int | None, seed: int) -> DataSplit:
-    files = {part: FASHION_MNIST_DIR / f"{part}-ubyte.gz" for part in
-             ("train-images-idx3", "train-labels-idx1", "t10k-images-idx3", "t10k-labels-idx1")}
+    files = {
+        part: FASHION_MNIST_DIR / f"{part}-ubyte.gz"
+        for part in (
+            "train-images-idx3",
+            "train-labels-idx1",
+            "t10k-images-idx3",
+            "t10k-labels-idx1",
+        )
+    }
     missing = [str(p) for p in files.values() if not p.exists()]
     if missing:
         raise DataError(
@@ -110,7 +130,10 @@ def _fashion_mnist(limit: int | None, seed: int) -> DataSplit:
         parts.append((images[keep], labels[keep]))
     (xtr, ytr), (xte, yte) = parts
     mean, std = xtr.mean(), xtr.std()
-    as_pair = lambda x, y: (torch.from_numpy(((x - mean) / std)[:, None].astype(np.float32)), torch.from_numpy(y))  # noqa: E731
+
+    def as_pair(x: np.ndarray, y: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(((x - mean) / std)[:, None].astype(np.float32)), torch.from_numpy(y)
+
     return DataSplit("fashion-mnist", as_pair(xtr, ytr), as_pair(xte, yte), 10)
 
 
@@ -126,10 +149,14 @@ def _npz(path: Path, test_fraction: float, seed: int) -> DataSplit:
         y = np.concatenate([content["y_train"], content["y_test"]])
         parts = len(content["X_train"])
     else:
-        raise DataError(f"data file {path} must hold arrays X and y (or X_train, y_train, X_test, y_test); "
-                        f"it has {', '.join(content) or 'none'}")
+        raise DataError(
+            f"data file {path} must hold arrays X and y (or X_train, y_train, X_test, y_test); "
+            f"it has {', '.join(content) or 'none'}"
+        )
     X, y, classes = _check_arrays(path, X, y, parts, content.get("num_classes"))
-    if np.issubdtype(X.dtype, np.integer):  # token ids or counts: kept as integers, never standardised
+    if np.issubdtype(
+        X.dtype, np.integer
+    ):  # token ids or counts: kept as integers, never standardised
         return _split_integer(str(path), X, y, test_fraction, seed, classes, parts)
     X = X.astype(np.float64)
     if parts is None:
@@ -140,8 +167,9 @@ def _npz(path: Path, test_fraction: float, seed: int) -> DataSplit:
     return DataSplit(str(path), pair(0, parts), pair(parts, len(X)), classes)
 
 
-def _check_arrays(path: Path, X: np.ndarray, y: np.ndarray, parts: int | None,
-                  num_classes: np.ndarray | None) -> tuple[np.ndarray, np.ndarray, int]:
+def _check_arrays(
+    path: Path, X: np.ndarray, y: np.ndarray, parts: int | None, num_classes: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, int]:
     """Every check of an .npz's arrays, before any work: dtypes, shapes, finiteness, labels.
 
     Returns ``(X, y, C)``; C is ``num_classes`` when the file gives it, else max(y) + 1,
@@ -157,18 +185,26 @@ def _check_arrays(path: Path, X: np.ndarray, y: np.ndarray, parts: int | None,
     if not np.issubdtype(y.dtype, np.integer):
         raise DataError(f"{where}: y must hold integer class labels, it holds {y.dtype}")
     if X.ndim < 2:
-        raise DataError(f"{where}: X has shape {X.shape}; it needs one row per sample and at least one feature "
-                        "axis ([N, D], or [N, C, H, W] for images)")
+        raise DataError(
+            f"{where}: X has shape {X.shape}; it needs one row per sample and at least one feature "
+            "axis ([N, D], or [N, C, H, W] for images)"
+        )
     if y.ndim != 1:
-        raise DataError(f"{where}: y has shape {y.shape}; it must be one label per sample, shape [N]")
+        raise DataError(
+            f"{where}: y has shape {y.shape}; it must be one label per sample, shape [N]"
+        )
     if len(X) != len(y) or len(X) < 2:
-        raise DataError(f"{where}: X has {len(X)} rows and y has {len(y)}; it needs one label per row and at "
-                        "least two rows")
+        raise DataError(
+            f"{where}: X has {len(X)} rows and y has {len(y)}; it needs one label per row and at "
+            "least two rows"
+        )
     if X[0].size == 0:
         raise DataError(f"{where}: X has shape {X.shape}: its samples have no features")
     if parts is not None and not 0 < parts < len(X):
-        raise DataError(f"{where}: X_train and X_test must both be non-empty (they have {parts} and "
-                        f"{len(X) - parts} rows)")
+        raise DataError(
+            f"{where}: X_train and X_test must both be non-empty (they have {parts} and "
+            f"{len(X) - parts} rows)"
+        )
     bad = ~np.isfinite(X.reshape(len(X), -1)).all(axis=1)
     if bad.any():
         raise DataError(f"{where}: X contains NaN/Inf (first in row {int(np.argmax(bad))})")
@@ -177,8 +213,11 @@ def _check_arrays(path: Path, X: np.ndarray, y: np.ndarray, parts: int | None,
     if y.max() >= MAX_CLASSES:
         raise DataError(f"{where}: label {int(y.max())} is over the bound of {MAX_CLASSES} classes")
     if num_classes is not None:
-        if (num_classes.size != 1 or not np.issubdtype(num_classes.dtype, np.integer)
-                or not 2 <= int(num_classes.reshape(-1)[0]) <= MAX_CLASSES):
+        if (
+            num_classes.size != 1
+            or not np.issubdtype(num_classes.dtype, np.integer)
+            or not 2 <= int(num_classes.reshape(-1)[0]) <= MAX_CLASSES
+        ):
             raise DataError(f"{where}: num_classes must be one integer from 2 to {MAX_CLASSES}")
         classes = int(num_classes.reshape(-1)[0])
         if y.max() >= classes:
@@ -188,12 +227,17 @@ def _check_arrays(path: Path, X: np.ndarray, y: np.ndarray, parts: int | None,
     classes = int(y.max()) + 1
     if classes < 2:
         raise DataError(f"{where}: y has a single class; a classifier needs at least two")
-    if len(present) != classes:  # present is sorted and unique: the first gap is the first missing label
+    if (
+        len(present) != classes
+    ):  # present is sorted and unique: the first gap is the first missing label
         gaps = np.nonzero(present != np.arange(len(present)))[0]
         first = int(gaps[0]) if len(gaps) else len(present)
-        raise DataError(f"{where}: labels must cover 0..C−1, but {classes - len(present)} of 0..{classes - 1} never "
-                        f"occur (first {first}); relabel them, or store the number of classes as an array "
-                        "num_classes in the file")
+        raise DataError(
+            f"{where}: labels must cover 0..C−1, but {classes - len(present)} of "
+            f"0..{classes - 1} never "
+            f"occur (first {first}); relabel them, or store the number of classes as an array "
+            "num_classes in the file"
+        )
     return X, y, classes
 
 
@@ -206,12 +250,16 @@ def _standardise(path, X: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.n
             out = out.astype(np.float32)
             finite = np.isfinite(out).all()
     if not finite:
-        raise DataError(f"data file {path}: standardising X overflows (its values reach "
-                        f"{float(np.abs(X).max()):.3g}); rescale X")
+        raise DataError(
+            f"data file {path}: standardising X overflows (its values reach "
+            f"{float(np.abs(X).max()):.3g}); rescale X"
+        )
     return out
 
 
-def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.3, limit: int | None = None) -> DataSplit:
+def load_dataset(
+    name: str, *, seed: int = 0, test_fraction: float = 0.3, limit: int | None = None
+) -> DataSplit:
     """Load a data set by name (see module doc) with a seeded train/test split.
 
     Args:

@@ -87,15 +87,18 @@ class Collective:
         except RuntimeError as error:  # a timeout or a closed connection: a rank died outright
             raise DistributedError(
                 f"rank {self.rank}: lost contact with the other ranks during {self.what} "
-                f"({str(error).splitlines()[0][:200]}); one of them died or stopped outside memspace") from None
+                f"({str(error).splitlines()[0][:200]}); one of them died or stopped outside "
+                "memspace"
+            ) from None
         if failure is not None:
             return
         failed = [(r, w) for r, w in enumerate(words) if int(w[0]) and r != self.rank]
         if failed:
             rank, w = failed[0]
             message = bytes(w[1:].cpu().tolist()).rstrip(b"\0").decode("utf-8", "replace")
-            error = DistributedError(f"rank {rank} failed during {self.what}: {message} "
-                                     f"(rank {self.rank} stopped too)")
+            error = DistributedError(
+                f"rank {rank} failed during {self.what}: {message} (rank {self.rank} stopped too)"
+            )
             setattr(error, _ANNOUNCED, True)
             raise error
 
@@ -109,15 +112,20 @@ class Collective:
         try:
             torch.distributed.all_reduce(moved)
         except RuntimeError as error:
-            raise DistributedError(f"rank {self.rank}: all-reduce failed during {self.what} "
-                                   f"({str(error).splitlines()[0][:200]})") from None
+            raise DistributedError(
+                f"rank {self.rank}: all-reduce failed during {self.what} "
+                f"({str(error).splitlines()[0][:200]})"
+            ) from None
         if moved is not tensor:
             tensor.copy_(moved)
         return tensor
 
     @contextmanager
     def guard(self) -> Iterator[None]:
-        """Around one quantity's pass: announce a local failure to the others, meet them at the end."""
+        """Around one quantity's pass.
+
+        Announce a local failure to the others, meet them at the end.
+        """
         if not self.active:
             yield
             return
@@ -134,13 +142,16 @@ class Collective:
             raise
         else:
             if self._depth == 1:
-                self._exchange(None)  # the final meeting: a rank that fails after its last reduction is heard
+                self._exchange(
+                    None
+                )  # the final meeting: a rank that fails after its last reduction is heard
         finally:
             self._depth -= 1
 
 
 def guarded(method: Method) -> Method:
-    """Run a method of an object with a ``guard()`` (a :class:`Collective`'s, say) inside that guard."""
+    """Run a method of an object with a ``guard()`` (a :class:`Collective`'s) inside that guard."""
+
     @functools.wraps(method)
     def wrapper(self, *args: Any, **kwargs: Any) -> Any:
         with self.guard():
@@ -149,8 +160,14 @@ def guarded(method: Method) -> Method:
     return wrapper  # type: ignore[return-value]
 
 
-def init_process_group(init_method: str = "env://", *, backend: str | None = None, timeout_s: float = 300.0,
-                       rank: int | None = None, world_size: int | None = None) -> tuple[int, int]:
+def init_process_group(
+    init_method: str = "env://",
+    *,
+    backend: str | None = None,
+    timeout_s: float = 300.0,
+    rank: int | None = None,
+    world_size: int | None = None,
+) -> tuple[int, int]:
     """Initialise the default process group with a timeout, so a dead rank cannot hang the others.
 
     Args:
@@ -159,9 +176,15 @@ def init_process_group(init_method: str = "env://", *, backend: str | None = Non
             RANK and WORLD_SIZE).
         backend: ``gloo`` (CPU) or ``nccl``; default nccl when CUDA is available, else gloo.
         timeout_s: how long a collective waits for the other ranks.
+        rank: this process's rank (a file rendezvous; default: RANK).
+        world_size: the number of processes (a file rendezvous; default: WORLD_SIZE).
 
     Returns:
         (rank, world size).
+
+    Raises:
+        MemspaceError: no torch.distributed, missing rendezvous variables, or a group that
+            cannot be joined.
     """
     if not torch.distributed.is_available():
         raise MemspaceError("this torch build has no torch.distributed")
@@ -172,20 +195,33 @@ def init_process_group(init_method: str = "env://", *, backend: str | None = Non
     if world_size is None and "WORLD_SIZE" in os.environ:
         world_size = int(os.environ["WORLD_SIZE"])
     if init_method == "env://":
-        missing = [k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ]
+        missing = [
+            k for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT") if k not in os.environ
+        ]
         if missing:
-            raise MemspaceError(f"--distributed with env:// rendezvous needs {', '.join(missing)} set: launch with "
-                                "torchrun --nproc-per-node N, or give a file:// rendezvous")
+            raise MemspaceError(
+                f"--distributed with env:// rendezvous needs {', '.join(missing)} set: launch with "
+                "torchrun --nproc-per-node N, or give a file:// rendezvous"
+            )
     elif rank is None or world_size is None:
-        raise MemspaceError(f"a {init_method.split(':', 1)[0]} rendezvous needs RANK and WORLD_SIZE")
+        raise MemspaceError(
+            f"a {init_method.split(':', 1)[0]} rendezvous needs RANK and WORLD_SIZE"
+        )
     backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
-    kwargs: dict[str, Any] = {"rank": rank, "world_size": world_size} if init_method != "env://" else {}
+    kwargs: dict[str, Any] = (
+        {"rank": rank, "world_size": world_size} if init_method != "env://" else {}
+    )
     try:
-        torch.distributed.init_process_group(backend, init_method=init_method,
-                                             timeout=datetime.timedelta(seconds=timeout_s), **kwargs)
+        torch.distributed.init_process_group(
+            backend,
+            init_method=init_method,
+            timeout=datetime.timedelta(seconds=timeout_s),
+            **kwargs,
+        )
     except (RuntimeError, ValueError) as error:
-        raise MemspaceError(f"could not join the process group at {init_method}: "
-                            f"{str(error).splitlines()[0][:200]}") from None
+        raise MemspaceError(
+            f"could not join the process group at {init_method}: {str(error).splitlines()[0][:200]}"
+        ) from None
     return torch.distributed.get_rank(), torch.distributed.get_world_size()
 
 

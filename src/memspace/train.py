@@ -38,12 +38,23 @@ from torch import Tensor, nn
 from ._errors import MemspaceError
 from ._options import check_number
 from ._runs import RunFolder, crash_point, read_regular
-from .action import ActionTerm
 from ._stream import check_finite
+from .action import ActionTerm
 from .paths.predictive import predictive_path
 
-__all__ = ["MAX_BATCH_SIZE", "MAX_EPOCHS", "FitResult", "checkpoints", "evaluate", "fit", "latest_checkpoint", "load_checkpoint",
-           "optimizer_step", "penalised_loss", "snapshot"]
+__all__ = [
+    "MAX_BATCH_SIZE",
+    "MAX_EPOCHS",
+    "FitResult",
+    "checkpoints",
+    "evaluate",
+    "fit",
+    "latest_checkpoint",
+    "load_checkpoint",
+    "optimizer_step",
+    "penalised_loss",
+    "snapshot",
+]
 
 MAX_EPOCHS = 100_000
 
@@ -58,7 +69,9 @@ class FitResult:
     resumed_from: int = 0
 
 
-def evaluate(model: nn.Module, data: tuple[Tensor, Tensor], batch_size: int = 1024) -> tuple[float, float]:
+def evaluate(
+    model: nn.Module, data: tuple[Tensor, Tensor], batch_size: int = 1024
+) -> tuple[float, float]:
     """(mean cross-entropy, accuracy) of a classifier on ``(X, y)``."""
     X, y = data
     loss, correct = 0.0, 0
@@ -84,7 +97,9 @@ def _make_optimizer(name, params, lr: float, weight_decay: float) -> torch.optim
     raise MemspaceError(f"unknown optimizer {name!r}; use 'adam' or 'sgd'")
 
 
-def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tensor], dict[str, Any]]:
+def _optimizer_tensors(
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
     state = optimizer.state_dict()
     tensors, scalars = {}, {}
@@ -97,7 +112,9 @@ def _optimizer_tensors(optimizer: torch.optim.Optimizer) -> tuple[dict[str, Tens
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _restore_optimizer(optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]) -> None:
+def _restore_optimizer(
+    optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]
+) -> None:
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -137,8 +154,10 @@ def _read_checkpoint(path: Path) -> tuple[dict[str, Tensor], dict[str, Any]]:
         meta = json.loads(raw[8 : 8 + header_len]).get("__metadata__") or {}
         meta = {k: json.loads(v) for k, v in meta.items()}
     except Exception as error:
-        raise _DamagedCheckpoint(f"cannot read checkpoint {path}: {type(error).__name__}: "
-                                 f"{str(error).splitlines()[0] if str(error) else 'unreadable'}") from None
+        raise _DamagedCheckpoint(
+            f"cannot read checkpoint {path}: {type(error).__name__}: "
+            f"{str(error).splitlines()[0] if str(error) else 'unreadable'}"
+        ) from None
     return tensors, meta
 
 
@@ -150,13 +169,19 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
     """
     path = Path(path)
     tensors, meta = _read_checkpoint(path)
-    weights = {k[len("model."):]: v for k, v in tensors.items() if k.startswith("model.")}
+    weights = {k[len("model.") :]: v for k, v in tensors.items() if k.startswith("model.")}
     expected = model.state_dict()
     missing = [k for k in expected if k not in weights]
     wrong = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
     if missing or wrong:
-        detail = f"missing {missing[0]!r}" if missing else (
-            f"{wrong[0]!r} has shape {tuple(weights[wrong[0]].shape)}, model expects {tuple(expected[wrong[0]].shape)}")
+        detail = (
+            f"missing {missing[0]!r}"
+            if missing
+            else (
+                f"{wrong[0]!r} has shape {tuple(weights[wrong[0]].shape)}, model expects "
+                f"{tuple(expected[wrong[0]].shape)}"
+            )
+        )
         raise MemspaceError(f"checkpoint {path} does not match the architecture: {detail}")
     model.load_state_dict(weights)
     return {"tensors": tensors, **meta}
@@ -182,7 +207,11 @@ def _history_from(meta: dict[str, Any], directory: Path, epoch: int) -> list[dic
     else:  # checkpoints written before the history moved into them
         rows = []
         file = directory / "metrics.jsonl"
-        stored = read_regular(file, "the metrics log").decode("utf-8", errors="replace") if file.exists() else ""
+        stored = (
+            read_regular(file, "the metrics log").decode("utf-8", errors="replace")
+            if file.exists()
+            else ""
+        )
         for line in stored.splitlines():
             try:
                 rows.append(json.loads(line))
@@ -197,8 +226,13 @@ def snapshot(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def penalised_loss(forward: Callable[[], Tensor], data_loss: Callable[[Tensor], Tensor], term: ActionTerm | None,
-                   lam: float, generator: torch.Generator | None = None) -> tuple[Tensor, Tensor, Tensor]:
+def penalised_loss(
+    forward: Callable[[], Tensor],
+    data_loss: Callable[[Tensor], Tensor],
+    term: ActionTerm | None,
+    lam: float,
+    generator: torch.Generator | None = None,
+) -> tuple[Tensor, Tensor, Tensor]:
     """The loss of one step of least-action training: data loss + λ · action (docs/theory.md §4).
 
     Args:
@@ -274,14 +308,16 @@ def fit(
         epochs: total epochs (a resumed run continues up to this number).
         optimizer: ``"adam"``, ``"sgd"`` (momentum 0.9), or a factory ``params → Optimizer``
             (then ``lr`` and ``weight_decay`` are the factory's business).
-        lr, weight_decay, batch_size: as usual.
+        lr: the learning rate.
+        weight_decay: the optimizer's (L2 for SGD, coupled for Adam).
+        batch_size: rows per mini-batch.
         val_data: optional ``(X, y)`` for validation loss/accuracy each epoch.
         seed: seed of shuffling and of the regularisers' random probes/labels.
         checkpoint_dir: the run folder for checkpoints and metrics (module doc); a run
             there with the same configuration resumes from its newest readable
             checkpoint, one with other options is refused.
-        block_names, head: residual blocks and read-out of a model that is not a memspace
-            residual model.
+        block_names: the residual blocks of a model that is not a memspace residual model.
+        head: its read-out.
         probe_size: training points on which the predictive path is measured each epoch.
         progress: show a progress bar (rich).
         overwrite: remove what memspace wrote in ``checkpoint_dir`` and start afresh.
@@ -304,27 +340,59 @@ def fit(
     opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     result = FitResult(model)
     start_epoch = 0
-    config = {"action": action, "lam": lam, "optimizer": optimizer if isinstance(optimizer, str) else "custom",
-              "lr": lr, "weight_decay": weight_decay, "batch_size": batch_size, "seed": seed, "epochs": epochs,
-              **(run_config or {})}
+    config = {
+        "action": action,
+        "lam": lam,
+        "optimizer": optimizer if isinstance(optimizer, str) else "custom",
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "batch_size": batch_size,
+        "seed": seed,
+        "epochs": epochs,
+        **(run_config or {}),
+    }
     run = None
     if checkpoint_dir is not None:
-        run = RunFolder.open(checkpoint_dir, kind="train", config=config, overwrite=overwrite, ignore=("epochs",))
+        run = RunFolder.open(
+            checkpoint_dir, kind="train", config=config, overwrite=overwrite, ignore=("epochs",)
+        )
     try:
         if run is not None:
             meta = _resume(run.root, model, log) if run.resumed else None
             if meta is None and checkpoints(run.root):
-                log(f"no checkpoint in {run.root} is readable; training again from the initial weights")
+                log(
+                    f"no checkpoint in {run.root} is readable; training again from the initial "
+                    "weights"
+                )
             if meta is not None:
                 _restore_optimizer(opt, meta["tensors"], meta["optimizer"])
                 start_epoch = int(meta["epoch"])
                 result.resumed_from = start_epoch
                 result.history = _history_from(meta, run.root, start_epoch)
-                run.write("metrics.jsonl", "".join(json.dumps(row) + "\n" for row in result.history))
+                run.write(
+                    "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in result.history)
+                )
             else:
                 run.write("init.safetensors", save_bytes(_cpu_state(model)))
-        _train(model, opt, term, lam, train_data, val_data, seed, batch_size, start_epoch, epochs, probe_size,
-               block_names, head, progress, run, config, result)
+        _train(
+            model,
+            opt,
+            term,
+            lam,
+            train_data,
+            val_data,
+            seed,
+            batch_size,
+            start_epoch,
+            epochs,
+            probe_size,
+            block_names,
+            head,
+            progress,
+            run,
+            config,
+            result,
+        )
     finally:
         if run is not None:
             run.close()
@@ -348,8 +416,25 @@ def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
 
-def _train(model, opt, term, lam, train_data, val_data, seed, batch_size, start_epoch, epochs, probe_size,
-           block_names, head, progress, run, config, result) -> None:
+def _train(
+    model,
+    opt,
+    term,
+    lam,
+    train_data,
+    val_data,
+    seed,
+    batch_size,
+    start_epoch,
+    epochs,
+    probe_size,
+    block_names,
+    head,
+    progress,
+    run,
+    config,
+    result,
+) -> None:
     X, y = train_data
     probe = (X[:probe_size], y[:probe_size])
     steps_per_epoch = math.ceil(len(X) / batch_size)
@@ -363,15 +448,29 @@ def _train(model, opt, term, lam, train_data, val_data, seed, batch_size, start_
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
                 xb, yb = X[idx], y[idx]
-                total, loss, penalty = penalised_loss(lambda: model(xb), lambda logits: nn.functional.cross_entropy(
-                    logits, yb), term, lam, probes)
+                total, loss, penalty = penalised_loss(
+                    lambda: model(xb),
+                    lambda logits: nn.functional.cross_entropy(logits, yb),
+                    term,
+                    lam,
+                    probes,
+                )
                 optimizer_step(opt, total, f"at epoch {epoch + 1}, step {step + 1}")
                 running += float(loss.detach()) * len(idx)
                 action_sum += float(penalty.detach()) * len(idx)
                 seen += len(idx)
             model.eval()
-            record_epoch = _epoch_metrics(model, epoch + 1, running / seen, action_sum / seen, train_data,
-                                          val_data, probe, block_names, head)
+            record_epoch = _epoch_metrics(
+                model,
+                epoch + 1,
+                running / seen,
+                action_sum / seen,
+                train_data,
+                val_data,
+                probe,
+                block_names,
+                head,
+            )
             result.history.append(record_epoch)
             if run is not None:
                 result.checkpoints.append(_save(run, model, opt, epoch + 1, config, result.history))
@@ -380,29 +479,52 @@ def _train(model, opt, term, lam, train_data, val_data, seed, batch_size, start_
         bar.close()
 
 
-def _epoch_metrics(model, epoch, batch_loss, batch_action, train_data, val_data, probe, block_names, head) -> dict:
+def _epoch_metrics(
+    model, epoch, batch_loss, batch_action, train_data, val_data, probe, block_names, head
+) -> dict:
     train_loss, train_acc = evaluate(model, train_data)
-    metrics = {"epoch": epoch, "batch_loss": batch_loss, "train_loss": train_loss, "train_acc": train_acc,
-               "regulariser": batch_action}
+    metrics = {
+        "epoch": epoch,
+        "batch_loss": batch_loss,
+        "train_loss": train_loss,
+        "train_acc": train_acc,
+        "regulariser": batch_action,
+    }
     if val_data is not None:
         metrics["val_loss"], metrics["val_acc"] = evaluate(model, val_data)
     try:
         path = predictive_path(model, probe, block_names=block_names, head=head)
-        metrics.update(predictive_action=path.action, least_action=path.least_action, action_ratio=path.ratio,
-                       predictive_length=path.length)
-    except MemspaceError:  # not a path (no residual blocks or read-out given): skip the path metrics
+        metrics.update(
+            predictive_action=path.action,
+            least_action=path.least_action,
+            action_ratio=path.ratio,
+            predictive_length=path.length,
+        )
+    except (
+        MemspaceError
+    ):  # not a path (no residual blocks or read-out given): skip the path metrics
         pass
     return metrics
 
 
-def _save(run: RunFolder, model: nn.Module, opt: torch.optim.Optimizer, epoch: int, config: dict,
-          history: list[dict[str, Any]]) -> Path:
+def _save(
+    run: RunFolder,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    epoch: int,
+    config: dict,
+    history: list[dict[str, Any]],
+) -> Path:
     """One atomic checkpoint holding the weights, the optimizer and the metrics so far."""
     tensors = {f"model.{k}": v for k, v in _cpu_state(model).items()}
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
-    metadata = {"epoch": json.dumps(epoch), "optimizer": json.dumps(opt_meta), "config": json.dumps(config),
-                "history": json.dumps(history)}
+    metadata = {
+        "epoch": json.dumps(epoch),
+        "optimizer": json.dumps(opt_meta),
+        "config": json.dumps(config),
+        "history": json.dumps(history),
+    }
     path = run.write(f"epoch-{epoch:04d}.safetensors", save_bytes(tensors, metadata=metadata))
     crash_point("between-checkpoint-and-metrics")
     run.write("metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
@@ -417,8 +539,14 @@ class _progress:
         if enabled and total > done:
             from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
 
-            self._bar = Progress(TextColumn("[bold]training"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                                 TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=True)
+            self._bar = Progress(
+                TextColumn("[bold]training"),
+                BarColumn(),
+                TextColumn("{task.completed}/{task.total}"),
+                TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+                transient=True,
+            )
             self._bar.start()
             self._task = self._bar.add_task("fit", total=total, completed=done, info="")
 

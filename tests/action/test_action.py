@@ -7,7 +7,15 @@ import pytest
 import torch
 from torch.func import jacrev, vmap
 
-from memspace import ActionTerm, ResidualMLP, block_sensitivity, fit, load_dataset, predictive_path, straighten
+from memspace import (
+    ActionTerm,
+    ResidualMLP,
+    block_sensitivity,
+    fit,
+    load_dataset,
+    predictive_path,
+    straighten,
+)
 from memspace.train import latest_checkpoint, load_checkpoint
 
 
@@ -18,7 +26,9 @@ def _model(depth=3, seed=0, dtype=torch.float64):
 
 def _data(n=30):
     g = torch.Generator().manual_seed(1)
-    return torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
+    return torch.randn(n, 4, generator=g, dtype=torch.float64), torch.randint(
+        0, 3, (n,), generator=g
+    )
 
 
 def _penalty(name, model, X, y, generator=None, **kw):
@@ -31,7 +41,9 @@ def _penalty(name, model, X, y, generator=None, **kw):
 def test_kinetic_action_equals_the_measured_one():
     model, (X, y) = _model(), _data()
     measured = block_sensitivity(model, (X, y), deletion=False)
-    assert float(_penalty("kinetic", model, X, y)) == pytest.approx(measured.kinetic_action, rel=1e-12)
+    assert float(_penalty("kinetic", model, X, y)) == pytest.approx(
+        measured.kinetic_action, rel=1e-12
+    )
 
 
 @pytest.mark.parametrize("name", ["predictive", "predictive-excess"])
@@ -90,8 +102,19 @@ def moons():
 def _train(split, action, lam, epochs=12, seed=0, checkpoint_dir=None):
     torch.manual_seed(seed)
     model = ResidualMLP(2, 8, 6, 2)
-    return fit(model, split.train, action=action, lam=lam, epochs=epochs, lr=1e-2, batch_size=64,
-               val_data=split.test, seed=seed, checkpoint_dir=checkpoint_dir, progress=False)
+    return fit(
+        model,
+        split.train,
+        action=action,
+        lam=lam,
+        epochs=epochs,
+        lr=1e-2,
+        batch_size=64,
+        val_data=split.test,
+        seed=seed,
+        checkpoint_dir=checkpoint_dir,
+        progress=False,
+    )
 
 
 @pytest.mark.parametrize("action", ["predictive", "kinetic"])
@@ -100,10 +123,14 @@ def test_action_term_lowers_the_action(moons, action):
     regularised = _train(moons, action, 1.0)
     X = moons.train[0][:256]
     if action == "predictive":
-        before, after = (predictive_path(r.model, (X, moons.train[1][:256])).action for r in (plain, regularised))
+        before, after = (
+            predictive_path(r.model, (X, moons.train[1][:256])).action for r in (plain, regularised)
+        )
     else:
-        before, after = (block_sensitivity(r.model, (X, moons.train[1][:256]), deletion=False).kinetic_action
-                         for r in (plain, regularised))
+        before, after = (
+            block_sensitivity(r.model, (X, moons.train[1][:256]), deletion=False).kinetic_action
+            for r in (plain, regularised)
+        )
     assert after < 0.7 * before
     assert regularised.history[-1]["train_acc"] > 0.8
     assert regularised.history[-1]["action_ratio"] >= 1
@@ -111,7 +138,9 @@ def test_action_term_lowers_the_action(moons, action):
 
 def test_resumed_run_equals_uninterrupted(moons, tmp_path):
     full = _train(moons, "jacobian", 0.1, epochs=4, checkpoint_dir=tmp_path / "a")
-    _train(moons, "jacobian", 0.1, epochs=2, checkpoint_dir=tmp_path / "b")  # "killed" after 2 epochs
+    _train(
+        moons, "jacobian", 0.1, epochs=2, checkpoint_dir=tmp_path / "b"
+    )  # "killed" after 2 epochs
     resumed = _train(moons, "jacobian", 0.1, epochs=4, checkpoint_dir=tmp_path / "b")
     assert resumed.resumed_from == 2
     for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):

@@ -1,4 +1,7 @@
-"""One training step for every loop: data loss + λ·action, and a non-finite loss refused before any update."""
+"""One training step for every loop.
+
+Data loss + λ·action, and a non-finite loss refused before any update.
+"""
 
 from __future__ import annotations
 
@@ -23,16 +26,21 @@ def _net_and_batch():
 def test_the_penalised_loss_is_the_data_loss_plus_lambda_times_the_action():
     model, x, y = _net_and_batch()
     term = ActionTerm("predictive", model)
-    total, loss, action = penalised_loss(lambda: model(x), lambda logits: nn.functional.cross_entropy(logits, y),
-                                         term, 0.25)
+    total, loss, action = penalised_loss(
+        lambda: model(x), lambda logits: nn.functional.cross_entropy(logits, y), term, 0.25
+    )
     expected_loss = nn.functional.cross_entropy(model(x), y)
     expected_action = predictive_path(model, (x, y)).action  # the action as the path measures it
     assert float(loss) == pytest.approx(float(expected_loss), rel=1e-12)
     assert float(action) == pytest.approx(expected_action, rel=1e-10)
     assert float(total) == pytest.approx(float(expected_loss) + 0.25 * expected_action, rel=1e-10)
-    plain, plain_loss, zero = penalised_loss(lambda: model(x), lambda logits: nn.functional.cross_entropy(logits, y),
-                                             None, 0.25)
-    assert float(plain) == float(plain_loss) == pytest.approx(float(expected_loss), rel=1e-12) and float(zero) == 0.0
+    plain, plain_loss, zero = penalised_loss(
+        lambda: model(x), lambda logits: nn.functional.cross_entropy(logits, y), None, 0.25
+    )
+    assert (
+        float(plain) == float(plain_loss) == pytest.approx(float(expected_loss), rel=1e-12)
+        and float(zero) == 0.0
+    )
 
 
 def test_a_non_finite_loss_is_refused_before_the_update():
@@ -45,7 +53,10 @@ def test_a_non_finite_loss_is_refused_before_the_update():
 
 
 def test_every_loop_checks_the_loss_memorise_too():
-    """memorise once trained on through NaN losses (only fit checked); now it stops with the reason."""
+    """Memorise once trained on through NaN losses (only fit checked).
+
+    Now it stops with the reason.
+    """
     model, x, y = _net_and_batch()
     with pytest.raises(MemspaceError, match="the loss became"):
         memorise(model, x * 1e308, y, max_steps=3)

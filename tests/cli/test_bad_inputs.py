@@ -1,4 +1,6 @@
-"""Every bad option and data file through the real command line: one line, exit 2, no traceback, no folder.
+"""Every bad option and data file through the real command line.
+
+One line, exit 2, no traceback, no folder.
 
 The cases run concurrently (each is a separate `memspace` process); each test checks one.
 """
@@ -13,12 +15,21 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cli_support import ARCH_FILE, assert_clean_failure, run_cases
 from memspace import ResidualMLP
 
-from cli_support import ARCH_FILE, assert_clean_failure, run_cases
-
 TRAIN = ["train", "--data", "moons", "--width", "4", "--depth", "2", "--out", "out"]
-MEASURE = ["measure", "--model", "model.safetensors", "--arch", "arch.py:make", "--data", "moons", "--out", "out"]
+MEASURE = [
+    "measure",
+    "--model",
+    "model.safetensors",
+    "--arch",
+    "arch.py:make",
+    "--data",
+    "moons",
+    "--out",
+    "out",
+]
 
 
 def _data_files(root: Path) -> None:
@@ -40,15 +51,21 @@ def _model_files(root: Path) -> None:
     (root / "arch.py").write_text(ARCH_FILE)
     (root / "raises.py").write_text("def make():\n    raise RuntimeError('no GPU here')\n")
     (root / "syntax.py").write_text("def make(:\n    pass\n")
-    (root / "wide.py").write_text("from memspace import ResidualMLP\n\ndef make():\n    return ResidualMLP(3, 6, 3, 2)\n")
+    (root / "wide.py").write_text(
+        "from memspace import ResidualMLP\n\ndef make():\n    return ResidualMLP(3, 6, 3, 2)\n"
+    )
     state = ResidualMLP(2, 6, 3, 2).state_dict()
     save_file(state, str(root / "model.safetensors"))
     save_file({k: v.round().long() for k, v in state.items()}, str(root / "integer.safetensors"))
-    save_file({k: v.clone().fill_(float("nan")) if k.endswith("weight") else v for k, v in state.items()},
-              str(root / "nan.safetensors"))
+    save_file(
+        {k: v.clone().fill_(float("nan")) if k.endswith("weight") else v for k, v in state.items()},
+        str(root / "nan.safetensors"),
+    )
     save_file(ResidualMLP(3, 6, 3, 2).state_dict(), str(root / "wide.safetensors"))
     (root / "incomplete").mkdir()
-    (root / "incomplete" / "metrics.json").write_text(json.dumps({"networks": {"plain": {"history": []}}}))
+    (root / "incomplete" / "metrics.json").write_text(
+        json.dumps({"networks": {"plain": {"history": []}}})
+    )
     (root / "not-metrics").mkdir()
     (root / "not-metrics" / "metrics.json").write_text("{}")
     (root / "a-file").write_text("")
@@ -67,49 +84,148 @@ CASES = {
     "negative λ": (TRAIN + ["--lam", "-1"], ["--lam"]),
     "NaN λ": (TRAIN + ["--lam", "nan"], ["--lam"]),
     "zero learning rate": (TRAIN + ["--lr", "0"], ["--lr"]),
-    "demo with zero epochs": (["demo", "--data", "moons", "--epochs", "0", "--out", "out"], ["--epochs"]),
+    "demo with zero epochs": (
+        ["demo", "--data", "moons", "--epochs", "0", "--out", "out"],
+        ["--epochs"],
+    ),
     "demo with negative λ": (["demo", "--data", "moons", "--lam", "-1", "--out", "out"], ["--lam"]),
     "1-D X": (["train", "--data", "flat.npz", "--out", "out"], ["flat.npz", "shape (40,)"]),
-    "empty X_test": (["train", "--data", "empty-test.npz", "--out", "out"], ["empty-test.npz", "non-empty"]),
+    "empty X_test": (
+        ["train", "--data", "empty-test.npz", "--out", "out"],
+        ["empty-test.npz", "non-empty"],
+    ),
     "complex X": (["train", "--data", "complex.npz", "--out", "out"], ["complex.npz", "complex"]),
     "X·1e300": (["train", "--data", "huge.npz", "--out", "out"], ["huge.npz", "overflows"]),
-    "X without features": (["train", "--data", "no-features.npz", "--out", "out"], ["no-features.npz", "no features"]),
-    "one label 1000 among ten classes": (["train", "--data", "label-1000.npz", "--out", "out"],
-                                         ["label-1000.npz", "0..C−1", "num_classes"]),
-    "3-D X for the residual MLP": (["train", "--data", "cube.npz", "--out", "out"], ["(3, 4)", "reshape"]),
+    "X without features": (
+        ["train", "--data", "no-features.npz", "--out", "out"],
+        ["no-features.npz", "no features"],
+    ),
+    "one label 1000 among ten classes": (
+        ["train", "--data", "label-1000.npz", "--out", "out"],
+        ["label-1000.npz", "0..C−1", "num_classes"],
+    ),
+    "3-D X for the residual MLP": (
+        ["train", "--data", "cube.npz", "--out", "out"],
+        ["(3, 4)", "reshape"],
+    ),
     "text X": (["train", "--data", "words.npz", "--out", "out"], ["words.npz", "numeric"]),
-    "float labels": (["train", "--data", "float-labels.npz", "--out", "out"], ["float-labels.npz", "integer"]),
-    "output under a file": (["train", "--data", "moons", "--epochs", "1", "--out", "a-file/run"],
-                            ["a-file/run", "Not a directory"]),
-    "factory raises": (["measure", "--model", "model.safetensors", "--arch", "raises.py:make", "--data", "moons",
-                        "--out", "out"], ["raises.py:make raised RuntimeError: no GPU here"]),
-    "syntax error in the architecture file": (["measure", "--model", "model.safetensors", "--arch", "syntax.py:make",
-                                               "--data", "moons", "--out", "out"], ["syntax.py", "SyntaxError", "line 1"]),
-    "integer weights": (["measure", "--model", "integer.safetensors", "--arch", "arch.py:make", "--data", "moons",
-                         "--out", "out"], ["integer.safetensors", "torch.int64"]),
-    "NaN weights": (["measure", "--model", "nan.safetensors", "--arch", "arch.py:make", "--data", "moons",
-                     "--out", "out"], ["nan.safetensors", "NaN"]),
-    "input size that does not fit the model": (["measure", "--model", "wide.safetensors", "--arch", "wide.py:make",
-                                                "--data", "moons", "--out", "out"], ["cannot run on the data's inputs",
-                                                                                    "(2,)"]),
-    "unknown study": (["study", "memory", "--out", "out"], ["unknown study 'memory'", "capacity, robustness"]),
-    "disentanglement on other data": (["study", "disentanglement", "--quick", "--data", "digits", "--out", "out"],
-                                      ["dsprites-like (generated) or a dSprites .npz", "'digits'"]),
-    "disentanglement on an .npz that is not dSprites": (["study", "disentanglement", "--quick", "--data", "flat.npz",
-                                                          "--out", "out"], ["flat.npz", "imgs and latents_classes"]),
-    "a capacity grid larger than the data": (["study", "capacity", "--data", "moons", "--out", "out"],
-                                             ["N = 800", "420 training points"]),
-    "study data without labels": (["study", "robustness", "--quick", "--data", "no-labels.npz", "--out", "out"],
-                                  ["no-labels.npz", "X and y"]),
-    "a grid with an unknown hyperparameter": (["zoo", "run", "--grid", "grid-unknown.yaml", "--out", "out"],
-                                              ["unknown hyperparameter 'dropout'"]),
-    "a grid value out of range": (["zoo", "run", "--grid", "grid-range.yaml", "--out", "out"],
-                                  ["label_noise = 1.5 is out of range"]),
-    "a grid that is not YAML": (["zoo", "run", "--grid", "grid-broken.yaml", "--out", "out"], ["not valid YAML"]),
+    "float labels": (
+        ["train", "--data", "float-labels.npz", "--out", "out"],
+        ["float-labels.npz", "integer"],
+    ),
+    "output under a file": (
+        ["train", "--data", "moons", "--epochs", "1", "--out", "a-file/run"],
+        ["a-file/run", "Not a directory"],
+    ),
+    "factory raises": (
+        [
+            "measure",
+            "--model",
+            "model.safetensors",
+            "--arch",
+            "raises.py:make",
+            "--data",
+            "moons",
+            "--out",
+            "out",
+        ],
+        ["raises.py:make raised RuntimeError: no GPU here"],
+    ),
+    "syntax error in the architecture file": (
+        [
+            "measure",
+            "--model",
+            "model.safetensors",
+            "--arch",
+            "syntax.py:make",
+            "--data",
+            "moons",
+            "--out",
+            "out",
+        ],
+        ["syntax.py", "SyntaxError", "line 1"],
+    ),
+    "integer weights": (
+        [
+            "measure",
+            "--model",
+            "integer.safetensors",
+            "--arch",
+            "arch.py:make",
+            "--data",
+            "moons",
+            "--out",
+            "out",
+        ],
+        ["integer.safetensors", "torch.int64"],
+    ),
+    "NaN weights": (
+        [
+            "measure",
+            "--model",
+            "nan.safetensors",
+            "--arch",
+            "arch.py:make",
+            "--data",
+            "moons",
+            "--out",
+            "out",
+        ],
+        ["nan.safetensors", "NaN"],
+    ),
+    "input size that does not fit the model": (
+        [
+            "measure",
+            "--model",
+            "wide.safetensors",
+            "--arch",
+            "wide.py:make",
+            "--data",
+            "moons",
+            "--out",
+            "out",
+        ],
+        ["cannot run on the data's inputs", "(2,)"],
+    ),
+    "unknown study": (
+        ["study", "memory", "--out", "out"],
+        ["unknown study 'memory'", "capacity, robustness"],
+    ),
+    "disentanglement on other data": (
+        ["study", "disentanglement", "--quick", "--data", "digits", "--out", "out"],
+        ["dsprites-like (generated) or a dSprites .npz", "'digits'"],
+    ),
+    "disentanglement on an .npz that is not dSprites": (
+        ["study", "disentanglement", "--quick", "--data", "flat.npz", "--out", "out"],
+        ["flat.npz", "imgs and latents_classes"],
+    ),
+    "a capacity grid larger than the data": (
+        ["study", "capacity", "--data", "moons", "--out", "out"],
+        ["N = 800", "420 training points"],
+    ),
+    "study data without labels": (
+        ["study", "robustness", "--quick", "--data", "no-labels.npz", "--out", "out"],
+        ["no-labels.npz", "X and y"],
+    ),
+    "a grid with an unknown hyperparameter": (
+        ["zoo", "run", "--grid", "grid-unknown.yaml", "--out", "out"],
+        ["unknown hyperparameter 'dropout'"],
+    ),
+    "a grid value out of range": (
+        ["zoo", "run", "--grid", "grid-range.yaml", "--out", "out"],
+        ["label_noise = 1.5 is out of range"],
+    ),
+    "a grid that is not YAML": (
+        ["zoo", "run", "--grid", "grid-broken.yaml", "--out", "out"],
+        ["not valid YAML"],
+    ),
     "an unknown zoo action": (["zoo", "train", "--out", "out"], ["unknown zoo action 'train'"]),
     "a zoo that was never run": (["zoo", "evaluate", "--out", "out"], ["zoo.sqlite not found"]),
     "report of metrics without measures": (["report", "incomplete"], ["incomplete", "'measures'"]),
-    "report of metrics without networks": (["report", "not-metrics"], ["not-metrics", "'networks'"]),
+    "report of metrics without networks": (
+        ["report", "not-metrics"],
+        ["not-metrics", "'networks'"],
+    ),
 }
 
 

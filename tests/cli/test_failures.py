@@ -19,22 +19,29 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from cli_support import ARCH_FILE, assert_clean_failure, run_cases, run_cli
 from memspace import ResidualMLP
 from memspace._runs import MANIFEST
 from memspace.zoo import load_grid
-
-from cli_support import ARCH_FILE, assert_clean_failure, run_cases, run_cli
 
 GRID = load_grid("quick")
 MEASURE = ["measure", "--model", "model.safetensors", "--data", "moons", "--out", "out"]
 
 
 def _zoo_folder(root: Path, name: str, database: bytes | None = None) -> Path:
-    """A zoo folder with a valid manifest and ``database`` as its zoo.sqlite (None: a real empty store)."""
+    """A zoo folder with a valid manifest, ``database`` as its zoo.sqlite (None: an empty store)."""
     folder = root / name
     (folder / "weights").mkdir(parents=True)
-    (folder / MANIFEST).write_text(json.dumps({"memspace_manifest": 1, "kind": "zoo", "config": GRID,
-                                               "files": ["weights", "zoo.sqlite"]}))
+    (folder / MANIFEST).write_text(
+        json.dumps(
+            {
+                "memspace_manifest": 1,
+                "kind": "zoo",
+                "config": GRID,
+                "files": ["weights", "zoo.sqlite"],
+            }
+        )
+    )
     if database is not None:
         (folder / "zoo.sqlite").write_bytes(database)
     return folder
@@ -44,8 +51,20 @@ def _real_database(path: Path) -> bytes:
     from memspace.zoo import ZooStore
 
     store = ZooStore(path)
-    row = {"id": "m", "hparams": {}, "seed": 0, "train_acc": 1.0, "test_acc": 0.5, "train_ce": 0.1, "gap": 0.5,
-           "epochs": 1, "converged": True, "seconds": 1.0, "init_file": "a", "final_file": "b"}
+    row = {
+        "id": "m",
+        "hparams": {},
+        "seed": 0,
+        "train_acc": 1.0,
+        "test_acc": 0.5,
+        "train_ce": 0.1,
+        "gap": 0.5,
+        "epochs": 1,
+        "converged": True,
+        "seconds": 1.0,
+        "init_file": "a",
+        "final_file": "b",
+    }
     for i in range(40):
         store.add({**row, "id": f"m{i}"}, {f"measure{j}": float(j) for j in range(20)})
     store.close()
@@ -75,40 +94,88 @@ def _files(root: Path) -> None:
     (root / "key.yaml").write_text("grid:\n  lr: [0.01]\nstopp: {max_epochs: 3}\n")
     run = root / "finished"
     run.mkdir()
-    (run / MANIFEST).write_text(json.dumps({"kind": "measure", "files": ["metrics.json"], "config": {}}))
-    (run / "metrics.json").write_text(json.dumps({"networks": {"n": {"measures": {}, "history": []}}}))
+    (run / MANIFEST).write_text(
+        json.dumps({"kind": "measure", "files": ["metrics.json"], "config": {}})
+    )
+    (run / "metrics.json").write_text(
+        json.dumps({"networks": {"n": {"measures": {}, "history": []}}})
+    )
 
 
 CASES = {
-    "an .npz whose X has no rows": (["train", "--data", "zero-rows.npz", "--out", "out"],
-                                    ["zero-rows.npz", "0 rows"]),
-    "random bytes as dSprites": (["study", "disentanglement", "--quick", "--data", "random.npz", "--out", "out"],
-                                 ["random.npz", "not an .npz archive"]),
-    "a corrupt zoo database": (["zoo", "evaluate", "--out", "corrupt-zoo"], ["corrupt-zoo/zoo.sqlite"]),
-    "a truncated zoo database": (["zoo", "evaluate", "--out", "truncated-zoo"], ["truncated-zoo/zoo.sqlite"]),
-    "a zoo database of another schema": (["zoo", "evaluate", "--out", "schema-zoo"],
-                                         ["schema-zoo/zoo.sqlite", "columns"]),
-    "notes in place of the zoo database": (["zoo", "report", "--out", "notes-zoo"], ["notes-zoo/zoo.sqlite"]),
-    "a seed of 2^63 in a grid": (["zoo", "run", "--grid", "seed.yaml", "--out", "out"], ["seeds", "4294967295"]),
-    "a seed of 2^64 on the command line": (["train", "--data", "moons", "--seed", str(2**64), "--out", "out"],
-                                           ["--seed"]),
-    "a NaN label noise": (["zoo", "run", "--grid", "nan.yaml", "--out", "out"], ["label_noise = nan"]),
-    "an infinite learning rate": (["zoo", "run", "--grid", "inf.yaml", "--out", "out"], ["lr = inf"]),
-    "an unknown key in a grid": (["zoo", "run", "--grid", "key.yaml", "--out", "out"], ["unknown key 'stopp'"]),
+    "an .npz whose X has no rows": (
+        ["train", "--data", "zero-rows.npz", "--out", "out"],
+        ["zero-rows.npz", "0 rows"],
+    ),
+    "random bytes as dSprites": (
+        ["study", "disentanglement", "--quick", "--data", "random.npz", "--out", "out"],
+        ["random.npz", "not an .npz archive"],
+    ),
+    "a corrupt zoo database": (
+        ["zoo", "evaluate", "--out", "corrupt-zoo"],
+        ["corrupt-zoo/zoo.sqlite"],
+    ),
+    "a truncated zoo database": (
+        ["zoo", "evaluate", "--out", "truncated-zoo"],
+        ["truncated-zoo/zoo.sqlite"],
+    ),
+    "a zoo database of another schema": (
+        ["zoo", "evaluate", "--out", "schema-zoo"],
+        ["schema-zoo/zoo.sqlite", "columns"],
+    ),
+    "notes in place of the zoo database": (
+        ["zoo", "report", "--out", "notes-zoo"],
+        ["notes-zoo/zoo.sqlite"],
+    ),
+    "a seed of 2^63 in a grid": (
+        ["zoo", "run", "--grid", "seed.yaml", "--out", "out"],
+        ["seeds", "4294967295"],
+    ),
+    "a seed of 2^64 on the command line": (
+        ["train", "--data", "moons", "--seed", str(2**64), "--out", "out"],
+        ["--seed"],
+    ),
+    "a NaN label noise": (
+        ["zoo", "run", "--grid", "nan.yaml", "--out", "out"],
+        ["label_noise = nan"],
+    ),
+    "an infinite learning rate": (
+        ["zoo", "run", "--grid", "inf.yaml", "--out", "out"],
+        ["lr = inf"],
+    ),
+    "an unknown key in a grid": (
+        ["zoo", "run", "--grid", "key.yaml", "--out", "out"],
+        ["unknown key 'stopp'"],
+    ),
     "--min-ess nan": (["zoo", "evaluate", "--min-ess", "nan", "--out", "out"], ["--min-ess"]),
     "--min-ess -5": (["zoo", "evaluate", "--min-ess", "-5", "--out", "out"], ["--min-ess"]),
     "--min-ess inf": (["zoo", "evaluate", "--min-ess", "inf", "--out", "out"], ["--min-ess"]),
-    "an empty --scheduler": (["zoo", "run", "--grid", "quick", "--scheduler", "", "--out", "out"],
-                             ["--scheduler is empty"]),
-    "an architecture file that exits": ([*MEASURE, "--arch", "exits.py:make"], ["exits.py", "exit(0)"]),
-    "a factory that exits": ([*MEASURE, "--arch", "factory_exits.py:make"], ["factory_exits.py:make", "exit('bye')"]),
-    "an option that does not parse": (["train", "--width", "wide", "--out", "out"], ["--width", "see memspace train"]),
+    "an empty --scheduler": (
+        ["zoo", "run", "--grid", "quick", "--scheduler", "", "--out", "out"],
+        ["--scheduler is empty"],
+    ),
+    "an architecture file that exits": (
+        [*MEASURE, "--arch", "exits.py:make"],
+        ["exits.py", "exit(0)"],
+    ),
+    "a factory that exits": (
+        [*MEASURE, "--arch", "factory_exits.py:make"],
+        ["factory_exits.py:make", "exit('bye')"],
+    ),
+    "an option that does not parse": (
+        ["train", "--width", "wide", "--out", "out"],
+        ["--width", "see memspace train"],
+    ),
     "an unknown option": (["train", "--widht", "4", "--out", "out"], ["--widht"]),
     "an unknown command": (["trian", "--out", "out"], ["trian"]),
-    "a report over the manifest": (["report", "finished", "--output", f"finished/{MANIFEST}"],
-                                   [MANIFEST, "choose another"]),
-    "a report over its own metrics": (["report", "finished", "--output", "finished/metrics.json"],
-                                      ["metrics.json"]),
+    "a report over the manifest": (
+        ["report", "finished", "--output", f"finished/{MANIFEST}"],
+        [MANIFEST, "choose another"],
+    ),
+    "a report over its own metrics": (
+        ["report", "finished", "--output", "finished/metrics.json"],
+        ["metrics.json"],
+    ),
 }
 
 
@@ -164,8 +231,19 @@ class SilentServer:
 def test_a_scheduler_that_accepts_and_says_nothing_is_refused_in_bounded_time(tmp_path):
     server = SilentServer()
     try:
-        result = run_cli("zoo", "run", "--grid", "quick", "--scheduler", server.address, "--connect-timeout", "2",
-                         "--out", "out", cwd=tmp_path)
+        result = run_cli(
+            "zoo",
+            "run",
+            "--grid",
+            "quick",
+            "--scheduler",
+            server.address,
+            "--connect-timeout",
+            "2",
+            "--out",
+            "out",
+            cwd=tmp_path,
+        )
     finally:
         server.close()
     assert_clean_failure(result, server.address)
@@ -174,7 +252,7 @@ def test_a_scheduler_that_accepts_and_says_nothing_is_refused_in_bounded_time(tm
 
 
 def test_a_bug_of_ours_is_a_traceback_not_the_users_mistake(monkeypatch, capsys, tmp_path):
-    """A KeyError (or any non-memspace error) from inside memspace keeps its traceback and exits 1."""
+    """A KeyError (any non-memspace error) from inside memspace keeps its traceback and exits 1."""
     import memspace.cli
     import memspace.studies
 
@@ -198,4 +276,8 @@ def test_memspace_errors_keep_their_builtin_types():
         FisherOperator(object(), (torch.zeros(2, 1), torch.zeros(2)))
     assert isinstance(raised.value, TypeError)
     with pytest.raises(ValueError):
-        FisherOperator(torch.nn.Linear(1, 2), (torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)), memory="huge")
+        FisherOperator(
+            torch.nn.Linear(1, 2),
+            (torch.zeros(2, 1), torch.zeros(2, dtype=torch.long)),
+            memory="huge",
+        )

@@ -5,18 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cases import make_case
 from safetensors.torch import save_file
 from torch import nn
 
+from cases import make_case
 from memspace import fisher_distance, fisher_rao_norm, trajectory_length
 from memspace.fisher.reference import dense_fisher
 
 
 def _bias_free_relu(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Linear(4, 6, bias=False), nn.ReLU(), nn.Linear(6, 5, bias=False), nn.ReLU(),
-                         nn.Linear(5, 3, bias=False)).double()
+    return nn.Sequential(
+        nn.Linear(4, 6, bias=False),
+        nn.ReLU(),
+        nn.Linear(6, 5, bias=False),
+        nn.ReLU(),
+        nn.Linear(5, 3, bias=False),
+    ).double()
 
 
 def test_fisher_rao_norm_closed_form_for_bias_free_relu():
@@ -47,10 +52,16 @@ def test_fisher_rao_norm_and_distance_match_dense(name):
     data = (case.inputs, case.targets)
     dense = dense_fisher(case.model, *data)
     theta = torch.cat([p.detach().flatten() for p in case.model.parameters()])
-    assert fisher_rao_norm(case.model, data) == pytest.approx(float(theta @ dense @ theta), rel=1e-10)
-    reference = {n: p.detach() + 0.1 * torch.randn_like(p) for n, p in case.model.named_parameters()}
+    assert fisher_rao_norm(case.model, data) == pytest.approx(
+        float(theta @ dense @ theta), rel=1e-10
+    )
+    reference = {
+        n: p.detach() + 0.1 * torch.randn_like(p) for n, p in case.model.named_parameters()
+    }
     delta = theta - torch.cat([t.flatten() for t in reference.values()])
-    assert fisher_distance(case.model, reference, data) == pytest.approx(float(delta @ dense @ delta), rel=1e-10)
+    assert fisher_distance(case.model, reference, data) == pytest.approx(
+        float(delta @ dense @ delta), rel=1e-10
+    )
     with pytest.raises(ValueError, match="no entry for parameter"):
         fisher_distance(case.model, {}, data)
 
@@ -70,8 +81,14 @@ def test_trajectory_length_on_a_straight_line_with_constant_metric(tmp_path):
         save_file({k: v.contiguous() for k, v in state.items()}, str(paths[-1]))
     result = trajectory_length(paths, factory, (X, Y), likelihood="regression")
     F = torch.kron(torch.eye(2, dtype=torch.float64), X.T @ X / 40)  # weight block (row-major)
-    d_norm = float(direction["weight"].flatten() @ F @ direction["weight"].flatten()
-                   + 2 * direction["bias"] @ (direction["weight"] @ X.mean(0)) + direction["bias"] @ direction["bias"]) ** 0.5
+    d_norm = (
+        float(
+            direction["weight"].flatten() @ F @ direction["weight"].flatten()
+            + 2 * direction["bias"] @ (direction["weight"] @ X.mean(0))
+            + direction["bias"] @ direction["bias"]
+        )
+        ** 0.5
+    )
     np.testing.assert_allclose(result.step_lengths, np.diff(times) * d_norm, rtol=1e-10)
     assert result.length == pytest.approx(1.7 * d_norm, rel=1e-10)
 

@@ -1,4 +1,6 @@
-"""disent's metric functions, loaded file by file so that its heavy framework imports are not needed.
+"""disent's metric functions.
+
+Loaded file by file so that its heavy framework imports are not needed.
 
 disent (a PyTorch disentanglement framework) is installed with ``pip install --no-deps``; its
 package ``__init__`` pulls in lightning, h5py and its data pipeline, none of which the pure
@@ -26,10 +28,14 @@ def load_disent_metrics():
         metrics.__path__ = [str(root / "metrics")]
         dataset = types.ModuleType("disent.dataset")
         dataset.DisentDataset = object
-        sys.modules.update({"disent": package, "disent.metrics": metrics, "disent.dataset": dataset})
+        sys.modules.update(
+            {"disent": package, "disent.metrics": metrics, "disent.dataset": dataset}
+        )
         loaded = {}
         for name in ("utils", "_mig", "_dci", "_sap", "_factor_vae"):
-            module_spec = importlib.util.spec_from_file_location(f"disent.metrics.{name}", root / "metrics" / f"{name}.py")
+            module_spec = importlib.util.spec_from_file_location(
+                f"disent.metrics.{name}", root / "metrics" / f"{name}.py"
+            )
             module = importlib.util.module_from_spec(module_spec)
             sys.modules[f"disent.metrics.{name}"] = module
             setattr(metrics, name, module)

@@ -1,16 +1,23 @@
-"""The scores against disent's implementation on the same codes and factors (disent: pip install --no-deps)."""
+"""The scores against disent's on the same codes and factors (disent: pip install --no-deps)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-
-from memspace.disentanglement import dci_from_importance, factor_vae_score, histogram_discretize, mig, sap
-
 from disent_loader import load_disent_metrics
 
+from memspace.disentanglement import (
+    dci_from_importance,
+    factor_vae_score,
+    histogram_discretize,
+    mig,
+    sap,
+)
+
 DISENT = load_disent_metrics()
-pytestmark = pytest.mark.skipif(DISENT is None, reason="disent not installed (requirements-peers.txt)")
+pytestmark = pytest.mark.skipif(
+    DISENT is None, reason="disent not installed (requirements-peers.txt)"
+)
 
 
 @pytest.fixture(scope="module")
@@ -34,11 +41,16 @@ def test_sap_equals_disents_in_both_modes(codes_and_factors):
     codes, factors = codes_and_factors
     train, test = slice(0, 1000), slice(1000, 1500)
     for continuous in (True, False):
-        matrix = DISENT["_sap"]._compute_score_matrix(codes[train].T, factors[train].T, codes[test].T,
-                                                      factors[test].T, continuous)
-        ours = sap(codes[train], factors[train], codes[test], factors[test], continuous_factors=continuous)
+        matrix = DISENT["_sap"]._compute_score_matrix(
+            codes[train].T, factors[train].T, codes[test].T, factors[test].T, continuous
+        )
+        ours = sap(
+            codes[train], factors[train], codes[test], factors[test], continuous_factors=continuous
+        )
         assert np.allclose(ours["scores"], matrix, atol=1e-12)
-        assert ours["sap"] == pytest.approx(DISENT["_sap"]._compute_avg_diff_top_two(matrix), abs=1e-12)
+        assert ours["sap"] == pytest.approx(
+            DISENT["_sap"]._compute_avg_diff_top_two(matrix), abs=1e-12
+        )
 
 
 def test_dci_from_an_importance_matrix_equals_disents():
@@ -47,12 +59,16 @@ def test_dci_from_an_importance_matrix_equals_disents():
         importance = rng.rand(*shape) ** 3
         dci = DISENT["_dci"]
         assert dci_from_importance(importance) == pytest.approx(
-            (dci._disentanglement(importance), dci._completeness(importance)), abs=1e-12)
+            (dci._disentanglement(importance), dci._completeness(importance)), abs=1e-12
+        )
 
 
 class _FactorsAsObservations:
-    """A ground-truth set whose 'images' are the factor vectors: both libraries' FactorVAE samplers run on it
-    (ours through ``sample_factors``/``render``, disent's through its DisentDataset interface)."""
+    """A ground-truth set whose 'images' are the factor vectors.
+
+    Both libraries' FactorVAE samplers run on it (ours through ``sample_factors``/``render``,
+    disent's through its DisentDataset interface).
+    """
 
     factor_sizes = (3, 6, 10, 8)
 
@@ -83,14 +99,20 @@ def test_factor_vae_end_to_end_agrees_with_disents_within_sampling_noise(code):
     def encode(observations):
         obs = np.asarray(observations, dtype=np.float64)
         scaled = obs / np.array(data.factor_sizes) + 0.02 * noise.randn(*obs.shape)
-        if code == "partial":  # factors 0 and 1 share one code and the other is noise: one of them is misread
-            scaled = np.concatenate([scaled[:, :1] + scaled[:, 1:2], noise.randn(len(obs), 1), scaled[:, 2:]], 1)
+        if (
+            code == "partial"
+        ):  # factors 0 and 1 share one code and the other is noise: one of them is misread
+            scaled = np.concatenate(
+                [scaled[:, :1] + scaled[:, 1:2], noise.randn(len(obs), 1), scaled[:, 2:]], 1
+            )
         return scaled
 
     sizes = dict(batch_size=32, num_train=400, num_eval=400, num_variance_estimate=2000)
     ours = factor_vae_score(data, encode, prune_threshold=0.0, seed=3, **sizes)["eval_accuracy"]
     np.random.seed(3)
-    theirs = DISENT["_factor_vae"].metric_factor_vae(data, lambda x: encode(x), **sizes)["factor_vae.eval_accuracy"]
+    theirs = DISENT["_factor_vae"].metric_factor_vae(data, lambda x: encode(x), **sizes)[
+        "factor_vae.eval_accuracy"
+    ]
     if code == "disentangled":
         assert ours == theirs == 1.0
     else:

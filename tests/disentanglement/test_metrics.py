@@ -1,4 +1,4 @@
-"""Disentanglement scores on hand-built cases (answers worked out by hand) and the reference's sanity ranges."""
+"""Disentanglement scores on hand-built cases (answers worked out by hand), the sanity ranges."""
 
 from __future__ import annotations
 
@@ -43,11 +43,14 @@ def test_mutual_information_and_mig_exactly_on_a_small_factor_set():
 def test_sap_dci_modularity_and_factor_vae_hand_examples():
     # SPECS.md §5.5: gaps 0.6 and 0.4
     assert sap_from_matrix([[0.9, 0.1], [0.3, 0.6], [0.2, 0.2]]) == pytest.approx(0.5)
-    # §5.6: D_i = (0.531004, 0.278072, 0), ρ = (½, ½, 0); C_k = (0.568420, 0.682479), weights (0.55, 0.45)
+    # §5.6: D_i = (0.531004, 0.278072, 0), ρ = (½, ½, 0); C_k = (0.568420, 0.682479), weights (0.55,
+    # 0.45)
     d, c = dci_from_importance(np.array([[0.9, 0.1], [0.2, 0.8], [0.0, 0.0]]))
     assert d == pytest.approx(0.4045382, abs=1e-6) and c == pytest.approx(0.6197466, abs=1e-6)
     # §5.7: per code (0.888889, 0.96, 0)
-    assert modularity_from_mi([[0.6, 0.2], [0.1, 0.5], [0.0, 0.0]]) == pytest.approx(0.616296, abs=1e-6)
+    assert modularity_from_mi([[0.6, 0.2], [0.1, 0.5], [0.0, 0.0]]) == pytest.approx(
+        0.616296, abs=1e-6
+    )
     # §5.3: c = (0, 1, 1), accuracy (40 + 30 + 2)/80
     classifier, accuracy = factor_vae_vote_accuracy(np.array([[40, 5, 0], [3, 30, 2]]))
     assert classifier.tolist() == [0, 1, 1] and accuracy == pytest.approx(0.9)
@@ -58,15 +61,21 @@ def test_dci_and_modularity_sanity_values_of_the_reference():
     assert dci_from_importance(eye) == pytest.approx((1.0, 1.0))
     assert dci_from_importance([[1, 0], [0, 1], [0, 0]]) == pytest.approx((1.0, 1.0))
     assert dci_from_importance(np.zeros((3, 3))) == pytest.approx((0.0, 0.0), abs=1e-7)
-    assert dci_from_importance(np.vstack([eye, eye]))[1] == pytest.approx(1 - math.log(2) / math.log(10))
-    assert dci_from_importance(np.hstack([eye, eye]))[0] == pytest.approx(1 - math.log(2) / math.log(10))
+    assert dci_from_importance(np.vstack([eye, eye]))[1] == pytest.approx(
+        1 - math.log(2) / math.log(10)
+    )
+    assert dci_from_importance(np.hstack([eye, eye]))[0] == pytest.approx(
+        1 - math.log(2) / math.log(10)
+    )
     assert modularity_from_mi(np.eye(3)) == 1.0
     assert modularity_from_mi([[1, 0], [0, 1], [0, 0]]) == pytest.approx(2 / 3)
     assert modularity_from_mi(np.zeros((2, 2))) == 0.0
     assert modularity_from_mi(np.vstack([np.eye(5), np.eye(5)])) == 1.0  # redundant codes
     # one code, two factors, with K = 10 factors: δ = (2 − 1)/(1·9) for every code
     assert modularity_from_mi(np.hstack([np.eye(5), np.eye(5)])) == pytest.approx(1 - 1 / 9)
-    one_code_two_factors = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])  # K = 3: δ = (2 − 1)/(1·2) = ½ for code 0
+    one_code_two_factors = np.array(
+        [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
+    )  # K = 3: δ = (2 − 1)/(1·2) = ½ for code 0
     assert modularity_from_mi(one_code_two_factors) == pytest.approx((0.5 + 1.0) / 2)
 
 
@@ -83,7 +92,9 @@ def test_perfect_rotated_and_duplicated_codes_on_ten_valued_factors(ground_truth
     assert 0.9 <= perfect <= 1.0
     rotation = np.linalg.qr(np.random.RandomState(1).randn(5, 5))[0]
     assert mig(y @ rotation, y)["mig"] < 0.2
-    assert mig(np.hstack([y, y]).astype(float), y)["mig"] <= 0.1  # two codes share each factor: gap 0
+    assert (
+        mig(np.hstack([y, y]).astype(float), y)["mig"] <= 0.1
+    )  # two codes share each factor: gap 0
     assert modularity(y.astype(float), y) >= 0.9
     assert modularity(np.hstack([y, y]).astype(float), y) >= 0.9
     assert sap(y.astype(float), y, continuous_factors=True)["sap"] >= 0.9
@@ -106,7 +117,10 @@ def test_dci_on_ground_truth_codes(ground_truth):
 
 
 class Identity:
-    """A 'data set' whose observations are its factors: the reference's own synthetic ground truth."""
+    """A 'data set' whose observations are its factors.
+
+    The reference's own synthetic ground truth.
+    """
 
     factor_sizes = (10, 10, 10)
 
@@ -120,11 +134,23 @@ class Identity:
 def test_beta_vae_and_factor_vae_scores_of_the_identity_code():
     beta = beta_vae_score(Identity(), lambda x: x, batch_size=5, num_train=300, num_eval=300)
     assert beta["eval_accuracy"] >= 0.9
-    factor = factor_vae_score(Identity(), lambda x: x, batch_size=5, num_variance_estimate=1000, num_train=300,
-                              num_eval=300)
+    factor = factor_vae_score(
+        Identity(),
+        lambda x: x,
+        batch_size=5,
+        num_variance_estimate=1000,
+        num_train=300,
+        num_eval=300,
+    )
     assert factor["eval_accuracy"] >= 0.9 and factor["num_active"] == 3
-    zeros = factor_vae_score(Identity(), lambda x: np.zeros((len(x), 3)), batch_size=5, num_variance_estimate=100,
-                             num_train=10, num_eval=10)
+    zeros = factor_vae_score(
+        Identity(),
+        lambda x: np.zeros((len(x), 3)),
+        batch_size=5,
+        num_variance_estimate=100,
+        num_train=10,
+        num_eval=10,
+    )
     assert zeros == {"train_accuracy": 0.0, "eval_accuracy": 0.0, "num_active": 0}
 
 
@@ -145,14 +171,28 @@ def test_the_generator_has_dsprites_factor_structure():
     assert data.num_images == 737_280
     index = np.array([0, 1, 31, 32, 737_279])
     factors = data.index_to_factors(index)
-    assert factors[1].tolist() == [0, 0, 0, 0, 1] and factors[3].tolist() == [0, 0, 0, 1, 0]  # posY fastest
+    assert factors[1].tolist() == [0, 0, 0, 0, 1] and factors[3].tolist() == [
+        0,
+        0,
+        0,
+        1,
+        0,
+    ]  # posY fastest
     assert factors[-1].tolist() == [2, 5, 39, 31, 31]
     assert (data.factors_to_index(factors) == index).all()
     images = data.render(factors)
-    assert images.shape == (5, 1, 64, 64) and images.dtype == np.uint8 and set(np.unique(images)) <= {0, 1}
+    assert (
+        images.shape == (5, 1, 64, 64)
+        and images.dtype == np.uint8
+        and set(np.unique(images)) <= {0, 1}
+    )
     assert np.array_equal(images, data.render(factors))  # deterministic
     small, large = data.render(np.array([[0, 0, 0, 16, 16], [0, 5, 0, 16, 16]]))
-    assert small.sum() == pytest.approx(100, rel=0.15) and large.sum() == pytest.approx(400, rel=0.1)  # (2·5)², (2·10)²
+    assert small.sum() == pytest.approx(100, rel=0.15) and large.sum() == pytest.approx(
+        400, rel=0.1
+    )  # (2·5)², (2·10)²
     moved = data.render(np.array([[1, 3, 7, 20, 9]]))[0, 0]
     shifted = data.render(np.array([[1, 3, 7, 21, 9]]))[0, 0]
-    assert abs(np.nonzero(shifted)[1].mean() - np.nonzero(moved)[1].mean() - 40 / 31) < 0.3  # posX moves x
+    assert (
+        abs(np.nonzero(shifted)[1].mean() - np.nonzero(moved)[1].mean() - 40 / 31) < 0.3
+    )  # posX moves x

@@ -1,4 +1,7 @@
-"""The decoder's pull-back metric: exact on a product decoder and against a dense reference; a short VAE run."""
+"""The decoder's pull-back metric.
+
+Exact on a product decoder and against a dense reference; a short VAE run.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,12 @@ import torch
 from torch import nn
 
 from memspace.disentanglement import DSpritesLike
-from memspace.disentanglement.vae import block_diagonality, latent_groups, pullback_metric, train_vae
+from memspace.disentanglement.vae import (
+    block_diagonality,
+    latent_groups,
+    pullback_metric,
+    train_vae,
+)
 
 
 class ProductDecoder(nn.Module):
@@ -37,8 +45,10 @@ def test_a_product_decoder_has_an_exactly_block_diagonal_metric():
     assert mixed < 1.0
     # against a dense reference: J by finite differences of the logits, Λ = diag(p(1 − p))
     eps, point = 1e-6, z[:1]
-    columns = [(decoder(point + eps * e) - decoder(point - eps * e)).reshape(-1) / (2 * eps)
-               for e in torch.eye(4, dtype=torch.float64)]
+    columns = [
+        (decoder(point + eps * e) - decoder(point - eps * e)).reshape(-1) / (2 * eps)
+        for e in torch.eye(4, dtype=torch.float64)
+    ]
     J = torch.stack(columns, 1)
     p = torch.sigmoid(decoder(point).reshape(-1))
     assert torch.allclose(G[0], J.T @ torch.diag(p * (1 - p)) @ J, atol=1e-7)
@@ -60,19 +70,26 @@ def test_a_short_vae_run_learns_and_its_action_term_shrinks_the_path():
     from memspace import block_sensitivity
 
     z = torch.randn(32, 10)
-    plain_action = block_sensitivity(plain.model.path, (z, torch.zeros(32, dtype=torch.long)),
-                                     deletion=False).kinetic_action
-    charged_action = block_sensitivity(charged.model.path, (z, torch.zeros(32, dtype=torch.long)),
-                                       deletion=False).kinetic_action
+    plain_action = block_sensitivity(
+        plain.model.path, (z, torch.zeros(32, dtype=torch.long)), deletion=False
+    ).kinetic_action
+    charged_action = block_sensitivity(
+        charged.model.path, (z, torch.zeros(32, dtype=torch.long)), deletion=False
+    ).kinetic_action
     assert charged_action < plain_action
     with pytest.raises(ValueError, match="steps"):
         train_vae(data, steps=0)
 
 
 def write_small_dsprites(path, sizes=(3, 2, 2, 4, 4), *, drop=None, seed=0):
-    """A complete factor grid rendered by the generator, rows shuffled, in the real dSprites file layout."""
+    """A complete factor grid rendered by the generator, rows shuffled.
+
+    In the real dSprites file layout.
+    """
     generated = DSpritesLike()
-    factors = np.stack(np.meshgrid(*[np.arange(s) for s in sizes], indexing="ij"), -1).reshape(-1, 5)
+    factors = np.stack(np.meshgrid(*[np.arange(s) for s in sizes], indexing="ij"), -1).reshape(
+        -1, 5
+    )
     factors = factors[np.random.RandomState(seed).permutation(len(factors))]
     if drop is not None:
         factors = np.delete(factors, drop, axis=0)
@@ -94,8 +111,14 @@ def test_a_stored_grid_renders_its_own_images_by_factor(tmp_path):
     assert np.array_equal(stored.index_to_factors(stored.factors_to_index(factors)), factors)
 
 
-@pytest.mark.parametrize("problem, message", [("drop", r"not a complete grid .* \[\d, \d, \d, \d, \d\] is missing"),
-                                              ("grey", "must be binary"), ("small", "must be 64×64")])
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("drop", r"not a complete grid .* \[\d, \d, \d, \d, \d\] is missing"),
+        ("grey", "must be binary"),
+        ("small", "must be 64×64"),
+    ],
+)
 def test_a_stored_set_that_is_not_a_binary_64x64_grid_is_refused(tmp_path, problem, message):
     from memspace._errors import DataError
     from memspace.disentanglement import DSpritesFile
@@ -117,21 +140,38 @@ def test_the_study_runs_on_a_stored_grid_stores_each_model_and_resumes(tmp_path)
     from memspace.studies import prepare_study, run_study
 
     write_small_dsprites(tmp_path / "d.npz")
-    config, data = prepare_study("disentanglement", "quick", data=str(tmp_path / "d.npz"), betas=[1.0],
-                                 lams=[0.0, 1.0], steps=8, num_train=200, num_test=100, vae_score_points=20,
-                                 metric_points=8)
+    config, data = prepare_study(
+        "disentanglement",
+        "quick",
+        data=str(tmp_path / "d.npz"),
+        betas=[1.0],
+        lams=[0.0, 1.0],
+        steps=8,
+        num_train=200,
+        num_test=100,
+        vae_score_points=20,
+        metric_points=8,
+    )
     assert isinstance(data, DSpritesFile)
     with RunFolder.open(tmp_path / "s", kind="study-disentanglement", config=config) as run:
         summary = run_study("disentanglement", run, config, data)
     assert [(row["beta"], row["lam"]) for row in summary["table"]] == [(1.0, 0.0), (1.0, 1.0)]
     for row in summary["table"]:
-        assert 0 <= row["mig"] <= 1 and 0 <= row["dci_disentanglement"] <= 1 and 0 <= row["beta_vae"] <= 1
+        assert (
+            0 <= row["mig"] <= 1
+            and 0 <= row["dci_disentanglement"] <= 1
+            and 0 <= row["beta_vae"] <= 1
+        )
     assert np.asarray(summary["traversal"]).shape == (10, 7, 64 * 64)
     assert set(summary["tau_block_diagonality"]) == {"mig", "dci_disentanglement"}
     additivity = summary["additivity"]["numbers"]
-    assert 0 < additivity["pythagorean_ratio"]["mean"] <= 1 + 1e-12  # d² ≤ d_a² + d_b² on the sphere
+    assert (
+        0 < additivity["pythagorean_ratio"]["mean"] <= 1 + 1e-12
+    )  # d² ≤ d_a² + d_b² on the sphere
     cells = (tmp_path / "s" / "cells.jsonl").read_text()
     with RunFolder.open(tmp_path / "s", kind="study-disentanglement", config=config) as run:
-        again = run_study("disentanglement", run, config, data, status=lambda m: pytest.fail(f"retrained: {m}"))
+        again = run_study(
+            "disentanglement", run, config, data, status=lambda m: pytest.fail(f"retrained: {m}")
+        )
     assert json.dumps(again["table"]) == json.dumps(summary["table"])  # NaN-aware
     assert (tmp_path / "s" / "cells.jsonl").read_text() == cells

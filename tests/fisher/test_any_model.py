@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from model_zoo import ZOO, make_zoo_case, reference_fisher
 from torch import nn
 
 from memspace import MemspaceError, fisher_rao_norm
 from memspace.fisher import KFAC, FisherOperator
+from model_zoo import ZOO, make_zoo_case, reference_fisher
 
 NAMES = sorted(ZOO)
 
@@ -25,7 +25,9 @@ def zoo(request):
 
 
 def _operator(case, **kwargs):
-    return FisherOperator(case.model, (case.inputs, case.targets), batch_size=3, **case.options, **kwargs)
+    return FisherOperator(
+        case.model, (case.inputs, case.targets), batch_size=3, **case.options, **kwargs
+    )
 
 
 def test_matvec_quad_and_symmetry(zoo):
@@ -45,7 +47,9 @@ def test_low_memory_matvec_and_diagonal(zoo):
     v = torch.randn(F.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(F @ v, ref @ v, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(F.diag(), ref.diagonal(), rtol=1e-10, atol=1e-13)
-    fast = _operator(case).tap_plan()  # the low-memory check of the taps decides as the fast one does
+    fast = _operator(
+        case
+    ).tap_plan()  # the low-memory check of the taps decides as the fast one does
     assert F.tap_plan().reasons == fast.reasons and F.tap_plan().fallback == fast.fallback
 
 
@@ -69,7 +73,10 @@ EXPECTED_FALLBACKS = {
     "encoder-batch-first": {"layers.0.self_attn.out_proj": "used outside its own calls"},
     "encoder-sequence-first": {"layers.0.self_attn.out_proj": "used outside its own calls"},
     "bert-tied": {"encoder.self_attn.out_proj": "used outside its own calls"},
-    "bert-tied-decoder-first": {"encoder.self_attn.out_proj": "used outside its own calls", "decoder": "shared with"},
+    "bert-tied-decoder-first": {
+        "encoder.self_attn.out_proj": "used outside its own calls",
+        "decoder": "shared with",
+    },
     "tied-linears": {"first": "shared with"},
     "reshaped-rows": {"inner": "no axis that indexes data points"},
 }
@@ -92,7 +99,9 @@ def test_sequence_first_equals_batch_first_everywhere():
     v = torch.randn(Fa.shape[0], dtype=torch.float64)
     torch.testing.assert_close(Fb @ v, Fa @ v, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(Fb.diag(), Fa.diag(), rtol=1e-12, atol=1e-14)
-    torch.testing.assert_close(KFAC.from_operator(Fb).dense(), KFAC.from_operator(Fa).dense(), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(
+        KFAC.from_operator(Fb).dense(), KFAC.from_operator(Fa).dense(), rtol=1e-12, atol=1e-14
+    )
 
 
 def test_kfac_of_weight_shared_linear_matches_curvlinops():
@@ -100,8 +109,14 @@ def test_kfac_of_weight_shared_linear_matches_curvlinops():
     case = make_zoo_case("token-mlp")
     params = list(case.model.parameters())
     peer = curvlinops.KFACLinearOperator(
-        case.model, nn.CrossEntropyLoss(), params, [(case.inputs, case.targets)], fisher_type="type-2",
-        kfac_approx="expand", separate_weight_and_bias=False, check_deterministic=False,
+        case.model,
+        nn.CrossEntropyLoss(),
+        params,
+        [(case.inputs, case.targets)],
+        fisher_type="type-2",
+        kfac_approx="expand",
+        separate_weight_and_bias=False,
+        check_deterministic=False,
     )
     ours = KFAC(case.model, (case.inputs, case.targets))
     eye = torch.eye(ours.space.numel, dtype=torch.float64)
@@ -118,12 +133,17 @@ def test_kfac_falls_back_to_the_exact_diagonal_block_never_a_zero(name):
     offsets = dict(zip(F.space.names, torch.tensor([0, *F.space.sizes]).cumsum(0).tolist()))
     for pname in F.tap_plan().fallback:
         start, size = offsets[pname], F.space.sizes[F.space.names.index(pname)]
-        torch.testing.assert_close(kfac.fallback_diag[pname], ref.diagonal()[start:start + size], rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(
+            kfac.fallback_diag[pname], ref.diagonal()[start : start + size], rtol=1e-10, atol=1e-13
+        )
 
 
 def test_ekfac_trace_is_the_exact_trace_on_every_model(zoo):
-    """EKFAC's eigenvalues are F's diagonal in an orthonormal basis per tapped block and the exact diagonal
-    elsewhere, so their sum is tr F exactly: a block built from a wrong tap, or a parameter dropped, breaks it."""
+    """EKFAC's trace is tr F exactly.
+
+    Its eigenvalues are F's diagonal in an orthonormal basis per tapped block and the exact
+    diagonal elsewhere: a block built from a wrong tap, or a parameter dropped, breaks it.
+    """
     case, ref = zoo
     ekfac = _operator(case).ekfac()
     torch.testing.assert_close(ekfac.trace(), ref.trace(), rtol=1e-10, atol=1e-13)
@@ -144,7 +164,9 @@ def test_recurrent_float32_runs_and_agrees_with_float64(cell):
 def test_default_kernels_are_restored_after_a_pass():
     case = make_zoo_case("encoder-batch-first")
     before = torch.backends.mha.get_fastpath_enabled(), torch._C._get_mkldnn_enabled()
-    _operator(case).quad(torch.ones(sum(p.numel() for p in case.model.parameters()), dtype=torch.float64))
+    _operator(case).quad(
+        torch.ones(sum(p.numel() for p in case.model.parameters()), dtype=torch.float64)
+    )
     assert (torch.backends.mha.get_fastpath_enabled(), torch._C._get_mkldnn_enabled()) == before
 
 
@@ -154,8 +176,14 @@ def test_padding_rows_get_no_fisher_from_the_lookup():
     ref = reference_fisher(case)
     F = _operator(case)
     names = [n for n, _ in case.model.named_parameters()]
-    offset = sum(p.numel() for n, p in case.model.named_parameters() if names.index(n) < names.index("embed.weight"))
-    pad_row = slice(offset, offset + case.model.embed.weight.shape[1])  # padding_idx = 0: the first row
+    offset = sum(
+        p.numel()
+        for n, p in case.model.named_parameters()
+        if names.index(n) < names.index("embed.weight")
+    )
+    pad_row = slice(
+        offset, offset + case.model.embed.weight.shape[1]
+    )  # padding_idx = 0: the first row
     assert float(F.diag()[pad_row].abs().max()) == 0.0
     assert float(ref.diagonal()[pad_row].abs().max()) == 0.0
     v = torch.zeros(F.shape[0], dtype=torch.float64)
@@ -170,10 +198,13 @@ def test_outputs_that_are_not_tensors_need_a_selector():
     bert = make_zoo_case("bert-tied")
     with pytest.raises(MemspaceError, match="keys logits, hidden"):
         FisherOperator(bert.model, (bert.inputs, bert.targets)) @ torch.zeros(
-            sum(p.numel() for p in bert.model.parameters()), dtype=torch.float64)
+            sum(p.numel() for p in bert.model.parameters()), dtype=torch.float64
+        )
     with pytest.raises(MemspaceError, match="'scores'"):
         FisherOperator(bert.model, (bert.inputs, bert.targets), output="scores").trace()
-    by_callable = FisherOperator(bert.model, (bert.inputs, bert.targets), output=lambda out: out["logits"])
+    by_callable = FisherOperator(
+        bert.model, (bert.inputs, bert.targets), output=lambda out: out["logits"]
+    )
     torch.testing.assert_close(by_callable.diag(), _operator(bert).diag())
 
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import make_case
 from torch import nn
 
+from cases import make_case
 from memspace import DataError
 from memspace.fisher import FisherOperator
 
@@ -21,7 +21,9 @@ def test_nan_and_inf_name_the_batch(case):
     X[9, 2] = float("nan")
     with pytest.raises(DataError, match=r"batch 2 \(inputs\) contains 1 NaN/Inf"):
         FisherOperator(case.model, (X, case.targets), batch_size=4)  # tensors: checked up front
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(X, case.targets), batch_size=4)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(X, case.targets), batch_size=4
+    )
     F = FisherOperator(case.model, loader)  # loaders: checked as each batch streams by
     with pytest.raises(DataError, match=r"batch 2 \(inputs\) contains 1 NaN/Inf"):
         F.diag()
@@ -29,7 +31,9 @@ def test_nan_and_inf_name_the_batch(case):
     Y[0, 0] = float("inf")
     model = nn.Linear(4, 2).double()
     with pytest.raises(DataError, match=r"batch 0 \(targets\)"):
-        FisherOperator(model, [(case.inputs, Y)], likelihood="regression").mv(torch.zeros(10, dtype=torch.float64))
+        FisherOperator(model, [(case.inputs, Y)], likelihood="regression").mv(
+            torch.zeros(10, dtype=torch.float64)
+        )
 
 
 def test_empty_sources(case):
@@ -37,7 +41,9 @@ def test_empty_sources(case):
         FisherOperator(case.model, (case.inputs[:0], case.targets[:0]))
     with pytest.raises(DataError, match="empty"):
         FisherOperator(case.model, []).diag()
-    empty_loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(case.inputs[:0], case.targets[:0]))
+    empty_loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(case.inputs[:0], case.targets[:0])
+    )
     with pytest.raises(DataError, match="empty"):
         FisherOperator(case.model, empty_loader).quad(torch.zeros(51, dtype=torch.float64))
 
@@ -62,7 +68,9 @@ def test_targets_out_of_range_and_wrong_type(case):
     with pytest.raises(DataError, match="integer class indices"):
         FisherOperator(case.model, (case.inputs, case.targets.double())).diag()
     with pytest.raises(DataError, match=r"regression targets have shape \(11,\)"):
-        FisherOperator(case.model, (case.inputs, case.targets.double()), likelihood="regression").diag()
+        FisherOperator(
+            case.model, (case.inputs, case.targets.double()), likelihood="regression"
+        ).diag()
 
 
 def test_unsupported_options(case):
@@ -84,7 +92,9 @@ def test_unsupported_options(case):
 def test_batchnorm_in_training_mode_asks_for_eval():
     model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5), nn.Linear(5, 3)).double()
     X, y = torch.randn(8, 4, dtype=torch.float64), torch.randint(0, 3, (8,))
-    with pytest.raises(ValueError, match=r"layer 1 \(BatchNorm1d\) is in training mode.*model.eval\(\)"):
+    with pytest.raises(
+        ValueError, match=r"layer 1 \(BatchNorm1d\) is in training mode.*model.eval\(\)"
+    ):
         FisherOperator(model, (X, y))
     F = FisherOperator(model.eval(), (X, y))  # in eval mode BatchNorm is an affine map
     assert torch.isfinite(F.diag()).all()
@@ -100,4 +110,6 @@ def test_bad_data_containers(case):
     with pytest.raises(DataError, match=r"batch 0 is a str"):
         FisherOperator(case.model, ["xy"]).diag()
     with pytest.raises(DataError, match=r"model output has shape \(11, 3, 1\)"):
-        FisherOperator(nn.Sequential(case.model, nn.Unflatten(1, (3, 1))), (case.inputs, case.targets)).diag()
+        FisherOperator(
+            nn.Sequential(case.model, nn.Unflatten(1, (3, 1))), (case.inputs, case.targets)
+        ).diag()

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import make_case
 from torch import nn
 
+from cases import make_case
 from memspace.fisher import FisherOperator
 
 
@@ -64,7 +64,9 @@ def test_kl_second_order_expansion(name):
 @pytest.mark.parametrize("name", ["mlp", "cnn", "regression", "layernorm"])
 def test_symmetric_positive_semidefinite(name):
     case = make_case(name)
-    dense = FisherOperator(case.model, (case.inputs, case.targets), likelihood=case.likelihood).dense()
+    dense = FisherOperator(
+        case.model, (case.inputs, case.targets), likelihood=case.likelihood
+    ).dense()
     torch.testing.assert_close(dense, dense.T, rtol=0, atol=1e-14)
     eigenvalues = torch.linalg.eigvalsh(dense)
     assert eigenvalues.min() > -1e-12 * eigenvalues.max()

@@ -1,4 +1,4 @@
-"""Every quantity (EKFAC included) over data sharded across two gloo ranks equals one process on all of it.
+"""Every quantity (EKFAC too) over data sharded across two gloo ranks equals one process on all.
 
 Two CPU processes, a file rendezvous and GLOO_SOCKET_IFNAME=lo (nothing listens beyond this
 machine), float64, shards of unequal size (6 and 5 points, batches of 2). Each rank must return
@@ -17,7 +17,13 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from memspace import FisherOperator, ResidualMLP, block_sensitivity, fisher_rao_norm, predictive_path
+from memspace import (
+    FisherOperator,
+    ResidualMLP,
+    block_sensitivity,
+    fisher_rao_norm,
+    predictive_path,
+)
 from memspace.distributed import Collective, DistributedError, init_process_group, shard
 
 
@@ -32,27 +38,57 @@ def quantities(model, X, y, distributed: bool) -> dict[str, torch.Tensor]:
     """Every memspace quantity the issue lists, as float64 tensors."""
     F = FisherOperator(model, (X, y), batch_size=2, distributed=distributed)
     v = torch.randn(F.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(1))
-    mc = FisherOperator(model, (X, y), kind="mc", mc_samples=2, batch_size=2, distributed=distributed)
+    mc = FisherOperator(
+        model, (X, y), kind="mc", mc_samples=2, batch_size=2, distributed=distributed
+    )
     kfac = F.kfac()
     ekfac = F.ekfac()
     density = F.spectral_density(num_probes=2, steps=6)
     path = predictive_path(model, (X, y), batch_size=2, distributed=distributed)
     blocks = block_sensitivity(model, (X, y), batch_size=2, distributed=distributed)
     return {
-        "mv": F @ v, "quad": F.quad(v), "diag": F.diag(), "dense": F.dense(), "mc_diag": mc.diag(),
+        "mv": F @ v,
+        "quad": F.quad(v),
+        "diag": F.diag(),
+        "dense": F.dense(),
+        "mc_diag": mc.diag(),
         "n": torch.tensor(float(F.num_data)),
         "kfac_inputs": torch.cat([b.input_factor.flatten() for b in kfac.blocks]),
         "kfac_grads": torch.cat([b.grad_factor.flatten() for b in kfac.blocks]),
         "kfac_mv": kfac @ v,
-        "ekfac_eigenvalues": ekfac.eigenvalues(), "ekfac_inverse": ekfac.inverse_mv(v, 0.1),
-        "trace": F.trace(), "hutchpp": F.trace("hutchpp", num_matvecs=9),
-        "top3": F.eigh(3)[0], "slq_nodes": torch.as_tensor(density.nodes), "slq_weights": torch.as_tensor(density.weights),
+        "ekfac_eigenvalues": ekfac.eigenvalues(),
+        "ekfac_inverse": ekfac.inverse_mv(v, 0.1),
+        "trace": F.trace(),
+        "hutchpp": F.trace("hutchpp", num_matvecs=9),
+        "top3": F.eigh(3)[0],
+        "slq_nodes": torch.as_tensor(density.nodes),
+        "slq_weights": torch.as_tensor(density.weights),
         "effective_dimension": F.effective_dimension(0.1, method="slq", num_probes=2, steps=6),
-        "fisher_rao_norm": torch.tensor(fisher_rao_norm(model, (X, y), distributed=distributed, batch_size=2)),
-        "path": torch.tensor([path.length, path.action, path.least_action, path.endpoint_distance,
-                              path.mean_squared_length, *path.speeds, *path.lens_accuracy], dtype=torch.float64),
-        "sensitivity": torch.tensor([*blocks.sensitivity, *blocks.deletion_kl, *blocks.metric_trace,
-                                     *blocks.euclidean_speeds, blocks.num_data], dtype=torch.float64),
+        "fisher_rao_norm": torch.tensor(
+            fisher_rao_norm(model, (X, y), distributed=distributed, batch_size=2)
+        ),
+        "path": torch.tensor(
+            [
+                path.length,
+                path.action,
+                path.least_action,
+                path.endpoint_distance,
+                path.mean_squared_length,
+                *path.speeds,
+                *path.lens_accuracy,
+            ],
+            dtype=torch.float64,
+        ),
+        "sensitivity": torch.tensor(
+            [
+                *blocks.sensitivity,
+                *blocks.deletion_kl,
+                *blocks.metric_trace,
+                *blocks.euclidean_speeds,
+                blocks.num_data,
+            ],
+            dtype=torch.float64,
+        ),
     }
 
 
@@ -60,8 +96,13 @@ def _worker(rank: int, world: int, root: str, mode: str) -> None:
     os.environ["GLOO_SOCKET_IFNAME"] = "lo"
     outcome: dict = {}
     try:
-        init_process_group(f"file://{root}/rendezvous", rank=rank, world_size=world, backend="gloo",
-                           timeout_s=20 if mode == "dies" else 60)
+        init_process_group(
+            f"file://{root}/rendezvous",
+            rank=rank,
+            world_size=world,
+            backend="gloo",
+            timeout_s=20 if mode == "dies" else 60,
+        )
         model, X, y = problem()
         X, y = shard((X, y), rank, world)
         if mode == "equal":
@@ -71,18 +112,30 @@ def _worker(rank: int, world: int, root: str, mode: str) -> None:
                 X = X.clone()
                 X[3, 0] = float("nan")  # the second batch of rank 1
             predictive_path(model, (X, y), batch_size=2, distributed=True)
-        elif mode == "mismatch":  # rank 1 measures the head only: its sums would not pair with rank 0's
-            FisherOperator(model, (X, y), batch_size=2, distributed=True,
-                           params=["head.weight", "head.bias"] if rank == 1 else None).diag()
+        elif (
+            mode == "mismatch"
+        ):  # rank 1 measures the head only: its sums would not pair with rank 0's
+            FisherOperator(
+                model,
+                (X, y),
+                batch_size=2,
+                distributed=True,
+                params=["head.weight", "head.bias"] if rank == 1 else None,
+            ).diag()
         elif mode == "dies":
             if rank == 1:
                 os._exit(0)  # gone without a word, before its first reduction
             FisherOperator(model, (X, y), batch_size=2, distributed=True).diag()
     except Exception as error:  # recorded for the parent to check
-        outcome = {"type": type(error).__name__, "message": str(error), "trace": traceback.format_exc()}
+        outcome = {
+            "type": type(error).__name__,
+            "message": str(error),
+            "trace": traceback.format_exc(),
+        }
     with open(f"{root}/outcome{rank}.json", "w") as handle:
         json.dump(outcome, handle)
-    # Leave without C++ static destructors: a gloo thread sometimes outlives them at exit and aborts.
+    # Leave without C++ static destructors: a gloo thread sometimes outlives them at exit and
+    # aborts.
     os._exit(0)
 
 
@@ -102,10 +155,15 @@ def test_two_ranks_equal_one_process_for_every_quantity(tmp_path):
     for name, value in alone.items():
         for rank in ranks:
             assert torch.equal(rank[name], ranks[0][name]), f"{name}: the ranks differ"
-        if name == "mc_diag":  # each rank draws its own Monte-Carlo labels: same estimator, other draws
+        if (
+            name == "mc_diag"
+        ):  # each rank draws its own Monte-Carlo labels: same estimator, other draws
             continue
-        torch.testing.assert_close(ranks[0][name], value, rtol=1e-12, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}")
-    # Monte-Carlo: the same expectation; with 2 draws per point both are within noise of the true diagonal
+        torch.testing.assert_close(
+            ranks[0][name], value, rtol=1e-12, atol=1e-12, msg=lambda m, n=name: f"{n}: {m}"
+        )
+    # Monte-Carlo: the same expectation; with 2 draws per point both are within noise of the true
+    # diagonal
     assert torch.allclose(ranks[0]["mc_diag"].sum(), alone["trace"], rtol=0.5)
 
 
@@ -121,7 +179,10 @@ def test_ranks_with_different_parameters_are_refused_not_summed(tmp_path):
     outcomes = _run(tmp_path, "mismatch")
     for rank, outcome in enumerate(outcomes):
         assert outcome["type"] == "MemspaceError", outcome
-        assert f"rank {rank}: the ranks disagree on the parameters or the layer taps" in outcome["message"]
+        assert (
+            f"rank {rank}: the ranks disagree on the parameters or the layer taps"
+            in outcome["message"]
+        )
 
 
 def test_a_rank_that_dies_is_reported_after_the_timeout_not_a_hang(tmp_path):

@@ -1,11 +1,14 @@
-"""memory="low" computes the same products and diagonals as the fast path, on every test case and kind."""
+"""memory="low" computes the same products and diagonals as the fast path.
+
+On every test case and kind.
+"""
 
 from __future__ import annotations
 
 import pytest
 import torch
-from cases import CASE_FACTORIES, make_case
 
+from cases import CASE_FACTORIES, make_case
 from memspace.fisher import FisherOperator
 
 
@@ -36,8 +39,12 @@ def test_per_sample_squares_in_chunks_equal_the_whole_batch(name, monkeypatch):
     case = make_case(name)
     whole = FisherOperator(case.model, (case.inputs, case.targets), batch_size=8).diag()
     original = _taps.per_sample_square_sums
-    monkeypatch.setattr("memspace.fisher._statistics.per_sample_square_sums",
-                        lambda tap, grads: original(tap, grads, max_elements=1))  # one sample per chunk
+    monkeypatch.setattr(
+        "memspace.fisher._statistics.per_sample_square_sums",
+        lambda tap, grads: original(tap, grads, max_elements=1),
+    )  # one sample per chunk
     for memory in ("fast", "low"):
-        chunked = FisherOperator(case.model, (case.inputs, case.targets), batch_size=8, memory=memory).diag()
+        chunked = FisherOperator(
+            case.model, (case.inputs, case.targets), batch_size=8, memory=memory
+        ).diag()
         torch.testing.assert_close(chunked, whole, rtol=1e-12, atol=1e-14)

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import make_case
 from torch import nn
 
+from cases import make_case
 from memspace.fisher import KFAC, FisherOperator
 
 
@@ -24,8 +24,9 @@ def test_curvlinops_ggn_matvec(name):
     curvlinops = pytest.importorskip("curvlinops")
     case = make_case(name)
     params = [p for p in case.model.parameters()]
-    ggn = curvlinops.GGNLinearOperator(case.model, nn.CrossEntropyLoss(), params,
-                                       [(case.inputs, case.targets)])
+    ggn = curvlinops.GGNLinearOperator(
+        case.model, nn.CrossEntropyLoss(), params, [(case.inputs, case.targets)]
+    )
     F = FisherOperator(case.model, (case.inputs, case.targets), batch_size=3)
     v = torch.randn(F.shape[0], dtype=torch.float64)
     torch.testing.assert_close(F @ v, ggn @ v, rtol=1e-10, atol=1e-12)
@@ -35,8 +36,9 @@ def test_curvlinops_ggn_regression():
     curvlinops = pytest.importorskip("curvlinops")
     case = make_case("regression")
     params = list(case.model.parameters())
-    ggn = curvlinops.GGNLinearOperator(case.model, nn.MSELoss(reduction="sum"), params,
-                                       [(case.inputs, case.targets)])
+    ggn = curvlinops.GGNLinearOperator(
+        case.model, nn.MSELoss(reduction="sum"), params, [(case.inputs, case.targets)]
+    )
     F = FisherOperator(case.model, (case.inputs, case.targets), likelihood="regression")
     v = torch.randn(F.shape[0], dtype=torch.float64)
     # MSE(sum) = Σ‖f − y‖² has Hessian 2I in output space: GGN = 2 N F
@@ -49,11 +51,18 @@ def test_curvlinops_kfac_type2(name):
     case = make_case(name)
     params = list(case.model.parameters())
     peer = curvlinops.KFACLinearOperator(
-        case.model, nn.CrossEntropyLoss(), params, [(case.inputs[:4], case.targets[:4]), (case.inputs[4:], case.targets[4:])],
-        fisher_type="type-2", separate_weight_and_bias=False, check_deterministic=False,
+        case.model,
+        nn.CrossEntropyLoss(),
+        params,
+        [(case.inputs[:4], case.targets[:4]), (case.inputs[4:], case.targets[4:])],
+        fisher_type="type-2",
+        separate_weight_and_bias=False,
+        check_deterministic=False,
     )
     ours = KFAC(case.model, (case.inputs, case.targets), batch_size=4)
-    torch.testing.assert_close(ours.dense(), _identity_columns(peer, ours.space.numel), rtol=1e-9, atol=1e-12)
+    torch.testing.assert_close(
+        ours.dense(), _identity_columns(peer, ours.space.numel), rtol=1e-9, atol=1e-12
+    )
 
 
 def test_backpack_diag_ggn_exact():
@@ -77,9 +86,13 @@ def test_nngeometry_diag_and_kfac():
     from nngeometry.object import PMatDiag, PMatKFAC
 
     case = make_case("mlp", torch.float32)  # NNGeometry's true Fisher runs in float32 only
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(case.inputs, case.targets), batch_size=4)
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(case.inputs, case.targets), batch_size=4
+    )
     peer_diag = FIM(case.model, loader, PMatDiag, variant="classif_logits").get_diag()
     F = FisherOperator(case.model, loader)
     torch.testing.assert_close(F.diag(), peer_diag, rtol=1e-4, atol=1e-7)
     peer_kfac = FIM(case.model, loader, PMatKFAC, variant="classif_logits")
-    torch.testing.assert_close(KFAC(case.model, loader).trace(), peer_kfac.trace(), rtol=1e-4, atol=1e-7)
+    torch.testing.assert_close(
+        KFAC(case.model, loader).trace(), peer_kfac.trace(), rtol=1e-4, atol=1e-7
+    )

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import make_case
 
+from cases import make_case
 from memspace.fisher import FisherOperator
 from memspace.fisher.reference import dense_fisher
 
@@ -16,13 +16,20 @@ KINDS = ["true", "mc", "empirical"]
 def _reference(case, kind, F):
     """Dense reference with the same Monte-Carlo labels (one generator per batch)."""
     if kind != "mc":
-        return dense_fisher(case.model, case.inputs, case.targets, likelihood=case.likelihood, kind=kind)
+        return dense_fisher(
+            case.model, case.inputs, case.targets, likelihood=case.likelihood, kind=kind
+        )
     total = 0
     for index, start in enumerate(range(0, case.inputs.shape[0], 4)):
         x, y = case.inputs[start : start + 4], case.targets[start : start + 4]
         total = total + x.shape[0] * dense_fisher(
-            case.model, x, y, likelihood=case.likelihood, kind="mc",
-            mc_samples=F.mc_samples, generator=F.data_pass.generator(index),
+            case.model,
+            x,
+            y,
+            likelihood=case.likelihood,
+            kind="mc",
+            mc_samples=F.mc_samples,
+            generator=F.data_pass.generator(index),
         )
     return total / case.inputs.shape[0]
 
@@ -31,8 +38,15 @@ def _reference(case, kind, F):
 @pytest.mark.parametrize("kind", KINDS)
 def test_matvec_quad_dense_match_reference(name, kind):
     case = make_case(name)
-    F = FisherOperator(case.model, (case.inputs, case.targets), kind=kind,
-                       likelihood=case.likelihood, batch_size=4, mc_samples=3, seed=1)
+    F = FisherOperator(
+        case.model,
+        (case.inputs, case.targets),
+        kind=kind,
+        likelihood=case.likelihood,
+        batch_size=4,
+        mc_samples=3,
+        seed=1,
+    )
     ref = _reference(case, kind, F)
     v = torch.randn(F.shape[0], dtype=torch.float64)
     torch.testing.assert_close(F @ v, ref @ v, rtol=1e-10, atol=1e-12)
@@ -67,10 +81,14 @@ def test_parameter_subset_is_the_principal_submatrix():
     full = FisherOperator(case.model, (case.inputs, case.targets)).dense()
     names = [n for n, _ in case.model.named_parameters()]
     sizes = [p.numel() for p in case.model.parameters()]
-    F = FisherOperator(case.model, (case.inputs, case.targets), params=[case.model.head, "stem.bias"])
+    F = FisherOperator(
+        case.model, (case.inputs, case.targets), params=[case.model.head, "stem.bias"]
+    )
     assert F.space.names == ["stem.bias", "head.weight", "head.bias"]
     offsets = torch.tensor([0] + sizes).cumsum(0)
-    index = torch.cat([torch.arange(offsets[names.index(n)], offsets[names.index(n) + 1]) for n in F.space.names])
+    index = torch.cat(
+        [torch.arange(offsets[names.index(n)], offsets[names.index(n) + 1]) for n in F.space.names]
+    )
     torch.testing.assert_close(F.dense(), full[index][:, index])
     torch.testing.assert_close(F.diag(), full.diagonal()[index])
 
@@ -110,7 +128,9 @@ def test_frozen_first_layer_and_input_gradients():
     """Unselected first layer: its input then has no tangent but the fast path must not fire."""
     case = make_case("residual")
     case.inputs.requires_grad_(True)
-    F = FisherOperator(case.model, (case.inputs, case.targets), params=[case.model.blocks, case.model.head])
+    F = FisherOperator(
+        case.model, (case.inputs, case.targets), params=[case.model.blocks, case.model.head]
+    )
     full = dense_fisher(case.model, case.inputs.detach(), case.targets, names=F.space.names)
     v = torch.randn(F.shape[0], dtype=torch.float64)
     torch.testing.assert_close(F @ v, full @ v)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from cases import make_case
 
+from cases import make_case
 from memspace.fisher import FisherOperator, hutchpp, stochastic_lanczos_quadrature
 
 
@@ -29,7 +29,12 @@ def test_hutchpp_converges_on_a_full_rank_matrix():
     basis, _ = np.linalg.qr(rng.standard_normal((200, 200)))
     matrix = basis @ np.diag(1.0 / np.arange(1, 201) ** 1.5) @ basis.T
     errors = [
-        np.mean([abs(hutchpp(lambda v: matrix @ v, 200, m, seed=s) / np.trace(matrix) - 1) for s in range(10)])
+        np.mean(
+            [
+                abs(hutchpp(lambda v: matrix @ v, 200, m, seed=s) / np.trace(matrix) - 1)
+                for s in range(10)
+            ]
+        )
         for m in (12, 48, 120)
     ]
     assert errors[2] < errors[0] / 4 and errors[2] < 0.01
@@ -47,7 +52,9 @@ def test_logdet_and_effective_dimension_dense_and_slq(fisher_and_dense):
     F, dense = fisher_and_dense
     lam = torch.linalg.eigvalsh(dense).clamp_min(0)
     torch.testing.assert_close(F.logdet(1e-2, method="dense"), torch.log(lam + 1e-2).sum())
-    torch.testing.assert_close(F.effective_dimension(1e-2, method="dense"), (lam / (lam + 1e-2)).sum())
+    torch.testing.assert_close(
+        F.effective_dimension(1e-2, method="dense"), (lam / (lam + 1e-2)).sum()
+    )
     # SLQ with as many steps as the dimension is exact up to the probe average
     slq = F.logdet(1e-2, method="slq", num_probes=30, steps=F.shape[0])
     assert abs(slq.item() / torch.log(lam + 1e-2).sum().item() - 1) < 0.05
@@ -60,7 +67,9 @@ def test_slq_density_and_moments():
     values = np.concatenate([np.full(80, 0.1), np.full(20, 5.0)])
     basis, _ = np.linalg.qr(rng.standard_normal((100, 100)))
     matrix = basis @ np.diag(values) @ basis.T
-    density = stochastic_lanczos_quadrature(lambda v: matrix @ v, 100, num_probes=20, steps=30, seed=0)
+    density = stochastic_lanczos_quadrature(
+        lambda v: matrix @ v, 100, num_probes=20, steps=30, seed=0
+    )
     assert abs(density.spectral_sum(lambda t: t) / values.sum() - 1) < 0.1
     grid = np.linspace(-1, 6, 2000)
     curve = density.density(grid, sigma=0.05)
@@ -73,12 +82,17 @@ def test_slq_density_and_moments():
 def test_dense_refuses_over_the_memory_limit():
     case = make_case("mlp")
     F = FisherOperator(case.model, (case.inputs, case.targets), max_dense_bytes=1000)
-    with pytest.raises(ValueError, match=r"51×51 = 20.3 KiB, over the limit of 1000 bytes \(max_dense_bytes\)"):
+    with pytest.raises(
+        ValueError, match=r"51×51 = 20.3 KiB, over the limit of 1000 bytes \(max_dense_bytes\)"
+    ):
         F.dense()
 
 
 def test_lanczos_that_cannot_converge_stops_with_a_clear_error():
-    """A tolerance below the products' noise would let ARPACK restart for hours; a bound stops it."""
+    """A tolerance below the products' noise would let ARPACK restart for hours.
+
+    A bound stops it.
+    """
     import numpy as np
 
     from memspace import MemspaceError
@@ -90,5 +104,7 @@ def test_lanczos_that_cannot_converge_stops_with_a_clear_error():
     def noisy(v):
         return diagonal * v + 1e-3 * rng.standard_normal(v.shape) * np.linalg.norm(v)
 
-    with pytest.raises(MemspaceError, match="Lanczos found .* of the top 3 eigenvalues .* in 5 restarts"):
+    with pytest.raises(
+        MemspaceError, match="Lanczos found .* of the top 3 eigenvalues .* in 5 restarts"
+    ):
         top_eigenpairs(noisy, 200, 3, tol=1e-12, max_restarts=5)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from cases import make_case
 from torch import nn
 
+from cases import make_case
 from memspace.fisher import KFAC, FisherOperator
 from memspace.fisher.reference import dense_fisher
 
@@ -16,8 +16,9 @@ from memspace.fisher.reference import dense_fisher
 def test_diag_matches_reference(name, kind):
     case = make_case(name)
     ref = dense_fisher(case.model, case.inputs, case.targets, likelihood=case.likelihood, kind=kind)
-    F = FisherOperator(case.model, (case.inputs, case.targets), kind=kind,
-                       likelihood=case.likelihood, batch_size=3)
+    F = FisherOperator(
+        case.model, (case.inputs, case.targets), kind=kind, likelihood=case.likelihood, batch_size=3
+    )
     torch.testing.assert_close(F.diag(), ref.diagonal(), rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(F.trace(), ref.trace(), rtol=1e-10, atol=1e-13)
 
@@ -105,4 +106,6 @@ def test_a_layer_that_never_runs_has_zero_fisher_everywhere():
     assert (F @ v)[8:].abs().max() == 0 and F.diag()[8:].abs().max() == 0
     kfac = KFAC(model, (X, y))
     assert kfac.diag()[8:].abs().max() == 0 and (kfac @ v)[8:].abs().max() == 0
-    torch.testing.assert_close(F.diag()[:8], dense_fisher(model, X, y, names=["used.weight", "used.bias"]).diagonal())
+    torch.testing.assert_close(
+        F.diag()[:8], dense_fisher(model, X, y, names=["used.weight", "used.bias"]).diagonal()
+    )

@@ -22,7 +22,9 @@ from memspace.paths import (
 
 def _data(n=40, d=4, classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(
+        0, classes, (n,), generator=g
+    )
 
 
 def _mlp(depth=4, seed=0, **kw):
@@ -31,8 +33,11 @@ def _mlp(depth=4, seed=0, **kw):
 
 
 def _arc_model(angles: list[float]) -> ResidualMLP:
-    """Two classes, identity read-out, constant velocities: every input's state x_l has
-    logits (0, 2 log tan θ_l), i.e. the angle θ_l = atan2(√p₁, √p₀) on the quarter circle."""
+    """Two classes, identity read-out, constant velocities.
+
+    Every input's state x_l has logits (0, 2 log tan θ_l), i.e. the angle θ_l = atan2(√p₁, √p₀) on
+    the quarter circle.
+    """
     depth = len(angles) - 1
     model = ResidualMLP(2, 2, depth, 2).double().eval()
     logits = [torch.tensor([0.0, 2 * math.log(math.tan(a))], dtype=torch.float64) for a in angles]
@@ -78,7 +83,9 @@ def test_distance_formula_against_arccos_form():
     logq = torch.randn(200, 5, generator=g, dtype=torch.float64).log_softmax(1)
     reference = 2 * torch.arccos((logp.exp() * logq.exp()).sqrt().sum(1))
     torch.testing.assert_close(fisher_rao_distance(logp, logq), reference, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(squared_fisher_rao_distance(logp, logq), reference**2, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(
+        squared_fisher_rao_distance(logp, logq), reference**2, rtol=1e-10, atol=1e-12
+    )
 
 
 def test_squared_distance_has_a_finite_gradient_at_coincidence():
@@ -100,7 +107,7 @@ def test_cauchy_schwarz_and_triangle_inequalities_per_point(seed):
 
 
 def test_invariant_under_reparametrising_the_stream():
-    """x ↦ M x with stem, velocities and head compensated: same function, same predictive path."""
+    """X ↦ M x with stem, velocities and head compensated: same function, same predictive path."""
     model = _mlp(depth=3, seed=1)
     X, y = _data()
     torch.manual_seed(5)
@@ -134,7 +141,7 @@ def _shared_velocity_model(depth: int) -> ResidualMLP:
 
 
 def _infinitesimal_action(model: ResidualMLP, X: torch.Tensor) -> float:
-    """h Σ_l (W v_l)ᵀ Λ(p_mid) (W v_l), Λ at the logits' midpoint of each step."""
+    """H Σ_l (W v_l)ᵀ Λ(p_mid) (W v_l), Λ at the logits' midpoint of each step."""
     with torch.no_grad():
         states = model.stream(X)
         W, h = model.head.weight, model.step
@@ -161,7 +168,9 @@ def test_lens_accuracy_ends_at_the_model_accuracy():
     X, y = _data()
     result = predictive_path(model, (X, y), batch_size=7)
     assert result.lens_accuracy.shape == (4,)
-    assert result.lens_accuracy[-1] == pytest.approx(float((model(X).argmax(1) == y).double().mean()))
+    assert result.lens_accuracy[-1] == pytest.approx(
+        float((model(X).argmax(1) == y).double().mean())
+    )
 
 
 def test_regularisers_equal_the_measured_action_on_the_batch():
@@ -170,7 +179,10 @@ def test_regularisers_equal_the_measured_action_on_the_batch():
     model = _mlp(depth=5)
     X, y = _data()
     result = predictive_path(model, (X, y), batch_size=100)
-    for name, expected in (("predictive", result.action), ("predictive-excess", result.action - result.least_action)):
+    for name, expected in (
+        ("predictive", result.action),
+        ("predictive-excess", result.action - result.least_action),
+    ):
         term = ActionTerm(name, model)
         with term.capture() as record:
             logits = model(X)
@@ -187,7 +199,9 @@ def test_regression_uses_euclidean_distance_of_means():
     steps = torch.stack([(b - a).norm(dim=1) for a, b in zip(means[:-1], means[1:])], 1)
     assert result.length == pytest.approx(float(steps.sum(1).mean()), rel=1e-12)
     assert result.lens_accuracy is None
-    assert float(predictive_action(means, likelihood="regression")) == pytest.approx(result.action, rel=1e-12)
+    assert float(predictive_action(means, likelihood="regression")) == pytest.approx(
+        result.action, rel=1e-12
+    )
 
 
 class UserNet(nn.Module):

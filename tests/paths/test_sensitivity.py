@@ -5,21 +5,25 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from model_zoo import EncoderClassifier
 
 from memspace import MemspaceError
 from memspace.paths import ResidualCNN, ResidualMLP, block_sensitivity, predictive_path
+from model_zoo import EncoderClassifier
 
 
 def _data(n=40, d=4, classes=3, seed=0):
     g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(0, classes, (n,), generator=g)
+    return torch.randn(n, d, generator=g, dtype=torch.float64), torch.randint(
+        0, classes, (n,), generator=g
+    )
 
 
 def _finite_difference_sensitivity(model, x, block, layout_axis=0, eps=1e-5, output=lambda o: o):
-    """s_l² by central differences: f(ε) with block l's displacement scaled by (1 + ε);
-    df/dε = J_{l+1} h v_l, and s² = E (df/dε)ᵀ Λ (df/dε) / h²."""
-    h = None
+    """s_l² by central differences.
+
+    F(ε) with block l's displacement scaled by (1 + ε); df/dε = J_{l+1} h v_l, and s² = E (df/dε)ᵀ Λ
+    (df/dε) / h².
+    """
 
     def run(scale):
         handle = block.register_forward_hook(lambda m, args, out: args[0] + scale * (out - args[0]))
@@ -97,13 +101,19 @@ def test_cnn_boundary_trace_and_identity_network():
     from torch.func import jacrev, vmap
 
     lam = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-    jac = vmap(jacrev(lambda s: model.forward_from(2, s.unsqueeze(0)).squeeze(0)))(states[2]).flatten(2)
+    jac = vmap(jacrev(lambda s: model.forward_from(2, s.unsqueeze(0)).squeeze(0)))(
+        states[2]
+    ).flatten(2)
     expected = torch.einsum("ncp,ncd,ndp->n", jac, lam, jac).mean()
     assert result.boundary["head_input"] == pytest.approx(float(expected), rel=1e-10)
     torch.manual_seed(0)
     identity = ResidualMLP(4, 5, 3, 3, identity_init=True).double().eval()
     still = block_sensitivity(identity, _data())
-    assert np.all(still.sensitivity == 0) and np.all(still.deletion_kl == 0) and still.kinetic_action == 0
+    assert (
+        np.all(still.sensitivity == 0)
+        and np.all(still.deletion_kl == 0)
+        and still.kinetic_action == 0
+    )
 
 
 def test_a_stream_of_mixed_rows_is_refused_naming_the_block():
@@ -126,5 +136,9 @@ def test_a_stream_of_mixed_rows_is_refused_naming_the_block():
 
     X = torch.randn(6, 3, 4, dtype=torch.float64)
     y = torch.randint(0, 3, (6,))
-    with pytest.raises(MemspaceError, match="residual block inner.blocks.0: no axis of its input indexes data"):
-        block_sensitivity(RowStream(model).eval(), (X, y), block_names=["inner.blocks.0", "inner.blocks.1"])
+    with pytest.raises(
+        MemspaceError, match="residual block inner.blocks.0: no axis of its input indexes data"
+    ):
+        block_sensitivity(
+            RowStream(model).eval(), (X, y), block_names=["inner.blocks.0", "inner.blocks.1"]
+        )

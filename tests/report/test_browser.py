@@ -1,4 +1,6 @@
-"""The report in a real headless browser (Debian's chromium): every figure decodes, and no script ever runs.
+"""The report in a real headless browser (Debian's chromium).
+
+Every figure decodes, and no script ever runs.
 
 The report runs no script of its own, so a small harness page (written here, outside the
 report) loads it in an iframe and reads its DOM: Chromium's ``--allow-file-access-from-files``
@@ -22,15 +24,28 @@ import pytest
 from cli_support import run_cli
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--hide-scrollbars", "--virtual-time-budget=10000", "--allow-file-access-from-files"]
-needs_chromium = pytest.mark.skipif(CHROMIUM is None,
-                                    reason="chromium not installed (make test installs Debian's chromium)")
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--hide-scrollbars",
+    "--virtual-time-budget=10000",
+    "--allow-file-access-from-files",
+]
+needs_chromium = pytest.mark.skipif(
+    CHROMIUM is None, reason="chromium not installed (make test installs Debian's chromium)"
+)
 
 MARK = "document.body.setAttribute('data-ran', 'yes')"
-PAYLOAD = (f"<script>{MARK}</script><img src=x onerror=\"{MARK}\"><svg onload=\"{MARK}\"></svg>"
-           f"\"><script>{MARK}</script>")
+PAYLOAD = (
+    f'<script>{MARK}</script><img src=x onerror="{MARK}"><svg onload="{MARK}"></svg>'
+    f'"><script>{MARK}</script>'
+)
 
 HARNESS = """<!DOCTYPE html><html><body><iframe id="report" src="{src}"></iframe><script>
 document.getElementById('report').addEventListener('load', function () {{
@@ -50,8 +65,12 @@ def inspect(page: Path, profile: Path) -> str:
     """``decoded/figures scripts=N ran=yes|no`` for ``page``, read by the harness in Chromium."""
     harness = profile.parent / f"harness-{page.stem}.html"
     harness.write_text(HARNESS.format(src=page.resolve().as_uri()))
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", harness.as_uri()],
-                         capture_output=True, text=True, timeout=120).stdout
+    dom = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--dump-dom", harness.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    ).stdout
     found = re.search(r'data-result="([^"]*)"', dom)
     assert found, dom[:500]
     return found.group(1)
@@ -64,19 +83,46 @@ def report(demo_run) -> Path:
 
 @needs_chromium
 def test_report_renders_every_figure_and_runs_no_script(report, tmp_path):
-    assert inspect(report, tmp_path / "profile") == "12/12 scripts=0 ran=no"  # networks 6, studies 2 each, zoo
+    assert (
+        inspect(report, tmp_path / "profile") == "12/12 scripts=0 ran=no"
+    )  # networks 6, studies 2 each, zoo
     dom = report.read_text()
-    for figure in ("fig-predictive", "fig-points", "fig-sensitivity", "fig-trajectories", "fig-spectrum",
-                   "fig-training", "fig-capacity", "fig-cover", "fig-reinit", "fig-noise", "fig-zoo-scatter", "fig-traversal"):
+    for figure in (
+        "fig-predictive",
+        "fig-points",
+        "fig-sensitivity",
+        "fig-trajectories",
+        "fig-spectrum",
+        "fig-training",
+        "fig-capacity",
+        "fig-cover",
+        "fig-reinit",
+        "fig-noise",
+        "fig-zoo-scatter",
+        "fig-traversal",
+    ):
         assert f'id="{figure}"' in dom
     shot = tmp_path / "report.png"
-    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={tmp_path / 'profile2'}", f"--screenshot={shot}",
-                    "--window-size=1200,2400", report.as_uri()], capture_output=True, timeout=120)
+    subprocess.run(
+        [
+            CHROMIUM,
+            *FLAGS,
+            f"--user-data-dir={tmp_path / 'profile2'}",
+            f"--screenshot={shot}",
+            "--window-size=1200,2400",
+            report.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+    )
     assert shot.exists() and shot.stat().st_size > 50_000  # a page with pictures, not a blank one
 
 
 class Tags(HTMLParser):
-    """Every element name, every event-handler attribute and all text of a page, as a browser parses it."""
+    """Every element name, every event-handler attribute and all text of a page.
+
+    As a browser parses it.
+    """
 
     def __init__(self):
         super().__init__()
@@ -103,7 +149,13 @@ def crafted_metrics(metrics: dict) -> dict:
     net["measures"]["num_params"] = PAYLOAD
     studies = crafted["studies"]
     zoo = studies["zoo"]
-    zoo.update(kept=PAYLOAD, models=PAYLOAD, n_test=PAYLOAD, min_ess=PAYLOAD, varied=[*zoo["varied"], PAYLOAD])
+    zoo.update(
+        kept=PAYLOAD,
+        models=PAYLOAD,
+        n_test=PAYLOAD,
+        min_ess=PAYLOAD,
+        varied=[*zoo["varied"], PAYLOAD],
+    )
     for entry in zoo["leaderboard"]:
         entry.update(models=PAYLOAD, environments=PAYLOAD, measure=entry["measure"] + PAYLOAD)
     zoo["points"] = {name + PAYLOAD: points for name, points in zoo["points"].items()}
@@ -119,14 +171,18 @@ def test_crafted_metrics_reach_the_page_only_as_text(demo_run, tmp_path):
     run, _ = demo_run
     crafted = tmp_path / "crafted"
     crafted.mkdir()
-    (crafted / "metrics.json").write_text(json.dumps(crafted_metrics(json.loads((run / "metrics.json").read_text()))))
+    (crafted / "metrics.json").write_text(
+        json.dumps(crafted_metrics(json.loads((run / "metrics.json").read_text())))
+    )
     result = run_cli("report", "crafted", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     page = (crafted / "report.html").read_text()
     tags = Tags()
     tags.feed(page)
     assert "script" not in tags.names and not tags.handlers, tags.handlers
-    assert {"img", "table", "figure"} <= tags.names and tags.text.count(PAYLOAD) > 20  # the payload is there, as text
+    assert {"img", "table", "figure"} <= tags.names and tags.text.count(
+        PAYLOAD
+    ) > 20  # the payload is there, as text
     assert "script-src 'none'" in page
     if CHROMIUM is not None:
         assert inspect(crafted / "report.html", tmp_path / "profile").endswith("scripts=0 ran=no")
@@ -134,8 +190,12 @@ def test_crafted_metrics_reach_the_page_only_as_text(demo_run, tmp_path):
 
 @needs_chromium
 def test_the_harness_sees_a_script_that_does_run(tmp_path):
-    """Control: the payload unescaped under a permissive policy sets the marker (the detector works)."""
+    """Control: the payload unescaped under a permissive policy sets the marker (detector works)."""
     page = tmp_path / "unsafe.html"
-    page.write_text("<!DOCTYPE html><html><head><meta http-equiv=\"Content-Security-Policy\" content=\"default-src "
-                    f"'none'; script-src 'unsafe-inline'\"></head><body><figure><img src=x></figure>{PAYLOAD}</body></html>")
+    page.write_text(
+        '<!DOCTYPE html><html><head><meta http-equiv="Content-Security-Policy" '
+        'content="default-src '
+        "'none'; script-src 'unsafe-inline'\"></head><body><figure><img "
+        f"src=x></figure>{PAYLOAD}</body></html>"
+    )
     assert inspect(page, tmp_path / "profile").endswith("ran=yes")

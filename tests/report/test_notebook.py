@@ -1,5 +1,8 @@
-"""Results people look at from Python: typed measures checked on read, and for every public result a
-concise repr, an HTML repr and a plot that draws the report's figure (on the caller's axes when given)."""
+"""Results people look at from Python.
+
+Typed measures checked on read, and for every public result a concise repr, an HTML repr and a plot
+that draws the report's figure (on the caller's axes when given).
+"""
 
 from __future__ import annotations
 
@@ -10,7 +13,14 @@ import pytest
 import torch
 from matplotlib.figure import Figure
 
-from memspace import FisherOperator, MemspaceError, ResidualMLP, block_sensitivity, load_dataset, predictive_path
+from memspace import (
+    FisherOperator,
+    MemspaceError,
+    ResidualMLP,
+    block_sensitivity,
+    load_dataset,
+    predictive_path,
+)
 from memspace.studies import StudySummary, measure_network
 from memspace.studies.results import SCHEMA_VERSION, NetworkMeasures
 
@@ -73,7 +83,10 @@ def test_a_study_summary_is_its_json_with_a_report_section_and_figure(demo_run):
     summary = StudySummary("robustness", metrics["studies"]["robustness"])
     assert json.loads(json.dumps(summary)) == metrics["studies"]["robustness"]
     assert repr(summary).startswith("StudySummary('robustness', ")
-    assert "Robustness ↔ generalization" in summary._repr_html_() and "<table>" in summary._repr_html_()
+    assert (
+        "Robustness ↔ generalization" in summary._repr_html_()
+        and "<table>" in summary._repr_html_()
+    )
     fig = summary.plot()
     assert isinstance(fig, Figure)
     plt.close(fig)

@@ -1,4 +1,6 @@
-"""A run folder is a boundary: nothing its manifest, a link or a planted file says leads memspace outside it.
+"""A run folder is a boundary.
+
+Nothing its manifest, a link or a planted file says leads memspace outside it.
 
 A run folder may come from someone else, so every test here builds a sandbox — a run folder
 beside an ``outside`` tree of files memspace must never touch — lets an attacker shape the run
@@ -17,7 +19,15 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from memspace import MemspaceError
-from memspace._runs import LOCK, MANIFEST, TMP_SUFFIX, RunFolder, _unlink_inside, entry_parts, write_atomic
+from memspace._runs import (
+    LOCK,
+    MANIFEST,
+    TMP_SUFFIX,
+    RunFolder,
+    _unlink_inside,
+    entry_parts,
+    write_atomic,
+)
 
 
 def snapshot(root: Path) -> dict[str, bytes | str]:
@@ -48,27 +58,44 @@ def sandbox(base: Path) -> tuple[Path, Path]:
 
 def write_manifest(folder: Path, files: list, kind: str = "demo") -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    (folder / MANIFEST).write_text(json.dumps({"memspace_manifest": 1, "kind": kind, "config": {}, "files": files}))
+    (folder / MANIFEST).write_text(
+        json.dumps({"memspace_manifest": 1, "kind": kind, "config": {}, "files": files})
+    )
 
 
-# -- hostile manifests, generated ------------------------------------------------------------------------------
+# -- hostile manifests, generated
+# ------------------------------------------------------------------------------
+
 
 def hostile_entries(outside: Path) -> st.SearchStrategy[str]:
-    """Names an attacker might list: parent-relative, absolute, through links, memspace's own files, odd parts."""
+    """Names an attacker might list.
+
+    Parent-relative, absolute, through links, memspace's own files, odd parts.
+    """
     targets = st.sampled_from(["precious.txt", "folder", "folder/data.bin", LOCK, MANIFEST])
     return st.one_of(
         targets.map(lambda t: f"../outside/{t}"),
         targets.map(lambda t: str(outside / t)),
         targets.map(lambda t: f"through-link/{t}"),
         st.sampled_from(["link-to-file", "link-to-folder", "link-to-folder/data.bin"]),
-        st.sampled_from([LOCK, MANIFEST, "metrics.json" + TMP_SUFFIX, f"sub/{LOCK}", f"sub/{MANIFEST}"]),
-        st.sampled_from(["", ".", "./x", "a//b", "a/../../outside/precious.txt", "x/..", "nul\x00byte"]),
-        st.sampled_from(["metrics.json", "weights", "weights/a.safetensors", "sub"]),  # honest names too
+        st.sampled_from(
+            [LOCK, MANIFEST, "metrics.json" + TMP_SUFFIX, f"sub/{LOCK}", f"sub/{MANIFEST}"]
+        ),
+        st.sampled_from(
+            ["", ".", "./x", "a//b", "a/../../outside/precious.txt", "x/..", "nul\x00byte"]
+        ),
+        st.sampled_from(
+            ["metrics.json", "weights", "weights/a.safetensors", "sub"]
+        ),  # honest names too
     )
 
 
-@settings(max_examples=120, deadline=None, derandomize=True,
-          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@settings(
+    max_examples=120,
+    deadline=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 @given(data=st.data())
 def test_no_manifest_can_lead_overwrite_or_resume_outside_the_folder(tmp_path_factory, data):
     base = tmp_path_factory.mktemp("sandbox")
@@ -86,8 +113,13 @@ def test_no_manifest_can_lead_overwrite_or_resume_outside_the_folder(tmp_path_fa
         write_manifest(run / "sub", nested, kind="train")
     before = snapshot(outside)
     top = all(_plain(e) for e in entries)
-    below = "sub" not in entries or all(_parts_ok(e) for e in nested)  # a nested manifest is read when listed
-    for overwrite, honest in ((False, top), (True, top and below)):  # resume reads the top manifest only
+    below = "sub" not in entries or all(
+        _parts_ok(e) for e in nested
+    )  # a nested manifest is read when listed
+    for overwrite, honest in (
+        (False, top),
+        (True, top and below),
+    ):  # resume reads the top manifest only
         try:
             RunFolder.open(run, kind="demo", overwrite=overwrite).close()
         except MemspaceError as error:
@@ -107,7 +139,10 @@ def _parts_ok(name: str) -> bool:
 
 
 def _plain(name: str) -> bool:
-    """What the boundary accepts: a relative name whose parts are plain and none of which is a link here."""
+    """What the boundary accepts.
+
+    A relative name whose parts are plain and none of which is a link here.
+    """
     try:
         parts = entry_parts(name)
     except ValueError:
@@ -125,7 +160,13 @@ def test_an_honest_nested_run_is_removed_and_the_users_files_stay(tmp_path):
             inner.write("weights/a.bin", b"a")
     (run / "study-x" / "weights" / "notes.txt").write_text("mine")
     RunFolder.open(run, kind="demo", overwrite=True).close()
-    assert sorted(p.name for p in run.rglob("*")) == [LOCK, MANIFEST, "notes.txt", "study-x", "weights"]
+    assert sorted(p.name for p in run.rglob("*")) == [
+        LOCK,
+        MANIFEST,
+        "notes.txt",
+        "study-x",
+        "weights",
+    ]
     assert (outside / "precious.txt").read_text() == "the user's thesis"
 
 
@@ -140,7 +181,9 @@ def test_a_bad_entry_deep_in_a_nested_manifest_removes_nothing_at_all(tmp_path):
     assert (run / "metrics.json").exists() and (outside / "precious.txt").exists()
 
 
-# -- memspace's own files: never through a link, never listed, never chosen as an output -----------------------
+# -- memspace's own files: never through a link, never listed, never chosen as an output
+# -----------------------
+
 
 def test_a_lock_that_is_a_link_or_a_hard_link_is_refused_and_its_target_untouched(tmp_path):
     run, outside = sandbox(tmp_path)
@@ -172,7 +215,9 @@ def test_a_temporary_or_a_result_that_is_a_link_is_not_written_through(tmp_path)
         (run / "weights").symlink_to(outside / "folder")
         with pytest.raises(MemspaceError, match="weights is a symbolic link"):
             folder.path("weights/a.safetensors")
-        os.link(outside / "folder" / "data.bin", run / ("cells.jsonl" + TMP_SUFFIX))  # a stale hard-linked temporary
+        os.link(
+            outside / "folder" / "data.bin", run / ("cells.jsonl" + TMP_SUFFIX)
+        )  # a stale hard-linked temporary
         folder.write("cells.jsonl", "new")
         assert (run / "cells.jsonl").read_text() == "new"
     assert snapshot(outside) == before
@@ -186,7 +231,9 @@ def test_only_a_folder_with_memspaces_plain_files_counts_as_a_fresh_run(tmp_path
     assert (outside / "precious.txt").read_text() == "the user's thesis"
 
 
-@pytest.mark.parametrize("name", [MANIFEST, LOCK, "x" + TMP_SUFFIX, f"sub/{MANIFEST}", "../escape", "/abs"])
+@pytest.mark.parametrize(
+    "name", [MANIFEST, LOCK, "x" + TMP_SUFFIX, f"sub/{MANIFEST}", "../escape", "/abs"]
+)
 def test_memspace_never_registers_its_own_files_or_a_path_outside(tmp_path, name):
     with RunFolder.open(tmp_path / "run", kind="demo") as folder:
         with pytest.raises(MemspaceError, match="cannot write into run folder"):

@@ -1,4 +1,7 @@
-"""Robustness: the re-initialization protocol's exact cases, E KL ≈ (σ²/2) tr F by Monte Carlo, thresholds."""
+"""Robustness: the re-initialization protocol's exact cases, E KL ≈ (σ²/2) tr F by Monte Carlo.
+
+Thresholds.
+"""
 
 from __future__ import annotations
 
@@ -19,7 +22,10 @@ def blobs(n=240, seed=0):
 
 @pytest.fixture(scope="module")
 def trained():
-    """A residual MLP whose block 1 never trains (frozen), with its initial state and epoch-2 state."""
+    """A residual MLP whose block 1 never trains (frozen).
+
+    With its initial state and epoch-2 state.
+    """
     torch.manual_seed(0)
     X, y = blobs()
     model = ResidualMLP(4, 8, 3, 3).double()
@@ -35,13 +41,15 @@ def trained():
 def factory(seed=0):
     def make():
         return ResidualMLP(4, 8, 3, 3).double()
+
     return make
 
 
 def test_reset_to_the_final_state_changes_nothing_and_a_frozen_layer_is_robust(trained):
     initial, at_two, final, test = trained
-    result = reinitialization(factory(), final, {"0": initial, "2": at_two, "final": final}, test,
-                              rerandomize_seeds=[5])
+    result = reinitialization(
+        factory(), final, {"0": initial, "2": at_two, "final": final}, test, rerandomize_seeds=[5]
+    )
     assert result.layers == ["stem", "blocks.0", "blocks.1", "blocks.2", "head"]
     assert np.all(result.error[:, result.columns.index("final")] == result.trained_error)
     frozen = result.layers.index("blocks.1")
@@ -78,7 +86,8 @@ def test_weight_noise_kl_matches_half_sigma_squared_trace_within_monte_carlo_err
             continue
         gap = abs(result.measured[i, small] - result.predicted[i, small])
         assert gap <= 3 * result.stderr[i, small] + 1e-3 * result.predicted[i, small], name
-        # paired with the same draws, ½ δᵀFδ is the KL up to higher orders: far inside the Monte-Carlo error
+        # paired with the same draws, ½ δᵀFδ is the KL up to higher orders: far inside the
+        # Monte-Carlo error
         for j in (0, 1):
             assert result.measured[i, j] / result.paired[i, j] == pytest.approx(1.0, abs=5e-3), name
     assert result.layers[-1] == "all"
@@ -94,13 +103,14 @@ def test_the_whole_network_trace_is_the_fisher_trace(trained):
     model.load_state_dict(final)
     model.eval()
     result = weight_noise(model, (X[:50], y[:50]), sigmas=[1e-3], samples=2)
-    assert result.fisher_trace[-1] == pytest.approx(float(FisherOperator(model, (X[:50], y[:50])).trace()), rel=1e-10)
+    assert result.fisher_trace[-1] == pytest.approx(
+        float(FisherOperator(model, (X[:50], y[:50])).trace()), rel=1e-10
+    )
 
 
 def test_tied_weights_and_non_logit_outputs_are_refused():
-    from model_zoo import TiedLinears, TupleOutput
-
     from memspace import MemspaceError
+    from model_zoo import TiedLinears, TupleOutput
 
     X, y = torch.randn(20, 4), torch.randint(0, 3, (20,))
     with pytest.raises(MemspaceError, match="tied weight"):

@@ -26,7 +26,8 @@ HEADROOM = 512 * 2**20
 
 CAPPED = """
 import json, resource, sys
-import memspace.data, memspace.zoo, memspace.disentanglement  # imports first: the cap is on top of them
+import memspace.data, memspace.zoo, memspace.disentanglement  # imports first: the cap is on top of
+them
 from memspace import MemspaceError
 size = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom}))
@@ -49,20 +50,40 @@ except MemoryError:
 def capped(kind: str, path: Path, **env: str) -> dict:
     import os
 
-    result = subprocess.run([sys.executable, "-c", CAPPED.format(headroom=HEADROOM), kind, str(path)],
-                            capture_output=True, text=True, timeout=300, env={**os.environ, **env})
+    result = subprocess.run(
+        [sys.executable, "-c", CAPPED.format(headroom=HEADROOM), kind, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def npy_member(archive: zipfile.ZipFile, name: str, header_shape: tuple, dtype: str, data: bytes,
-               compress: bool = True) -> None:
+def npy_member(
+    archive: zipfile.ZipFile,
+    name: str,
+    header_shape: tuple,
+    dtype: str,
+    data: bytes,
+    compress: bool = True,
+) -> None:
     """An ``.npy`` member whose header claims ``header_shape`` (whatever ``data`` holds)."""
     header = {"descr": dtype, "fortran_order": False, "shape": header_shape}
     text = repr(header).encode("latin1")
     pad = 64 - (10 + len(text) + 1) % 64
-    blob = b"\x93NUMPY\x01\x00" + (len(text) + pad + 1).to_bytes(2, "little") + text + b" " * pad + b"\n" + data
-    archive.writestr(name + ".npy", blob, compress_type=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED)
+    blob = (
+        b"\x93NUMPY\x01\x00"
+        + (len(text) + pad + 1).to_bytes(2, "little")
+        + text
+        + b" " * pad
+        + b"\n"
+        + data
+    )
+    archive.writestr(
+        name + ".npy", blob, compress_type=zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+    )
 
 
 def test_a_label_of_10_to_the_12_is_refused_in_linear_memory(tmp_path):
@@ -70,7 +91,10 @@ def test_a_label_of_10_to_the_12_is_refused_in_linear_memory(tmp_path):
     np.savez(path, X=np.zeros((3, 2)), y=np.array([0, 1, 10**12]))
     assert path.stat().st_size < 1000
     outcome = capped("data", path)
-    assert outcome["outcome"] == "refused" and "over the bound of 1048576 classes" in outcome["message"]
+    assert (
+        outcome["outcome"] == "refused"
+        and "over the bound of 1048576 classes" in outcome["message"]
+    )
 
 
 def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):
@@ -79,14 +103,21 @@ def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):
         npy_member(archive, "y", (1000,), "<i8", np.arange(1000).astype("<i8").tobytes())
         with archive.open("X.npy", "w", force_zip64=True) as member:  # 1 GiB of zeros in about 5 MB
             text = repr({"descr": "<f8", "fortran_order": False, "shape": (1000, 2**17)}).encode()
-            member.write(b"\x93NUMPY\x01\x00" + (117).to_bytes(2, "little") + text.ljust(116) + b"\n")
+            member.write(
+                b"\x93NUMPY\x01\x00" + (117).to_bytes(2, "little") + text.ljust(116) + b"\n"
+            )
             chunk = bytes(1 << 24)
             for _ in range(64):
                 member.write(chunk)
     assert path.stat().st_size < 8 * 2**20
-    budget = str(256 * 2**20)  # below the cap's headroom: the default (4 GiB) is for machines with room
+    budget = str(
+        256 * 2**20
+    )  # below the cap's headroom: the default (4 GiB) is for machines with room
     outcome = capped("data", path, MEMSPACE_MAX_NPZ_BYTES=budget)
-    assert outcome["outcome"] == "refused" and f"over the bound of {budget} bytes" in outcome["message"], outcome
+    assert (
+        outcome["outcome"] == "refused"
+        and f"over the bound of {budget} bytes" in outcome["message"]
+    ), outcome
     assert "MEMSPACE_MAX_NPZ_BYTES" in outcome["message"]
 
 
@@ -112,15 +143,22 @@ def test_the_budget_is_the_one_stated_and_can_be_raised(tmp_path):
 def test_object_arrays_are_refused_without_unpickling(tmp_path):
     path = tmp_path / "pickle.npz"
     with zipfile.ZipFile(path, "w") as archive:
-        npy_member(archive, "X", (2,), "|O", b"\x80\x04\x95" + b"\x00" * 40)  # a pickle would follow
+        npy_member(
+            archive, "X", (2,), "|O", b"\x80\x04\x95" + b"\x00" * 40
+        )  # a pickle would follow
     with pytest.raises(MemspaceError, match="holds Python objects"):
         load_npz(path)
 
 
 def test_arrays_round_trip_exactly(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"a": rng.normal(size=(3, 4)), "b": np.asfortranarray(rng.normal(size=(5, 2))),
-              "c": np.array(7), "d": np.array(["x", "yz"]), "e": rng.integers(0, 9, (2, 3)).astype(">i4")}
+    arrays = {
+        "a": rng.normal(size=(3, 4)),
+        "b": np.asfortranarray(rng.normal(size=(5, 2))),
+        "c": np.array(7),
+        "d": np.array(["x", "yz"]),
+        "e": rng.integers(0, 9, (2, 3)).astype(">i4"),
+    }
     np.savez_compressed(tmp_path / "all.npz", **arrays)
     loaded = load_npz(tmp_path / "all.npz")
     assert loaded.keys() == arrays.keys()
@@ -140,8 +178,14 @@ def test_an_alias_bomb_in_a_grid_is_refused(tmp_path):
 
 def test_a_grid_of_too_many_models_is_refused_before_expansion(tmp_path):
     path = tmp_path / "huge.yaml"
-    path.write_text("seeds: [" + ", ".join(map(str, range(100))) + "]\ngrid:\n"
-                    + "".join(f"  {name}: [{', '.join(['1'] * 20)}]\n" for name in ("width", "depth", "batch_size")))
+    path.write_text(
+        "seeds: ["
+        + ", ".join(map(str, range(100)))
+        + "]\ngrid:\n"
+        + "".join(
+            f"  {name}: [{', '.join(['1'] * 20)}]\n" for name in ("width", "depth", "batch_size")
+        )
+    )
     outcome = capped("grid", path)
     assert outcome["outcome"] == "refused" and "800000 models" in outcome["message"]
 

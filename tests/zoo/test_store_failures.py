@@ -1,4 +1,7 @@
-"""The zoo's SQLite store on a full or read-only disk, and with crafted rows: one MemspaceError naming it."""
+"""The zoo's SQLite store on a full or read-only disk, and with crafted rows.
+
+One MemspaceError naming it.
+"""
 
 from __future__ import annotations
 
@@ -12,17 +15,33 @@ import pytest
 from memspace import MemspaceError
 from memspace.zoo import ZooStore
 
-ROW = {"id": "m", "hparams": {"width": 8}, "seed": 0, "train_acc": 1.0, "test_acc": 0.5, "train_ce": 0.1,
-       "gap": 0.5, "epochs": 1, "converged": True, "seconds": 1.0, "init_file": "m-init.safetensors",
-       "final_file": "m-final.safetensors"}
+ROW = {
+    "id": "m",
+    "hparams": {"width": 8},
+    "seed": 0,
+    "train_acc": 1.0,
+    "test_acc": 0.5,
+    "train_ce": 0.1,
+    "gap": 0.5,
+    "epochs": 1,
+    "converged": True,
+    "seconds": 1.0,
+    "init_file": "m-init.safetensors",
+    "final_file": "m-final.safetensors",
+}
 
 
 @pytest.fixture
 def small_disk(tmp_path):
     disk = tmp_path / "disk"
     disk.mkdir()
-    if shutil.which("mount") is None or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)],
-                                                       capture_output=True).returncode != 0:
+    if (
+        shutil.which("mount") is None
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=512k", "tmpfs", str(disk)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a small tmpfs here (needs root)")
     yield disk
     subprocess.run(["umount", str(disk)], capture_output=True)
@@ -34,7 +53,9 @@ def test_a_full_disk_is_one_error_naming_the_database_and_committed_rows_stay(sm
     committed = 1
     with pytest.raises(MemspaceError, match=r"zoo database .*zoo.sqlite: database or disk is full"):
         for i in range(100_000):
-            store.add({**ROW, "id": f"m{i}"}, {f"measure-{j}-{'x' * 200}": float(j) for j in range(50)})
+            store.add(
+                {**ROW, "id": f"m{i}"}, {f"measure-{j}-{'x' * 200}": float(j) for j in range(50)}
+            )
             committed += 1
     store.close()
     subprocess.run(["mount", "-o", "remount,size=8m", str(small_disk)], check=True)
@@ -53,8 +74,15 @@ def test_a_read_only_disk_is_one_error_naming_the_database(small_disk):
         store.add({**ROW, "id": "n"}, {"a": 2.0})
 
 
-@pytest.mark.parametrize("column, value", [("hparams", "not json"), ("final_file", "../../outside.safetensors"),
-                                           ("init_file", ".memspace-run"), ("seed", "zero")])
+@pytest.mark.parametrize(
+    "column, value",
+    [
+        ("hparams", "not json"),
+        ("final_file", "../../outside.safetensors"),
+        ("init_file", ".memspace-run"),
+        ("seed", "zero"),
+    ],
+)
 def test_a_crafted_row_is_refused_by_name(tmp_path, column, value):
     store = ZooStore(tmp_path / "zoo.sqlite")
     store.add(ROW, {"a": 1.0})
@@ -83,8 +111,15 @@ def test_a_zoo_without_finite_measures_still_reports_and_says_so(tmp_path):
     with RunFolder.open(tmp_path / "z", kind="zoo", config=grid) as run:
         store = ZooStore(run.path("zoo.sqlite"))
         for i, lam in enumerate([0.0, 0.1, 0.0, 0.1]):
-            store.add({**ROW, "id": f"m{i}", "hparams": {**grid["grid"], "lam": lam, "width": 8}, "gap": 0.1 * i},
-                      {"fisher_trace": float("nan")})
+            store.add(
+                {
+                    **ROW,
+                    "id": f"m{i}",
+                    "hparams": {**grid["grid"], "lam": lam, "width": 8},
+                    "gap": 0.1 * i,
+                },
+                {"fisher_trace": float("nan")},
+            )
         store.close()
     evaluation = evaluate_zoo(tmp_path / "z")
     assert evaluation["leaderboard"] == []

@@ -1,4 +1,7 @@
-"""The zoo: a CI-sized grid on the local pool and on a 127.0.0.1 Dask cluster, a real SIGKILL, the leaderboard."""
+"""The zoo: a CI-sized grid on the local pool and on a 127.0.0.1 Dask cluster, a real SIGKILL.
+
+The leaderboard.
+"""
 
 from __future__ import annotations
 
@@ -14,12 +17,22 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memspace.ranking import kendall_tau
 from memspace.zoo import ZooStore, evaluate_zoo, expand, load_grid, run_zoo
+from memspace.zoo.ranking import kendall_tau
 
-TINY = {"data": "digits", "stop": {"target_ce": 1.0, "max_epochs": 6}, "seeds": [0],
-        "grid": {"width": [8], "depth": [2], "lr": [1e-2], "batch_size": [64], "lam": [0.0, 0.1],
-                 "train_size": [300, 600]}}
+TINY = {
+    "data": "digits",
+    "stop": {"target_ce": 1.0, "max_epochs": 6},
+    "seeds": [0],
+    "grid": {
+        "width": [8],
+        "depth": [2],
+        "lr": [1e-2],
+        "batch_size": [64],
+        "lam": [0.0, 0.1],
+        "train_size": [300, 600],
+    },
+}
 
 
 def contents(folder):
@@ -43,10 +56,17 @@ def test_the_zoo_commits_every_model_with_its_measures(local_zoo):
     rows, measures = contents(local_zoo)
     assert set(rows) == {m["id"] for m in expand(load_grid(TINY))}
     for model_id, row in rows.items():
-        assert (local_zoo / "weights" / row["final_file"]).exists() and (local_zoo / "weights" / row["init_file"]).exists()
+        assert (local_zoo / "weights" / row["final_file"]).exists() and (
+            local_zoo / "weights" / row["init_file"]
+        ).exists()
         assert row["gap"] == pytest.approx(row["train_acc"] - row["test_acc"])
-        assert {"fisher_rao_norm", "action_ratio", "fisher_arc_length", "PACBAYES_MAG_FLATNESS",
-                "PATH_NORM"} <= measures[model_id].keys()
+        assert {
+            "fisher_rao_norm",
+            "action_ratio",
+            "fisher_arc_length",
+            "PACBAYES_MAG_FLATNESS",
+            "PATH_NORM",
+        } <= measures[model_id].keys()
     with sqlite3.connect(local_zoo / "zoo.sqlite") as db:
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
     again = run_zoo(TINY, local_zoo, workers=2)  # idempotent: nothing to train
@@ -55,8 +75,14 @@ def test_the_zoo_commits_every_model_with_its_measures(local_zoo):
 
 def test_a_dask_cluster_on_localhost_gives_identical_results(local_zoo, tmp_path):
     distributed = pytest.importorskip("distributed")
-    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                                  dashboard_address=None, protocol="tcp") as cluster:
+    with distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        host="127.0.0.1",
+        dashboard_address=None,
+        protocol="tcp",
+    ) as cluster:
         assert cluster.scheduler_address.startswith("tcp://127.0.0.1:")
         run_zoo(TINY, tmp_path / "dask", scheduler=cluster.scheduler_address)
     assert contents(tmp_path / "dask") == contents(local_zoo)
@@ -67,14 +93,18 @@ def test_the_leaderboard_uses_the_stored_values(local_zoo):
     rows, measures = contents(local_zoo)
     kept = sorted(rows.values(), key=lambda r: r["id"])
     entry = next(e for e in evaluation["leaderboard"] if e["measure"] == "fisher_trace")
-    assert entry["tau"] == pytest.approx(kendall_tau([measures[r["id"]]["fisher_trace"] for r in kept],
-                                                     [r["gap"] for r in kept]))
-    assert evaluation["varied"] == ["lam", "train_size"] and {"lam", "train_size"} == entry["psi_by_hparam"].keys()
+    assert entry["tau"] == pytest.approx(
+        kendall_tau([measures[r["id"]]["fisher_trace"] for r in kept], [r["gap"] for r in kept])
+    )
+    assert (
+        evaluation["varied"] == ["lam", "train_size"]
+        and {"lam", "train_size"} == entry["psi_by_hparam"].keys()
+    )
     assert entry["cmi_mode"] == "faithful" and -1 <= entry["tau"] <= 1
 
 
 def tagged_processes(tag: str) -> list[int]:
-    """PIDs of live processes whose environment carries ``MEMSPACE_TEST_TAG=tag`` (ours and our workers)."""
+    """PIDs of live processes whose environment has ``MEMSPACE_TEST_TAG=tag`` (ours, workers)."""
     found = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
@@ -91,16 +121,35 @@ def tagged_processes(tag: str) -> list[int]:
 def test_a_kill_of_the_parent_loses_no_committed_row_and_leaves_no_orphan_worker(tmp_path):
     grid = {**TINY, "grid": {**TINY["grid"], "width": [8, 12, 16]}}  # 12 models
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
-    args = [sys.executable, "-m", "memspace.cli", "zoo", "run", "--grid", "grid.yaml", "--out", "z", "--workers", "2"]
+    args = [
+        sys.executable,
+        "-m",
+        "memspace.cli",
+        "zoo",
+        "run",
+        "--grid",
+        "grid.yaml",
+        "--out",
+        "z",
+        "--workers",
+        "2",
+    ]
     tag = f"zoo-{os.getpid()}-{time.monotonic_ns()}"
-    # Each worker trains its first model, then never finishes its second; the parent is killed (SIGKILL,
+    # Each worker trains its first model, then never finishes its second; the parent is killed
+    # (SIGKILL,
     # nothing runs in it after) once it has stored the two first models.
     crash = "zoo-model-stored:2,zoo-train-start:2:HANG"
     env = {**os.environ, "MEMSPACE_TEST_TAG": tag, "MEMSPACE_TEST_CRASH": crash}
-    with open(tmp_path / "stderr.txt", "w") as stderr:  # not a pipe: a hung orphan would hold it open
-        killed = subprocess.run(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, env=env)
+    with open(
+        tmp_path / "stderr.txt", "w"
+    ) as stderr:  # not a pipe: a hung orphan would hold it open
+        killed = subprocess.run(
+            args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, env=env
+        )
     assert killed.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-2000:]
-    deadline = time.monotonic() + 60  # they notice within a second; without the watch they hang forever
+    deadline = (
+        time.monotonic() + 60
+    )  # they notice within a second; without the watch they hang forever
     while tagged_processes(tag) and time.monotonic() < deadline:
         time.sleep(0.2)
     orphans = tagged_processes(tag)
@@ -129,9 +178,14 @@ def test_measure_adds_what_a_stored_model_lacks_with_the_same_values(local_zoo):
     _, before = contents(local_zoo)
     victim = sorted(before)[0]
     with sql.connect(local_zoo / "zoo.sqlite") as db:
-        db.execute("DELETE FROM measures WHERE model_id = ? AND name IN ('PATH_NORM', 'SHARPNESS_MAG_FLATNESS')",
-                   (victim,))
+        db.execute(
+            "DELETE FROM measures WHERE model_id = ? AND name IN ('PATH_NORM', "
+            "'SHARPNESS_MAG_FLATNESS')",
+            (victim,),
+        )
     result = measure_zoo(local_zoo, workers=1)
     assert result["measured"] == 1
     _, after = contents(local_zoo)
-    assert after == before  # recomputed from the saved weights: identical (arc length kept from training)
+    assert (
+        after == before
+    )  # recomputed from the saved weights: identical (arc length kept from training)

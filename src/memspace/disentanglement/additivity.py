@@ -18,7 +18,8 @@ the spherical Pythagorean theorem on the Fisher–Rao sphere. Hence
   predictions: two factors each learned to d ≈ π (certainty from uniform) cost 2π² apart but at
   most π² together.
 
-:func:`memspace.studies.disentanglement.additivity_cell` measures the three networks on held-out points: the joint network's A and
+:func:`memspace.studies.disentanglement.additivity_cell` measures the three networks on held-out
+points: the joint network's A and
 A_min, the separate networks' A and A_min and their sums, the Pythagorean prediction of the joint
 least action from the joint network's own marginals, and how far the joint prediction is from the
 product of its marginals (the factorisation gap, in Fisher–Rao distance).
@@ -36,7 +37,9 @@ __all__ = ["marginal_probabilities", "path_action", "product_distance", "product
 
 
 def product_distance(d_a: Tensor, d_b: Tensor) -> Tensor:
-    """Fisher–Rao distance between p_a ⊗ p_b and q_a ⊗ q_b from the factors' distances d_a, d_b ∈ [0, π].
+    """Fisher–Rao distance between p_a ⊗ p_b and q_a ⊗ q_b from the factors' distances d_a.
+
+    D_b ∈ [0, π].
 
     d = 2·arccos(cos(d_a/2)·cos(d_b/2)) (module doc), elementwise.
     """
@@ -55,17 +58,26 @@ def marginal_probabilities(joint: Tensor, sizes: tuple[int, int]) -> tuple[Tenso
     """
     size_a, size_b = sizes
     if joint.shape[-1] != size_a * size_b:
-        raise DataError(f"a joint prediction over {size_a}×{size_b} pairs needs {size_a * size_b} classes, "
-                        f"got {joint.shape[-1]}")
+        raise DataError(
+            f"a joint prediction over {size_a}×{size_b} pairs needs {size_a * size_b} classes, "
+            f"got {joint.shape[-1]}"
+        )
     table = joint.reshape(*joint.shape[:-1], size_a, size_b)
     return table.sum(-1), table.sum(-2)
 
 
-def product_task(num_points: int, sizes: tuple[int, int] = (3, 4), *, dims: int = 6, noise: float = 0.6,
-                 seed: int = 0) -> dict[str, np.ndarray]:
+def product_task(
+    num_points: int,
+    sizes: tuple[int, int] = (3, 4),
+    *,
+    dims: int = 6,
+    noise: float = 0.6,
+    seed: int = 0,
+) -> dict[str, np.ndarray]:
     """Generated data with two independent factors, entangled in the input coordinates.
 
-    Factor a's class k puts the first ``dims`` coordinates at a random unit-scale centre, factor b's the
+    Factor a's class k puts the first ``dims`` coordinates at a random unit-scale centre, factor b's
+    the
     next ``dims``; Gaussian noise of scale ``noise`` is added and a fixed random rotation mixes all
     2·dims coordinates, so no input coordinate belongs to one factor.
 
@@ -73,7 +85,9 @@ def product_task(num_points: int, sizes: tuple[int, int] = (3, 4), *, dims: int 
         ``X`` [N, 2·dims] float32, ``a`` [N], ``b`` [N] and ``pair`` = a·C_b + b [N] (int64).
     """
     if num_points < 1 or min(sizes) < 2 or dims < 1:
-        raise DataError("a product task needs at least one point, two classes per factor and one dimension")
+        raise DataError(
+            "a product task needs at least one point, two classes per factor and one dimension"
+        )
     rng = np.random.RandomState(seed)
     centres_a = rng.randn(sizes[0], dims) * 1.5
     centres_b = rng.randn(sizes[1], dims) * 1.5
@@ -81,8 +95,12 @@ def product_task(num_points: int, sizes: tuple[int, int] = (3, 4), *, dims: int 
     a = rng.randint(sizes[0], size=num_points)
     b = rng.randint(sizes[1], size=num_points)
     X = np.concatenate([centres_a[a], centres_b[b]], 1) + noise * rng.randn(num_points, 2 * dims)
-    return {"X": (X @ rotation).astype(np.float32), "a": a.astype(np.int64), "b": b.astype(np.int64),
-            "pair": (a * sizes[1] + b).astype(np.int64)}
+    return {
+        "X": (X @ rotation).astype(np.float32),
+        "a": a.astype(np.int64),
+        "b": b.astype(np.int64),
+        "pair": (a * sizes[1] + b).astype(np.int64),
+    }
 
 
 def path_action(probabilities: Tensor) -> dict[str, float]:
@@ -93,4 +111,7 @@ def path_action(probabilities: Tensor) -> dict[str, float]:
     steps = fisher_rao_distance(logs[:, :-1], logs[:, 1:])  # [N, L]
     depth = steps.shape[1]
     endpoint = fisher_rao_distance(logs[:, 0], logs[:, -1])
-    return {"action": float((depth * steps.pow(2).sum(1)).mean()), "least_action": float(endpoint.pow(2).mean())}
+    return {
+        "action": float((depth * steps.pow(2).sum(1)).mean()),
+        "least_action": float(endpoint.pow(2).mean()),
+    }

@@ -1,4 +1,6 @@
-"""Images with known generative factors: dSprites' factor structure, generated here (docs/theory.md §5.4).
+"""Images with known generative factors.
+
+DSprites' factor structure, generated here (docs/theory.md §5.4).
 
 Five factors, sampled uniformly and independently, in dSprites' storage order (posY varies
 fastest): shape 3 (square, ellipse, heart), scale 6 (linearly in [0.5, 1]), orientation 40
@@ -52,20 +54,31 @@ def _inside_polygon(px: np.ndarray, py: np.ndarray, poly: np.ndarray) -> np.ndar
 
 
 class _FactorGrid:
-    """Factor vectors of a complete grid of sizes ``factor_sizes``, in storage order (last factor fastest)."""
+    """Factor vectors of a complete grid of sizes ``factor_sizes``.
+
+    In storage order (last factor fastest).
+    """
 
     factor_sizes: tuple[int, ...]
 
     def _set_sizes(self, sizes: tuple[int, ...]) -> None:
         self.factor_sizes = tuple(sizes)
         self.num_images = int(np.prod(self.factor_sizes))
-        self._bases = np.array([int(np.prod(self.factor_sizes[i + 1:])) for i in range(len(sizes))])
+        self._bases = np.array(
+            [int(np.prod(self.factor_sizes[i + 1 :])) for i in range(len(sizes))]
+        )
 
-    def sample_factors(self, n: int, rng: np.random.RandomState | np.random.Generator) -> np.ndarray:
-        """n factor vectors, each factor uniform over its classes [n, 5] int64."""
+    def sample_factors(
+        self, n: int, rng: np.random.RandomState | np.random.Generator
+    ) -> np.ndarray:
+        """N factor vectors, each factor uniform over its classes [n, 5] int64."""
         if isinstance(rng, np.random.RandomState):
-            return np.stack([rng.randint(size, size=n) for size in self.factor_sizes], 1).astype(np.int64)
-        return np.stack([rng.integers(size, size=n) for size in self.factor_sizes], 1).astype(np.int64)
+            return np.stack([rng.randint(size, size=n) for size in self.factor_sizes], 1).astype(
+                np.int64
+            )
+        return np.stack([rng.integers(size, size=n) for size in self.factor_sizes], 1).astype(
+            np.int64
+        )
 
     def factors_to_index(self, factors: np.ndarray) -> np.ndarray:
         """Flat indices in storage order (posY fastest) [n]."""
@@ -81,8 +94,14 @@ class _FactorGrid:
 
     def _check(self, factors: np.ndarray) -> np.ndarray:
         factors = np.asarray(factors)
-        if factors.ndim != 2 or factors.shape[1] != 5 or not np.issubdtype(factors.dtype, np.integer):
-            raise DataError(f"factors must be integer class indices [n, 5], got {factors.dtype} {factors.shape}")
+        if (
+            factors.ndim != 2
+            or factors.shape[1] != 5
+            or not np.issubdtype(factors.dtype, np.integer)
+        ):
+            raise DataError(
+                f"factors must be integer class indices [n, 5], got {factors.dtype} {factors.shape}"
+            )
         if (factors < 0).any() or (factors >= np.array(self.factor_sizes)).any():
             raise DataError(f"factor indices out of range for sizes {self.factor_sizes}")
         return factors.astype(np.int64)
@@ -102,7 +121,9 @@ class DSpritesLike(_FactorGrid):
         self._heart = _heart_polygon()
         s = supersample
         grid = (np.arange(64 * s) + 0.5) / s
-        self._gx, self._gy = np.meshgrid(grid, grid)  # pixel coordinates of the subsamples [64s, 64s]
+        self._gx, self._gy = np.meshgrid(
+            grid, grid
+        )  # pixel coordinates of the subsamples [64s, 64s]
 
     def render(self, factors: np.ndarray) -> np.ndarray:
         """Binary images of the given factor vectors [n, 1, 64, 64] uint8 (deterministic)."""
@@ -114,7 +135,9 @@ class DSpritesLike(_FactorGrid):
             theta = 2 * np.pi * orientation / 40
             cx, cy = 12 + 40 * px / 31, 12 + 40 * py / 31
             dx, dy = self._gx - cx, self._gy - cy
-            u = (np.cos(theta) * dx + np.sin(theta) * dy) / size  # rotate the grid back into the shape's frame
+            u = (
+                np.cos(theta) * dx + np.sin(theta) * dy
+            ) / size  # rotate the grid back into the shape's frame
             v = (-np.sin(theta) * dx + np.cos(theta) * dy) / size
             if shape == 0:
                 mask = (np.abs(u) <= 1) & (np.abs(v) <= 1)
@@ -140,22 +163,36 @@ def load_dsprites_npz(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
         raise DataError(f"dSprites file {path} does not exist")
     data = load_npz(path, "dSprites file", names=("imgs", "latents_classes"))
     if not {"imgs", "latents_classes"} <= data.keys():
-        raise DataError(f"{path} is not the dSprites .npz (needs imgs and latents_classes; it has "
-                        f"{', '.join(sorted(data)) or 'neither'})")
+        raise DataError(
+            f"{path} is not the dSprites .npz (needs imgs and latents_classes; it has "
+            f"{', '.join(sorted(data)) or 'neither'})"
+        )
     images, classes = data["imgs"], data["latents_classes"]
-    if images.ndim != 3 or classes.ndim != 2 or classes.shape[1] != 6 or len(classes) != len(images):
-        raise DataError(f"{path}: latents_classes must be [N, 6] beside imgs [N, 64, 64]; they are "
-                        f"{list(classes.shape)} and {list(images.shape)}")
-    if not np.issubdtype(classes.dtype, np.integer) or not (np.issubdtype(images.dtype, np.integer)
-                                                            or images.dtype == np.bool_):
-        raise DataError(f"{path}: imgs and latents_classes must hold integers ({images.dtype}, {classes.dtype})")
+    if (
+        images.ndim != 3
+        or classes.ndim != 2
+        or classes.shape[1] != 6
+        or len(classes) != len(images)
+    ):
+        raise DataError(
+            f"{path}: latents_classes must be [N, 6] beside imgs [N, 64, 64]; they are "
+            f"{list(classes.shape)} and {list(images.shape)}"
+        )
+    if not np.issubdtype(classes.dtype, np.integer) or not (
+        np.issubdtype(images.dtype, np.integer) or images.dtype == np.bool_
+    ):
+        raise DataError(
+            f"{path}: imgs and latents_classes must hold integers ({images.dtype}, {classes.dtype})"
+        )
     return images[:, None].astype(np.uint8), classes[:, 1:].astype(np.int64)
 
 
 class DSpritesFile(_FactorGrid):
-    """A stored data set with a complete factorial grid (the real dSprites ``.npz``), behind
-    :class:`DSpritesLike`'s interface: ``factor_sizes``, ``sample_factors``, ``factors_to_index``,
-    ``index_to_factors`` and ``render`` (which looks the images up instead of drawing them).
+    """A stored data set with a complete factorial grid (the real dSprites ``.npz``).
+
+    Behind :class:`DSpritesLike`'s interface: ``factor_sizes``, ``sample_factors``,
+    ``factors_to_index``, ``index_to_factors`` and ``render`` (which looks the images up instead of
+    drawing them).
 
     Every combination of factor classes must occur exactly once (dSprites: 737,280 images, about
     3 GB as uint8 in memory), so sampling factors uniformly samples images uniformly, as in the
@@ -175,9 +212,13 @@ class DSpritesFile(_FactorGrid):
         if (factors < 0).any():
             raise DataError(f"{path}: latents_classes holds negative class indices")
         sizes = tuple(int(m) + 1 for m in factors.max(0))
-        if math.prod(sizes) > max(4 * len(factors), 1 << 16):  # bounded before the index arrays below
-            raise DataError(f"{path}: the factors are not a complete grid: {len(factors)} images for "
-                            f"{math.prod(sizes)} combinations of sizes {sizes}")
+        if math.prod(sizes) > max(
+            4 * len(factors), 1 << 16
+        ):  # bounded before the index arrays below
+            raise DataError(
+                f"{path}: the factors are not a complete grid: {len(factors)} images for "
+                f"{math.prod(sizes)} combinations of sizes {sizes}"
+            )
         self._set_sizes(sizes)
         index = factors @ self._bases
         order = np.full(self.num_images, -1, dtype=np.int64)
@@ -186,8 +227,10 @@ class DSpritesFile(_FactorGrid):
         if len(index) != self.num_images or (counts != 1).any():
             bad = int(np.nonzero(counts != 1)[0][0])
             what = "missing" if counts[bad] == 0 else "repeated"
-            raise DataError(f"{path}: the factors are not a complete grid of sizes {self.factor_sizes}: "
-                            f"combination {self.index_to_factors(np.array([bad]))[0].tolist()} is {what}")
+            raise DataError(
+                f"{path}: the factors are not a complete grid of sizes {self.factor_sizes}: "
+                f"combination {self.index_to_factors(np.array([bad]))[0].tolist()} is {what}"
+            )
         self.path = str(path)
         self._images, self._order = images, order
 

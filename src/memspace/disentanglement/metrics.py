@@ -27,15 +27,29 @@ import numpy as np
 
 from .._errors import MemspaceError
 
-__all__ = ["beta_vae_score", "dci", "dci_from_importance", "explicitness", "factor_vae_score",
-           "factor_vae_vote_accuracy", "histogram_discretize", "mig", "modularity", "modularity_from_mi",
-           "mutual_info_matrix", "sap", "sap_from_matrix"]
+__all__ = [
+    "beta_vae_score",
+    "dci",
+    "dci_from_importance",
+    "explicitness",
+    "factor_vae_score",
+    "factor_vae_vote_accuracy",
+    "histogram_discretize",
+    "mig",
+    "modularity",
+    "modularity_from_mi",
+    "mutual_info_matrix",
+    "sap",
+    "sap_from_matrix",
+]
 
 
 def _check(codes: np.ndarray, factors: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     codes, factors = np.asarray(codes), np.asarray(factors)
     if codes.ndim != 2 or factors.ndim != 2:
-        raise MemspaceError(f"codes and factors must be 2-D [N, dims], got shapes {codes.shape} and {factors.shape}")
+        raise MemspaceError(
+            f"codes and factors must be 2-D [N, dims], got shapes {codes.shape} and {factors.shape}"
+        )
     if len(codes) != len(factors):
         raise MemspaceError(f"codes have {len(codes)} rows and factors {len(factors)}")
     if not np.isfinite(codes).all():
@@ -61,17 +75,29 @@ def histogram_discretize(codes: np.ndarray, num_bins: int = 20) -> np.ndarray:
 
 
 def mutual_info_matrix(discrete_codes: np.ndarray, factors: np.ndarray) -> np.ndarray:
-    """m[i, k] = I(code_i; factor_k) in nats, sklearn's plug-in estimate [num_codes, num_factors]."""
+    """m[i, k] = I(code_i; factor_k) in nats.
+
+    Sklearn's plug-in estimate [num_codes, num_factors].
+    """
     from sklearn.metrics import mutual_info_score
 
-    return np.array([[mutual_info_score(factors[:, k], discrete_codes[:, i]) for k in range(factors.shape[1])]
-                     for i in range(discrete_codes.shape[1])])
+    return np.array(
+        [
+            [
+                mutual_info_score(factors[:, k], discrete_codes[:, i])
+                for k in range(factors.shape[1])
+            ]
+            for i in range(discrete_codes.shape[1])
+        ]
+    )
 
 
 def _entropies(factors: np.ndarray) -> np.ndarray:
     from sklearn.metrics import mutual_info_score
 
-    return np.array([mutual_info_score(factors[:, k], factors[:, k]) for k in range(factors.shape[1])])
+    return np.array(
+        [mutual_info_score(factors[:, k], factors[:, k]) for k in range(factors.shape[1])]
+    )
 
 
 def mig(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -> dict[str, Any]:
@@ -88,11 +114,17 @@ def mig(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -> dict[str,
     m = mutual_info_matrix(histogram_discretize(codes, num_bins), factors)
     entropy = _entropies(factors)
     if (entropy <= 0).any():
-        raise MemspaceError(f"factor {int(np.argmax(entropy <= 0))} takes a single value: its entropy is 0")
+        raise MemspaceError(
+            f"factor {int(np.argmax(entropy <= 0))} takes a single value: its entropy is 0"
+        )
     top = np.sort(m, axis=0)[::-1]
     per_factor = (top[0] - top[1]) / entropy
-    return {"mig": float(per_factor.mean()), "per_factor": per_factor.tolist(), "mutual_info": m.tolist(),
-            "entropy": entropy.tolist()}
+    return {
+        "mig": float(per_factor.mean()),
+        "per_factor": per_factor.tolist(),
+        "mutual_info": m.tolist(),
+        "entropy": entropy.tolist(),
+    }
 
 
 def sap_from_matrix(scores: np.ndarray) -> float:
@@ -101,8 +133,14 @@ def sap_from_matrix(scores: np.ndarray) -> float:
     return float((top[0] - top[1]).mean())
 
 
-def sap(codes: np.ndarray, factors: np.ndarray, codes_test: np.ndarray | None = None,
-        factors_test: np.ndarray | None = None, *, continuous_factors: bool = False) -> dict[str, Any]:
+def sap(
+    codes: np.ndarray,
+    factors: np.ndarray,
+    codes_test: np.ndarray | None = None,
+    factors_test: np.ndarray | None = None,
+    *,
+    continuous_factors: bool = False,
+) -> dict[str, Any]:
     """Separated attribute predictability (Kumar et al. 2018), disentanglement_lib's version.
 
     Discrete (default): S[i, k] = test accuracy of ``LinearSVC(C=0.01, class_weight="balanced")`` on
@@ -120,7 +158,9 @@ def sap(codes: np.ndarray, factors: np.ndarray, codes_test: np.ndarray | None = 
             for k in range(num_factors):
                 if var_z > 1e-12:
                     cov = np.cov(codes[:, i], factors[:, k], ddof=1)
-                    scores[i, k] = cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1]) if cov[1, 1] > 0 else 0.0
+                    scores[i, k] = (
+                        cov[0, 1] ** 2 / (cov[0, 0] * cov[1, 1]) if cov[1, 1] > 0 else 0.0
+                    )
     else:
         from sklearn.svm import LinearSVC
 
@@ -130,11 +170,15 @@ def sap(codes: np.ndarray, factors: np.ndarray, codes_test: np.ndarray | None = 
         for i in range(num_codes):
             for k in range(num_factors):
                 if np.var(codes[:, i]) <= 1e-12 or len(np.unique(factors[:, k])) < 2:
-                    scores[i, k] = float(np.mean(factors_test[:, k] == np.bincount(factors[:, k]).argmax()))
+                    scores[i, k] = float(
+                        np.mean(factors_test[:, k] == np.bincount(factors[:, k]).argmax())
+                    )
                     continue
                 classifier = LinearSVC(C=0.01, class_weight="balanced", max_iter=1000)
                 classifier.fit(codes[:, i : i + 1], factors[:, k])
-                scores[i, k] = float(np.mean(classifier.predict(codes_test[:, i : i + 1]) == factors_test[:, k]))
+                scores[i, k] = float(
+                    np.mean(classifier.predict(codes_test[:, i : i + 1]) == factors_test[:, k])
+                )
     return {"sap": sap_from_matrix(scores), "scores": scores.tolist()}
 
 
@@ -149,18 +193,30 @@ def dci_from_importance(importance: np.ndarray) -> tuple[float, float]:
     """(disentanglement, completeness) from an importance matrix R [num_codes, num_factors]."""
     R = np.abs(np.asarray(importance, dtype=float))
     num_codes, num_factors = R.shape
-    per_code = 1.0 - _entropy_base((R.T + 1e-11), base=num_factors) if num_factors > 1 else np.ones(num_codes)
+    per_code = (
+        1.0 - _entropy_base((R.T + 1e-11), base=num_factors)
+        if num_factors > 1
+        else np.ones(num_codes)
+    )
     rho = R.sum(1) / R.sum() if R.sum() > 0 else np.ones(num_codes) / num_codes
     disentanglement = float((rho * per_code).sum())
-    per_factor = 1.0 - _entropy_base(R + 1e-11, base=num_codes) if num_codes > 1 else np.ones(num_factors)
+    per_factor = (
+        1.0 - _entropy_base(R + 1e-11, base=num_codes) if num_codes > 1 else np.ones(num_factors)
+    )
     weights = R.sum(0) / R.sum() if R.sum() > 0 else np.ones(num_factors) / num_factors
     completeness = float((weights * per_factor).sum())
     return disentanglement, completeness
 
 
-def dci(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarray, factors_test: np.ndarray,
-        *, seed: int = 0) -> dict[str, Any]:
-    """DCI (Eastwood & Williams 2018) with ``GradientBoostingClassifier`` importances (module doc)."""
+def dci(
+    codes_train: np.ndarray,
+    factors_train: np.ndarray,
+    codes_test: np.ndarray,
+    factors_test: np.ndarray,
+    *,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """DCI (Eastwood & Williams 2018) with gradient-boosting importances (module doc)."""
     from sklearn.ensemble import GradientBoostingClassifier
 
     codes_train, factors_train = _check(codes_train, factors_train)
@@ -168,15 +224,21 @@ def dci(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarr
     importance = np.zeros((codes_train.shape[1], factors_train.shape[1]))
     train_acc, test_acc = [], []
     for k in range(factors_train.shape[1]):
-        model = GradientBoostingClassifier(n_estimators=100, learning_rate=0.1, max_depth=3, random_state=seed)
+        model = GradientBoostingClassifier(
+            n_estimators=100, learning_rate=0.1, max_depth=3, random_state=seed
+        )
         model.fit(codes_train, factors_train[:, k])
         importance[:, k] = np.abs(model.feature_importances_)
         train_acc.append(float(np.mean(model.predict(codes_train) == factors_train[:, k])))
         test_acc.append(float(np.mean(model.predict(codes_test) == factors_test[:, k])))
     disentanglement, completeness = dci_from_importance(importance)
-    return {"disentanglement": disentanglement, "completeness": completeness,
-            "informativeness_train": float(np.mean(train_acc)), "informativeness_test": float(np.mean(test_acc)),
-            "importance": importance.tolist()}
+    return {
+        "disentanglement": disentanglement,
+        "completeness": completeness,
+        "informativeness_train": float(np.mean(train_acc)),
+        "informativeness_test": float(np.mean(test_acc)),
+        "importance": importance.tolist(),
+    }
 
 
 def modularity_from_mi(mutual_info: np.ndarray) -> float:
@@ -196,8 +258,12 @@ def modularity(codes: np.ndarray, factors: np.ndarray, num_bins: int = 20) -> fl
     return modularity_from_mi(mutual_info_matrix(histogram_discretize(codes, num_bins), factors))
 
 
-def explicitness(codes_train: np.ndarray, factors_train: np.ndarray, codes_test: np.ndarray,
-                 factors_test: np.ndarray) -> dict[str, float]:
+def explicitness(
+    codes_train: np.ndarray,
+    factors_train: np.ndarray,
+    codes_test: np.ndarray,
+    factors_test: np.ndarray,
+) -> dict[str, float]:
     """Mean over factors of the macro ROC-AUC of a logistic regression on standardised codes.
 
     ``LogisticRegression`` pinned to lbfgs, C = 1, 1000 iterations; the binariser is fitted on
@@ -218,20 +284,35 @@ def explicitness(codes_train: np.ndarray, factors_train: np.ndarray, codes_test:
         model = LogisticRegression(solver="lbfgs", C=1.0, max_iter=1000)
         model.fit(train, factors_train[:, k])
         classes = model.classes_
-        for codes_part, labels, out in ((train, factors_train[:, k], scores_train),
-                                        (test, factors_test[:, k], scores_test)):
+        for codes_part, labels, out in (
+            (train, factors_train[:, k], scores_train),
+            (test, factors_test[:, k], scores_test),
+        ):
             proba = model.predict_proba(codes_part)
             if len(classes) == 2:
                 out.append(float(roc_auc_score(labels == classes[1], proba[:, 1])))
             else:
-                out.append(float(roc_auc_score(label_binarize(labels, classes=classes), proba, average="macro")))
-    return {"explicitness_train": float(np.mean(scores_train)), "explicitness_test": float(np.mean(scores_test))}
+                out.append(
+                    float(
+                        roc_auc_score(
+                            label_binarize(labels, classes=classes), proba, average="macro"
+                        )
+                    )
+                )
+    return {
+        "explicitness_train": float(np.mean(scores_train)),
+        "explicitness_test": float(np.mean(scores_test)),
+    }
 
 
-def _encode_batches(encode: Callable[[np.ndarray], np.ndarray], observations: np.ndarray) -> np.ndarray:
+def _encode_batches(
+    encode: Callable[[np.ndarray], np.ndarray], observations: np.ndarray
+) -> np.ndarray:
     codes = np.asarray(encode(observations), dtype=np.float64)
     if codes.ndim != 2 or len(codes) != len(observations) or not np.isfinite(codes).all():
-        raise MemspaceError(f"the encoder must return finite codes [N, num_codes], got shape {codes.shape}")
+        raise MemspaceError(
+            f"the encoder must return finite codes [N, num_codes], got shape {codes.shape}"
+        )
     return codes
 
 
@@ -249,9 +330,18 @@ def _beta_vae_points(dataset, encode, num_points: int, batch_size: int, rng: np.
     return np.array(features), np.array(labels)
 
 
-def beta_vae_score(dataset, encode: Callable[[np.ndarray], np.ndarray], *, batch_size: int = 64,
-                   num_train: int = 10_000, num_eval: int = 5_000, seed: int = 0) -> dict[str, float]:
-    """BetaVAE score (Higgins et al. 2017): accuracy of a logistic regression predicting the fixed factor.
+def beta_vae_score(
+    dataset,
+    encode: Callable[[np.ndarray], np.ndarray],
+    *,
+    batch_size: int = 64,
+    num_train: int = 10_000,
+    num_eval: int = 5_000,
+    seed: int = 0,
+) -> dict[str, float]:
+    """BetaVAE score (Higgins et al. 2017).
+
+    Accuracy of a logistic regression predicting the fixed factor.
 
     ``dataset`` has ``factor_sizes``, ``sample_factors(n, rng)`` and ``render(factors)``;
     ``LogisticRegression`` is pinned (lbfgs, C = 1, 1000 iterations, ``random_state`` drawn
@@ -262,9 +352,14 @@ def beta_vae_score(dataset, encode: Callable[[np.ndarray], np.ndarray], *, batch
     rng = np.random.RandomState(seed)
     x_train, y_train = _beta_vae_points(dataset, encode, num_train, batch_size, rng)
     x_eval, y_eval = _beta_vae_points(dataset, encode, num_eval, batch_size, rng)
-    model = LogisticRegression(solver="lbfgs", C=1.0, max_iter=1000, random_state=rng.randint(2**31 - 1))
+    model = LogisticRegression(
+        solver="lbfgs", C=1.0, max_iter=1000, random_state=rng.randint(2**31 - 1)
+    )
     model.fit(x_train, y_train)
-    return {"train_accuracy": float(model.score(x_train, y_train)), "eval_accuracy": float(model.score(x_eval, y_eval))}
+    return {
+        "train_accuracy": float(model.score(x_train, y_train)),
+        "eval_accuracy": float(model.score(x_eval, y_eval)),
+    }
 
 
 def factor_vae_vote_accuracy(votes: np.ndarray) -> tuple[np.ndarray, float]:
@@ -274,9 +369,18 @@ def factor_vae_vote_accuracy(votes: np.ndarray) -> tuple[np.ndarray, float]:
     return classifier, float(votes[classifier, np.arange(votes.shape[1])].sum() / votes.sum())
 
 
-def factor_vae_score(dataset, encode: Callable[[np.ndarray], np.ndarray], *, batch_size: int = 64,
-                     num_variance_estimate: int = 10_000, num_train: int = 10_000, num_eval: int = 5_000,
-                     prune_threshold: float = 0.05, faithful: bool = True, seed: int = 0) -> dict[str, Any]:
+def factor_vae_score(
+    dataset,
+    encode: Callable[[np.ndarray], np.ndarray],
+    *,
+    batch_size: int = 64,
+    num_variance_estimate: int = 10_000,
+    num_train: int = 10_000,
+    num_eval: int = 5_000,
+    prune_threshold: float = 0.05,
+    faithful: bool = True,
+    seed: int = 0,
+) -> dict[str, Any]:
     """FactorVAE score (Kim & Mnih 2018), disentanglement_lib's version (module doc).
 
     Codes whose global standard deviation is below ``prune_threshold`` are inactive. Each vote:
@@ -308,4 +412,8 @@ def factor_vae_score(dataset, encode: Callable[[np.ndarray], np.ndarray], *, bat
     classifier, train_accuracy = factor_vae_vote_accuracy(train_votes)
     eval_votes = votes(num_eval)
     eval_accuracy = float(eval_votes[classifier, np.arange(num_codes)].sum() / eval_votes.sum())
-    return {"train_accuracy": train_accuracy, "eval_accuracy": eval_accuracy, "num_active": int(active.sum())}
+    return {
+        "train_accuracy": train_accuracy,
+        "eval_accuracy": eval_accuracy,
+        "num_active": int(active.sum()),
+    }

@@ -25,7 +25,14 @@ from torch import Tensor, nn
 from .._errors import MemspaceError
 from ..paths import ResidualMLP
 
-__all__ = ["ConvVAE", "VAETraining", "block_diagonality", "latent_groups", "pullback_metric", "train_vae"]
+__all__ = [
+    "ConvVAE",
+    "VAETraining",
+    "block_diagonality",
+    "latent_groups",
+    "pullback_metric",
+    "train_vae",
+]
 
 
 class ConvVAE(nn.Module):
@@ -40,14 +47,33 @@ class ConvVAE(nn.Module):
         super().__init__()
         self.latents = latents
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, 32, 4, 2, 1), nn.ReLU(), nn.Conv2d(32, 32, 4, 2, 1), nn.ReLU(),
-            nn.Conv2d(32, 64, 4, 2, 1), nn.ReLU(), nn.Conv2d(64, 64, 4, 2, 1), nn.ReLU(), nn.Flatten(),
-            nn.Linear(64 * 4 * 4, 256), nn.ReLU(), nn.Linear(256, 2 * latents))
+            nn.Conv2d(1, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(32, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.Conv2d(64, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.Flatten(),
+            nn.Linear(64 * 4 * 4, 256),
+            nn.ReLU(),
+            nn.Linear(256, 2 * latents),
+        )
         self.path = ResidualMLP(latents, width, depth, 256)
         self.upsample = nn.Sequential(
-            nn.ReLU(), nn.Linear(256, 64 * 4 * 4), nn.ReLU(), nn.Unflatten(1, (64, 4, 4)),
-            nn.ConvTranspose2d(64, 64, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(64, 32, 4, 2, 1), nn.ReLU(),
-            nn.ConvTranspose2d(32, 32, 4, 2, 1), nn.ReLU(), nn.ConvTranspose2d(32, 1, 4, 2, 1))
+            nn.ReLU(),
+            nn.Linear(256, 64 * 4 * 4),
+            nn.ReLU(),
+            nn.Unflatten(1, (64, 4, 4)),
+            nn.ConvTranspose2d(64, 64, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(64, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 32, 4, 2, 1),
+            nn.ReLU(),
+            nn.ConvTranspose2d(32, 1, 4, 2, 1),
+        )
 
     def encode(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """(μ, log σ²) [N, latents] of q(z | x) for images x [N, 1, 64, 64]."""
@@ -59,6 +85,7 @@ class ConvVAE(nn.Module):
         return self.upsample(self.path(z))
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """(pixel logits, μ, log σ²) of images [N, 1, 64, 64]; z is μ in eval mode."""
         mu, log_var = self.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * log_var).exp() if self.training else mu
         return self.decode(z), mu, log_var
@@ -74,8 +101,19 @@ class VAETraining:
     seconds: float
 
 
-def train_vae(dataset, *, beta: float = 1.0, lam: float = 0.0, steps: int = 2000, batch_size: int = 64,
-              lr: float = 1e-3, latents: int = 10, width: int = 64, depth: int = 4, seed: int = 0) -> VAETraining:
+def train_vae(
+    dataset,
+    *,
+    beta: float = 1.0,
+    lam: float = 0.0,
+    steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    latents: int = 10,
+    width: int = 64,
+    depth: int = 4,
+    seed: int = 0,
+) -> VAETraining:
     """Train a :class:`ConvVAE` on images rendered on the fly from ``dataset``'s random factors.
 
     Loss per image: Σ_pixels BCE + β·KL(q(z|x) ‖ N(0, I)) + λ·A_kin, A_kin = h Σ_l ‖v_l‖² the
@@ -101,13 +139,17 @@ def train_vae(dataset, *, beta: float = 1.0, lam: float = 0.0, steps: int = 2000
         parts = {}
 
         def elbo(logits: Tensor, x=x, mu=mu, log_var=log_var) -> Tensor:
-            parts["reconstruction"] = nn.functional.binary_cross_entropy_with_logits(
-                logits, x, reduction="sum") / batch_size
+            parts["reconstruction"] = (
+                nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
+                / batch_size
+            )
             parts["kl"] = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum(1).mean()
             return parts["reconstruction"] + beta * parts["kl"]
 
         total, _, _ = penalised_loss(lambda z=z: model.decode(z), elbo, term, lam)
-        optimizer_step(optimizer, total, f"training the β-VAE (β = {beta}, λ = {lam}) at step {len(recon) + 1}")
+        optimizer_step(
+            optimizer, total, f"training the β-VAE (β = {beta}, λ = {lam}) at step {len(recon) + 1}"
+        )
         reconstruction, kl = parts["reconstruction"], parts["kl"]
         recon.append(float(reconstruction.detach()))
         kls.append(float(kl.detach()))
@@ -116,7 +158,9 @@ def train_vae(dataset, *, beta: float = 1.0, lam: float = 0.0, steps: int = 2000
 
 
 def pullback_metric(decode, z: Tensor) -> Tensor:
-    """G(z) = Jᵀ diag(p(1 − p)) J for Bernoulli pixel logits, per latent point [M, latents, latents].
+    """G(z) = Jᵀ diag(p(1 − p)) J for Bernoulli pixel logits.
+
+    Per latent point [M, latents, latents].
 
     J by forward mode (one JVP per latent: the latents are few, the pixels many), a chunk of
     points at a time, so memory stays at a few decoder passes.
@@ -138,7 +182,7 @@ def pullback_metric(decode, z: Tensor) -> Tensor:
 
 
 def latent_groups(mutual_info: np.ndarray, threshold: float = 0.05) -> list[int]:
-    """The factor each latent is most informative about (−1: inactive, max MI below ``threshold`` nats)."""
+    """The factor each latent is most informative about (−1: MI below ``threshold`` nats)."""
     mutual_info = np.asarray(mutual_info)
     groups = mutual_info.argmax(1)
     groups[mutual_info.max(1) < threshold] = -1
@@ -146,7 +190,10 @@ def latent_groups(mutual_info: np.ndarray, threshold: float = 0.05) -> list[int]
 
 
 def block_diagonality(metrics: Tensor, groups: Sequence[int]) -> dict[str, Any]:
-    """1 − ‖off-diagonal blocks‖_F / ‖G‖_F over the active latents, averaged over points (module doc)."""
+    """1 − ‖off-diagonal blocks‖_F / ‖G‖_F over the active latents.
+
+    Averaged over points (module doc).
+    """
     groups = np.asarray(groups)
     active = np.nonzero(groups >= 0)[0]
     if len(active) < 2 or len(set(groups[active].tolist())) < 2:
@@ -156,5 +203,8 @@ def block_diagonality(metrics: Tensor, groups: Sequence[int]) -> dict[str, Any]:
     off = G.masked_fill(same, 0.0)
     norms = G.flatten(1).norm(dim=1)
     per_point = 1 - off.flatten(1).norm(dim=1) / norms.clamp_min(1e-300)
-    return {"block_diagonality": float(per_point.mean()), "active": int(len(active)),
-            "per_point": per_point.tolist()}
+    return {
+        "block_diagonality": float(per_point.mean()),
+        "active": int(len(active)),
+        "per_point": per_point.tolist(),
+    }

@@ -31,8 +31,17 @@ from ._jacobians import PerSampleJacobians
 from ._pass import DataPass
 from ._taps import LayerTap, check_tap_layout, is_tappable, summed_weight_grads
 
-__all__ = ["Collector", "FastCollector", "FisherParts", "LayerStatistic", "LowMemoryCollector", "TapPlan",
-           "TappedBatch", "fisher_parts", "make_collector"]
+__all__ = [
+    "Collector",
+    "FastCollector",
+    "FisherParts",
+    "LayerStatistic",
+    "LowMemoryCollector",
+    "TapPlan",
+    "TappedBatch",
+    "fisher_parts",
+    "make_collector",
+]
 
 
 @dataclass
@@ -51,8 +60,10 @@ class TapPlan:
     reasons: dict[str, str]
 
     def __repr__(self) -> str:
-        return (f"TapPlan({len(self.taps)} tapped layers, {len(self.fallback)} parameters on the exact path"
-                + (f", refused: {self.reasons}" if self.reasons else "") + ")")
+        return (
+            f"TapPlan({len(self.taps)} tapped layers, {len(self.fallback)} parameters on the "
+            "exact path" + (f", refused: {self.reasons}" if self.reasons else "") + ")"
+        )
 
 
 @dataclass
@@ -85,8 +96,9 @@ class TappedBatch:
             if not flat:
                 yield []
                 continue
-            grads = torch.autograd.grad(self.outputs, flat, self.factors[k], retain_graph=k < num - 1,
-                                        allow_unused=True)
+            grads = torch.autograd.grad(
+                self.outputs, flat, self.factors[k], retain_graph=k < num - 1, allow_unused=True
+            )
             it = iter(grads)
             yield [[next(it) for _ in tap.outputs] for tap in self.taps]
 
@@ -95,7 +107,7 @@ class LayerStatistic(Protocol):
     """What a collector feeds, layer by layer (:mod:`._statistics`)."""
 
     def column(self, tap: LayerTap, grads: list[Tensor], column: int) -> None:
-        """One output-Fisher column's output gradients of ``tap`` (one per call; the inputs are recorded)."""
+        """One output-Fisher column's output gradients of ``tap``, one per call."""
 
     def flush(self, tap: LayerTap) -> None:
         """The layer's columns so far are all given; its inputs are still recorded."""
@@ -115,8 +127,11 @@ class Collector:
         raise NotImplementedError
 
     def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
-        """Feed ``statistic`` every tapped layer's columns; yield (inputs, factors [K, N, D], fallback
-        names) after each batch, for the caller's exact per-sample part."""
+        """Feed ``statistic`` every tapped layer's columns.
+
+        Yield (inputs, factors [K, N, D], fallback names) after each batch, for the caller's exact
+        per-sample part.
+        """
         raise NotImplementedError
 
     # ----------------------------------------------------------- planning
@@ -136,20 +151,30 @@ class Collector:
         return taps
 
     def plan_taps(self, x: Tensor) -> tuple[list[LayerTap], dict[str, str]]:
-        """Static checks and the sample-axis probe: the candidate taps, and why the others were refused."""
+        """Static checks and the sample-axis probe.
+
+        The candidate taps, and why the others were refused.
+        """
         dp = self.data_pass
         shared = shared_parameters(dp.model)
         leaves, others = dp.parameters()
         params = {**others, **{n: t.detach() for n, t in leaves.items()}}
         candidates = self._candidates()
-        axes = sample_axes_by_probe(lambda xx: dp.forward(params, xx, check=False), x, dp.call,
-                                    [tap.module for tap in candidates])
+        axes = sample_axes_by_probe(
+            lambda xx: dp.forward(params, xx, check=False),
+            x,
+            dp.call,
+            [tap.module for tap in candidates],
+        )
         kept, reasons = [], {}
         for tap, tap_axes in zip(candidates, axes):
             names = [n for n in (tap.weight_name, tap.bias_name) if n]
             owners = next((shared[n] for n in names if n in shared), None)
-            why = (f"its parameter is shared with {', '.join(owners)}" if owners
-                   else check_tap_layout(tap.module, tap_axes))
+            why = (
+                f"its parameter is shared with {', '.join(owners)}"
+                if owners
+                else check_tap_layout(tap.module, tap_axes)
+            )
             if why:
                 reasons[dp.module_name(tap.module)] = why
                 continue
@@ -157,11 +182,19 @@ class Collector:
             kept.append(tap)
         return kept, reasons
 
-    def taps_accounting_for(self, taps: list[LayerTap], leaves: dict[str, Tensor],
-                            direct: dict[str, Tensor | None], summed: dict[str, Tensor],
-                            reasons: dict[str, str]) -> list[LayerTap]:
-        """The taps whose batch-summed gradients (``summed``) equal autograd's (``direct``) for every
-        parameter they cover; the others get their reason in ``reasons``."""
+    def taps_accounting_for(
+        self,
+        taps: list[LayerTap],
+        leaves: dict[str, Tensor],
+        direct: dict[str, Tensor | None],
+        summed: dict[str, Tensor],
+        reasons: dict[str, str],
+    ) -> list[LayerTap]:
+        """The taps whose batch-summed gradients are autograd's for every parameter they cover.
+
+        ``summed`` holds the taps' view, ``direct`` autograd's; a tap that differs gets its reason
+        in ``reasons``.
+        """
         kept = []
         for tap in taps:
             good = True
@@ -172,39 +205,59 @@ class Collector:
                 ref = torch.zeros_like(leaves[name]) if ref is None else ref
                 mine = summed[name].reshape(ref.shape) if name in summed else torch.zeros_like(ref)
                 scale = max(float(ref.norm()), float(mine.norm()))
-                good &= float((ref - mine).norm()) <= torch.finfo(ref.dtype).eps ** 0.5 * scale + 1e-30
+                good &= (
+                    float((ref - mine).norm()) <= torch.finfo(ref.dtype).eps ** 0.5 * scale + 1e-30
+                )
             if good:
                 kept.append(tap)
             else:
                 reasons[self.data_pass.module_name(tap.module)] = (
-                    "its parameters are used outside its own calls (a functional use such as attention's, "
-                    "or a tied layer)")
+                    "its parameters are used outside its own calls (a functional use such as "
+                    "attention's, "
+                    "or a tied layer)"
+                )
         return kept
 
     def make_plan(self, taps: list[LayerTap], reasons: dict[str, str]) -> TapPlan:
-        """The plan of the verified ``taps``: every selected parameter they do not cover is a fallback."""
+        """The plan of the verified ``taps``.
+
+        Every selected parameter they do not cover is a fallback.
+        """
         covered = {n for tap in taps for n in (tap.weight_name, tap.bias_name) if n}
         plan = TapPlan(taps, [n for n in self.data_pass.space.names if n not in covered], reasons)
         self._check_plans_agree(plan)
         return plan
 
     def _check_plans_agree(self, plan: TapPlan) -> None:
-        """With sharded data every rank must tap the same layers, or the reductions would pair unlike sums."""
+        """With sharded data every rank must tap the same layers.
+
+        Or the reductions would pair unlike sums.
+        """
         dp = self.data_pass
         collective = dp.collective
         if not collective.active:
             return
-        mine = torch.tensor([float(dp.space.numel), float(len(plan.taps)), float(len(plan.fallback))],
-                            dtype=torch.float64)
+        mine = torch.tensor(
+            [float(dp.space.numel), float(len(plan.taps)), float(len(plan.fallback))],
+            dtype=torch.float64,
+        )
         total = dp.reduce(mine.clone())
         if not torch.equal(total, mine * collective.world):
             raise MemspaceError(
-                f"rank {collective.rank}: the ranks disagree on the parameters or the layer taps (this rank: "
-                f"{int(mine[0])} parameters, {int(mine[1])} taps, {len(plan.fallback)} on the exact path; "
-                f"sums over ranks {total.tolist()}): give every rank the same model and params=")
+                f"rank {collective.rank}: the ranks disagree on the parameters or the layer taps "
+                "(this rank: "
+                f"{int(mine[0])} parameters, {int(mine[1])} taps, {len(plan.fallback)} on the "
+                "exact path; "
+                f"sums over ranks {total.tolist()}): give every rank the same model and params="
+            )
 
-    def probe_forward(self, x: Tensor, params: dict[str, Tensor], taps: list[LayerTap],
-                      complete: Callable[[LayerTap, list[Tensor]], None]) -> tuple[Tensor, list[Tensor]]:
+    def probe_forward(
+        self,
+        x: Tensor,
+        params: dict[str, Tensor],
+        taps: list[LayerTap],
+        complete: Callable[[LayerTap, list[Tensor]], None],
+    ) -> tuple[Tensor, list[Tensor]]:
         """A forward in which each tap keeps its layer's input and adds a zero probe to its output.
 
         Returns (outputs, probes). A backward to the probes (no parameter needs to require a
@@ -212,7 +265,9 @@ class Collector:
         have all arrived, then frees that layer's inputs: activations go as the backward proceeds.
         """
         probes: list[Tensor] = []
-        handles = [tap.module.register_forward_hook(_ProbeTap(tap, probes, complete)) for tap in taps]
+        handles = [
+            tap.module.register_forward_hook(_ProbeTap(tap, probes, complete)) for tap in taps
+        ]
         try:
             for tap in taps:
                 tap.clear()
@@ -268,15 +323,20 @@ class FastCollector(Collector):
                 expected = len(tap.sample_axes or [])
                 if len(tap.inputs) != expected or any(a.shape[0] != num for a in tap.inputs):
                     raise MemspaceError(
-                        f"layer {dp.module_name(tap.module)} ran {len(tap.inputs)} time(s) in batch {index} with "
-                        f"inputs {[tuple(a.shape) for a in tap.inputs]} (sample axis first), unlike the first batch "
-                        f"({expected} call(s)); its per-sample shortcut does not apply: pass params= without it"
+                        f"layer {dp.module_name(tap.module)} ran {len(tap.inputs)} time(s) in "
+                        f"batch {index} with "
+                        f"inputs {[tuple(a.shape) for a in tap.inputs]} (sample axis first), "
+                        "unlike the first batch "
+                        f"({expected} call(s)); its per-sample shortcut does not apply: pass "
+                        "params= without it"
                     )
             yield TappedBatch(outputs, factors, taps, plan.fallback, x)
 
     def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
         for batch in self.tapped_batches():
-            ran = [tap for tap in batch.taps if tap.inputs]  # a layer that did not run has zero Fisher
+            ran = [
+                tap for tap in batch.taps if tap.inputs
+            ]  # a layer that did not run has zero Fisher
             for k, grads in enumerate(batch.column_grads()):
                 for tap, tap_grads in zip(batch.taps, grads):
                     if tap.inputs:
@@ -285,8 +345,14 @@ class FastCollector(Collector):
                 statistic.flush(tap)
             yield batch.inputs, batch.factors, batch.fallback
 
-    def _verify_taps(self, taps: list[LayerTap], leaves: dict[str, Tensor], outputs: Tensor,
-                     factors: Tensor, reasons: dict[str, str]) -> list[LayerTap]:
+    def _verify_taps(
+        self,
+        taps: list[LayerTap],
+        leaves: dict[str, Tensor],
+        outputs: Tensor,
+        factors: Tensor,
+        reasons: dict[str, str],
+    ) -> list[LayerTap]:
         """Keep the taps whose calls account for the whole gradient of their parameters.
 
         One random combination r of the output-Fisher columns is back-propagated twice:
@@ -298,10 +364,16 @@ class FastCollector(Collector):
         names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
         if not names:
             return taps
-        direct = torch.autograd.grad(outputs, [leaves[n] for n in names], r, retain_graph=True, allow_unused=True)
+        direct = torch.autograd.grad(
+            outputs, [leaves[n] for n in names], r, retain_graph=True, allow_unused=True
+        )
         direct = dict(zip(names, direct))
         flat = [out for tap in taps for out in tap.outputs]
-        via = iter(torch.autograd.grad(outputs, flat, r, retain_graph=True, allow_unused=True) if flat else [])
+        via = iter(
+            torch.autograd.grad(outputs, flat, r, retain_graph=True, allow_unused=True)
+            if flat
+            else []
+        )
         summed: dict[str, Tensor] = {}
         for tap in taps:
             grads = _zeros_for_unused(tap, [next(via) for _ in tap.outputs])
@@ -311,7 +383,10 @@ class FastCollector(Collector):
 
 
 class LowMemoryCollector(Collector):
-    """``memory="low"``: K probe forwards per batch, each with one backward (a gradient's memory)."""
+    """``memory="low"``: K probe forwards per batch.
+
+    Each with one backward (a gradient's memory).
+    """
 
     memory = "low"
 
@@ -321,30 +396,49 @@ class LowMemoryCollector(Collector):
         return self.plan
 
     def _low_memory_plan(self) -> TapPlan:
-        """The taps' check at a gradient's memory: one backward of rᵀf reaches the parameters
-        (autograd, every use) and, through zero probes, each tap's output, whose batch-summed
-        weight gradient a hook forms and compares as it arrives (no graph kept, no per-sample
-        gradients)."""
+        """The taps' check at a gradient's memory.
+
+        One backward of rᵀf reaches the parameters (autograd, every use) and, through zero probes,
+        each tap's output, whose batch-summed weight gradient a hook forms and compares as it
+        arrives (no graph kept, no per-sample gradients).
+        """
         dp = self.data_pass
         x, y = next(iter(dp.data))
         taps, reasons = self.plan_taps(x)
         leaves, others = dp.parameters()
         summed: dict[str, Tensor] = {}
-        outputs, probes = self.probe_forward(x, {**others, **leaves}, taps,
-                                             lambda tap, grads: _keep_sums(tap, grads, summed))
+        outputs, probes = self.probe_forward(
+            x, {**others, **leaves}, taps, lambda tap, grads: _keep_sums(tap, grads, summed)
+        )
         r = dp.random_column_mix(dp.factors(outputs.detach(), y, 0))
         names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
-        direct = dict(zip(names, torch.autograd.grad(outputs, [leaves[n] for n in names] + probes, r,
-                                                     allow_unused=True)[: len(names)])) if names else {}
+        direct = (
+            dict(
+                zip(
+                    names,
+                    torch.autograd.grad(
+                        outputs, [leaves[n] for n in names] + probes, r, allow_unused=True
+                    )[: len(names)],
+                )
+            )
+            if names
+            else {}
+        )
         del outputs
         for tap in taps:
             tap.clear()
-        return self.make_plan(self.taps_accounting_for(taps, leaves, direct, summed, reasons), reasons)
+        return self.make_plan(
+            self.taps_accounting_for(taps, leaves, direct, summed, reasons), reasons
+        )
 
-    def probe_columns(self, complete: Callable[[LayerTap, list[Tensor], int], None]) -> Iterator[tuple[Tensor, Tensor]]:
-        """Per batch and output-Fisher column s_k, a probe forward and one backward of s_kᵀf to the
-        probes, with ``complete(tap, grads, k)`` called layer by layer. Yields (inputs, factors
-        [K, N, D]) after each batch. K columns cost K forwards (the fast path: one forward, K backwards).
+    def probe_columns(
+        self, complete: Callable[[LayerTap, list[Tensor], int], None]
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Per batch and output-Fisher column s_k.
+
+        A probe forward and one backward of s_kᵀf to the probes, with ``complete(tap, grads, k)``
+        called layer by layer. Yields (inputs, factors [K, N, D]) after each batch. K columns cost K
+        forwards (the fast path: one forward, K backwards).
         """
         dp = self.data_pass
         plan = self.tap_plan()
@@ -354,7 +448,8 @@ class LowMemoryCollector(Collector):
             column = 0
             while factors is None or column < factors.shape[0]:
                 outputs, probes = self.probe_forward(
-                    x, others, plan.taps, lambda tap, grads, k=column: complete(tap, grads, k))
+                    x, others, plan.taps, lambda tap, grads, k=column: complete(tap, grads, k)
+                )
                 if factors is None:
                     factors = dp.factors(outputs.detach(), y, index)
                 if probes:
@@ -389,15 +484,20 @@ def make_collector(memory: str, data_pass: DataPass) -> Collector:
 
 
 class FisherParts(NamedTuple):
-    """What every Fisher structure holds: the data pass, its collector and its exact per-sample Jacobians."""
+    """What every Fisher structure holds.
+
+    The data pass, its collector and its exact per-sample Jacobians.
+    """
 
     data_pass: DataPass
     collector: Collector
     jacobians: PerSampleJacobians
 
 
-def fisher_parts(model: nn.Module, data: Any, *, memory: str = "fast", **pass_options: Any) -> FisherParts:
-    """The parts of a Fisher structure on ``model`` and ``data`` (options as :class:`DataPass`'s)."""
+def fisher_parts(
+    model: nn.Module, data: Any, *, memory: str = "fast", **pass_options: Any
+) -> FisherParts:
+    """The parts of a Fisher structure on ``model`` and ``data`` (options: :class:`DataPass`'s)."""
     data_pass = DataPass(model, data, **pass_options)
     return FisherParts(data_pass, make_collector(memory, data_pass), PerSampleJacobians(data_pass))
 
@@ -405,7 +505,12 @@ def fisher_parts(model: nn.Module, data: Any, *, memory: str = "fast", **pass_op
 class _ProbeTap:
     """Forward hook of :meth:`Collector.probe_forward` for one tap (see there)."""
 
-    def __init__(self, tap: LayerTap, probes: list[Tensor], complete: Callable[[LayerTap, list[Tensor]], None]):
+    def __init__(
+        self,
+        tap: LayerTap,
+        probes: list[Tensor],
+        complete: Callable[[LayerTap, list[Tensor]], None],
+    ):
         self.tap, self.probes, self.complete = tap, probes, complete
         self.grads: dict[int, Tensor] = {}
 

@@ -54,7 +54,9 @@ class _ConstantInputLinear(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad: Tensor):
         rows = grad.reshape(-1, grad.shape[-1])
-        grad_weight = rows.T @ ctx.x.reshape(-1, ctx.x.shape[-1]) if ctx.needs_input_grad[0] else None
+        grad_weight = (
+            rows.T @ ctx.x.reshape(-1, ctx.x.shape[-1]) if ctx.needs_input_grad[0] else None
+        )
         grad_bias = rows.sum(0) if ctx.has_bias and ctx.needs_input_grad[1] else None
         return grad_weight, grad_bias, None
 
@@ -82,10 +84,23 @@ class _ConstantInputConv2d(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         (weight,) = ctx.saved_tensors
         stride, padding, dilation, groups = ctx.conv
-        mask = [False, ctx.needs_input_grad[0], ctx.bias_shape is not None and ctx.needs_input_grad[1]]
+        mask = [
+            False,
+            ctx.needs_input_grad[0],
+            ctx.bias_shape is not None and ctx.needs_input_grad[1],
+        ]
         _, grad_weight, grad_bias = torch.ops.aten.convolution_backward(
-            grad, ctx.x, weight, ctx.bias_shape, list(stride), list(padding), list(dilation),
-            False, [0, 0], groups, mask,
+            grad,
+            ctx.x,
+            weight,
+            ctx.bias_shape,
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0, 0],
+            groups,
+            mask,
         )
         return grad_weight, grad_bias, None, None, None, None, None
 
@@ -102,7 +117,11 @@ def _linear_forward(self: nn.Linear, x: Tensor) -> Tensor:
 
 
 def _conv2d_forward(self: nn.Conv2d, x: Tensor) -> Tensor:
-    if self.padding_mode == "zeros" and not isinstance(self.padding, str) and _is_constant_input(self, x):
+    if (
+        self.padding_mode == "zeros"
+        and not isinstance(self.padding, str)
+        and _is_constant_input(self, x)
+    ):
         return _ConstantInputConv2d.apply(
             self.weight, self.bias, x, self.stride, self.padding, self.dilation, self.groups
         )

@@ -41,6 +41,7 @@ class PerSampleJacobians:
         wanted = {n: leaves[n].detach() for n in names}
         dim = dp.call.sample_dim
         if self.vmap_failure is None:
+
             def single(params: dict[str, Tensor], xn: Tensor) -> Tensor:
                 return dp.forward({**fixed, **params}, xn.unsqueeze(dim)).squeeze(0)
 
@@ -48,10 +49,14 @@ class PerSampleJacobians:
                 jac = vmap(jacrev(single), in_dims=(None, dim))(wanted, x)
                 return {n: jac[n].flatten(2) for n in names}
             except (RuntimeError, NotImplementedError) as error:
-                self.vmap_failure = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                self.vmap_failure = (
+                    f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+                )
         return self._looped(fixed, wanted, x)
 
-    def _looped(self, fixed: dict[str, Tensor], wanted: dict[str, Tensor], x: Tensor) -> dict[str, Tensor]:
+    def _looped(
+        self, fixed: dict[str, Tensor], wanted: dict[str, Tensor], x: Tensor
+    ) -> dict[str, Tensor]:
         """J_n sample by sample: one forward per sample, one backward per output entry."""
         dp = self.data_pass
         names = list(wanted)
@@ -61,15 +66,23 @@ class PerSampleJacobians:
             out = dp.forward({**fixed, **params}, dp.call.take(x, slice(n, n + 1)))[0]
             per_entry: dict[str, list[Tensor]] = {k: [] for k in names}
             for d in range(out.shape[0]):
-                grads = torch.autograd.grad(out[d], [params[k] for k in names], retain_graph=d < out.shape[0] - 1,
-                                            allow_unused=True)
+                grads = torch.autograd.grad(
+                    out[d],
+                    [params[k] for k in names],
+                    retain_graph=d < out.shape[0] - 1,
+                    allow_unused=True,
+                )
                 for k, g in zip(names, grads):
-                    per_entry[k].append((torch.zeros_like(params[k]) if g is None else g).reshape(-1))
+                    per_entry[k].append(
+                        (torch.zeros_like(params[k]) if g is None else g).reshape(-1)
+                    )
             for k in names:
                 rows[k].append(torch.stack(per_entry[k]))
         return {k: torch.stack(rows[k]) for k in names}
 
-    def sample_chunks(self, x: Tensor, dim_out: int, names: Sequence[str]) -> Iterator[tuple[slice, Tensor]]:
+    def sample_chunks(
+        self, x: Tensor, dim_out: int, names: Sequence[str]
+    ) -> Iterator[tuple[slice, Tensor]]:
         """Slices of a batch small enough that their Jacobians [n, D, p] stay near 256 MiB."""
         dp = self.data_pass
         itemsize = torch.empty((), dtype=dp.dtype).element_size()
@@ -91,7 +104,11 @@ class PerSampleJacobians:
         for chunk, xs in self.sample_chunks(x, factors.shape[2], names):
             jac = self.jacobians(names, xs)
             for name in names:
-                sq = torch.einsum("knd,ndp->knp", factors[:, chunk], jac[name]).pow(2).sum(dim=(0, 1))
+                sq = (
+                    torch.einsum("knd,ndp->knp", factors[:, chunk], jac[name])
+                    .pow(2)
+                    .sum(dim=(0, 1))
+                )
                 sums[name] = sq if name not in sums else sums[name] + sq
         return sums
 

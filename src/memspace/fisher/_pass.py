@@ -1,5 +1,6 @@
-"""The data pass every Fisher structure holds: what is streamed, how the model is called, and how
-sums become means.
+"""The data pass every Fisher structure holds.
+
+What is streamed, how the model is called, and how sums become means.
 
 F = (1/N) Σ_n J_nᵀ Λ̂_n J_n needs, whatever structure approximates it, the same pieces:
 
@@ -31,7 +32,13 @@ from .._model_call import ModelCall, OutputSelector, derivative_kernels
 from .._params import ParameterSpace, check_eval_mode
 from .._stream import BatchStream, as_batch_stream
 from ..distributed import Collective
-from .likelihood import FisherKind, Likelihood, apply_output_fisher, check_outputs, output_sqrt_factors
+from .likelihood import (
+    FisherKind,
+    Likelihood,
+    apply_output_fisher,
+    check_outputs,
+    output_sqrt_factors,
+)
 
 __all__ = ["DataPass", "Vector"]
 
@@ -52,10 +59,21 @@ class DataPass:
             mode with BatchNorm or dropout, no parameters selected, or data that cannot be streamed.
     """
 
-    def __init__(self, model: nn.Module, data: Any, *, kind: str | FisherKind = "true",
-                 likelihood: str | Likelihood = "classification", mc_samples: int = 1, seed: int = 0,
-                 params: Any = None, batch_size: int = 256, distributed: bool = False, sample_dim: int = 0,
-                 output: OutputSelector = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        data: Any,
+        *,
+        kind: str | FisherKind = "true",
+        likelihood: str | Likelihood = "classification",
+        mc_samples: int = 1,
+        seed: int = 0,
+        params: Any = None,
+        batch_size: int = 256,
+        distributed: bool = False,
+        sample_dim: int = 0,
+        output: OutputSelector = None,
+    ):
         if not isinstance(model, nn.Module):
             raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.kind = FisherKind.parse(kind)
@@ -69,7 +87,8 @@ class DataPass:
         first = next(iter(self.space.tensors().values()))
         self.device, self.dtype = first.device, first.dtype
         self.data: BatchStream = as_batch_stream(
-            data, device=self.device, dtype=self.dtype, batch_size=batch_size, sample_dim=sample_dim)
+            data, device=self.device, dtype=self.dtype, batch_size=batch_size, sample_dim=sample_dim
+        )
         self.mc_samples = mc_samples
         self.seed = seed
         self.distributed = distributed
@@ -90,8 +109,10 @@ class DataPass:
         return leaves, others
 
     def forward(self, params: Mapping[str, Tensor], x: Tensor, *, check: bool = True) -> Any:
-        """Outputs [N, D] of the model at ``params`` (selected by ``output``, shape checked);
-        with ``check=False`` whatever the model returns."""
+        """Outputs [N, D] of the model at ``params`` (selected by ``output``, shape checked).
+
+        With ``check=False`` whatever the model returns.
+        """
         with derivative_kernels(self.model):
             raw = functional_call(self.model, dict(params), (x,))
         if not check:
@@ -100,7 +121,9 @@ class DataPass:
 
     def module_name(self, module: nn.Module) -> str:
         """The qualified name of ``module`` in the model (``<root>`` for the model itself)."""
-        return next((n or "<root>" for n, m in self.model.named_modules() if m is module), "<unknown>")
+        return next(
+            (n or "<root>" for n, m in self.model.named_modules() if m is module), "<unknown>"
+        )
 
     def to_device(self, v: Vector, what: str) -> dict[str, Tensor]:
         """``v`` split per parameter, on the model's device and dtype (shapes checked)."""
@@ -123,8 +146,14 @@ class DataPass:
     def factors(self, outputs: Tensor, y: Tensor, index: int) -> Tensor:
         """Output-Fisher columns s [K, N, D] of batch ``index`` (Λ̂_n = Σ_k s_kn s_knᵀ)."""
         check_outputs(outputs, y, self.likelihood, f"batch {index}")
-        return output_sqrt_factors(outputs, y, self.likelihood, self.kind, mc_samples=self.mc_samples,
-                                   generator=self.generator(index))
+        return output_sqrt_factors(
+            outputs,
+            y,
+            self.likelihood,
+            self.kind,
+            mc_samples=self.mc_samples,
+            generator=self.generator(index),
+        )
 
     def apply_output_fisher(self, outputs: Tensor, y: Tensor, index: int, u: Tensor) -> Tensor:
         """Λ̂ u per sample, [N, D]."""
@@ -137,7 +166,9 @@ class DataPass:
     def random_column_mix(self, factors: Tensor) -> Tensor:
         """One seeded random combination r [N, D] of the output-Fisher columns [K, N, D]."""
         gen = torch.Generator(device=factors.device).manual_seed(self.seed + 7919)
-        coeffs = torch.randn(factors.shape[0], generator=gen, dtype=factors.dtype, device=factors.device)
+        coeffs = torch.randn(
+            factors.shape[0], generator=gen, dtype=factors.dtype, device=factors.device
+        )
         return torch.einsum("k,knd->nd", coeffs, factors)
 
     # ------------------------------------------------------- the reduction
@@ -150,7 +181,10 @@ class DataPass:
         return self.collective.reduce(tensor)
 
     def count(self, local: int) -> int:
-        """The number of data points over every rank from this rank's ``local`` count; recorded as N."""
+        """The number of data points over every rank from this rank's ``local`` count.
+
+        Recorded as N.
+        """
         self.num_data = int(self.reduce(torch.tensor(float(local), dtype=torch.float64)).item())
         return self.num_data
 

@@ -14,9 +14,9 @@ adding one small rule to :data:`RULES`; a layer with no rule takes the exact per
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
-import torch
 
 __all__ = ["Conv2dRule", "LayerRule", "LinearRule", "RULES", "rule_for"]
 
@@ -37,15 +37,19 @@ class LayerRule:
         raise NotImplementedError
 
     def output_grads(self, module: nn.Module, grad: Tensor, axis: int) -> Tensor:
-        """Output gradients (sample axis ``axis``) as columns [N, O, T] matching :meth:`features`."""
+        """Output gradients (sample axis ``axis``) as columns [N, O, T], like :meth:`features`."""
         raise NotImplementedError
 
-    def per_sample_weight_grads(self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int) -> Tensor:
+    def per_sample_weight_grads(
+        self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int
+    ) -> Tensor:
         """Per-sample weight gradients [N, O, I] of one call."""
         g = self.output_grads(module, grad, axis)
         return torch.bmm(g, self.features(module, inputs).transpose(1, 2))
 
-    def summed_weight_grads(self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int) -> Tensor:
+    def summed_weight_grads(
+        self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int
+    ) -> Tensor:
         """Σ_n of the per-sample weight gradients [O, I] of one call, without forming them."""
         g = self.output_grads(module, grad, axis)
         return torch.einsum("not,nit->oi", g, self.features(module, inputs))
@@ -83,30 +87,58 @@ class Conv2dRule(LayerRule):
         return None if axis == 0 else f"call {call} has the sample on axis {axis}, not 0"
 
     def features(self, module: nn.Module, inputs: Tensor) -> Tensor:
-        return nnf.unfold(inputs, kernel_size=module.kernel_size, dilation=module.dilation,
-                          padding=module.padding, stride=module.stride)
+        return nnf.unfold(
+            inputs,
+            kernel_size=module.kernel_size,
+            dilation=module.dilation,
+            padding=module.padding,
+            stride=module.stride,
+        )
 
     def output_grads(self, module: nn.Module, grad: Tensor, axis: int) -> Tensor:
         return grad.flatten(2)
 
-    def per_sample_weight_grads(self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int) -> Tensor:
-        """Without unfolding: the batch folded into the channels, differentiated as one convolution
-        with N groups (a grouped convolution's weight gradient is per group)."""
+    def per_sample_weight_grads(
+        self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int
+    ) -> Tensor:
+        """Without unfolding: the batch folded into the channels.
+
+        Differentiated as one convolution with N groups (a grouped convolution's weight gradient is
+        per group).
+        """
         num, out_ch = grad.shape[:2]
         _, grad_weight, _ = torch.ops.aten.convolution_backward(
             grad.reshape(1, num * out_ch, *grad.shape[2:]),
             inputs.reshape(1, num * inputs.shape[1], *inputs.shape[2:]),
             module.weight.detach().repeat(num, 1, 1, 1),
-            None, list(module.stride), list(module.padding), list(module.dilation),
-            False, [0, 0], num, [False, True, False],
+            None,
+            list(module.stride),
+            list(module.padding),
+            list(module.dilation),
+            False,
+            [0, 0],
+            num,
+            [False, True, False],
         )
         return grad_weight.reshape(num, out_ch, -1)
 
-    def summed_weight_grads(self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int) -> Tensor:
+    def summed_weight_grads(
+        self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int
+    ) -> Tensor:
         """One ``convolution_backward``: the weight gradient autograd would form."""
         _, weight, _ = torch.ops.aten.convolution_backward(
-            grad, inputs, module.weight.detach(), None, list(module.stride), list(module.padding),
-            list(module.dilation), False, [0, 0], module.groups, [False, True, False])
+            grad,
+            inputs,
+            module.weight.detach(),
+            None,
+            list(module.stride),
+            list(module.padding),
+            list(module.dilation),
+            False,
+            [0, 0],
+            module.groups,
+            [False, True, False],
+        )
         return weight.reshape(weight.shape[0], -1)
 
 

@@ -22,11 +22,14 @@ from ._taps import LayerTap, per_sample_square_sums
 __all__ = ["DiagonalSquares", "KroneckerSums", "RotatedSquares"]
 
 _CHUNK_ELEMENTS = 1 << 24
-"""Unfolded patches and rotated per-sample gradients are formed at most this many entries at a time."""
+"""Unfolded patches and rotated per-sample gradients are formed this many entries at a time."""
 
 
 class DiagonalSquares:
-    """Σ_n Σ_k (per-sample gradient)² of every tapped layer, added into ``total`` (views by name)."""
+    """Σ_n Σ_k (per-sample gradient)² of every tapped layer.
+
+    Added into ``total`` (views by name).
+    """
 
     def __init__(self, total: Mapping[str, Tensor]):
         self.total = total
@@ -65,7 +68,7 @@ class KroneckerSums:
         key = id(tap.module)
         if column == 0:
             _add(self.inputs, key, input_covariance(tap))
-            tap.drop_features()  # unfolded patches are the largest temporaries: one layer's at a time
+            tap.drop_features()  # unfolded patches, the largest temporaries: one layer's at a time
         for call, g in enumerate(grads):
             _add(self.grads, key, output_grad_covariance(tap, g, call))
 
@@ -74,7 +77,10 @@ class KroneckerSums:
 
 
 class RotatedSquares:
-    """EKFAC's second moments in each layer's eigenbasis, added into ``blocks[module].eigenvalues``."""
+    """EKFAC's second moments in each layer's eigenbasis.
+
+    Added into ``blocks[module].eigenvalues``.
+    """
 
     def __init__(self, blocks: Mapping[int, Any]):
         self.blocks = blocks
@@ -99,15 +105,27 @@ def input_covariance(tap: LayerTap, max_elements: int = _CHUNK_ELEMENTS) -> Tens
         a = tap.inputs[call]
         per_sample = tap.features_of(a[:1], call).numel()
         chunk = max(1, max_elements // max(1, per_sample))
-        parts = ([tap.features(call)] if chunk >= len(a)
-                 else [tap.features_of(a[start : start + chunk], call) for start in range(0, len(a), chunk)])
+        parts = (
+            [tap.features(call)]
+            if chunk >= len(a)
+            else [
+                tap.features_of(a[start : start + chunk], call) for start in range(0, len(a), chunk)
+            ]
+        )
         for cols in parts:  # [n, I, T]
             rows = _positions_as_rows(cols)
             cov = rows.T @ rows
             if tap.bias_name is not None:
                 sums = cols.sum(dim=(0, 2))
-                count = torch.full((1, 1), float(cols.shape[0] * cols.shape[2]), dtype=cols.dtype, device=cols.device)
-                cov = torch.cat([torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0)
+                count = torch.full(
+                    (1, 1),
+                    float(cols.shape[0] * cols.shape[2]),
+                    dtype=cols.dtype,
+                    device=cols.device,
+                )
+                cov = torch.cat(
+                    [torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0
+                )
             total = cov if total is None else total + cov
         positions += parts[0].shape[2]
     return total / positions
@@ -131,7 +149,9 @@ def rotated_squares(tap: LayerTap, grads: list[Tensor], block: Any) -> Tensor:
     rotated_g, rotated_a = [], []
     for call, grad in enumerate(grads):
         g = tap.output_grads(grad, call)  # [N, O, T]
-        a = tap.features(call) if with_weight else g.new_empty(g.shape[0], 0, g.shape[2])  # [N, I, T]
+        a = (
+            tap.features(call) if with_weight else g.new_empty(g.shape[0], 0, g.shape[2])
+        )  # [N, I, T]
         if with_bias:
             a = torch.cat([a, a.new_ones(a.shape[0], 1, a.shape[2])], 1)
         rotated_g.append(torch.einsum("oq,not->nqt", u_g, g))
@@ -143,7 +163,11 @@ def rotated_squares(tap: LayerTap, grads: list[Tensor], block: Any) -> Tensor:
     chunk = max(1, _CHUNK_ELEMENTS // max(1, out * inp))
     total = g_all.new_zeros(out, inp)
     for start in range(0, num, chunk):
-        total += torch.bmm(g_all[start : start + chunk], a_all[start : start + chunk].transpose(1, 2)).square().sum(0)
+        total += (
+            torch.bmm(g_all[start : start + chunk], a_all[start : start + chunk].transpose(1, 2))
+            .square()
+            .sum(0)
+        )
     return total
 
 

@@ -22,22 +22,29 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor, nn
 
 from ._rules import LayerRule, rule_for
 
-__all__ = ["LayerTap", "check_tap_layout", "is_tappable", "per_sample_square_sums", "per_sample_weight_grads",
-           "summed_weight_grads"]
+__all__ = [
+    "LayerTap",
+    "check_tap_layout",
+    "is_tappable",
+    "per_sample_square_sums",
+    "per_sample_weight_grads",
+    "summed_weight_grads",
+]
 
 
 def is_tappable(module: nn.Module) -> bool:
-    """Whether a rule of :mod:`._rules` covers ``module`` (Linear; Conv2d with one group and zero padding)."""
+    """Whether a rule of :mod:`._rules` covers ``module`` (Linear; Conv2d with zero padding)."""
     rule = rule_for(module)
     return rule is not None and rule.refuses(module) is None
 
 
-def check_tap_layout(module: nn.Module, axes: list[tuple[int | None, int | None]] | None) -> str | None:
+def check_tap_layout(
+    module: nn.Module, axes: list[tuple[int | None, int | None]] | None
+) -> str | None:
     """Why a tap cannot be used for ``module`` with these probed sample axes, or None.
 
     Args:
@@ -50,7 +57,10 @@ def check_tap_layout(module: nn.Module, axes: list[tuple[int | None, int | None]
     rule = rule_for(module)
     for call, (in_axis, out_axis) in enumerate(axes):
         if in_axis is None or out_axis is None:
-            return f"its input in call {call} has no axis that indexes data points (rows of several samples?)"
+            return (
+                f"its input in call {call} has no axis that indexes data points "
+                "(rows of several samples?)"
+            )
         if in_axis != out_axis:
             return f"call {call} moves the sample axis from {in_axis} to {out_axis}"
         why = rule.check_axes(call, in_axis)
@@ -104,7 +114,10 @@ class LayerTap:
         self._features.clear()
 
     def features_of(self, inputs: Tensor, call: int) -> Tensor:
-        """:meth:`features` of some of the call's samples (``inputs``: sample axis first), not cached."""
+        """:meth:`features` of some of the call's samples (``inputs``: sample axis first).
+
+        Not cached.
+        """
         return self.rule.features(self.module, inputs)
 
     def drop_features(self) -> None:
@@ -113,7 +126,10 @@ class LayerTap:
 
     @property
     def rank_one(self) -> bool:
-        """One call whose per-sample gradient is g aᵀ: squares factor as g² ⊗ a² (the fast diagonal)."""
+        """One call whose per-sample gradient is g aᵀ.
+
+        Squares factor as g² ⊗ a² (the fast diagonal).
+        """
         return len(self.inputs) == 1 and self.rule.rank_one(self.inputs[0])
 
     def features(self, call: int) -> Tensor:
@@ -147,7 +163,9 @@ def per_sample_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor,
     return weight, bias
 
 
-def per_sample_square_sums(tap: LayerTap, grads: list[Tensor], max_elements: int = 1 << 24) -> tuple[Tensor, Tensor]:
+def per_sample_square_sums(
+    tap: LayerTap, grads: list[Tensor], max_elements: int = 1 << 24
+) -> tuple[Tensor, Tensor]:
     """Σ_n of squared per-sample weight [O, I] and bias [O] gradients, summed over calls first.
 
     The per-sample gradients [n, O, I] are formed for a chunk of samples at a time, at most
@@ -163,8 +181,13 @@ def per_sample_square_sums(tap: LayerTap, grads: list[Tensor], max_elements: int
     weight_sq = bias_sq = None
     for start in range(0, num, chunk):
         size = min(chunk, num - start)
-        part = LayerTap(tap.module, tap.weight_name, tap.bias_name, tap.sample_axes,
-                        [a.narrow(0, start, size) for a in tap.inputs])
+        part = LayerTap(
+            tap.module,
+            tap.weight_name,
+            tap.bias_name,
+            tap.sample_axes,
+            [a.narrow(0, start, size) for a in tap.inputs],
+        )
         part_grads = [g.narrow(tap.axis(call), start, size) for call, g in enumerate(grads)]
         weight, bias = per_sample_weight_grads(part, part_grads)
         w2, b2 = (weight**2).sum(0), (bias**2).sum(0)
@@ -174,8 +197,10 @@ def per_sample_square_sums(tap: LayerTap, grads: list[Tensor], max_elements: int
 
 
 def summed_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """Σ_n of the per-sample weight [O, I] and bias [O] gradients, summed over calls, without
-    forming per-sample gradients (what :func:`per_sample_weight_grads` gives, summed over n).
+    """Σ_n of the per-sample weight [O, I] and bias [O] gradients, summed over calls.
+
+    Without forming per-sample gradients (what :func:`per_sample_weight_grads` gives, summed over
+    n).
     """
     weight = bias = None
     rule = tap.rule

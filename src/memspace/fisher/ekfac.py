@@ -1,5 +1,7 @@
-"""EKFAC: K-FAC with its eigenvalues corrected (George, Laurent, Bouthillier, Ballas & Vincent 2018,
-"Fast approximate natural gradient descent in a Kronecker-factored eigenbasis").
+"""EKFAC: K-FAC with its eigenvalues corrected.
+
+George, Laurent, Bouthillier, Ballas & Vincent 2018, "Fast approximate natural gradient descent
+in a Kronecker-factored eigenbasis".
 
 K-FAC approximates a layer's Fisher block by G ⊗ A, whose eigenbasis is Q = U_G ⊗ U_A (U_G, U_A
 the eigenvectors of the two factors) and whose eigenvalues are the products s_G,i·s_A,j. EKFAC keeps
@@ -12,7 +14,8 @@ g and ā as K-FAC's, :mod:`memspace.fisher.kfac`). s is the diagonal of the exac
 basis Q, so among all matrices Q diag(s) Qᵀ it is the one closest to the block in Frobenius norm
 (and never farther than K-FAC). Products, inverse products and the spectrum are exact in Q:
 
-    F_EKFAC V̄ = U_G (s ∘ (U_Gᵀ V̄ U_A)) U_Aᵀ,   (F_EKFAC + δI)⁻¹ V̄ = U_G ((U_Gᵀ V̄ U_A) / (s + δ)) U_Aᵀ.
+    F_EKFAC V̄ = U_G (s ∘ (U_Gᵀ V̄ U_A)) U_Aᵀ,   (F_EKFAC + δI)⁻¹ V̄ = U_G ((U_Gᵀ V̄ U_A) / (s + δ))
+    U_Aᵀ.
 
 For a layer with one weight-sharing position per sample (an MLP) the rotated gradient is rank
 one, U_Gᵀg ⊗ U_Aᵀā, so s = (g̃²)ᵀ(ã²) is one product per batch and column; for convolutions the
@@ -53,11 +56,13 @@ class EigenBlock:
 
 
 def _basis(block: KroneckerBlock) -> tuple[Tensor, Tensor]:
-    return torch.linalg.eigh(block.grad_factor)[1], torch.linalg.eigh(block.selected_input_factor())[1]
+    return torch.linalg.eigh(block.grad_factor)[1], torch.linalg.eigh(
+        block.selected_input_factor()
+    )[1]
 
 
 class EKFAC(BlockApproximation):
-    """EKFAC approximation of a Fisher operator (module doc; same kinds, likelihoods and memory modes).
+    """EKFAC approximation of a Fisher operator (module doc; same kinds, likelihoods, memory modes).
 
     Build with ``EKFAC(model, data, **operator_kwargs)``, ``EKFAC.from_operator(F)`` or
     ``EKFAC.from_kfac(kfac)``: K-FAC's factors give the basis (one pass), a second pass of the
@@ -92,8 +97,14 @@ class EKFAC(BlockApproximation):
         by_module: dict[int, EigenBlock] = {}
         for block in kfac.blocks:
             u_g, u_a = _basis(block)
-            eigen = EigenBlock(block.module_name, block.weight_name, block.bias_name, u_g, u_a,
-                               torch.zeros(u_g.shape[0], u_a.shape[0], dtype=u_g.dtype, device=u_g.device))
+            eigen = EigenBlock(
+                block.module_name,
+                block.weight_name,
+                block.bias_name,
+                u_g,
+                u_a,
+                torch.zeros(u_g.shape[0], u_a.shape[0], dtype=u_g.dtype, device=u_g.device),
+            )
             self.blocks.append(eigen)
             by_module[id(modules[block.module_name])] = eigen
         with dp.guard():
@@ -118,7 +129,11 @@ class EKFAC(BlockApproximation):
                 columns.append(parts[block.bias_name][:, None])
             stacked = torch.cat(columns, 1)  # V̄ [O, I']
             rotated = block.grad_basis.T @ stacked @ block.input_basis
-            self._scatter(block, block.grad_basis @ (scale(block.eigenvalues) * rotated) @ block.input_basis.T, out)
+            self._scatter(
+                block,
+                block.grad_basis @ (scale(block.eigenvalues) * rotated) @ block.input_basis.T,
+                out,
+            )
         for name, d in self.fallback_diag.items():
             out[name] = (scale(d) * parts[name].reshape(-1)).view_as(parts[name])
         if isinstance(v, Mapping):
@@ -130,7 +145,9 @@ class EKFAC(BlockApproximation):
         return self._apply(v, lambda s: s)
 
     def inverse_mv(self, v: Vector, damping: float) -> Vector:
-        """(F_EKFAC + δI)⁻¹ v, exact in the eigenbasis: the natural-gradient direction for ``v`` a gradient.
+        """(F_EKFAC + δI)⁻¹ v, exact in the eigenbasis.
+
+        The natural-gradient direction for ``v`` a gradient.
 
         Raises:
             MemspaceError: for δ ≤ 0 (the approximation is singular wherever s = 0).
@@ -140,17 +157,26 @@ class EKFAC(BlockApproximation):
         return self._apply(v, lambda s: 1.0 / (s + damping))
 
     def diag(self) -> Tensor:
-        """diag(F_EKFAC) = (U_G ∘ U_G) s (U_A ∘ U_A)ᵀ per block, the fallback diagonal elsewhere; [P]."""
+        """The diagonal (U_G ∘ U_G) s (U_A ∘ U_A)ᵀ per block, the fallback diagonal elsewhere.
+
+        [P].
+        """
         out: dict[str, Tensor] = {}
         for block in self.blocks:
-            self._scatter(block, block.grad_basis.square() @ block.eigenvalues @ block.input_basis.square().T, out)
+            self._scatter(
+                block,
+                block.grad_basis.square() @ block.eigenvalues @ block.input_basis.square().T,
+                out,
+            )
         return self._flat_with_fallback(out)
 
     def eigenvalues(self) -> Tensor:
         """Every eigenvalue of the approximation, descending, [P]."""
-        values = [b.eigenvalues.reshape(-1) for b in self.blocks] + [d.reshape(-1) for d in self.fallback_diag.values()]
+        values = [b.eigenvalues.reshape(-1) for b in self.blocks] + [
+            d.reshape(-1) for d in self.fallback_diag.values()
+        ]
         return torch.sort(torch.cat(values), descending=True).values
 
     def trace(self) -> Tensor:
-        """Σ s + Σ fallback diagonal (equal to the exact trace of the tapped blocks: the basis is orthogonal)."""
+        """Σ s + Σ fallback diagonal: the exact trace of the tapped blocks (orthogonal basis)."""
         return self.eigenvalues().sum()

@@ -1,5 +1,6 @@
-"""K-FAC: a Kronecker-factored block-diagonal Fisher (Martens & Grosse 2015;
-Grosse & Martens 2016 for convolutions).
+"""K-FAC: a Kronecker-factored block-diagonal Fisher.
+
+Martens & Grosse 2015; Grosse & Martens 2016 for convolutions.
 
 For a Linear or Conv2d layer with weight and bias stacked as W̄ = [W, b] of shape
 [O, I+1] (a Conv2d weight [O, C, kh, kw] reads as [O, C·kh·kw]), the Fisher block is
@@ -47,7 +48,9 @@ class KroneckerBlock:
     def eigenvalues(self) -> Tensor:
         """All eigenvalues of G ⊗ A restricted to the selected parameters, [O·(I+1)]."""
         a = self.selected_input_factor()
-        return torch.outer(torch.linalg.eigvalsh(self.grad_factor), torch.linalg.eigvalsh(a)).flatten()
+        return torch.outer(
+            torch.linalg.eigvalsh(self.grad_factor), torch.linalg.eigvalsh(a)
+        ).flatten()
 
     def selected_input_factor(self) -> Tensor:
         """A, or its 1×1 bias corner when only the bias is selected.
@@ -58,13 +61,15 @@ class KroneckerBlock:
 
 
 class BlockApproximation:
-    """What K-FAC and EKFAC share: a block per tapped layer over the stacked [W, b] of shape
-    [O, I'], the exact diagonal elsewhere, and every eigenvalue known (subclasses give
-    ``blocks``, :meth:`mv` and :meth:`eigenvalues`).
+    """What K-FAC and EKFAC share.
+
+    A block per tapped layer over the stacked [W, b] of shape [O, I'], the exact diagonal elsewhere,
+    and every eigenvalue known (subclasses give ``blocks``, :meth:`mv` and :meth:`eigenvalues`).
 
     Attributes:
         parts: the data pass, collector and per-sample Jacobians it was built from
-            (:func:`memspace.fisher._collect.fisher_parts`); ``data_pass.space`` is its parameter space.
+            (:func:`memspace.fisher._collect.fisher_parts`); ``data_pass.space`` is its parameter
+            space.
         fallback_diag: the exact Fisher diagonal [p] of each parameter no block covers.
     """
 
@@ -83,10 +88,12 @@ class BlockApproximation:
 
     @property
     def dtype(self) -> torch.dtype:
+        """The dtype of the factors (the selected parameters')."""
         return self.parts.data_pass.dtype
 
     @property
     def device(self) -> torch.device:
+        """The device of the factors (the selected parameters')."""
         return self.parts.data_pass.device
 
     @property
@@ -98,14 +105,19 @@ class BlockApproximation:
         return self.mv(v)
 
     def __repr__(self) -> str:
-        return (f"{type(self).__name__}({len(self.blocks)} blocks, {len(self.fallback_diag)} parameters on the "
-                f"exact diagonal, P={self.space.numel})")
+        return (
+            f"{type(self).__name__}({len(self.blocks)} blocks, {len(self.fallback_diag)} "
+            "parameters on the "
+            f"exact diagonal, P={self.space.numel})"
+        )
 
     def _scatter(self, block: Any, matrix: Tensor, out: dict[str, Tensor]) -> None:
         """Split a block's [O, I'] matrix into its weight and bias entries of ``out``."""
         if block.weight_name is not None:
             shape = self.space.shapes[self.space.names.index(block.weight_name)]
-            out[block.weight_name] = matrix[:, : matrix.shape[1] - (1 if block.bias_name else 0)].reshape(shape)
+            out[block.weight_name] = matrix[
+                :, : matrix.shape[1] - (1 if block.bias_name else 0)
+            ].reshape(shape)
         if block.bias_name is not None:
             out[block.bias_name] = matrix[:, -1]
 
@@ -116,7 +128,7 @@ class BlockApproximation:
         return self.space.to_vector(out)
 
     def logdet(self, damping: float) -> Tensor:
-        """log det(F_approx + δI) = Σ log(λ_i + δ), exact from the eigenvalues."""
+        """Log det(F_approx + δI) = Σ log(λ_i + δ), exact from the eigenvalues."""
         if damping <= 0:
             raise MemspaceError(f"damping must be positive for a finite log-det, got {damping}")
         return torch.log(self.eigenvalues().clamp_min(0) + damping).sum()
@@ -147,13 +159,17 @@ class KFAC(BlockApproximation):
     """
 
     def __init__(self, model: nn.Module, data: Any, **operator_kwargs: Any):
-        operator_kwargs.pop("max_dense_bytes", None)  # a dense matrix of K-FAC is built from its products
+        operator_kwargs.pop(
+            "max_dense_bytes", None
+        )  # a dense matrix of K-FAC is built from its products
         self._build(fisher_parts(model, data, **operator_kwargs))
 
     @classmethod
     def from_operator(cls, operator: Any) -> KFAC:
-        """K-FAC of an existing :class:`~memspace.fisher.FisherOperator` (shares its model, data,
-        kind, seed, memory mode and plan of the taps)."""
+        """K-FAC of an existing :class:`~memspace.fisher.FisherOperator`.
+
+        It shares the operator's model, data, kind, seed, memory mode and plan of the taps.
+        """
         obj = cls.__new__(cls)
         obj._build(FisherParts(operator.data_pass, operator.collector, operator.jacobians))
         return obj
@@ -183,17 +199,24 @@ class KFAC(BlockApproximation):
                 for name in (tap.weight_name, tap.bias_name):
                     if name:
                         self.fallback_diag[name] = torch.zeros(
-                            self.space.sizes[self.space.names.index(name)], dtype=dp.dtype, device=dp.device)
+                            self.space.sizes[self.space.names.index(name)],
+                            dtype=dp.dtype,
+                            device=dp.device,
+                        )
                 continue
             out_features = tap.module.weight.shape[0]
-            g = sums.grads.get(key, torch.zeros(out_features, out_features, dtype=dp.dtype, device=dp.device))
-            self.blocks.append(KroneckerBlock(
-                module_name=prefix_of[id(tap.module)],
-                weight_name=tap.weight_name,
-                bias_name=tap.bias_name,
-                input_factor=dp.reduce(sums.inputs[key]) / num,
-                grad_factor=dp.reduce(g) / num,
-            ))
+            g = sums.grads.get(
+                key, torch.zeros(out_features, out_features, dtype=dp.dtype, device=dp.device)
+            )
+            self.blocks.append(
+                KroneckerBlock(
+                    module_name=prefix_of[id(tap.module)],
+                    weight_name=tap.weight_name,
+                    bias_name=tap.bias_name,
+                    input_factor=dp.reduce(sums.inputs[key]) / num,
+                    grad_factor=dp.reduce(g) / num,
+                )
+            )
         for name, value in fallback.items():
             self.fallback_diag[name] = dp.reduce(value) / num
 
@@ -228,7 +251,7 @@ class KFAC(BlockApproximation):
         return flat.to(v.device)
 
     def diag(self) -> Tensor:
-        """diag(G) ⊗ diag(A) per block, the fallback diagonal elsewhere; flat [P]."""
+        """The diagonal: G's ⊗ A's diagonals per block, the fallback one elsewhere; flat [P]."""
         out: dict[str, Tensor] = {}
         for block in self.blocks:
             a = block.selected_input_factor()
@@ -246,7 +269,11 @@ class KFAC(BlockApproximation):
         return total
 
     def eigenvalues(self) -> Tensor:
-        """Every eigenvalue of the approximation, descending, [P] (exact for K-FAC:
-        eig(G ⊗ A) = eig(G) ⊗ eig(A))."""
-        values = [b.eigenvalues() for b in self.blocks] + [d.reshape(-1) for d in self.fallback_diag.values()]
+        """Every eigenvalue of the approximation, descending.
+
+        [P] (exact for K-FAC: eig(G ⊗ A) = eig(G) ⊗ eig(A)).
+        """
+        values = [b.eigenvalues() for b in self.blocks] + [
+            d.reshape(-1) for d in self.fallback_diag.values()
+        ]
         return torch.sort(torch.cat(values), descending=True).values

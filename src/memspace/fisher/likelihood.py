@@ -55,6 +55,7 @@ class Likelihood(str, Enum):
 
     @classmethod
     def parse(cls, value: str | Likelihood) -> Likelihood:
+        """The likelihood named ``value`` (or ``value`` itself); a MemspaceError lists the names."""
         return _parse_option(cls, value, "likelihood")
 
 
@@ -70,21 +71,18 @@ class FisherKind(str, Enum):
 
     @classmethod
     def parse(cls, value: str | FisherKind) -> FisherKind:
+        """The kind named ``value`` (or ``value`` itself); a MemspaceError lists the names."""
         return _parse_option(cls, value, "Fisher kind")
 
 
-def check_outputs(
-    outputs: Tensor, targets: Tensor, likelihood: Likelihood, where: str
-) -> None:
+def check_outputs(outputs: Tensor, targets: Tensor, likelihood: Likelihood, where: str) -> None:
     """Check model outputs [N, D] against targets; raise :class:`DataError` if wrong.
 
     Classification needs integer targets [N] in [0, C); regression needs targets of
     the outputs' shape.
     """
     if outputs.dim() != 2:
-        raise DataError(
-            f"{where}: model output has shape {tuple(outputs.shape)}; expected [N, D]"
-        )
+        raise DataError(f"{where}: model output has shape {tuple(outputs.shape)}; expected [N, D]")
     if likelihood is Likelihood.CLASSIFICATION:
         if targets.is_floating_point() or targets.dim() != 1:
             raise DataError(
@@ -160,7 +158,9 @@ def output_sqrt_factors(
     scale = mc_samples**-0.5
     if likelihood is Likelihood.REGRESSION:
         noise = torch.randn(
-            (mc_samples, num, dim), generator=generator, dtype=outputs.dtype,
+            (mc_samples, num, dim),
+            generator=generator,
+            dtype=outputs.dtype,
             device=outputs.device,
         )
         return noise * scale

@@ -32,7 +32,7 @@ from .._errors import MemspaceError
 from .._model_call import OutputSelector
 from ..distributed import guarded
 from . import spectral
-from ._collect import TapPlan, TappedBatch, fisher_parts
+from ._collect import TappedBatch, TapPlan, fisher_parts
 from ._forward_mode import forward_mode_rules
 from ._pass import Vector
 from ._statistics import DiagonalSquares
@@ -98,23 +98,50 @@ class FisherOperator:
         memory: str = "fast",
     ):
         self.data_pass, self.collector, self.jacobians = fisher_parts(
-            model, data, memory=memory, kind=kind, likelihood=likelihood, mc_samples=mc_samples, seed=seed,
-            params=params, batch_size=batch_size, distributed=distributed, sample_dim=sample_dim, output=output)
+            model,
+            data,
+            memory=memory,
+            kind=kind,
+            likelihood=likelihood,
+            mc_samples=mc_samples,
+            seed=seed,
+            params=params,
+            batch_size=batch_size,
+            distributed=distributed,
+            sample_dim=sample_dim,
+            output=output,
+        )
         self.max_dense_bytes = max_dense_bytes
 
     # ------------------------------------------------------------------ basics
     model = property(lambda self: self.data_pass.model, doc="The measured model.")
-    space = property(lambda self: self.data_pass.space, doc="The parameter space θ (names, shapes, layout).")
-    call = property(lambda self: self.data_pass.call, doc="How a batch reaches the model (sample axis, output).")
+    space = property(
+        lambda self: self.data_pass.space, doc="The parameter space θ (names, shapes, layout)."
+    )
+    call = property(
+        lambda self: self.data_pass.call, doc="How a batch reaches the model (sample axis, output)."
+    )
     data = property(lambda self: self.data_pass.data, doc="The stream of batches.")
-    kind = property(lambda self: self.data_pass.kind, doc="The Fisher's kind (true, mc, empirical).")
+    kind = property(
+        lambda self: self.data_pass.kind, doc="The Fisher's kind (true, mc, empirical)."
+    )
     likelihood = property(lambda self: self.data_pass.likelihood, doc="The output likelihood.")
-    mc_samples = property(lambda self: self.data_pass.mc_samples, doc="Labels sampled per input (kind mc).")
-    seed = property(lambda self: self.data_pass.seed, doc="Seed of Monte-Carlo labels and random probes.")
-    distributed = property(lambda self: self.data_pass.distributed, doc="Whether sums are all-reduced.")
-    device = property(lambda self: self.data_pass.device, doc="The device of the selected parameters.")
+    mc_samples = property(
+        lambda self: self.data_pass.mc_samples, doc="Labels sampled per input (kind mc)."
+    )
+    seed = property(
+        lambda self: self.data_pass.seed, doc="Seed of Monte-Carlo labels and random probes."
+    )
+    distributed = property(
+        lambda self: self.data_pass.distributed, doc="Whether sums are all-reduced."
+    )
+    device = property(
+        lambda self: self.data_pass.device, doc="The device of the selected parameters."
+    )
     dtype = property(lambda self: self.data_pass.dtype, doc="The dtype of the selected parameters.")
-    memory = property(lambda self: self.collector.memory, doc="The memory mode, ``fast`` or ``low``.")
+    memory = property(
+        lambda self: self.collector.memory, doc="The memory mode, ``fast`` or ``low``."
+    )
 
     @property
     def shape(self) -> tuple[int, int]:
@@ -128,7 +155,10 @@ class FisherOperator:
 
     @property
     def jacobian_fallback(self) -> str | None:
-        """Why per-sample Jacobians run sample by sample (``vmap`` failed on this model), or None."""
+        """Why per-sample Jacobians run sample by sample (``vmap`` failed on this model).
+
+        Or None.
+        """
         return self.jacobians.vmap_failure
 
     def guard(self):
@@ -136,16 +166,24 @@ class FisherOperator:
         return self.data_pass.guard()
 
     def tap_plan(self) -> TapPlan:
-        """The verified :class:`TapPlan`: which layers take the fast per-layer path, and why the others
-        do not (computed on the first batch, then kept)."""
+        """The verified :class:`TapPlan`.
+
+        Which layers take the fast per-layer path, and why the others do not (computed on the first
+        batch, then kept).
+        """
         return self.collector.tap_plan()
 
     def __repr__(self) -> str:
-        return (f"FisherOperator(P={self.space.numel}, kind={self.kind.value}, likelihood={self.likelihood.value}, "
-                f"memory={self.memory!r}, model={type(self.model).__name__})")
+        return (
+            f"FisherOperator(P={self.space.numel}, kind={self.kind.value}, "
+            f"likelihood={self.likelihood.value}, "
+            f"memory={self.memory!r}, model={type(self.model).__name__})"
+        )
 
     # ----------------------------------------------------------- products
-    def _dual_forward(self, x: Tensor, tangent: Mapping[str, Tensor]) -> tuple[Tensor, Tensor, dict]:
+    def _dual_forward(
+        self, x: Tensor, tangent: Mapping[str, Tensor]
+    ) -> tuple[Tensor, Tensor, dict]:
         """One forward carrying a tangent: (f(x), J v, leaves) with f in the graph."""
         leaves, others = self.data_pass.parameters()
         with fwAD.dual_level(), forward_mode_rules(self.model):
@@ -222,7 +260,7 @@ class FisherOperator:
     # ----------------------------------------------------------- diagonal
     @guarded
     def diag(self) -> Vector:
-        """diag(F) as a flat vector [P].
+        """The diagonal of F as a flat vector [P].
 
         Parameters of layers whose taps pass their checks (:class:`TapPlan`): squared per-sample
         gradients from layer taps (see module doc). Every other parameter (norm layers, embeddings,
@@ -266,8 +304,10 @@ class FisherOperator:
         return dp.finish(total, count)
 
     # ----------------------------------------------------------- spectral
-    def trace(self, method: str = "exact", num_matvecs: int = 30, seed: int | None = None) -> Tensor:
-        """tr F: ``"exact"`` (sum of :meth:`diag`) or ``"hutchpp"`` (Meyer et al. 2021).
+    def trace(
+        self, method: str = "exact", num_matvecs: int = 30, seed: int | None = None
+    ) -> Tensor:
+        """Tr F: ``"exact"`` (sum of :meth:`diag`) or ``"hutchpp"`` (Meyer et al. 2021).
 
         Hutch++ uses ``num_matvecs`` products and is unbiased; exact costs one diagonal.
         """
@@ -289,14 +329,20 @@ class FisherOperator:
             return values[order], vectors[:, order]
         return spectral.eigh(self, k, tol=tol, seed=self.seed)
 
-    def spectral_density(self, num_probes: int = 8, steps: int = 40, seed: int | None = None) -> SpectralDensity:
+    def spectral_density(
+        self, num_probes: int = 8, steps: int = 40, seed: int | None = None
+    ) -> SpectralDensity:
         """Stochastic Lanczos quadrature of the spectrum (Ubaru, Chen & Saad 2017).
 
         Costs ``num_probes × steps`` products; see :class:`SpectralDensity`.
         """
-        return spectral.spectral_density(self, num_probes, steps, self.seed if seed is None else seed)
+        return spectral.spectral_density(
+            self, num_probes, steps, self.seed if seed is None else seed
+        )
 
-    def _spectral_sum(self, fn: Callable[[np.ndarray], np.ndarray], method: str, **slq: Any) -> Tensor:
+    def _spectral_sum(
+        self, fn: Callable[[np.ndarray], np.ndarray], method: str, **slq: Any
+    ) -> Tensor:
         if method == "auto":
             method = "dense" if self.space.numel <= 3000 else "slq"
         if method == "dense":
@@ -307,7 +353,7 @@ class FisherOperator:
         raise MemspaceError(f"unknown method {method!r}; use 'auto', 'dense' or 'slq'")
 
     def logdet(self, damping: float, method: str = "auto", **slq: Any) -> Tensor:
-        """log det(F + δI) = Σ_i log(λ_i + δ).
+        """Log det(F + δI) = Σ_i log(λ_i + δ).
 
         ``method="dense"`` is exact (eigenvalues of :meth:`dense`), ``"slq"`` is the
         stochastic Lanczos quadrature estimate; ``"auto"`` is dense for P ≤ 3000.
@@ -327,7 +373,7 @@ class FisherOperator:
         return KFAC.from_operator(self)
 
     def ekfac(self) -> EKFAC:
-        """The eigenvalue-corrected K-FAC of this operator (:class:`~memspace.fisher.ekfac.EKFAC`)."""
+        """The eigenvalue-corrected K-FAC of this operator (:class:`~memspace.fisher.EKFAC`)."""
         return EKFAC.from_operator(self)
 
 

@@ -34,8 +34,13 @@ def full_jacobian(model: nn.Module, inputs: Tensor, names: Sequence[str] | None 
 
 
 def output_fisher_matrices(
-    outputs: Tensor, targets: Tensor, likelihood: str, kind: str,
-    *, mc_samples: int = 1, generator: torch.Generator | None = None,
+    outputs: Tensor,
+    targets: Tensor,
+    likelihood: str,
+    kind: str,
+    *,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """Λ̂_n as explicit matrices [N, D, D].
 
@@ -49,18 +54,28 @@ def output_fisher_matrices(
             return torch.eye(dim, dtype=outputs.dtype).expand(num, dim, dim)
         p = outputs.softmax(dim=1)
         return torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
-    s = output_sqrt_factors(outputs, targets, likelihood, kind, mc_samples=mc_samples, generator=generator)
+    s = output_sqrt_factors(
+        outputs, targets, likelihood, kind, mc_samples=mc_samples, generator=generator
+    )
     return torch.einsum("knd,kne->nde", s, s)
 
 
 def dense_fisher(
-    model: nn.Module, inputs: Tensor, targets: Tensor, *,
-    likelihood: str = "classification", kind: str = "true", names: Sequence[str] | None = None,
-    mc_samples: int = 1, generator: torch.Generator | None = None,
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    likelihood: str = "classification",
+    kind: str = "true",
+    names: Sequence[str] | None = None,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
 ) -> Tensor:
     """F = (1/N) Σ_n J_nᵀ Λ̂_n J_n, dense [P, P], everything at once (docs/theory.md §1)."""
     jac = full_jacobian(model, inputs, names)
     with torch.no_grad():
         outputs = model(inputs)
-    lam = output_fisher_matrices(outputs, targets, likelihood, kind, mc_samples=mc_samples, generator=generator)
+    lam = output_fisher_matrices(
+        outputs, targets, likelihood, kind, mc_samples=mc_samples, generator=generator
+    )
     return torch.einsum("ndp,nde,neq->pq", jac, lam, jac) / inputs.shape[0]

@@ -15,16 +15,16 @@ operator with ``mv`` (a torch vector [P] to [P]) and ``shape`` (P, P): a
 
 from __future__ import annotations
 
-from .._errors import MemspaceError
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-import torch
-
 import numpy as np
+import torch
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import LinearOperator, eigsh
+
+from .._errors import MemspaceError
 
 __all__ = [
     "LinearOperatorLike",
@@ -47,12 +47,17 @@ class LinearOperatorLike(Protocol):
 
     shape: tuple[int, int]
 
-    def mv(self, v: torch.Tensor) -> Any: ...
+    def mv(self, v: torch.Tensor) -> Any:
+        """A v for a vector v [P]."""
+        ...
 
 
 def numpy_matvec(operator: LinearOperatorLike) -> Matvec:
-    """``operator.mv`` as a float64 numpy product (vectors cast to the operator's dtype and device,
-    when it has them; float64 on the CPU otherwise)."""
+    """``operator.mv`` as a float64 numpy product.
+
+    Vectors are cast to the operator's dtype and device when it has them (float64 on the CPU
+    otherwise).
+    """
     dtype = getattr(operator, "dtype", torch.float64)
     device = getattr(operator, "device", "cpu")
 
@@ -64,26 +69,38 @@ def numpy_matvec(operator: LinearOperatorLike) -> Matvec:
 
 
 def trace(operator: LinearOperatorLike, num_matvecs: int = 30, seed: int = 0) -> torch.Tensor:
-    """tr A by Hutch++ with ``num_matvecs`` products of ``operator`` (:func:`hutchpp`), float64 scalar."""
+    """Tr A by Hutch++ with ``num_matvecs`` products of ``operator`` (:func:`hutchpp`).
+
+    Float64 scalar.
+    """
     value = hutchpp(numpy_matvec(operator), operator.shape[0], num_matvecs, seed)
     return torch.tensor(value, dtype=torch.float64)
 
 
-def eigh(operator: LinearOperatorLike, k: int = 1, tol: float = 0.0, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+def eigh(
+    operator: LinearOperatorLike, k: int = 1, tol: float = 0.0, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Top-k eigenpairs of ``operator`` by ARPACK (:func:`top_eigenpairs`).
 
     Returns:
         ``(eigenvalues [k] descending, eigenvectors [P, k])`` in float64.
     """
-    values, vectors = top_eigenpairs(numpy_matvec(operator), operator.shape[0], k, tol=tol, seed=seed)
+    values, vectors = top_eigenpairs(
+        numpy_matvec(operator), operator.shape[0], k, tol=tol, seed=seed
+    )
     return torch.from_numpy(values.copy()), torch.from_numpy(vectors.copy())
 
 
-def spectral_density(operator: LinearOperatorLike, num_probes: int = 8, steps: int = 40,
-                     seed: int = 0) -> SpectralDensity:
-    """The spectral density of ``operator`` by stochastic Lanczos quadrature (``num_probes × steps``
-    products; :func:`stochastic_lanczos_quadrature`)."""
-    return stochastic_lanczos_quadrature(numpy_matvec(operator), operator.shape[0], num_probes, steps, seed)
+def spectral_density(
+    operator: LinearOperatorLike, num_probes: int = 8, steps: int = 40, seed: int = 0
+) -> SpectralDensity:
+    """The spectral density of ``operator`` by stochastic Lanczos quadrature.
+
+    ``num_probes × steps`` products (:func:`stochastic_lanczos_quadrature`).
+    """
+    return stochastic_lanczos_quadrature(
+        numpy_matvec(operator), operator.shape[0], num_probes, steps, seed
+    )
 
 
 def _rademacher(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -220,7 +237,6 @@ def top_eigenpairs(
     """
     from scipy.sparse.linalg import ArpackNoConvergence
 
-
     if not 1 <= k < dim:
         raise MemspaceError(f"k must be in [1, {dim - 1}] for a {dim}×{dim} operator, got {k}")
     operator = LinearOperator((dim, dim), matvec=matvec, dtype=np.float64)
@@ -229,7 +245,10 @@ def top_eigenpairs(
         values, vectors = eigsh(operator, k=k, which="LA", tol=tol, v0=v0, maxiter=max_restarts)
     except ArpackNoConvergence as error:
         raise MemspaceError(
-            f"Lanczos found {len(error.eigenvalues)} of the top {k} eigenvalues to tol = {tol:g} in {max_restarts} "
-            "restarts: ask for a larger tol (float32 products support about 1e-4) or measure in float64") from None
+            f"Lanczos found {len(error.eigenvalues)} of the top {k} eigenvalues to tol = {tol:g} "
+            f"in {max_restarts} "
+            "restarts: ask for a larger tol (float32 products support about 1e-4) or measure in "
+            "float64"
+        ) from None
     order = np.argsort(values)[::-1]
     return values[order], vectors[:, order]

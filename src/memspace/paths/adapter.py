@@ -21,7 +21,9 @@ from .models import ResidualPathModel
 __all__ = ["ResidualPath", "StreamCapture", "resolve_head"]
 
 
-def resolve_head(model: nn.Module, head: nn.Module | str | Callable[[Tensor], Tensor] | None) -> Callable[[Tensor], Tensor]:
+def resolve_head(
+    model: nn.Module, head: nn.Module | str | Callable[[Tensor], Tensor] | None
+) -> Callable[[Tensor], Tensor]:
     """The read-out that maps a state of the residual stream to logits.
 
     ``None`` takes a memspace residual model's ``head``; a string names a sub-module.
@@ -32,15 +34,19 @@ def resolve_head(model: nn.Module, head: nn.Module | str | Callable[[Tensor], Te
     if head is None:
         if isinstance(model, ResidualPathModel):
             return model.head
-        raise MemspaceError(f"{type(model).__name__} has no read-out memspace knows: pass head=, the module "
-                            "(or its name) that maps a state of the residual stream to logits")
+        raise MemspaceError(
+            f"{type(model).__name__} has no read-out memspace knows: pass head=, the module "
+            "(or its name) that maps a state of the residual stream to logits"
+        )
     if isinstance(head, str):
         modules = dict(model.named_modules())
         if head not in modules:
             raise MemspaceError(f"no module named {head!r} in {type(model).__name__} (head=)")
         return modules[head]
     if not callable(head):
-        raise MemspaceError(f"head must be a module, a module name or a callable, got {type(head).__name__}")
+        raise MemspaceError(
+            f"head must be a module, a module name or a callable, got {type(head).__name__}"
+        )
     return head
 
 
@@ -93,6 +99,7 @@ class ResidualPath:
 
     @property
     def depth(self) -> int:
+        """L, the number of residual blocks."""
         return len(self.blocks)
 
     @contextmanager
@@ -111,6 +118,7 @@ class ResidualPath:
         calls = [0] * self.depth
         handles = []
         for i, block in enumerate(self.blocks):
+
             def pre_hook(module, args, i=i):
                 # A first input that does not require grad (frozen stem) becomes a leaf
                 # that does, so gradients with respect to the stream exist; this changes
@@ -134,8 +142,10 @@ class ResidualPath:
                 handle.remove()
         wrong = [(self.block_names[i], c) for i, c in enumerate(calls) if c > 1]
         if wrong:
-            raise MemspaceError(f"residual block {wrong[0][0]} ran {wrong[0][1]} times in one forward; "
-                             "a block of a path must run exactly once")
+            raise MemspaceError(
+                f"residual block {wrong[0][0]} ran {wrong[0][1]} times in one forward; "
+                "a block of a path must run exactly once"
+            )
 
     def states(self, record: StreamCapture) -> list[Tensor]:
         """x_0 … x_L from a captured forward, after :meth:`check_captured`.
@@ -147,10 +157,14 @@ class ResidualPath:
         self.check_captured(record)
         for l in range(self.depth - 1):
             out, nxt = record.outputs[l], record.inputs[l + 1]
-            if out is not nxt and (out.shape != nxt.shape or not torch.equal(out.detach(), nxt.detach())):
+            if out is not nxt and (
+                out.shape != nxt.shape or not torch.equal(out.detach(), nxt.detach())
+            ):
                 raise MemspaceError(
-                    f"between blocks {self.block_names[l]} and {self.block_names[l + 1]} the stream is changed "
-                    "by something that is not a block: list every residual block, in order, in block_names"
+                    f"between blocks {self.block_names[l]} and {self.block_names[l + 1]} the "
+                    "stream is changed "
+                    "by something that is not a block: list every residual block, in order, in "
+                    "block_names"
                 )
         return [record.inputs[0], *record.outputs]
 
@@ -162,6 +176,7 @@ class ResidualPath:
             if not isinstance(out, Tensor) or inp.shape != out.shape:
                 raise MemspaceError(
                     f"module {name} maps {tuple(inp.shape)} to "
-                    f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}: a residual "
+                    f"{tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__}: a "
+                    "residual "
                     "block must keep the stream's shape (down-sampling is a boundary map)"
                 )

@@ -13,8 +13,14 @@ from torch import Tensor, nn
 
 from .._errors import MemspaceError
 
-__all__ = ["ResidualBlock", "ResidualCNN", "ResidualMLP", "ResidualPathModel", "build_model",
-           "check_architecture_fits"]
+__all__ = [
+    "ResidualBlock",
+    "ResidualCNN",
+    "ResidualMLP",
+    "ResidualPathModel",
+    "build_model",
+    "check_architecture_fits",
+]
 
 _ACTIVATIONS = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU, "softplus": nn.Softplus}
 
@@ -23,7 +29,9 @@ def _activation(name: str) -> nn.Module:
     try:
         return _ACTIVATIONS[name]()
     except KeyError:
-        raise MemspaceError(f"unknown activation {name!r}; use one of {', '.join(_ACTIVATIONS)}") from None
+        raise MemspaceError(
+            f"unknown activation {name!r}; use one of {', '.join(_ACTIVATIONS)}"
+        ) from None
 
 
 class ResidualBlock(nn.Module):
@@ -35,6 +43,7 @@ class ResidualBlock(nn.Module):
         self.step = step
 
     def forward(self, x: Tensor) -> Tensor:
+        """The step x + h·v(x)."""
         return x + self.step * self.velocity(x)
 
 
@@ -51,13 +60,16 @@ class ResidualPathModel(nn.Module):
 
     @property
     def depth(self) -> int:
+        """L, the number of residual blocks."""
         return len(self.blocks)
 
     @property
     def step(self) -> float:
+        """The step size h = 1/L."""
         return 1.0 / len(self.blocks)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Logits [N, C]: stem, the L blocks, head."""
         return self.forward_from(0, self.stem(x))
 
     def forward_from(self, layer: int, state: Tensor) -> Tensor:
@@ -75,7 +87,9 @@ class ResidualPathModel(nn.Module):
 
     def _zero_last_layers(self) -> None:
         for block in self.blocks:
-            last = [m for m in block.velocity.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][-1]
+            last = [m for m in block.velocity.modules() if isinstance(m, (nn.Linear, nn.Conv2d))][
+                -1
+            ]
             nn.init.zeros_(last.weight)
             if last.bias is not None:
                 nn.init.zeros_(last.bias)
@@ -94,16 +108,29 @@ class ResidualMLP(ResidualPathModel):
         identity_init: start from the identity path (v_l ≡ 0).
     """
 
-    def __init__(self, in_features: int, width: int, depth: int, num_classes: int, *,
-                 hidden: int | None = None, activation: str = "tanh", identity_init: bool = False):
+    def __init__(
+        self,
+        in_features: int,
+        width: int,
+        depth: int,
+        num_classes: int,
+        *,
+        hidden: int | None = None,
+        activation: str = "tanh",
+        identity_init: bool = False,
+    ):
         super().__init__()
         if depth < 1:
             raise MemspaceError(f"depth must be at least 1, got {depth}")
         hidden = hidden or width
         self.stem = nn.Linear(in_features, width)
         self.blocks = nn.ModuleList(
-            ResidualBlock(nn.Sequential(nn.Linear(width, hidden), _activation(activation), nn.Linear(hidden, width)),
-                          1.0 / depth)
+            ResidualBlock(
+                nn.Sequential(
+                    nn.Linear(width, hidden), _activation(activation), nn.Linear(hidden, width)
+                ),
+                1.0 / depth,
+            )
             for _ in range(depth)
         )
         self.head = nn.Linear(width, num_classes)
@@ -123,27 +150,46 @@ class ResidualCNN(ResidualPathModel):
         activation, identity_init: as for :class:`ResidualMLP`.
     """
 
-    def __init__(self, in_channels: int, channels: int, depth: int, num_classes: int, *,
-                 image_size: int = 28, activation: str = "relu", identity_init: bool = False):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        depth: int,
+        num_classes: int,
+        *,
+        image_size: int = 28,
+        activation: str = "relu",
+        identity_init: bool = False,
+    ):
         super().__init__()
         if depth < 1:
             raise MemspaceError(f"depth must be at least 1, got {depth}")
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, channels, 3, padding=1), _activation(activation))
+        self.stem = nn.Sequential(
+            nn.Conv2d(in_channels, channels, 3, padding=1), _activation(activation)
+        )
         self.blocks = nn.ModuleList(
-            ResidualBlock(nn.Sequential(nn.Conv2d(channels, channels, 3, padding=1), _activation(activation),
-                                        nn.Conv2d(channels, channels, 3, padding=1)), 1.0 / depth)
+            ResidualBlock(
+                nn.Sequential(
+                    nn.Conv2d(channels, channels, 3, padding=1),
+                    _activation(activation),
+                    nn.Conv2d(channels, channels, 3, padding=1),
+                ),
+                1.0 / depth,
+            )
             for _ in range(depth)
         )
         pooled = min(4, image_size)
-        self.head = nn.Sequential(nn.AdaptiveAvgPool2d(pooled), nn.Flatten(), nn.Linear(channels * pooled**2, num_classes))
+        self.head = nn.Sequential(
+            nn.AdaptiveAvgPool2d(pooled), nn.Flatten(), nn.Linear(channels * pooled**2, num_classes)
+        )
         if identity_init:
             self._zero_last_layers()
 
 
-
-
 def build_model(input_shape: tuple[int, ...], classes: int, cfg: dict) -> nn.Module:
-    """The residual network memspace trains on data of this shape: a :class:`ResidualCNN` for images.
+    """The residual network memspace trains on data of this shape.
+
+    A :class:`ResidualCNN` for images.
 
     Args:
         input_shape: one sample's shape, ``(D,)`` for vectors or ``(C, H, H)`` for square images.
@@ -154,7 +200,9 @@ def build_model(input_shape: tuple[int, ...], classes: int, cfg: dict) -> nn.Mod
         A :class:`ResidualMLP` for vectors, a :class:`ResidualCNN` for images.
     """
     if len(input_shape) == 3:
-        return ResidualCNN(input_shape[0], cfg["width"], cfg["depth"], classes, image_size=input_shape[-1])
+        return ResidualCNN(
+            input_shape[0], cfg["width"], cfg["depth"], classes, image_size=input_shape[-1]
+        )
     return ResidualMLP(input_shape[0], cfg["width"], cfg["depth"], classes)
 
 
@@ -169,9 +217,14 @@ def check_architecture_fits(split) -> None:
     """
     shape = split.input_shape
     if split.train[0].dtype not in (torch.float32, torch.float64):
-        raise MemspaceError(f"{split.name}: the residual models take real-valued inputs, X holds "
-                            f"{split.train[0].dtype}; measure your own model with `memspace measure`")
+        raise MemspaceError(
+            f"{split.name}: the residual models take real-valued inputs, X holds "
+            f"{split.train[0].dtype}; measure your own model with `memspace measure`"
+        )
     if len(shape) == 1 or (len(shape) == 3 and shape[1] == shape[2]):
         return
-    raise MemspaceError(f"{split.name}: X has samples of shape {shape}; the residual models take vectors [N, D] "
-                        "or square images [N, C, H, H] (reshape X, or measure your own model with `memspace measure`)")
+    raise MemspaceError(
+        f"{split.name}: X has samples of shape {shape}; the residual models take vectors [N, D] "
+        "or square images [N, C, H, H] (reshape X, or measure your own model with `memspace "
+        "measure`)"
+    )

@@ -34,9 +34,9 @@ from torch import Tensor, nn
 
 from .._errors import DataError, MemspaceError
 from .._model_call import ModelCall, OutputSelector, derivative_kernels
-from ..distributed import Collective
-from .._stream import as_batch_stream
 from .._params import check_eval_mode
+from .._stream import as_batch_stream
+from ..distributed import Collective
 from ..fisher.likelihood import Likelihood
 from .adapter import ResidualPath, resolve_head
 
@@ -87,29 +87,37 @@ def _endpoint(outputs: Sequence[Tensor], likelihood: Likelihood, squared: bool =
     return _distances([outputs[0], outputs[-1]], likelihood, squared)[:, 0]
 
 
-def readout_path(states: Sequence[Tensor], head: Callable[[Tensor], Tensor], num: int,
-                 where: str = "batch") -> list[Tensor]:
+def readout_path(
+    states: Sequence[Tensor], head: Callable[[Tensor], Tensor], num: int, where: str = "batch"
+) -> list[Tensor]:
     """head(x_l) for every state, each checked to be finite logits [N, C]."""
     outputs = []
     for l, state in enumerate(states):
         out = head(state)
         if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != num:
             shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise MemspaceError(f"{where}: the read-out maps state x_{l} {tuple(state.shape)} to {shape}; "
-                                f"it must give logits [N, C] = [{num}, C] (pass head= a module that pools "
-                                "and projects the stream)")
+            raise MemspaceError(
+                f"{where}: the read-out maps state x_{l} {tuple(state.shape)} to {shape}; "
+                f"it must give logits [N, C] = [{num}, C] (pass head= a module that pools "
+                "and projects the stream)"
+            )
         if not bool(torch.isfinite(out).all()):
             raise DataError(f"{where}: the read-out gives NaN/Inf logits at state x_{l}")
         outputs.append(out)
     return outputs
 
 
-def predictive_action(outputs: Sequence[Tensor], *, likelihood: str | Likelihood = "classification",
-                      excess: bool = False) -> Tensor:
+def predictive_action(
+    outputs: Sequence[Tensor],
+    *,
+    likelihood: str | Likelihood = "classification",
+    excess: bool = False,
+) -> Tensor:
     """Mean over the batch of A = L·Σ_l d(p_l, p_{l+1})² (or A − d(p_0, p_L)²), differentiable.
 
     Args:
         outputs: read-outs head(x_0) … head(x_L), each [N, C] (in the graph).
+        likelihood: ``"classification"`` (Fisher–Rao on the simplex) or ``"regression"``.
         excess: subtract the least action d_0L², leaving A − A_min ≥ 0.
     """
     lik = Likelihood.parse(likelihood)
@@ -165,28 +173,46 @@ class PredictivePath:
     @property
     def unevenness(self) -> float:
         """E A / E C² ≥ 1: 1 when every point moves at constant speed over depth."""
-        return self.action / self.mean_squared_length if self.mean_squared_length > 0 else float("inf")
+        return (
+            self.action / self.mean_squared_length if self.mean_squared_length > 0 else float("inf")
+        )
 
     @property
     def step(self) -> float:
+        """The step size h = 1/L."""
         return 1.0 / self.depth
 
     def __repr__(self) -> str:
-        return (f"PredictivePath(A={self.action:.4g}, A_min={self.least_action:.4g}, A/A_min={self.ratio:.3f}, "
-                f"length={self.length:.4g}, detour={self.detour:.3f}, L={self.depth}, N={self.num_data})")
+        return (
+            f"PredictivePath(A={self.action:.4g}, A_min={self.least_action:.4g}, "
+            f"A/A_min={self.ratio:.3f}, "
+            f"length={self.length:.4g}, detour={self.detour:.3f}, L={self.depth}, "
+            f"N={self.num_data})"
+        )
 
     def _repr_html_(self) -> str:
         from ..report.notebook import key_value_table
 
         lens = None if self.lens_accuracy is None else float(self.lens_accuracy[-1])
-        return key_value_table("predictive path", [
-            ("action A", self.action, ".4g"), ("least action A_min", self.least_action, ".4g"),
-            ("A / A_min", self.ratio, ".3f"), ("length E C", self.length, ".4g"), ("detour", self.detour, ".3f"),
-            ("unevenness", self.unevenness, ".3f"), ("lens accuracy at the read-out", lens, ".3f"),
-            ("depth L", self.depth, "d"), ("points N", self.num_data, "d")])
+        return key_value_table(
+            "predictive path",
+            [
+                ("action A", self.action, ".4g"),
+                ("least action A_min", self.least_action, ".4g"),
+                ("A / A_min", self.ratio, ".3f"),
+                ("length E C", self.length, ".4g"),
+                ("detour", self.detour, ".3f"),
+                ("unevenness", self.unevenness, ".3f"),
+                ("lens accuracy at the read-out", lens, ".3f"),
+                ("depth L", self.depth, "d"),
+                ("points N", self.num_data, "d"),
+            ],
+        )
 
     def plot(self, ax: Any = None) -> Any:
-        """The report's figure: predictive speed per block against least action's, and the lens accuracy.
+        """The report's figure: predictive speed per block against least action's.
+
+        And the lens accuracy.
 
         Args:
             ax: two matplotlib axes (default: a new figure).
@@ -198,17 +224,25 @@ class PredictivePath:
 
         from ..report import figures
 
-        return figures.predictive_profile({"network": {"measures": SimpleNamespace(predictive_path=self.as_dict())}},
-                                          axes=ax)
+        return figures.predictive_profile(
+            {"network": {"measures": SimpleNamespace(predictive_path=self.as_dict())}}, axes=ax
+        )
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the per-point arrays)."""
         return {
-            "length": self.length, "action": self.action, "endpoint_distance": self.endpoint_distance,
-            "least_action": self.least_action, "ratio": self.ratio, "detour": self.detour,
-            "unevenness": self.unevenness, "speeds": self.speeds.tolist(),
+            "length": self.length,
+            "action": self.action,
+            "endpoint_distance": self.endpoint_distance,
+            "least_action": self.least_action,
+            "ratio": self.ratio,
+            "detour": self.detour,
+            "unevenness": self.unevenness,
+            "speeds": self.speeds.tolist(),
             "lens_accuracy": None if self.lens_accuracy is None else self.lens_accuracy.tolist(),
-            "num_data": self.num_data, "depth": self.depth, "likelihood": self.likelihood,
+            "num_data": self.num_data,
+            "depth": self.depth,
+            "likelihood": self.likelihood,
         }
 
 
@@ -234,9 +268,15 @@ def predictive_path(
             only for the lens accuracy (classification with integer labels).
         head: the read-out applied to every state: a module, the name of one, or a
             callable [stream] → logits [N, C]. Default: the model's ``head``.
+        block_names: the residual blocks of a model that is not a memspace residual model.
+        head: the read-out applied to every state: a module, the name of one, or a
+            callable [stream] → logits [N, C]. Default: the model's ``head``.
         likelihood: ``"classification"`` (Fisher–Rao on the simplex) or ``"regression"``.
-        sample_dim, output: the model's layout (see :class:`~memspace.FisherOperator`);
-            ``output`` is used only to check the model runs.
+        batch_size: rows per batch for an ``(X, y)`` pair.
+        sample_dim: the axis of the inputs that indexes data points
+            (see :class:`~memspace.FisherOperator`).
+        output: how to find the outputs in what the model returns; used only to check the
+            model runs.
         points: keep per-point arrays (memory O(N·L·C): for figures on small sets).
         distributed: each rank streams its shard; the sums and counts are all-reduced, so
             every rank returns the whole data set's path (:mod:`memspace.distributed`). Per-point
@@ -248,20 +288,41 @@ def predictive_path(
     """
     collective = Collective(distributed, "the predictive path")
     with collective.guard():
-        return _predictive_path(model, data, block_names, head, likelihood, batch_size, sample_dim, output, points,
-                                collective)
+        return _predictive_path(
+            model,
+            data,
+            block_names,
+            head,
+            likelihood,
+            batch_size,
+            sample_dim,
+            output,
+            points,
+            collective,
+        )
 
 
-def _predictive_path(model, data, block_names, head, likelihood, batch_size, sample_dim, output, points,
-                     collective: Collective) -> PredictivePath:
+def _predictive_path(
+    model,
+    data,
+    block_names,
+    head,
+    likelihood,
+    batch_size,
+    sample_dim,
+    output,
+    points,
+    collective: Collective,
+) -> PredictivePath:
     lik = Likelihood.parse(likelihood)
     check_eval_mode(model)
     path = ResidualPath(model, block_names)
     readout = resolve_head(model, head)
     call = ModelCall(sample_dim, output)
     first = next(model.parameters())
-    stream = as_batch_stream(data, device=first.device, dtype=first.dtype, batch_size=batch_size,
-                             sample_dim=sample_dim)
+    stream = as_batch_stream(
+        data, device=first.device, dtype=first.dtype, batch_size=batch_size, sample_dim=sample_dim
+    )
     depth = path.depth
     sums = {"length": 0.0, "action": 0.0, "endpoint": 0.0, "endpoint2": 0.0, "length2": 0.0}
     speed2 = torch.zeros(depth, dtype=torch.float64)
@@ -286,27 +347,47 @@ def _predictive_path(model, data, block_names, head, likelihood, batch_size, sam
         sums["endpoint2"] += float(endpoint.pow(2).sum())
         sums["length2"] += float(length.pow(2).sum())
         speed2 += (dist * depth).pow(2).sum(0).cpu()
-        if labelled and y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8) and y.dim() == 1:
+        if (
+            labelled
+            and y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8)
+            and y.dim() == 1
+        ):
             correct += torch.stack([(o.argmax(1) == y).double().sum() for o in outputs]).cpu()
         else:
             labelled = False
         if points:
-            values = {"length": length, "action": action, "endpoint_distance": endpoint, "distances": dist,
-                      ("probabilities" if lik is Likelihood.CLASSIFICATION else "means"):
-                      torch.stack([o.softmax(-1) if lik is Likelihood.CLASSIFICATION else o for o in outputs], 1)}
+            values = {
+                "length": length,
+                "action": action,
+                "endpoint_distance": endpoint,
+                "distances": dist,
+                ("probabilities" if lik is Likelihood.CLASSIFICATION else "means"): torch.stack(
+                    [o.softmax(-1) if lik is Likelihood.CLASSIFICATION else o for o in outputs], 1
+                ),
+            }
             for key, value in values.items():
                 kept.setdefault(key, []).append(value.detach().double().cpu().numpy())
         count += num
-    totals = collective.reduce(torch.tensor([sums[k] for k in ("length", "action", "endpoint", "endpoint2", "length2")]
-                                            + [float(count), float(not labelled)], dtype=torch.float64))
+    totals = collective.reduce(
+        torch.tensor(
+            [sums[k] for k in ("length", "action", "endpoint", "endpoint2", "length2")]
+            + [float(count), float(not labelled)],
+            dtype=torch.float64,
+        )
+    )
     sums = dict(zip(("length", "action", "endpoint", "endpoint2", "length2"), totals[:5].tolist()))
     count, labelled = int(totals[5]), labelled and totals[6] == 0
     speed2, correct = collective.reduce(speed2), collective.reduce(correct)
     return PredictivePath(
-        length=sums["length"] / count, action=sums["action"] / count,
-        endpoint_distance=sums["endpoint"] / count, least_action=sums["endpoint2"] / count,
+        length=sums["length"] / count,
+        action=sums["action"] / count,
+        endpoint_distance=sums["endpoint"] / count,
+        least_action=sums["endpoint2"] / count,
         speeds=(speed2 / count).sqrt().numpy(),
         lens_accuracy=(correct / count).numpy() if labelled else None,
-        num_data=count, depth=depth, likelihood=lik.value, mean_squared_length=sums["length2"] / count,
+        num_data=count,
+        depth=depth,
+        likelihood=lik.value,
+        mean_squared_length=sums["length2"] / count,
         points={k: np.concatenate(v) for k, v in kept.items()} if points else None,
     )

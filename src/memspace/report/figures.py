@@ -19,8 +19,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-__all__ = ["capacity", "cover_anchor", "literal", "point_paths", "predictive_profile", "reinitialization", "sensitivity",
-           "spectrum", "traversal", "trajectories", "training_curves", "weight_noise", "zoo_cdf", "zoo_scatter"]
+__all__ = [
+    "capacity",
+    "cover_anchor",
+    "literal",
+    "point_paths",
+    "predictive_profile",
+    "reinitialization",
+    "sensitivity",
+    "spectrum",
+    "traversal",
+    "trajectories",
+    "training_curves",
+    "weight_noise",
+    "zoo_cdf",
+    "zoo_scatter",
+]
 
 COLORS = {"plain": "#4C72B0", "least-action": "#DD8452"}
 
@@ -65,22 +79,48 @@ def predictive_profile(networks: dict[str, Any], axes: Any = None) -> Figure | N
         path = net["measures"].predictive_path
         blocks = np.arange(1, len(path["speeds"]) + 1)
         color = _color(name)
-        axes[0].plot(blocks, path["speeds"], "o-", color=color,
-                     label=f"{name}: A/A_min = {path['ratio']:.2f}, detour {path['detour']:.2f}")
-        # At least action every point moves along its geodesic at constant speed d_0L, so A = E d_0L².
-        axes[0].axhline(np.sqrt(path["least_action"]), color=color, ls=":", lw=1.2,
-                        label=f"{name}: least action, speed $\\sqrt{{E d_{{0L}}^2}}$")
+        axes[0].plot(
+            blocks,
+            path["speeds"],
+            "o-",
+            color=color,
+            label=f"{name}: A/A_min = {path['ratio']:.2f}, detour {path['detour']:.2f}",
+        )
+        # At least action every point moves along its geodesic at constant speed d_0L, so A = E
+        # d_0L².
+        axes[0].axhline(
+            np.sqrt(path["least_action"]),
+            color=color,
+            ls=":",
+            lw=1.2,
+            label=f"{name}: least action, speed $\\sqrt{{E d_{{0L}}^2}}$",
+        )
         if path.get("lens_accuracy") is not None:
-            axes[1].plot(np.arange(len(path["lens_accuracy"])), path["lens_accuracy"], "s-", color=color, label=name)
-    axes[0].set(xlabel="block l", ylabel="RMS $d(p_l, p_{l+1})/h$", title="Predictive speed over depth")
-    axes[1].set(xlabel="state l (0 = after stem)", ylabel="accuracy of head($x_l$)", title="Lens accuracy over depth")
+            axes[1].plot(
+                np.arange(len(path["lens_accuracy"])),
+                path["lens_accuracy"],
+                "s-",
+                color=color,
+                label=name,
+            )
+    axes[0].set(
+        xlabel="block l", ylabel="RMS $d(p_l, p_{l+1})/h$", title="Predictive speed over depth"
+    )
+    axes[1].set(
+        xlabel="state l (0 = after stem)",
+        ylabel="accuracy of head($x_l$)",
+        title="Lens accuracy over depth",
+    )
     axes[0].set_ylim(bottom=0)
     return _finish(fig, axes, legend_size=7)
 
 
 def point_paths(networks: dict[str, Any]) -> Figure | None:
-    """Per-point predictive paths against their geodesics: the angle on the quarter circle for
-    two classes, else the distance from the start over depth (normalised by the endpoint distance)."""
+    """Per-point predictive paths against their geodesics.
+
+    The angle on the quarter circle for two classes, else the distance from the start over depth
+    (normalised by the endpoint distance).
+    """
     nets = {n: v for n, v in networks.items() if v["measures"].predictive_points is not None}
     if not nets:
         return None
@@ -116,11 +156,27 @@ def sensitivity(networks: dict[str, Any], axes: Any = None) -> Figure | None:
         blocks = np.arange(1, len(sens["sensitivity"]) + 1)
         color = _color(name)
         axes[0].plot(blocks, sens["sensitivity"], "o-", color=color, label=name)
-        axes[1].semilogy(blocks, np.clip(sens["deletion_kl"], 1e-12, None), "o-", color=color, label=f"{name} measured")
-        axes[1].semilogy(blocks, np.clip(sens["linearised_kl"], 1e-12, None), "x--", color=color,
-                         label=f"{name} $h^2 s_l^2/2$")
-        axes[2].plot(blocks, sens["euclidean_speeds"], "s--", color=color,
-                     label=f"{name}: kinetic action {sens['kinetic_action']:.3g}")
+        axes[1].semilogy(
+            blocks,
+            np.clip(sens["deletion_kl"], 1e-12, None),
+            "o-",
+            color=color,
+            label=f"{name} measured",
+        )
+        axes[1].semilogy(
+            blocks,
+            np.clip(sens["linearised_kl"], 1e-12, None),
+            "x--",
+            color=color,
+            label=f"{name} $h^2 s_l^2/2$",
+        )
+        axes[2].plot(
+            blocks,
+            sens["euclidean_speeds"],
+            "s--",
+            color=color,
+            label=f"{name}: kinetic action {sens['kinetic_action']:.3g}",
+        )
     axes[0].set(xlabel="block l", ylabel="$s_l$", title="Block sensitivity (J after the block)")
     axes[1].set(xlabel="block l", ylabel="E KL(p ‖ p without block l)", title="Deleting one block")
     axes[2].set(xlabel="block l", ylabel="$\\sqrt{E\\|v_l\\|^2}$", title="Euclidean speed")
@@ -130,21 +186,40 @@ def sensitivity(networks: dict[str, Any], axes: Any = None) -> Figure | None:
 
 
 def spectrum(networks: dict[str, Any], axes: Any = None) -> Figure:
-    """Top eigenvalues (left, log scale) and the SLQ spectral density (right), on two given ``axes``
-    or a new figure's."""
+    """Top eigenvalues (left, log scale) and the SLQ spectral density (right).
+
+    On two given ``axes`` or a new figure's.
+    """
     fig, axes = _axes(axes, 2, (9, 3.4))
     for name, net in networks.items():
         m = net["measures"]
         values = np.asarray(m.top_eigenvalues)
-        axes[0].semilogy(np.arange(1, len(values) + 1), np.clip(values, 1e-12, None), "o-", color=_color(name),
-                         label=f"{name}: tr F = {m.fisher_trace:.3g}, d_eff = {m.effective_dimension:.1f}")
+        axes[0].semilogy(
+            np.arange(1, len(values) + 1),
+            np.clip(values, 1e-12, None),
+            "o-",
+            color=_color(name),
+            label=f"{name}: tr F = {m.fisher_trace:.3g}, d_eff = {m.effective_dimension:.1f}",
+        )
         dens = m.spectral_density
-        axes[1].plot(10.0 ** np.asarray(dens["log10_grid"]), dens["mass_per_decade"], color=_color(name),
-                     label=f"{name}: {100 * dens['fraction_near_zero']:.0f}% of the spectrum below "
-                           f"{dens['floor']:.1e}")
-    axes[0].set(xlabel="rank i", ylabel="eigenvalue $\\lambda_i$ of F", title="Top of the Fisher spectrum (Lanczos)")
-    axes[1].set(xlabel="$\\lambda$", ylabel="spectral mass per decade", xscale="log",
-                title="Spectral density (SLQ)")
+        axes[1].plot(
+            10.0 ** np.asarray(dens["log10_grid"]),
+            dens["mass_per_decade"],
+            color=_color(name),
+            label=f"{name}: {100 * dens['fraction_near_zero']:.0f}% of the spectrum below "
+            f"{dens['floor']:.1e}",
+        )
+    axes[0].set(
+        xlabel="rank i",
+        ylabel="eigenvalue $\\lambda_i$ of F",
+        title="Top of the Fisher spectrum (Lanczos)",
+    )
+    axes[1].set(
+        xlabel="$\\lambda$",
+        ylabel="spectral mass per decade",
+        xscale="log",
+        title="Spectral density (SLQ)",
+    )
     axes[1].set_ylim(bottom=0)
     return _finish(fig, axes)
 
@@ -160,15 +235,27 @@ def training_curves(networks: dict[str, Any]) -> Figure | None:
             continue
         epochs = [h["epoch"] for h in hist]
         color = _color(name)
-        axes[0].plot(epochs, [h["train_loss"] for h in hist], "-", color=color, label=f"{name} train")
+        axes[0].plot(
+            epochs, [h["train_loss"] for h in hist], "-", color=color, label=f"{name} train"
+        )
         if "val_loss" in hist[0]:
-            axes[0].plot(epochs, [h["val_loss"] for h in hist], "--", color=color, label=f"{name} test")
-        axes[1].plot(epochs, [h["train_acc"] for h in hist], "-", color=color, label=f"{name} train")
+            axes[0].plot(
+                epochs, [h["val_loss"] for h in hist], "--", color=color, label=f"{name} test"
+            )
+        axes[1].plot(
+            epochs, [h["train_acc"] for h in hist], "-", color=color, label=f"{name} train"
+        )
         if "val_acc" in hist[0]:
-            axes[1].plot(epochs, [h["val_acc"] for h in hist], "--", color=color, label=f"{name} test")
+            axes[1].plot(
+                epochs, [h["val_acc"] for h in hist], "--", color=color, label=f"{name} test"
+            )
         if "predictive_action" in hist[0]:
-            axes[2].plot(epochs, [h["predictive_action"] for h in hist], "-", color=color, label=f"{name} A")
-            axes[2].plot(epochs, [h["least_action"] for h in hist], ":", color=color, label=f"{name} A_min")
+            axes[2].plot(
+                epochs, [h["predictive_action"] for h in hist], "-", color=color, label=f"{name} A"
+            )
+            axes[2].plot(
+                epochs, [h["least_action"] for h in hist], ":", color=color, label=f"{name} A_min"
+            )
     axes[0].set(xlabel="epoch", ylabel="cross-entropy", title="Loss", yscale="log")
     axes[1].set(xlabel="epoch", ylabel="accuracy", title="Accuracy")
     axes[2].set(xlabel="epoch", ylabel="action", title="Predictive action and its least action")
@@ -184,57 +271,118 @@ def trajectories(networks: dict[str, Any]) -> Figure | None:
 
     fig, axes = plt.subplots(1, len(nets), figsize=(4.6 * len(nets), 4.2), squeeze=False)
     # A robust colour scale: the 95th percentile, so a few fast points do not wash out the rest.
-    vmax = max(float(np.percentile(v["measures"].trajectories["speeds"], 95)) for v in nets.values()) or 1.0
+    vmax = (
+        max(float(np.percentile(v["measures"].trajectories["speeds"], 95)) for v in nets.values())
+        or 1.0
+    )
     for ax, (name, net) in zip(axes[0], nets.items()):
         traj = net["measures"].trajectories
         points = np.asarray(traj["points"])  # [L+1, N, 2]
         speeds = np.asarray(traj["speeds"])  # [N, L]
-        segments = np.stack([points[:-1], points[1:]], axis=2).transpose(1, 0, 2, 3).reshape(-1, 2, 2)
+        segments = (
+            np.stack([points[:-1], points[1:]], axis=2).transpose(1, 0, 2, 3).reshape(-1, 2, 2)
+        )
         lines = LineCollection(segments, array=speeds.reshape(-1), cmap="viridis", linewidths=1.2)
         lines.set_clim(0, vmax)
         ax.add_collection(lines)
         labels = np.asarray(traj["labels"])
-        ax.scatter(points[0, :, 0], points[0, :, 1], c=labels, cmap="coolwarm", s=10, marker="o",
-                   edgecolors="none", label="x_0 (after stem)")
-        ax.scatter(points[-1, :, 0], points[-1, :, 1], c=labels, cmap="coolwarm", s=18, marker="^",
-                   edgecolors="k", linewidths=0.3, label="x_L (into head)")
+        ax.scatter(
+            points[0, :, 0],
+            points[0, :, 1],
+            c=labels,
+            cmap="coolwarm",
+            s=10,
+            marker="o",
+            edgecolors="none",
+            label="x_0 (after stem)",
+        )
+        ax.scatter(
+            points[-1, :, 0],
+            points[-1, :, 1],
+            c=labels,
+            cmap="coolwarm",
+            s=18,
+            marker="^",
+            edgecolors="k",
+            linewidths=0.3,
+            label="x_L (into head)",
+        )
         ax.autoscale()
-        ax.set(title=f"{name}: paths through depth", xlabel="principal axis 1", ylabel="principal axis 2")
+        ax.set(
+            title=f"{name}: paths through depth",
+            xlabel="principal axis 1",
+            ylabel="principal axis 2",
+        )
         ax.legend(fontsize=7, loc="best")
         fig.colorbar(lines, ax=ax, label="predictive speed $d(p_l, p_{l+1})/h$", extend="max")
     fig.tight_layout()
     return fig
 
 
-# ------------------------------------------------------------------------------------------ the studies
+# ------------------------------------------------------------------------------------------ the
+# studies
 def capacity(summary: dict[str, Any]) -> Figure:
     """Fitted fraction against N per λ (random and real labels), and action against bits stored."""
     fig, axes = plt.subplots(1, 3, figsize=(15, 4))
     table = summary["table"]
     lambdas = sorted({row["lam"] for row in table})
     for kind, style in (("random", "o-"), ("real", "s--")):
-        stars = [(lam, summary["n_star"][f"{kind}/{lam:g}"]) for lam in lambdas if f"{kind}/{lam:g}" in summary["n_star"]]
+        stars = [
+            (lam, summary["n_star"][f"{kind}/{lam:g}"])
+            for lam in lambdas
+            if f"{kind}/{lam:g}" in summary["n_star"]
+        ]
         if stars:
-            axes[2].plot([str(f"{lam:g}") for lam, _ in stars], [n for _, n in stars], style, label=f"{kind} labels")
-    axes[2].set(xlabel="λ (weight of the predictive action: a smaller λ is a larger budget)", ylabel="N*",
-                title="Capacity against the action budget", ylim=(0, None))
+            axes[2].plot(
+                [str(f"{lam:g}") for lam, _ in stars],
+                [n for _, n in stars],
+                style,
+                label=f"{kind} labels",
+            )
+    axes[2].set(
+        xlabel="λ (weight of the predictive action: a smaller λ is a larger budget)",
+        ylabel="N*",
+        title="Capacity against the action budget",
+        ylim=(0, None),
+    )
     cmap = plt.get_cmap("viridis")
     for k, lam in enumerate(lambdas):
         color = cmap(k / max(1, len(lambdas) - 1) * 0.85)
         for kind, style in (("random", "o-"), ("real", "s--")):
-            rows = sorted((r for r in table if r["lam"] == lam and r["kind"] == kind), key=lambda r: r["n"])
+            rows = sorted(
+                (r for r in table if r["lam"] == lam and r["kind"] == kind), key=lambda r: r["n"]
+            )
             if not rows:
                 continue
             n_star = summary["n_star"].get(f"{kind}/{lam:g}")
-            axes[0].plot([r["n"] for r in rows], [r["fitted_fraction"] for r in rows], style, color=color,
-                         label=f"{kind} labels, λ = {lam:g} (N* = {n_star})")
+            axes[0].plot(
+                [r["n"] for r in rows],
+                [r["fitted_fraction"] for r in rows],
+                style,
+                color=color,
+                label=f"{kind} labels, λ = {lam:g} (N* = {n_star})",
+            )
             fitted = [r for r in rows if r["fitted_fraction"] >= 0.5]
-            axes[1].plot([r["bits"] for r in fitted], [r["predictive_action"] for r in fitted], style, color=color,
-                         label=f"{kind}, λ = {lam:g}: {summary['cost_per_bit'][f'{kind}/{lam:g}']['slope']:.2g} per bit")
-    axes[0].set(xlabel="N training points", ylabel="fraction of seeds fitting all N", xscale="log",
-                title="Memorisation under an action budget", ylim=(-0.05, 1.05))
-    axes[1].set(xlabel="bits stored N·log₂C", ylabel="predictive action A of the fitted network",
-                title="Action against bits")
+            axes[1].plot(
+                [r["bits"] for r in fitted],
+                [r["predictive_action"] for r in fitted],
+                style,
+                color=color,
+                label=f"{kind}, λ = {lam:g}: "
+                f"{summary['cost_per_bit'][f'{kind}/{lam:g}']['slope']:.2g} per bit",
+            )
+    axes[0].set(
+        xlabel="N training points",
+        ylabel="fraction of seeds fitting all N",
+        xscale="log",
+        title="Memorisation under an action budget",
+        ylim=(-0.05, 1.05),
+    )
+    axes[1].set(
+        xlabel="bits stored N·log₂C",
+        ylabel="predictive action A of the fitted network",
+        title="Action against bits",
+    )
     return _finish(fig, axes, legend_size=7)
 
 
@@ -243,35 +391,69 @@ def cover_anchor(anchor: dict[str, Any]) -> Figure:
     fig, ax = plt.subplots(figsize=(6, 4))
     sizes = anchor["sizes"]
     ax.plot(sizes, anchor["cover_probability"], "k-", label="Cover: P(N, d)")
-    ax.plot(sizes, anchor["separable_fraction"], "s", color="#55A868", label="separable (linear program)")
-    ax.plot(sizes, anchor["fitted_fraction"], "o", color="#DD8452", mfc="none", ms=9,
-            label=f"fitted by training (N* ≈ {anchor['n_star_fitted']['crossing'] or float('nan'):.1f})")
+    ax.plot(
+        sizes,
+        anchor["separable_fraction"],
+        "s",
+        color="#55A868",
+        label="separable (linear program)",
+    )
+    ax.plot(
+        sizes,
+        anchor["fitted_fraction"],
+        "o",
+        color="#DD8452",
+        mfc="none",
+        ms=9,
+        label="fitted by training (N* ≈ "
+        f"{anchor['n_star_fitted']['crossing'] or float('nan'):.1f})",
+    )
     ax.axvline(anchor["two_d"], color="gray", ls=":", label=f"2d = {anchor['two_d']}")
     ax.axhline(0.5, color="gray", lw=0.5)
-    ax.set(xlabel="N points", ylabel="fraction of random labellings", title=f"Capacity of a linear model, d = {anchor['d']}")
+    ax.set(
+        xlabel="N points",
+        ylabel="fraction of random labellings",
+        title=f"Capacity of a linear model, d = {anchor['d']}",
+    )
     return _finish(fig, [ax])
 
 
 def reinitialization(summary: dict[str, Any]) -> Figure:
-    """Heat map of test error after resetting one layer (rows) to a checkpoint or a fresh draw (columns)."""
+    """Test error after resetting one layer (rows) to a checkpoint or a fresh draw (columns)."""
     error = np.asarray(summary["error"])
     fig, ax = plt.subplots(figsize=(1.2 * error.shape[1] + 3, 0.45 * error.shape[0] + 1.8))
     image = ax.imshow(error, cmap="magma_r", vmin=0, vmax=1, aspect="auto")
     for (i, j), value in np.ndenumerate(error):
-        ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=7, color="white" if value > 0.5 else "black")
+        ax.text(
+            j,
+            i,
+            f"{value:.2f}",
+            ha="center",
+            va="center",
+            fontsize=7,
+            color="white" if value > 0.5 else "black",
+        )
     columns = ["re-randomized" if c == "rnd" else f"τ = {c}" for c in summary["columns"]]
     ax.set_xticks(range(len(columns)), columns, fontsize=8)
-    ax.set_yticks(range(len(summary["layers"])), [f"{literal(n)} ({lab})" for n, lab in
-                                                   zip(summary["layers"], summary["labels"])], fontsize=8)
-    ax.set(title=f"Test error after resetting one layer (trained: {summary['trained_error']:.3f}, "
-                 f"chance: {summary['chance_error']:.2f})")
+    ax.set_yticks(
+        range(len(summary["layers"])),
+        [f"{literal(n)} ({lab})" for n, lab in zip(summary["layers"], summary["labels"])],
+        fontsize=8,
+    )
+    ax.set(
+        title=f"Test error after resetting one layer (trained: {summary['trained_error']:.3f}, "
+        f"chance: {summary['chance_error']:.2f})"
+    )
     fig.colorbar(image, ax=ax, label="test error")
     fig.tight_layout()
     return fig
 
 
 def weight_noise(summary: dict[str, Any]) -> Figure:
-    """Measured E KL under weight noise against (σ²/2) tr F, per layer; and damage against tr F_ℓℓ."""
+    """Measured E KL under weight noise against (σ²/2) tr F, per layer.
+
+    And damage against tr F_ℓℓ.
+    """
     noise = summary["noise"]
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
     sigmas = np.asarray(noise["sigmas"])
@@ -279,26 +461,47 @@ def weight_noise(summary: dict[str, Any]) -> Figure:
     for i, name in enumerate(noise["layers"]):
         color = "k" if name == "all" else cmap(i / max(1, len(noise["layers"]) - 1) * 0.9)
         axes[0].loglog(sigmas, noise["measured"][i], "o", color=color, ms=4)
-        axes[0].loglog(sigmas, noise["predicted"][i], "-", color=color, lw=1,
-                       label=f"{literal(name)}: tr F = {noise['fisher_trace'][i]:.3g}, breaks at σ = "
-                             f"{noise['breakdown_sigma'][i] if noise['breakdown_sigma'][i] is not None else '—'}")
-    axes[0].set(xlabel="σ of the weight noise", ylabel="E KL(p_θ ‖ p_θ+δ)", title="Weight noise: measured (dots), (σ²/2) tr F (lines)")
+        axes[0].loglog(
+            sigmas,
+            noise["predicted"][i],
+            "-",
+            color=color,
+            lw=1,
+            label=f"{literal(name)}: tr F = {noise['fisher_trace'][i]:.3g}, breaks at σ = "
+            f"{noise['breakdown_sigma'][i] if noise['breakdown_sigma'][i] is not None else '—'}",
+        )
+    axes[0].set(
+        xlabel="σ of the weight noise",
+        ylabel="E KL(p_θ ‖ p_θ+δ)",
+        title="Weight noise: measured (dots), (σ²/2) tr F (lines)",
+    )
     column = summary["columns"].index("0")
     damage = np.asarray(summary["error"])[:, column] - summary["trained_error"]
     traces = noise["fisher_trace"][:-1]
     axes[1].scatter(traces, damage, color="#4C72B0")
     for name, x, y in zip(summary["layers"], traces, damage):
-        axes[1].annotate(literal(name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        axes[1].annotate(
+            literal(name), (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points"
+        )
     tau = summary["kendall_pooled"]
-    axes[1].set(xscale="log", xlabel="Fisher sensitivity tr F_ℓℓ", ylabel="damage: err(reset to τ = 0) − err",
-                title=f"Sensitivity against damage: Kendall τ = {tau['tau']:.2f} (p = {tau['p_value']:.2g})")
+    axes[1].set(
+        xscale="log",
+        xlabel="Fisher sensitivity tr F_ℓℓ",
+        ylabel="damage: err(reset to τ = 0) − err",
+        title=f"Sensitivity against damage: Kendall τ = {tau['tau']:.2f} (p = "
+        f"{tau['p_value']:.2g})",
+    )
     axes[1].plot([], [], "o", color="#4C72B0", label="one layer")
     return _finish(fig, axes, legend_size=6)
 
 
-# ---------------------------------------------------------------------------------------------- the zoo
+# ---------------------------------------------------------------------------------------------- the
+# zoo
 def zoo_scatter(points: dict[str, tuple[list[float], list[float]]]) -> Figure | None:
-    """Each measure (one panel) against the generalization gap, one dot per model (None without points)."""
+    """Each measure (one panel) against the generalization gap.
+
+    One dot per model (None without points).
+    """
     names = list(points)
     if not names:
         return None
@@ -310,7 +513,7 @@ def zoo_scatter(points: dict[str, tuple[list[float], list[float]]]) -> Figure | 
         ax.scatter(measure, gap, s=12, color="#4C72B0")
         ax.set(xlabel=literal(name), ylabel="gap (train − test acc.)")
         ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(names):]:
+    for ax in list(axes.flat)[len(names) :]:
         ax.axis("off")
     fig.tight_layout()
     return fig
@@ -324,27 +527,49 @@ def zoo_cdf(board: list[dict[str, Any]]) -> Figure | None:
     for entry in board:
         summary = entry.get("sign_error", {}).get("all", {})
         if summary.get("count"):
-            ax.step(edges, summary["cdf"], where="post",
-                    label=f"{literal(entry['measure'])}: max {summary['max']:.2f}, mean {summary['mean']:.2f}")
+            ax.step(
+                edges,
+                summary["cdf"],
+                where="post",
+                label=f"{literal(entry['measure'])}: max {summary['max']:.2f}, mean "
+                f"{summary['mean']:.2f}",
+            )
             drawn += 1
     if not drawn:
         plt.close(fig)
         return None
-    ax.set(xlabel="sign error of an environment", ylabel="fraction of environments ≤", xlim=(0, 1),
-           title="Robust sign error over environments")
+    ax.set(
+        xlabel="sign error of an environment",
+        ylabel="fraction of environments ≤",
+        xlim=(0, 1),
+        title="Robust sign error over environments",
+    )
     return _finish(fig, [ax], legend_size=6)
 
 
-# ---------------------------------------------------------------------------------------------- disentanglement
+# ----------------------------------------------------------------------------------------------
+# disentanglement
 def traversal(summary: dict[str, Any]) -> Figure:
-    """Latent traversals (rows: latents, columns: z_j from −2 to 2) and the decoder metric |G| averaged over z."""
+    """Latent traversals (rows: latents; columns: z_j from −2 to 2) and the decoder metric |G|."""
     images = np.asarray(summary["traversal"])  # [latents, steps, 4096]
     latents, steps = images.shape[:2]
-    fig, axes = plt.subplots(1, 2, figsize=(12, 0.62 * latents + 1.2), gridspec_kw={"width_ratios": [steps, 5]})
-    grid = images.reshape(latents, steps, 64, 64).transpose(0, 2, 1, 3).reshape(latents * 64, steps * 64)
+    fig, axes = plt.subplots(
+        1, 2, figsize=(12, 0.62 * latents + 1.2), gridspec_kw={"width_ratios": [steps, 5]}
+    )
+    grid = (
+        images.reshape(latents, steps, 64, 64)
+        .transpose(0, 2, 1, 3)
+        .reshape(latents * 64, steps * 64)
+    )
     axes[0].imshow(grid, cmap="gray", vmin=0, vmax=1)
-    axes[0].set_yticks(np.arange(latents) * 64 + 32, [f"z{j} → factor {g}" if g >= 0 else f"z{j} (inactive)"
-                                                     for j, g in enumerate(summary["latent_groups"])], fontsize=7)
+    axes[0].set_yticks(
+        np.arange(latents) * 64 + 32,
+        [
+            f"z{j} → factor {g}" if g >= 0 else f"z{j} (inactive)"
+            for j, g in enumerate(summary["latent_groups"])
+        ],
+        fontsize=7,
+    )
     axes[0].set_xticks([])
     axes[0].set_title(f"Latent traversals ({summary['traversal_model']})")
     metric = np.asarray(summary["metric_mean"])

@@ -28,70 +28,132 @@ from . import figures
 __all__ = ["check_metrics", "render_report", "render_zoo_report"]
 
 CAPTIONS = {
-    "predictive": ("The predictive path over depth",
-                   "Left: the read-out applied to every state of the residual stream, p_l = softmax(head(x_l)), "
-                   "moves through the probability simplex; the speed of block l is the RMS over data of the exact "
-                   "Fisher–Rao distance d(p_l, p_{l+1}) = 4·arcsin(‖√p_l − √p_{l+1}‖/2) divided by h = 1/L. The "
-                   "dotted line is the constant speed of least action: every point on its geodesic at constant "
-                   "speed, A_min = E d(p_0, p_L)² (exact; docs/theory.md §3). Right: the lens accuracy, the "
-                   "accuracy of head(x_l) at every state."),
-    "points": ("Paths of single points against their geodesics",
-               "Per test point, its predictive path over depth (solid) and the constant-speed geodesic between "
-               "its end points (dotted). For two classes the simplex with the Fisher metric is a quarter circle "
-               "(θ = atan2(√p₁, √p₀), d = 2|Δθ|), so the angle is drawn; otherwise the distance from the start "
-               "d(p_0, p_l), normalised by d(p_0, p_L)."),
-    "sensitivity": ("Block sensitivity and deleting a block",
-                    "Left: block sensitivity s_l² = E[(J_{l+1} h v_l)ᵀ Λ(p) (J_{l+1} h v_l)]/h² with J_{l+1} taken "
-                    "after the block: a robustness diagnostic, not an action (docs/theory.md §3.2). Middle: the "
-                    "measured E KL(p ‖ p with block l skipped) beside its first-order value h²s_l²/2. Right: the "
-                    "Euclidean speed √E‖v_l‖² (kinetic action h Σ E‖v_l‖², a coordinate-dependent baseline)."),
-    "trajectories": ("Paths of data points through depth",
-                     "Test points carried from the stem's output x_0 (circles) to the head's input x_L (triangles) "
-                     "by the residual blocks x_{l+1} = x_l + h v_l(x_l), projected on the two principal axes of the "
-                     "stream; each step is coloured by that point's predictive speed d(p_l, p_{l+1})/h."),
-    "spectrum": ("Fisher eigenvalue spectrum",
-                 "Left: the top eigenvalues λ_i of the true Fisher F = E_x[Jᵀ Λ(p) J] by Lanczos. Right: its "
-                 "spectral density by stochastic Lanczos quadrature, as spectral mass per decade of λ (the "
-                 "legend gives the share of the spectrum below six decades under λ_max: directions the data "
-                 "barely constrain). The left legend gives tr F and the effective dimension "
-                 "d_eff(z) = Σ λ_i/(λ_i + z) at z = 10⁻³ λ_max (docs/theory.md §1)."),
-    "capacity": ("Memorisation under an action budget",
-                 "Left: the fraction of seeds whose residual MLP fits all N training points (100 % train accuracy "
-                 "within the step budget), for random labels (circles) and real labels (squares), per weight λ of "
-                 "the predictive action in the loss; N* is the largest N fitted by at least half the seeds. Right: "
-                 "the predictive action A of the fitted networks against the bits the labels carry, N·log₂C; the "
-                 "legend gives the least-squares slope, the action per bit (docs/theory.md §5.1)."),
-    "cover": ("The closed-form anchor",
-              "The same memorisation on a bias-free linear model over N standard Gaussian points in d dimensions with "
-              "random ±1 labels: the fraction fitted by training (circles), the fraction separable by an exact "
-              "linear program (squares) and Cover's function-counting probability P(N, d) = 2^(1−N) Σ_{k<d} "
-              "binom(N−1, k), which is ½ at N = 2d (docs/theory.md §5.1)."),
-    "reinit": ("Layer re-initialization",
-               "Test error after resetting one layer (row) of the trained network to its value at epoch τ (τ = 0: "
-               "initialisation), or to a fresh draw from the initialisation distribution (mean of three), every "
-               "other layer kept trained (Zhang, Bengio & Singer). A layer is robust when resetting it to τ = 0 "
-               "costs at most 0.01 test error, critical when the error comes within 0.1 of chance, intermediate "
-               "otherwise (docs/theory.md §5.2)."),
-    "noise": ("Weight noise and Fisher sensitivity",
-              "Left: E_δ E_x KL(p_θ ‖ p_θ+δ) under Gaussian noise δ ~ N(0, σ²I) on one layer (dots, Monte Carlo) "
-              "against its quadratic prediction (σ²/2) tr F_ℓℓ (lines); the legend gives the σ where the measured "
-              "value leaves ½ δᵀFδ of the same draws by more than 10 %. Right: each layer's Fisher sensitivity "
-              "against the damage of resetting it, with Kendall's τ (docs/theory.md §5.2)."),
-    "zoo-scatter": ("Measures against the gap",
-                    "Each panel: one measure (the six with the largest |Ψ|) against the generalization gap "
-                    "(train − test accuracy), one dot per model of the zoo that met its stopping rule."),
-    "zoo-cdf": ("Sign errors over environments",
-                "The empirical CDF of the Hoeffding-weighted sign error over the environments of Dziugaite et al. "
-                "2020 (pairs of configurations one hyperparameter apart, kept at an effective sample size ≥ the "
-                "stated minimum); a robust measure has its whole CDF near 0, and its max is the robust criterion."),
-    "traversal": ("Latent traversals and the decoder metric",
-                  "Left: decoded images as one latent moves from −2 to 2 around an encoded image (rows: latents, "
-                  "labelled with the factor each is most informative about). Right: the decoder's pull-back metric "
-                  "G(z) = J(z)ᵀ diag(p(1 − p)) J(z) for Bernoulli pixels, |G| averaged over encoded points; a "
-                  "disentangled decoder has G block-diagonal over the latents grouped by factor (docs/theory.md §5.4)."),
-    "training": ("Training curves",
-                 "Cross-entropy and accuracy per epoch (solid: train, dashed: test) and the predictive action A "
-                 "with its exact least action A_min (dotted) on a probe set of training points (docs/theory.md §3–§4)."),
+    "predictive": (
+        "The predictive path over depth",
+        "Left: the read-out applied to every state of the residual stream, p_l = "
+        "softmax(head(x_l)), "
+        "moves through the probability simplex; the speed of block l is the RMS over data of the "
+        "exact "
+        "Fisher–Rao distance d(p_l, p_{l+1}) = 4·arcsin(‖√p_l − √p_{l+1}‖/2) divided by h = 1/L. "
+        "The "
+        "dotted line is the constant speed of least action: every point on its geodesic at "
+        "constant "
+        "speed, A_min = E d(p_0, p_L)² (exact; docs/theory.md §3). Right: the lens accuracy, the "
+        "accuracy of head(x_l) at every state.",
+    ),
+    "points": (
+        "Paths of single points against their geodesics",
+        "Per test point, its predictive path over depth (solid) and the constant-speed geodesic "
+        "between "
+        "its end points (dotted). For two classes the simplex with the Fisher metric is a "
+        "quarter circle "
+        "(θ = atan2(√p₁, √p₀), d = 2|Δθ|), so the angle is drawn; otherwise the distance from "
+        "the start "
+        "d(p_0, p_l), normalised by d(p_0, p_L).",
+    ),
+    "sensitivity": (
+        "Block sensitivity and deleting a block",
+        "Left: block sensitivity s_l² = E[(J_{l+1} h v_l)ᵀ Λ(p) (J_{l+1} h v_l)]/h² with J_{l+1} "
+        "taken "
+        "after the block: a robustness diagnostic, not an action (docs/theory.md §3.2). Middle: "
+        "the "
+        "measured E KL(p ‖ p with block l skipped) beside its first-order value h²s_l²/2. Right: "
+        "the "
+        "Euclidean speed √E‖v_l‖² (kinetic action h Σ E‖v_l‖², a coordinate-dependent baseline).",
+    ),
+    "trajectories": (
+        "Paths of data points through depth",
+        "Test points carried from the stem's output x_0 (circles) to the head's input x_L "
+        "(triangles) "
+        "by the residual blocks x_{l+1} = x_l + h v_l(x_l), projected on the two principal axes "
+        "of the "
+        "stream; each step is coloured by that point's predictive speed d(p_l, p_{l+1})/h.",
+    ),
+    "spectrum": (
+        "Fisher eigenvalue spectrum",
+        "Left: the top eigenvalues λ_i of the true Fisher F = E_x[Jᵀ Λ(p) J] by Lanczos. Right: "
+        "its "
+        "spectral density by stochastic Lanczos quadrature, as spectral mass per decade of λ (the "
+        "legend gives the share of the spectrum below six decades under λ_max: directions the data "
+        "barely constrain). The left legend gives tr F and the effective dimension "
+        "d_eff(z) = Σ λ_i/(λ_i + z) at z = 10⁻³ λ_max (docs/theory.md §1).",
+    ),
+    "capacity": (
+        "Memorisation under an action budget",
+        "Left: the fraction of seeds whose residual MLP fits all N training points (100 % train "
+        "accuracy "
+        "within the step budget), for random labels (circles) and real labels (squares), per "
+        "weight λ of "
+        "the predictive action in the loss; N* is the largest N fitted by at least half the "
+        "seeds. Right: "
+        "the predictive action A of the fitted networks against the bits the labels carry, "
+        "N·log₂C; the "
+        "legend gives the least-squares slope, the action per bit (docs/theory.md §5.1).",
+    ),
+    "cover": (
+        "The closed-form anchor",
+        "The same memorisation on a bias-free linear model over N standard Gaussian points in d "
+        "dimensions with "
+        "random ±1 labels: the fraction fitted by training (circles), the fraction separable by "
+        "an exact "
+        "linear program (squares) and Cover's function-counting probability P(N, d) = 2^(1−N) "
+        "Σ_{k<d} "
+        "binom(N−1, k), which is ½ at N = 2d (docs/theory.md §5.1).",
+    ),
+    "reinit": (
+        "Layer re-initialization",
+        "Test error after resetting one layer (row) of the trained network to its value at epoch "
+        "τ (τ = 0: "
+        "initialisation), or to a fresh draw from the initialisation distribution (mean of "
+        "three), every "
+        "other layer kept trained (Zhang, Bengio & Singer). A layer is robust when resetting it "
+        "to τ = 0 "
+        "costs at most 0.01 test error, critical when the error comes within 0.1 of chance, "
+        "intermediate "
+        "otherwise (docs/theory.md §5.2).",
+    ),
+    "noise": (
+        "Weight noise and Fisher sensitivity",
+        "Left: E_δ E_x KL(p_θ ‖ p_θ+δ) under Gaussian noise δ ~ N(0, σ²I) on one layer (dots, "
+        "Monte Carlo) "
+        "against its quadratic prediction (σ²/2) tr F_ℓℓ (lines); the legend gives the σ where "
+        "the measured "
+        "value leaves ½ δᵀFδ of the same draws by more than 10 %. Right: each layer's Fisher "
+        "sensitivity "
+        "against the damage of resetting it, with Kendall's τ (docs/theory.md §5.2).",
+    ),
+    "zoo-scatter": (
+        "Measures against the gap",
+        "Each panel: one measure (the six with the largest |Ψ|) against the generalization gap "
+        "(train − test accuracy), one dot per model of the zoo that met its stopping rule.",
+    ),
+    "zoo-cdf": (
+        "Sign errors over environments",
+        "The empirical CDF of the Hoeffding-weighted sign error over the environments of "
+        "Dziugaite et al. "
+        "2020 (pairs of configurations one hyperparameter apart, kept at an effective sample "
+        "size ≥ the "
+        "stated minimum); a robust measure has its whole CDF near 0, and its max is the robust "
+        "criterion.",
+    ),
+    "traversal": (
+        "Latent traversals and the decoder metric",
+        "Left: decoded images as one latent moves from −2 to 2 around an encoded image (rows: "
+        "latents, "
+        "labelled with the factor each is most informative about). Right: the decoder's "
+        "pull-back metric "
+        "G(z) = J(z)ᵀ diag(p(1 − p)) J(z) for Bernoulli pixels, |G| averaged over encoded "
+        "points; a "
+        "disentangled decoder has G block-diagonal over the latents grouped by factor "
+        "(docs/theory.md §5.4).",
+    ),
+    "training": (
+        "Training curves",
+        "Cross-entropy and accuracy per epoch (solid: train, dashed: test) and the predictive "
+        "action A "
+        "with its exact least action A_min (dotted) on a probe set of training points "
+        "(docs/theory.md §3–§4).",
+    ),
 }
 
 ROWS = [
@@ -99,18 +161,48 @@ ROWS = [
     ("train accuracy", "train_acc", "{:.3f}", ""),
     ("generalization gap", "gap", "{:+.3f}", "train − test accuracy"),
     ("Fisher–Rao norm ‖θ‖²_fr", "fisher_rao_norm", "{:.4g}", "θᵀFθ (Liang et al. 2017; §2)"),
-    ("Fisher trace tr F", "fisher_trace", "{:.4g}", "total sensitivity to weight noise: E KL ≈ σ²/2 tr F (§1, §5)"),
+    (
+        "Fisher trace tr F",
+        "fisher_trace",
+        "{:.4g}",
+        "total sensitivity to weight noise: E KL ≈ σ²/2 tr F (§1, §5)",
+    ),
     ("top eigenvalue λ_max", None, "{:.4g}", "stiffest direction of F (Lanczos)"),
-    ("effective dimension d_eff", "effective_dimension", "{:.1f}", "Σ λ/(λ+z), z = 10⁻³ λ_max (§1)"),
-    ("predictive action A", ("predictive_path", "action"), "{:.4g}", "E L Σ_l d(p_l, p_{l+1})² (§3)"),
-    ("least action A_min", ("predictive_path", "least_action"), "{:.4g}", "E d(p_0, p_L)², exact (§3)"),
+    (
+        "effective dimension d_eff",
+        "effective_dimension",
+        "{:.1f}",
+        "Σ λ/(λ+z), z = 10⁻³ λ_max (§1)",
+    ),
+    (
+        "predictive action A",
+        ("predictive_path", "action"),
+        "{:.4g}",
+        "E L Σ_l d(p_l, p_{l+1})² (§3)",
+    ),
+    (
+        "least action A_min",
+        ("predictive_path", "least_action"),
+        "{:.4g}",
+        "E d(p_0, p_L)², exact (§3)",
+    ),
     ("A / A_min", ("predictive_path", "ratio"), "{:.3f}", "distance from least action, ≥ 1 (§3)"),
     ("detour", ("predictive_path", "detour"), "{:.3f}", "E C / E d(p_0, p_L), ≥ 1 (§3)"),
     ("predictive length", ("predictive_path", "length"), "{:.4g}", "E Σ_l d(p_l, p_{l+1}) (§3)"),
-    ("kinetic action", ("sensitivity", "kinetic_action"), "{:.4g}", "h Σ_l E‖v_l‖², Euclidean baseline (§3)"),
+    (
+        "kinetic action",
+        ("sensitivity", "kinetic_action"),
+        "{:.4g}",
+        "h Σ_l E‖v_l‖², Euclidean baseline (§3)",
+    ),
     ("Fisher distance from init", "fisher_distance_from_init", "{:.4g}", "(θ−θ₀)ᵀF(θ−θ₀) (§2)"),
     ("Euclidean distance from init", "euclidean_distance_from_init", "{:.4g}", "‖θ−θ₀‖"),
-    ("Fisher arc length of training", "trajectory_length", "{:.4g}", "Σ_k ‖Δθ_k‖_F over checkpoints (§2)"),
+    (
+        "Fisher arc length of training",
+        "trajectory_length",
+        "{:.4g}",
+        "Σ_k ‖Δθ_k‖_F over checkpoints (§2)",
+    ),
     ("parameters", "num_params", "{:d}", ""),
 ]
 
@@ -144,15 +236,26 @@ def _png(fig) -> str:
 
 def _figure_block(key: str, fig) -> str:
     title, caption = CAPTIONS[key]
-    return (f'<figure id="fig-{key}"><img alt="{html.escape(title)}" src="data:image/png;base64,{_png(fig)}">'
-            f"<figcaption><b>{html.escape(title)}.</b> {html.escape(caption)}</figcaption></figure>")
+    return (
+        f'<figure id="fig-{key}"><img alt="{html.escape(title)}" '
+        f'src="data:image/png;base64,{_png(fig)}">'
+        f"<figcaption><b>{html.escape(title)}.</b> {html.escape(caption)}</figcaption></figure>"
+    )
 
 
 def summary_table(networks: dict[str, Any]) -> str:
     names = list(networks)
-    head = "".join(f"<th>{html.escape(n)}" + (f"<br><small>action {html.escape(str(networks[n]['action']))}, "
-                                             f"λ = {html.escape(str(networks[n].get('lambda', '')))}</small>"
-                                             if "action" in networks[n] else "") + "</th>" for n in names)
+    head = "".join(
+        f"<th>{html.escape(n)}"
+        + (
+            f"<br><small>action {html.escape(str(networks[n]['action']))}, "
+            f"λ = {html.escape(str(networks[n].get('lambda', '')))}</small>"
+            if "action" in networks[n]
+            else ""
+        )
+        + "</th>"
+        for n in names
+    )
     rows = []
     for label, key, fmt, note in ROWS:
         cells = []
@@ -162,29 +265,43 @@ def summary_table(networks: dict[str, Any]) -> str:
                 cells.append(f"<td>{fmt.format(value)}</td>" if value is not None else "<td>—</td>")
             except (ValueError, TypeError):
                 cells.append(f"<td>{html.escape(str(value))}</td>")
-        rows.append(f"<tr><th>{html.escape(label)}</th>{''.join(cells)}<td class=note>{html.escape(note)}</td></tr>")
+        rows.append(
+            f"<tr><th>{html.escape(label)}</th>{''.join(cells)}<td "
+            f"class=note>{html.escape(note)}</td></tr>"
+        )
     return f"<table><tr><th>measure</th>{head}<th>meaning</th></tr>{''.join(rows)}</table>"
 
 
 STYLE = """
-body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
+body{font-family:system-ui,-apple-system,Segoe
+UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
 padding:0 1em;color:#222;line-height:1.45}
 h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
-table{border-collapse:collapse;margin:1em 0;font-size:.92em} td,th{border:1px solid #ddd;padding:.35em .6em;
+table{border-collapse:collapse;margin:1em 0;font-size:.92em} td,th{border:1px solid
+#ddd;padding:.35em .6em;
 text-align:right} th{background:#f6f6f6} td.note{text-align:left;color:#666;font-size:.9em}
 tr th:first-child{text-align:left}
-figure{margin:1.6em 0;padding:.8em;border:1px solid #eee;border-radius:6px} figure img{max-width:100%}
+figure{margin:1.6em 0;padding:.8em;border:1px solid #eee;border-radius:6px} figure
+img{max-width:100%}
 figcaption{font-size:.92em;color:#333;margin-top:.4em}
 """
 
-CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'none'; base-uri 'none'; form-action 'none'"
+CSP = (
+    "default-src 'none'; img-src data:; style-src 'unsafe-inline'; script-src 'none'; "
+    "base-uri 'none'; form-action 'none'"
+)
 """The page's Content-Security-Policy: no script of any kind, no request, images only inline."""
 
 
 def _text(value: Any) -> str:
     """Any value as escaped HTML text."""
-    return html.escape(value if isinstance(value, str) else json.dumps(value) if isinstance(
-        value, (dict, list)) else str(value))
+    return html.escape(
+        value
+        if isinstance(value, str)
+        else json.dumps(value)
+        if isinstance(value, (dict, list))
+        else str(value)
+    )
 
 
 def _num(value: Any, fmt: str = "{:.3g}") -> str:
@@ -200,13 +317,18 @@ def _num(value: Any, fmt: str = "{:.3g}") -> str:
 
 
 def check_metrics(metrics: Any, source: str = "the metrics") -> None:
-    """Refuse anything that is not a memspace metrics dict: ``{"networks": {name: {"measures": {...}}}}``.
+    """Refuse anything that is not a memspace metrics dict.
+
+    ``{"networks": {name: {"measures": {...}}}}``.
 
     Raises:
         MemspaceError: naming ``source`` and the first missing or malformed part.
     """
-    if not isinstance(metrics, dict) or not isinstance(metrics.get("networks"), dict) or not (
-            metrics["networks"] or metrics.get("studies")):
+    if (
+        not isinstance(metrics, dict)
+        or not isinstance(metrics.get("networks"), dict)
+        or not (metrics["networks"] or metrics.get("studies"))
+    ):
         raise MemspaceError(f"{source} is not a memspace metrics file: it has no 'networks'")
     studies = metrics.get("studies", {})
     known = section_names()
@@ -214,7 +336,10 @@ def check_metrics(metrics: Any, source: str = "the metrics") -> None:
         raise MemspaceError(f"{source}: 'studies' must map {' or '.join(known)} to their summaries")
     for name, net in metrics["networks"].items():
         if not isinstance(net, dict) or not isinstance(net.get("measures"), dict):
-            raise MemspaceError(f"{source} is not a complete memspace metrics file: network {name!r} has no 'measures'")
+            raise MemspaceError(
+                f"{source} is not a complete memspace metrics file: network {name!r} has no "
+                "'measures'"
+            )
         if not isinstance(net.get("history", []), list):
             raise MemspaceError(f"{source}: the history of network {name!r} is not a list")
     if not isinstance(metrics.get("run", {}), dict):
@@ -222,19 +347,28 @@ def check_metrics(metrics: Any, source: str = "the metrics") -> None:
 
 
 def render_report(metrics: dict[str, Any], path: str | Path, title: str | None = None) -> Path:
-    """Write the report for ``metrics`` (as written by the demo or ``measure``) to ``path``, atomically.
+    """Write the report for ``metrics`` (as written by the demo or ``measure``) to ``path``.
+
+    Atomically.
 
     Names from the user (networks, files) are shown literally, in the HTML (escaped) and
     in the figures (no mathtext).
     """
     check_metrics(metrics)
-    networks = {name: {**net, "measures": NetworkMeasures.from_dict(net["measures"], f"network {name!r}")}
-                for name, net in metrics["networks"].items()}  # typed, checked on read
-    drawn = {figures.literal(name): net for name, net in networks.items()}  # names in figures, literally
+    networks = {
+        name: {**net, "measures": NetworkMeasures.from_dict(net["measures"], f"network {name!r}")}
+        for name, net in metrics["networks"].items()
+    }  # typed, checked on read
+    drawn = {
+        figures.literal(name): net for name, net in networks.items()
+    }  # names in figures, literally
     run = metrics.get("run", {})
     title = title or f"memspace report: {run.get('data', 'model')}"
-    details = ", ".join(f"{_text(k)}: {_num(v, '{:.0f} s') if k == 'seconds' else _text(v)}"
-                        for k, v in run.items() if k != "config")
+    details = ", ".join(
+        f"{_text(k)}: {_num(v, '{:.0f} s') if k == 'seconds' else _text(v)}"
+        for k, v in run.items()
+        if k != "config"
+    )
     config = html.escape(json.dumps(run.get("config", {})))
     body = [_networks_section(networks, drawn, config)] if networks else []
     for name, summary in metrics.get("studies", {}).items():
@@ -246,7 +380,8 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
 def _page(title: str, body: str) -> str:
     """A self-contained HTML page: inline style, no script, no network requests (module doc)."""
     return f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<html lang="en"><head><meta charset="utf-8"><meta name="viewport"
+content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="{CSP}">
 <title>{html.escape(title)}</title><style>{STYLE}</style></head>
 <body>
@@ -258,63 +393,100 @@ def _page(title: str, body: str) -> str:
 
 def _networks_section(networks: dict[str, Any], drawn: dict[str, Any], config: str) -> str:
     blocks = []
-    for key, draw in (("predictive", figures.predictive_profile), ("points", figures.point_paths),
-                      ("sensitivity", figures.sensitivity), ("trajectories", figures.trajectories)):
+    for key, draw in (
+        ("predictive", figures.predictive_profile),
+        ("points", figures.point_paths),
+        ("sensitivity", figures.sensitivity),
+        ("trajectories", figures.trajectories),
+    ):
         fig = draw(drawn)
         if fig is not None:
             blocks.append(_figure_block(key, fig))
-    skipped = [f"<p class=note><b>{html.escape(n)}:</b> path measures skipped: {_text(v['measures'].path_skipped)}</p>"
-               for n, v in networks.items() if v["measures"].path_skipped is not None]
+    skipped = [
+        f"<p class=note><b>{html.escape(n)}:</b> path measures skipped: "
+        f"{_text(v['measures'].path_skipped)}</p>"
+        for n, v in networks.items()
+        if v["measures"].path_skipped is not None
+    ]
     blocks.extend(skipped)
     blocks.append(_figure_block("spectrum", figures.spectrum(drawn)))
     curves = figures.training_curves(drawn)
     if curves is not None:
         blocks.append(_figure_block("training", curves))
-    return f"""<p>A network as a memory space (docs/theory.md): how much it stores (Fisher–Rao norm, trace, effective dimension),
-how a residual network carries its prediction along depth (the predictive path in the Fisher–Rao simplex, its
-action and its exact least action; the sensitivity of each block), and what training cost to write it (distance
-from initialisation, arc length). The least-action network was trained with the predictive action added to its
+    return f"""<p>A network as a memory space (docs/theory.md): how much it stores (Fisher–Rao norm,
+trace, effective dimension),
+how a residual network carries its prediction along depth (the predictive path in the Fisher–Rao
+simplex, its
+action and its exact least action; the sensitivity of each block), and what training cost to write
+it (distance
+from initialisation, arc length). The least-action network was trained with the predictive action
+added to its
 loss. Configuration: <code>{config}</code></p>
 <h2>Summary</h2>
 {summary_table(networks)}
 <h2>Figures</h2>
-{''.join(blocks)}
+{"".join(blocks)}
 """
 
 
 def _capacity_section(summary: dict[str, Any]) -> str:
     anchor = summary["anchor"]
     lams = sorted({row["lam"] for row in summary["table"]})
-    n_star = ", ".join(f"{kind} labels λ = {lam:g}: N* = {summary['n_star'].get(f'{kind}/{lam:g}')}"
-                       for kind in ("random", "real") for lam in lams if f"{kind}/{lam:g}" in summary["n_star"])
+    n_star = ", ".join(
+        f"{kind} labels λ = {lam:g}: N* = {summary['n_star'].get(f'{kind}/{lam:g}')}"
+        for kind in ("random", "real")
+        for lam in lams
+        if f"{kind}/{lam:g}" in summary["n_star"]
+    )
     bits = summary["cost_per_bit"]
-    cost = ", ".join(f"{key}: {value['slope']:.3g} ± {value['stderr']:.2g}" for key, value in bits.items()
-                     if value["slope"] == value["slope"])
+    cost = ", ".join(
+        f"{key}: {value['slope']:.3g} ± {value['stderr']:.2g}"
+        for key, value in bits.items()
+        if value["slope"] == value["slope"]
+    )
     crossing = anchor["n_star_fitted"]["crossing"]
-    return (f"<p>How much a network stores and what storing it costs (docs/theory.md §5.1): residual MLPs trained "
-            f"to fit N points with random or real labels under an action budget λ. {html.escape(n_star)}. Predictive "
-            f"action per bit of the fitted networks (slope ± standard error): {html.escape(cost or 'too few fitted cells')}. "
-            f"Anchor: a linear model in d = {_num(anchor['d'])} dimensions fits random labels up to N* ≈ "
-            f"{_num(crossing, '{:.1f}')} (Cover: 2d = {_num(anchor['two_d'])}).</p>"
-            + _figure_block("capacity", figures.capacity(summary)) + _figure_block("cover", figures.cover_anchor(anchor)))
+    return (
+        "<p>How much a network stores and what storing it costs (docs/theory.md §5.1): residual "
+        "MLPs trained "
+        "to fit N points with random or real labels under an action budget λ. "
+        f"{html.escape(n_star)}. Predictive "
+        "action per bit of the fitted networks (slope ± standard error): "
+        f"{html.escape(cost or 'too few fitted cells')}. "
+        f"Anchor: a linear model in d = {_num(anchor['d'])} dimensions fits random labels up to "
+        "N* ≈ "
+        f"{_num(crossing, '{:.1f}')} (Cover: 2d = {_num(anchor['two_d'])}).</p>"
+        + _figure_block("capacity", figures.capacity(summary))
+        + _figure_block("cover", figures.cover_anchor(anchor))
+    )
 
 
 def _robustness_section(summary: dict[str, Any]) -> str:
-    labels = ", ".join(f"{name}: {label}" for name, label in zip(map(str, summary["layers"]), map(str, summary["labels"])))
+    labels = ", ".join(
+        f"{name}: {label}"
+        for name, label in zip(map(str, summary["layers"]), map(str, summary["labels"]))
+    )
     tau = summary["kendall_pooled"]
-    return (f"<p>What survives perturbation (docs/theory.md §5.2). Layers after resetting to their initial value: "
-            f"{html.escape(labels)}. Bottom third critical: {_num(100 * summary['bottom_critical'], '{:.0f}')} %; top "
-            f"third robust: {_num(100 * summary['top_robust'], '{:.0f}')} %. Kendall τ between Fisher sensitivity "
-            f"tr F_ℓℓ and the damage of resetting: {_num(tau['tau'], '{:.2f}')} (p = {_num(tau['p_value'], '{:.2g}')}, "
-            f"{_num(tau['num_layers'])} layer–seed pairs).</p>"
-            + _layer_table(summary)
-            + _figure_block("reinit", figures.reinitialization(summary))
-            + _figure_block("noise", figures.weight_noise(summary)))
+    return (
+        "<p>What survives perturbation (docs/theory.md §5.2). Layers after resetting to their "
+        "initial value: "
+        f"{html.escape(labels)}. Bottom third critical: "
+        f"{_num(100 * summary['bottom_critical'], '{:.0f}')} %; top "
+        f"third robust: {_num(100 * summary['top_robust'], '{:.0f}')} %. Kendall τ between "
+        "Fisher sensitivity "
+        f"tr F_ℓℓ and the damage of resetting: {_num(tau['tau'], '{:.2f}')} (p = "
+        f"{_num(tau['p_value'], '{:.2g}')}, "
+        f"{_num(tau['num_layers'])} layer–seed pairs).</p>"
+        + _layer_table(summary)
+        + _figure_block("reinit", figures.reinitialization(summary))
+        + _figure_block("noise", figures.weight_noise(summary))
+    )
 
 
 def _layer_table(summary: dict[str, Any]) -> str:
-    """Per layer: its label, the damage of resetting it, its Fisher sensitivity, and for blocks the
-    block sensitivity and measured deletion KL (first seed)."""
+    """Per layer: its label, the damage of resetting it, its Fisher sensitivity.
+
+    And for blocks the block sensitivity and measured deletion KL (first seed).
+    """
     error = summary["error"]
     reset, rnd = summary["columns"].index("0"), summary["columns"].index("rnd")
     traces = summary["noise"]["fisher_trace"]
@@ -323,35 +495,76 @@ def _layer_table(summary: dict[str, Any]) -> str:
     rows = []
     for i, name in enumerate(summary["layers"]):
         b = blocks.index(name) if name in blocks else None
-        extra = (f"<td>{_num(sens['sensitivity'][b])}</td><td>{_num(sens['deletion_kl'][b])}</td>"
-                 if b is not None and "deletion_kl" in sens and b < len(sens["deletion_kl"]) else "<td>—</td><td>—</td>")
-        rows.append(f"<tr><th>{_text(name)}</th><td>{_text(summary['labels'][i])}</td>"
-                    f"<td>{_num(error[i][reset] - summary['trained_error'], '{:+.3f}')}</td>"
-                    f"<td>{_num(error[i][rnd] - summary['trained_error'], '{:+.3f}')}</td><td>{_num(traces[i])}</td>"
-                    f"{extra}</tr>")
-    return ("<table><tr><th>layer</th><th>label</th><th>Δ reset to τ = 0</th><th>Δ re-randomized</th>"
-            "<th>tr F_ℓℓ</th><th>block sensitivity s_l</th><th>deletion KL</th></tr>" + "".join(rows) + "</table>")
+        extra = (
+            f"<td>{_num(sens['sensitivity'][b])}</td><td>{_num(sens['deletion_kl'][b])}</td>"
+            if b is not None and "deletion_kl" in sens and b < len(sens["deletion_kl"])
+            else "<td>—</td><td>—</td>"
+        )
+        rows.append(
+            f"<tr><th>{_text(name)}</th><td>{_text(summary['labels'][i])}</td>"
+            f"<td>{_num(error[i][reset] - summary['trained_error'], '{:+.3f}')}</td>"
+            f"<td>{_num(error[i][rnd] - summary['trained_error'], '{:+.3f}')}</td>"
+            f"<td>{_num(traces[i])}</td>"
+            f"{extra}</tr>"
+        )
+    return (
+        "<table><tr><th>layer</th><th>label</th><th>Δ reset to τ = 0</th><th>Δ re-randomized</th>"
+        "<th>tr F_ℓℓ</th><th>block sensitivity s_l</th><th>deletion KL</th></tr>"
+        + "".join(rows)
+        + "</table>"
+    )
 
 
 def _disentanglement_section(summary: dict[str, Any]) -> str:
-    columns = ["beta", "lam", "seed", "reconstruction", "kl", "mig", "sap", "dci_disentanglement", "dci_completeness",
-               "dci_informativeness", "modularity", "beta_vae", "factor_vae", "block_diagonality", "active_latents"]
+    columns = [
+        "beta",
+        "lam",
+        "seed",
+        "reconstruction",
+        "kl",
+        "mig",
+        "sap",
+        "dci_disentanglement",
+        "dci_completeness",
+        "dci_informativeness",
+        "modularity",
+        "beta_vae",
+        "factor_vae",
+        "block_diagonality",
+        "active_latents",
+    ]
     head = "".join(f"<th>{html.escape(c)}</th>" for c in columns)
-    rows = "".join("<tr>" + "".join(f"<td>{_num(row[c])}</td>" for c in columns) + "</tr>" for row in summary["table"])
+    rows = "".join(
+        "<tr>" + "".join(f"<td>{_num(row[c])}</td>" for c in columns) + "</tr>"
+        for row in summary["table"]
+    )
     tau = summary["tau_block_diagonality"]
     effect = ", ".join(f"{k} {v:+.3f}" for k, v in summary["lambda_effect"].items())
     quick = summary["config"]["steps"] < 500
-    caveat = (f" This is the quick configuration ({_num(summary['config']['steps'])} training steps): a smoke run whose "
-              "scores sit near chance, not a result." if quick else "")
-    return (f"<p>How economically a network stores (docs/theory.md §5.4): β-VAEs on dSprites-structured images, with "
-            f"and without the kinetic action of the decoder's residual path in the loss. Kendall τ between the block-"
-            f"diagonality of the decoder metric and MIG: {_num(tau['mig'], '{:.2f}')}, and DCI disentanglement: "
-            f"{_num(tau['dci_disentanglement'], '{:.2f}')}, over {len(summary['table'])} models. Effect of λ = "
-            f"{_num(summary['lams'][-1], '{:g}')} against λ = {_num(summary['lams'][0], '{:g}')} (mean difference): "
-            f"{html.escape(effect)}."
-            f"{caveat}</p>"
-            f"<table><tr>{head}</tr>{rows}</table>" + _figure_block("traversal", figures.traversal(summary))
-            + (_additivity_block(summary["additivity"]) if "additivity" in summary else ""))
+    caveat = (
+        f" This is the quick configuration ({_num(summary['config']['steps'])} training steps): "
+        "a smoke run whose "
+        "scores sit near chance, not a result."
+        if quick
+        else ""
+    )
+    return (
+        "<p>How economically a network stores (docs/theory.md §5.4): β-VAEs on "
+        "dSprites-structured images, with "
+        "and without the kinetic action of the decoder's residual path in the loss. Kendall τ "
+        "between the block-"
+        f"diagonality of the decoder metric and MIG: {_num(tau['mig'], '{:.2f}')}, and DCI "
+        "disentanglement: "
+        f"{_num(tau['dci_disentanglement'], '{:.2f}')}, over {len(summary['table'])} models. "
+        "Effect of λ = "
+        f"{_num(summary['lams'][-1], '{:g}')} against λ = {_num(summary['lams'][0], '{:g}')} "
+        "(mean difference): "
+        f"{html.escape(effect)}."
+        f"{caveat}</p>"
+        f"<table><tr>{head}</tr>{rows}</table>"
+        + _figure_block("traversal", figures.traversal(summary))
+        + (_additivity_block(summary["additivity"]) if "additivity" in summary else "")
+    )
 
 
 def _additivity_block(additivity: dict[str, Any]) -> str:
@@ -360,29 +573,53 @@ def _additivity_block(additivity: dict[str, Any]) -> str:
     def cell(entry: dict[str, float]) -> str:
         return f"<td>{_num(entry['mean'], '{:.3f}')} ± {_num(entry['std'], '{:.3f}')}</td>"
 
-    rows = "".join(f"<tr><th>{html.escape(name)}</th>" + "".join(cell(networks[key][column]) for column in
-                                                   ("least_action", "action", "ratio", "test_accuracy")) + "</tr>"
-                   for key, name in (("joint", "joint (C_a·C_b classes)"), ("a", "factor a alone"),
-                                     ("b", "factor b alone")))
+    rows = "".join(
+        f"<tr><th>{html.escape(name)}</th>"
+        + "".join(
+            cell(networks[key][column])
+            for column in ("least_action", "action", "ratio", "test_accuracy")
+        )
+        + "</tr>"
+        for key, name in (
+            ("joint", "joint (C_a·C_b classes)"),
+            ("a", "factor a alone"),
+            ("b", "factor b alone"),
+        )
+    )
     n = numbers["least_action_ratio"]["n"]
     plural = "s" if not isinstance(n, (int, float)) or n != 1 else ""
-    return (f"<h3>Additivity of least action on a product task</h3><p>Two independent factors learned by one "
-            f"network or by two ({_num(n)} seed{plural}, held-out points). Joint least action over the sum "
-            f"of the separate ones: {_num(numbers['least_action_ratio']['mean'], '{:.3f}')} ± "
-            f"{_num(numbers['least_action_ratio']['std'], '{:.3f}')}; joint action over the sum of its own marginal "
-            f"paths' actions: {_num(numbers['marginal_action_ratio']['mean'], '{:.3f}')} (1 to second order when the "
-            f"prediction factorises); the spherical Pythagorean law cos(d/2) = cos(d_a/2)·cos(d_b/2) predicts the "
-            f"joint least action from the marginals' at {_num(numbers['pythagorean_ratio']['mean'], '{:.3f}')} of "
-            f"their sum; factorisation gap (Fisher–Rao distance of the joint prediction from the product of its "
-            f"marginals): {_num(numbers['factorisation_gap']['mean'], '{:.3f}')}.</p><table><tr><th>network</th><th>A_min</th><th>A</th>"
-            f"<th>A/A_min</th><th>test accuracy</th></tr>{rows}</table>")
+    return (
+        "<h3>Additivity of least action on a product task</h3><p>Two independent factors "
+        "learned by one "
+        f"network or by two ({_num(n)} seed{plural}, held-out points). Joint least action over "
+        "the sum "
+        f"of the separate ones: {_num(numbers['least_action_ratio']['mean'], '{:.3f}')} ± "
+        f"{_num(numbers['least_action_ratio']['std'], '{:.3f}')}; joint action over the sum of "
+        "its own marginal "
+        f"paths' actions: {_num(numbers['marginal_action_ratio']['mean'], '{:.3f}')} (1 to "
+        "second order when the "
+        "prediction factorises); the spherical Pythagorean law cos(d/2) = cos(d_a/2)·cos(d_b/2) "
+        "predicts the "
+        "joint least action from the marginals' at "
+        f"{_num(numbers['pythagorean_ratio']['mean'], '{:.3f}')} of "
+        "their sum; factorisation gap (Fisher–Rao distance of the joint prediction from the "
+        "product of its "
+        "marginals): "
+        f"{_num(numbers['factorisation_gap']['mean'], '{:.3f}')}.</p>"
+        "<table><tr><th>network</th><th>A_min</th><th>A</th>"
+        f"<th>A/A_min</th><th>test accuracy</th></tr>{rows}</table>"
+    )
 
 
 ZOO_TITLE = "Does complexity predict generalization? A quick zoo"
 
-_DRAW = {"capacity": _capacity_section, "robustness": _robustness_section,
-         "disentanglement": _disentanglement_section, "zoo": lambda e: _zoo_section(e, limit=12)}
-"""The figures and tables of each study's section; a study without an entry gets :func:`_generic_section`."""
+_DRAW = {
+    "capacity": _capacity_section,
+    "robustness": _robustness_section,
+    "disentanglement": _disentanglement_section,
+    "zoo": lambda e: _zoo_section(e, limit=12),
+}
+"""Each study's figures and tables; a study without an entry gets :func:`_generic_section`."""
 
 
 def _generic_section(summary: dict[str, Any]) -> str:
@@ -391,8 +628,10 @@ def _generic_section(summary: dict[str, Any]) -> str:
 
 
 def study_section(name: str) -> tuple[str, Any]:
-    """(heading, drawing function) of the report section of study ``name`` (:data:`memspace.studies.STUDIES`,
-    or the demo's quick zoo)."""
+    """(heading, drawing function) of the report section of study ``name``.
+
+    ``name`` is a study of :data:`memspace.studies.STUDIES` or the demo's quick zoo.
+    """
     from ..studies.registry import STUDIES
 
     title = ZOO_TITLE if name == "zoo" else STUDIES[name].title
@@ -409,9 +648,12 @@ def section_names() -> list[str]:
 def _zoo_table(evaluation: dict[str, Any], limit: int | None = None) -> str:
     board = evaluation["leaderboard"][:limit]
     varied = evaluation["varied"]
-    head = ("<tr><th>measure</th><th>models</th><th>τ</th><th>Ψ</th>"
-            + "".join(f"<th>ψ {_text(v)}</th>" for v in varied)
-            + "<th>CMI (PGDL)</th><th>sign error mean</th><th>p90</th><th>max</th><th>environments</th></tr>")
+    head = (
+        "<tr><th>measure</th><th>models</th><th>τ</th><th>Ψ</th>"
+        + "".join(f"<th>ψ {_text(v)}</th>" for v in varied)
+        + "<th>CMI (PGDL)</th><th>sign error "
+        "mean</th><th>p90</th><th>max</th><th>environments</th></tr>"
+    )
 
     def number(value, fmt="{:+.3f}"):
         return _num(value, fmt)
@@ -419,35 +661,58 @@ def _zoo_table(evaluation: dict[str, Any], limit: int | None = None) -> str:
     rows = []
     for e in board:
         se = e.get("sign_error", {}).get("all", {})
-        rows.append(f"<tr><th>{_text(e['measure'])}</th><td>{_num(e['models'])}</td><td>{number(e['tau'])}</td>"
-                    f"<td>{number(e.get('psi'))}</td>"
-                    + "".join(f"<td>{number(e.get('psi_by_hparam', {}).get(v))}</td>" for v in varied)
-                    + f"<td>{number(e.get('cmi'), '{:.4f}')}</td><td>{number(se.get('mean'), '{:.3f}')}</td>"
-                    f"<td>{number(se.get('p90'), '{:.3f}')}</td><td>{number(se.get('max'), '{:.3f}')}</td>"
-                    f"<td>{_num(e.get('environments', 0))}</td></tr>")
+        rows.append(
+            f"<tr><th>{_text(e['measure'])}</th><td>{_num(e['models'])}</td>"
+            f"<td>{number(e['tau'])}</td>"
+            f"<td>{number(e.get('psi'))}</td>"
+            + "".join(f"<td>{number(e.get('psi_by_hparam', {}).get(v))}</td>" for v in varied)
+            + f"<td>{number(e.get('cmi'), '{:.4f}')}</td>"
+            f"<td>{number(se.get('mean'), '{:.3f}')}</td>"
+            f"<td>{number(se.get('p90'), '{:.3f}')}</td><td>{number(se.get('max'), '{:.3f}')}</td>"
+            f"<td>{_num(e.get('environments', 0))}</td></tr>"
+        )
     return f"<table>{head}{''.join(rows)}</table>"
 
 
 def _zoo_section(evaluation: dict[str, Any], limit: int | None = None) -> str:
     scatter = figures.zoo_scatter(evaluation["points"])
-    blocks = [_figure_block("zoo-scatter", scatter)] if scatter is not None else [
-        "<p class=note>No measure has finite values on three or more models: nothing to draw.</p>"]
+    blocks = (
+        [_figure_block("zoo-scatter", scatter)]
+        if scatter is not None
+        else [
+            "<p class=note>No measure has finite values on three or more models: nothing to "
+            "draw.</p>"
+        ]
+    )
     cdf = figures.zoo_cdf(evaluation["leaderboard"][:8])
     if cdf is not None:
         blocks.append(_figure_block("zoo-cdf", cdf))
-    return (f"""<p class="sub">{_num(evaluation['kept'])} of {_num(evaluation['models'])} models met the stopping rule;
-varied: {html.escape(', '.join(map(str, evaluation['varied'])))}; Hoeffding weights with n = {_num(evaluation['n_test'])},
-environments kept at ESS ≥ {_num(evaluation['min_ess'], '{:g}')}.</p>
-<p>Does complexity predict generalization (docs/theory.md §5.3)? τ: Kendall's τ_a between each measure and the
-generalization gap over all models; Ψ: the granulated coefficient (the mean over hyperparameters of ψ, the mean τ
-among models that differ in that hyperparameter only); CMI: the PGDL competition score (conditional mutual
-information of measure and gap signs, minimised over pairs of hyperparameters); sign error: per environment (two
-configurations one hyperparameter apart) the Hoeffding-weighted share of pairs the measure orders wrongly — the
-robust criterion is the max. Sorted by |Ψ|{f'; the top {limit} shown' if limit else ''}.</p>
-""" + _zoo_table(evaluation, limit) + "".join(blocks))
+    return (
+        f"""<p class="sub">{_num(evaluation["kept"])} of {_num(evaluation["models"])} models met the
+stopping rule;
+varied: {html.escape(", ".join(map(str, evaluation["varied"])))}; Hoeffding weights with n =
+{_num(evaluation["n_test"])},
+environments kept at ESS ≥ {_num(evaluation["min_ess"], "{:g}")}.</p>
+<p>Does complexity predict generalization (docs/theory.md §5.3)? τ: Kendall's τ_a between each
+measure and the
+generalization gap over all models; Ψ: the granulated coefficient (the mean over hyperparameters of
+ψ, the mean τ
+among models that differ in that hyperparameter only); CMI: the PGDL competition score (conditional
+mutual
+information of measure and gap signs, minimised over pairs of hyperparameters); sign error: per
+environment (two
+configurations one hyperparameter apart) the Hoeffding-weighted share of pairs the measure orders
+wrongly — the
+robust criterion is the max. Sorted by |Ψ|{f"; the top {limit} shown" if limit else ""}.</p>
+"""
+        + _zoo_table(evaluation, limit)
+        + "".join(blocks)
+    )
 
 
-def render_zoo_report(evaluation: dict[str, Any], path: str | Path, title: str = "memspace zoo") -> Path:
+def render_zoo_report(
+    evaluation: dict[str, Any], path: str | Path, title: str = "memspace zoo"
+) -> Path:
     """The zoo's leaderboard (every measure × every statistic) with its figures, atomically.
 
     ``evaluation`` is :func:`memspace.zoo.evaluate_zoo`'s result with ``points``:

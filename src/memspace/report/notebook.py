@@ -1,7 +1,9 @@
 """What a result shows in a notebook: a small HTML table of its headline numbers.
 
-Every public result (:class:`~memspace.paths.PredictivePath`, :class:`~memspace.paths.BlockSensitivity`,
-:class:`~memspace.studies.results.NetworkMeasures`, a study's :class:`~memspace.studies.StudySummary`,
+Every public result (:class:`~memspace.paths.PredictivePath`,
+:class:`~memspace.paths.BlockSensitivity`,
+:class:`~memspace.studies.results.NetworkMeasures`, a study's
+:class:`~memspace.studies.StudySummary`,
 the operator's :class:`~memspace.fisher.operator.TapPlan`) has a concise ``repr``, an
 ``_repr_html_`` built here or from the report's own section, and a ``.plot(ax=None)`` that draws
 the report's figure for it.
@@ -26,6 +28,9 @@ def number(value: Any, spec: str = ".4g") -> str:
 
 def key_value_table(title: str, rows: Sequence[tuple[str, Any, str]]) -> str:
     """An HTML table headed ``title`` with one (label, value, format spec) per row."""
-    body = "".join(f"<tr><th style='text-align:left'>{html.escape(label)}</th><td>{number(value, spec)}</td></tr>"
-                   for label, value, spec in rows)
+    body = "".join(
+        "<tr><th "
+        f"style='text-align:left'>{html.escape(label)}</th><td>{number(value, spec)}</td></tr>"
+        for label, value, spec in rows
+    )
     return f"<table><caption><b>{html.escape(title)}</b></caption>{body}</table>"

@@ -20,8 +20,24 @@ from .measure import measure_network
 from .registry import STUDIES, Study, get_study, prepare_study, run_study
 from .robustness import ROBUSTNESS_CONFIGS, reinitialization, robustness_study, weight_noise
 
-__all__ = ["CAPACITY_CONFIGS", "DISENTANGLEMENT_CONFIGS", "ROBUSTNESS_CONFIGS", "STUDIES", "Study", "StudySummary",
-           "capacity_study", "cover_anchor", "cover_probability", "disentanglement_study", "get_study",
-           "measure_network", "memorise", "prepare_study", "reinitialization", "robustness_study", "run_demo",
-           "run_study", "weight_noise"]
-
+__all__ = [
+    "CAPACITY_CONFIGS",
+    "DISENTANGLEMENT_CONFIGS",
+    "ROBUSTNESS_CONFIGS",
+    "STUDIES",
+    "Study",
+    "StudySummary",
+    "capacity_study",
+    "cover_anchor",
+    "cover_probability",
+    "disentanglement_study",
+    "get_study",
+    "measure_network",
+    "memorise",
+    "prepare_study",
+    "reinitialization",
+    "robustness_study",
+    "run_demo",
+    "run_study",
+    "weight_noise",
+]

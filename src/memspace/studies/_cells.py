@@ -23,13 +23,17 @@ class CellStore:
         self.run = run
         self.cells: dict[str, dict[str, Any]] = {}
         stored = run.read(CELLS)
-        for number, line in enumerate((stored or b"").decode("utf-8", errors="replace").splitlines(), 1):
+        for number, line in enumerate(
+            (stored or b"").decode("utf-8", errors="replace").splitlines(), 1
+        ):
             try:
                 record = json.loads(line)
                 self.cells[str(record["key"])] = record
             except (ValueError, KeyError, TypeError, RecursionError):
-                raise MemspaceError(f"{run.root / CELLS}, line {number}: not a cell memspace wrote (damaged); "
-                                    "rerun with --overwrite to start the study afresh") from None
+                raise MemspaceError(
+                    f"{run.root / CELLS}, line {number}: not a cell memspace wrote (damaged); "
+                    "rerun with --overwrite to start the study afresh"
+                ) from None
 
     def __contains__(self, key: str) -> bool:
         return key in self.cells

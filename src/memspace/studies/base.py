@@ -21,7 +21,8 @@ class Study:
         prepare: ``config → data`` (a split or a dataset), raising :class:`MemspaceError` for data
             or a grid the study cannot use, before any folder is made.
         run: ``(run, config, *, split, status, progress) → summary``; resumes from finished cells.
-        figure: its main figure in :mod:`memspace.report.figures` (what ``StudySummary.plot`` draws).
+        figure: its main figure in :mod:`memspace.report.figures` (what ``StudySummary.plot``
+            draws).
         in_demo: whether ``memspace demo`` adds its quick version to the report.
         demo_data: ``(the demo's data, its sample shape) → the data set the quick version runs on``
             (None: the configuration's own).
@@ -35,16 +36,16 @@ class Study:
     prepare: Callable[[dict[str, Any]], Any]
     run: Callable[..., dict[str, Any]]
     figure: str = ""
-    """The name of the report's main figure for it in :mod:`memspace.report.figures` (``StudySummary.plot``)."""
     in_demo: bool = True
     demo_data: Callable[[str, tuple[int, ...]], str | None] = lambda data, shape: data
     data_help: str = ""
 
 
 class StudySummary(dict):
-    """A study's summary: the JSON dict it stores in ``metrics.json`` (so ``summary["table"]`` and
-    ``json.dumps(summary)`` work as before), with its study's name, a concise ``repr``, the report's
-    section as its HTML repr in a notebook, and :meth:`plot`.
+    """A study's summary: the JSON dict it stores in ``metrics.json``, with its study's name.
+
+    ``summary["table"]`` and ``json.dumps(summary)`` work as on the dict; it adds a concise
+    ``repr``, the report's section as its HTML repr in a notebook, and :meth:`plot`.
     """
 
     def __init__(self, name: str, summary: Mapping[str, Any]):
@@ -52,10 +53,17 @@ class StudySummary(dict):
         self.name = name
 
     def __repr__(self) -> str:
-        cells = next((len(self[k]) for k in ("table", "cells", "rows") if isinstance(self.get(k), list)), None)
-        return (f"StudySummary({self.name!r}, {len(self)} entries"
-                + (f", {cells} cells" if cells is not None else "") + f": {', '.join(list(self)[:6])}"
-                + (", ..." if len(self) > 6 else "") + ")")
+        cells = next(
+            (len(self[k]) for k in ("table", "cells", "rows") if isinstance(self.get(k), list)),
+            None,
+        )
+        return (
+            f"StudySummary({self.name!r}, {len(self)} entries"
+            + (f", {cells} cells" if cells is not None else "")
+            + f": {', '.join(list(self)[:6])}"
+            + (", ..." if len(self) > 6 else "")
+            + ")"
+        )
 
     def _repr_html_(self) -> str:
         from ..report.html import study_section
@@ -81,7 +89,11 @@ class StudySummary(dict):
 
         name = get_study(self.name).figure
         if ax is not None:
-            raise MemspaceError(f"the {self.name} figure lays out its own panels; call plot() without ax")
+            raise MemspaceError(
+                f"the {self.name} figure lays out its own panels; call plot() without ax"
+            )
         if not name:
-            raise MemspaceError(f"the {self.name} study has no figure of its own; see its report section")
+            raise MemspaceError(
+                f"the {self.name} study has no figure of its own; see its report section"
+            )
         return getattr(figures, name)(dict(self))

@@ -31,20 +31,29 @@ from scipy.stats import linregress
 from torch import Tensor, nn
 
 from .._errors import MemspaceError
-from .base import Study
 from ..action import ActionTerm
 from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
 from ..fisher import FisherOperator
 from ..paths import block_sensitivity, predictive_path
 from ..train import evaluate, optimizer_step, penalised_loss, snapshot
+from .base import Study
 from .measure import effective_dimension
 
-__all__ = ["Memorisation", "capacity_threshold", "cost_per_bit", "cover_anchor", "cover_probability",
-           "linearly_separable", "measure_cell", "memorise", "random_labels"]
+__all__ = [
+    "Memorisation",
+    "capacity_threshold",
+    "cost_per_bit",
+    "cover_anchor",
+    "cover_probability",
+    "linearly_separable",
+    "measure_cell",
+    "memorise",
+    "random_labels",
+]
 
 
 def cover_probability(n: int, d: int) -> float:
-    """P(N points in general position in R^d, random ±1 labels, are homogeneously linearly separable).
+    """P(N points in general position in R^d with random ±1 labels are homogeneously separable).
 
     Cover's function-counting theorem: C(N, d) = 2 Σ_{k=0}^{d−1} binom(N−1, k) of the 2^N
     labellings are separable, so P = 2^{1−N} Σ_{k<d} binom(N−1, k); P = 1 for N ≤ d, ½ at N = 2d.
@@ -60,13 +69,18 @@ def linearly_separable(X: np.ndarray, signs: np.ndarray) -> bool:
     Feasibility of s_i w·x_i ≥ 1 (any strict separator can be scaled to margin 1).
     """
     A = -(signs[:, None] * X)
-    result = linprog(np.zeros(X.shape[1]), A_ub=A, b_ub=-np.ones(len(X)), bounds=[(None, None)] * X.shape[1],
-                     method="highs")
+    result = linprog(
+        np.zeros(X.shape[1]),
+        A_ub=A,
+        b_ub=-np.ones(len(X)),
+        bounds=[(None, None)] * X.shape[1],
+        method="highs",
+    )
     return result.status == 0
 
 
 def random_labels(n: int, classes: int, seed: int) -> Tensor:
-    """n labels uniform over 0..classes−1 from a generator seeded with ``seed`` [n] int64."""
+    """N labels uniform over 0..classes−1 from a generator seeded with ``seed`` [n] int64."""
     return torch.randint(classes, (n,), generator=torch.Generator().manual_seed(seed))
 
 
@@ -89,9 +103,19 @@ class Memorisation:
     seconds: float
 
 
-def memorise(model: nn.Module, X: Tensor, y: Tensor, *, action: str | None = None, lam: float = 0.0,
-             max_steps: int = 2000, lr: float = 1e-2, batch_size: int = 256, seed: int = 0,
-             check_every: int = 10) -> Memorisation:
+def memorise(
+    model: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    *,
+    action: str | None = None,
+    lam: float = 0.0,
+    max_steps: int = 2000,
+    lr: float = 1e-2,
+    batch_size: int = 256,
+    seed: int = 0,
+    check_every: int = 10,
+) -> Memorisation:
     """Train until every (x, y) is fitted or ``max_steps`` steps, minimising CE + λ·A.
 
     Adam; mini-batches of ``batch_size`` in seeded random order (full batch when N ≤
@@ -112,8 +136,13 @@ def memorise(model: nn.Module, X: Tensor, y: Tensor, *, action: str | None = Non
             order, cursor = torch.randperm(n, generator=generator), 0
         idx = order[cursor : cursor + batch_size]
         cursor += batch_size
-        total, _, _ = penalised_loss(lambda: model(X[idx]), lambda logits: nn.functional.cross_entropy(logits, y[idx]),
-                                     term, lam, generator)
+        total, _, _ = penalised_loss(
+            lambda: model(X[idx]),
+            lambda logits: nn.functional.cross_entropy(logits, y[idx]),
+            term,
+            lam,
+            generator,
+        )
         optimizer_step(optimizer, total, f"at step {step + 1}")
         step += 1
         if step & (step - 1) == 0:  # a power of two
@@ -128,7 +157,9 @@ def memorise(model: nn.Module, X: Tensor, y: Tensor, *, action: str | None = Non
     return Memorisation(fitted, step, evaluate(model, (X, y))[1], snapshots, time.time() - started)
 
 
-def capacity_threshold(sizes: Sequence[int], fitted_fraction: Sequence[float]) -> dict[str, float | None]:
+def capacity_threshold(
+    sizes: Sequence[int], fitted_fraction: Sequence[float]
+) -> dict[str, float | None]:
     """N* two ways: the largest N with fitted fraction ≥ ½, and where the fraction crosses ½.
 
     The crossing is linear interpolation between the last grid point at or above ½ and
@@ -142,12 +173,21 @@ def capacity_threshold(sizes: Sequence[int], fitted_fraction: Sequence[float]) -
     crossing = None
     for i in range(len(sizes) - 1):
         if frac[i] >= 0.5 > frac[i + 1]:
-            crossing = float(sizes[i] + (frac[i] - 0.5) / (frac[i] - frac[i + 1]) * (sizes[i + 1] - sizes[i]))
+            crossing = float(
+                sizes[i] + (frac[i] - 0.5) / (frac[i] - frac[i + 1]) * (sizes[i + 1] - sizes[i])
+            )
     return {"largest_fitted": largest, "crossing": crossing}
 
 
-def cover_anchor(d: int = 5, sizes: Sequence[int] | None = None, trials: int = 24, *, seed: int = 0,
-                 max_steps: int = 1000, lr: float = 0.5) -> dict[str, Any]:
+def cover_anchor(
+    d: int = 5,
+    sizes: Sequence[int] | None = None,
+    trials: int = 24,
+    *,
+    seed: int = 0,
+    max_steps: int = 1000,
+    lr: float = 0.5,
+) -> dict[str, Any]:
     """The capacity study on a linear model, against Cover's P(N, d) (module doc).
 
     Returns per N: the fraction fitted by :func:`memorise` (a bias-free ``nn.Linear(d, 2)``
@@ -164,32 +204,64 @@ def cover_anchor(d: int = 5, sizes: Sequence[int] | None = None, trials: int = 2
             labels = rng.integers(0, 2, n)
             torch.manual_seed(seed * 100_003 + n * 1009 + trial)
             model = nn.Linear(d, 2, bias=False).double()
-            result = memorise(model, torch.from_numpy(X), torch.from_numpy(labels), max_steps=max_steps, lr=lr,
-                              batch_size=n, seed=trial, check_every=5)
+            result = memorise(
+                model,
+                torch.from_numpy(X),
+                torch.from_numpy(labels),
+                max_steps=max_steps,
+                lr=lr,
+                batch_size=n,
+                seed=trial,
+                check_every=5,
+            )
             hits += result.fitted
             exact += linearly_separable(X, 2.0 * labels - 1.0)
         fitted.append(hits / trials)
         separable.append(exact / trials)
     closed = [cover_probability(n, d) for n in sizes]
-    return {"d": d, "sizes": sizes, "trials": trials, "fitted_fraction": fitted, "separable_fraction": separable,
-            "cover_probability": closed, "n_star_fitted": capacity_threshold(sizes, fitted),
-            "n_star_separable": capacity_threshold(sizes, separable),
-            "n_star_cover": capacity_threshold(sizes, closed), "two_d": 2 * d}
+    return {
+        "d": d,
+        "sizes": sizes,
+        "trials": trials,
+        "fitted_fraction": fitted,
+        "separable_fraction": separable,
+        "cover_probability": closed,
+        "n_star_fitted": capacity_threshold(sizes, fitted),
+        "n_star_separable": capacity_threshold(sizes, separable),
+        "n_star_cover": capacity_threshold(sizes, closed),
+        "two_d": 2 * d,
+    }
 
 
-def measure_cell(model: nn.Module, X: Tensor, y: Tensor, memorisation: Memorisation,
-                 model_factory: Callable[[], nn.Module], *, seed: int = 0, max_points: int = 512) -> dict[str, Any]:
+def measure_cell(
+    model: nn.Module,
+    X: Tensor,
+    y: Tensor,
+    memorisation: Memorisation,
+    model_factory: Callable[[], nn.Module],
+    *,
+    seed: int = 0,
+    max_points: int = 512,
+) -> dict[str, Any]:
     """The measures of one memorising network on its training points (module doc).
 
     Every measure is a mean over data points; above ``max_points`` memorised points it is
     taken on the first ``max_points`` of them (already a random subset), an unbiased estimate.
     """
     data = (X[:max_points], y[:max_points])
-    out: dict[str, Any] = {"fitted": memorisation.fitted, "steps": memorisation.steps,
-                           "train_acc": memorisation.train_acc, "train_seconds": memorisation.seconds}
+    out: dict[str, Any] = {
+        "fitted": memorisation.fitted,
+        "steps": memorisation.steps,
+        "train_acc": memorisation.train_acc,
+        "train_seconds": memorisation.seconds,
+    }
     path = predictive_path(model, data)
-    out.update(predictive_action=path.action, least_action=path.least_action, action_ratio=path.ratio,
-               predictive_length=path.length)
+    out.update(
+        predictive_action=path.action,
+        least_action=path.least_action,
+        action_ratio=path.ratio,
+        predictive_length=path.length,
+    )
     out["kinetic_action"] = block_sensitivity(model, data, deletion=False).kinetic_action
     out["fisher_rao_norm"] = fisher_rao_norm(model, data)
     F = FisherOperator(model, data, seed=seed)
@@ -203,20 +275,52 @@ def measure_cell(model: nn.Module, X: Tensor, y: Tensor, memorisation: Memorisat
 def cost_per_bit(bits: Sequence[float], action: Sequence[float]) -> dict[str, float]:
     """Least-squares slope of action against bits stored, with its standard error and R²."""
     if len(bits) < 3 or len(set(bits)) < 2:
-        return {"slope": math.nan, "stderr": math.nan, "intercept": math.nan, "r2": math.nan, "points": len(bits)}
+        return {
+            "slope": math.nan,
+            "stderr": math.nan,
+            "intercept": math.nan,
+            "r2": math.nan,
+            "points": len(bits),
+        }
     fit = linregress(np.asarray(bits, dtype=float), np.asarray(action, dtype=float))
-    return {"slope": float(fit.slope), "stderr": float(fit.stderr), "intercept": float(fit.intercept),
-            "r2": float(fit.rvalue ** 2), "points": len(bits)}
+    return {
+        "slope": float(fit.slope),
+        "stderr": float(fit.stderr),
+        "intercept": float(fit.intercept),
+        "r2": float(fit.rvalue**2),
+        "points": len(bits),
+    }
 
 
-# ---------------------------------------------------------------------------------------------- the study
+# ---------------------------------------------------------------------------------------------- the
+# study
 CAPACITY_CONFIGS = {
-    "quick": dict(data="digits", sizes=[50, 100, 200], lambdas=[0.0, 1.0], kinds=["random", "real"], seeds=[0],
-                  width=16, depth=4, max_steps=400, lr=1e-2, batch_size=256,
-                  anchor=dict(d=4, sizes=[4, 6, 8, 10, 12], trials=12)),
-    "full": dict(data="digits", sizes=[50, 100, 200, 400, 800], lambdas=[0.0, 1.0],
-                 kinds=["random", "real"], seeds=[0, 1, 2], width=32, depth=8, max_steps=3000, lr=3e-3,
-                 batch_size=256, anchor=dict(d=10, sizes=list(range(12, 33, 2)), trials=40)),
+    "quick": dict(
+        data="digits",
+        sizes=[50, 100, 200],
+        lambdas=[0.0, 1.0],
+        kinds=["random", "real"],
+        seeds=[0],
+        width=16,
+        depth=4,
+        max_steps=400,
+        lr=1e-2,
+        batch_size=256,
+        anchor=dict(d=4, sizes=[4, 6, 8, 10, 12], trials=12),
+    ),
+    "full": dict(
+        data="digits",
+        sizes=[50, 100, 200, 400, 800],
+        lambdas=[0.0, 1.0],
+        kinds=["random", "real"],
+        seeds=[0, 1, 2],
+        width=32,
+        depth=8,
+        max_steps=3000,
+        lr=3e-3,
+        batch_size=256,
+        anchor=dict(d=10, sizes=list(range(12, 33, 2)), trials=40),
+    ),
 }
 
 
@@ -224,8 +328,14 @@ def _cell_key(kind: str, n: int, lam: float, seed: int) -> str:
     return f"{kind}/N={n}/lam={lam:g}/seed={seed}"
 
 
-def capacity_study(run, config: dict[str, Any], *, split=None, status: Callable[[str], None] = lambda m: None,
-                   progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
+def capacity_study(
+    run,
+    config: dict[str, Any],
+    *,
+    split=None,
+    status: Callable[[str], None] = lambda m: None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> dict[str, Any]:
     """Run (or resume) the capacity study in the run folder ``run`` and return its summary.
 
     Every cell (label kind, N, λ, seed) is stored as soon as it is measured (``cells.jsonl``);
@@ -238,16 +348,25 @@ def capacity_study(run, config: dict[str, Any], *, split=None, status: Callable[
 
     split = split or load_dataset(config["data"], seed=0)
     if len(split.input_shape) != 1:
-        raise MemspaceError(f"the capacity study trains residual MLPs on vectors; {config['data']} has samples of "
-                            f"shape {split.input_shape}")
+        raise MemspaceError(
+            f"the capacity study trains residual MLPs on vectors; {config['data']} has samples of "
+            f"shape {split.input_shape}"
+        )
     X_all, y_all = split.train
     classes = split.num_classes
     too_big = [n for n in config["sizes"] if n > len(X_all)]
     if too_big:
-        raise MemspaceError(f"N = {too_big[0]} exceeds the {len(X_all)} training points of {config['data']}")
+        raise MemspaceError(
+            f"N = {too_big[0]} exceeds the {len(X_all)} training points of {config['data']}"
+        )
     store = CellStore(run)
-    cells = [(kind, n, float(lam), seed) for kind in config["kinds"] for n in config["sizes"]
-             for lam in config["lambdas"] for seed in config["seeds"]]
+    cells = [
+        (kind, n, float(lam), seed)
+        for kind in config["kinds"]
+        for n in config["sizes"]
+        for lam in config["lambdas"]
+        for seed in config["seeds"]
+    ]
     total = len(cells) + 1
     for done, (kind, n, lam, seed) in enumerate(cells):
         key = _cell_key(kind, n, lam, seed)
@@ -261,19 +380,41 @@ def capacity_study(run, config: dict[str, Any], *, split=None, status: Callable[
         factory = lambda: ResidualMLP(X.shape[1], config["width"], config["depth"], classes)  # noqa: E731
         torch.manual_seed(seed)
         model = factory()
-        result = memorise(model, X, y, action="predictive" if lam > 0 else None, lam=lam,
-                          max_steps=config["max_steps"], lr=config["lr"], batch_size=config["batch_size"], seed=seed)
+        result = memorise(
+            model,
+            X,
+            y,
+            action="predictive" if lam > 0 else None,
+            lam=lam,
+            max_steps=config["max_steps"],
+            lr=config["lr"],
+            batch_size=config["batch_size"],
+            seed=seed,
+        )
         record = measure_cell(model, X, y, result, factory, seed=seed)
-        store.add(key, {"kind": kind, "n": n, "lam": lam, "seed": seed, "bits": n * math.log2(classes), **record})
+        store.add(
+            key,
+            {
+                "kind": kind,
+                "n": n,
+                "lam": lam,
+                "seed": seed,
+                "bits": n * math.log2(classes),
+                **record,
+            },
+        )
     if "anchor" not in store:
         status("Cover anchor (linear model)")
         store.add("anchor", {"anchor": cover_anchor(**config["anchor"])})
     progress(total, total)
-    return summarise_capacity([c for c in store.values() if c["key"] != "anchor"], store["anchor"]["anchor"],
-                              config)
+    return summarise_capacity(
+        [c for c in store.values() if c["key"] != "anchor"], store["anchor"]["anchor"], config
+    )
 
 
-def summarise_capacity(cells: list[dict[str, Any]], anchor: dict[str, Any], config: dict[str, Any]) -> dict[str, Any]:
+def summarise_capacity(
+    cells: list[dict[str, Any]], anchor: dict[str, Any], config: dict[str, Any]
+) -> dict[str, Any]:
     """N*(λ) per label kind, cost per bit per λ, mean measures per (kind, N, λ), and the anchor."""
     n_star, per_bit, table = {}, {}, []
     for kind in config["kinds"]:
@@ -284,17 +425,43 @@ def summarise_capacity(cells: list[dict[str, Any]], anchor: dict[str, Any], conf
             fitted_sizes = [n for n, f in zip(sizes, fractions) if f >= 0.5]
             n_star[f"{kind}/{lam:g}"] = max(fitted_sizes) if fitted_sizes else 0
             fitted = [c for c in rows if c["fitted"]]
-            per_bit[f"{kind}/{lam:g}"] = cost_per_bit([c["bits"] for c in fitted],
-                                                      [c["predictive_action"] for c in fitted])
+            per_bit[f"{kind}/{lam:g}"] = cost_per_bit(
+                [c["bits"] for c in fitted], [c["predictive_action"] for c in fitted]
+            )
             for n, fraction in zip(sizes, fractions):
                 same = [c for c in rows if c["n"] == n]
-                means = {key: float(np.mean([c[key] for c in same])) for key in
-                         ("steps", "predictive_action", "least_action", "action_ratio", "kinetic_action",
-                          "fisher_rao_norm", "fisher_trace", "effective_dimension", "fisher_distance_from_init",
-                          "arc_length")}
-                table.append({"kind": kind, "lam": float(lam), "n": n, "bits": same[0]["bits"],
-                              "fitted_fraction": float(fraction), **means})
-    return {"n_star": n_star, "cost_per_bit": per_bit, "table": table, "anchor": anchor, "config": config}
+                means = {
+                    key: float(np.mean([c[key] for c in same]))
+                    for key in (
+                        "steps",
+                        "predictive_action",
+                        "least_action",
+                        "action_ratio",
+                        "kinetic_action",
+                        "fisher_rao_norm",
+                        "fisher_trace",
+                        "effective_dimension",
+                        "fisher_distance_from_init",
+                        "arc_length",
+                    )
+                }
+                table.append(
+                    {
+                        "kind": kind,
+                        "lam": float(lam),
+                        "n": n,
+                        "bits": same[0]["bits"],
+                        "fitted_fraction": float(fraction),
+                        **means,
+                    }
+                )
+    return {
+        "n_star": n_star,
+        "cost_per_bit": per_bit,
+        "table": table,
+        "anchor": anchor,
+        "config": config,
+    }
 
 
 def prepare_capacity(config: dict[str, Any]):
@@ -303,17 +470,26 @@ def prepare_capacity(config: dict[str, Any]):
 
     split = load_dataset(config["data"], seed=0, limit=config.get("limit"))
     if len(split.input_shape) != 1 or not split.train[0].is_floating_point():
-        raise MemspaceError(f"the capacity study trains residual MLPs on real vectors; {config['data']} has "
-                            f"samples of shape {split.input_shape}")
+        raise MemspaceError(
+            f"the capacity study trains residual MLPs on real vectors; {config['data']} has "
+            f"samples of shape {split.input_shape}"
+        )
     too_big = [n for n in config["sizes"] if n > len(split.train[0])]
     if too_big:
-        raise MemspaceError(f"capacity grid: N = {too_big[0]} exceeds the {len(split.train[0])} training points "
-                            f"of {config['data']}")
+        raise MemspaceError(
+            f"capacity grid: N = {too_big[0]} exceeds the {len(split.train[0])} training points "
+            f"of {config['data']}"
+        )
     return split
 
 
 STUDY = Study(
-    name="capacity", figure="capacity", title="Capacity ↔ complexity",
+    name="capacity",
+    figure="capacity",
+    title="Capacity ↔ complexity",
     summary="memorisation under an action budget, with the Cover anchor",
-    configs=CAPACITY_CONFIGS, prepare=prepare_capacity, run=capacity_study,
-    demo_data=lambda data, shape: data if len(shape) == 1 else "digits")  # it needs vectors
+    configs=CAPACITY_CONFIGS,
+    prepare=prepare_capacity,
+    run=capacity_study,
+    demo_data=lambda data, shape: data if len(shape) == 1 else "digits",
+)  # it needs vectors

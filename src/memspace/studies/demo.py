@@ -36,23 +36,55 @@ from .measure import measure_network
 __all__ = ["DEFAULTS", "run_demo"]
 
 DEFAULTS = {
-    "digits": dict(width=32, depth=8, epochs=30, lr=3e-3, batch_size=64, lam=0.1, limit=None, spectral_points=None),
-    "moons": dict(width=8, depth=8, epochs=40, lr=1e-2, batch_size=64, lam=0.1, limit=None, spectral_points=None),
-    "fashion-mnist": dict(width=8, depth=4, epochs=4, lr=3e-3, batch_size=64, lam=0.1, limit=3000,
-                          spectral_points=256),
+    "digits": dict(
+        width=32,
+        depth=8,
+        epochs=30,
+        lr=3e-3,
+        batch_size=64,
+        lam=0.1,
+        limit=None,
+        spectral_points=None,
+    ),
+    "moons": dict(
+        width=8,
+        depth=8,
+        epochs=40,
+        lr=1e-2,
+        batch_size=64,
+        lam=0.1,
+        limit=None,
+        spectral_points=None,
+    ),
+    "fashion-mnist": dict(
+        width=8, depth=4, epochs=4, lr=3e-3, batch_size=64, lam=0.1, limit=3000, spectral_points=256
+    ),
 }
 
 
-def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int = 0, device: str = "cpu",
-             epochs: int | None = None, lam: float | None = None, overwrite: bool = False, progress: bool = True,
-             report: bool = True, studies: bool = True, status: Callable[[str], None] = print) -> dict[str, Any]:
+def run_demo(
+    data: str = "digits",
+    out: str | Path = "runs/demo",
+    *,
+    seed: int = 0,
+    device: str = "cpu",
+    epochs: int | None = None,
+    lam: float | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    report: bool = True,
+    studies: bool = True,
+    status: Callable[[str], None] = print,
+) -> dict[str, Any]:
     """Run the demo study (module doc) and return its metrics.
 
     ``report``: also write report.html; ``studies``: add the quick capacity and robustness
     studies (one report section per memory leg).
     """
     if data not in DEFAULTS and not data.endswith(".npz"):
-        raise MemspaceError(f"unknown data set {data!r}; choose one of {', '.join(DEFAULTS)} or an .npz file")
+        raise MemspaceError(
+            f"unknown data set {data!r}; choose one of {', '.join(DEFAULTS)} or an .npz file"
+        )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MemspaceError(f"device {device!r} requested but CUDA is not available")
     check_number("epochs", epochs, 1, MAX_EPOCHS, integer=True)
@@ -67,7 +99,9 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
     split = load_dataset(data, seed=seed, limit=cfg["limit"])
     check_architecture_fits(split)
     config = {"data": data, "seed": seed, "device": device, **cfg}
-    with RunFolder.open(out, kind="demo", config=config, overwrite=overwrite, finished="metrics.json") as run:
+    with RunFolder.open(
+        out, kind="demo", config=config, overwrite=overwrite, finished="metrics.json"
+    ) as run:
         if run.resumed:
             status(f"resuming the interrupted run in {run.root}")
         metrics = _run_demo(run, data, split, cfg, seed, device, progress, status, started)
@@ -81,9 +115,13 @@ def run_demo(data: str = "digits", out: str | Path = "runs/demo", *, seed: int =
     return metrics
 
 
-def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], None]) -> dict[str, Any]:
-    """The quick configuration of every study of the registry the demo includes, each in its own
-    run folder (on the demo's data where the study can use it), then the quick zoo."""
+def _quick_studies(
+    run: RunFolder, data: str, split, status: Callable[[str], None]
+) -> dict[str, Any]:
+    """The quick configuration of every study of the registry the demo includes.
+
+    Each in its own run folder (on the demo's data where the study can use it), then the quick zoo.
+    """
     from .base import StudySummary
     from .registry import STUDIES, prepare_study
 
@@ -94,16 +132,23 @@ def _quick_studies(run: RunFolder, data: str, split, status: Callable[[str], Non
         study_data = study.demo_data(data, split.input_shape)
         config, study_split = prepare_study(study.name, "quick", study_data)
         status(f"{study.name} study (quick, {config['data']})")
-        with RunFolder.open(run.path(f"study-{study.name}"), kind=f"study-{study.name}", config=config) as folder:
-            summaries[study.name] = StudySummary(study.name, study.run(folder, config, split=study_split,
-                                                                       status=lambda m: status(f"  {m}")))
+        with RunFolder.open(
+            run.path(f"study-{study.name}"), kind=f"study-{study.name}", config=config
+        ) as folder:
+            summaries[study.name] = StudySummary(
+                study.name,
+                study.run(folder, config, split=study_split, status=lambda m: status(f"  {m}")),
+            )
     status("model zoo (quick grid on digits)")
     summaries["zoo"] = quick_zoo(run.path("zoo"), status=lambda m: status(f"  {m}"))
     return summaries
 
 
 def quick_zoo(folder: Path, status: Callable[[str], None] = print) -> dict[str, Any]:
-    """The CI-sized zoo, trained, measured and ranked: its leaderboard and the top measures' values."""
+    """The CI-sized zoo, trained, measured and ranked.
+
+    Its leaderboard and the top measures' values.
+    """
     from ..zoo import evaluate_zoo, leaderboard_points, run_zoo
 
     run_zoo("quick", folder, workers=2, status=status)
@@ -112,35 +157,70 @@ def quick_zoo(folder: Path, status: Callable[[str], None] = print) -> dict[str, 
     return evaluation
 
 
-def _run_demo(run: RunFolder, data, split, cfg, seed, device, progress, status, started) -> dict[str, Any]:
+def _run_demo(
+    run: RunFolder, data, split, cfg, seed, device, progress, status, started
+) -> dict[str, Any]:
     networks: dict[str, Any] = {}
     for name, action in (("plain", None), ("least-action", "predictive")):
         torch.manual_seed(seed)
         model = build_model(split.input_shape, split.num_classes, cfg).to(device)
         run_dir = run.path(f"train-{name}")
-        status(f"training the {name} network ({cfg['epochs']} epochs, {'λ·A, λ = ' + str(cfg['lam']) if action else 'λ = 0'})")
+        status(
+            f"training the {name} network ({cfg['epochs']} epochs, "
+            f"{'λ·A, λ = ' + str(cfg['lam']) if action else 'λ = 0'})"
+        )
         train = tuple(t.to(device) for t in split.train)
         test = tuple(t.to(device) for t in split.test)
-        result = fit(model, train, action=action, lam=cfg["lam"] if action else 0.0, epochs=cfg["epochs"],
-                     lr=cfg["lr"], batch_size=cfg["batch_size"], val_data=test, seed=seed,
-                     checkpoint_dir=run_dir, progress=progress, log=status,
-                     run_config={"data": data, "width": cfg["width"], "depth": cfg["depth"]})
+        result = fit(
+            model,
+            train,
+            action=action,
+            lam=cfg["lam"] if action else 0.0,
+            epochs=cfg["epochs"],
+            lr=cfg["lr"],
+            batch_size=cfg["batch_size"],
+            val_data=test,
+            seed=seed,
+            checkpoint_dir=run_dir,
+            progress=progress,
+            log=status,
+            run_config={"data": data, "width": cfg["width"], "depth": cfg["depth"]},
+        )
         init_file = run_dir / "init.safetensors"
         initial = load_state(init_file)
         epochs_done = [e["epoch"] for e in result.history]
         checkpoints = [init_file, *(run_dir / f"epoch-{e:04d}.safetensors" for e in epochs_done)]
         status(f"measuring the {name} network")
         measures = measure_network(
-            result.model, split, initial_params=initial, checkpoints=checkpoints,
+            result.model,
+            split,
+            initial_params=initial,
+            checkpoints=checkpoints,
             model_factory=lambda: build_model(split.input_shape, split.num_classes, cfg).to(device),
-            spectral_points=cfg["spectral_points"], seed=seed, status=lambda m: status(f"  {m}"))
-        networks[name] = {"action": action or "none", "lambda": cfg["lam"] if action else 0.0,
-                          "history": result.history, "measures": measures.to_dict()}
+            spectral_points=cfg["spectral_points"],
+            seed=seed,
+            status=lambda m: status(f"  {m}"),
+        )
+        networks[name] = {
+            "action": action or "none",
+            "lambda": cfg["lam"] if action else 0.0,
+            "history": result.history,
+            "measures": measures.to_dict(),
+        }
         run.write_json(f"measures-{name}.json", networks[name])
     return {
-        "run": {"data": data, "seed": seed, "device": device, "config": cfg, "out": str(run.root),
-                "num_train": len(split.train[0]), "num_test": len(split.test[0]),
-                "input_shape": list(split.input_shape), "num_classes": split.num_classes,
-                "seconds": time.time() - started, "torch": torch.__version__},
+        "run": {
+            "data": data,
+            "seed": seed,
+            "device": device,
+            "config": cfg,
+            "out": str(run.root),
+            "num_train": len(split.train[0]),
+            "num_test": len(split.test[0]),
+            "input_shape": list(split.input_shape),
+            "num_classes": split.num_classes,
+            "seconds": time.time() - started,
+            "torch": torch.__version__,
+        },
         "networks": networks,
     }

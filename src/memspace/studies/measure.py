@@ -31,10 +31,10 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from .._errors import MemspaceError
 from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
 from ..data import DataSplit
 from ..fisher import FisherOperator
-from .._errors import MemspaceError
 from ..paths import ResidualPath, block_sensitivity, predictive_path
 from ..train import evaluate
 from .results import NetworkMeasures
@@ -46,7 +46,9 @@ def _subset(data: tuple[Tensor, Tensor], n: int) -> tuple[Tensor, Tensor]:
     return data[0][:n], data[1][:n]
 
 
-def _log_spectral_density(density, lam_max: float, decades: float = 6.0, width: float = 0.1) -> dict[str, Any]:
+def _log_spectral_density(
+    density, lam_max: float, decades: float = 6.0, width: float = 0.1
+) -> dict[str, Any]:
     """SLQ spectral mass per decade of λ on a log grid, and the mass below the grid.
 
     The quadrature rules' nodes θ_j with weights τ_j² (averaged over probes) are
@@ -59,9 +61,15 @@ def _log_spectral_density(density, lam_max: float, decades: float = 6.0, width: 
     visible = nodes >= floor
     grid = np.linspace(np.log10(floor), np.log10(lam_max) + 0.3, 240)
     logs = np.log10(nodes[visible])
-    kernel = np.exp(-0.5 * ((grid[:, None] - logs[None, :]) / width) ** 2) / (width * np.sqrt(2 * np.pi))
-    return {"log10_grid": grid.tolist(), "mass_per_decade": (kernel @ weights[visible]).tolist(),
-            "fraction_near_zero": float(weights[~visible].sum()), "floor": floor}
+    kernel = np.exp(-0.5 * ((grid[:, None] - logs[None, :]) / width) ** 2) / (
+        width * np.sqrt(2 * np.pi)
+    )
+    return {
+        "log10_grid": grid.tolist(),
+        "mass_per_decade": (kernel @ weights[visible]).tolist(),
+        "fraction_near_zero": float(weights[~visible].sum()),
+        "floor": floor,
+    }
 
 
 def _stream_states(model: nn.Module, inputs: Tensor, block_names) -> np.ndarray:
@@ -87,15 +95,25 @@ def _point_paths(points: dict[str, np.ndarray]) -> dict[str, Any]:
     probs = torch.as_tensor(points["probabilities"])  # [N, L+1, C]
     logs = probs.clamp_min(1e-300).log()
     from_start = fisher_rao_distance(logs[:, :1], logs).numpy()  # [N, L+1]
-    result = {"from_start": from_start.tolist(), "endpoint": points["endpoint_distance"].tolist(),
-              "ratio": (points["action"] / np.maximum(points["endpoint_distance"] ** 2, 1e-300)).tolist()}
+    result = {
+        "from_start": from_start.tolist(),
+        "endpoint": points["endpoint_distance"].tolist(),
+        "ratio": (points["action"] / np.maximum(points["endpoint_distance"] ** 2, 1e-300)).tolist(),
+    }
     if probs.shape[2] == 2:
-        result["angle"] = np.arctan2(np.sqrt(probs[..., 1].numpy()), np.sqrt(probs[..., 0].numpy())).tolist()
+        result["angle"] = np.arctan2(
+            np.sqrt(probs[..., 1].numpy()), np.sqrt(probs[..., 0].numpy())
+        ).tolist()
     return result
 
 
-def effective_dimension(F: FisherOperator, lam_max: float | None = None, relative_z: float = 1e-3,
-                        num_probes: int = 4, steps: int = 30):
+def effective_dimension(
+    F: FisherOperator,
+    lam_max: float | None = None,
+    relative_z: float = 1e-3,
+    num_probes: int = 4,
+    steps: int = 30,
+):
     """d_eff = Σ_i λ_i/(λ_i + z) with z = relative_z · λ_max, by stochastic Lanczos quadrature.
 
     Maddox et al. 2020 (effective dimensionality); docs/theory.md §1. Returns
@@ -126,8 +144,10 @@ def measure_network(
     status: Callable[[str], None] = lambda message: None,
     distributed: bool = False,
 ) -> NetworkMeasures:
-    """All measures of one network (module doc), typed (:class:`~memspace.studies.results.NetworkMeasures`;
-    ``.to_dict()`` is the JSON a run folder stores). ``status`` receives progress messages.
+    """All measures of one network (module doc).
+
+    Typed (:class:`~memspace.studies.results.NetworkMeasures`; ``.to_dict()`` is the JSON a run
+    folder stores). ``status`` receives progress messages.
 
     ``max_points`` training points enter every Fisher quantity, except the trace,
     eigenvalues and spectral density, which use ``spectral_points`` (default: the same).
@@ -157,8 +177,12 @@ def measure_network(
         status("Fisher–Rao norm")
         out["fisher_rao_norm"] = fisher_rao_norm(model, data, distributed=distributed)
         # Lanczos and SLQ need ~150 products: they may use fewer points than the rest.
-        F = FisherOperator(model, share(_subset(train, spectral_points or max_points)), seed=seed,
-                           distributed=distributed)
+        F = FisherOperator(
+            model,
+            share(_subset(train, spectral_points or max_points)),
+            seed=seed,
+            distributed=distributed,
+        )
         out["num_params"] = F.shape[0]
         status("Fisher trace")
         out["fisher_trace"] = float(F.trace())
@@ -168,35 +192,57 @@ def measure_network(
         out["top_eigenvalues"] = values.tolist()
         status("spectral density (SLQ)")
         lam_max = max(float(values[0]), 1e-30)
-        out["effective_dimension"], out["effective_dimension_z"], density = effective_dimension(F, lam_max)
+        out["effective_dimension"], out["effective_dimension_z"], density = effective_dimension(
+            F, lam_max
+        )
         out["spectral_density"] = _log_spectral_density(density, lam_max)
         try:
             ResidualPath(model, block_names)
             status("predictive path")
-            out["predictive_path"] = predictive_path(model, data, block_names=block_names, head=head,
-                                                     distributed=distributed).as_dict()
+            out["predictive_path"] = predictive_path(
+                model, data, block_names=block_names, head=head, distributed=distributed
+            ).as_dict()
         except MemspaceError as error:
-            out["path_skipped"] = (f"{error} — the path measures need the residual blocks (--blocks / block_names) "
-                                   "and the read-out (head)")
+            out["path_skipped"] = (
+                f"{error} — the path measures need the residual blocks (--blocks / block_names) "
+                "and the read-out (head)"
+            )
             status(f"path skipped: {error}")
         if "predictive_path" in out:
             status("block sensitivity and deletion")
-            out["sensitivity"] = block_sensitivity(model, data, block_names=block_names,
-                                                   distributed=distributed).as_dict()
+            out["sensitivity"] = block_sensitivity(
+                model, data, block_names=block_names, distributed=distributed
+            ).as_dict()
             # One per-point pass on the first 150 test points serves both the point figure
             # (the first 100) and, for 2-D inputs, the trajectories.
-            per_point = predictive_path(model, (test[0][:150], test[1][:150]), block_names=block_names, head=head,
-                                        points=True).points
+            per_point = predictive_path(
+                model,
+                (test[0][:150], test[1][:150]),
+                block_names=block_names,
+                head=head,
+                points=True,
+            ).points
             out["predictive_points"] = _point_paths({k: v[:100] for k, v in per_point.items()})
         if initial_params is not None:
             status("distance from initialisation")
-            out["fisher_distance_from_init"] = fisher_distance(model, initial_params, data, distributed=distributed)
-            out["euclidean_distance_from_init"] = float(sum(
-                (p.detach() - initial_params[n].to(p)).pow(2).sum() for n, p in model.named_parameters()) ** 0.5)
+            out["fisher_distance_from_init"] = fisher_distance(
+                model, initial_params, data, distributed=distributed
+            )
+            out["euclidean_distance_from_init"] = float(
+                sum(
+                    (p.detach() - initial_params[n].to(p)).pow(2).sum()
+                    for n, p in model.named_parameters()
+                )
+                ** 0.5
+            )
         if checkpoints and model_factory is not None and len(checkpoints) >= 2:
             status("trajectory length")
-            traj = trajectory_length(list(checkpoints), model_factory, share(_subset(train, min(max_points, 512))),
-                                     distributed=distributed)
+            traj = trajectory_length(
+                list(checkpoints),
+                model_factory,
+                share(_subset(train, min(max_points, 512))),
+                distributed=distributed,
+            )
             out["trajectory_length"] = traj.length
             out["trajectory_step_lengths"] = traj.step_lengths.tolist()
         if split.input_shape == (2,) and "predictive_path" in out:
@@ -208,13 +254,17 @@ def measure_network(
             centre = flat.mean(0)
             _, _, axes = np.linalg.svd(flat - centre, full_matrices=False)
             projected = (states - centre) @ axes[:2].T  # [L+1, N, 2]
-            out["trajectories"] = {"points": projected.tolist(), "speeds": speeds.tolist(),
-                                   "labels": test[1][:150].tolist()}
+            out["trajectories"] = {
+                "points": projected.tolist(),
+                "speeds": speeds.tolist(),
+                "labels": test[1][:150].tolist(),
+            }
         return NetworkMeasures(**out)
 
 
-def check_measurable(network: nn.Module, split: DataSplit, block_names: Sequence[str] | None,
-                     head: str | None) -> None:
+def check_measurable(
+    network: nn.Module, split: DataSplit, block_names: Sequence[str] | None, head: str | None
+) -> None:
     """Refuse a model, blocks or data that cannot be measured, before any work or folder.
 
     One forward on two training points; with ``block_names``, the blocks must exist, run once
@@ -237,8 +287,10 @@ def check_measurable(network: nn.Module, split: DataSplit, block_names: Sequence
         try:
             return network(x)
         except (RuntimeError, ValueError, TypeError, IndexError) as error:
-            raise MemspaceError(f"the model cannot run on the data's inputs (samples of shape "
-                                f"{tuple(x.shape[1:])}, {x.dtype}): {one_line(error)}") from None
+            raise MemspaceError(
+                f"the model cannot run on the data's inputs (samples of shape "
+                f"{tuple(x.shape[1:])}, {x.dtype}): {one_line(error)}"
+            ) from None
 
     if block_names is not None:
         path = ResidualPath(network, block_names)
@@ -251,14 +303,27 @@ def check_measurable(network: nn.Module, split: DataSplit, block_names: Sequence
             out = forward()
     if not isinstance(out, torch.Tensor) or out.dim() != 2 or out.shape[1] != split.num_classes:
         shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
-        raise MemspaceError(f"the model maps a batch of 2 inputs of shape {tuple(x.shape[1:])} to {shape}; "
-                            f"measure needs logits [N, {split.num_classes}] for this data set")
+        raise MemspaceError(
+            f"the model maps a batch of 2 inputs of shape {tuple(x.shape[1:])} to {shape}; "
+            f"measure needs logits [N, {split.num_classes}] for this data set"
+        )
 
 
-def measure_weights(weights: Path, arch: str, data: str, *, blocks: Sequence[str] | None = None,
-                    head: str | None = None, out: Path = Path("runs/measure"), seed: int = 0,
-                    overwrite: bool = False, distributed: bool = False, rank: int = 0, world: int = 1,
-                    status: Callable[[str], None] = lambda message: None) -> tuple[dict[str, Any] | None, Path | None]:
+def measure_weights(
+    weights: Path,
+    arch: str,
+    data: str,
+    *,
+    blocks: Sequence[str] | None = None,
+    head: str | None = None,
+    out: Path = Path("runs/measure"),
+    seed: int = 0,
+    overwrite: bool = False,
+    distributed: bool = False,
+    rank: int = 0,
+    world: int = 1,
+    status: Callable[[str], None] = lambda message: None,
+) -> tuple[dict[str, Any] | None, Path | None]:
     """``memspace measure``: a user's trained model measured into a run folder with a report.
 
     Sharded (``distributed``): every rank measures its share of the points, rank 0 alone owns the
@@ -283,21 +348,50 @@ def measure_weights(weights: Path, arch: str, data: str, *, blocks: Sequence[str
         names = list(blocks) if blocks else None
         network = network.float().eval()
         check_measurable(network, split, names, head)
-        config = {"data": data, "model": str(weights), "arch": arch, "seed": seed, "blocks": names, "head": head,
-                  **shared}
-        folder = (RunFolder.open(out, kind="measure", config=config, overwrite=overwrite, finished="metrics.json")
-                  if lead else nullcontext())
+        config = {
+            "data": data,
+            "model": str(weights),
+            "arch": arch,
+            "seed": seed,
+            "blocks": names,
+            "head": head,
+            **shared,
+        }
+        folder = (
+            RunFolder.open(
+                out, kind="measure", config=config, overwrite=overwrite, finished="metrics.json"
+            )
+            if lead
+            else nullcontext()
+        )
         with folder as run:
             say = status if lead else (lambda message: None)
             if distributed:
                 say(f"{world} processes, each measuring its share of the points")
-            measures = measure_network(network, split, block_names=names, head=head, seed=seed, status=say,
-                                       distributed=distributed)
+            measures = measure_network(
+                network,
+                split,
+                block_names=names,
+                head=head,
+                seed=seed,
+                status=say,
+                distributed=distributed,
+            )
             if not lead:
                 return None, None
-            metrics = {"run": {"data": data, "model": str(weights), "arch": arch, "seed": seed, **shared},
-                       "networks": {weights.stem: {"action": "n/a", "lambda": "n/a", "history": [],
-                                                   "measures": measures.to_dict()}}}
-            report = render_report(metrics, run.path("report.html"), title=f"memspace report: {weights.name}")
+            metrics = {
+                "run": {"data": data, "model": str(weights), "arch": arch, "seed": seed, **shared},
+                "networks": {
+                    weights.stem: {
+                        "action": "n/a",
+                        "lambda": "n/a",
+                        "history": [],
+                        "measures": measures.to_dict(),
+                    }
+                },
+            }
+            report = render_report(
+                metrics, run.path("report.html"), title=f"memspace report: {weights.name}"
+            )
             run.write_json("metrics.json", metrics)  # last: the marker of a finished run
     return metrics, report

@@ -21,7 +21,9 @@ __all__ = ["STUDIES", "Study", "get_study", "prepare_study", "run_study"]
 def _registered() -> dict[str, Study]:
     from . import capacity, disentanglement, robustness
 
-    return {study.name: study for study in (capacity.STUDY, robustness.STUDY, disentanglement.STUDY)}
+    return {
+        study.name: study for study in (capacity.STUDY, robustness.STUDY, disentanglement.STUDY)
+    }
 
 
 STUDIES: dict[str, Study] = _registered()
@@ -39,9 +41,12 @@ def get_study(name: str) -> Study:
     return STUDIES[name]
 
 
-def prepare_study(name: str, size: str = "quick", data: str | None = None, **overrides: Any) -> tuple[dict, Any]:
-    """A study's configuration (``"quick"`` or ``"full"``, with ``data`` and overrides) and its data,
-    checked before any work.
+def prepare_study(
+    name: str, size: str = "quick", data: str | None = None, **overrides: Any
+) -> tuple[dict, Any]:
+    """A study's configuration and its data, checked before any work.
+
+    The configuration is ``"quick"`` or ``"full"``, with ``data`` and the overrides.
 
     Raises:
         MemspaceError: an unknown study, data the study cannot use, or a grid that cannot run.
@@ -51,6 +56,11 @@ def prepare_study(name: str, size: str = "quick", data: str | None = None, **ove
     return config, study.prepare(config)
 
 
-def run_study(name: str, run: Any, config: dict[str, Any], split: Any = None, **kwargs: Any) -> dict[str, Any]:
-    """Run (or resume) the study ``name`` in the run folder ``run``; return its :class:`StudySummary`."""
+def run_study(
+    name: str, run: Any, config: dict[str, Any], split: Any = None, **kwargs: Any
+) -> dict[str, Any]:
+    """Run (or resume) the study ``name`` in the run folder ``run``.
+
+    Return its :class:`StudySummary`.
+    """
     return StudySummary(name, get_study(name).run(run, config, split=split, **kwargs))

@@ -38,9 +38,11 @@ class NetworkMeasures:
         predictive_path: :meth:`memspace.paths.PredictivePath.as_dict` (None when the model is not a
             path; then ``path_skipped`` says why).
         sensitivity: :meth:`memspace.paths.BlockSensitivity.as_dict`, with the path.
-        predictive_points: per-point distances from the start over depth (and angles for two classes).
+        predictive_points: per-point distances from the start over depth (and angles for two
+            classes).
         fisher_distance_from_init, euclidean_distance_from_init: given the initial weights.
-        trajectory_length, trajectory_step_lengths: the Fisher arc length of training, given checkpoints.
+        trajectory_length, trajectory_step_lengths: the Fisher arc length of training, given
+            checkpoints.
         trajectories: for 2-D inputs, test points through depth and their predictive speeds.
         extra: keys of a metrics file this version does not know, kept as read.
         schema: :data:`SCHEMA_VERSION`.
@@ -78,32 +80,53 @@ class NetworkMeasures:
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "the measures") -> NetworkMeasures:
-        """The measures of a metrics file, checked: a mapping, of a schema this version reads, with every
-        measure a network always has.
+        """The measures of a metrics file, checked.
+
+        A mapping, of a schema this version reads, with every measure a network always has.
 
         Raises:
             MemspaceError: naming ``source`` and what is wrong.
         """
         if not isinstance(data, dict):
-            raise MemspaceError(f"{source}: the measures are a {type(data).__name__}, not a mapping")
+            raise MemspaceError(
+                f"{source}: the measures are a {type(data).__name__}, not a mapping"
+            )
         schema = data.get("schema", 1)
-        if not isinstance(schema, int) or isinstance(schema, bool) or not 1 <= schema <= SCHEMA_VERSION:
-            raise MemspaceError(f"{source}: measures of schema {schema!r}; this memspace reads schema 1 to "
-                                f"{SCHEMA_VERSION} (a newer memspace wrote it?)")
+        if (
+            not isinstance(schema, int)
+            or isinstance(schema, bool)
+            or not 1 <= schema <= SCHEMA_VERSION
+        ):
+            raise MemspaceError(
+                f"{source}: measures of schema {schema!r}; this memspace reads schema 1 to "
+                f"{SCHEMA_VERSION} (a newer memspace wrote it?)"
+            )
         known = {f.name for f in fields(cls)} - {"extra"}
-        required = [f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING]
+        required = [
+            f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING
+        ]
         missing = [name for name in required if name not in data]
         if missing:
-            raise MemspaceError(f"{source}: the measures lack {', '.join(missing)}; rerun the command that wrote it")
+            raise MemspaceError(
+                f"{source}: the measures lack {', '.join(missing)}; rerun the command that wrote it"
+            )
         values = {k: v for k, v in data.items() if k in known}
         return cls(**values, extra={k: v for k, v in data.items() if k not in known})
 
     # ------------------------------------------------------------ looking at it
     def __repr__(self) -> str:
-        path = (f", A/A_min={_fmt(self.predictive_path.get('ratio'), '.3f')}" if self.predictive_path else "")
-        return (f"NetworkMeasures(test_acc={_fmt(self.test_acc, '.3f')}, gap={_fmt(self.gap, '+.3f')}, "
-                f"fisher_rao_norm={_fmt(self.fisher_rao_norm, '.4g')}, fisher_trace={_fmt(self.fisher_trace, '.4g')}, "
-                f"effective_dimension={_fmt(self.effective_dimension, '.1f')}{path}, P={self.num_params})")
+        path = (
+            f", A/A_min={_fmt(self.predictive_path.get('ratio'), '.3f')}"
+            if self.predictive_path
+            else ""
+        )
+        return (
+            f"NetworkMeasures(test_acc={_fmt(self.test_acc, '.3f')}, gap={_fmt(self.gap, '+.3f')}, "
+            f"fisher_rao_norm={_fmt(self.fisher_rao_norm, '.4g')}, "
+            f"fisher_trace={_fmt(self.fisher_trace, '.4g')}, "
+            f"effective_dimension={_fmt(self.effective_dimension, '.1f')}{path}, "
+            f"P={self.num_params})"
+        )
 
     def _repr_html_(self) -> str:
         from ..report.html import summary_table
@@ -111,7 +134,9 @@ class NetworkMeasures:
         return summary_table({"network": {"measures": self}})
 
     def plot(self, ax: Any = None) -> Any:
-        """The report's spectrum figure for this network: the top of the spectrum and the SLQ density.
+        """The report's spectrum figure for this network.
+
+        The top of the spectrum and the SLQ density.
 
         Args:
             ax: two matplotlib axes to draw on (default: a new figure with two).

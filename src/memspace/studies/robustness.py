@@ -36,17 +36,27 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from .._errors import MemspaceError
-from .base import Study
 from ..fisher import FisherOperator
 from ..train import evaluate, snapshot
+from .base import Study
 
-__all__ = ["Reinitialization", "WeightNoise", "classify_layers", "layer_units", "reinitialization",
-           "sensitivity_ranks_damage", "weight_noise"]
+__all__ = [
+    "Reinitialization",
+    "WeightNoise",
+    "classify_layers",
+    "layer_units",
+    "reinitialization",
+    "sensitivity_ranks_damage",
+    "weight_noise",
+]
 
 
 def _as_json(result) -> dict[str, Any]:
     """A result dataclass as a JSON-ready dict (arrays as lists)."""
-    return {key: value.tolist() if isinstance(value, np.ndarray) else value for key, value in asdict(result).items()}
+    return {
+        key: value.tolist() if isinstance(value, np.ndarray) else value
+        for key, value in asdict(result).items()
+    }
 
 
 def layer_units(model: nn.Module, layers: Sequence[str] | None = None) -> dict[str, list[str]]:
@@ -65,19 +75,27 @@ def layer_units(model: nn.Module, layers: Sequence[str] | None = None) -> dict[s
     tied = shared_parameters(model)
     if tied:
         name, others = next(iter(tied.items()))
-        raise MemspaceError(f"parameter {name!r} is also registered as {others[0]!r} (a tied weight): layers "
-                            "cannot be reset or perturbed one at a time")
+        raise MemspaceError(
+            f"parameter {name!r} is also registered as {others[0]!r} (a tied weight): layers "
+            "cannot be reset or perturbed one at a time"
+        )
     modules = dict(model.named_modules())
     if layers is None:
         if hasattr(model, "blocks") and hasattr(model, "stem") and hasattr(model, "head"):
             layers = ["stem", *(f"blocks.{i}" for i in range(len(model.blocks))), "head"]
         else:
-            layers = [name for name, child in model.named_children() if any(True for _ in child.parameters())]
+            layers = [
+                name
+                for name, child in model.named_children()
+                if any(True for _ in child.parameters())
+            ]
     keys = list(model.state_dict())
     units = {}
     for name in layers:
         if name not in modules:
-            raise MemspaceError(f"no module named {name!r} in the model; layers must be module names")
+            raise MemspaceError(
+                f"no module named {name!r} in the model; layers must be module names"
+            )
         owned = [k for k in keys if k.startswith(name + ".")]
         if not any(True for _ in modules[name].parameters()):
             raise MemspaceError(f"layer {name!r} has no parameters")
@@ -116,12 +134,18 @@ class Reinitialization:
         return self.error[:, self.columns.index(column)] - self.trained_error
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (arrays as lists)."""
         return _as_json(self)
 
 
-def classify_layers(errors_at_init: Sequence[float], trained_error: float, chance_error: float,
-                    delta_abs: float = 0.01, delta_chance: float = 0.1) -> list[str]:
-    """robust (Δ ≤ δ_abs), critical (err ≥ chance − δ_chance) or intermediate, per layer."""
+def classify_layers(
+    errors_at_init: Sequence[float],
+    trained_error: float,
+    chance_error: float,
+    delta_abs: float = 0.01,
+    delta_chance: float = 0.1,
+) -> list[str]:
+    """Robust (Δ ≤ δ_abs), critical (err ≥ chance − δ_chance) or intermediate, per layer."""
     labels = []
     for err in errors_at_init:
         if err - trained_error <= delta_abs:
@@ -133,7 +157,9 @@ def classify_layers(errors_at_init: Sequence[float], trained_error: float, chanc
     return labels
 
 
-def _relative_distance(final: Mapping[str, Tensor], initial: Mapping[str, Tensor], keys: Sequence[str]):
+def _relative_distance(
+    final: Mapping[str, Tensor], initial: Mapping[str, Tensor], keys: Sequence[str]
+):
     params = [k for k in keys if torch.is_floating_point(final[k])]
     diff = torch.cat([(final[k] - initial[k]).flatten().double() for k in params])
     base = torch.cat([initial[k].flatten().double() for k in params])
@@ -166,6 +192,8 @@ def reinitialization(
         layers: module names (default :func:`layer_units`).
         rerandomize_seeds: torch seeds of the fresh draws; the ``"rnd"`` column is their mean.
         num_classes: C, for the chance error 1 − 1/C (default: from the model's output).
+        delta_abs: a layer is robust when resetting it raises the test error by at most this.
+        delta_chance: it is critical when the error comes within this of the chance error.
 
     Returns:
         :class:`Reinitialization`.
@@ -210,8 +238,19 @@ def reinitialization(
     trained_error = 1.0 - trained_acc
     chance = 1.0 - 1.0 / classes
     labels = classify_layers(error[:, 1], trained_error, chance, delta_abs, delta_chance)
-    return Reinitialization(list(units), columns, error, loss, trained_error, chance, labels,
-                            np.array(l2), np.array(linf), delta_abs, delta_chance)
+    return Reinitialization(
+        list(units),
+        columns,
+        error,
+        loss,
+        trained_error,
+        chance,
+        labels,
+        np.array(l2),
+        np.array(linf),
+        delta_abs,
+        delta_chance,
+    )
 
 
 @dataclass(frozen=True)
@@ -245,6 +284,7 @@ class WeightNoise:
     samples: int
 
     def as_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (arrays as lists)."""
         return _as_json(self)
 
 
@@ -272,13 +312,16 @@ def weight_noise(
         layers: module names (default :func:`layer_units`).
         samples: noise draws per σ and layer.
         seed: seed of the noise.
+        tolerance: the largest |E KL / ((σ²/2) tr F) − 1| still in the linear regime; the
+            smallest σ past it is reported as where the regime breaks.
 
     Returns:
         :class:`WeightNoise`.
     """
     import copy
 
-    # in float64: at small σ the KL is ~σ² tr F_ℓℓ/2 (1e-9 for a quiet block), below float32's resolution
+    # in float64: at small σ the KL is ~σ² tr F_ℓℓ/2 (1e-9 for a quiet block), below float32's
+    # resolution
     model = copy.deepcopy(model).double().eval()
     data = (data[0].double() if data[0].is_floating_point() else data[0], data[1])
     X = data[0]
@@ -290,11 +333,15 @@ def weight_noise(
         logits = model(X)
     if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != len(data[1]):
         shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
-        raise MemspaceError(f"weight_noise needs logits [N, C] with samples along the inputs' axis 0; the model "
-                            f"maps {len(data[1])} inputs to {shape}")
+        raise MemspaceError(
+            f"weight_noise needs logits [N, C] with samples along the inputs' axis 0; the model "
+            f"maps {len(data[1])} inputs to {shape}"
+        )
     F = FisherOperator(model, data)
     diag = F.space.to_dict(F.diag())
-    traces = np.array([float(sum(diag[k].sum() for k in keys if k in diag)) for keys in per_unit.values()])
+    traces = np.array(
+        [float(sum(diag[k].sum() for k in keys if k in diag)) for keys in per_unit.values()]
+    )
     generator = torch.Generator(device=X.device).manual_seed(seed)
     log_p = torch.log_softmax(logits, dim=-1)
     shape = (len(per_unit), len(sigmas))
@@ -305,10 +352,13 @@ def weight_noise(
             for _ in range(samples):
                 delta = {k: torch.zeros_like(v) for k, v in params.items()}
                 for k in keys:
-                    delta[k] = sigma * torch.randn(params[k].shape, generator=generator, device=X.device,
-                                                   dtype=params[k].dtype)
+                    delta[k] = sigma * torch.randn(
+                        params[k].shape, generator=generator, device=X.device, dtype=params[k].dtype
+                    )
                 with torch.no_grad():
-                    kls.append(float(_mean_kl(model, {k: params[k] + delta[k] for k in params}, X, log_p)))
+                    kls.append(
+                        float(_mean_kl(model, {k: params[k] + delta[k] for k in params}, X, log_p))
+                    )
                 quads.append(0.5 * float(F.quad(delta)))
             measured[i, j] = np.mean(kls)
             stderr[i, j] = np.std(kls, ddof=1) / math.sqrt(samples) if samples > 1 else math.nan
@@ -323,28 +373,69 @@ def weight_noise(
                 broken = float(sigma)
                 break
         breakdown.append(broken)
-    return WeightNoise(list(per_unit), traces, sig, predicted, measured, stderr, paired, breakdown, tolerance,
-                       len(X), samples)
+    return WeightNoise(
+        list(per_unit),
+        traces,
+        sig,
+        predicted,
+        measured,
+        stderr,
+        paired,
+        breakdown,
+        tolerance,
+        len(X),
+        samples,
+    )
 
 
-def sensitivity_ranks_damage(fisher_trace: Sequence[float], damage: Sequence[float]) -> dict[str, float]:
+def sensitivity_ranks_damage(
+    fisher_trace: Sequence[float], damage: Sequence[float]
+) -> dict[str, float]:
     """Kendall's τ (τ_b, with its two-sided p-value) between tr F_ℓℓ and the damage Δ_ℓ."""
     tau, p_value = kendalltau(np.asarray(fisher_trace), np.asarray(damage))
     return {"tau": float(tau), "p_value": float(p_value), "num_layers": len(damage)}
 
 
-# ---------------------------------------------------------------------------------------------- the study
+# ---------------------------------------------------------------------------------------------- the
+# study
 ROBUSTNESS_CONFIGS = {
-    "quick": dict(data="digits", width=16, depth=4, epochs=6, lr=3e-3, batch_size=64, seeds=[0],
-                  taus=[0, 1, 2, 3], sigmas=[1e-2, 1e-1, 3e-1, 1.0], samples=4, points=256),
-    "full": dict(data="digits", width=32, depth=8, epochs=40, lr=3e-3, batch_size=64, seeds=[0, 1, 2],
-                 taus=[0, 1, 2, 3, 8, 20], sigmas=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0], samples=16,
-                 points=512),
+    "quick": dict(
+        data="digits",
+        width=16,
+        depth=4,
+        epochs=6,
+        lr=3e-3,
+        batch_size=64,
+        seeds=[0],
+        taus=[0, 1, 2, 3],
+        sigmas=[1e-2, 1e-1, 3e-1, 1.0],
+        samples=4,
+        points=256,
+    ),
+    "full": dict(
+        data="digits",
+        width=32,
+        depth=8,
+        epochs=40,
+        lr=3e-3,
+        batch_size=64,
+        seeds=[0, 1, 2],
+        taus=[0, 1, 2, 3, 8, 20],
+        sigmas=[1e-3, 3e-3, 1e-2, 3e-2, 1e-1, 3e-1, 1.0],
+        samples=16,
+        points=512,
+    ),
 }
 
 
-def robustness_study(run, config: dict[str, Any], *, split=None, status: Callable[[str], None] = lambda m: None,
-                     progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
+def robustness_study(
+    run,
+    config: dict[str, Any],
+    *,
+    split=None,
+    status: Callable[[str], None] = lambda m: None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> dict[str, Any]:
     """Run (or resume) the robustness study in the run folder ``run`` and return its summary.
 
     Per seed: a residual network trained with :func:`memspace.fit` (checkpoints every
@@ -354,14 +445,15 @@ def robustness_study(run, config: dict[str, Any], *, split=None, status: Callabl
     between tr F_ℓℓ and the damage, and the claim "bottom layers critical, top layers robust".
     """
     from ..data import load_dataset
-    from ..paths import block_sensitivity
+    from ..paths import block_sensitivity, build_model
     from ..train import fit, load_checkpoint
     from ._cells import CellStore
-    from ..paths import build_model
 
     split = split or load_dataset(config["data"], seed=0, limit=config.get("limit"))
     if config["epochs"] < max(config["taus"]):
-        raise MemspaceError(f"checkpoint τ = {max(config['taus'])} is beyond the {config['epochs']} training epochs")
+        raise MemspaceError(
+            f"checkpoint τ = {max(config['taus'])} is beyond the {config['epochs']} training epochs"
+        )
     store = CellStore(run)
     factory = lambda: build_model(split.input_shape, split.num_classes, config)  # noqa: E731
     for done, seed in enumerate(config["seeds"]):
@@ -374,9 +466,19 @@ def robustness_study(run, config: dict[str, Any], *, split=None, status: Callabl
         torch.manual_seed(seed)
         model = factory()
         folder = run.path(f"train-seed{seed}")
-        result = fit(model, split.train, epochs=config["epochs"], lr=config["lr"], batch_size=config["batch_size"],
-                     val_data=split.test, seed=seed, checkpoint_dir=folder, progress=False, log=status,
-                     run_config={"data": config["data"], "width": config["width"], "depth": config["depth"]})
+        result = fit(
+            model,
+            split.train,
+            epochs=config["epochs"],
+            lr=config["lr"],
+            batch_size=config["batch_size"],
+            val_data=split.test,
+            seed=seed,
+            checkpoint_dir=folder,
+            progress=False,
+            log=status,
+            run_config={"data": config["data"], "width": config["width"], "depth": config["depth"]},
+        )
         train_seconds = time.time() - started
         checkpoints = {}
         for tau in config["taus"]:
@@ -390,17 +492,34 @@ def robustness_study(run, config: dict[str, Any], *, split=None, status: Callabl
             checkpoints[str(tau)] = snapshot(probe)
         final = snapshot(result.model)
         status(f"re-initialization heat map, seed {seed}")
-        reinit = reinitialization(factory, final, checkpoints, split.test, num_classes=split.num_classes,
-                                  rerandomize_seeds=[10_000 + 3 * seed + i for i in range(3)])
+        reinit = reinitialization(
+            factory,
+            final,
+            checkpoints,
+            split.test,
+            num_classes=split.num_classes,
+            rerandomize_seeds=[10_000 + 3 * seed + i for i in range(3)],
+        )
         points = (split.train[0][: config["points"]], split.train[1][: config["points"]])
         status(f"weight noise against (σ²/2) tr F, seed {seed}")
-        noise = weight_noise(result.model, points, sigmas=config["sigmas"], samples=config["samples"], seed=seed)
+        noise = weight_noise(
+            result.model, points, sigmas=config["sigmas"], samples=config["samples"], seed=seed
+        )
         status(f"block sensitivity and deletion, seed {seed}")
         sens = block_sensitivity(result.model, points)
         agreement = sensitivity_ranks_damage(noise.fisher_trace[:-1], reinit.damage("0"))
-        store.add(key, {"seed": seed, "train_seconds": train_seconds, "test_error": reinit.trained_error,
-                        "reinit": reinit.as_dict(), "noise": noise.as_dict(), "sensitivity": sens.as_dict(),
-                        "kendall": agreement})
+        store.add(
+            key,
+            {
+                "seed": seed,
+                "train_seconds": train_seconds,
+                "test_error": reinit.trained_error,
+                "reinit": reinit.as_dict(),
+                "noise": noise.as_dict(),
+                "sensitivity": sens.as_dict(),
+                "kendall": agreement,
+            },
+        )
     progress(len(config["seeds"]), len(config["seeds"]))
     return summarise_robustness([store[f"seed={s}"] for s in config["seeds"]], config)
 
@@ -411,40 +530,67 @@ def summarise_robustness(cells: list[dict[str, Any]], config: dict[str, Any]) ->
     error = np.mean([c["reinit"]["error"] for c in cells], axis=0)
     trained = float(np.mean([c["reinit"]["trained_error"] for c in cells]))
     chance = first["chance_error"]
-    labels = classify_layers(error[:, first["columns"].index("0")], trained, chance, first["delta_abs"],
-                             first["delta_chance"])
+    labels = classify_layers(
+        error[:, first["columns"].index("0")],
+        trained,
+        chance,
+        first["delta_abs"],
+        first["delta_chance"],
+    )
     traces = np.concatenate([np.asarray(c["noise"]["fisher_trace"][:-1]) for c in cells])
-    damage = np.concatenate([np.asarray(c["reinit"]["error"])[:, first["columns"].index("0")]
-                             - c["reinit"]["trained_error"] for c in cells])
+    damage = np.concatenate(
+        [
+            np.asarray(c["reinit"]["error"])[:, first["columns"].index("0")]
+            - c["reinit"]["trained_error"]
+            for c in cells
+        ]
+    )
     pooled = sensitivity_ranks_damage(traces, damage)
     layers = first["layers"]
     third = max(1, len(layers) // 3)
     bottom, top = labels[:third], labels[-third:]
     return {
-        "layers": layers, "columns": first["columns"], "error": error.tolist(), "trained_error": trained,
-        "chance_error": chance, "labels": labels, "kendall_pooled": pooled,
+        "layers": layers,
+        "columns": first["columns"],
+        "error": error.tolist(),
+        "trained_error": trained,
+        "chance_error": chance,
+        "labels": labels,
+        "kendall_pooled": pooled,
         "kendall_per_seed": [c["kendall"] for c in cells],
         "bottom_critical": sum(lab == "critical" for lab in bottom) / len(bottom),
         "top_robust": sum(lab == "robust" for lab in top) / len(top),
-        "noise": cells[0]["noise"], "sensitivity": cells[0]["sensitivity"],
-        "train_seconds": [c["train_seconds"] for c in cells], "config": config,
+        "noise": cells[0]["noise"],
+        "sensitivity": cells[0]["sensitivity"],
+        "train_seconds": [c["train_seconds"] for c in cells],
+        "config": config,
     }
 
 
 def prepare_robustness(config: dict[str, Any]):
-    """The robustness study's data, checked: what the residual models take, checkpoints within training."""
+    """The robustness study's data, checked.
+
+    What the residual models take, checkpoints within training.
+    """
     from ..data import load_dataset
     from ..paths import check_architecture_fits
 
     split = load_dataset(config["data"], seed=0, limit=config.get("limit"))
     check_architecture_fits(split)
     if config["epochs"] < max(config["taus"]):
-        raise MemspaceError(f"robustness: checkpoint τ = {max(config['taus'])} is beyond the "
-                            f"{config['epochs']} training epochs")
+        raise MemspaceError(
+            f"robustness: checkpoint τ = {max(config['taus'])} is beyond the "
+            f"{config['epochs']} training epochs"
+        )
     return split
 
 
 STUDY = Study(
-    name="robustness", figure="reinitialization", title="Robustness ↔ generalization",
+    name="robustness",
+    figure="reinitialization",
+    title="Robustness ↔ generalization",
     summary="layer re-initialization, weight noise against tr F",
-    configs=ROBUSTNESS_CONFIGS, prepare=prepare_robustness, run=robustness_study)
+    configs=ROBUSTNESS_CONFIGS,
+    prepare=prepare_robustness,
+    run=robustness_study,
+)

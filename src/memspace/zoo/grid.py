@@ -35,20 +35,57 @@ from .._runs import read_regular
 
 __all__ = ["DEFAULTS", "GRIDS", "expand", "load_grid", "model_id"]
 
-DEFAULTS = {"width": 32, "depth": 8, "lr": 3e-3, "batch_size": 64, "weight_decay": 0.0, "lam": 0.0,
-            "label_noise": 0.0, "train_size": None}
-_RANGES = {"width": (1, 4096), "depth": (1, 1024), "lr": (0, 10.0), "batch_size": (1, 1_000_000),
-           "weight_decay": (0, 10.0), "lam": (0, 1e6), "label_noise": (0, 1), "train_size": (2, 10_000_000)}
+DEFAULTS = {
+    "width": 32,
+    "depth": 8,
+    "lr": 3e-3,
+    "batch_size": 64,
+    "weight_decay": 0.0,
+    "lam": 0.0,
+    "label_noise": 0.0,
+    "train_size": None,
+}
+_RANGES = {
+    "width": (1, 4096),
+    "depth": (1, 1024),
+    "lr": (0, 10.0),
+    "batch_size": (1, 1_000_000),
+    "weight_decay": (0, 10.0),
+    "lam": (0, 1e6),
+    "label_noise": (0, 1),
+    "train_size": (2, 10_000_000),
+}
 _INTEGERS = {"width", "depth", "batch_size", "train_size"}
 
 GRIDS = {
-    "quick": {"data": "digits", "stop": {"target_ce": 0.25, "max_epochs": 12}, "seeds": [0],
-              "grid": {"width": [8, 16], "depth": [2], "lr": [1e-2], "batch_size": [64], "lam": [0.0, 0.1],
-                       "train_size": [300, 600]}},
-    "digits": {"data": "digits", "stop": {"target_ce": 0.01, "max_epochs": 60}, "seeds": [0],
-               "grid": {"width": [16, 32], "depth": [4, 8], "lr": [3e-3], "batch_size": [64],
-                        "weight_decay": [0.0, 5e-4], "lam": [0.0, 0.1], "label_noise": [0.0, 0.2],
-                        "train_size": [600, 1257]}},
+    "quick": {
+        "data": "digits",
+        "stop": {"target_ce": 0.25, "max_epochs": 12},
+        "seeds": [0],
+        "grid": {
+            "width": [8, 16],
+            "depth": [2],
+            "lr": [1e-2],
+            "batch_size": [64],
+            "lam": [0.0, 0.1],
+            "train_size": [300, 600],
+        },
+    },
+    "digits": {
+        "data": "digits",
+        "stop": {"target_ce": 0.01, "max_epochs": 60},
+        "seeds": [0],
+        "grid": {
+            "width": [16, 32],
+            "depth": [4, 8],
+            "lr": [3e-3],
+            "batch_size": [64],
+            "weight_decay": [0.0, 5e-4],
+            "lam": [0.0, 0.1],
+            "label_noise": [0.0, 0.2],
+            "train_size": [600, 1257],
+        },
+    },
 }
 
 
@@ -61,16 +98,23 @@ _STOP_KEYS = {"target_ce", "max_epochs"}
 
 
 class _GridLoader(yaml.SafeLoader):
-    """PyYAML's safe loader without anchors and aliases: a grid needs neither, and aliases are how a
-    few hundred bytes expand into gigabytes (the 'billion laughs')."""
+    """PyYAML's safe loader without anchors and aliases.
+
+    A grid needs neither, and aliases are how a few hundred bytes expand into gigabytes (the
+    'billion laughs').
+    """
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
-            raise yaml.YAMLError(f"aliases are not allowed in a grid (line {event.start_mark.line + 1})")
+            raise yaml.YAMLError(
+                f"aliases are not allowed in a grid (line {event.start_mark.line + 1})"
+            )
         if getattr(self.peek_event(), "anchor", None):
             event = self.peek_event()
-            raise yaml.YAMLError(f"anchors are not allowed in a grid (line {event.start_mark.line + 1})")
+            raise yaml.YAMLError(
+                f"anchors are not allowed in a grid (line {event.start_mark.line + 1})"
+            )
         return super().compose_node(parent, index)
 
 
@@ -97,17 +141,25 @@ def load_grid(source: str | Path | dict) -> dict[str, Any]:
     else:
         path = Path(source)
         if not path.is_file():
-            raise MemspaceError(f"grid file {path} does not exist (or give one of {', '.join(GRIDS)})")
+            raise MemspaceError(
+                f"grid file {path} does not exist (or give one of {', '.join(GRIDS)})"
+            )
         text = read_regular(path, "grid file", MAX_GRID_BYTES)
         try:
             grid = yaml.load(text.decode("utf-8"), Loader=_GridLoader)  # noqa: S506 - a safe loader, bounded
         except (yaml.YAMLError, UnicodeDecodeError, RecursionError) as error:
-            raise MemspaceError(f"grid file {path} is not valid YAML: {str(error).splitlines()[0]}") from None
+            raise MemspaceError(
+                f"grid file {path} is not valid YAML: {str(error).splitlines()[0]}"
+            ) from None
     if not isinstance(grid, dict) or not isinstance(grid.get("grid"), dict):
-        raise MemspaceError(f"grid {source}: needs a mapping 'grid' from hyperparameter names to value lists")
+        raise MemspaceError(
+            f"grid {source}: needs a mapping 'grid' from hyperparameter names to value lists"
+        )
     unknown = sorted(str(k) for k in set(grid) - _TOP_KEYS)
     if unknown:
-        raise MemspaceError(f"grid {source}: unknown key {unknown[0]!r}; a grid has {', '.join(sorted(_TOP_KEYS))}")
+        raise MemspaceError(
+            f"grid {source}: unknown key {unknown[0]!r}; a grid has {', '.join(sorted(_TOP_KEYS))}"
+        )
     grid.setdefault("data", "digits")
     grid.setdefault("seeds", [0])
     grid.setdefault("stop", {"target_ce": 0.01, "max_epochs": 60})
@@ -115,33 +167,59 @@ def load_grid(source: str | Path | dict) -> dict[str, Any]:
         raise MemspaceError(f"grid {source}: data must be the name of a data set or an .npz path")
     for name, values in grid["grid"].items():
         if name not in DEFAULTS:
-            raise MemspaceError(f"grid: unknown hyperparameter {name!r}; choose from {', '.join(DEFAULTS)}")
+            raise MemspaceError(
+                f"grid: unknown hyperparameter {name!r}; choose from {', '.join(DEFAULTS)}"
+            )
         if not isinstance(values, list) or not values:
             raise MemspaceError(f"grid: {name} must be a non-empty list of values")
         low, high = _RANGES[name]
         integer = name in _INTEGERS
         for value in values:
-            if (not _real(value) or value < low or (high is not None and value > high)
-                    or (name == "lr" and value <= 0) or (integer and not isinstance(value, int))):
-                raise MemspaceError(f"grid: {name} = {value!r} is out of range (it must be "
-                                    f"{'an integer' if integer else 'a finite number'} ≥ {low}"
-                                    f"{f' and ≤ {high}' if high is not None else ''})")
+            if (
+                not _real(value)
+                or value < low
+                or (high is not None and value > high)
+                or (name == "lr" and value <= 0)
+                or (integer and not isinstance(value, int))
+            ):
+                raise MemspaceError(
+                    f"grid: {name} = {value!r} is out of range (it must be "
+                    f"{'an integer' if integer else 'a finite number'} ≥ {low}"
+                    f"{f' and ≤ {high}' if high is not None else ''})"
+                )
     stop = grid["stop"]
-    if not isinstance(stop, dict) or not isinstance(stop.get("max_epochs"), int) or isinstance(
-            stop.get("max_epochs"), bool) or not 1 <= stop["max_epochs"] <= 10_000:
+    if (
+        not isinstance(stop, dict)
+        or not isinstance(stop.get("max_epochs"), int)
+        or isinstance(stop.get("max_epochs"), bool)
+        or not 1 <= stop["max_epochs"] <= 10_000
+    ):
         raise MemspaceError("grid: stop.max_epochs must be an integer from 1 to 10000")
     if set(stop) - _STOP_KEYS:
-        raise MemspaceError(f"grid: unknown key stop.{sorted(map(str, set(stop) - _STOP_KEYS))[0]}; stop has "
-                            f"{' and '.join(sorted(_STOP_KEYS))}")
+        raise MemspaceError(
+            f"grid: unknown key stop.{sorted(map(str, set(stop) - _STOP_KEYS))[0]}; stop has "
+            f"{' and '.join(sorted(_STOP_KEYS))}"
+        )
     if "target_ce" in stop and (not _real(stop["target_ce"]) or stop["target_ce"] < 0):
-        raise MemspaceError(f"grid: stop.target_ce = {stop['target_ce']!r} must be a finite number ≥ 0")
+        raise MemspaceError(
+            f"grid: stop.target_ce = {stop['target_ce']!r} must be a finite number ≥ 0"
+        )
     seeds = grid["seeds"]
-    if not isinstance(seeds, list) or not seeds or not all(
-            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds):
-        raise MemspaceError(f"grid: seeds must be a non-empty list of integers from 0 to {MAX_SEED}")
+    if (
+        not isinstance(seeds, list)
+        or not seeds
+        or not all(
+            isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= MAX_SEED for s in seeds
+        )
+    ):
+        raise MemspaceError(
+            f"grid: seeds must be a non-empty list of integers from 0 to {MAX_SEED}"
+        )
     count = len(seeds) * math.prod(len(v) for v in grid["grid"].values())
     if count > MAX_MODELS:
-        raise MemspaceError(f"grid: {count} models (configurations × seeds) is over the bound of {MAX_MODELS}")
+        raise MemspaceError(
+            f"grid: {count} models (configurations × seeds) is over the bound of {MAX_MODELS}"
+        )
     return grid
 
 
@@ -152,8 +230,13 @@ def expand(grid: dict[str, Any]) -> list[dict[str, Any]]:
     for values in itertools.product(*(grid["grid"][n] for n in names)):
         hparams = {**DEFAULTS, **dict(zip(names, values))}
         for seed in grid["seeds"]:
-            models.append({"id": model_id(grid["data"], hparams, seed, grid["stop"]), "hparams": hparams,
-                           "seed": seed})
+            models.append(
+                {
+                    "id": model_id(grid["data"], hparams, seed, grid["stop"]),
+                    "hparams": hparams,
+                    "seed": seed,
+                }
+            )
     return models
 
 

@@ -1,4 +1,6 @@
-"""The generalization measures of the literature, on any model (Jiang et al. 2020; Dziugaite et al. 2020).
+"""The generalization measures of the literature.
+
+On any model (Jiang et al. 2020; Dziugaite et al. 2020).
 
 The definitions follow the robust-generalization-measures code, keyed by the equation
 numbers of "Fantastic generalization measures" (docs/theory.md §5.3). Notation:
@@ -65,8 +67,16 @@ from torch import Tensor, nn
 from .._errors import MemspaceError
 from ..train import evaluate
 
-__all__ = ["PacBayesSigma", "SharpnessAlpha", "generalization_measures", "margin", "pac_bayes_sigma", "path_norm",
-           "sharpness_alpha", "weight_matrices"]
+__all__ = [
+    "PacBayesSigma",
+    "SharpnessAlpha",
+    "generalization_measures",
+    "margin",
+    "pac_bayes_sigma",
+    "path_norm",
+    "sharpness_alpha",
+    "weight_matrices",
+]
 
 _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -74,8 +84,10 @@ _LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 def _check_no_batchnorm(model: nn.Module) -> None:
     for name, module in model.named_modules():
         if isinstance(module, nn.modules.batchnorm._BatchNorm):
-            raise MemspaceError(f"layer {name!r} is a BatchNorm: fold it into the preceding layer first "
-                                "(the literature's measures are defined on BN-folded weights)")
+            raise MemspaceError(
+                f"layer {name!r} is a BatchNorm: fold it into the preceding layer first "
+                "(the literature's measures are defined on BN-folded weights)"
+            )
 
 
 def _check_layers(model: nn.Module) -> None:
@@ -91,14 +103,18 @@ def _check_layers(model: nn.Module) -> None:
     tied = shared_parameters(model)
     if tied:
         name, others = next(iter(tied.items()))
-        raise MemspaceError(f"parameter {name!r} is also registered as {others[0]!r} (a tied weight): the norm "
-                            "measures would count it twice")
+        raise MemspaceError(
+            f"parameter {name!r} is also registered as {others[0]!r} (a tied weight): the norm "
+            "measures would count it twice"
+        )
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
             if param.dim() >= 2 and not (isinstance(module, _LAYERS) and name == "weight"):
                 full = f"{module_name}.{name}" if module_name else name
-                raise MemspaceError(f"parameter {full!r} of {type(module).__name__} is a weight outside the Linear "
-                                    "and Conv layers the norm measures are defined on: it would be left out")
+                raise MemspaceError(
+                    f"parameter {full!r} of {type(module).__name__} is a weight outside the Linear "
+                    "and Conv layers the norm measures are defined on: it would be left out"
+                )
 
 
 def weight_matrices(model: nn.Module) -> list[tuple[str, Tensor]]:
@@ -108,14 +124,24 @@ def weight_matrices(model: nn.Module) -> list[tuple[str, Tensor]]:
         MemspaceError: BatchNorm, tied weights, or weight matrices in other layers (named).
     """
     _check_layers(model)
-    found = [(f"{name}.weight" if name else "weight", module.weight.detach().reshape(module.weight.shape[0], -1))
-             for name, module in model.named_modules() if isinstance(module, _LAYERS)]
+    found = [
+        (
+            f"{name}.weight" if name else "weight",
+            module.weight.detach().reshape(module.weight.shape[0], -1),
+        )
+        for name, module in model.named_modules()
+        if isinstance(module, _LAYERS)
+    ]
     if not found:
-        raise MemspaceError("the model has no Linear or Conv layer: the norm measures need weight matrices")
+        raise MemspaceError(
+            "the model has no Linear or Conv layer: the norm measures need weight matrices"
+        )
     return found
 
 
-def margin(model: nn.Module, data: tuple[Tensor, Tensor], batch_size: int = 5000) -> tuple[float, float]:
+def margin(
+    model: nn.Module, data: tuple[Tensor, Tensor], batch_size: int = 5000
+) -> tuple[float, float]:
     """(γ, signed 10th-percentile margin): γ = |⌊m/10⌋-th smallest logit margin| (module doc)."""
     X, y = data
     margins = []
@@ -140,7 +166,9 @@ def path_norm(model: nn.Module, input_shape: Sequence[int]) -> float:
         for p in squared.parameters():
             p.copy_(p * p)
         first = next(squared.parameters())
-        return float(squared(torch.ones(1, *input_shape, dtype=first.dtype, device=first.device)).sum())
+        return float(
+            squared(torch.ones(1, *input_shape, dtype=first.dtype, device=first.device)).sum()
+        )
 
 
 def _logits(model: nn.Module, x: Tensor, rows: int) -> Tensor:
@@ -148,8 +176,10 @@ def _logits(model: nn.Module, x: Tensor, rows: int) -> Tensor:
     out = model(x)
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != rows:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise MemspaceError(f"the measures need logits [N, C] with samples along the inputs' axis 0; the model "
-                            f"maps {rows} inputs to {shape}")
+        raise MemspaceError(
+            f"the measures need logits [N, C] with samples along the inputs' axis 0; the model "
+            f"maps {rows} inputs to {shape}"
+        )
     return out
 
 
@@ -162,9 +192,16 @@ class PacBayesSigma:
     converged: bool
 
 
-def _bisect(deviation_at: Callable[[float], float], upper: float, depth: int, target: float,
-            tolerance: float) -> tuple[float, float]:
-    """Bisection on [0, upper], first candidate upper/2, for x with |deviation_at(x) − target| < tolerance.
+def _bisect(
+    deviation_at: Callable[[float], float],
+    upper: float,
+    depth: int,
+    target: float,
+    tolerance: float,
+) -> tuple[float, float]:
+    """Bisection on [0, upper], first candidate upper/2.
+
+    For x with |deviation_at(x) − target| < tolerance.
 
     A deviation above the target shrinks the interval from above. Returns the last candidate
     and its deviation, converged or not (the reference has no early failure).
@@ -188,9 +225,20 @@ def _restore(model: nn.Module, originals: Sequence[Tensor]) -> None:
             p.copy_(w)
 
 
-def pac_bayes_sigma(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: float, *, magnitude_aware: bool = False,
-                    faithful: bool = True, seed: int = 0, target: float = 0.1, tolerance: float = 0.01,
-                    depth: int = 15, samples: int = 10, epsilon: float = 1e-3) -> PacBayesSigma:
+def pac_bayes_sigma(
+    model: nn.Module,
+    data: tuple[Tensor, Tensor],
+    accuracy: float,
+    *,
+    magnitude_aware: bool = False,
+    faithful: bool = True,
+    seed: int = 0,
+    target: float = 0.1,
+    tolerance: float = 0.01,
+    depth: int = 15,
+    samples: int = 10,
+    epsilon: float = 1e-3,
+) -> PacBayesSigma:
     """Bisection for the noise level whose mean accuracy deviates by ``target`` (module doc).
 
     All parameters (biases included) are perturbed; accuracy on the whole ``data``; the
@@ -206,11 +254,16 @@ def pac_bayes_sigma(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: flo
             with torch.no_grad():
                 for p, w in zip(model.parameters(), originals):
                     if magnitude_aware:
-                        std = sigma**2 * w.abs() ** 2 + epsilon**2 if faithful else torch.sqrt(
-                            sigma**2 * w**2 + epsilon**2)
+                        std = (
+                            sigma**2 * w.abs() ** 2 + epsilon**2
+                            if faithful
+                            else torch.sqrt(sigma**2 * w**2 + epsilon**2)
+                        )
                     else:
                         std = sigma**2 if faithful else sigma
-                    noise = torch.randn(w.shape, generator=generator, device=w.device, dtype=w.dtype)
+                    noise = torch.randn(
+                        w.shape, generator=generator, device=w.device, dtype=w.dtype
+                    )
                     p.copy_(w + std * noise)
             accuracies.append(evaluate(model, data)[1])
         return abs(sum(accuracies) / samples - accuracy)
@@ -231,17 +284,34 @@ class SharpnessAlpha:
     converged: bool
 
 
-def _perturbation_bound(originals, alpha: float, magnitude_aware: bool, epsilon: float) -> list[Tensor]:
+def _perturbation_bound(
+    originals, alpha: float, magnitude_aware: bool, epsilon: float
+) -> list[Tensor]:
     if magnitude_aware:
         return [alpha * w.abs() + epsilon for w in originals]
     return [torch.full_like(w, alpha) for w in originals]
 
 
-def sharpness_alpha(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: float, *, magnitude_aware: bool = False,
-                    seed: int = 0, target: float = 0.1, tolerance: float = 0.01, alpha_max: float = 2.0,
-                    iterations: int = 15, restarts: int = 10, eval_batches: int = 20, ascent_steps: int = 20,
-                    batch_size: int = 256, epsilon: float = 1e-3) -> SharpnessAlpha:
-    """Worst-case sharpness (Fantastic §4.6): bisection for the box size α whose worst perturbation costs ``target``.
+def sharpness_alpha(
+    model: nn.Module,
+    data: tuple[Tensor, Tensor],
+    accuracy: float,
+    *,
+    magnitude_aware: bool = False,
+    seed: int = 0,
+    target: float = 0.1,
+    tolerance: float = 0.01,
+    alpha_max: float = 2.0,
+    iterations: int = 15,
+    restarts: int = 10,
+    eval_batches: int = 20,
+    ascent_steps: int = 20,
+    batch_size: int = 256,
+    epsilon: float = 1e-3,
+) -> SharpnessAlpha:
+    """Worst-case sharpness (Fantastic §4.6).
+
+    Bisection for the box size α whose worst perturbation costs ``target``.
 
     For each candidate α (M₁ = ``iterations``), ``restarts`` (M₂) times: u uniform in the box
     |u_i| ≤ α (magnitude-aware: |u_i| ≤ α|w_i| + ε), then ``ascent_steps`` (M₄) steps of
@@ -258,7 +328,9 @@ def sharpness_alpha(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: flo
 
     def batches(count: int):
         for _ in range(count):
-            yield torch.randint(len(X), (min(batch_size, len(X)),), generator=generator, device=X.device)
+            yield torch.randint(
+                len(X), (min(batch_size, len(X)),), generator=generator, device=X.device
+            )
 
     def deviation_at(alpha: float) -> float:
         bounds = _perturbation_bound(originals, alpha, magnitude_aware, epsilon)
@@ -266,7 +338,10 @@ def sharpness_alpha(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: flo
         for _ in range(restarts):
             with torch.no_grad():
                 for p, w, b in zip(params, originals, bounds):
-                    u = (torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype) * 2 - 1) * b
+                    u = (
+                        torch.rand(w.shape, generator=generator, device=w.device, dtype=w.dtype) * 2
+                        - 1
+                    ) * b
                     p.copy_(w + u)
             for idx in batches(ascent_steps):
                 model.zero_grad(set_to_none=True)
@@ -292,24 +367,35 @@ def sharpness_alpha(model: nn.Module, data: tuple[Tensor, Tensor], accuracy: flo
     return SharpnessAlpha(alpha, deviation, abs(deviation - target) < tolerance)
 
 
-def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Tensor], data: tuple[Tensor, Tensor], *,
-                            seed: int = 0, faithful: bool = True, pac_bayes: bool = True,
-                            sharpness: dict[str, int] | None = None, adjust: bool = True) -> dict[str, Any]:
-    """Every measure of the module table for ``model`` (trained) against ``initial`` on training ``data``.
+def generalization_measures(
+    model: nn.Module,
+    initial: nn.Module | dict[str, Tensor],
+    data: tuple[Tensor, Tensor],
+    *,
+    seed: int = 0,
+    faithful: bool = True,
+    pac_bayes: bool = True,
+    sharpness: dict[str, int] | None = None,
+    adjust: bool = True,
+) -> dict[str, Any]:
+    """Every measure of the module table for ``model`` (trained) against ``initial`` on ``data``.
 
     Returns ``{name: value}`` (adjusted for m when ``adjust``) plus diagnostics: ``margin_signed``,
     ``margin_flag`` (True when the 10th-percentile margin is ≤ 0), and the σ searches'
     ``pacbayes_sigma``, ``pacbayes_deviation``, ``pacbayes_mag_sigma``, ``pacbayes_mag_deviation``.
     ``sharpness``: the worst-case sharpness measures with these search sizes (``iterations``,
-    ``restarts``, ``eval_batches``, ``ascent_steps``; ``{}`` for the defaults M₁..M₄ = 15, 10, 20, 20),
+    ``restarts``, ``eval_batches``, ``ascent_steps``; ``{}`` for the defaults M₁..M₄ = 15, 10, 20,
+    20),
     with the α diagnostics ``sharpness_alpha`` and ``sharpness_mag_alpha``; None skips them.
     """
     if isinstance(initial, nn.Module):
         initial = initial.state_dict()
     X, y = data
     if len(X) != len(y):
-        raise MemspaceError(f"data: {len(X)} inputs along axis 0 and {len(y)} labels; the measures take samples "
-                            "along axis 0")
+        raise MemspaceError(
+            f"data: {len(X)} inputs along axis 0 and {len(y)} labels; the measures take samples "
+            "along axis 0"
+        )
     m = len(X)
     layers = weight_matrices(model)
     init = {name: initial[name].reshape(w.shape[0], -1).to(w) for name, w in layers}
@@ -317,7 +403,9 @@ def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Ten
     spec = [float(torch.linalg.matrix_norm(w.double(), ord=2)) ** 2 for _, w in layers]
     fro = [float(w.double().pow(2).sum()) for _, w in layers]
     dist_fro = [float((w - init[n]).double().pow(2).sum()) for n, w in layers]
-    dist_spec = [float(torch.linalg.matrix_norm((w - init[n]).double(), ord=2)) ** 2 for n, w in layers]
+    dist_spec = [
+        float(torch.linalg.matrix_norm((w - init[n]).double(), ord=2)) ** 2 for n, w in layers
+    ]
     w_all = torch.cat([w.flatten().double() for _, w in layers])
     w0_all = torch.cat([init[n].flatten().double() for n, _ in layers])
     omega = len(w_all)
@@ -345,7 +433,8 @@ def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Ten
         "L2_DIST": float((w_all - w0_all).norm()),
     }
     raw["LOG_SPEC_INIT_MAIN"] = raw["LOG_PROD_OF_SPEC_OVER_MARGIN"] + _log(
-        sum(df / s for df, s in zip(dist_fro, spec)))
+        sum(df / s for df, s in zip(dist_fro, spec))
+    )
     raw["LOG_SPEC_ORIG_MAIN"] = raw["LOG_PROD_OF_SPEC_OVER_MARGIN"] + _log(raw["FRO_OVER_SPEC"])
     raw["PATH_NORM"] = path_norm(model, tuple(X.shape[1:]))
     raw["PATH_NORM_OVER_MARGIN"] = raw["PATH_NORM"] / gamma**2 if gamma > 0 else math.inf
@@ -353,7 +442,9 @@ def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Ten
     if pac_bayes:
         accuracy = evaluate(model, data)[1]
         iso = pac_bayes_sigma(model, data, accuracy, seed=seed, faithful=faithful)
-        mag = pac_bayes_sigma(model, data, accuracy, seed=seed, faithful=faithful, magnitude_aware=True)
+        mag = pac_bayes_sigma(
+            model, data, accuracy, seed=seed, faithful=faithful, magnitude_aware=True
+        )
         sigma, sigma_mag, eps = iso.sigma, mag.sigma, 1e-3
         dist_sq, norm_sq = float((w_all - w0_all).pow(2).sum()), float(w_all.pow(2).sum())
         raw["PACBAYES_INIT"] = dist_sq / (4 * sigma**2) + math.log(m / sigma) + 10
@@ -361,19 +452,41 @@ def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Ten
         raw["PACBAYES_FLATNESS"] = 1.0 / sigma**2
         delta_sq = (w_all - w0_all).pow(2)
         denominator_orig = delta_sq if faithful else w_all.pow(2)
-        raw["PACBAYES_MAG_INIT"] = float(0.25 * torch.log(
-            (eps**2 + (sigma_mag**2 + 1) * dist_sq / omega) / (eps**2 + sigma_mag**2 * delta_sq)).sum()) + math.log(
-            m / sigma_mag) + 10
-        raw["PACBAYES_MAG_ORIG"] = float(0.25 * torch.log(
-            (eps**2 + (sigma_mag**2 + 1) * norm_sq / omega) / (eps**2 + sigma_mag**2 * denominator_orig)).sum()) + \
-            math.log(m / sigma_mag) + 10
+        raw["PACBAYES_MAG_INIT"] = (
+            float(
+                0.25
+                * torch.log(
+                    (eps**2 + (sigma_mag**2 + 1) * dist_sq / omega)
+                    / (eps**2 + sigma_mag**2 * delta_sq)
+                ).sum()
+            )
+            + math.log(m / sigma_mag)
+            + 10
+        )
+        raw["PACBAYES_MAG_ORIG"] = (
+            float(
+                0.25
+                * torch.log(
+                    (eps**2 + (sigma_mag**2 + 1) * norm_sq / omega)
+                    / (eps**2 + sigma_mag**2 * denominator_orig)
+                ).sum()
+            )
+            + math.log(m / sigma_mag)
+            + 10
+        )
         raw["PACBAYES_MAG_FLATNESS"] = 1.0 / sigma_mag**2
-        extra.update(pacbayes_sigma=sigma, pacbayes_deviation=iso.deviation, pacbayes_mag_sigma=sigma_mag,
-                     pacbayes_mag_deviation=mag.deviation)
+        extra.update(
+            pacbayes_sigma=sigma,
+            pacbayes_deviation=iso.deviation,
+            pacbayes_mag_sigma=sigma_mag,
+            pacbayes_mag_deviation=mag.deviation,
+        )
     if sharpness is not None:
         accuracy = evaluate(model, data)[1]
         worst = sharpness_alpha(model, data, accuracy, seed=seed, **sharpness)
-        worst_mag = sharpness_alpha(model, data, accuracy, seed=seed, magnitude_aware=True, **sharpness)
+        worst_mag = sharpness_alpha(
+            model, data, accuracy, seed=seed, magnitude_aware=True, **sharpness
+        )
         alpha, alpha_mag, eps, delta = worst.alpha, worst_mag.alpha, 1e-3, 0.05
         dist_sq, norm_sq = float((w_all - w0_all).pow(2).sum()), float(w_all.pow(2).sum())
         confidence = math.log(m / delta) + 10
@@ -382,19 +495,37 @@ def generalization_measures(model: nn.Module, initial: nn.Module | dict[str, Ten
         raw["SHARPNESS_INIT"] = dist_sq * math.log(2 * omega) / (4 * alpha**2) + confidence
         spread = alpha_mag**2 + 4 * math.log(2 * omega / delta)
         delta_sq = (w_all - w0_all).pow(2)
-        raw["SHARPNESS_MAG_INIT"] = float(0.25 * torch.log(
-            (eps**2 + spread * dist_sq / omega) / (eps**2 + alpha_mag**2 * delta_sq)).sum()) + confidence
-        raw["SHARPNESS_MAG_ORIG"] = float(0.25 * torch.log(
-            (eps**2 + spread * norm_sq / omega) / (eps**2 + alpha_mag**2 * w_all.pow(2))).sum()) + confidence
+        raw["SHARPNESS_MAG_INIT"] = (
+            float(
+                0.25
+                * torch.log(
+                    (eps**2 + spread * dist_sq / omega) / (eps**2 + alpha_mag**2 * delta_sq)
+                ).sum()
+            )
+            + confidence
+        )
+        raw["SHARPNESS_MAG_ORIG"] = (
+            float(
+                0.25
+                * torch.log(
+                    (eps**2 + spread * norm_sq / omega) / (eps**2 + alpha_mag**2 * w_all.pow(2))
+                ).sum()
+            )
+            + confidence
+        )
         raw["SHARPNESS_MAG_FLATNESS"] = 1.0 / alpha_mag**2
-        extra.update(sharpness_alpha=alpha, sharpness_deviation=worst.deviation, sharpness_mag_alpha=alpha_mag,
-                     sharpness_mag_deviation=worst_mag.deviation)
+        extra.update(
+            sharpness_alpha=alpha,
+            sharpness_deviation=worst.deviation,
+            sharpness_mag_alpha=alpha_mag,
+            sharpness_mag_deviation=worst_mag.deviation,
+        )
     values = {name: (_adjust(name, value, m) if adjust else value) for name, value in raw.items()}
     return {**values, **extra}
 
 
 def _log(x: float) -> float:
-    """log x, with log 0 = −∞ (a zero distance from initialisation, a zero margin)."""
+    """Log x, with log 0 = −∞ (a zero distance from initialisation, a zero margin)."""
     return math.log(x) if x > 0 else -math.inf
 
 

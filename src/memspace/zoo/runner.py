@@ -30,16 +30,43 @@ from .._errors import MemspaceError
 from .grid import expand, load_grid
 from .store import ZooStore
 
-__all__ = ["DB", "die_with_parent", "evaluate_zoo", "leaderboard_points", "measure_zoo", "remeasure", "run_zoo", "train_and_measure", "zoo_grid"]
+__all__ = [
+    "DB",
+    "die_with_parent",
+    "evaluate_zoo",
+    "leaderboard_points",
+    "measure_zoo",
+    "remeasure",
+    "run_zoo",
+    "train_and_measure",
+    "zoo_grid",
+]
 
 DB = "zoo.sqlite"
 SCHEDULER_TIMEOUT_S = 20.0
 """How long a Dask scheduler has to accept the connection *and* answer the handshake."""
 SHARPNESS_SEARCH = dict(iterations=10, restarts=3, eval_batches=5, ascent_steps=10)
-EXPECTED_MEASURES = ("fisher_rao_norm", "fisher_trace", "effective_dimension", "predictive_action", "action_ratio",
-                     "PACBAYES_MAG_FLATNESS", "SHARPNESS_MAG_FLATNESS", "PATH_NORM")
-DIAGNOSTICS = {"margin_signed", "pacbayes_sigma", "pacbayes_deviation", "pacbayes_mag_sigma", "pacbayes_mag_deviation",
-               "sharpness_alpha", "sharpness_deviation", "sharpness_mag_alpha", "sharpness_mag_deviation"}
+EXPECTED_MEASURES = (
+    "fisher_rao_norm",
+    "fisher_trace",
+    "effective_dimension",
+    "predictive_action",
+    "action_ratio",
+    "PACBAYES_MAG_FLATNESS",
+    "SHARPNESS_MAG_FLATNESS",
+    "PATH_NORM",
+)
+DIAGNOSTICS = {
+    "margin_signed",
+    "pacbayes_sigma",
+    "pacbayes_deviation",
+    "pacbayes_mag_sigma",
+    "pacbayes_mag_deviation",
+    "sharpness_alpha",
+    "sharpness_deviation",
+    "sharpness_mag_alpha",
+    "sharpness_mag_deviation",
+}
 
 
 def _data(data: str, hparams: dict[str, Any], seed: int):
@@ -87,8 +114,14 @@ def die_with_parent(parent: int | None) -> None:
     threading.Thread(target=watch, name="memspace-parent-watch", daemon=True).start()
 
 
-def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], weights_dir: str,
-                      measures: bool = True, parent: int | None = None) -> tuple[dict[str, Any], dict[str, float]]:
+def train_and_measure(
+    model: dict[str, Any],
+    data: str,
+    stop: dict[str, Any],
+    weights_dir: str,
+    measures: bool = True,
+    parent: int | None = None,
+) -> tuple[dict[str, Any], dict[str, float]]:
     """Train one model of the zoo, save its weights, measure it (runs in a worker process).
 
     ``parent``: the PID of the process that runs the pool, which this worker dies with
@@ -109,6 +142,7 @@ def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], we
     started = time.time()
     hp, seed = model["hparams"], model["seed"]
     split, (X, y) = _data(data, hp, seed)
+
     def factory():
         return ResidualMLP(X.shape[1], hp["width"], hp["depth"], split.num_classes)
 
@@ -123,9 +157,16 @@ def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], we
     while epochs < stop["max_epochs"] and train_ce > stop.get("target_ce", 0.0):
         net.train()
         for idx in torch.randperm(len(X), generator=generator).split(hp["batch_size"]):
-            total, _, _ = penalised_loss(lambda: net(X[idx]), lambda logits: torch.nn.functional.cross_entropy(
-                logits, y[idx]), term, hp["lam"], generator)
-            optimizer_step(optimizer, total, f"training zoo model {model['id']} at epoch {epochs + 1}")
+            total, _, _ = penalised_loss(
+                lambda: net(X[idx]),
+                lambda logits: torch.nn.functional.cross_entropy(logits, y[idx]),
+                term,
+                hp["lam"],
+                generator,
+            )
+            optimizer_step(
+                optimizer, total, f"training zoo model {model['id']} at epoch {epochs + 1}"
+            )
         epochs += 1
         net.eval()
         train_ce, _ = evaluate(net, (X, y))
@@ -134,20 +175,34 @@ def train_and_measure(model: dict[str, Any], data: str, stop: dict[str, Any], we
     train_ce, train_acc = evaluate(net, (X, y))
     _, test_acc = evaluate(net, split.test)
     folder = Path(weights_dir)
-    init_file, final_file = folder / f"{model['id']}-init.safetensors", folder / f"{model['id']}-final.safetensors"
+    init_file, final_file = (
+        folder / f"{model['id']}-init.safetensors",
+        folder / f"{model['id']}-final.safetensors",
+    )
     write_atomic(init_file, save(initial))
     write_atomic(final_file, save({k: v.contiguous() for k, v in net.state_dict().items()}))
-    row = {"id": model["id"], "hparams": hp, "seed": seed, "train_acc": train_acc, "test_acc": test_acc,
-           "train_ce": train_ce, "gap": train_acc - test_acc, "epochs": epochs,
-           "converged": train_ce <= stop.get("target_ce", 0.0), "seconds": time.time() - started,
-           "init_file": init_file.name, "final_file": final_file.name}
+    row = {
+        "id": model["id"],
+        "hparams": hp,
+        "seed": seed,
+        "train_acc": train_acc,
+        "test_acc": test_acc,
+        "train_ce": train_ce,
+        "gap": train_acc - test_acc,
+        "epochs": epochs,
+        "converged": train_ce <= stop.get("target_ce", 0.0),
+        "seconds": time.time() - started,
+        "init_file": init_file.name,
+        "final_file": final_file.name,
+    }
     values = _measure(net, initial, (X, y), seed, factory, states) if measures else {}
     row["seconds"] = time.time() - started
     return row, values
 
 
-def remeasure(model: dict[str, Any], data: str, weights_dir: str,
-              parent: int | None = None) -> tuple[str, dict[str, float]]:
+def remeasure(
+    model: dict[str, Any], data: str, weights_dir: str, parent: int | None = None
+) -> tuple[str, dict[str, float]]:
     """Every measure of a stored model from its saved weights (runs in a worker process).
 
     The Fisher arc length of training needs the per-epoch states, which only training sees: it
@@ -170,7 +225,9 @@ def remeasure(model: dict[str, Any], data: str, weights_dir: str,
     files = [Path(weights_dir) / model[key] for key in ("final_file", "init_file")]
     for file in files:
         if file.is_symlink():
-            raise MemspaceError(f"refusing to read {file}: it is a symbolic link (a zoo's weights are plain files)")
+            raise MemspaceError(
+                f"refusing to read {file}: it is a symbolic link (a zoo's weights are plain files)"
+            )
     net = factory()
     net.load_state_dict(load_state(files[0]))
     net.eval()
@@ -178,10 +235,20 @@ def remeasure(model: dict[str, Any], data: str, weights_dir: str,
     return model["id"], _measure(net, initial, (X, y), seed, factory, states=None)
 
 
-def measure_zoo(out: str | Path, *, workers: int = 1, scheduler: str | None = None, force: bool = False,
-                connect_timeout: float = SCHEDULER_TIMEOUT_S, status: Callable[[str], None] = lambda m: None,
-                progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
-    """Add the measures a stored model lacks (all of them with ``force``), on loky or Dask as :func:`run_zoo`."""
+def measure_zoo(
+    out: str | Path,
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    force: bool = False,
+    connect_timeout: float = SCHEDULER_TIMEOUT_S,
+    status: Callable[[str], None] = lambda m: None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> dict[str, Any]:
+    """Add the measures a stored model lacks (all of them with ``force``).
+
+    On loky or Dask as :func:`run_zoo`.
+    """
     import joblib
 
     from .._runs import RunFolder
@@ -191,16 +258,25 @@ def measure_zoo(out: str | Path, *, workers: int = 1, scheduler: str | None = No
         raise MemspaceError(f"{path} not found: run `memspace zoo run` first")
     grid = zoo_grid(out)
     started = time.time()
-    stack, parallel = _parallel(workers, scheduler, connect_timeout)  # the cluster answers before the folder is touched
+    stack, parallel = _parallel(
+        workers, scheduler, connect_timeout
+    )  # the cluster answers before the folder is touched
     with stack, RunFolder.attach(out) as run:
         store = ZooStore(path)
         try:
             expected = set(EXPECTED_MEASURES)
-            todo = [m for m in store.models() if force or not expected <= store.measure_names(m["id"])]
+            todo = [
+                m for m in store.models() if force or not expected <= store.measure_names(m["id"])
+            ]
             status(f"{len(todo)} models to measure")
-            for done, (model_id, values) in enumerate(parallel(
-                    joblib.delayed(remeasure)(m, grid["data"], str(run.root / "weights"), parent=os.getpid())
-                    for m in todo)):
+            for done, (model_id, values) in enumerate(
+                parallel(
+                    joblib.delayed(remeasure)(
+                        m, grid["data"], str(run.root / "weights"), parent=os.getpid()
+                    )
+                    for m in todo
+                )
+            ):
                 store.add_measures(model_id, values)
                 progress(done + 1, len(todo))
         finally:
@@ -218,16 +294,18 @@ def zoo_grid(out: str | Path) -> dict[str, Any]:
 
     manifest = read_manifest(out) if Path(out).is_dir() else None
     if manifest is None or manifest["kind"] != "zoo":
-        raise MemspaceError(f"{out} is not a memspace zoo folder (no zoo manifest): run `memspace zoo run` first")
+        raise MemspaceError(
+            f"{out} is not a memspace zoo folder (no zoo manifest): run `memspace zoo run` first"
+        )
     return load_grid(manifest.get("config", {}))
 
 
 def _measure(net, initial, data, seed, factory, states=None) -> dict[str, float]:
     from ..complexity import fisher_distance, fisher_rao_norm, trajectory_length
     from ..fisher import FisherOperator
-    from .measures import generalization_measures
     from ..paths import block_sensitivity, predictive_path
     from ..studies.measure import effective_dimension
+    from .measures import generalization_measures
 
     X, y = data
     probe = (X[:512], y[:512])
@@ -237,15 +315,16 @@ def _measure(net, initial, data, seed, factory, states=None) -> dict[str, float]
     out["fisher_trace"] = float(F.trace())
     out["effective_dimension"] = effective_dimension(F)[0]
     path = predictive_path(net, probe)
-    out.update(predictive_action=path.action, least_action=path.least_action, action_ratio=path.ratio)
+    out.update(
+        predictive_action=path.action, least_action=path.least_action, action_ratio=path.ratio
+    )
     sens = block_sensitivity(net, probe, deletion=False)
     out["block_sensitivity_max"] = float(np.max(sens.sensitivity))
     out["kinetic_action"] = sens.kinetic_action
     out["fisher_distance_from_init"] = fisher_distance(net, initial, probe)
     if states is not None:
         out["fisher_arc_length"] = trajectory_length(states, factory, probe).length
-    literature = generalization_measures(net, initial, data, seed=seed,
-                                         sharpness=SHARPNESS_SEARCH)
+    literature = generalization_measures(net, initial, data, seed=seed, sharpness=SHARPNESS_SEARCH)
     out.update({k: float(v) for k, v in literature.items() if not isinstance(v, bool)})
     return out
 
@@ -263,12 +342,16 @@ def _connect(scheduler: str, timeout_s: float):
     import threading
 
     if not scheduler.strip():
-        raise MemspaceError("--scheduler is empty: give a Dask scheduler address such as tcp://127.0.0.1:8786, "
-                            "or leave the option out for the local pool")
+        raise MemspaceError(
+            "--scheduler is empty: give a Dask scheduler address such as tcp://127.0.0.1:8786, "
+            "or leave the option out for the local pool"
+        )
     try:
         from distributed import Client
     except ImportError:
-        raise MemspaceError("--scheduler needs dask and distributed (pip install dask distributed)") from None
+        raise MemspaceError(
+            "--scheduler needs dask and distributed (pip install dask distributed)"
+        ) from None
     outcome: dict[str, Any] = {}
 
     def connect() -> None:
@@ -281,13 +364,17 @@ def _connect(scheduler: str, timeout_s: float):
     thread.start()
     thread.join(timeout_s + 5.0)
     if thread.is_alive():
-        raise MemspaceError(f"the Dask scheduler at {scheduler} accepted no complete handshake within "
-                            f"{timeout_s + 5.0:.0f} s; is it a Dask scheduler?")
+        raise MemspaceError(
+            f"the Dask scheduler at {scheduler} accepted no complete handshake within "
+            f"{timeout_s + 5.0:.0f} s; is it a Dask scheduler?"
+        )
     if "error" in outcome:
         error = outcome["error"]
         text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise MemspaceError(f"cannot reach the Dask scheduler at {scheduler}: {type(error).__name__}"
-                            f"{f': {text}' if text else ''}") from None
+        raise MemspaceError(
+            f"cannot reach the Dask scheduler at {scheduler}: {type(error).__name__}"
+            f"{f': {text}' if text else ''}"
+        ) from None
     return outcome["client"]
 
 
@@ -308,14 +395,26 @@ def _parallel(workers: int, scheduler: str | None, timeout_s: float = SCHEDULER_
         n_jobs = sum(client.nthreads().values()) or 1
     else:
         n_jobs = workers
-    parallel = joblib.Parallel(n_jobs=n_jobs, return_as="generator_unordered", batch_size=1,
-                               backend=None if scheduler is not None else "loky")
+    parallel = joblib.Parallel(
+        n_jobs=n_jobs,
+        return_as="generator_unordered",
+        batch_size=1,
+        backend=None if scheduler is not None else "loky",
+    )
     return stack, parallel
 
 
-def run_zoo(grid: Any, out: str | Path, *, workers: int = 1, scheduler: str | None = None, overwrite: bool = False,
-            connect_timeout: float = SCHEDULER_TIMEOUT_S, status: Callable[[str], None] = lambda m: None,
-            progress: Callable[[int, int], None] = lambda done, total: None) -> dict[str, Any]:
+def run_zoo(
+    grid: Any,
+    out: str | Path,
+    *,
+    workers: int = 1,
+    scheduler: str | None = None,
+    overwrite: bool = False,
+    connect_timeout: float = SCHEDULER_TIMEOUT_S,
+    status: Callable[[str], None] = lambda m: None,
+    progress: Callable[[int, int], None] = lambda done, total: None,
+) -> dict[str, Any]:
     """Train and measure every model of ``grid`` not yet in ``out/zoo.sqlite`` (module doc).
 
     ``connect_timeout``: seconds the Dask scheduler has for the connection and handshake
@@ -330,7 +429,9 @@ def run_zoo(grid: Any, out: str | Path, *, workers: int = 1, scheduler: str | No
     grid = load_grid(grid)
     models = expand(grid)
     started = time.time()
-    stack, parallel = _parallel(workers, scheduler, connect_timeout)  # the cluster answers before any folder is made
+    stack, parallel = _parallel(
+        workers, scheduler, connect_timeout
+    )  # the cluster answers before any folder is made
     with stack, RunFolder.open(out, kind="zoo", config=grid, overwrite=overwrite) as run:
         weights = run.path("weights")
         weights.mkdir(exist_ok=True)
@@ -338,37 +439,52 @@ def run_zoo(grid: Any, out: str | Path, *, workers: int = 1, scheduler: str | No
         try:
             done = store.model_ids()
             pending = [m for m in models if m["id"] not in done]
-            status(f"{len(models)} models in the grid, {len(done)} already in {run.root / DB}, {len(pending)} to train")
+            status(
+                f"{len(models)} models in the grid, {len(done)} already in {run.root / DB}, "
+                f"{len(pending)} to train"
+            )
             for m in pending:
                 run.path(f"weights/{m['id']}-init.safetensors")
                 run.path(f"weights/{m['id']}-final.safetensors")
             count = len(done)
             progress(count, len(models))
-            for row, values in parallel(joblib.delayed(train_and_measure)(m, grid["data"], grid["stop"], str(weights),
-                                                                          parent=os.getpid())
-                                        for m in pending):
+            for row, values in parallel(
+                joblib.delayed(train_and_measure)(
+                    m, grid["data"], grid["stop"], str(weights), parent=os.getpid()
+                )
+                for m in pending
+            ):
                 store.add(row, values)
                 count += 1
                 progress(count, len(models))
-                status(f"model {row['id']}: train acc {row['train_acc']:.3f}, test acc {row['test_acc']:.3f}, "
-                       f"{row['epochs']} epochs")
+                status(
+                    f"model {row['id']}: train acc {row['train_acc']:.3f}, test acc "
+                    f"{row['test_acc']:.3f}, "
+                    f"{row['epochs']} epochs"
+                )
                 crash_point("zoo-model-stored")
         finally:
             store.close()
     return {"models": len(models), "trained": len(pending), "seconds": time.time() - started}
 
 
-def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float = 12.0,
-                 converged_only: bool = True) -> dict[str, Any]:
-    """The leaderboard: every measure × every statistic of :mod:`memspace.ranking` over the zoo.
+def evaluate_zoo(
+    out: str | Path,
+    *,
+    n_test: int | None = None,
+    min_ess: float = 12.0,
+    converged_only: bool = True,
+) -> dict[str, Any]:
+    """The leaderboard: every measure × every statistic of :mod:`memspace.zoo.ranking` over the zoo.
 
     Models that did not meet the stopping rule are left out (as Fantastic does) unless
-    ``converged_only=False``. The σ searches' and the margin's diagnostics are stored but not ranked. ``n_test`` (default: the test-set size) sets the Hoeffding
+    ``converged_only=False``. The σ searches' and the margin's diagnostics are stored but not
+    ranked. ``n_test`` (default: the test-set size) sets the Hoeffding
     weights of the robust sign error. PGDL's CMI uses the faithful scorer when the grid is
     complete with one model per configuration, the count-weighted version otherwise.
     """
     from ..data import load_dataset
-    from ..ranking import granulated_kendall, kendall_tau, pgdl_cmi, robust_sign_error
+    from .ranking import granulated_kendall, kendall_tau, pgdl_cmi, robust_sign_error
 
     path = Path(out) / DB
     if not path.is_file():
@@ -380,11 +496,15 @@ def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float =
         store.close()
     kept = [r for r in rows if r["converged"] or not converged_only]
     if len(kept) < 3:
-        raise MemspaceError(f"only {len(kept)} of {len(rows)} models met the stopping rule: too few to rank")
+        raise MemspaceError(
+            f"only {len(kept)} of {len(rows)} models met the stopping rule: too few to rank"
+        )
     import json
 
     grid = zoo_grid(out)
-    varied = [name for name in grid["grid"] if len({json.dumps(r["hparams"][name]) for r in kept}) > 1]
+    varied = [
+        name for name in grid["grid"] if len({json.dumps(r["hparams"][name]) for r in kept}) > 1
+    ]
     hparams = {name: [r["hparams"][name] for r in kept] for name in varied}
     gap = [r["gap"] for r in kept]
     seeds = [r["seed"] for r in kept]
@@ -410,21 +530,41 @@ def evaluate_zoo(out: str | Path, *, n_test: int | None = None, min_ess: float =
                 entry["cmi"], _ = pgdl_cmi(mu, g, hp, faithful=False)
                 entry["cmi_mode"] = "count-weighted"
         if hp:
-            robust = robust_sign_error(mu, g, hp, seeds=[seeds[i] for i in ok], n_test=n_test, min_ess=min_ess)
+            robust = robust_sign_error(
+                mu, g, hp, seeds=[seeds[i] for i in ok], n_test=n_test, min_ess=min_ess
+            )
             entry["sign_error"] = robust.summary
             entry["environments"] = len(robust.environments)
         board.append(entry)
-    board.sort(key=lambda e: -abs(e.get("psi", e["tau"])) if not math.isnan(e.get("psi", e["tau"])) else 0)
-    return {"models": len(rows), "kept": len(kept), "varied": varied, "n_test": n_test, "min_ess": min_ess,
-            "leaderboard": board}
+    board.sort(
+        key=lambda e: -abs(e.get("psi", e["tau"])) if not math.isnan(e.get("psi", e["tau"])) else 0
+    )
+    return {
+        "models": len(rows),
+        "kept": len(kept),
+        "varied": varied,
+        "n_test": n_test,
+        "min_ess": min_ess,
+        "leaderboard": board,
+    }
 
 
-def leaderboard_points(out: str | Path, evaluation: dict[str, Any], count: int = 6) -> dict[str, tuple[list, list]]:
-    """``{measure: (values, gaps)}`` over the converged models, for the top ``count`` of the leaderboard."""
+def leaderboard_points(
+    out: str | Path, evaluation: dict[str, Any], count: int = 6
+) -> dict[str, tuple[list, list]]:
+    """``{measure: (values, gaps)}`` over the converged models.
+
+    For the top ``count`` of the leaderboard.
+    """
     store = ZooStore(Path(out) / DB)
     try:
         rows, measures = [r for r in store.models() if r["converged"]], store.measures()
     finally:
         store.close()
-    return {e["measure"]: ([measures.get(r["id"], {}).get(e["measure"], math.nan) for r in rows], [r["gap"] for r in rows])
-            for e in evaluation["leaderboard"][:count]}
+    return {
+        e["measure"]: (
+            [measures.get(r["id"], {}).get(e["measure"], math.nan) for r in rows],
+            [r["gap"] for r in rows],
+        )
+        for e in evaluation["leaderboard"][:count]
+    }

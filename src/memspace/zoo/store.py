@@ -25,23 +25,40 @@ from .._runs import entry_parts
 
 __all__ = ["ZooStore"]
 
-_COLUMNS = {"models": ["id", "hparams", "seed", "train_acc", "test_acc", "train_ce", "gap", "epochs", "converged",
-                       "seconds", "init_file", "final_file"],
-            "measures": ["model_id", "name", "value"]}
+_COLUMNS = {
+    "models": [
+        "id",
+        "hparams",
+        "seed",
+        "train_acc",
+        "test_acc",
+        "train_ce",
+        "gap",
+        "epochs",
+        "converged",
+        "seconds",
+        "init_file",
+        "final_file",
+    ],
+    "measures": ["model_id", "name", "value"],
+}
 
 
 def _sqlite_errors(method):
-    """Turn an ``sqlite3.Error`` (or a malformed stored row) into one MemspaceError naming the database."""
+    """Turn an ``sqlite3.Error`` (or a malformed row) into one MemspaceError naming the database."""
 
     @functools.wraps(method)
     def wrapper(self, *args, **kwargs):
         try:
             return method(self, *args, **kwargs)
         except sqlite3.Error as error:
-            raise MemspaceError(f"zoo database {self.path}: {error} ({type(error).__name__}); it may be damaged, "
-                                "read-only or on a full disk") from None
+            raise MemspaceError(
+                f"zoo database {self.path}: {error} ({type(error).__name__}); it may be damaged, "
+                "read-only or on a full disk"
+            ) from None
 
     return wrapper
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS models (
@@ -62,8 +79,10 @@ class ZooStore:
         self.path = Path(path)
         self.db = None
         if self.path.is_symlink() or (os.path.lexists(self.path) and not self.path.is_file()):
-            raise MemspaceError(f"zoo database {self.path} is a link or not a regular file; memspace opens only "
-                                "the plain file it wrote")
+            raise MemspaceError(
+                f"zoo database {self.path} is a link or not a regular file; memspace opens only "
+                "the plain file it wrote"
+            )
         self.db = sqlite3.connect(self.path, timeout=60)
         try:
             self.db.execute("PRAGMA journal_mode=WAL")
@@ -72,19 +91,26 @@ class ZooStore:
             for table, expected in _COLUMNS.items():
                 columns = [row[1] for row in self.db.execute(f"PRAGMA table_info({table})")]
                 if columns != expected:
-                    raise MemspaceError(f"zoo database {self.path}: table {table} has columns {columns}, not "
-                                        "memspace's; it was not written by this memspace")
+                    raise MemspaceError(
+                        f"zoo database {self.path}: table {table} has columns {columns}, not "
+                        "memspace's; it was not written by this memspace"
+                    )
         except BaseException:
             self.db.close()
             raise
 
     @_sqlite_errors
     def model_ids(self) -> set[str]:
+        """The ids of every stored model."""
         return {row[0] for row in self.db.execute("SELECT id FROM models")}
 
     @_sqlite_errors
     def measure_names(self, model_id: str) -> set[str]:
-        return {row[0] for row in self.db.execute("SELECT name FROM measures WHERE model_id = ?", (model_id,))}
+        """The names of the measures stored for ``model_id``."""
+        return {
+            row[0]
+            for row in self.db.execute("SELECT name FROM measures WHERE model_id = ?", (model_id,))
+        }
 
     @_sqlite_errors
     def add(self, row: dict[str, Any], measures: dict[str, float]) -> None:
@@ -92,13 +118,26 @@ class ZooStore:
         with self.db:
             self.db.execute(
                 "INSERT OR REPLACE INTO models VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-                (row["id"], json.dumps(row["hparams"], sort_keys=True), row["seed"], row["train_acc"],
-                 row["test_acc"], row["train_ce"], row["gap"], row["epochs"], int(row["converged"]), row["seconds"],
-                 row["init_file"], row["final_file"]))
+                (
+                    row["id"],
+                    json.dumps(row["hparams"], sort_keys=True),
+                    row["seed"],
+                    row["train_acc"],
+                    row["test_acc"],
+                    row["train_ce"],
+                    row["gap"],
+                    row["epochs"],
+                    int(row["converged"]),
+                    row["seconds"],
+                    row["init_file"],
+                    row["final_file"],
+                ),
+            )
             self.add_measures(row["id"], measures, commit=False)
 
     @_sqlite_errors
     def add_measures(self, model_id: str, measures: dict[str, float], commit: bool = True) -> None:
+        """Store ``measures`` of ``model_id`` (non-finite as NULL), committed when ``commit``."""
         rows = [(model_id, name, _real(value)) for name, value in measures.items()]
         if commit:
             with self.db:
@@ -108,6 +147,7 @@ class ZooStore:
 
     @_sqlite_errors
     def models(self) -> list[dict[str, Any]]:
+        """Every stored model as a dict (its row, hyperparameters decoded), by id."""
         columns = [d[1] for d in self.db.execute("PRAGMA table_info(models)")]
         rows = []
         for values in self.db.execute("SELECT * FROM models ORDER BY id"):
@@ -117,12 +157,21 @@ class ZooStore:
             except (TypeError, ValueError, RecursionError):
                 row["hparams"] = None
             numbers = ("train_acc", "test_acc", "train_ce", "gap", "seconds")
-            if (not isinstance(row["hparams"], dict) or not isinstance(row["id"], str)
-                    or not isinstance(row["seed"], int) or not isinstance(row["epochs"], int)
-                    or not all(isinstance(row[k], (int, float)) for k in numbers)
-                    or not all(isinstance(row[k], str) and _plain_name(row[k]) for k in ("init_file", "final_file"))):
-                raise MemspaceError(f"zoo database {self.path}: model row {str(row['id'])[:40]!r} is not one "
-                                    "memspace wrote (damaged or crafted)")
+            if (
+                not isinstance(row["hparams"], dict)
+                or not isinstance(row["id"], str)
+                or not isinstance(row["seed"], int)
+                or not isinstance(row["epochs"], int)
+                or not all(isinstance(row[k], (int, float)) for k in numbers)
+                or not all(
+                    isinstance(row[k], str) and _plain_name(row[k])
+                    for k in ("init_file", "final_file")
+                )
+            ):
+                raise MemspaceError(
+                    f"zoo database {self.path}: model row {str(row['id'])[:40]!r} is not one "
+                    "memspace wrote (damaged or crafted)"
+                )
             row["converged"] = bool(row["converged"])
             rows.append(row)
         return rows
@@ -133,18 +182,21 @@ class ZooStore:
         out: dict[str, dict[str, float]] = {}
         for model_id, name, value in self.db.execute("SELECT model_id, name, value FROM measures"):
             if not isinstance(value, (int, float, type(None))):
-                raise MemspaceError(f"zoo database {self.path}: measure {str(name)[:40]!r} of model "
-                                    f"{str(model_id)[:40]!r} is not a number (damaged or crafted)")
+                raise MemspaceError(
+                    f"zoo database {self.path}: measure {str(name)[:40]!r} of model "
+                    f"{str(model_id)[:40]!r} is not a number (damaged or crafted)"
+                )
             out.setdefault(model_id, {})[name] = math.nan if value is None else float(value)
         return out
 
     def close(self) -> None:
+        """Close the database (idempotent)."""
         if self.db is not None:
             self.db.close()
 
 
 def _plain_name(name: str) -> bool:
-    """A file name of one component inside the weights folder (no path, no memspace bookkeeping name)."""
+    """A file name of one component inside the weights folder (no path, no bookkeeping name)."""
     try:
         return len(entry_parts(name)) == 1
     except ValueError:

@@ -33,18 +33,29 @@ from typing import Any
 
 import numpy as np
 
-from ._errors import MemspaceError
+from .._errors import MemspaceError
 
-__all__ = ["RobustSignError", "granulated_kendall", "hoeffding_weight", "kendall_tau", "pgdl_cmi",
-           "robust_sign_error", "sign_error"]
+__all__ = [
+    "RobustSignError",
+    "granulated_kendall",
+    "hoeffding_weight",
+    "kendall_tau",
+    "pgdl_cmi",
+    "robust_sign_error",
+    "sign_error",
+]
 
 
 def _arrays(measure: Sequence[float], gap: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     mu, g = np.asarray(measure, dtype=float), np.asarray(gap, dtype=float)
     if mu.shape != g.shape or mu.ndim != 1:
-        raise MemspaceError(f"measure and gap must be sequences of one length, got {mu.shape} and {g.shape}")
+        raise MemspaceError(
+            f"measure and gap must be sequences of one length, got {mu.shape} and {g.shape}"
+        )
     if not (np.isfinite(mu).all() and np.isfinite(g).all()):
-        raise MemspaceError("measure and gap must be finite (drop the models where a measure failed)")
+        raise MemspaceError(
+            "measure and gap must be finite (drop the models where a measure failed)"
+        )
     return mu, g
 
 
@@ -68,8 +79,11 @@ def kendall_tau(measure: Sequence[float], gap: Sequence[float]) -> float:
     return float(agreement.sum() / (n * (n - 1)))
 
 
-def granulated_kendall(measure: Sequence[float], gap: Sequence[float], hparams: Mapping[str, Sequence[Any]],
-                       ) -> tuple[float, dict[str, float], dict[str, int]]:
+def granulated_kendall(
+    measure: Sequence[float],
+    gap: Sequence[float],
+    hparams: Mapping[str, Sequence[Any]],
+) -> tuple[float, dict[str, float], dict[str, int]]:
     """Ψ and ψ_i of Jiang et al. 2020 (module doc).
 
     Returns:
@@ -101,13 +115,20 @@ def _mutual_information_bits(joint: np.ndarray) -> float:
     return float((joint[mask] * np.log2(joint[mask] / (pa @ pb)[mask])).sum())
 
 
-def pgdl_cmi(measure: Sequence[float], gap: Sequence[float], hparams: Mapping[str, Sequence[Any]], *,
-             possible_values: Mapping[str, Sequence[Any]] | None = None, faithful: bool = True,
-             ) -> tuple[float, dict[tuple[str, str], float]]:
+def pgdl_cmi(
+    measure: Sequence[float],
+    gap: Sequence[float],
+    hparams: Mapping[str, Sequence[Any]],
+    *,
+    possible_values: Mapping[str, Sequence[Any]] | None = None,
+    faithful: bool = True,
+) -> tuple[float, dict[tuple[str, str], float]]:
     """The PGDL competition score: min over hyperparameter pairs of the normalised CMI (module doc).
 
     Args:
-        measure, gap, hparams: one entry per model (module doc).
+        measure: the measure's value per model.
+        gap: the generalization gap per model.
+        hparams: ``{name: value per model}`` (module doc).
         possible_values: each hyperparameter's full grid axis (default: the values seen).
         faithful: ``True`` reproduces the scorer (a complete grid with one model per cell
             is required, slices weighted equally); ``False`` accepts incomplete grids, drops
@@ -124,20 +145,29 @@ def pgdl_cmi(measure: Sequence[float], gap: Sequence[float], hparams: Mapping[st
     table = _hparam_table(hparams, len(mu))
     if len(table) < 2:
         raise MemspaceError("pgdl_cmi conditions on pairs of hyperparameters: give at least two")
-    values = {name: list(possible_values[name]) if possible_values else sorted(set(table[name]), key=_order_key)
-              for name in table}
+    values = {
+        name: list(possible_values[name])
+        if possible_values
+        else sorted(set(table[name]), key=_order_key)
+        for name in table
+    }
     if faithful:
         cells: dict[tuple, int] = {}
         for i in range(len(mu)):
-            cells[tuple(table[name][i] for name in sorted(table))] = cells.get(
-                tuple(table[name][i] for name in sorted(table)), 0) + 1
+            cells[tuple(table[name][i] for name in sorted(table))] = (
+                cells.get(tuple(table[name][i] for name in sorted(table)), 0) + 1
+            )
         expected = math.prod(len(values[name]) for name in table)
         if len(cells) < expected:
-            raise MemspaceError(f"pgdl_cmi: the grid is not complete ({len(cells)} of {expected} configurations); "
-                                "use faithful=False for an incomplete grid")
+            raise MemspaceError(
+                f"pgdl_cmi: the grid is not complete ({len(cells)} of {expected} configurations); "
+                "use faithful=False for an incomplete grid"
+            )
         if max(cells.values()) > 1:
-            raise MemspaceError("pgdl_cmi: the grid is not unique (a configuration has several models); "
-                                "use faithful=False")
+            raise MemspaceError(
+                "pgdl_cmi: the grid is not unique (a configuration has several models); "
+                "use faithful=False"
+            )
     gap_sign = g[:, None] > g[None, :]  # ordered pairs incl. i = j; ties and self-pairs are "−"
     measure_sign = mu[:, None] > mu[None, :]
     scores = {}
@@ -149,7 +179,11 @@ def pgdl_cmi(measure: Sequence[float], gap: Sequence[float], hparams: Mapping[st
         n1, n2 = len(values[h1]), len(values[h2])
         slices = ((a[:, None] * n1 + a[None, :]) * n2 + b[:, None]) * n2 + b[None, :]
         counts = np.zeros((n1 * n1 * n2 * n2, 2, 2))
-        np.add.at(counts, (slices.ravel(), gap_sign.ravel().astype(int), measure_sign.ravel().astype(int)), 1)
+        np.add.at(
+            counts,
+            (slices.ravel(), gap_sign.ravel().astype(int), measure_sign.ravel().astype(int)),
+            1,
+        )
         totals = counts.sum(axis=(1, 2))
         present = totals > 0
         if faithful and not present.all():
@@ -174,8 +208,13 @@ def sign_error(c1: float, c2: float, g1: float, g2: float) -> float:
     return (1.0 - np.sign(c1 - c2) * np.sign(g1 - g2)) / 2.0
 
 
-def hoeffding_weight(delta: float | np.ndarray, n_test: int = 10_000, shift: float = 0.0) -> np.ndarray:
-    """w = (w_H − ½)₊ with w_H = (max(0, 1 − 2 exp(−2n (max(Δ − s, 0)/2)²)))², Dziugaite et al. 2020."""
+def hoeffding_weight(
+    delta: float | np.ndarray, n_test: int = 10_000, shift: float = 0.0
+) -> np.ndarray:
+    """W = (w_H − ½)₊ with w_H = (max(0, 1 − 2 exp(−2n (max(Δ − s, 0)/2)²)))².
+
+    Dziugaite et al. 2020.
+    """
     x = np.maximum(np.abs(np.asarray(delta, dtype=float)) - shift, 0.0)
     phi = 2.0 * np.exp(-2.0 * n_test * (x / 2.0) ** 2)
     w_h = np.maximum(0.0, 1.0 - phi) ** 2
@@ -208,14 +247,24 @@ def _same(a: Any, b: Any) -> bool:
     return a == b
 
 
-def robust_sign_error(measure: Sequence[float], gap: Sequence[float], hparams: Mapping[str, Sequence[Any]], *,
-                      seeds: Sequence[Any] | None = None, n_test: int = 10_000, shift: float = 0.0,
-                      min_ess: float = 12.0, filter_noise: bool = True) -> RobustSignError:
+def robust_sign_error(
+    measure: Sequence[float],
+    gap: Sequence[float],
+    hparams: Mapping[str, Sequence[Any]],
+    *,
+    seeds: Sequence[Any] | None = None,
+    n_test: int = 10_000,
+    shift: float = 0.0,
+    min_ess: float = 12.0,
+    filter_noise: bool = True,
+) -> RobustSignError:
     """Environments of Dziugaite et al. 2020 and their weighted sign errors (module doc).
 
     Args:
-        measure, gap, hparams: one entry per model (a run); a configuration is the tuple of
-            all hyperparameter values; rows of one configuration are repeats.
+        measure: the measure's value per model (a run).
+        gap: the generalization gap per model.
+        hparams: ``{name: value per model}``; a configuration is the tuple of all
+            hyperparameter values; rows of one configuration are repeats.
         seeds: the seed of each row (informational: every cross-seed pair is used, as in
             the reference; seeds are never part of the configuration).
         n_test: test points behind each gap (Hoeffding weighting).
@@ -244,21 +293,41 @@ def robust_sign_error(measure: Sequence[float], gap: Sequence[float], hparams: M
         acc[3] += 1
     environments, dropped = [], 0
     for (c1, c2, k), (weighted_loss, weight, weight_sq, pairs) in accumulated.items():
-        ess = weight ** 2 / (weight_sq if weight > 1e-12 else 1.0)
+        ess = weight**2 / (weight_sq if weight > 1e-12 else 1.0)
         if ess < min_ess and not math.isclose(ess, min_ess):
             dropped += 1
             continue
-        environments.append({"hyperparameter": names[k], "v1": c1[k], "v2": c2[k],
-                             "others": {names[j]: c1[j] for j in range(len(names)) if j != k},
-                             "loss": weighted_loss / weight, "ess": ess, "pairs": pairs})
+        environments.append(
+            {
+                "hyperparameter": names[k],
+                "v1": c1[k],
+                "v2": c2[k],
+                "others": {names[j]: c1[j] for j in range(len(names)) if j != k},
+                "loss": weighted_loss / weight,
+                "ess": ess,
+                "pairs": pairs,
+            }
+        )
     result = RobustSignError(environments, dropped=dropped)
     for name in ["all", *names]:
-        losses = np.array([e["loss"] for e in environments if name == "all" or e["hyperparameter"] == name])
+        losses = np.array(
+            [e["loss"] for e in environments if name == "all" or e["hyperparameter"] == name]
+        )
         if len(losses) == 0:
-            result.summary[name] = {"mean": math.nan, "p90": math.nan, "max": math.nan, "count": 0, "cdf": []}
+            result.summary[name] = {
+                "mean": math.nan,
+                "p90": math.nan,
+                "max": math.nan,
+                "count": 0,
+                "cdf": [],
+            }
             continue
         edges = np.linspace(0.0, 1.0, 101)
-        result.summary[name] = {"mean": float(losses.mean()), "p90": float(np.percentile(losses, 90)),
-                                "max": float(losses.max()), "count": int(len(losses)),
-                                "cdf": [float((losses <= edge).mean()) for edge in edges[1:]]}
+        result.summary[name] = {
+            "mean": float(losses.mean()),
+            "p90": float(np.percentile(losses, 90)),
+            "max": float(losses.max()),
+            "count": int(len(losses)),
+            "cdf": [float((losses <= edge).mean()) for edge in edges[1:]],
+        }
     return result

@@ -9,7 +9,7 @@ import pytest
 from scipy.stats import kendalltau
 
 from memspace import MemspaceError
-from memspace.ranking import (
+from memspace.zoo.ranking import (
     granulated_kendall,
     hoeffding_weight,
     kendall_tau,
@@ -49,19 +49,29 @@ def grid3(gap_of):
 
 
 def test_pgdl_cmi_on_a_worked_grid():
-    # g = 10(2a + b) + c: conditioning on (a, b), a slice with different (a, b) on its two sides has one
-    # gap sign for all 4 pairs (I = 0, H = −log2(1 + 1e-12) ≈ −1.4e-12); the 4 slices with equal sides hold
+    # g = 10(2a + b) + c: conditioning on (a, b), a slice with different (a, b) on its two sides has
+    # one
+    # gap sign for all 4 pairs (I = 0, H = −log2(1 + 1e-12) ≈ −1.4e-12); the 4 slices with equal
+    # sides hold
     # pairs over (c_i, c_j): two self-pairs (−,−), (0,1): gap −, (1,0): gap +.
     hp, g = grid3(lambda a, b, c: 10 * (2 * a + b) + c)
     tiny = -math.log2(1 + 1e-12)
     h_quarter = -(0.75 * math.log2(0.75 + 1e-12) + 0.25 * math.log2(0.25 + 1e-12))
     # μ = g: joint (−,−) ¾, (+,+) ¼ → I = H(¼) in bits
     _, table = pgdl_cmi(g, g, hp)
-    expected = 4 * (-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))) / (4 * h_quarter + 12 * tiny)
-    assert table[("a", "b")] == pytest.approx(expected, abs=1e-12) and table[("a", "b")] == table[("b", "a")]
-    # μ = −g: joint (−,−) ½, (−,+) ¼, (+,−) ¼ → I = ½ log2(8/9) + ¼ log2(4/3)·2 = ½ log2(32/27): not symmetric in μ
+    expected = (
+        4 * (-(0.75 * math.log2(0.75) + 0.25 * math.log2(0.25))) / (4 * h_quarter + 12 * tiny)
+    )
+    assert (
+        table[("a", "b")] == pytest.approx(expected, abs=1e-12)
+        and table[("a", "b")] == table[("b", "a")]
+    )
+    # μ = −g: joint (−,−) ½, (−,+) ¼, (+,−) ¼ → I = ½ log2(8/9) + ¼ log2(4/3)·2 = ½ log2(32/27): not
+    # symmetric in μ
     _, table = pgdl_cmi(-g, g, hp)
-    assert table[("a", "b")] == pytest.approx(4 * 0.5 * math.log2(32 / 27) / (4 * h_quarter + 12 * tiny), abs=1e-12)
+    assert table[("a", "b")] == pytest.approx(
+        4 * 0.5 * math.log2(32 / 27) / (4 * h_quarter + 12 * tiny), abs=1e-12
+    )
     assert pgdl_cmi(np.ones(8), g, hp)[0] == 0.0  # a constant measure carries no information
 
 
@@ -87,24 +97,40 @@ def test_hoeffding_weights_match_the_reference_table():
     assert hoeffding_weight(np.array(deltas)) == pytest.approx(expected, abs=1e-6)
     assert hoeffding_weight(0.0196) < 1e-3 and hoeffding_weight(0.0197) > 0
     assert hoeffding_weight(0.03, shift=0.01) == pytest.approx(hoeffding_weight(0.02))
-    assert sign_error(1, 2, 1, 2) == 0 and sign_error(1, 2, 2, 1) == 1 and sign_error(1, 1, 1, 2) == 0.5
+    assert (
+        sign_error(1, 2, 1, 2) == 0
+        and sign_error(1, 2, 2, 1) == 1
+        and sign_error(1, 1, 1, 2) == 0.5
+    )
 
 
 def test_robust_sign_error_environments_by_hand():
     # two configurations (a = 0, 1), two seeds each; g = .1, .2 | .3, .05 and μ = 1, 2 | 3, 4
     mu, g = [1, 2, 3, 4], [0.1, 0.2, 0.3, 0.05]
     hp, seeds = {"a": [0, 0, 1, 1], "b": [5, 5, 5, 5]}, [0, 1, 0, 1]
-    # unweighted: cross pairs (0,2) agree 0, (0,3) disagree 1, (1,2) 0, (1,3) 1 → loss ½; ESS = 4²/4 = 4
+    # unweighted: cross pairs (0,2) agree 0, (0,3) disagree 1, (1,2) 0, (1,3) 1 → loss ½; ESS = 4²/4
+    # = 4
     result = robust_sign_error(mu, g, hp, seeds=seeds, filter_noise=False, min_ess=4)
-    assert [(e["hyperparameter"], e["v1"], e["v2"], e["loss"], e["ess"], e["pairs"]) for e in result.environments] \
-        == [("a", 0, 1, 0.5, 4.0, 4), ("a", 1, 0, 0.5, 4.0, 4)]
-    assert result.summary["all"]["mean"] == result.summary["a"]["max"] == 0.5 and result.summary["b"]["count"] == 0
-    assert result.summary["all"]["cdf"][49] == 1.0 and result.summary["all"]["cdf"][48] == 0.0  # a step at 0.5
+    assert [
+        (e["hyperparameter"], e["v1"], e["v2"], e["loss"], e["ess"], e["pairs"])
+        for e in result.environments
+    ] == [("a", 0, 1, 0.5, 4.0, 4), ("a", 1, 0, 0.5, 4.0, 4)]
+    assert (
+        result.summary["all"]["mean"] == result.summary["a"]["max"] == 0.5
+        and result.summary["b"]["count"] == 0
+    )
+    assert (
+        result.summary["all"]["cdf"][49] == 1.0 and result.summary["all"]["cdf"][48] == 0.0
+    )  # a step at 0.5
     # Hoeffding weights: |Δg| = .2, .05, .1, .15 → w = .5, .5 − (1 − (1 − 2e^{−12.5})²), .5, .5
     w = hoeffding_weight(np.array([0.2, 0.05, 0.1, 0.15]))
     weighted = robust_sign_error(mu, g, hp, min_ess=3.9)
     loss = (w[1] + w[3]) / w.sum()
     assert weighted.environments[0]["loss"] == pytest.approx(loss, abs=1e-15)
-    assert weighted.environments[0]["ess"] == pytest.approx(w.sum() ** 2 / (w ** 2).sum())
+    assert weighted.environments[0]["ess"] == pytest.approx(w.sum() ** 2 / (w**2).sum())
     dropped = robust_sign_error(mu, g, hp)  # min_ess = 12 > 4
-    assert dropped.environments == [] and dropped.dropped == 2 and math.isnan(dropped.summary["all"]["mean"])
+    assert (
+        dropped.environments == []
+        and dropped.dropped == 2
+        and math.isnan(dropped.summary["all"]["mean"])
+    )
