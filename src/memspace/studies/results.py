@@ -48,9 +48,7 @@ class NetworkMeasures:
         schema: :data:`SCHEMA_VERSION`.
     """
 
-    train_loss: float
     train_acc: float
-    test_loss: float
     test_acc: float
     gap: float
     fisher_rao_norm: float
@@ -58,8 +56,10 @@ class NetworkMeasures:
     fisher_trace: float
     top_eigenvalues: list[float]
     effective_dimension: float
-    effective_dimension_z: float
     spectral_density: dict[str, Any]
+    train_loss: float | None = None
+    test_loss: float | None = None
+    effective_dimension_z: float | None = None
     predictive_path: dict[str, Any] | None = None
     path_skipped: str | None = None
     sensitivity: dict[str, Any] | None = None
