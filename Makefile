@@ -10,7 +10,7 @@ export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 ARGS ?=
 
-.PHONY: demo test lint bench clean chromium
+.PHONY: demo test lint docs bench clean chromium
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -41,6 +41,10 @@ test: $(VENV)/.dev chromium lint
 lint: $(VENV)/.dev
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+
+# The API reference from the docstrings, offline, into .cache/site (warnings are errors).
+docs: $(VENV)/.dev
+	$(BIN)/mkdocs build --strict
 
 bench: $(VENV)/.dev
 	$(BIN)/python benchmarks/fisher_benchmark.py $(ARGS)

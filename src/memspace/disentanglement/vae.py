@@ -40,7 +40,8 @@ class ConvVAE(nn.Module):
 
     Args:
         latents: latent dimensions (10 in the study).
-        width, depth: the decoder's residual stream and its number of blocks.
+        width: the width of the decoder's residual stream.
+        depth: the decoder's number of blocks.
     """
 
     def __init__(self, latents: int = 10, width: int = 64, depth: int = 4):

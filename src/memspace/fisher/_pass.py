@@ -49,9 +49,9 @@ Vector = Tensor | Mapping[str, Tensor]
 class DataPass:
     """The model, its parameter space, the data stream, the output Fisher and the reduction.
 
-    Args: as :class:`~memspace.fisher.FisherOperator` (``model``, ``data``, ``kind``,
-        ``likelihood``, ``mc_samples``, ``seed``, ``params``, ``batch_size``, ``distributed``,
-        ``sample_dim``, ``output``).
+    Its arguments are :class:`~memspace.fisher.FisherOperator`'s (``model``, ``data``, ``kind``,
+    ``likelihood``, ``mc_samples``, ``seed``, ``params``, ``batch_size``, ``distributed``,
+    ``sample_dim``, ``output``), with the same meaning.
 
     Raises:
         ArgumentTypeError: ``model`` is not an ``nn.Module``.

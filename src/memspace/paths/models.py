@@ -8,6 +8,8 @@ network starts as the identity path (v_l ≡ 0).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -147,7 +149,8 @@ class ResidualCNN(ResidualPathModel):
         depth: number of blocks L.
         num_classes: outputs C.
         image_size: input height = width (the head pools to 4×4 when the size allows).
-        activation, identity_init: as for :class:`ResidualMLP`.
+        activation: as for :class:`ResidualMLP`.
+        identity_init: as for :class:`ResidualMLP`.
     """
 
     def __init__(
@@ -206,7 +209,7 @@ def build_model(input_shape: tuple[int, ...], classes: int, cfg: dict) -> nn.Mod
     return ResidualMLP(input_shape[0], cfg["width"], cfg["depth"], classes)
 
 
-def check_architecture_fits(split) -> None:
+def check_architecture_fits(split: Any) -> None:
     """Refuse data the memspace residual models cannot take: vectors [N, D] or square images.
 
     Args:
