@@ -107,18 +107,12 @@ class Conv2dRule(LayerRule):
         per group).
         """
         num, out_ch = grad.shape[:2]
-        _, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad_weight = _conv_weight_grad(
+            module,
             grad.reshape(1, num * out_ch, *grad.shape[2:]),
             inputs.reshape(1, num * inputs.shape[1], *inputs.shape[2:]),
             module.weight.detach().repeat(num, 1, 1, 1),
-            None,
-            list(module.stride),
-            list(module.padding),
-            list(module.dilation),
-            False,
-            [0, 0],
-            num,
-            [False, True, False],
+            groups=num,
         )
         return grad_weight.reshape(num, out_ch, -1)
 
@@ -126,20 +120,28 @@ class Conv2dRule(LayerRule):
         self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int
     ) -> Tensor:
         """One ``convolution_backward``: the weight gradient autograd would form."""
-        _, weight, _ = torch.ops.aten.convolution_backward(
-            grad,
-            inputs,
-            module.weight.detach(),
-            None,
-            list(module.stride),
-            list(module.padding),
-            list(module.dilation),
-            False,
-            [0, 0],
-            module.groups,
-            [False, True, False],
-        )
+        weight = _conv_weight_grad(module, grad, inputs, module.weight.detach(), module.groups)
         return weight.reshape(weight.shape[0], -1)
+
+
+def _conv_weight_grad(
+    module: nn.Module, grad: Tensor, inputs: Tensor, weight: Tensor, groups: int
+) -> Tensor:
+    """The weight gradient of ``module``'s convolution of ``inputs`` by ``weight`` for ``grad``."""
+    _, grad_weight, _ = torch.ops.aten.convolution_backward(
+        grad,
+        inputs,
+        weight,
+        None,
+        list(module.stride),
+        list(module.padding),
+        list(module.dilation),
+        False,
+        [0, 0],
+        groups,
+        [False, True, False],
+    )
+    return grad_weight
 
 
 RULES: dict[type[nn.Module], LayerRule] = {nn.Linear: LinearRule(), nn.Conv2d: Conv2dRule()}
