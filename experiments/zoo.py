@@ -54,13 +54,11 @@ def main() -> None:
     result = run_zoo(
         args.grid, args.out, workers=args.workers, status=lambda m: print(m, flush=True)
     )
-    measured = measure_zoo(
-        args.out, workers=args.workers, status=lambda m: print(m, flush=True)
-    )  # measures added later
+    # Measures added later
+    measured = measure_zoo(args.out, workers=args.workers, status=lambda m: print(m, flush=True))
     evaluation = evaluate_zoo(args.out)
-    single = evaluate_zoo(
-        args.out, min_ess=1.0
-    )  # one seed: each environment holds one pair of runs
+    # One seed: each environment holds one pair of runs
+    single = evaluate_zoo(args.out, min_ess=1.0)
     grid = load_grid(args.grid)
     lines = [
         "## Does complexity predict generalization? The digits zoo (docs/theory.md §5.3)",

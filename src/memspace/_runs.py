@@ -151,9 +151,8 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     _refuse_link(tmp, "the temporary")
     try:
         if os.path.lexists(tmp):
-            os.unlink(
-                tmp
-            )  # a stale temporary of a killed run: its name only, never what it points at
+            # A stale temporary of a killed run: its name only, never what it points at
+            os.unlink(tmp)
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW | _CLOEXEC, 0o644)
         with open(fd, "wb") as handle:
             handle.write(data)
@@ -734,9 +733,8 @@ def _unlink_inside(root: Path, parts: tuple[str, ...], folder: bool = False) -> 
                 os.unlink(parts[-1], dir_fd=fd)
         except FileNotFoundError:
             pass
-        except (
-            IsADirectoryError
-        ):  # a folder where a file was listed: left alone, with what it holds
+        # A folder where a file was listed: left alone, with what it holds
+        except IsADirectoryError:
             pass
     finally:
         os.close(fd)

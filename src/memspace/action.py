@@ -246,9 +246,8 @@ def straighten(
         return result.action, result.least_action
 
     action0, least0 = exact(student)
-    scale = (
-        action0 if action0 > 0 else 1.0
-    )  # the action term is A/A_trained: the penalty is scale-free
+    # The action term is A/A_trained: the penalty is scale-free
+    scale = action0 if action0 > 0 else 1.0
     weight = penalty
     best = (action0, least0, 0.0, copy.deepcopy(student.state_dict()))
     history = [(0, action0, 0.0)]

@@ -142,9 +142,8 @@ class Collective:
             raise
         else:
             if self._depth == 1:
-                self._exchange(
-                    None
-                )  # the final meeting: a rank that fails after its last reduction is heard
+                # The final meeting: a rank that fails after its last reduction is heard
+                self._exchange(None)
         finally:
             self._depth -= 1
 

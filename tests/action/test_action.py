@@ -138,9 +138,8 @@ def test_action_term_lowers_the_action(moons, action):
 
 def test_resumed_run_equals_uninterrupted(moons, tmp_path):
     full = _train(moons, "jacobian", 0.1, epochs=4, checkpoint_dir=tmp_path / "a")
-    _train(
-        moons, "jacobian", 0.1, epochs=2, checkpoint_dir=tmp_path / "b"
-    )  # "killed" after 2 epochs
+    # "killed" after 2 epochs
+    _train(moons, "jacobian", 0.1, epochs=2, checkpoint_dir=tmp_path / "b")
     resumed = _train(moons, "jacobian", 0.1, epochs=4, checkpoint_dir=tmp_path / "b")
     assert resumed.resumed_from == 2
     for (n, p), q in zip(full.model.named_parameters(), resumed.model.parameters()):

@@ -128,9 +128,8 @@ def test_kills_at_seeded_random_points_lose_nothing(tmp_path, reference):
         assert result.returncode == -signal.SIGKILL, (point, result.stderr)
         kills += 1
         assert kills < 40
-    assert (
-        kills >= 1
-    )  # the first point always fires: every step is reached at least six times in a run
+    # The first point always fires: every step is reached at least six times in a run
+    assert kills >= 1
     assert_complete_and_exact(tmp_path / "run", reference)
 
 
@@ -205,9 +204,8 @@ def test_resume_with_a_changed_option_is_refused_naming_it(tmp_path):
     assert first.returncode == 0, first.stderr
     before = (tmp_path / "run" / "metrics.jsonl").read_bytes()
 
-    def changed(
-        option,
-    ):  # each on its own copy of the run: two processes never contend for one lock
+    # Each on its own copy of the run: two processes never contend for one lock
+    def changed(option):
         args = list(TRAIN)
         if option in args:
             args[args.index(option) + 1] = CHANGES[option]

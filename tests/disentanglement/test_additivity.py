@@ -70,9 +70,8 @@ def test_the_action_of_a_fine_product_path_is_additive_to_second_order():
     def excess(depth):
         t = torch.linspace(0, 1, depth + 1, dtype=torch.float64)[None, :, None]
         p_a = (start_a[:, None] * (1 - t) + end_a[:, None] * t).softmax(-1)
-        p_b = (start_b[:, None] * (1 - t) ** 2 + end_b[:, None] * t**2).softmax(
-            -1
-        )  # different speed profile
+        # Different speed profile
+        p_b = (start_b[:, None] * (1 - t) ** 2 + end_b[:, None] * t**2).softmax(-1)
         joint = path_action(product(p_a, p_b))["action"]
         return 1 - joint / (path_action(p_a)["action"] + path_action(p_b)["action"])
 
@@ -82,9 +81,8 @@ def test_the_action_of_a_fine_product_path_is_additive_to_second_order():
 
 
 def test_marginals_of_a_joint_prediction():
-    joint = torch.tensor(
-        [[0.1, 0.2, 0.3, 0.05, 0.15, 0.2]], dtype=torch.float64
-    )  # a ∈ {0, 1}, b ∈ {0, 1, 2}
+    # A ∈ {0, 1}, b ∈ {0, 1, 2}
+    joint = torch.tensor([[0.1, 0.2, 0.3, 0.05, 0.15, 0.2]], dtype=torch.float64)
     p_a, p_b = marginal_probabilities(joint, (2, 3))
     torch.testing.assert_close(p_a, torch.tensor([[0.6, 0.4]], dtype=torch.float64))
     torch.testing.assert_close(p_b, torch.tensor([[0.15, 0.35, 0.5]], dtype=torch.float64))

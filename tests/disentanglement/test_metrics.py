@@ -73,9 +73,8 @@ def test_dci_and_modularity_sanity_values_of_the_reference():
     assert modularity_from_mi(np.vstack([np.eye(5), np.eye(5)])) == 1.0  # redundant codes
     # one code, two factors, with K = 10 factors: δ = (2 − 1)/(1·9) for every code
     assert modularity_from_mi(np.hstack([np.eye(5), np.eye(5)])) == pytest.approx(1 - 1 / 9)
-    one_code_two_factors = np.array(
-        [[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]]
-    )  # K = 3: δ = (2 − 1)/(1·2) = ½ for code 0
+    # K = 3: δ = (2 − 1)/(1·2) = ½ for code 0
+    one_code_two_factors = np.array([[1.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
     assert modularity_from_mi(one_code_two_factors) == pytest.approx((0.5 + 1.0) / 2)
 
 
@@ -92,9 +91,8 @@ def test_perfect_rotated_and_duplicated_codes_on_ten_valued_factors(ground_truth
     assert 0.9 <= perfect <= 1.0
     rotation = np.linalg.qr(np.random.RandomState(1).randn(5, 5))[0]
     assert mig(y @ rotation, y)["mig"] < 0.2
-    assert (
-        mig(np.hstack([y, y]).astype(float), y)["mig"] <= 0.1
-    )  # two codes share each factor: gap 0
+    # Two codes share each factor: gap 0
+    assert mig(np.hstack([y, y]).astype(float), y)["mig"] <= 0.1
     assert modularity(y.astype(float), y) >= 0.9
     assert modularity(np.hstack([y, y]).astype(float), y) >= 0.9
     assert sap(y.astype(float), y, continuous_factors=True)["sap"] >= 0.9
@@ -188,11 +186,11 @@ def test_the_generator_has_dsprites_factor_structure():
     )
     assert np.array_equal(images, data.render(factors))  # deterministic
     small, large = data.render(np.array([[0, 0, 0, 16, 16], [0, 5, 0, 16, 16]]))
+    # (2·5)², (2·10)²
     assert small.sum() == pytest.approx(100, rel=0.15) and large.sum() == pytest.approx(
         400, rel=0.1
-    )  # (2·5)², (2·10)²
+    )
     moved = data.render(np.array([[1, 3, 7, 20, 9]]))[0, 0]
     shifted = data.render(np.array([[1, 3, 7, 21, 9]]))[0, 0]
-    assert (
-        abs(np.nonzero(shifted)[1].mean() - np.nonzero(moved)[1].mean() - 40 / 31) < 0.3
-    )  # posX moves x
+    # PosX moves x
+    assert abs(np.nonzero(shifted)[1].mean() - np.nonzero(moved)[1].mean() - 40 / 31) < 0.3

@@ -165,9 +165,8 @@ def test_the_study_runs_on_a_stored_grid_stores_each_model_and_resumes(tmp_path)
     assert np.asarray(summary["traversal"]).shape == (10, 7, 64 * 64)
     assert set(summary["tau_block_diagonality"]) == {"mig", "dci_disentanglement"}
     additivity = summary["additivity"]["numbers"]
-    assert (
-        0 < additivity["pythagorean_ratio"]["mean"] <= 1 + 1e-12
-    )  # d² ≤ d_a² + d_b² on the sphere
+    # D² ≤ d_a² + d_b² on the sphere
+    assert 0 < additivity["pythagorean_ratio"]["mean"] <= 1 + 1e-12
     cells = (tmp_path / "s" / "cells.jsonl").read_text()
     with RunFolder.open(tmp_path / "s", kind="study-disentanglement", config=config) as run:
         again = run_study(

@@ -47,9 +47,8 @@ def test_low_memory_matvec_and_diagonal(zoo):
     v = torch.randn(F.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(4))
     torch.testing.assert_close(F @ v, ref @ v, rtol=1e-10, atol=1e-13)
     torch.testing.assert_close(F.diag(), ref.diagonal(), rtol=1e-10, atol=1e-13)
-    fast = _operator(
-        case
-    ).tap_plan()  # the low-memory check of the taps decides as the fast one does
+    # The low-memory check of the taps decides as the fast one does
+    fast = _operator(case).tap_plan()
     assert F.tap_plan().reasons == fast.reasons and F.tap_plan().fallback == fast.fallback
 
 
@@ -181,9 +180,8 @@ def test_padding_rows_get_no_fisher_from_the_lookup():
         for n, p in case.model.named_parameters()
         if names.index(n) < names.index("embed.weight")
     )
-    pad_row = slice(
-        offset, offset + case.model.embed.weight.shape[1]
-    )  # padding_idx = 0: the first row
+    # Padding_idx = 0: the first row
+    pad_row = slice(offset, offset + case.model.embed.weight.shape[1])
     assert float(F.diag()[pad_row].abs().max()) == 0.0
     assert float(ref.diagonal()[pad_row].abs().max()) == 0.0
     v = torch.zeros(F.shape[0], dtype=torch.float64)

@@ -114,9 +114,8 @@ def test_mc_and_empirical_kinds_build_and_keep_the_trace_identity():
     for kind in ("mc", "empirical"):
         F = FisherOperator(case.model, (case.inputs, case.targets), kind=kind, batch_size=4)
         torch.testing.assert_close(F.ekfac().trace(), F.trace(), rtol=1e-10, atol=1e-13)
-        built = KFAC(
-            case.model, (case.inputs, case.targets), kind=kind, batch_size=4
-        )  # the same options, built anew
+        # The same options, built anew
+        built = KFAC(case.model, (case.inputs, case.targets), kind=kind, batch_size=4)
         torch.testing.assert_close(built.dense(), F.kfac().dense(), rtol=1e-12, atol=1e-14)
 
 

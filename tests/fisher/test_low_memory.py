@@ -39,10 +39,11 @@ def test_per_sample_squares_in_chunks_equal_the_whole_batch(name, monkeypatch):
     case = make_case(name)
     whole = FisherOperator(case.model, (case.inputs, case.targets), batch_size=8).diag()
     original = _taps.per_sample_square_sums
+    # One sample per chunk
     monkeypatch.setattr(
         "memspace.fisher._statistics.per_sample_square_sums",
         lambda tap, grads: original(tap, grads, max_elements=1),
-    )  # one sample per chunk
+    )
     for memory in ("fast", "low"):
         chunked = FisherOperator(
             case.model, (case.inputs, case.targets), batch_size=8, memory=memory

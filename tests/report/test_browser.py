@@ -83,9 +83,8 @@ def report(demo_run) -> Path:
 
 @needs_chromium
 def test_report_renders_every_figure_and_runs_no_script(report, tmp_path):
-    assert (
-        inspect(report, tmp_path / "profile") == "12/12 scripts=0 ran=no"
-    )  # networks 6, studies 2 each, zoo
+    # Networks 6, studies 2 each, zoo
+    assert inspect(report, tmp_path / "profile") == "12/12 scripts=0 ran=no"
     dom = report.read_text()
     for figure in (
         "fig-predictive",
@@ -180,9 +179,8 @@ def test_crafted_metrics_reach_the_page_only_as_text(demo_run, tmp_path):
     tags = Tags()
     tags.feed(page)
     assert "script" not in tags.names and not tags.handlers, tags.handlers
-    assert {"img", "table", "figure"} <= tags.names and tags.text.count(
-        PAYLOAD
-    ) > 20  # the payload is there, as text
+    # The payload is there, as text
+    assert {"img", "table", "figure"} <= tags.names and tags.text.count(PAYLOAD) > 20
     assert "script-src 'none'" in page
     if CHROMIUM is not None:
         assert inspect(crafted / "report.html", tmp_path / "profile").endswith("scripts=0 ran=no")

@@ -84,9 +84,8 @@ def hostile_entries(outside: Path) -> st.SearchStrategy[str]:
         st.sampled_from(
             ["", ".", "./x", "a//b", "a/../../outside/precious.txt", "x/..", "nul\x00byte"]
         ),
-        st.sampled_from(
-            ["metrics.json", "weights", "weights/a.safetensors", "sub"]
-        ),  # honest names too
+        # Honest names too
+        st.sampled_from(["metrics.json", "weights", "weights/a.safetensors", "sub"]),
     )
 
 
@@ -113,13 +112,10 @@ def test_no_manifest_can_lead_overwrite_or_resume_outside_the_folder(tmp_path_fa
         write_manifest(run / "sub", nested, kind="train")
     before = snapshot(outside)
     top = all(_plain(e) for e in entries)
-    below = "sub" not in entries or all(
-        _parts_ok(e) for e in nested
-    )  # a nested manifest is read when listed
-    for overwrite, honest in (
-        (False, top),
-        (True, top and below),
-    ):  # resume reads the top manifest only
+    # A nested manifest is read when listed
+    below = "sub" not in entries or all(_parts_ok(e) for e in nested)
+    # Resume reads the top manifest only
+    for overwrite, honest in ((False, top), (True, top and below)):
         try:
             RunFolder.open(run, kind="demo", overwrite=overwrite).close()
         except MemspaceError as error:
@@ -215,9 +211,8 @@ def test_a_temporary_or_a_result_that_is_a_link_is_not_written_through(tmp_path)
         (run / "weights").symlink_to(outside / "folder")
         with pytest.raises(MemspaceError, match="weights is a symbolic link"):
             folder.path("weights/a.safetensors")
-        os.link(
-            outside / "folder" / "data.bin", run / ("cells.jsonl" + TMP_SUFFIX)
-        )  # a stale hard-linked temporary
+        # A stale hard-linked temporary
+        os.link(outside / "folder" / "data.bin", run / ("cells.jsonl" + TMP_SUFFIX))
         folder.write("cells.jsonl", "new")
         assert (run / "cells.jsonl").read_text() == "new"
     assert snapshot(outside) == before

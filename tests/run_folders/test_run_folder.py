@@ -203,9 +203,8 @@ def test_a_damaged_latest_checkpoint_falls_back_to_the_one_before(tmp_path):
 
 def test_metrics_live_in_the_checkpoint_so_a_lost_metrics_file_is_rebuilt(tmp_path):
     train(tmp_path, epochs=3)
-    (tmp_path / "metrics.jsonl").write_text(
-        '{"epoch": 1}\n{"epoch": 3}\n{"epoch": 3}\n'
-    )  # gaps and repeats
+    # Gaps and repeats
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1}\n{"epoch": 3}\n{"epoch": 3}\n')
     result, _ = train(tmp_path, epochs=5)
     assert epochs_in(tmp_path) == [1, 2, 3, 4, 5]
     meta = load_checkpoint(tmp_path / "epoch-0005.safetensors", ResidualMLP(2, 6, 2, 2))

@@ -33,9 +33,8 @@ def test_cover_probability_closed_form():
     for d in (1, 2, 5, 10):
         assert cover_probability(2 * d, d) == 0.5
         assert cover_probability(d, d) == 1.0
-    assert (
-        cover_probability(3, 1) == 0.25
-    )  # on a line through the origin: only the two sign-consistent labellings
+    # On a line through the origin: only the two sign-consistent labellings
+    assert cover_probability(3, 1) == 0.25
     assert all(cover_probability(n, 4) > cover_probability(n + 1, 4) for n in range(4, 20))
 
 
@@ -74,9 +73,8 @@ def test_memorise_stops_once_every_point_is_fitted():
 def test_the_study_on_a_linear_model_recovers_n_star_at_2d():
     d, trials = 4, 16
     anchor = cover_anchor(d=d, sizes=[4, 6, 8, 10, 12], trials=trials, seed=0)
-    assert (
-        anchor["fitted_fraction"] == anchor["separable_fraction"]
-    )  # the trainer finds every separator
+    # The trainer finds every separator
+    assert anchor["fitted_fraction"] == anchor["separable_fraction"]
     for fraction, p in zip(anchor["fitted_fraction"], anchor["cover_probability"]):
         assert abs(fraction - p) <= 3 * math.sqrt(p * (1 - p) / trials) + 1e-9
     assert abs(anchor["n_star_fitted"]["crossing"] - 2 * d) <= 2  # the grid's resolution

@@ -26,8 +26,8 @@ HEADROOM = 512 * 2**20
 
 CAPPED = """
 import json, resource, sys
-import memspace.data, memspace.zoo, memspace.disentanglement  # imports first: the cap is on top of
-them
+# imports first: the cap is on top of them
+import memspace.data, memspace.zoo, memspace.disentanglement
 from memspace import MemspaceError
 size = int(open('/proc/self/status').read().split('VmSize:')[1].split()[0]) * 1024
 resource.setrlimit(resource.RLIMIT_AS, (size + {headroom}, size + {headroom}))
@@ -110,9 +110,8 @@ def test_a_deflate_bomb_is_refused_before_it_inflates(tmp_path):
             for _ in range(64):
                 member.write(chunk)
     assert path.stat().st_size < 8 * 2**20
-    budget = str(
-        256 * 2**20
-    )  # below the cap's headroom: the default (4 GiB) is for machines with room
+    # Below the cap's headroom: the default (4 GiB) is for machines with room
+    budget = str(256 * 2**20)
     outcome = capped("data", path, MEMSPACE_MAX_NPZ_BYTES=budget)
     assert (
         outcome["outcome"] == "refused"
@@ -143,9 +142,8 @@ def test_the_budget_is_the_one_stated_and_can_be_raised(tmp_path):
 def test_object_arrays_are_refused_without_unpickling(tmp_path):
     path = tmp_path / "pickle.npz"
     with zipfile.ZipFile(path, "w") as archive:
-        npy_member(
-            archive, "X", (2,), "|O", b"\x80\x04\x95" + b"\x00" * 40
-        )  # a pickle would follow
+        # A pickle would follow
+        npy_member(archive, "X", (2,), "|O", b"\x80\x04\x95" + b"\x00" * 40)
     with pytest.raises(MemspaceError, match="holds Python objects"):
         load_npz(path)
 

@@ -119,9 +119,8 @@ def test_robust_sign_error_environments_by_hand():
         result.summary["all"]["mean"] == result.summary["a"]["max"] == 0.5
         and result.summary["b"]["count"] == 0
     )
-    assert (
-        result.summary["all"]["cdf"][49] == 1.0 and result.summary["all"]["cdf"][48] == 0.0
-    )  # a step at 0.5
+    # A step at 0.5
+    assert result.summary["all"]["cdf"][49] == 1.0 and result.summary["all"]["cdf"][48] == 0.0
     # Hoeffding weights: |Δg| = .2, .05, .1, .15 → w = .5, .5 − (1 − (1 − 2e^{−12.5})²), .5, .5
     w = hoeffding_weight(np.array([0.2, 0.05, 0.1, 0.15]))
     weighted = robust_sign_error(mu, g, hp, min_ess=3.9)

@@ -140,16 +140,14 @@ def test_a_kill_of_the_parent_loses_no_committed_row_and_leaves_no_orphan_worker
     # nothing runs in it after) once it has stored the two first models.
     crash = "zoo-model-stored:2,zoo-train-start:2:HANG"
     env = {**os.environ, "MEMSPACE_TEST_TAG": tag, "MEMSPACE_TEST_CRASH": crash}
-    with open(
-        tmp_path / "stderr.txt", "w"
-    ) as stderr:  # not a pipe: a hung orphan would hold it open
+    # Not a pipe: a hung orphan would hold it open
+    with open(tmp_path / "stderr.txt", "w") as stderr:
         killed = subprocess.run(
             args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=stderr, env=env
         )
     assert killed.returncode == -signal.SIGKILL, (tmp_path / "stderr.txt").read_text()[-2000:]
-    deadline = (
-        time.monotonic() + 60
-    )  # they notice within a second; without the watch they hang forever
+    # They notice within a second; without the watch they hang forever
+    deadline = time.monotonic() + 60
     while tagged_processes(tag) and time.monotonic() < deadline:
         time.sleep(0.2)
     orphans = tagged_processes(tag)
@@ -186,6 +184,5 @@ def test_measure_adds_what_a_stored_model_lacks_with_the_same_values(local_zoo):
     result = measure_zoo(local_zoo, workers=1)
     assert result["measured"] == 1
     _, after = contents(local_zoo)
-    assert (
-        after == before
-    )  # recomputed from the saved weights: identical (arc length kept from training)
+    # Recomputed from the saved weights: identical (arc length kept from training)
+    assert after == before

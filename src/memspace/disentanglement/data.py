@@ -121,9 +121,8 @@ class DSpritesLike(_FactorGrid):
         self._heart = _heart_polygon()
         s = supersample
         grid = (np.arange(64 * s) + 0.5) / s
-        self._gx, self._gy = np.meshgrid(
-            grid, grid
-        )  # pixel coordinates of the subsamples [64s, 64s]
+        # Pixel coordinates of the subsamples [64s, 64s]
+        self._gx, self._gy = np.meshgrid(grid, grid)
 
     def render(self, factors: np.ndarray) -> np.ndarray:
         """Binary images of the given factor vectors [n, 1, 64, 64] uint8 (deterministic)."""
@@ -135,9 +134,8 @@ class DSpritesLike(_FactorGrid):
             theta = 2 * np.pi * orientation / 40
             cx, cy = 12 + 40 * px / 31, 12 + 40 * py / 31
             dx, dy = self._gx - cx, self._gy - cy
-            u = (
-                np.cos(theta) * dx + np.sin(theta) * dy
-            ) / size  # rotate the grid back into the shape's frame
+            # Rotate the grid back into the shape's frame
+            u = (np.cos(theta) * dx + np.sin(theta) * dy) / size
             v = (-np.sin(theta) * dx + np.cos(theta) * dy) / size
             if shape == 0:
                 mask = (np.abs(u) <= 1) & (np.abs(v) <= 1)
@@ -212,9 +210,8 @@ class DSpritesFile(_FactorGrid):
         if (factors < 0).any():
             raise DataError(f"{path}: latents_classes holds negative class indices")
         sizes = tuple(int(m) + 1 for m in factors.max(0))
-        if math.prod(sizes) > max(
-            4 * len(factors), 1 << 16
-        ):  # bounded before the index arrays below
+        # Bounded before the index arrays below
+        if math.prod(sizes) > max(4 * len(factors), 1 << 16):
             raise DataError(
                 f"{path}: the factors are not a complete grid: {len(factors)} images for "
                 f"{math.prod(sizes)} combinations of sizes {sizes}"

@@ -149,9 +149,8 @@ def rotated_squares(tap: LayerTap, grads: list[Tensor], block: Any) -> Tensor:
     rotated_g, rotated_a = [], []
     for call, grad in enumerate(grads):
         g = tap.output_grads(grad, call)  # [N, O, T]
-        a = (
-            tap.features(call) if with_weight else g.new_empty(g.shape[0], 0, g.shape[2])
-        )  # [N, I, T]
+        # [N, I, T]
+        a = tap.features(call) if with_weight else g.new_empty(g.shape[0], 0, g.shape[2])
         if with_bias:
             a = torch.cat([a, a.new_ones(a.shape[0], 1, a.shape[2])], 1)
         rotated_g.append(torch.einsum("oq,not->nqt", u_g, g))

@@ -159,9 +159,8 @@ class KFAC(BlockApproximation):
     """
 
     def __init__(self, model: nn.Module, data: Any, **operator_kwargs: Any):
-        operator_kwargs.pop(
-            "max_dense_bytes", None
-        )  # a dense matrix of K-FAC is built from its products
+        # A dense matrix of K-FAC is built from its products
+        operator_kwargs.pop("max_dense_bytes", None)
         self._build(fisher_parts(model, data, **operator_kwargs))
 
     @classmethod

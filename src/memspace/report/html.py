@@ -273,16 +273,15 @@ def summary_table(networks: dict[str, Any]) -> str:
 
 
 STYLE = """
-body{font-family:system-ui,-apple-system,Segoe
-UI,Helvetica,Arial,sans-serif;max-width:1100px;margin:2em auto;
-padding:0 1em;color:#222;line-height:1.45}
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:1100px;
+margin:2em auto;padding:0 1em;color:#222;line-height:1.45}
 h1{margin-bottom:.2em} .sub{color:#666;margin-top:0}
-table{border-collapse:collapse;margin:1em 0;font-size:.92em} td,th{border:1px solid
-#ddd;padding:.35em .6em;
-text-align:right} th{background:#f6f6f6} td.note{text-align:left;color:#666;font-size:.9em}
+table{border-collapse:collapse;margin:1em 0;font-size:.92em}
+td,th{border:1px solid #ddd;padding:.35em .6em;text-align:right} th{background:#f6f6f6}
+td.note{text-align:left;color:#666;font-size:.9em}
 tr th:first-child{text-align:left}
-figure{margin:1.6em 0;padding:.8em;border:1px solid #eee;border-radius:6px} figure
-img{max-width:100%}
+figure{margin:1.6em 0;padding:.8em;border:1px solid #eee;border-radius:6px}
+figure img{max-width:100%}
 figcaption{font-size:.92em;color:#333;margin-top:.4em}
 """
 

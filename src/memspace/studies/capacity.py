@@ -483,6 +483,7 @@ def prepare_capacity(config: dict[str, Any]):
     return split
 
 
+# It needs vectors
 STUDY = Study(
     name="capacity",
     figure="capacity",
@@ -492,4 +493,4 @@ STUDY = Study(
     prepare=prepare_capacity,
     run=capacity_study,
     demo_data=lambda data, shape: data if len(shape) == 1 else "digits",
-)  # it needs vectors
+)

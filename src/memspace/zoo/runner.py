@@ -258,9 +258,8 @@ def measure_zoo(
         raise MemspaceError(f"{path} not found: run `memspace zoo run` first")
     grid = zoo_grid(out)
     started = time.time()
-    stack, parallel = _parallel(
-        workers, scheduler, connect_timeout
-    )  # the cluster answers before the folder is touched
+    # The cluster answers before the folder is touched
+    stack, parallel = _parallel(workers, scheduler, connect_timeout)
     with stack, RunFolder.attach(out) as run:
         store = ZooStore(path)
         try:
@@ -429,9 +428,8 @@ def run_zoo(
     grid = load_grid(grid)
     models = expand(grid)
     started = time.time()
-    stack, parallel = _parallel(
-        workers, scheduler, connect_timeout
-    )  # the cluster answers before any folder is made
+    # The cluster answers before any folder is made
+    stack, parallel = _parallel(workers, scheduler, connect_timeout)
     with stack, RunFolder.open(out, kind="zoo", config=grid, overwrite=overwrite) as run:
         weights = run.path("weights")
         weights.mkdir(exist_ok=True)
