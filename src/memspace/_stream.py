@@ -75,6 +75,17 @@ class BatchStream:
         self.size = size
         """Number of samples when known without a pass (an ``(X, y)`` pair), else None."""
 
+    def moved(self, device: torch.device, dtype: torch.dtype, sample_dim: int) -> BatchStream:
+        """The same batches on another device or dtype, or cut along another sample axis."""
+        return BatchStream(
+            self._source,
+            device,
+            dtype,
+            prechecked=self._prechecked,
+            size=self.size,
+            sample_dim=sample_dim,
+        )
+
     def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
         count = 0
         for index, batch in enumerate(self._source):
@@ -127,14 +138,7 @@ def as_batch_stream(
         DataError: for a source that is neither a pair of tensors nor an iterable.
     """
     if isinstance(data, BatchStream):
-        return BatchStream(
-            data._source,
-            device,
-            dtype,
-            prechecked=data._prechecked,
-            size=data.size,
-            sample_dim=sample_dim,
-        )
+        return data.moved(device, dtype, sample_dim)
     if (
         isinstance(data, (tuple, list))
         and len(data) == 2
