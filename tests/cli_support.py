@@ -18,6 +18,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 ARCH_FILE = """
@@ -29,6 +30,10 @@ def make():
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["torch", "memspace", "memspace.cli", "memspace.report"])
+_STARTING = threading.Lock()
+"""Children are started one at a time (they then run side by side): two full runs lost a child's
+exit status (255, multiprocessing's 'forkserver vanished') when four threads started children at
+once under load; starting them in turn removes that concurrency from multiprocessing's start path."""
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -82,7 +87,8 @@ def run_cli(
         child = _CONTEXT.Process(
             target=_child, args=(list(args), str(cwd), env or cli_env(), out, err)
         )
-        child.start()
+        with _STARTING:
+            child.start()
         child.join(timeout)
         if child.exitcode is None:
             child.kill()
