@@ -33,7 +33,7 @@ _CONTEXT.set_forkserver_preload(["torch", "memspace", "memspace.cli", "memspace.
 _STARTING = threading.Lock()
 """Children are started one at a time (they then run side by side): two full runs lost a child's
 exit status (255, multiprocessing's 'forkserver vanished') when four threads started children at
-once under load; starting them in turn removes that concurrency from multiprocessing's start path."""
+once under load; starting them in turn removes that concurrency from multiprocessing's start."""
 
 
 def cli_env(**extra: str) -> dict[str, str]:
