@@ -76,6 +76,8 @@ class TappedBatch:
         taps: the verified taps.
         fallback: selected parameter names not covered by a tap.
         inputs: the batch inputs (for the fallback's per-sample Jacobians).
+        first_column: the first column's output gradients per verified tap, when the taps'
+            check computed them (then :meth:`column_grads` does not compute them again).
     """
 
     outputs: Tensor
@@ -83,16 +85,21 @@ class TappedBatch:
     taps: list[LayerTap]
     fallback: list[str]
     inputs: Tensor
+    first_column: list[list[Tensor | None]] | None = None
 
     def column_grads(self) -> Iterator[list[list[Tensor | None]]]:
         """For each column s_k, the gradients of s_kᵀf w.r.t. each tap's outputs.
 
         Only gradients with respect to layer outputs are requested, so autograd skips
-        every weight-gradient product.
+        every weight-gradient product. ``first_column``, when the taps' check already took
+        s_0's gradients in its own backward, stands in for the first one.
         """
         flat = [out for tap in self.taps for out in tap.outputs]
         num = self.factors.shape[0]
         for k in range(num):
+            if k == 0 and self.first_column is not None:
+                yield self.first_column
+                continue
             if not flat:
                 yield []
                 continue
@@ -315,8 +322,9 @@ class FastCollector(Collector):
                 for handle in handles:
                     handle.remove()
             factors = dp.factors(outputs, y, index)
+            first_column = None
             if plan is None:
-                taps = self._verify_taps(taps, leaves, outputs, factors, reasons)
+                taps, first_column = self._verify_taps(taps, leaves, outputs, factors, reasons)
                 plan = self.plan = self.make_plan(taps, reasons)
             num = dp.call.num_samples(x)
             for tap in taps:
@@ -330,7 +338,7 @@ class FastCollector(Collector):
                         f"({expected} call(s)); its per-sample shortcut does not apply: pass "
                         "params= without it"
                     )
-            yield TappedBatch(outputs, factors, taps, plan.fallback, x)
+            yield TappedBatch(outputs, factors, taps, plan.fallback, x, first_column)
 
     def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
         for batch in self.tapped_batches():
@@ -352,34 +360,49 @@ class FastCollector(Collector):
         outputs: Tensor,
         factors: Tensor,
         reasons: dict[str, str],
-    ) -> list[LayerTap]:
+    ) -> tuple[list[LayerTap], list[list[Tensor | None]] | None]:
         """Keep the taps whose calls account for the whole gradient of their parameters.
 
-        One random combination r of the output-Fisher columns is back-propagated twice:
-        to the parameters (autograd, every use) and to the taps' outputs (the shortcut's
-        view, Σ_n per-sample gradients). A parameter also used outside its module's calls
+        One combination r of the output-Fisher columns is back-propagated once, to the
+        parameters (autograd, every use) and to the taps' outputs (the shortcut's view, Σ_n
+        per-sample gradients) together. A parameter also used outside its module's calls
         (attention's functional form, a tied layer) makes the two differ.
+
+        With several columns r is a seeded random mix of them. With one column (``kind="mc"``
+        with one sample, ``"empirical"``) the mix is a multiple of it and the check is
+        scale-free, so r is the column itself: this backward is then also the column's, and
+        its output gradients are returned for the kept taps, so the first pass costs no
+        extra backward at all.
+
+        Returns:
+            (the kept taps, the first column's output gradients per kept tap or None).
         """
-        r = self.data_pass.random_column_mix(factors)
         names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
         if not names:
-            return taps
-        direct = torch.autograd.grad(
-            outputs, [leaves[n] for n in names], r, retain_graph=True, allow_unused=True
-        )
-        direct = dict(zip(names, direct))
+            return taps, None
+        single = factors.shape[0] == 1
+        r = factors[0] if single else self.data_pass.random_column_mix(factors)
         flat = [out for tap in taps for out in tap.outputs]
-        via = iter(
-            torch.autograd.grad(outputs, flat, r, retain_graph=True, allow_unused=True)
-            if flat
-            else []
+        grads = torch.autograd.grad(
+            outputs,
+            [leaves[n] for n in names] + flat,
+            r,
+            retain_graph=not single,
+            allow_unused=True,
         )
+        direct = dict(zip(names, grads[: len(names)]))
+        via = iter(grads[len(names) :])
+        per_tap = [[next(via) for _ in tap.outputs] for tap in taps]
         summed: dict[str, Tensor] = {}
-        for tap in taps:
-            grads = _zeros_for_unused(tap, [next(via) for _ in tap.outputs])
-            if grads:
-                _keep_sums(tap, grads, summed)
-        return self.taps_accounting_for(taps, leaves, direct, summed, reasons)
+        for tap, tap_grads in zip(taps, per_tap):
+            tap_grads = _zeros_for_unused(tap, tap_grads)
+            if tap_grads:
+                _keep_sums(tap, tap_grads, summed)
+        kept = self.taps_accounting_for(taps, leaves, direct, summed, reasons)
+        if not single:
+            return kept, None
+        index = {id(tap): i for i, tap in enumerate(taps)}
+        return kept, [per_tap[index[id(tap)]] for tap in kept]
 
 
 class LowMemoryCollector(Collector):
