@@ -1,7 +1,7 @@
-"""Test configuration: caches under .cache/, tests/ importable, and per test a fixed torch seed.
+"""Test configuration: caches under .cache/, tests/ importable, and a clean slate per test.
 
-The default dtype (float32: tests that need float64 ask for it) restored, and a fixed number of
-torch threads.
+Per test: a fixed torch seed, the default dtype (float32: tests that need float64 ask for it)
+restored, a fixed number of torch threads, and no tap plan cached by another test.
 """
 
 from __future__ import annotations
@@ -29,8 +29,11 @@ THREADS = int(os.environ.get("MEMSPACE_TEST_THREADS", min(2, os.cpu_count() or 1
 
 @pytest.fixture(autouse=True)
 def _seed_dtype_and_threads():
+    from memspace.fisher import clear_plan_cache
+
     torch.manual_seed(0)
     torch.set_num_threads(THREADS)
+    clear_plan_cache()  # every test checks its own taps: no plan carries over from another test
     yield
     torch.set_default_dtype(torch.float32)  # a test that changed it leaks nothing into the next
 

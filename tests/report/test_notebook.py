@@ -73,8 +73,13 @@ def test_paths_have_reprs_and_draw_on_given_axes(moons_net):
 
 def test_the_tap_plan_says_what_it_planned(moons_net):
     model, split = moons_net
+    from memspace.fisher import clear_plan_cache
+
+    clear_plan_cache()
     plan = FisherOperator(model, split.train).tap_plan()
     assert repr(plan) == f"TapPlan({len(plan.taps)} tapped layers, 0 parameters on the exact path)"
+    again = FisherOperator(model, split.train).tap_plan()
+    assert repr(again) == repr(plan)[:-1] + ", from the cache)"
 
 
 def test_a_study_summary_is_its_json_with_a_report_section_and_figure(demo_run):

@@ -1,5 +1,6 @@
 """The Fisher information metric (docs/theory.md §1): operator, structures, spectral tools."""
 
+from ._collect import TapPlan, clear_plan_cache
 from .ekfac import EKFAC, EigenBlock
 from .kfac import KFAC, KroneckerBlock
 from .likelihood import FisherKind, Likelihood
@@ -11,6 +12,8 @@ __all__ = [
     "FisherOperator",
     "FisherKind",
     "Likelihood",
+    "TapPlan",
+    "clear_plan_cache",
     # structures
     "KFAC",
     "KroneckerBlock",

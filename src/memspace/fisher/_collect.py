@@ -17,6 +17,7 @@ exact per-sample treatment of :mod:`._jacobians` from the caller (never dropped)
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -39,6 +40,7 @@ __all__ = [
     "LowMemoryCollector",
     "TapPlan",
     "TappedBatch",
+    "clear_plan_cache",
     "fisher_parts",
     "make_collector",
 ]
@@ -53,16 +55,22 @@ class TapPlan:
             alone, every use of them inside the layer's calls).
         fallback: selected parameter names handled by exact per-sample Jacobians.
         reasons: for each tappable layer whose parameters fell back, why.
+        cached: whether the plan came from the cache of an earlier operator on the same model,
+            parameters and input layout (:func:`clear_plan_cache`), not from a check of its own.
     """
 
     taps: list[LayerTap]
     fallback: list[str]
     reasons: dict[str, str]
+    cached: bool = False
 
     def __repr__(self) -> str:
         return (
             f"TapPlan({len(self.taps)} tapped layers, {len(self.fallback)} parameters on the "
-            "exact path" + (f", refused: {self.reasons}" if self.reasons else "") + ")"
+            "exact path"
+            + (f", refused: {self.reasons}" if self.reasons else "")
+            + (", from the cache" if self.cached else "")
+            + ")"
         )
 
 
@@ -118,6 +126,46 @@ class LayerStatistic(Protocol):
 
     def flush(self, tap: LayerTap) -> None:
         """The layer's columns so far are all given; its inputs are still recorded."""
+
+
+_PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""Verified plans per model, held weakly: ``{model: {fingerprint: (taps, fallback, reasons)}}``."""
+
+
+def clear_plan_cache() -> None:
+    """Forget every cached :class:`TapPlan`: the next operator on any model checks its taps anew."""
+    _PLANS.clear()
+
+
+def _fingerprint(data_pass: DataPass, x: Tensor, memory: str) -> tuple:
+    """What a plan depends on, as a key.
+
+    The model's modules (their types, forward functions and modes), every parameter (which
+    tensor, its shape, dtype and device: re-tying or replacing one changes it), the selected
+    names, one sample's input shape and dtype, the sample axis and the output selector. The
+    weights' values are not part of it: the plan is about which code uses them.
+    """
+    call = data_pass.call
+    modules = tuple(
+        (name, type(m), type(m).forward, m.__dict__.get("forward"), m.training)
+        for name, m in data_pass.model.named_modules()
+    )
+    params = tuple(
+        (name, id(p), tuple(p.shape), p.dtype, str(p.device))
+        for name, p in data_pass.model.named_parameters(remove_duplicate=False)
+    )
+    sample = tuple(x.shape[: call.sample_dim]) + tuple(x.shape[call.sample_dim + 1 :])
+    output = call.output if isinstance(call.output, (int, str, type(None))) else id(call.output)
+    return (
+        memory,
+        tuple(data_pass.space.names),
+        params,
+        modules,
+        sample,
+        x.dtype,
+        call.sample_dim,
+        output,
+    )
 
 
 class Collector:
@@ -225,13 +273,38 @@ class Collector:
                 )
         return kept
 
-    def make_plan(self, taps: list[LayerTap], reasons: dict[str, str]) -> TapPlan:
-        """The plan of the verified ``taps``.
+    def make_plan(self, taps: list[LayerTap], reasons: dict[str, str], x: Tensor) -> TapPlan:
+        """The plan of the verified ``taps``, remembered for later operators.
 
-        Every selected parameter they do not cover is a fallback.
+        Every selected parameter they do not cover is a fallback. The plan is cached for the
+        same model and input layout (:func:`_fingerprint`).
         """
         covered = {n for tap in taps for n in (tap.weight_name, tap.bias_name) if n}
         plan = TapPlan(taps, [n for n in self.data_pass.space.names if n not in covered], reasons)
+        self._check_plans_agree(plan)
+        names = {id(m): n for n, m in self.data_pass.model.named_modules()}
+        specs = [
+            (names[id(t.module)], t.weight_name, t.bias_name, list(t.sample_axes or []))
+            for t in taps
+        ]
+        _PLANS.setdefault(self.data_pass.model, {})[
+            _fingerprint(self.data_pass, x, self.memory)
+        ] = (specs, list(plan.fallback), dict(reasons))
+        return plan
+
+    def cached_plan(self, x: Tensor) -> TapPlan | None:
+        """The plan an earlier operator verified for this model and input layout, or None."""
+        entry = _PLANS.get(self.data_pass.model, {}).get(
+            _fingerprint(self.data_pass, x, self.memory)
+        )
+        if entry is None:
+            return None
+        specs, fallback, reasons = entry
+        modules = dict(self.data_pass.model.named_modules())
+        taps = [
+            LayerTap(modules[name], weight, bias, list(axes)) for name, weight, bias, axes in specs
+        ]
+        plan = TapPlan(taps, list(fallback), dict(reasons), cached=True)
         self._check_plans_agree(plan)
         return plan
 
@@ -310,6 +383,8 @@ class FastCollector(Collector):
         plan = self.plan
         for index, (x, y) in enumerate(dp.data):
             if plan is None:
+                plan = self.plan = self.cached_plan(x)
+            if plan is None:
                 taps, reasons = self.plan_taps(x)
             else:
                 taps = plan.taps
@@ -325,7 +400,7 @@ class FastCollector(Collector):
             first_column = None
             if plan is None:
                 taps, first_column = self._verify_taps(taps, leaves, outputs, factors, reasons)
-                plan = self.plan = self.make_plan(taps, reasons)
+                plan = self.plan = self.make_plan(taps, reasons, x)
             num = dp.call.num_samples(x)
             for tap in taps:
                 expected = len(tap.sample_axes or [])
@@ -427,6 +502,9 @@ class LowMemoryCollector(Collector):
         """
         dp = self.data_pass
         x, y = next(iter(dp.data))
+        cached = self.cached_plan(x)
+        if cached is not None:
+            return cached
         taps, reasons = self.plan_taps(x)
         leaves, others = dp.parameters()
         summed: dict[str, Tensor] = {}
@@ -451,7 +529,7 @@ class LowMemoryCollector(Collector):
         for tap in taps:
             tap.clear()
         return self.make_plan(
-            self.taps_accounting_for(taps, leaves, direct, summed, reasons), reasons
+            self.taps_accounting_for(taps, leaves, direct, summed, reasons), reasons, x
         )
 
     def probe_columns(
