@@ -151,6 +151,24 @@ class TokenMLP(nn.Module):
         return self.head(torch.tanh(self.inner(x)).mean(1))
 
 
+class SeparateProjections(nn.Module):
+    """Attention with its own q, k, v and output Linear layers, as Hugging Face models write it.
+
+    The key projection's bias has a zero gradient in exact arithmetic: a shift of every key score
+    of a query by the same amount leaves the softmax unchanged.
+    """
+
+    def __init__(self, width: int = 6, classes: int = 3):
+        super().__init__()
+        self.q, self.k, self.v, self.o = (nn.Linear(width, width) for _ in range(4))
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        q, k, v = self.q(x), self.k(x), self.v(x)
+        weights = torch.softmax(q @ k.transpose(1, 2) / q.shape[-1] ** 0.5, dim=-1)
+        return self.head(self.o(weights @ v).mean(1))
+
+
 @dataclass
 class ZooCase:
     name: str
@@ -208,6 +226,12 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, dict]]] = {
         {"output": 0},
     )[1:],
     "token-mlp": lambda: (torch.manual_seed(16), TokenMLP(), torch.randn(5, 3, 3), {})[1:],
+    "separate-projections": lambda: (
+        torch.manual_seed(17),
+        SeparateProjections(),
+        torch.randn(5, 4, 6),
+        {},
+    )[1:],
 }
 
 

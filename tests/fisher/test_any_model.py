@@ -81,6 +81,30 @@ EXPECTED_FALLBACKS = {
 }
 
 
+def test_a_key_bias_with_a_zero_gradient_keeps_its_layer_on_the_fast_path():
+    """Its two round-offs agree with nothing; in float32 too (Hugging Face's attention layout)."""
+    for dtype in (torch.float32, torch.float64):
+        case = make_zoo_case("separate-projections", dtype)
+        F = _operator(case)
+        assert F.tap_plan().reasons == {} and F.tap_plan().fallback == []
+
+
+def test_a_bias_used_outside_its_calls_is_still_refused():
+    class BiasTwice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.head = nn.Linear(4, 4), nn.Linear(4, 3)
+
+        def forward(self, x):
+            return self.head(torch.tanh(self.fc(x) + self.fc.bias))
+
+    torch.manual_seed(0)
+    model = BiasTwice().double().eval()
+    x, y = torch.randn(6, 4, dtype=torch.float64), torch.randint(0, 3, (6,))
+    plan = FisherOperator(model, (x, y)).tap_plan()
+    assert "used outside its own calls" in plan.reasons["fc"]
+
+
 @pytest.mark.parametrize("name", NAMES)
 def test_each_shortcut_is_taken_or_refused_for_its_reason(name):
     case = make_zoo_case(name)
