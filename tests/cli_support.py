@@ -14,6 +14,7 @@ runs one to the end.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.connection
 import os
 import subprocess
 import sys
@@ -30,10 +31,12 @@ def make():
 
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(["torch", "memspace", "memspace.cli", "memspace.report"])
-_STARTING = threading.Lock()
-"""Children are started one at a time (they then run side by side): two full runs lost a child's
-exit status (255, multiprocessing's 'forkserver vanished') when four threads started children at
-once under load; starting them in turn removes that concurrency from multiprocessing's start."""
+_STATUS = threading.Lock()
+"""Held wherever multiprocessing reads a child's exit status from the forkserver: ``start()`` (whose
+clean-up polls every other live child), ``exitcode`` and ``join()``. Two threads polling the same
+child at once both see its status pipe ready; the one that reads second meets end-of-file and
+records 255 ("the forkserver vanished") over the real code. Children still run side by side: only
+these reads take turns, and the waiting is done on the sentinel, which reads nothing."""
 
 
 def cli_env(**extra: str) -> dict[str, str]:
@@ -78,6 +81,27 @@ def _child(args: list[str], cwd: str, env: dict[str, str], out: str, err: str) -
         atexit._run_exitfuncs()
 
 
+def run_to_exit(child: multiprocessing.Process, timeout: float) -> int | None:
+    """Start ``child``, wait for it, return its exit code (None: killed after ``timeout``).
+
+    Every read of an exit status is made under :data:`_STATUS` (see there).
+    """
+    with _STATUS:
+        child.start()
+    finished = multiprocessing.connection.wait([child.sentinel], timeout)
+    with _STATUS:
+        code = child.exitcode if finished else None
+        if code is None:
+            child.kill()
+        child.join()
+    return code
+
+
+def exit_with(code: int) -> None:
+    """A child that only exits with ``code`` (the harness's own test)."""
+    sys.exit(code)
+
+
 def run_cli(
     *args: str, cwd: Path, env: dict[str, str] | None = None, timeout: float = 600
 ) -> subprocess.CompletedProcess:
@@ -87,12 +111,8 @@ def run_cli(
         child = _CONTEXT.Process(
             target=_child, args=(list(args), str(cwd), env or cli_env(), out, err)
         )
-        with _STARTING:
-            child.start()
-        child.join(timeout)
-        if child.exitcode is None:
-            child.kill()
-            child.join()
+        code = run_to_exit(child, timeout)
+        if code is None:
             raise subprocess.TimeoutExpired(["memspace", *args], timeout)
 
         def read(name: str) -> str:
@@ -102,9 +122,7 @@ def run_cli(
                 else ""
             )
 
-        return subprocess.CompletedProcess(
-            ["memspace", *args], child.exitcode, read(out), read(err)
-        )
+        return subprocess.CompletedProcess(["memspace", *args], code, read(out), read(err))
 
 
 def run_cli_subprocess(
