@@ -97,3 +97,18 @@ def test_a_study_summary_is_its_json_with_a_report_section_and_figure(demo_run):
     plt.close(fig)
     with pytest.raises(MemspaceError, match="without ax"):
         summary.plot(ax=object())
+    assert StudySummary.from_dict("robustness", metrics["studies"]["robustness"]) == summary
+    damaged = {k: v for k, v in metrics["studies"]["robustness"].items() if k != "kendall_pooled"}
+    with pytest.raises(MemspaceError, match="robustness study's summary lacks kendall_pooled"):
+        StudySummary.from_dict("robustness", damaged, "run/metrics.json")
+
+
+def test_the_report_refuses_a_study_summary_missing_what_its_section_reads(demo_run, tmp_path):
+    from memspace.report import render_report
+
+    run, _ = demo_run
+    metrics = json.loads((run / "metrics.json").read_text())
+    del metrics["studies"]["capacity"]["anchor"]
+    with pytest.raises(MemspaceError, match="study 'capacity': the capacity study's summary lacks"):
+        render_report(metrics, tmp_path / "report.html")
+    assert not (tmp_path / "report.html").exists()

@@ -36,6 +36,7 @@ class Study:
     prepare: Callable[[dict[str, Any]], Any]
     run: Callable[..., dict[str, Any]]
     figure: str = ""
+    summary_keys: tuple[str, ...] = ()
     in_demo: bool = True
     demo_data: Callable[[str, tuple[int, ...]], str | None] = lambda data, shape: data
     data_help: str = ""
@@ -51,6 +52,28 @@ class StudySummary(dict):
     def __init__(self, name: str, summary: Mapping[str, Any]):
         super().__init__(summary)
         self.name = name
+
+    @classmethod
+    def from_dict(cls, name: str, data: Any, source: str = "the metrics") -> StudySummary:
+        """A stored summary of study ``name``, checked: a mapping with every key the study declares.
+
+        Raises:
+            MemspaceError: naming ``source``, the study and what is missing.
+        """
+        from .._errors import MemspaceError
+        from .registry import get_study
+
+        if not isinstance(data, Mapping):
+            raise MemspaceError(
+                f"{source}: the {name} study's summary is a {type(data).__name__}, not a mapping"
+            )
+        missing = [key for key in get_study(name).summary_keys if key not in data]
+        if missing:
+            raise MemspaceError(
+                f"{source}: the {name} study's summary lacks {', '.join(missing)}; "
+                "rerun the study that wrote it"
+            )
+        return cls(name, data)
 
     def __repr__(self) -> str:
         cells = next(

@@ -487,6 +487,7 @@ def prepare_capacity(config: dict[str, Any]):
 STUDY = Study(
     name="capacity",
     figure="capacity",
+    summary_keys=("n_star", "cost_per_bit", "anchor", "table"),
     title="Capacity ↔ complexity",
     summary="memorisation under an action budget, with the Cover anchor",
     configs=CAPACITY_CONFIGS,

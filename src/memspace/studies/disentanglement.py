@@ -436,6 +436,7 @@ def prepare_disentanglement(config: dict[str, Any]):
 STUDY = Study(
     name="disentanglement",
     figure="traversal",
+    summary_keys=("table", "tau_block_diagonality", "lambda_effect", "config", "lams"),
     title="Efficiency ↔ disentanglement",
     summary="β-VAEs with and without least action, the standard scores, the decoder metric's "
     "block structure",

@@ -588,6 +588,17 @@ def prepare_robustness(config: dict[str, Any]):
 STUDY = Study(
     name="robustness",
     figure="reinitialization",
+    summary_keys=(
+        "layers",
+        "labels",
+        "columns",
+        "error",
+        "trained_error",
+        "noise",
+        "kendall_pooled",
+        "bottom_critical",
+        "top_robust",
+    ),
     title="Robustness ↔ generalization",
     summary="layer re-initialization, weight noise against tr F",
     configs=ROBUSTNESS_CONFIGS,
