@@ -15,22 +15,16 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["key_value_table", "number"]
+from .html import _num
 
-
-def number(value: Any, spec: str = ".4g") -> str:
-    """``value`` formatted by ``spec``, or its repr when it is not a number (escaped)."""
-    try:
-        return html.escape(format(value, spec))
-    except (TypeError, ValueError):
-        return html.escape(repr(value))
+__all__ = ["key_value_table"]
 
 
 def key_value_table(title: str, rows: Sequence[tuple[str, Any, str]]) -> str:
     """An HTML table headed ``title`` with one (label, value, format spec) per row."""
     body = "".join(
-        "<tr><th "
-        f"style='text-align:left'>{html.escape(label)}</th><td>{number(value, spec)}</td></tr>"
+        f"<tr><th style='text-align:left'>{html.escape(label)}</th>"
+        f"<td>{_num(value, '{:' + spec + '}')}</td></tr>"
         for label, value, spec in rows
     )
     return f"<table><caption><b>{html.escape(title)}</b></caption>{body}</table>"

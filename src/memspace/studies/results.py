@@ -9,7 +9,6 @@ schema field existed reads as version 1.
 
 from __future__ import annotations
 
-import html
 from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
@@ -150,7 +149,8 @@ class NetworkMeasures:
 
 
 def _fmt(value: Any, spec: str) -> str:
+    """``value`` formatted by ``spec`` for a repr, or its own repr when it is not a number."""
     try:
         return format(value, spec)
     except (TypeError, ValueError):
-        return html.escape(repr(value))
+        return repr(value)
