@@ -45,6 +45,7 @@ __all__ = [
     "ActionTerm",
     "StraightenResult",
     "jacobian_action",
+    "jacobian_action_of",
     "kinetic_action",
     "straighten",
 ]
@@ -63,6 +64,26 @@ def jacobian_action(record: StreamCapture, generator: torch.Generator | None = N
     for x, v in zip(record.inputs, record.velocities()):
         probe = torch.randn(v.shape, generator=generator, dtype=v.dtype, device=v.device)
         (vjp,) = torch.autograd.grad((probe * v).sum(), x, create_graph=True)
+        term = vjp.flatten(1).pow(2).sum(1).mean()
+        total = term if total is None else total + term
+    return record.step * total
+
+
+def jacobian_action_of(
+    record: StreamCapture, blocks: Sequence[nn.Module], probes: Sequence[Tensor]
+) -> Tensor:
+    """The Jacobian action with the given probes, by ``torch.func.vjp`` (usable inside ``vmap``).
+
+    The same quantity as :func:`jacobian_action`, H Σ_l mean_n ‖ε_lᵀ ∂v_l/∂x_l‖², with
+    v_l(x) = (block_l(x) − x)/h recomputed from the recorded input x_l (``autograd.grad``
+    cannot run inside a ``torch.func`` transform); ``probes[l]`` has v_l's shape.
+    """
+    total = None
+    for x, block, probe in zip(record.inputs, blocks, probes):
+        _, pullback = torch.func.vjp(
+            lambda state, block=block: (block(state) - state) / record.step, x
+        )
+        (vjp,) = pullback(probe)
         term = vjp.flatten(1).pow(2).sum(1).mean()
         total = term if total is None else total + term
     return record.step * total
@@ -109,9 +130,12 @@ class ActionTerm:
         )
 
     @contextmanager
-    def capture(self) -> Iterator[StreamCapture]:
-        """Record the residual stream of the forward inside the block (checked on exit)."""
-        with self.path.capture() as record:
+    def capture(self, *, transformed: bool = False) -> Iterator[StreamCapture]:
+        """Record the residual stream of the forward inside the block (checked on exit).
+
+        ``transformed``: the forward runs inside ``torch.func.vmap`` (a population's step).
+        """
+        with self.path.capture(transformed=transformed) as record:
             yield record
         self.path.check_captured(record)
 
@@ -121,17 +145,21 @@ class ActionTerm:
         logits: Tensor | None = None,
         *,
         generator: torch.Generator | None = None,
+        check_finite: bool = True,
     ) -> Tensor:
         """The action of the captured forward.
 
         ``logits`` are needed by the predictive actions only; ``generator`` draws the Jacobian
-        action's probes.
+        action's probes. ``check_finite=False`` skips the read-outs' finiteness check (inside
+        ``vmap``, where the caller checks the loss instead).
         """
         if self.name == "kinetic":
             return kinetic_action(record)
         if self.name == "jacobian":
             return jacobian_action(record, generator)
-        outputs = readout_path(self.path.states(record), self._head, logits.shape[0])
+        outputs = readout_path(
+            self.path.states(record), self._head, logits.shape[0], check_finite=check_finite
+        )
         return predictive_action(
             outputs, likelihood=self.likelihood, excess=self.name == "predictive-excess"
         )

@@ -54,6 +54,11 @@ __all__ = [
     "optimizer_step",
     "penalised_loss",
     "snapshot",
+    "epoch_generator",
+    "epoch_metrics",
+    "fit_config",
+    "resume_checkpoint",
+    "save_checkpoint",
 ]
 
 MAX_EPOCHS = 100_000
@@ -87,7 +92,8 @@ def evaluate(
     return loss / len(X), correct / len(X)
 
 
-def _make_optimizer(name, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+def make_optimizer(name, params, lr: float, weight_decay: float) -> torch.optim.Optimizer:
+    """``"adam"``, ``"sgd"`` (momentum 0.9) or a factory ``params → Optimizer``, as :func:`fit`."""
     if callable(name):
         return name(params)
     if name == "adam":
@@ -112,9 +118,10 @@ def _optimizer_tensors(
     return tensors, {"param_groups": state["param_groups"], "scalars": scalars}
 
 
-def _restore_optimizer(
+def restore_optimizer(
     optimizer: torch.optim.Optimizer, tensors: dict[str, Tensor], meta: dict[str, Any]
 ) -> None:
+    """Load the optimizer state a checkpoint stores (its tensors and JSON metadata)."""
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer."):
@@ -185,6 +192,25 @@ def load_checkpoint(path: str | Path, model: nn.Module) -> dict[str, Any]:
         raise MemspaceError(f"checkpoint {path} does not match the architecture: {detail}")
     model.load_state_dict(weights)
     return {"tensors": tensors, **meta}
+
+
+def resume_checkpoint(
+    directory: Path,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    log: Callable[[str], None],
+) -> tuple[int, list[dict[str, Any]]] | None:
+    """Load the newest readable checkpoint of a run folder into ``model`` and ``optimizer``.
+
+    Returns:
+        ``(epoch, history)`` of that checkpoint, or None when there is none readable.
+    """
+    meta = _resume(directory, model, log)
+    if meta is None:
+        return None
+    restore_optimizer(optimizer, meta["tensors"], meta["optimizer"])
+    epoch = int(meta["epoch"])
+    return epoch, _history_from(meta, directory, epoch)
 
 
 def _resume(directory: Path, model: nn.Module, log: Callable[[str], None]) -> dict[str, Any] | None:
@@ -269,7 +295,8 @@ def optimizer_step(optimizer: torch.optim.Optimizer, total: Tensor, where: str) 
     optimizer.step()
 
 
-def _epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
+def epoch_generator(seed: int, epoch: int, salt: int) -> torch.Generator:
+    """The generator of one epoch of :func:`fit`: salt 0 orders the data, salt 1 draws probes."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch * 7919 + salt)
 
 
@@ -337,20 +364,12 @@ def fit(
     _check_options(action, lam, epochs, lr, batch_size)
     log = log or (lambda message: warnings.warn(message, stacklevel=3))
     term = ActionTerm(action, model, block_names, head=head) if action else None
-    opt = _make_optimizer(optimizer, model.parameters(), lr, weight_decay)
+    opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     result = FitResult(model)
     start_epoch = 0
-    config = {
-        "action": action,
-        "lam": lam,
-        "optimizer": optimizer if isinstance(optimizer, str) else "custom",
-        "lr": lr,
-        "weight_decay": weight_decay,
-        "batch_size": batch_size,
-        "seed": seed,
-        "epochs": epochs,
-        **(run_config or {}),
-    }
+    config = fit_config(
+        action, lam, optimizer, lr, weight_decay, batch_size, seed, epochs, run_config
+    )
     run = None
     if checkpoint_dir is not None:
         run = RunFolder.open(
@@ -358,22 +377,18 @@ def fit(
         )
     try:
         if run is not None:
-            meta = _resume(run.root, model, log) if run.resumed else None
-            if meta is None and checkpoints(run.root):
+            resumed = resume_checkpoint(run.root, model, opt, log) if run.resumed else None
+            if resumed is None and checkpoints(run.root):
                 log(
                     f"no checkpoint in {run.root} is readable; training again from the initial "
                     "weights"
                 )
-            if meta is not None:
-                _restore_optimizer(opt, meta["tensors"], meta["optimizer"])
-                start_epoch = int(meta["epoch"])
+            if resumed is not None:
+                start_epoch, result.history = resumed
                 result.resumed_from = start_epoch
-                result.history = _history_from(meta, run.root, start_epoch)
-                run.write(
-                    "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in result.history)
-                )
+                write_metrics(run, result.history)
             else:
-                run.write("init.safetensors", save_bytes(_cpu_state(model)))
+                run.write("init.safetensors", save_bytes(cpu_state(model)))
         _train(
             model,
             opt,
@@ -403,6 +418,23 @@ def fit(
 MAX_BATCH_SIZE = 1_000_000
 
 
+def fit_config(
+    action, lam, optimizer, lr, weight_decay, batch_size, seed, epochs, run_config=None
+) -> dict[str, Any]:
+    """The configuration :func:`fit` records in its run folder (and checks on resume)."""
+    return {
+        "action": action,
+        "lam": lam,
+        "optimizer": optimizer if isinstance(optimizer, str) else "custom",
+        "lr": lr,
+        "weight_decay": weight_decay,
+        "batch_size": batch_size,
+        "seed": seed,
+        "epochs": epochs,
+        **(run_config or {}),
+    }
+
+
 def _check_options(action, lam, epochs, lr, batch_size) -> None:
     """The training options, checked once, here (the command line passes them on unchecked)."""
     check_number("epochs", epochs, 1, MAX_EPOCHS, integer=True)
@@ -412,7 +444,8 @@ def _check_options(action, lam, epochs, lr, batch_size) -> None:
         check_number("lam", lam, 0)
 
 
-def _cpu_state(model: nn.Module) -> dict[str, Tensor]:
+def cpu_state(model: nn.Module) -> dict[str, Tensor]:
+    """``model``'s state as contiguous CPU copies (what a checkpoint stores)."""
     return {k: v.detach().cpu().clone().contiguous() for k, v in model.state_dict().items()}
 
 
@@ -442,8 +475,8 @@ def _train(
     try:
         for epoch in range(start_epoch, epochs):
             model.train()
-            order = torch.randperm(len(X), generator=_epoch_generator(seed, epoch, 0))
-            probes = _epoch_generator(seed, epoch, 1)
+            order = torch.randperm(len(X), generator=epoch_generator(seed, epoch, 0))
+            probes = epoch_generator(seed, epoch, 1)
             running, seen, action_sum = 0.0, 0, 0.0
             for step in range(steps_per_epoch):
                 idx = order[step * batch_size : (step + 1) * batch_size]
@@ -460,7 +493,7 @@ def _train(
                 action_sum += float(penalty.detach()) * len(idx)
                 seen += len(idx)
             model.eval()
-            record_epoch = _epoch_metrics(
+            record_epoch = epoch_metrics(
                 model,
                 epoch + 1,
                 running / seen,
@@ -473,16 +506,33 @@ def _train(
             )
             result.history.append(record_epoch)
             if run is not None:
-                result.checkpoints.append(_save(run, model, opt, epoch + 1, config, result.history))
+                result.checkpoints.append(
+                    save_checkpoint(run, model, opt, epoch + 1, config, result.history)
+                )
             bar.advance(record_epoch)
     finally:
         bar.close()
 
 
-def _epoch_metrics(
-    model, epoch, batch_loss, batch_action, train_data, val_data, probe, block_names, head
+def epoch_metrics(
+    model,
+    epoch,
+    batch_loss,
+    batch_action,
+    train_data,
+    val_data,
+    probe,
+    block_names,
+    head,
+    evaluated: dict[str, tuple[float, float]] | None = None,
 ) -> dict:
-    train_loss, train_acc = evaluate(model, train_data)
+    """One row of :func:`fit`'s history: losses, accuracies and the predictive path on ``probe``.
+
+    ``evaluated``: ``{"train": (loss, acc), "val": ...}`` already computed (a population
+    evaluates its members at once); what is missing is evaluated here.
+    """
+    evaluated = evaluated or {}
+    train_loss, train_acc = evaluated.get("train") or evaluate(model, train_data)
     metrics = {
         "epoch": epoch,
         "batch_loss": batch_loss,
@@ -491,7 +541,7 @@ def _epoch_metrics(
         "regulariser": batch_action,
     }
     if val_data is not None:
-        metrics["val_loss"], metrics["val_acc"] = evaluate(model, val_data)
+        metrics["val_loss"], metrics["val_acc"] = evaluated.get("val") or evaluate(model, val_data)
     try:
         path = predictive_path(model, probe, block_names=block_names, head=head)
         metrics.update(
@@ -507,7 +557,7 @@ def _epoch_metrics(
     return metrics
 
 
-def _save(
+def save_checkpoint(
     run: RunFolder,
     model: nn.Module,
     opt: torch.optim.Optimizer,
@@ -515,8 +565,11 @@ def _save(
     config: dict,
     history: list[dict[str, Any]],
 ) -> Path:
-    """One atomic checkpoint holding the weights, the optimizer and the metrics so far."""
-    tensors = {f"model.{k}": v for k, v in _cpu_state(model).items()}
+    """One atomic checkpoint holding the weights, the optimizer and the metrics so far.
+
+    Then ``metrics.jsonl`` is rewritten from ``history``; returns the checkpoint's path.
+    """
+    tensors = {f"model.{k}": v for k, v in cpu_state(model).items()}
     opt_tensors, opt_meta = _optimizer_tensors(opt)
     tensors.update(opt_tensors)
     metadata = {
@@ -527,8 +580,13 @@ def _save(
     }
     path = run.write(f"epoch-{epoch:04d}.safetensors", save_bytes(tensors, metadata=metadata))
     crash_point("between-checkpoint-and-metrics")
-    run.write("metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
+    write_metrics(run, history)
     return path
+
+
+def write_metrics(run: RunFolder, history: list[dict[str, Any]]) -> None:
+    """``metrics.jsonl``: one JSON line per epoch, rewritten atomically from ``history``."""
+    run.write("metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history))
 
 
 class _progress:

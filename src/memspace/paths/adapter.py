@@ -103,13 +103,18 @@ class ResidualPath:
         return len(self.blocks)
 
     @contextmanager
-    def capture(self, *, leaf_input: bool = False) -> Iterator[StreamCapture]:
+    def capture(
+        self, *, leaf_input: bool = False, transformed: bool = False
+    ) -> Iterator[StreamCapture]:
         """Record every block's input and output during the forwards inside the context.
 
         Args:
             leaf_input: make the first block's input a fresh leaf requiring grad, so
                 gradients with respect to the stream never enter the stem. (A first
                 input that does not require grad is always made such a leaf.)
+            transformed: the forward runs inside a ``torch.func`` transform (``vmap``, as
+                :mod:`memspace.population` does): the stream is recorded as it is, never made
+                a leaf (gradients reach it through the transform).
 
         Raises:
             ValueError: (after the forward) if a block ran more than once or never.
@@ -124,7 +129,7 @@ class ResidualPath:
                 # that does, so gradients with respect to the stream exist; this changes
                 # no parameter gradient.
                 needs_leaf = leaf_input or (torch.is_grad_enabled() and not args[0].requires_grad)
-                if i == 0 and needs_leaf:
+                if i == 0 and needs_leaf and not transformed:
                     return (args[0].detach().requires_grad_(True), *args[1:])
                 return None
 
