@@ -261,6 +261,7 @@ class Population:
         self._loss_modules: dict[str | None, _PenalisedLoss] = {}
         self._state_shapes: list[tuple[int, ...]] | None = None
         self._scratch: nn.Module | None = None
+        self._reach_checked = False
 
     def _view(self, flat: Tensor, name: str) -> Tensor:
         start, stop, shape = self.slices[name]
@@ -278,7 +279,20 @@ class Population:
             p.grad = self._view(self.flat_grad, name)
 
     def backward(self, total: Tensor) -> None:
-        """Backward of the members' summed loss into :attr:`flat_grad`."""
+        """Backward of the members' summed loss into :attr:`flat_grad`.
+
+        Raises:
+            MemspaceError: (first call) a trained parameter the loss does not reach: ``fit``'s
+                optimiser would skip it, a population's would decay it.
+        """
+        if not self._reach_checked:
+            unused = _unreached(total, self.params)
+            if unused:
+                raise MemspaceError(
+                    f"parameter {unused[0]} takes no part in the loss: freeze it "
+                    "(requires_grad_(False)) or remove it before training a population"
+                )
+            self._reach_checked = True
         self.zero_grad()
         with warnings.catch_warnings():
             # The gradient views share the parameters' strides; autograd only notes that
@@ -459,6 +473,21 @@ class Population:
             )
             self._loss_modules[action] = _PenalisedLoss(self.template, term)
         return self._loss_modules[action]
+
+
+def _unreached(total: Tensor, params: dict[str, Tensor]) -> list[str]:
+    """The names of ``params`` that no path of ``total``'s autograd graph reaches."""
+    seen, stack, reached = set(), [total.grad_fn], set()
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        variable = getattr(node, "variable", None)
+        if variable is not None:
+            reached.add(id(variable))
+        stack.extend(next_node for next_node, _ in node.next_functions)
+    return [name for name, p in params.items() if id(p) not in reached]
 
 
 class _PenalisedLoss(nn.Module):
@@ -834,7 +863,8 @@ def _resume_member(population, member: _MemberRun, stacked: _StackedOptimizer, l
     population.load_state(member.index, model.state_dict())
     stacked.load_from(member.index, model, optimizer)
     member.epoch, member.history, member.resumed_from = epoch, history, epoch
-    member.step = stacked.steps[member.index]
+    # a run resumes at an epoch's end (a member stopped inside one is finished)
+    member.step = stacked.steps[member.index] = epoch * member.steps_per_epoch
     write_metrics(run, history)
     last = history[-1] if history else {}
     if "stopped" in last:
@@ -963,6 +993,7 @@ def _end_epochs(population, finished, stacked, val_data, probe_size, block_names
         reason = _stop_reason(member, row)
         if reason is not None:
             member.stopped = reason
+        if reason not in (None, "epochs"):  # an early stop is recorded; the last epoch is not
             row["stopped"] = reason
             row["steps"] = member.step
         member.history.append(row)
