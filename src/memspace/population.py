@@ -68,6 +68,7 @@ __all__ = [
     "Member",
     "Population",
     "PopulationResult",
+    "PopulationTrainer",
     "member_data",
     "train_population",
 ]
@@ -554,16 +555,35 @@ class _StackedOptimizer:
         if self.name == "adam":
             second = take(self.second)
             adam(
-                [param], [grad], [first], [second], [], [torch.tensor(float(count))],
-                foreach=False, amsgrad=False, beta1=0.9, beta2=0.999, lr=lr,
-                weight_decay=decay, eps=1e-8, maximize=False,
-            )  # fmt: skip
+                [param],
+                [grad],
+                [first],
+                [second],
+                [],
+                [torch.tensor(float(count))],
+                foreach=False,
+                amsgrad=False,
+                beta1=0.9,
+                beta2=0.999,
+                lr=lr,
+                weight_decay=decay,
+                eps=1e-8,
+                maximize=False,
+            )
         else:
             buffers = [first if count > 0 else None]
             sgd(
-                [param], [grad], buffers, foreach=False, weight_decay=decay, momentum=0.9,
-                lr=lr, dampening=0.0, nesterov=False, maximize=False,
-            )  # fmt: skip
+                [param],
+                [grad],
+                buffers,
+                foreach=False,
+                weight_decay=decay,
+                momentum=0.9,
+                lr=lr,
+                dampening=0.0,
+                nesterov=False,
+                maximize=False,
+            )
             first = buffers[0]
         if index is not None:
             pop.flat.index_copy_(0, index, param)
@@ -611,6 +631,68 @@ class _StackedOptimizer:
                 else:
                     pop.row_view(self.first, k, name).copy_(entry["momentum_buffer"])
         self.steps[k] = max(steps) if steps else 0
+
+
+class PopulationTrainer:
+    """One optimiser step for any members of a population, each on its own batch.
+
+    The engine under :func:`train_population`, for trainers with their own schedule (the
+    capacity study's memorisation, the zoo): the caller chooses each member's batch and
+    probe generator, :meth:`step` does the rest — the members are grouped by action and batch
+    size, each group's penalised losses are one ``vmap`` call, one backward serves all, and
+    the optimiser updates the members whose loss is finite.
+
+    Args:
+        population: the networks.
+        members: one :class:`Member` per network (action, λ, learning rate, weight decay).
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9), as ``fit``'s.
+    """
+
+    def __init__(self, population: Population, members: Sequence[Member], optimizer: str = "adam"):
+        self.population = population
+        self.members = _check_members(members, population.size)
+        self.optimizer = _StackedOptimizer(population, optimizer, self.members)
+
+    @property
+    def steps(self) -> list[int]:
+        """Per member, the optimiser steps taken."""
+        return list(self.optimizer.steps)
+
+    def step(
+        self, batches: dict[int, tuple[Tensor, Tensor, torch.Generator | None]]
+    ) -> dict[int, tuple[float, float, float]]:
+        """One step of each member in ``batches`` (``k → (x [B, ...], y [B], probe generator)``).
+
+        Returns:
+            ``k → (total, cross-entropy, action)`` of the batch before the step; a member whose
+            total is NaN or ±Inf is not updated (its caller decides what to do with it).
+        """
+        groups: dict[tuple, list[int]] = {}
+        for k, (x, _, _) in batches.items():
+            groups.setdefault((self.members[k].action, tuple(x.shape)), []).append(k)
+        pop, results, totals, stepped = self.population, {}, [], []
+        for (action, _), rows in groups.items():
+            xb = torch.stack([batches[k][0] for k in rows])
+            yb = torch.stack([batches[k][1] for k in rows])
+            lam = torch.tensor(
+                [self.members[k].lam for k in rows], dtype=xb.dtype, device=xb.device
+            )
+            probes = None
+            if action == "jacobian":
+                probes = _draw_probes(pop, [batches[k][2] for k in rows], xb)
+            total, loss, penalty = pop.penalised_losses(rows, xb, yb, action, lam, probes)
+            values = torch.stack([total.detach(), loss.detach(), penalty.detach()]).tolist()
+            keep = [i for i, value in enumerate(values[0]) if math.isfinite(value)]
+            for i, k in enumerate(rows):
+                results[k] = (values[0][i], values[1][i], values[2][i])
+            stepped += [rows[i] for i in keep]
+            if keep:
+                picked = total if len(keep) == len(rows) else total[torch.as_tensor(keep)]
+                totals.append(picked.sum())
+        if totals:
+            pop.backward(torch.stack(totals).sum())
+            self.optimizer.step(sorted(stepped))
+        return results
 
 
 @dataclass
@@ -754,14 +836,36 @@ def train_population(
     runs = _member_runs(population, train_data, specs, num_classes, batch_size)
     if val_data is not None:
         check_finite(val_data[0], "validation inputs")
-    stacked = _StackedOptimizer(population, optimizer, specs)
+    trainer = PopulationTrainer(population, specs, optimizer)
+    stacked = trainer.optimizer
     root = None
     if checkpoint_dir is not None:
-        root = _open_folders(checkpoint_dir, population, runs, stacked, optimizer, batch_size,
-                             overwrite, run_config, log)  # fmt: skip
+        root = _open_folders(
+            checkpoint_dir,
+            population,
+            runs,
+            stacked,
+            optimizer,
+            batch_size,
+            overwrite,
+            run_config,
+            log,
+        )
     try:
-        _train(population, runs, stacked, val_data, probe_size, block_names, head, progress,
-               optimizer, batch_size, run_config, log)  # fmt: skip
+        _train(
+            trainer,
+            runs,
+            stacked,
+            val_data,
+            probe_size,
+            block_names,
+            head,
+            progress,
+            optimizer,
+            batch_size,
+            run_config,
+            log,
+        )
     finally:
         for member in runs:
             if member.run is not None:
@@ -811,9 +915,16 @@ def _member_runs(population, train_data, specs, num_classes, batch_size) -> list
 
 def _member_config(spec: Member, optimizer: str, batch_size: int, run_config) -> dict[str, Any]:
     return fit_config(
-        spec.action, spec.lam, optimizer, spec.lr, spec.weight_decay, batch_size, spec.seed,
-        spec.epochs, {**spec.extras(), **(run_config or {})},
-    )  # fmt: skip
+        spec.action,
+        spec.lam,
+        optimizer,
+        spec.lr,
+        spec.weight_decay,
+        batch_size,
+        spec.seed,
+        spec.epochs,
+        {**spec.extras(), **(run_config or {})},
+    )
 
 
 def _open_folders(
@@ -829,16 +940,19 @@ def _open_folders(
         "architecture": str(population.template),
         **(run_config or {}),
     }
-    root = RunFolder.open(directory, kind="population", config=config, overwrite=overwrite,
-                          ignore=("epochs",))  # fmt: skip
+    root = RunFolder.open(
+        directory, kind="population", config=config, overwrite=overwrite, ignore=("epochs",)
+    )
     try:
         for member in runs:
             name = f"member-{member.index:03d}"
             root.path(name)
             member.run = RunFolder.open(
-                root.root / name, kind="train", ignore=("epochs",),
+                root.root / name,
+                kind="train",
+                ignore=("epochs",),
                 config=_member_config(member.spec, optimizer, batch_size, run_config),
-            )  # fmt: skip
+            )
             _resume_member(population, member, stacked, log)
     except BaseException:
         for member in runs:
@@ -873,7 +987,9 @@ def _resume_member(population, member: _MemberRun, stacked: _StackedOptimizer, l
         member.stopped = "epochs"
 
 
-def _draw_probes(population: Population, runs: list[_MemberRun], xb: Tensor) -> list[Tensor]:
+def _draw_probes(
+    population: Population, generators: list[torch.Generator | None], xb: Tensor
+) -> list[Tensor]:
     """Each member's Gaussian probes for the Jacobian action, drawn as ``fit`` draws them.
 
     ``fit`` draws, at every step, one ``randn`` per block in block order from the epoch's
@@ -883,29 +999,51 @@ def _draw_probes(population: Population, runs: list[_MemberRun], xb: Tensor) -> 
     per_block = []
     for shape in population.state_shapes(xb[0, :1]):
         draws = [
-            torch.randn((len(m.batch_rows), *shape), generator=m.probes, dtype=xb.dtype)
-            for m in runs
+            torch.randn((xb.shape[1], *shape), generator=generator, dtype=xb.dtype)
+            for generator in generators
         ]
         per_block.append(torch.stack(draws).to(xb.device))
     return per_block
 
 
-def _train(population, runs, stacked, val_data, probe_size, block_names, head, progress,
-           optimizer, batch_size, run_config, log) -> None:  # fmt: skip
+def _train(
+    trainer,
+    runs,
+    stacked,
+    val_data,
+    probe_size,
+    block_names,
+    head,
+    progress,
+    optimizer,
+    batch_size,
+    run_config,
+    log,
+) -> None:
     bar = _Progress(progress, runs)
     try:
         while True:
             active = [m for m in runs if m.stopped is None]
             if not active:
                 break
-            _one_step(population, active, stacked, log)
+            _one_step(trainer, active, log)
             finished = [m for m in active if m.stopped is None and _epoch_ends(m)]
             diverged = [m for m in active if (m.stopped or "").startswith("diverged")]
             for member in diverged:
                 bar.advance(member, stopped=True)
             if finished:
-                _end_epochs(population, finished, stacked, val_data, probe_size, block_names,
-                            head, optimizer, batch_size, run_config)  # fmt: skip
+                _end_epochs(
+                    trainer.population,
+                    finished,
+                    stacked,
+                    val_data,
+                    probe_size,
+                    block_names,
+                    head,
+                    optimizer,
+                    batch_size,
+                    run_config,
+                )
                 for member in finished:
                     bar.advance(member, stopped=member.stopped is not None)
     finally:
@@ -919,54 +1057,43 @@ def _epoch_ends(member: _MemberRun) -> bool:
     )
 
 
-def _one_step(population: Population, active: list[_MemberRun], stacked, log) -> None:
-    """One optimiser step of every active member, grouped by action and batch size."""
-    groups: dict[tuple, list[_MemberRun]] = {}
+def _one_step(trainer: PopulationTrainer, active: list[_MemberRun], log) -> None:
+    """One optimiser step of every active member on its next batch (``fit``'s order)."""
+    batches = {}
     for member in active:
         member.batch_rows = member.next_batch()
-        groups.setdefault((member.spec.action, len(member.batch_rows)), []).append(member)
-    totals, stepped = [], []
-    for (action, _), group in groups.items():
-        rows = [m.index for m in group]
-        if all(m.shared for m in group) and group:
-            X, y = group[0].data
-            index = torch.stack([m.batch_rows for m in group])
-            xb, yb = X[index], y[index]
-        else:
-            xb = torch.stack([m.data[0][m.batch_rows] for m in group])
-            yb = torch.stack([m.data[1][m.batch_rows] for m in group])
-        lam = torch.tensor([m.spec.lam for m in group], dtype=xb.dtype, device=xb.device)
-        probes = _draw_probes(population, group, xb) if action == "jacobian" else None
-        total, loss, penalty = population.penalised_losses(rows, xb, yb, action, lam, probes)
-        values = torch.stack([total.detach(), loss.detach(), penalty.detach()]).tolist()
-        keep = []
-        for i, member in enumerate(group):
-            value = values[0][i]
-            if not math.isfinite(value):
-                where = (
-                    f"at epoch {member.epoch + 1}, step {member.step % member.steps_per_epoch + 1}"
-                )
-                member.stopped = f"diverged: the loss became {value} {where}"
-                log(f"member {member.index}: the loss became {value} {where}; it is stopped, "
-                    "the others go on")  # fmt: skip
-                continue
-            keep.append(i)
-            n = len(member.batch_rows)
-            member.running += values[1][i] * n
-            member.action_sum += values[2][i] * n
-            member.seen += n
-            member.step += 1
-            stepped.append(member.index)
-        if keep:
-            picked = total if len(keep) == len(group) else total[torch.as_tensor(keep)]
-            totals.append(picked.sum())
-    if totals:
-        population.backward(torch.stack(totals).sum())
-        stacked.step(sorted(stepped))
+        X, y = member.data
+        batches[member.index] = (X[member.batch_rows], y[member.batch_rows], member.probes)
+    losses = trainer.step(batches)
+    for member in active:
+        total, loss, penalty = losses[member.index]
+        if not math.isfinite(total):
+            where = f"at epoch {member.epoch + 1}, step {member.step % member.steps_per_epoch + 1}"
+            member.stopped = f"diverged: the loss became {total} {where}"
+            log(
+                f"member {member.index}: the loss became {total} {where}; it is stopped, "
+                "the others go on"
+            )
+            continue
+        n = len(member.batch_rows)
+        member.running += loss * n
+        member.action_sum += penalty * n
+        member.seen += n
+        member.step += 1
 
 
-def _end_epochs(population, finished, stacked, val_data, probe_size, block_names, head,
-                optimizer, batch_size, run_config) -> None:  # fmt: skip
+def _end_epochs(
+    population,
+    finished,
+    stacked,
+    val_data,
+    probe_size,
+    block_names,
+    head,
+    optimizer,
+    batch_size,
+    run_config,
+) -> None:
     """Each finished epoch's metrics (``fit``'s row), stopping rule and checkpoint.
 
     Members training on the shared data are evaluated at once (one batched forward per
@@ -985,10 +1112,17 @@ def _end_epochs(population, finished, stacked, val_data, probe_size, block_names
         model = population.scratch(member.index).eval()
         X, y = member.data
         row = epoch_metrics(
-            model, member.epoch, member.running / member.seen, member.action_sum / member.seen,
-            member.data, val_data, (X[:probe_size], y[:probe_size]), block_names, head,
+            model,
+            member.epoch,
+            member.running / member.seen,
+            member.action_sum / member.seen,
+            member.data,
+            val_data,
+            (X[:probe_size], y[:probe_size]),
+            block_names,
+            head,
             evaluated[member.index],
-        )  # fmt: skip
+        )
         member.order = None
         reason = _stop_reason(member, row)
         if reason is not None:
@@ -999,9 +1133,13 @@ def _end_epochs(population, finished, stacked, val_data, probe_size, block_names
         member.history.append(row)
         if member.run is not None:
             save_checkpoint(
-                member.run, model, stacked.optimizer_for(member.index, model), member.epoch,
-                _member_config(member.spec, optimizer, batch_size, run_config), member.history,
-            )  # fmt: skip
+                member.run,
+                model,
+                stacked.optimizer_for(member.index, model),
+                member.epoch,
+                _member_config(member.spec, optimizer, batch_size, run_config),
+                member.history,
+            )
 
 
 def _stop_reason(member: _MemberRun, row: dict[str, Any]) -> str | None:
