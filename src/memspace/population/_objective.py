@@ -1,0 +1,48 @@
+"""What a member minimises on one batch, written to run inside ``vmap``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from torch import Tensor, nn
+
+from ..action import ActionTerm, jacobian_action_of
+
+Objective = Callable[..., tuple[Tensor, Tensor, Tensor]]
+"""``objective(model, term, batch, lam, probes) → (total, data loss, action)`` of one member.
+
+Runs inside ``vmap``: ``batch`` is the member's tuple of batch tensors, ``term`` its
+:class:`~memspace.action.ActionTerm` (or None), whose capture must be entered with
+``transformed=True``; no data-dependent Python control flow.
+"""
+
+
+def classification(model, term, batch, lam, probes):
+    """``fit``'s objective: mean cross-entropy of ``model(x)`` against ``y``, plus λ·action."""
+    x, y = batch
+    if term is None:
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        return loss, loss, loss.new_zeros(())
+    with term.capture(transformed=True) as record:
+        logits = model(x)
+    loss = nn.functional.cross_entropy(logits, y)
+    if term.name == "jacobian":
+        penalty = jacobian_action_of(record, term.path.blocks, probes)
+    else:
+        penalty = term(record, logits, check_finite=False)
+    return loss + lam * penalty, loss, penalty
+
+
+class PenalisedLoss(nn.Module):
+    """The template network, its action term and objective, to run inside ``functional_call``."""
+
+    def __init__(self, model: nn.Module, term: ActionTerm | None, objective: Objective):
+        super().__init__()
+        self.model = model
+        self.term = term
+        self.objective = objective
+
+    def forward(self, batch, lam, probes):
+        """(total, data loss, action) of one member on one batch."""
+        return self.objective(self.model, self.term, tuple(batch), lam, probes)

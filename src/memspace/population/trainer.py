@@ -1,0 +1,111 @@
+"""One optimiser step for any members of a population, each on its own batch."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+from ._members import Member, check_members
+from ._objective import Objective, classification
+from ._optimizer import StackedOptimizer
+from ._stack import Population
+
+__all__ = ["PopulationTrainer"]
+
+
+class PopulationTrainer:
+    """One optimiser step for any members of a population, each on its own batch.
+
+    The engine under :func:`train_population`, for trainers with their own schedule (the
+    capacity study's memorisation, the zoo): the caller chooses each member's batch and
+    probe generator, :meth:`step` does the rest — the members are grouped by action and batch
+    size, each group's penalised losses are one ``vmap`` call, one backward serves all, and
+    the optimiser updates the members whose loss is finite.
+
+    Args:
+        population: the networks.
+        members: one :class:`Member` per network (action, λ, learning rate, weight decay).
+        optimizer: ``"adam"`` or ``"sgd"`` (momentum 0.9), as ``fit``'s.
+    """
+
+    def __init__(
+        self,
+        population: Population,
+        members: Sequence[Member],
+        optimizer: str = "adam",
+        objective: Objective | None = None,
+    ):
+        self.population = population
+        self.members = check_members(members, population.size)
+        self.optimizer = StackedOptimizer(population, optimizer, self.members)
+        self.objective = objective or classification
+
+    @property
+    def steps(self) -> list[int]:
+        """Per member, the optimiser steps taken."""
+        return list(self.optimizer.steps)
+
+    def step(
+        self, batches: dict[int, tuple[tuple[Tensor, ...], torch.Generator | None]]
+    ) -> dict[int, tuple[float, float, float]]:
+        """One step of each member in ``batches``: ``k → (batch tensors, probe generator)``.
+
+        For classification a member's batch is ``(x [B, ...], y [B])``; the generator draws the
+        Jacobian action's probes (None otherwise).
+
+        Returns:
+            ``k → (total, data loss, action)`` of the batch before the step; a member whose
+            total is NaN or ±Inf is not updated (its caller decides what to do with it).
+        """
+        groups: dict[tuple, list[int]] = {}
+        for k, (inputs, _) in batches.items():
+            shapes = tuple(tuple(t.shape) for t in inputs)
+            groups.setdefault((self.members[k].action, shapes), []).append(k)
+        pop, results, totals, stepped = self.population, {}, [], []
+        for (action, _), rows in groups.items():
+            width = len(batches[rows[0]][0])
+            inputs = [torch.stack([batches[k][0][j] for k in rows]) for j in range(width)]
+            first = inputs[0]
+            lam = torch.tensor(
+                [self.members[k].lam for k in rows], dtype=pop.flat.dtype, device=first.device
+            )
+            probes = None
+            if action == "jacobian":
+                probes = _draw_probes(pop, [batches[k][1] for k in rows], first)
+            total, loss, penalty = pop.penalised_losses(
+                rows, inputs, action, lam, probes, self.objective
+            )
+            values = torch.stack([total.detach(), loss.detach(), penalty.detach()]).tolist()
+            keep = [i for i, value in enumerate(values[0]) if math.isfinite(value)]
+            for i, k in enumerate(rows):
+                results[k] = (values[0][i], values[1][i], values[2][i])
+            stepped += [rows[i] for i in keep]
+            if keep:
+                picked = total if len(keep) == len(rows) else total[torch.as_tensor(keep)]
+                totals.append(picked.sum())
+        if totals:
+            pop.backward(torch.stack(totals).sum())
+            self.optimizer.step(sorted(stepped))
+        return results
+
+
+def _draw_probes(
+    population: Population, generators: list[torch.Generator | None], xb: Tensor
+) -> list[Tensor]:
+    """Each member's Gaussian probes for the Jacobian action, drawn as ``fit`` draws them.
+
+    ``fit`` draws, at every step, one ``randn`` per block in block order from the epoch's
+    probe generator; each member's generator does the same here. Returns one [K', B, ...]
+    tensor per block.
+    """
+    per_block = []
+    for shape in population.state_shapes(xb[0, :1]):
+        draws = [
+            torch.randn((xb.shape[1], *shape), generator=generator, dtype=xb.dtype)
+            for generator in generators
+        ]
+        per_block.append(torch.stack(draws).to(xb.device))
+    return per_block
