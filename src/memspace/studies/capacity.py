@@ -48,6 +48,7 @@ __all__ = [
     "linearly_separable",
     "measure_cell",
     "memorise",
+    "memorise_population",
     "random_labels",
 ]
 
@@ -93,7 +94,9 @@ class Memorisation:
         steps: optimiser steps taken; train_acc: the final training accuracy.
         snapshots: parameter states at steps 0, 1, 2, 4, 8, … and the last (for the
             Fisher arc length of training).
-        seconds: wall time.
+        seconds: wall time (in a population, its share: the population's time over K).
+        diverged: why the member stopped when its loss became NaN or ±Inf (a population's
+            member; :func:`memorise` raises instead).
     """
 
     fitted: bool
@@ -101,6 +104,7 @@ class Memorisation:
     train_acc: float
     snapshots: list[dict[str, Tensor]] = field(repr=False)
     seconds: float
+    diverged: str | None = None
 
 
 def memorise(
@@ -155,6 +159,110 @@ def memorise(
     if step & (step - 1) != 0:
         snapshots.append(snapshot(model))
     return Memorisation(fitted, step, evaluate(model, (X, y))[1], snapshots, time.time() - started)
+
+
+@dataclass
+class _Memoriser:
+    """One member of :func:`memorise_population`: its data, order, position and snapshots."""
+
+    index: int
+    X: Tensor
+    y: Tensor
+    generator: torch.Generator
+    order: Tensor
+    cursor: int
+    snapshots: list[dict[str, Tensor]]
+    step: int = 0
+    fitted: bool = False
+    diverged: str | None = None
+    seconds: float = 0.0
+
+
+def memorise_population(
+    models: Sequence[nn.Module],
+    data: Sequence[tuple[Tensor, Tensor]],
+    *,
+    actions: Sequence[str | None],
+    lams: Sequence[float],
+    seeds: Sequence[int],
+    max_steps: int = 2000,
+    lr: float = 1e-2,
+    batch_size: int = 256,
+    check_every: int = 10,
+) -> list[Memorisation]:
+    """:func:`memorise` for K networks of one architecture at once (:mod:`memspace.population`).
+
+    Member k is trained exactly as ``memorise(models[k], *data[k], action=actions[k],
+    lam=lams[k], seed=seeds[k], ...)`` alone (its own generator for order and probes, its own
+    data, its own stop when it fits every point); a member whose loss diverges is stopped
+    (``diverged``) while the others go on. Afterwards each model holds its trained weights
+    (in eval mode), as after :func:`memorise`.
+    """
+    from ..population import Member, Population, PopulationTrainer
+
+    if max_steps < 1 or batch_size < 1:
+        raise MemspaceError("max_steps and batch_size must be ≥ 1")
+    if not len(models) == len(data) == len(actions) == len(lams) == len(seeds):
+        raise MemspaceError("memorise_population needs one data set, action, λ and seed per model")
+    started = time.time()
+    population = Population(models)
+    members = [
+        Member(seed=seed, action=action, lam=lam if action else 0.0, lr=lr)
+        for seed, action, lam in zip(seeds, actions, lams)
+    ]
+    trainer = PopulationTrainer(population, members)
+    runs = [
+        _Memoriser(
+            k,
+            X,
+            y,
+            torch.Generator().manual_seed(seed),
+            torch.arange(len(X)),
+            len(X),
+            [population.state(k)],
+        )
+        for k, ((X, y), seed) in enumerate(zip(data, seeds))
+    ]
+    active = list(runs)
+    while active:
+        batches = {}
+        for run in active:
+            n = len(run.X)
+            if run.cursor >= n:
+                run.order, run.cursor = torch.randperm(n, generator=run.generator), 0
+            idx = run.order[run.cursor : run.cursor + batch_size]
+            run.cursor += batch_size
+            batches[run.index] = ((run.X[idx], run.y[idx]), run.generator)
+        losses = trainer.step(batches)
+        still = []
+        for run in active:
+            total = losses[run.index][0]
+            if not math.isfinite(total):
+                run.diverged = f"the loss became {total} at step {run.step + 1}"
+            else:
+                run.step += 1
+                if run.step & (run.step - 1) == 0:  # a power of two
+                    run.snapshots.append(population.state(run.index))
+                if run.step % check_every == 0 or run.step == max_steps:
+                    model = population.scratch(run.index)
+                    run.fitted = evaluate(model, (run.X, run.y))[1] == 1.0
+                if not run.fitted and run.step < max_steps:
+                    still.append(run)
+                    continue
+            run.seconds = (time.time() - started) / len(runs)
+        active = still
+    results = []
+    for run in runs:
+        if run.step & (run.step - 1) != 0:
+            run.snapshots.append(population.state(run.index))
+        accuracy = evaluate(population.scratch(run.index), (run.X, run.y))[1]
+        results.append(
+            Memorisation(run.fitted, run.step, accuracy, run.snapshots, run.seconds, run.diverged)
+        )
+    for k, model in enumerate(models):
+        model.load_state_dict(population.state(k))
+        model.eval()
+    return results
 
 
 def capacity_threshold(
@@ -324,6 +432,10 @@ CAPACITY_CONFIGS = {
 }
 
 
+POPULATION_SIZE = 16
+"""Cells trained together as one population (a kill loses at most one population's training)."""
+
+
 def _cell_key(kind: str, n: int, lam: float, seed: int) -> str:
     return f"{kind}/N={n}/lam={lam:g}/seed={seed}"
 
@@ -368,41 +480,51 @@ def capacity_study(
         for seed in config["seeds"]
     ]
     total = len(cells) + 1
-    for done, (kind, n, lam, seed) in enumerate(cells):
-        key = _cell_key(kind, n, lam, seed)
-        progress(done, total)
-        if key in store:
-            continue
-        status(f"capacity cell {key}")
-        pick = torch.randperm(len(X_all), generator=torch.Generator().manual_seed(seed))[:n]
-        X = X_all[pick]
-        y = random_labels(n, classes, seed * 7919 + n) if kind == "random" else y_all[pick]
-        factory = lambda: ResidualMLP(X.shape[1], config["width"], config["depth"], classes)  # noqa: E731
-        torch.manual_seed(seed)
-        model = factory()
-        result = memorise(
-            model,
-            X,
-            y,
-            action="predictive" if lam > 0 else None,
-            lam=lam,
+    pending = [cell for cell in cells if _cell_key(*cell) not in store]
+    progress(total - 1 - len(pending), total)
+    factory = lambda: ResidualMLP(X_all.shape[1], config["width"], config["depth"], classes)  # noqa: E731
+    for start in range(0, len(pending), POPULATION_SIZE):
+        chunk = pending[start : start + POPULATION_SIZE]
+        status(
+            f"capacity cells {start + 1}–{start + len(chunk)} of {len(pending)}, trained together"
+        )
+        data, models = [], []
+        for kind, n, lam, seed in chunk:
+            pick = torch.randperm(len(X_all), generator=torch.Generator().manual_seed(seed))[:n]
+            X = X_all[pick]
+            y = random_labels(n, classes, seed * 7919 + n) if kind == "random" else y_all[pick]
+            data.append((X, y))
+            torch.manual_seed(seed)
+            models.append(factory())
+        results = memorise_population(
+            models,
+            data,
+            actions=["predictive" if lam > 0 else None for _, _, lam, _ in chunk],
+            lams=[lam for _, _, lam, _ in chunk],
+            seeds=[seed for *_, seed in chunk],
             max_steps=config["max_steps"],
             lr=config["lr"],
             batch_size=config["batch_size"],
-            seed=seed,
         )
-        record = measure_cell(model, X, y, result, factory, seed=seed)
-        store.add(
-            key,
-            {
-                "kind": kind,
-                "n": n,
-                "lam": lam,
-                "seed": seed,
-                "bits": n * math.log2(classes),
-                **record,
-            },
-        )
+        for (kind, n, lam, seed), model, (X, y), result in zip(chunk, models, data, results):
+            if result.diverged:
+                raise MemspaceError(
+                    f"capacity cell {_cell_key(kind, n, lam, seed)}: {result.diverged}; lower "
+                    "the learning rate or λ"
+                )
+            record = measure_cell(model, X, y, result, factory, seed=seed)
+            store.add(
+                _cell_key(kind, n, lam, seed),
+                {
+                    "kind": kind,
+                    "n": n,
+                    "lam": lam,
+                    "seed": seed,
+                    "bits": n * math.log2(classes),
+                    **record,
+                },
+            )
+        progress(total - 1 - len(pending) + start + len(chunk), total)
     if "anchor" not in store:
         status("Cover anchor (linear model)")
         store.add("anchor", {"anchor": cover_anchor(**config["anchor"])})
