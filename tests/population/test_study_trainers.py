@@ -58,3 +58,46 @@ def test_memorise_population_equals_memorise_cell_by_cell():
         assert len(alone.snapshots) == len(together[k].snapshots)
         for a, b in zip(alone.snapshots, together[k].snapshots):
             assert max_difference(a, b) < TOL
+
+
+def test_a_zoo_group_trains_each_model_as_it_would_be_trained_alone(tmp_path):
+    from safetensors.torch import load_file
+
+    from memspace.zoo.runner import architecture_groups, train_group_and_measure
+
+    torch.set_default_dtype(torch.float32)  # the zoo's data are float32
+    models = [
+        {
+            "id": f"m{i}",
+            "seed": i,
+            "hparams": {
+                "width": 8,
+                "depth": 2,
+                "lr": 1e-2,
+                "batch_size": bs,
+                "lam": lam,
+                "train_size": 300,
+                "label_noise": noise,
+                "weight_decay": wd,
+            },
+        }
+        for i, (bs, lam, noise, wd) in enumerate(
+            [(64, 0.0, 0.0, 0.0), (64, 0.1, 0.2, 1e-3), (32, 0.1, 0.0, 0.0)]
+        )
+    ]
+    stop = {"target_ce": 0.8, "max_epochs": 5}
+    together = train_group_and_measure(models, "digits", stop, str(tmp_path), measures=False)
+    epochs = {row["epochs"] for row, _ in together}
+    assert len(epochs) > 1  # one stops on its target before the others
+    for model, (row, _) in zip(models, together):
+        alone_dir = tmp_path / model["id"]
+        alone_dir.mkdir()
+        ((alone, _),) = train_group_and_measure([model], "digits", stop, str(alone_dir), False)
+        assert alone["epochs"] == row["epochs"] and alone["converged"] == row["converged"]
+        ours = load_file(str(tmp_path / row["final_file"]))
+        theirs = load_file(str(alone_dir / alone["final_file"]))
+        assert max_difference(ours, theirs) < 1e-5  # float32 batched against unbatched products
+    groups = architecture_groups(
+        models + [{**models[0], "id": "wide", "hparams": {**models[0]["hparams"], "width": 16}}], 2
+    )
+    assert [[m["id"] for m in g] for g in groups] == [["m0", "m1"], ["m2"], ["wide"]]

@@ -21,12 +21,14 @@ import math
 import os
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .._errors import MemspaceError
+from .._runs import crash_point
 from .grid import expand, load_grid
 from .store import ZooStore
 
@@ -39,6 +41,7 @@ __all__ = [
     "remeasure",
     "run_zoo",
     "train_and_measure",
+    "train_group_and_measure",
     "zoo_grid",
 ]
 
@@ -122,55 +125,139 @@ def train_and_measure(
     measures: bool = True,
     parent: int | None = None,
 ) -> tuple[dict[str, Any], dict[str, float]]:
-    """Train one model of the zoo, save its weights, measure it (runs in a worker process).
+    """Train one model of the zoo, save its weights, measure it (a group of one)."""
+    return train_group_and_measure([model], data, stop, weights_dir, measures, parent)[0]
+
+
+@dataclass
+class _ZooMember:
+    """One model of a group: its data, its epoch's batches and the states of its training."""
+
+    spec: dict[str, Any]
+    split: Any
+    data: tuple[Any, Any]
+    generator: Any
+    initial: dict[str, Any]
+    states: list[dict[str, Any]]
+    batches: list[Any] = field(default_factory=list)
+    position: int = 0
+    epochs: int = 0
+    train_ce: float = math.inf
+    seconds: float = 0.0
+
+
+def train_group_and_measure(
+    models: list[dict[str, Any]],
+    data: str,
+    stop: dict[str, Any],
+    weights_dir: str,
+    measures: bool = True,
+    parent: int | None = None,
+) -> list[tuple[dict[str, Any], dict[str, float]]]:
+    """Train models of one architecture together, save their weights, measure each (a worker task).
+
+    The models form one :class:`~memspace.population.Population`; each is trained exactly as
+    it would be alone (Adam with its learning rate and weight decay, its data, its order and
+    probes from a generator seeded with seed + 1, epochs until its training cross-entropy
+    reaches ``stop.target_ce`` or ``stop.max_epochs``), then measured on its own.
 
     ``parent``: the PID of the process that runs the pool, which this worker dies with
     (:func:`die_with_parent`).
+
+    Raises:
+        MemspaceError: models of different architectures, or a model whose loss diverges
+            (naming it; the zoo refuses it as a single model's training did).
     """
     import torch
 
     die_with_parent(parent)
-    from safetensors.torch import save
-
-    from .._runs import crash_point, write_atomic
-    from ..action import ActionTerm
     from ..paths import ResidualMLP
-    from ..train import evaluate, optimizer_step, penalised_loss, snapshot
+    from ..population import Member, Population, PopulationTrainer
+    from ..train import evaluate, snapshot
 
     torch.set_num_threads(1)  # identical numbers on any pool or cluster
     crash_point("zoo-train-start")
     started = time.time()
+    group, nets = [], []
+    for model in models:
+        hp, seed = model["hparams"], model["seed"]
+        split, (X, y) = _data(data, hp, seed)
+        torch.manual_seed(seed)
+        net = ResidualMLP(X.shape[1], hp["width"], hp["depth"], split.num_classes)
+        initial = snapshot(net)
+        group.append(
+            _ZooMember(
+                model, split, (X, y), torch.Generator().manual_seed(seed + 1), initial, [initial]
+            )
+        )
+        nets.append(net)
+    population = Population(nets)
+    trainer = PopulationTrainer(
+        population,
+        [
+            Member(
+                seed=m.spec["seed"],
+                action="predictive" if m.spec["hparams"]["lam"] > 0 else None,
+                lam=m.spec["hparams"]["lam"] if m.spec["hparams"]["lam"] > 0 else 0.0,
+                lr=m.spec["hparams"]["lr"],
+                weight_decay=m.spec["hparams"]["weight_decay"],
+            )
+            for m in group
+        ],
+    )
+    target = stop.get("target_ce", 0.0)
+    active = [k for k in range(len(group)) if stop["max_epochs"] > 0]
+    while active:
+        batches = {}
+        for k in active:
+            member = group[k]
+            if member.position == len(member.batches):
+                order = torch.randperm(len(member.data[0]), generator=member.generator)
+                member.batches = list(order.split(member.spec["hparams"]["batch_size"]))
+                member.position = 0
+            idx = member.batches[member.position]
+            member.position += 1
+            X, y = member.data
+            batches[k] = ((X[idx], y[idx]), member.generator)
+        losses = trainer.step(batches)
+        still = []
+        for k in active:
+            member = group[k]
+            if not math.isfinite(losses[k][0]):
+                raise MemspaceError(
+                    f"the loss became {losses[k][0]} training zoo model {member.spec['id']} at "
+                    f"epoch {member.epochs + 1}; lower the learning rate or λ"
+                )
+            if member.position == len(member.batches):
+                member.epochs += 1
+                member.train_ce, _ = evaluate(population.scratch(k).eval(), member.data)
+                member.states.append(population.state(k))
+                if member.epochs >= stop["max_epochs"] or member.train_ce <= target:
+                    member.seconds = (time.time() - started) / len(group)
+                    continue
+            still.append(k)
+        active = still
+    return [
+        _finish(member, population.member(k), weights_dir, measures, target)
+        for k, member in enumerate(group)
+    ]
+
+
+def _finish(member: _ZooMember, net, weights_dir: str, measures: bool, target: float):
+    """Save a trained zoo model's weights and measure it: its row and its measures."""
+    from safetensors.torch import save
+
+    from .._runs import write_atomic
+    from ..paths import ResidualMLP
+    from ..train import evaluate
+
+    started = time.time()
+    model, split, (X, y) = member.spec, member.split, member.data
     hp, seed = model["hparams"], model["seed"]
-    split, (X, y) = _data(data, hp, seed)
 
     def factory():
         return ResidualMLP(X.shape[1], hp["width"], hp["depth"], split.num_classes)
 
-    torch.manual_seed(seed)
-    net = factory()
-    initial = snapshot(net)
-    states = [initial]
-    term = ActionTerm("predictive", net) if hp["lam"] > 0 else None
-    optimizer = torch.optim.Adam(net.parameters(), lr=hp["lr"], weight_decay=hp["weight_decay"])
-    generator = torch.Generator().manual_seed(seed + 1)
-    epochs, train_ce = 0, math.inf
-    while epochs < stop["max_epochs"] and train_ce > stop.get("target_ce", 0.0):
-        net.train()
-        for idx in torch.randperm(len(X), generator=generator).split(hp["batch_size"]):
-            total, _, _ = penalised_loss(
-                lambda: net(X[idx]),
-                lambda logits: torch.nn.functional.cross_entropy(logits, y[idx]),
-                term,
-                hp["lam"],
-                generator,
-            )
-            optimizer_step(
-                optimizer, total, f"training zoo model {model['id']} at epoch {epochs + 1}"
-            )
-        epochs += 1
-        net.eval()
-        train_ce, _ = evaluate(net, (X, y))
-        states.append(snapshot(net))
     net.eval()
     train_ce, train_acc = evaluate(net, (X, y))
     _, test_acc = evaluate(net, split.test)
@@ -179,7 +266,7 @@ def train_and_measure(
         folder / f"{model['id']}-init.safetensors",
         folder / f"{model['id']}-final.safetensors",
     )
-    write_atomic(init_file, save(initial))
+    write_atomic(init_file, save(member.initial))
     write_atomic(final_file, save({k: v.contiguous() for k, v in net.state_dict().items()}))
     row = {
         "id": model["id"],
@@ -189,14 +276,14 @@ def train_and_measure(
         "test_acc": test_acc,
         "train_ce": train_ce,
         "gap": train_acc - test_acc,
-        "epochs": epochs,
-        "converged": train_ce <= stop.get("target_ce", 0.0),
-        "seconds": time.time() - started,
+        "epochs": member.epochs,
+        "converged": train_ce <= target,
+        "seconds": member.seconds,
         "init_file": init_file.name,
         "final_file": final_file.name,
     }
-    values = _measure(net, initial, (X, y), seed, factory, states) if measures else {}
-    row["seconds"] = time.time() - started
+    values = _measure(net, member.initial, (X, y), seed, factory, member.states) if measures else {}
+    row["seconds"] = member.seconds + time.time() - started
     return row, values
 
 
@@ -446,24 +533,49 @@ def run_zoo(
                 run.path(f"weights/{m['id']}-final.safetensors")
             count = len(done)
             progress(count, len(models))
-            for row, values in parallel(
-                joblib.delayed(train_and_measure)(
-                    m, grid["data"], grid["stop"], str(weights), parent=os.getpid()
+            groups = architecture_groups(pending, workers)
+            for results in parallel(
+                joblib.delayed(train_group_and_measure)(
+                    group, grid["data"], grid["stop"], str(weights), parent=os.getpid()
                 )
-                for m in pending
+                for group in groups
             ):
-                store.add(row, values)
-                count += 1
-                progress(count, len(models))
-                status(
-                    f"model {row['id']}: train acc {row['train_acc']:.3f}, test acc "
-                    f"{row['test_acc']:.3f}, "
-                    f"{row['epochs']} epochs"
-                )
-                crash_point("zoo-model-stored")
+                for row, values in results:
+                    store.add(row, values)
+                    count += 1
+                    progress(count, len(models))
+                    status(
+                        f"model {row['id']}: train acc {row['train_acc']:.3f}, test acc "
+                        f"{row['test_acc']:.3f}, "
+                        f"{row['epochs']} epochs"
+                    )
+                    crash_point("zoo-model-stored")
         finally:
             store.close()
     return {"models": len(models), "trained": len(pending), "seconds": time.time() - started}
+
+
+GROUP_SIZE = 16
+"""The most models trained together as one population in one worker task."""
+
+
+def architecture_groups(models: list[dict[str, Any]], workers: int) -> list[list[dict[str, Any]]]:
+    """The models cut into populations, one architecture (width, depth) each.
+
+    At most :data:`GROUP_SIZE` models per group, and at least as many groups as ``workers``
+    where there are enough models (so that the pool stays busy).
+    """
+    by_architecture: dict[tuple, list[dict[str, Any]]] = {}
+    for m in models:
+        key = (m["hparams"]["width"], m["hparams"]["depth"])
+        by_architecture.setdefault(key, []).append(m)
+    share = max(1, math.ceil(len(models) / max(workers, 1)))
+    size = max(1, min(GROUP_SIZE, share))
+    return [
+        members[start : start + size]
+        for members in by_architecture.values()
+        for start in range(0, len(members), size)
+    ]
 
 
 def evaluate_zoo(
