@@ -101,3 +101,18 @@ def test_a_zoo_group_trains_each_model_as_it_would_be_trained_alone(tmp_path):
         models + [{**models[0], "id": "wide", "hparams": {**models[0]["hparams"], "width": 16}}], 2
     )
     assert [[m["id"] for m in g] for g in groups] == [["m0", "m1"], ["m2"], ["wide"]]
+
+
+def test_vae_population_equals_train_vae_cell_by_cell():
+    from memspace.disentanglement import DSpritesLike
+    from memspace.disentanglement.vae import train_vae, train_vae_population
+
+    dataset = DSpritesLike()
+    cells = [(1.0, 0.0, 0), (4.0, 0.5, 1), (2.0, 0.0, 2)]
+    kwargs = dict(steps=4, batch_size=4, latents=3, width=8, depth=2)
+    together = train_vae_population(dataset, cells, **kwargs)
+    for k, (beta, lam, seed) in enumerate(cells):
+        alone = train_vae(dataset, beta=beta, lam=lam, seed=seed, **kwargs)
+        assert max_difference(alone.model.state_dict(), together[k].model.state_dict()) < TOL
+        assert alone.reconstruction == pytest.approx(together[k].reconstruction, rel=1e-12)
+        assert alone.kl == pytest.approx(together[k].kl, rel=1e-10, abs=1e-12)

@@ -31,7 +31,9 @@ __all__ = [
     "block_diagonality",
     "latent_groups",
     "pullback_metric",
+    "elbo_objective",
     "train_vae",
+    "train_vae_population",
 ]
 
 
@@ -134,7 +136,8 @@ def train_vae(
     started = time.time()
     model.train()
     for _ in range(steps):
-        x = torch.from_numpy(dataset.render(dataset.sample_factors(batch_size, rng))).float()
+        x = torch.from_numpy(dataset.render(dataset.sample_factors(batch_size, rng)))
+        x = x.to(next(model.parameters()).dtype)
         mu, log_var = model.encode(x)
         z = mu + torch.randn_like(mu) * (0.5 * log_var).exp()
         parts = {}
@@ -156,6 +159,98 @@ def train_vae(
         kls.append(float(kl.detach()))
     model.eval()
     return VAETraining(model, recon, kls, time.time() - started)
+
+
+def elbo_objective(model, term, batch, lam, probes):
+    """The β-VAE's loss for a population (:mod:`memspace.population`), as :func:`train_vae`'s.
+
+    ``batch`` is ``(x [B, 1, 64, 64], ε [B, latents], β [])``: the images, the
+    reparametrisation noise and the member's β. Returns (total, ELBO term, A_kin,
+    reconstruction, KL).
+    """
+    x, noise, beta = batch
+    mu, log_var = model.encode(x)
+    z = mu + noise * (0.5 * log_var).exp()
+    if term is None:
+        logits = model.decode(z)
+    else:
+        with term.capture(transformed=True) as record:
+            logits = model.decode(z)
+    reconstruction = (
+        nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum") / x.shape[0]
+    )
+    kl = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum(1).mean()
+    loss = reconstruction + beta * kl
+    penalty = loss.new_zeros(()) if term is None else term(record, logits, check_finite=False)
+    total = loss if term is None else loss + lam * penalty
+    return total, loss, penalty, reconstruction, kl
+
+
+def train_vae_population(
+    dataset,
+    cells: Sequence[tuple[float, float, int]],
+    *,
+    steps: int = 2000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    latents: int = 10,
+    width: int = 64,
+    depth: int = 4,
+) -> list[VAETraining]:
+    """:func:`train_vae` for several (β, λ, seed) cells at once, as one population.
+
+    Member k is the VAE ``train_vae(dataset, beta=β_k, lam=λ_k, seed=s_k, ...)`` trains
+    alone: its initial weights from the seed, its images rendered from a
+    ``RandomState(seed)``, its reparametrisation noise from the generator state that
+    follows its initialisation (the global one ``train_vae`` draws from).
+
+    Raises:
+        MemspaceError: for steps < 1, β or λ < 0, or a member whose loss diverges (naming it).
+    """
+    from ..population import Member, Population, PopulationTrainer
+
+    if steps < 1 or any(beta < 0 or lam < 0 for beta, lam, _ in cells):
+        raise MemspaceError("steps must be ≥ 1 and beta, lam ≥ 0")
+    models, noises, renders = [], [], []
+    for _, _, seed in cells:
+        torch.manual_seed(seed)
+        models.append(ConvVAE(latents, width, depth))
+        noise = torch.Generator()
+        noise.set_state(torch.get_rng_state())
+        noises.append(noise)
+        renders.append(np.random.RandomState(seed))
+    blocks = [f"path.blocks.{l}" for l in range(depth)]
+    population = Population(models, block_names=blocks)
+    members = [
+        Member(seed=seed, action="kinetic" if lam > 0 else None, lam=lam, lr=lr)
+        for _, lam, seed in cells
+    ]
+    trainer = PopulationTrainer(population, members, objective=elbo_objective)
+    recon = [[] for _ in cells]
+    kls = [[] for _ in cells]
+    started = time.time()
+    population.template.train()
+    for step in range(steps):
+        batches = {}
+        for k, (beta, _, _) in enumerate(cells):
+            x = torch.from_numpy(dataset.render(dataset.sample_factors(batch_size, renders[k])))
+            x = x.to(population.flat.dtype)
+            noise = torch.randn((batch_size, latents), generator=noises[k], dtype=x.dtype)
+            batches[k] = ((x, noise, torch.tensor(float(beta))), None)
+        for k, values in trainer.step(batches).items():
+            if not np.isfinite(values[0]):
+                beta, lam, seed = cells[k]
+                raise MemspaceError(
+                    f"the loss became {values[0]} training the β-VAE (β = {beta}, λ = {lam}, "
+                    f"seed {seed}) at step {step + 1}; lower the learning rate or λ"
+                )
+            recon[k].append(values[3])
+            kls[k].append(values[4])
+    seconds = (time.time() - started) / len(cells)
+    return [
+        VAETraining(population.member(k).eval(), recon[k], kls[k], seconds)
+        for k in range(len(cells))
+    ]
 
 
 def pullback_metric(decode, z: Tensor) -> Tensor:

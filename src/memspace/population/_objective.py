@@ -8,8 +8,11 @@ from torch import Tensor, nn
 
 from ..action import ActionTerm, jacobian_action_of
 
-Objective = Callable[..., tuple[Tensor, Tensor, Tensor]]
-"""``objective(model, term, batch, lam, probes) → (total, data loss, action)`` of one member.
+Objective = Callable[..., tuple[Tensor, ...]]
+"""``objective(model, term, batch, lam, probes) → (total, data loss, action, ...)`` of one member.
+
+Further 0-dim outputs after the first three (a VAE's reconstruction and KL) are returned by
+:meth:`~memspace.population.PopulationTrainer.step` beside them.
 
 Runs inside ``vmap``: ``batch`` is the member's tuple of batch tensors, ``term`` its
 :class:`~memspace.action.ActionTerm` (or None), whose capture must be entered with

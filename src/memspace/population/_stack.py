@@ -277,8 +277,8 @@ class Population:
         lam: Tensor,
         probes: Sequence[Tensor] | None = None,
         objective: Objective | None = None,
-    ) -> tuple[Tensor, Tensor, Tensor]:
-        """``(total, data loss, action)`` per member, [K'] each, in the autograd graph.
+    ) -> tuple[Tensor, ...]:
+        """``(total, data loss, action, ...)`` per member, [K'] each, in the autograd graph.
 
         The loss of :func:`memspace.train.penalised_loss` for every member at once: member i's
         data loss on its batch ``inputs[j][i]`` plus ``lam[i]`` times its action.

@@ -57,8 +57,9 @@ class PopulationTrainer:
         Jacobian action's probes (None otherwise).
 
         Returns:
-            ``k → (total, data loss, action)`` of the batch before the step; a member whose
-            total is NaN or ±Inf is not updated (its caller decides what to do with it).
+            ``k → (total, data loss, action, ...)`` of the batch before the step (and what else
+            the objective returns); a member whose total is NaN or ±Inf is not updated (its
+            caller decides what to do with it).
         """
         groups: dict[tuple, list[int]] = {}
         for k, (inputs, _) in batches.items():
@@ -75,13 +76,12 @@ class PopulationTrainer:
             probes = None
             if action == "jacobian":
                 probes = _draw_probes(pop, [batches[k][1] for k in rows], first)
-            total, loss, penalty = pop.penalised_losses(
-                rows, inputs, action, lam, probes, self.objective
-            )
-            values = torch.stack([total.detach(), loss.detach(), penalty.detach()]).tolist()
+            outputs = pop.penalised_losses(rows, inputs, action, lam, probes, self.objective)
+            total = outputs[0]
+            values = torch.stack([t.detach() for t in outputs]).tolist()
             keep = [i for i, value in enumerate(values[0]) if math.isfinite(value)]
             for i, k in enumerate(rows):
-                results[k] = (values[0][i], values[1][i], values[2][i])
+                results[k] = tuple(column[i] for column in values)
             stepped += [rows[i] for i in keep]
             if keep:
                 picked = total if len(keep) == len(rows) else total[torch.as_tensor(keep)]
