@@ -124,6 +124,7 @@ def train_population(
     probe_size: int = 256,
     progress: bool = True,
     overwrite: bool = False,
+    member_names: Sequence[str] | None = None,
     run_config: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
 ) -> PopulationResult:
@@ -145,6 +146,8 @@ def train_population(
         probe_size: training points on which each member's predictive path is measured.
         progress: show a progress bar (rich).
         overwrite: remove what memspace wrote in ``checkpoint_dir`` and start afresh.
+        member_names: the members' folder names in ``checkpoint_dir`` (default
+            ``member-000``, ``member-001``, ...): unique plain names.
         run_config: further options recorded with the run (and with every member).
         log: where notes go (a skipped damaged checkpoint, a diverged member).
 
@@ -181,6 +184,7 @@ def train_population(
             overwrite,
             run_config,
             log,
+            _folder_names(member_names, population.size),
         )
     try:
         _train(
@@ -258,8 +262,20 @@ def _member_config(spec: Member, optimizer: str, batch_size: int, run_config) ->
     )
 
 
+def _folder_names(names: Sequence[str] | None, size: int) -> list[str]:
+    if names is None:
+        return [f"member-{k:03d}" for k in range(size)]
+    names = list(names)
+    if len(names) != size or len(set(names)) != size:
+        raise MemspaceError(f"member_names must be {size} different names, got {names!r}")
+    odd = [n for n in names if not isinstance(n, str) or not n or "/" in n or n in (".", "..")]
+    if odd:
+        raise MemspaceError(f"member folder name {odd[0]!r} is not a plain name")
+    return names
+
+
 def _open_folders(
-    directory, population, runs, stacked, optimizer, batch_size, overwrite, run_config, log
+    directory, population, runs, stacked, optimizer, batch_size, overwrite, run_config, log, names
 ) -> RunFolder:
     """The population's folder and one ``fit`` run folder per member (each resumed if it can)."""
     specs = [m.spec for m in runs]
@@ -275,8 +291,7 @@ def _open_folders(
         directory, kind="population", config=config, overwrite=overwrite, ignore=("epochs",)
     )
     try:
-        for member in runs:
-            name = f"member-{member.index:03d}"
+        for member, name in zip(runs, names):
             root.path(name)
             member.run = RunFolder.open(
                 root.root / name,

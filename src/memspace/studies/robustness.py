@@ -438,15 +438,17 @@ def robustness_study(
 ) -> dict[str, Any]:
     """Run (or resume) the robustness study in the run folder ``run`` and return its summary.
 
-    Per seed: a residual network trained with :func:`memspace.fit` (checkpoints every
-    epoch, resumable, in ``train-seed<s>/``), then the re-initialization heat map, the
+    The seeds' residual networks are trained together as one population, each exactly as
+    :func:`memspace.fit` trains it alone (checkpoints every epoch, resumable, in
+    ``train/seed-<s>/``); then per seed the re-initialization heat map, the
     weight-noise check of (σ²/2) tr F and block sensitivity with deletion; each seed's
     results are stored as one cell. Summary: the mean heat map, layer labels, Kendall's τ
     between tr F_ℓℓ and the damage, and the claim "bottom layers critical, top layers robust".
     """
     from ..data import load_dataset
     from ..paths import block_sensitivity, build_model
-    from ..train import fit, load_checkpoint
+    from ..population import Member, Population, train_population
+    from ..train import load_checkpoint
     from ._cells import CellStore
 
     split = split or load_dataset(config["data"], seed=0, limit=config.get("limit"))
@@ -456,30 +458,30 @@ def robustness_study(
         )
     store = CellStore(run)
     factory = lambda: build_model(split.input_shape, split.num_classes, config)  # noqa: E731
-    for done, seed in enumerate(config["seeds"]):
-        progress(done, len(config["seeds"]))
+    seeds = config["seeds"]
+    status(f"training {len(seeds)} seeds together ({config['epochs']} epochs)")
+    started = time.time()
+    # every seed, finished or not, so that a resumed study reopens the same population
+    trained = train_population(
+        Population.from_seeds(factory, seeds),
+        split.train,
+        [Member(seed=seed, epochs=config["epochs"], lr=config["lr"]) for seed in seeds],
+        batch_size=config["batch_size"],
+        val_data=split.test,
+        checkpoint_dir=run.path("train"),
+        member_names=[f"seed-{seed}" for seed in seeds],
+        progress=False,
+        log=status,
+        run_config={"data": config["data"], "width": config["width"], "depth": config["depth"]},
+    )
+    train_seconds = (time.time() - started) / len(seeds)
+    for done, seed in enumerate(seeds):
+        progress(done, len(seeds))
         key = f"seed={seed}"
         if key in store:
             continue
-        status(f"training seed {seed} ({config['epochs']} epochs)")
-        started = time.time()
-        torch.manual_seed(seed)
-        model = factory()
-        folder = run.path(f"train-seed{seed}")
-        result = fit(
-            model,
-            split.train,
-            epochs=config["epochs"],
-            lr=config["lr"],
-            batch_size=config["batch_size"],
-            val_data=split.test,
-            seed=seed,
-            checkpoint_dir=folder,
-            progress=False,
-            log=status,
-            run_config={"data": config["data"], "width": config["width"], "depth": config["depth"]},
-        )
-        train_seconds = time.time() - started
+        result = trained.member(done)
+        folder = trained.folders[done]
         checkpoints = {}
         for tau in config["taus"]:
             probe = factory()
