@@ -35,11 +35,11 @@ from memspace import (  # noqa: E402
     ResidualCNN,
     ResidualMLP,
     block_sensitivity,
-    fit,
     load_dataset,
     predictive_path,
     straighten,
 )
+from memspace.population import Member, Population, train_population  # noqa: E402
 
 LAMBDAS = {
     None: 0.0,
@@ -56,24 +56,32 @@ CONFIG = {
 DEPTHS = (8, 32)
 
 
-def run_one(split, action, seed, cfg, straighten_steps):
-    torch.manual_seed(seed)
+def train_all(split, runs, cfg):
+    """Every (action, seed) network of one data set and depth, trained as one population.
+
+    Member k is exactly what ``fit`` trains alone with its action, λ and seed
+    (memspace.population); the measurements below stay per network.
+    """
     if len(split.input_shape) == 3:
-        model = ResidualCNN(split.input_shape[0], cfg["width"], cfg["depth"], split.num_classes)
+        factory = lambda: ResidualCNN(  # noqa: E731
+            split.input_shape[0], cfg["width"], cfg["depth"], split.num_classes
+        )
     else:
-        model = ResidualMLP(split.input_shape[0], cfg["width"], cfg["depth"], split.num_classes)
-    result = fit(
-        model,
-        split.train,
-        action=action,
-        lam=LAMBDAS[action],
-        epochs=cfg["epochs"],
-        lr=cfg["lr"],
-        batch_size=64,
-        val_data=split.test,
-        seed=seed,
-        progress=False,
+        factory = lambda: ResidualMLP(  # noqa: E731
+            split.input_shape[0], cfg["width"], cfg["depth"], split.num_classes
+        )
+    members = [
+        Member(seed=seed, action=action, lam=LAMBDAS[action], epochs=cfg["epochs"], lr=cfg["lr"])
+        for action, seed in runs
+    ]
+    population = Population.from_seeds(factory, [seed for _, seed in runs])
+    trained = train_population(
+        population, split.train, members, batch_size=64, val_data=split.test, progress=False
     )
+    return [trained.member(k) for k in range(len(runs))]
+
+
+def run_one(split, action, seed, result, straighten_steps):
     last = result.history[-1]
     probe = (split.train[0][:512], split.train[1][:512])
     test = (split.test[0][:512], split.test[1][:512])
@@ -145,18 +153,18 @@ def main() -> None:
         for depth in args.depths:
             cfg = {**base_cfg, "depth": depth, **({"epochs": args.epochs} if args.epochs else {})}
             rows = []
-            for action in LAMBDAS:
-                for seed in range(args.seeds):
-                    row = run_one(split, action, seed, cfg, args.straighten_steps)
-                    rows.append(row)
-                    print(
-                        name,
-                        depth,
-                        json.dumps(
-                            {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
-                        ),
-                        flush=True,
-                    )
+            runs = [(action, seed) for action in LAMBDAS for seed in range(args.seeds)]
+            for (action, seed), result in zip(runs, train_all(split, runs, cfg)):
+                row = run_one(split, action, seed, result, args.straighten_steps)
+                rows.append(row)
+                print(
+                    name,
+                    depth,
+                    json.dumps(
+                        {k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}
+                    ),
+                    flush=True,
+                )
             results[f"{name} L={depth}"] = {"config": cfg, "rows": rows}
             (HERE / "results.json").write_text(json.dumps(results, indent=2))
     results["_skipped"] = skipped
