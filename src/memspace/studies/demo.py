@@ -4,8 +4,9 @@ Trains two networks from the same initialisation on the same data — one with p
 cross-entropy, one with the predictive action term (λ·A, docs/theory.md §4) — measures each
 with :func:`~memspace.studies.measure.measure_network`, and writes into the run folder
 
-- ``train-plain/``, ``train-least-action/``: :func:`~memspace.fit` run folders
-  (initial weights, checkpoints with their metrics), so that an interrupted run resumes;
+- ``train/plain/``, ``train/least-action/``: :func:`~memspace.fit` run folders (initial
+  weights, checkpoints with their metrics), so that an interrupted run resumes; the two
+  networks train together as one population (:mod:`memspace.population`);
 - ``measures-<name>.json``: each network's measures as soon as they are computed;
 - ``report.html``, then ``metrics.json``: everything, written last as the marker of a
   finished run.
@@ -30,7 +31,8 @@ from .._runs import RunFolder
 from ..checkpoint import load_state
 from ..data import load_dataset
 from ..paths import build_model, check_architecture_fits
-from ..train import MAX_EPOCHS, fit
+from ..population import Member, Population, train_population
+from ..train import MAX_EPOCHS
 from .measure import measure_network
 
 __all__ = ["DEFAULTS", "run_demo"]
@@ -161,31 +163,39 @@ def _run_demo(
     run: RunFolder, data, split, cfg, seed, device, progress, status, started
 ) -> dict[str, Any]:
     networks: dict[str, Any] = {}
-    for name, action in (("plain", None), ("least-action", "predictive")):
-        torch.manual_seed(seed)
-        model = build_model(split.input_shape, split.num_classes, cfg).to(device)
-        run_dir = run.path(f"train-{name}")
-        status(
-            f"training the {name} network ({cfg['epochs']} epochs, "
-            f"{'λ·A, λ = ' + str(cfg['lam']) if action else 'λ = 0'})"
-        )
-        train = tuple(t.to(device) for t in split.train)
-        test = tuple(t.to(device) for t in split.test)
-        result = fit(
-            model,
-            train,
-            action=action,
-            lam=cfg["lam"] if action else 0.0,
-            epochs=cfg["epochs"],
-            lr=cfg["lr"],
-            batch_size=cfg["batch_size"],
-            val_data=test,
-            seed=seed,
-            checkpoint_dir=run_dir,
-            progress=progress,
-            log=status,
-            run_config={"data": data, "width": cfg["width"], "depth": cfg["depth"]},
-        )
+    arms = (("plain", None), ("least-action", "predictive"))
+    status(
+        f"training the plain (λ = 0) and least-action (λ·A, λ = {cfg['lam']}) networks together, "
+        f"{cfg['epochs']} epochs"
+    )
+    train = tuple(t.to(device) for t in split.train)
+    test = tuple(t.to(device) for t in split.test)
+    trained = train_population(
+        Population.from_seeds(
+            lambda: build_model(split.input_shape, split.num_classes, cfg).to(device), [seed, seed]
+        ),
+        train,
+        [
+            Member(
+                seed=seed,
+                action=action,
+                lam=cfg["lam"] if action else 0.0,
+                epochs=cfg["epochs"],
+                lr=cfg["lr"],
+            )
+            for _, action in arms
+        ],
+        batch_size=cfg["batch_size"],
+        val_data=test,
+        checkpoint_dir=run.path("train"),
+        member_names=[name for name, _ in arms],
+        progress=progress,
+        log=status,
+        run_config={"data": data, "width": cfg["width"], "depth": cfg["depth"]},
+    )
+    for k, (name, action) in enumerate(arms):
+        result = trained.member(k)
+        run_dir = trained.folders[k]
         init_file = run_dir / "init.safetensors"
         initial = load_state(init_file)
         epochs_done = [e["epoch"] for e in result.history]
