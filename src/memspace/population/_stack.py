@@ -117,6 +117,7 @@ class Population:
         self._loss_modules: dict[tuple, PenalisedLoss] = {}
         self._state_shapes: list[tuple[int, ...]] | None = None
         self._scratch: nn.Module | None = None
+        self._scratch_tensors: dict[str, Tensor] = {}
         self._reach_checked = False
 
     def _view(self, flat: Tensor, name: str) -> Tensor:
@@ -204,9 +205,17 @@ class Population:
         Cheaper than :meth:`member` (no copy of the module): for reading a member, as the
         epoch metrics and checkpoints do.
         """
+        self._check_index(k)
         if self._scratch is None:
             self._scratch = copy.deepcopy(self.template)
-        self._scratch.load_state_dict(self.state(k))
+            self._scratch_tensors = {
+                **dict(self._scratch.named_parameters()),
+                **dict(self._scratch.named_buffers()),
+            }
+        stacked = {**self.params, **self.frozen, **self.buffers}
+        with torch.no_grad():
+            for name, tensor in self._scratch_tensors.items():
+                tensor.copy_(stacked[name][k])
         return self._scratch
 
     def _check_index(self, k: int) -> None:
@@ -231,6 +240,9 @@ class Population:
             members: which members (default all, K' = K).
         """
         params, buffers = self._rows(members)
+        if self.size == 1:  # as in penalised_losses: no vmap for a population of one
+            single = ({n: v[0] for n, v in params.items()}, {n: b[0] for n, b in buffers.items()})
+            return functional_call(self.template, single, (x,)).unsqueeze(0)
 
         def call(p, b):
             return functional_call(self.template, (p, b), (x,))
@@ -292,8 +304,20 @@ class Population:
                 member's Gaussian probes, drawn as ``fit`` draws them).
             objective: the data loss (default :func:`classification`, ``fit``'s).
         """
-        params, buffers = self._rows(members)
         module = self._loss_module(action, objective or classification)
+        if self.size == 1:
+            # A population of one: no vmap, whose per-operation cost would be all loss. (Only
+            # then: in a larger population a member's arithmetic must not depend on how many
+            # others still train, so that a resumed population equals an uninterrupted one.)
+            (k,) = members
+            named = {f"model.{n}": v[k] for n, v in {**self.params, **self.frozen}.items()}
+            named_buffers = {f"model.{n}": b[k] for n, b in self.buffers.items()}
+            single = None if probes is None else [p[0] for p in probes]
+            outputs = functional_call(
+                module, (named, named_buffers), ([t[0] for t in inputs], lam[0], single)
+            )
+            return tuple(o.unsqueeze(0) for o in outputs)
+        params, buffers = self._rows(members)
         named = {f"model.{k}": v for k, v in params.items()}
         named_buffers = {f"model.{k}": v for k, v in buffers.items()}
         probe_dims = None if probes is None else [0] * len(probes)
