@@ -229,7 +229,6 @@ def train_vae_population(
     recon = [[] for _ in cells]
     kls = [[] for _ in cells]
     started = time.time()
-    population.template.train()
     for step in range(steps):
         batches = {}
         for k, (beta, _, _) in enumerate(cells):

@@ -207,7 +207,8 @@ class Population:
         """
         self._check_index(k)
         if self._scratch is None:
-            self._scratch = copy.deepcopy(self.template)
+            # the template itself: outside functional_call its own tensors are never read
+            self._scratch = self.template
             self._scratch_tensors = {
                 **dict(self._scratch.named_parameters()),
                 **dict(self._scratch.named_buffers()),

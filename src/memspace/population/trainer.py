@@ -61,6 +61,7 @@ class PopulationTrainer:
             the objective returns); a member whose total is NaN or ±Inf is not updated (its
             caller decides what to do with it).
         """
+        self.population.template.train()  # training mode (evaluations may have left it in eval)
         groups: dict[tuple, list[int]] = {}
         for k, (inputs, _) in batches.items():
             shapes = tuple(tuple(t.shape) for t in inputs)
