@@ -1,11 +1,11 @@
-"""Train a population: K networks of one architecture in one vectorised pass (docs/population.md).
+"""Train a population: K networks of one architecture in one vectorised pass (docs/api/population.md).
 
 On a small machine the networks the studies train are dominated by per-operation overhead,
 not arithmetic. A :class:`Population` holds K networks that share an architecture as
-stacked parameters, ``[K, ...]`` per tensor (``torch.func.stack_module_state``), and runs
+one flat ``[K, P]`` tensor of parameters (each parameter a ``[K, ...]`` view of it), and runs
 their forward, action regulariser and backward as one ``vmap(functional_call)``: K small
 matrix products become one batched product. The optimiser is the same one :func:`fit` uses,
-``torch.optim.adam.adam`` (or ``sgd``) in its single-tensor form, applied to the stacked
+``torch.optim.adam.adam`` (or ``sgd``) in its single-tensor form, applied to the ``[K, P]``
 rows of the members that share a learning rate, a weight decay and a step count: its
 arithmetic is element-wise, so a member's update is bit for bit the one ``torch.optim.Adam``
 makes on that member alone.
