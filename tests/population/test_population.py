@@ -356,3 +356,23 @@ def test_a_parameter_outside_the_loss_is_refused_and_a_frozen_one_is_kept():
     before = models[1].spare.weight.detach().clone()
     result = train_population(models, data, [Member(epochs=2), Member(epochs=2)], progress=False)
     assert torch.equal(result.population.state(1)["spare.weight"], before)
+
+
+def test_running_statistics_are_each_members_own_even_after_others_stop():
+    """BatchNorm's buffers change in the forward: a member alone in a step keeps its updates."""
+
+    def batchnorm_net():
+        return torch.nn.Sequential(
+            torch.nn.Linear(6, 8), torch.nn.BatchNorm1d(8), torch.nn.ReLU(), torch.nn.Linear(8, 3)
+        )
+
+    data = toy_data()
+    specs = [Member(seed=0, epochs=3), Member(seed=1, epochs=2), Member(seed=2, epochs=4)]
+    population = Population.from_seeds(batchnorm_net, [0, 1, 2])
+    result = train_population(population, data, specs, batch_size=32, progress=False)
+    for k, spec in enumerate(specs):
+        torch.manual_seed(spec.seed)
+        model = batchnorm_net()
+        fit(model, data, epochs=spec.epochs, seed=spec.seed, batch_size=32, progress=False)
+        assert max_difference(result.population.state(k), model.state_dict()) < TOL
+        assert int(result.population.state(k)["1.num_batches_tracked"]) == 7 * spec.epochs

@@ -326,9 +326,17 @@ class Population:
         def call(p, b, batch, lb, pb):
             return functional_call(module, (p, b), (batch, lb, pb))
 
-        return vmap(call, in_dims=(0, 0, [0] * len(inputs), 0, probe_dims))(
+        outputs = vmap(call, in_dims=(0, 0, [0] * len(inputs), 0, probe_dims))(
             named, named_buffers, list(inputs), lam, None if probes is None else list(probes)
         )
+        if buffers is not self.buffers and buffers:
+            # the forward updated copies of these members' buffers (BatchNorm's running
+            # statistics): write them back
+            index = torch.as_tensor(list(members), device=self.flat.device)
+            with torch.no_grad():
+                for name, b in buffers.items():
+                    self.buffers[name].index_copy_(0, index, b)
+        return outputs
 
     def set_path(self, block_names: Sequence[str] | None, head: Any) -> None:
         """The residual blocks and read-out the action terms use (of a non-memspace model)."""
