@@ -10,7 +10,7 @@ export PIP_CACHE_DIR := $(CACHE)/pip
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 ARGS ?=
 
-.PHONY: demo test lint docs bench clean chromium
+.PHONY: demo test lint docs bench clean chromium fashion-mnist
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,10 +31,17 @@ chromium:
 	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium) >/dev/null 2>&1 \
 	  || echo "note: could not install chromium; the browser test will be skipped"; }
 
+# Debian's Fashion-MNIST (/usr/share/datasets/fashion-mnist) for the studies, experiments and
+# benchmarks that take --data fashion-mnist (skipped, with a note, where apt cannot install it).
+fashion-mnist:
+	@test -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz || { \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist) \
+	  >/dev/null 2>&1 || echo "note: could not install dataset-fashion-mnist; its rows are skipped"; }
+
 demo: $(VENV)/.runtime
 	$(BIN)/memspace demo $(ARGS)
 
-test: $(VENV)/.dev chromium lint
+test: $(VENV)/.dev chromium fashion-mnist lint
 	$(BIN)/python -m pytest $(ARGS)
 
 # The style the project declares, checked: pycodestyle, pyflakes, isort, pydocstyle (Google), the format.
@@ -46,8 +53,9 @@ lint: $(VENV)/.dev
 docs: $(VENV)/.dev
 	$(BIN)/mkdocs build --strict
 
-bench: $(VENV)/.dev
+bench: $(VENV)/.dev fashion-mnist
 	$(BIN)/python benchmarks/fisher_benchmark.py $(ARGS)
+	$(BIN)/python benchmarks/population_benchmark.py
 
 clean:
 	rm -rf $(VENV) $(CACHE)
