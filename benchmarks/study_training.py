@@ -167,8 +167,9 @@ def capacity():
             )
 
     def together():
-        for start in range(0, len(cells), POPULATION_SIZE):
-            chunk = cells[start : start + POPULATION_SIZE]
+        ordered = sorted(cells, key=lambda c: (c[1], c[2]))  # as the study orders them
+        for start in range(0, len(ordered), POPULATION_SIZE):
+            chunk = ordered[start : start + POPULATION_SIZE]
             built = [cell(*c) for c in chunk]
             memorise_population(
                 [m for m, _ in built],

@@ -1,4 +1,6 @@
-"""Train a population: K networks of one architecture in one vectorised pass (docs/api/population.md).
+"""Train a population: K networks of one architecture in one vectorised pass.
+
+The design, its guarantees and its limits: docs/api/population.md.
 
 On a small machine the networks the studies train are dominated by per-operation overhead,
 not arithmetic. A :class:`Population` holds K networks that share an architecture as
@@ -28,7 +30,7 @@ from its newest readable checkpoint.
 
 from ._fit import PopulationResult, train_population
 from ._members import Member, member_data
-from ._objective import Objective, classification
+from ._objective import Objective, classification, classification_with_actions
 from ._stack import Population
 from .trainer import PopulationTrainer
 
@@ -39,6 +41,7 @@ __all__ = [
     "PopulationResult",
     "PopulationTrainer",
     "classification",
+    "classification_with_actions",
     "member_data",
     "train_population",
 ]

@@ -49,3 +49,26 @@ class PenalisedLoss(nn.Module):
     def forward(self, batch, lam, probes):
         """(total, data loss, action) of one member on one batch."""
         return self.objective(self.model, self.term, tuple(batch), lam, probes)
+
+
+def classification_with_actions(model, terms, batch, weights, probes):
+    """:func:`classification` for members with different action terms, in one call.
+
+    Every term in ``terms`` is computed from one captured forward; ``weights`` [2, A] holds
+    the member's λ for its own term (0 for the others) and a one-hot of its term. The total
+    ``loss + Σ_a w_a·A_a`` and its gradient equal ``loss + λ·A_own`` and its gradient exactly:
+    the other terms enter multiplied by 0, and adding an exact zero changes no rounding.
+    """
+    x, y = batch
+    with terms[0].capture(transformed=True) as record:
+        logits = model(x)
+    loss = nn.functional.cross_entropy(logits, y)
+    total, own = loss, loss.new_zeros(())
+    for j, term in enumerate(terms):
+        if term.name == "jacobian":
+            value = jacobian_action_of(record, term.path.blocks, probes)
+        else:
+            value = term(record, logits, check_finite=False)
+        total = total + weights[0, j] * value
+        own = own + weights[1, j] * value
+    return total, loss, own

@@ -299,7 +299,8 @@ class Population:
         Args:
             members: which members (K' of them), in the order of the batches.
             inputs: the batch tensors, each [K', B, ...] (for classification ``(x, y)``).
-            action: the members' common action (None for the data loss alone).
+            action: the members' common action (None for the data loss alone), or a tuple of
+                actions for :func:`classification_with_actions` (``lam`` then [K', 2, A]).
             lam: [K'] their λ.
             probes: for the Jacobian action, one [K', B, ...] tensor per residual block (each
                 member's Gaussian probes, drawn as ``fit`` draws them).
@@ -353,14 +354,19 @@ class Population:
             self._state_shapes = [tuple(out.shape[1:]) for out in record.outputs]
         return self._state_shapes
 
-    def _loss_module(self, action: str | None, objective: Objective) -> PenalisedLoss:
+    def _loss_module(
+        self, action: str | tuple[str, ...] | None, objective: Objective
+    ) -> PenalisedLoss:
         key = (action, objective)
         if key not in self._loss_modules:
-            term = (
-                ActionTerm(action, self.template, self.block_names, head=self.head)
-                if action
-                else None
-            )
+            if isinstance(action, tuple):  # several terms in one call
+                term = tuple(
+                    ActionTerm(a, self.template, self.block_names, head=self.head) for a in action
+                )
+            elif action:
+                term = ActionTerm(action, self.template, self.block_names, head=self.head)
+            else:
+                term = None
             self._loss_modules[key] = PenalisedLoss(self.template, term, objective)
         return self._loss_modules[key]
 

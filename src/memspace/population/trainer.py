@@ -8,8 +8,9 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from ..action import ACTIONS
 from ._members import Member, check_members
-from ._objective import Objective, classification
+from ._objective import Objective, classification, classification_with_actions
 from ._optimizer import StackedOptimizer
 from ._stack import Population
 
@@ -21,9 +22,11 @@ class PopulationTrainer:
 
     The engine under :func:`train_population`, for trainers with their own schedule (the
     capacity study's memorisation, the zoo): the caller chooses each member's batch and
-    probe generator, :meth:`step` does the rest — the members are grouped by action and batch
-    size, each group's penalised losses are one ``vmap`` call, one backward serves all, and
-    the optimiser updates the members whose loss is finite.
+    probe generator, :meth:`step` does the rest — the members are grouped by batch shape
+    (and by action for a custom objective), each group's penalised losses are one ``vmap``
+    call (members with different action terms compute every term of the group, each
+    weighing its own: :func:`~memspace.population.classification_with_actions`), one
+    backward serves all, and the optimiser updates the members whose loss is finite.
 
     Args:
         population: the networks.
@@ -62,22 +65,41 @@ class PopulationTrainer:
             caller decides what to do with it).
         """
         self.population.template.train()  # training mode (evaluations may have left it in eval)
+        merge = self.objective is classification
         groups: dict[tuple, list[int]] = {}
         for k, (inputs, _) in batches.items():
             shapes = tuple(tuple(t.shape) for t in inputs)
-            groups.setdefault((self.members[k].action, shapes), []).append(k)
+            key = shapes if merge else (self.members[k].action, shapes)
+            groups.setdefault(key, []).append(k)
         pop, results, totals, stepped = self.population, {}, [], []
-        for (action, _), rows in groups.items():
+        for rows in groups.values():
             width = len(batches[rows[0]][0])
             inputs = [torch.stack([batches[k][0][j] for k in rows]) for j in range(width)]
             first = inputs[0]
-            lam = torch.tensor(
-                [self.members[k].lam for k in rows], dtype=pop.flat.dtype, device=first.device
-            )
+            actions = [self.members[k].action for k in rows]
+            named = tuple(a for a in ACTIONS if a in actions)
+            objective = self.objective
+            if len(set(actions)) == 1:  # one action for the group: the plain objective
+                action = actions[0]
+                lam = torch.tensor(
+                    [self.members[k].lam for k in rows], dtype=pop.flat.dtype, device=first.device
+                )
+            else:  # several: one call computes every term, each member weighs its own
+                action, objective = named, classification_with_actions
+                lam = torch.zeros(len(rows), 2, len(named), dtype=pop.flat.dtype)
+                for i, k in enumerate(rows):
+                    if actions[i] is not None:
+                        lam[i, 0, named.index(actions[i])] = self.members[k].lam
+                        lam[i, 1, named.index(actions[i])] = 1.0
+                lam = lam.to(first.device)
             probes = None
-            if action == "jacobian":
-                probes = _draw_probes(pop, [batches[k][1] for k in rows], first)
-            outputs = pop.penalised_losses(rows, inputs, action, lam, probes, self.objective)
+            if "jacobian" in actions:
+                probes = _draw_probes(
+                    pop,
+                    [batches[k][1] if a == "jacobian" else None for k, a in zip(rows, actions)],
+                    first,
+                )
+            outputs = pop.penalised_losses(rows, inputs, action, lam, probes, objective)
             total = outputs[0]
             values = torch.stack([t.detach() for t in outputs]).tolist()
             keep = [i for i, value in enumerate(values[0]) if math.isfinite(value)]
@@ -106,6 +128,8 @@ def _draw_probes(
     for shape in population.state_shapes(xb[0, :1]):
         draws = [
             torch.randn((xb.shape[1], *shape), generator=generator, dtype=xb.dtype)
+            if generator is not None
+            else torch.zeros((xb.shape[1], *shape), dtype=xb.dtype)  # a member without the term
             for generator in generators
         ]
         per_block.append(torch.stack(draws).to(xb.device))
