@@ -480,10 +480,7 @@ def capacity_study(
         for seed in config["seeds"]
     ]
     total = len(cells) + 1
-    # cells of one N and λ train in step together (one batch shape, one action): sorted so
-    pending = sorted(
-        (cell for cell in cells if _cell_key(*cell) not in store), key=lambda c: (c[1], c[2])
-    )
+    pending = [cell for cell in cells if _cell_key(*cell) not in store]
     progress(total - 1 - len(pending), total)
     factory = lambda: ResidualMLP(X_all.shape[1], config["width"], config["depth"], classes)  # noqa: E731
     for start in range(0, len(pending), POPULATION_SIZE):
