@@ -105,6 +105,9 @@ class ActionTerm:
         block_names: residual blocks of a model that is not a memspace residual model.
         head: its read-out (module, name or callable), for the predictive terms.
         likelihood: ``"classification"`` or ``"regression"`` (predictive terms).
+        anchor: where the predictive terms' path starts, ``"stem"`` or ``"prior"``
+            (docs/theory.md §3.1a; :func:`~memspace.paths.predictive_path`'s).
+        prior: the prior of ``anchor="prior"``.
     """
 
     name: str
@@ -112,6 +115,8 @@ class ActionTerm:
     block_names: Sequence[str] | None = None
     head: nn.Module | str | Callable[[Tensor], Tensor] | None = None
     likelihood: str = "classification"
+    anchor: str = "stem"
+    prior: Any = "uniform"
     path: ResidualPath = field(init=False)
 
     def __post_init__(self) -> None:
@@ -161,7 +166,11 @@ class ActionTerm:
             self.path.states(record), self._head, logits.shape[0], check_finite=check_finite
         )
         return predictive_action(
-            outputs, likelihood=self.likelihood, excess=self.name == "predictive-excess"
+            outputs,
+            likelihood=self.likelihood,
+            excess=self.name == "predictive-excess",
+            anchor=self.anchor,
+            prior=self.prior,
         )
 
 

@@ -239,3 +239,82 @@ def test_user_model_with_head_and_bad_input():
         broken.head.bias[0] = float("nan")
     with pytest.raises(DataError, match="NaN/Inf logits at state x_0"):
         predictive_path(broken, (X, y))
+
+
+def test_prior_anchor_idle_blocks_give_l_plus_one_exactly():
+    """THEORY v3 §3.1a: zero blocks, the stem does everything: one jump, then standing still."""
+    torch.manual_seed(0)
+    depth = 5
+    model = ResidualMLP(4, 6, depth, 3, identity_init=True).double().eval()
+    X = torch.randn(40, 4, dtype=torch.float64)
+    path = predictive_path(model, (X, torch.zeros(40, dtype=torch.long)), anchor="prior")
+    assert path.anchor == "prior" and path.steps == depth + 1
+    assert path.ratio == pytest.approx(depth + 1, rel=1e-12)
+    assert path.speeds[1:] == pytest.approx(np.zeros(depth), abs=1e-12)
+    assert path.unevenness * path.detour_factor == pytest.approx(path.ratio, rel=1e-12)
+    stem = predictive_path(model, (X, torch.zeros(len(X), dtype=torch.long)), anchor="stem")
+    assert stem.least_action == pytest.approx(0.0, abs=1e-24)
+
+
+def test_prior_anchor_closed_form_and_factors_on_a_trained_shape():
+    torch.manual_seed(1)
+    model = ResidualMLP(4, 6, 3, 3).double().eval()
+    X = torch.randn(30, 4, dtype=torch.float64)
+    prior = torch.tensor([0.5, 0.3, 0.2], dtype=torch.float64)
+    path = predictive_path(
+        model, (X, torch.zeros(len(X), dtype=torch.long)), anchor="prior", prior=prior, points=True
+    )
+    probabilities = torch.from_numpy(path.points["probabilities"])  # [N, L+1, C]
+    logs = [prior.log().expand(30, 3)] + [probabilities[:, l].log() for l in range(4)]
+    d = torch.stack([fisher_rao_distance(a, b) for a, b in zip(logs[:-1], logs[1:])], 1)
+    assert path.action == pytest.approx(float((4 * d.pow(2).sum(1)).mean()), rel=1e-10)
+    end = fisher_rao_distance(logs[0], logs[-1])
+    assert path.least_action == pytest.approx(float(end.pow(2).mean()), rel=1e-10)
+    assert path.unevenness * path.detour_factor == pytest.approx(path.ratio, rel=1e-12)
+    assert path.ratio >= 1 and path.detour_factor >= 1 and path.unevenness >= 1
+    as_stem = predictive_path(model, (X, torch.zeros(len(X), dtype=torch.long)))
+    assert as_stem.anchor == "stem" and len(as_stem.speeds) == 3 and len(path.speeds) == 4
+
+
+def test_a_bad_prior_or_anchor_is_refused():
+    model = ResidualMLP(4, 6, 2, 3).eval()
+    X = torch.randn(8, 4)
+    with pytest.raises(MemspaceError, match="unknown anchor"):
+        predictive_path(model, (X, torch.zeros(len(X), dtype=torch.long)), anchor="start")
+    with pytest.raises(MemspaceError, match="sum to 1"):
+        predictive_path(
+            model,
+            (X, torch.zeros(len(X), dtype=torch.long)),
+            anchor="prior",
+            prior=torch.tensor([0.5, 0.5, 0.5]),
+        )
+    with pytest.raises(MemspaceError, match="shape"):
+        predictive_path(
+            model,
+            (X, torch.zeros(len(X), dtype=torch.long)),
+            anchor="prior",
+            prior=torch.tensor([0.5, 0.5]),
+        )
+    with pytest.raises(MemspaceError, match="targets' mean"):
+        predictive_path(
+            model,
+            (X, torch.zeros(len(X), dtype=torch.long)),
+            anchor="prior",
+            likelihood="regression",
+        )
+
+
+def test_prior_anchored_regularisers_equal_the_measured_action():
+    from memspace import ActionTerm
+
+    model = _mlp(depth=4)
+    X, y = _data()
+    result = predictive_path(model, (X, y), batch_size=100, anchor="prior")
+    for name, expected in (
+        ("predictive", result.action),
+        ("predictive-excess", result.action - result.least_action),
+    ):
+        term = ActionTerm(name, model, anchor="prior")
+        with term.capture() as record:
+            logits = model(X)
+        assert float(term(record, logits)) == pytest.approx(expected, rel=1e-10)

@@ -121,6 +121,8 @@ def predictive_action(
     *,
     likelihood: str | Likelihood = "classification",
     excess: bool = False,
+    anchor: str = "stem",
+    prior: str | Tensor = "uniform",
 ) -> Tensor:
     """Mean over the batch of A = L·Σ_l d(p_l, p_{l+1})² (or A − d(p_0, p_L)²), differentiable.
 
@@ -128,8 +130,16 @@ def predictive_action(
         outputs: read-outs head(x_0) … head(x_L), each [N, C] (in the graph).
         likelihood: ``"classification"`` (Fisher–Rao on the simplex) or ``"regression"``.
         excess: subtract the least action d_0L², leaving A − A_min ≥ 0.
+        anchor: ``"stem"``, or ``"prior"``: the path starts at the prior π, so A =
+            (L+1)·[d(π, p_0)² + Σ_l d(p_l, p_{l+1})²] and the excess subtracts d(π, p_L)²
+            (docs/theory.md §3.1a), as :func:`predictive_path` measures it.
+        prior: the prior for ``anchor="prior"`` (as :func:`predictive_path`'s).
     """
     lik = Likelihood.parse(likelihood)
+    if anchor not in ("stem", "prior"):
+        raise MemspaceError(f"unknown anchor {anchor!r}; use 'prior' or 'stem'")
+    if anchor == "prior":
+        outputs = [_prior_outputs(prior, lik, outputs[0]), *outputs]
     depth = len(outputs) - 1
     action = depth * _distances(outputs, lik, squared=True).sum(1)
     if excess:
@@ -152,6 +162,10 @@ class PredictivePath:
         depth: L.
         likelihood: ``"classification"`` or ``"regression"``.
         mean_squared_length: E C² (for the uneven-speed factor).
+        anchor: where the path starts: ``"stem"`` (p_0 = head(stem(x)), L steps, v2) or
+            ``"prior"`` (the class prior π, then p_0 … p_L: L+1 steps, the stem's included;
+            docs/theory.md §3.1a). Under ``"prior"`` the end-point quantities are d(π, p_L),
+            ``speeds`` has L+1 entries (the stem's step first) and h = 1/(L+1).
         points: per data point, when asked (``points=True``): ``length`` [N],
             ``action`` [N], ``endpoint_distance`` [N], ``distances`` [N, L] and
             ``probabilities`` [N, L+1, C] (classification) or ``means``.
@@ -168,6 +182,7 @@ class PredictivePath:
     likelihood: str
     mean_squared_length: float
     points: dict[str, np.ndarray] | None = field(default=None, repr=False)
+    anchor: str = "stem"
 
     @property
     def ratio(self) -> float:
@@ -187,9 +202,25 @@ class PredictivePath:
         )
 
     @property
+    def detour_factor(self) -> float:
+        """E C² / E d² ≥ 1: how much longer than the geodesic (squared, per point, averaged).
+
+        With :attr:`unevenness` it factors the ratio exactly: A/A_min = unevenness ·
+        detour_factor (E A / E C² times E C² / E d²).
+        """
+        return (
+            self.mean_squared_length / self.least_action if self.least_action > 0 else float("inf")
+        )
+
+    @property
+    def steps(self) -> int:
+        """The path's number of steps: L (stem anchor) or L+1 (prior anchor)."""
+        return self.depth + (self.anchor == "prior")
+
+    @property
     def step(self) -> float:
-        """The step size h = 1/L."""
-        return 1.0 / self.depth
+        """The step size h = 1/L (stem anchor) or 1/(L+1) (prior anchor)."""
+        return 1.0 / self.steps
 
     def __repr__(self) -> str:
         return (
@@ -247,6 +278,8 @@ class PredictivePath:
             "ratio": self.ratio,
             "detour": self.detour,
             "unevenness": self.unevenness,
+            "detour_factor": self.detour_factor,
+            "anchor": self.anchor,
             "speeds": self.speeds.tolist(),
             "lens_accuracy": None if self.lens_accuracy is None else self.lens_accuracy.tolist(),
             "num_data": self.num_data,
@@ -267,6 +300,8 @@ def predictive_path(
     output: OutputSelector = None,
     points: bool = False,
     distributed: bool = False,
+    anchor: str = "stem",
+    prior: str | Tensor = "uniform",
 ) -> PredictivePath:
     """The predictive path, its action and its exact least action (module doc), streamed.
 
@@ -290,6 +325,12 @@ def predictive_path(
         distributed: each rank streams its shard; the sums and counts are all-reduced, so
             every rank returns the whole data set's path (:mod:`memspace.distributed`). Per-point
             arrays stay this rank's.
+        anchor: ``"stem"`` (v2: the path starts at head(stem(x))) or ``"prior"`` (v3: at the
+            class prior, docs/theory.md §3.1a; A_min = E d(π, p_L)², and a network whose
+            blocks are zero has A/A_min = L+1 exactly).
+        prior: with ``anchor="prior"``: ``"uniform"`` (1/C each), or the prior itself — class
+            probabilities [C] (the training labels' marginal, say) for classification, the
+            targets' mean [C] for regression (required there).
 
     Raises:
         MemspaceError: for a model without a read-out, a block that changes the stream's
@@ -308,7 +349,32 @@ def predictive_path(
             output,
             points,
             collective,
+            anchor,
+            prior,
         )
+
+
+def _prior_outputs(prior, lik: Likelihood, like: Tensor) -> Tensor:
+    """The anchor as a read-out [N, C]: log π for classification, the mean for regression."""
+    num, classes = like.shape
+    if isinstance(prior, str):
+        if prior != "uniform":
+            raise MemspaceError(f"unknown prior {prior!r}; use 'uniform' or give the prior [C]")
+        if lik is not Likelihood.CLASSIFICATION:
+            raise MemspaceError(
+                "a regression path anchored at the prior needs prior= the training targets' mean"
+            )
+        return like.new_zeros(num, classes)  # equal logits: the uniform distribution
+    prior = torch.as_tensor(prior, dtype=like.dtype, device=like.device)
+    if prior.shape != (classes,):
+        raise MemspaceError(
+            f"the prior has shape {tuple(prior.shape)}; the read-out gives {classes}"
+        )
+    if lik is Likelihood.CLASSIFICATION:
+        if not bool((prior > 0).all()) or abs(float(prior.sum()) - 1) > 1e-6:
+            raise MemspaceError("a class prior must be positive and sum to 1")
+        return prior.log().expand(num, classes)
+    return prior.expand(num, classes)
 
 
 def _predictive_path(
@@ -322,7 +388,11 @@ def _predictive_path(
     output,
     points,
     collective: Collective,
+    anchor: str = "stem",
+    prior: str | Tensor = "uniform",
 ) -> PredictivePath:
+    if anchor not in ("stem", "prior"):
+        raise MemspaceError(f"unknown anchor {anchor!r}; use 'prior' or 'stem'")
     lik = Likelihood.parse(likelihood)
     check_eval_mode(model)
     path = ResidualPath(model, block_names)
@@ -333,8 +403,9 @@ def _predictive_path(
         data, device=first.device, dtype=first.dtype, batch_size=batch_size, sample_dim=sample_dim
     )
     depth = path.depth
+    steps = depth + (anchor == "prior")
     sums = {"length": 0.0, "action": 0.0, "endpoint": 0.0, "endpoint2": 0.0, "length2": 0.0}
-    speed2 = torch.zeros(depth, dtype=torch.float64)
+    speed2 = torch.zeros(steps, dtype=torch.float64)
     correct = torch.zeros(depth + 1, dtype=torch.float64)
     labelled = lik is Likelihood.CLASSIFICATION
     count = 0
@@ -346,16 +417,19 @@ def _predictive_path(
         states = path.states(record)
         with torch.no_grad(), derivative_kernels(model):
             outputs = readout_path(states, readout, num, f"batch {index}")
-        dist = _distances(outputs, lik).double()  # [N, L]
-        endpoint = _endpoint(outputs, lik).double()
+        path_outputs = outputs
+        if anchor == "prior":
+            path_outputs = [_prior_outputs(prior, lik, outputs[0]), *outputs]
+        dist = _distances(path_outputs, lik).double()  # [N, steps]
+        endpoint = _endpoint(path_outputs, lik).double()
         length = dist.sum(1)
-        action = depth * dist.pow(2).sum(1)
+        action = steps * dist.pow(2).sum(1)
         sums["length"] += float(length.sum())
         sums["action"] += float(action.sum())
         sums["endpoint"] += float(endpoint.sum())
         sums["endpoint2"] += float(endpoint.pow(2).sum())
         sums["length2"] += float(length.pow(2).sum())
-        speed2 += (dist * depth).pow(2).sum(0).cpu()
+        speed2 += (dist * steps).pow(2).sum(0).cpu()
         if (
             labelled
             and y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8)
@@ -399,4 +473,5 @@ def _predictive_path(
         likelihood=lik.value,
         mean_squared_length=sums["length2"] / count,
         points={k: np.concatenate(v) for k, v in kept.items()} if points else None,
+        anchor=anchor,
     )
