@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 from pathlib import Path
 
 import pytest
@@ -48,10 +49,18 @@ def alone(spec: Member, data, epochs: int, **kwargs):
     torch.manual_seed(spec.seed)
     model = factory()
     result = fit(
-        model, data, action=spec.action, lam=spec.lam, epochs=epochs, lr=spec.lr,
-        weight_decay=spec.weight_decay, batch_size=kwargs.pop("batch_size", 32), seed=spec.seed,
-        progress=False, **kwargs,
-    )  # fmt: skip
+        model,
+        data,
+        action=spec.action,
+        lam=spec.lam,
+        epochs=epochs,
+        lr=spec.lr,
+        weight_decay=spec.weight_decay,
+        batch_size=kwargs.pop("batch_size", 32),
+        seed=spec.seed,
+        progress=False,
+        **kwargs,
+    )
     return model, result
 
 
@@ -253,8 +262,18 @@ def test_a_member_folder_is_a_fit_run_that_fit_itself_resumes(tmp_path):
     torch.manual_seed(spec.seed)
     continued = factory()
     extras = spec.extras()
-    fit(continued, data, action="predictive", lam=0.1, epochs=6, batch_size=32, seed=4,
-        checkpoint_dir=folder, run_config=extras, progress=False)  # fmt: skip
+    fit(
+        continued,
+        data,
+        action="predictive",
+        lam=0.1,
+        epochs=6,
+        batch_size=32,
+        seed=4,
+        checkpoint_dir=folder,
+        run_config=extras,
+        progress=False,
+    )
     reference, _ = alone(spec, data, 6)
     assert max_difference(continued.state_dict(), reference.state_dict()) < TOL
 
@@ -376,3 +395,88 @@ def test_running_statistics_are_each_members_own_even_after_others_stop():
         fit(model, data, epochs=spec.epochs, seed=spec.seed, batch_size=32, progress=False)
         assert max_difference(result.population.state(k), model.state_dict()) < TOL
         assert int(result.population.state(k)["1.num_batches_tracked"]) == 7 * spec.epochs
+
+
+class TiedWeights(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b, self.head = (
+            torch.nn.Linear(4, 4),
+            torch.nn.Linear(4, 4),
+            torch.nn.Linear(4, 3),
+        )
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.head(torch.tanh(self.b(torch.tanh(self.a(x.mean(1))))))
+
+
+class Attention(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.attention = torch.nn.MultiheadAttention(4, 2, batch_first=True)
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(self.attention(x, x, x, need_weights=False)[0].mean(1))
+
+
+class Recurrent(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.gru, self.head = torch.nn.GRU(4, 6, batch_first=True), torch.nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(self.gru(x)[0][:, -1])
+
+
+class TupleOutput(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return self.head(x.mean(1)), x
+
+
+def sequences():
+    g = torch.Generator().manual_seed(3)
+    return torch.randn(96, 5, 4, generator=g), torch.randint(3, (96,), generator=g)
+
+
+@pytest.mark.parametrize("architecture", [TiedWeights, Attention])
+def test_models_nobody_here_wrote_train_exactly_as_fit_trains_them(architecture):
+    data = sequences()
+    specs = [Member(seed=0, epochs=2), Member(seed=1, epochs=1, weight_decay=1e-3)]
+    population = Population.from_seeds(architecture, [0, 1])
+    with warnings.catch_warnings():  # torch notes attention's missing batching rule
+        warnings.simplefilter("ignore")
+        result = train_population(population, data, specs, batch_size=32, progress=False)
+    for k, spec in enumerate(specs):
+        torch.manual_seed(spec.seed)
+        model = architecture()
+        fit(
+            model,
+            data,
+            epochs=spec.epochs,
+            seed=spec.seed,
+            weight_decay=spec.weight_decay,
+            batch_size=32,
+            progress=False,
+        )
+        assert max_difference(result.population.state(k), model.state_dict()) < TOL
+
+
+@pytest.mark.parametrize(
+    ("architecture", "message"),
+    [
+        (Recurrent, "cannot batch this model.*gru.*one by one with fit"),
+        (TupleOutput, "returns tuple, not logits"),
+    ],
+)
+def test_models_a_population_cannot_train_are_refused_by_name(architecture, message):
+    population = Population.from_seeds(architecture, [0, 1])
+    with pytest.raises(MemspaceError, match=message):
+        train_population(
+            population, sequences(), [Member(seed=0), Member(seed=1)], batch_size=32, progress=False
+        )

@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 from torch import Tensor, nn
 
+from .._errors import MemspaceError
 from ..action import ActionTerm, jacobian_action_of
 
 Objective = Callable[..., tuple[Tensor, ...]]
@@ -20,15 +21,25 @@ Runs inside ``vmap``: ``batch`` is the member's tuple of batch tensors, ``term``
 """
 
 
+def _logits(outputs) -> Tensor:
+    if not isinstance(outputs, Tensor):
+        raise MemspaceError(
+            f"the model returns {type(outputs).__name__}, not logits [N, C]: a population's "
+            "classification objective needs a model whose output is the logits (wrap it, or "
+            "pass an objective that selects them)"
+        )
+    return outputs
+
+
 def classification(model, term, batch, lam, probes):
     """``fit``'s objective: mean cross-entropy of ``model(x)`` against ``y``, plus λ·action."""
     x, y = batch
     if term is None:
-        logits = model(x)
+        logits = _logits(model(x))
         loss = nn.functional.cross_entropy(logits, y)
         return loss, loss, loss.new_zeros(())
     with term.capture(transformed=True) as record:
-        logits = model(x)
+        logits = _logits(model(x))
     loss = nn.functional.cross_entropy(logits, y)
     if term.name == "jacobian":
         penalty = jacobian_action_of(record, term.path.blocks, probes)
@@ -61,7 +72,7 @@ def classification_with_actions(model, terms, batch, weights, probes):
     """
     x, y = batch
     with terms[0].capture(transformed=True) as record:
-        logits = model(x)
+        logits = _logits(model(x))
     loss = nn.functional.cross_entropy(logits, y)
     total, own = loss, loss.new_zeros(())
     for j, term in enumerate(terms):

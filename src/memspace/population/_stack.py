@@ -118,6 +118,7 @@ class Population:
         self._state_shapes: list[tuple[int, ...]] | None = None
         self._scratch: nn.Module | None = None
         self._scratch_tensors: dict[str, Tensor] = {}
+        self._state_names = _state_names(self.template)
         self._reach_checked = False
 
     def _view(self, flat: Tensor, name: str) -> Tensor:
@@ -179,8 +180,7 @@ class Population:
         state = {name: p[k].detach().clone() for name, p in self.params.items()}
         state.update({name: q[k].clone() for name, q in self.frozen.items()})
         state.update({name: b[k].clone() for name, b in self.buffers.items()})
-        ordered = self.template.state_dict()
-        return {name: state[name] for name in ordered}
+        return {name: state[canonical] for name, canonical in self._state_names.items()}
 
     def load_state(self, k: int, state: dict[str, Tensor]) -> None:
         """Overwrite member k's parameters and buffers with ``state``."""
@@ -248,7 +248,7 @@ class Population:
         def call(p, b):
             return functional_call(self.template, (p, b), (x,))
 
-        return vmap(call)(params, buffers)
+        return batched(call)(params, buffers)
 
     def evaluate(
         self,
@@ -327,7 +327,7 @@ class Population:
         def call(p, b, batch, lb, pb):
             return functional_call(module, (p, b), (batch, lb, pb))
 
-        outputs = vmap(call, in_dims=(0, 0, [0] * len(inputs), 0, probe_dims))(
+        outputs = batched(call, in_dims=(0, 0, [0] * len(inputs), 0, probe_dims))(
             named, named_buffers, list(inputs), lam, None if probes is None else list(probes)
         )
         if buffers is not self.buffers and buffers:
@@ -369,6 +369,41 @@ class Population:
                 term = None
             self._loss_modules[key] = PenalisedLoss(self.template, term, objective)
         return self._loss_modules[key]
+
+
+def _state_names(model: nn.Module) -> dict[str, str]:
+    """Each state-dict name → the name its tensor is stacked under (a tied weight's first name)."""
+    first: dict[int, str] = {}
+    for name, tensor in [
+        *model.named_parameters(remove_duplicate=False),
+        *model.named_buffers(remove_duplicate=False),
+    ]:
+        first.setdefault(id(tensor), name)
+    return {name: first[id(tensor)] for name, tensor in model.state_dict(keep_vars=True).items()}
+
+
+def batched(call: Callable, in_dims: Any = 0) -> Callable:
+    """``vmap(call, in_dims)``, with an operation ``vmap`` cannot batch refused by name.
+
+    Raises:
+        MemspaceError: a layer of the model has no batching rule (a recurrent layer's fused
+            kernel, say): train these networks one by one with ``fit``.
+    """
+    mapped = vmap(call, in_dims=in_dims)
+
+    def run(*args):
+        try:
+            return mapped(*args)
+        except RuntimeError as error:
+            text = str(error)
+            if "Batching rule not implemented" not in text:
+                raise
+            raise MemspaceError(
+                f"a population cannot batch this model: {text.splitlines()[0]} (torch.func.vmap "
+                "has no rule for it); train these networks one by one with fit"
+            ) from None
+
+    return run
 
 
 def _unreached(total: Tensor, params: dict[str, Tensor]) -> list[str]:
