@@ -29,7 +29,7 @@ from ..train import (
     save_checkpoint,
     write_metrics,
 )
-from ._members import Member, check_members, member_data
+from ._members import Member, member_data
 from ._optimizer import StackedOptimizer
 from ._stack import Population
 from .trainer import PopulationTrainer
@@ -109,6 +109,33 @@ class _MemberRun:
         return self.order[position * self.batch_size : (position + 1) * self.batch_size]
 
 
+@dataclass(frozen=True)
+class _Schedule:
+    """The options of :func:`train_population` that every member shares."""
+
+    optimizer: str
+    batch_size: int
+    val_data: tuple[Tensor, Tensor] | None
+    probe_size: int
+    block_names: Sequence[str] | None
+    head: Any
+    run_config: dict[str, Any] | None
+
+    def member_config(self, spec: Member) -> dict[str, Any]:
+        """The configuration ``fit`` would record for this member (its run folder's)."""
+        return fit_config(
+            spec.action,
+            spec.lam,
+            self.optimizer,
+            spec.lr,
+            spec.weight_decay,
+            self.batch_size,
+            spec.seed,
+            spec.epochs,
+            {**spec.extras(), **(self.run_config or {})},
+        )
+
+
 def train_population(
     population: Population | Sequence[nn.Module],
     train_data: tuple[Tensor, Tensor] | Sequence[tuple[Tensor, Tensor]],
@@ -164,43 +191,19 @@ def train_population(
         population = Population(population, block_names=block_names, head=head)
     elif block_names is not None or head is not None:
         population.set_path(block_names, head)
-    specs = check_members(members, population.size)
+    trainer = PopulationTrainer(population, members, optimizer)
     check_number("batch_size", batch_size, 1, MAX_BATCH_SIZE, integer=True)
     log = log or (lambda message: warnings.warn(message, stacklevel=3))
-    runs = _member_runs(population, train_data, specs, num_classes, batch_size)
+    runs = _member_runs(population, train_data, trainer.members, num_classes, batch_size)
     if val_data is not None:
         check_finite(val_data[0], "validation inputs")
-    trainer = PopulationTrainer(population, specs, optimizer)
-    stacked = trainer.optimizer
+    schedule = _Schedule(optimizer, batch_size, val_data, probe_size, block_names, head, run_config)
     root = None
     if checkpoint_dir is not None:
-        root = _open_folders(
-            checkpoint_dir,
-            population,
-            runs,
-            stacked,
-            optimizer,
-            batch_size,
-            overwrite,
-            run_config,
-            log,
-            _folder_names(member_names, population.size),
-        )
+        names = _folder_names(member_names, population.size)
+        root = _open_folders(checkpoint_dir, trainer, runs, schedule, overwrite, log, names)
     try:
-        _train(
-            trainer,
-            runs,
-            stacked,
-            val_data,
-            probe_size,
-            block_names,
-            head,
-            progress,
-            optimizer,
-            batch_size,
-            run_config,
-            log,
-        )
+        _train(trainer, runs, schedule, progress, log)
     finally:
         for member in runs:
             if member.run is not None:
@@ -248,20 +251,6 @@ def _member_runs(population, train_data, specs, num_classes, batch_size) -> list
     return runs
 
 
-def _member_config(spec: Member, optimizer: str, batch_size: int, run_config) -> dict[str, Any]:
-    return fit_config(
-        spec.action,
-        spec.lam,
-        optimizer,
-        spec.lr,
-        spec.weight_decay,
-        batch_size,
-        spec.seed,
-        spec.epochs,
-        {**spec.extras(), **(run_config or {})},
-    )
-
-
 def _folder_names(names: Sequence[str] | None, size: int) -> list[str]:
     if names is None:
         return [f"member-{k:03d}" for k in range(size)]
@@ -275,17 +264,17 @@ def _folder_names(names: Sequence[str] | None, size: int) -> list[str]:
 
 
 def _open_folders(
-    directory, population, runs, stacked, optimizer, batch_size, overwrite, run_config, log, names
+    directory, trainer, runs, schedule: _Schedule, overwrite, log, names
 ) -> RunFolder:
     """The population's folder and one ``fit`` run folder per member (each resumed if it can)."""
     specs = [m.spec for m in runs]
     config = {
         "members": [{k: v for k, v in asdict(s).items() if k != "epochs"} for s in specs],
         "epochs": [s.epochs for s in specs],
-        "optimizer": optimizer,
-        "batch_size": batch_size,
-        "architecture": str(population.template),
-        **(run_config or {}),
+        "optimizer": schedule.optimizer,
+        "batch_size": schedule.batch_size,
+        "architecture": str(trainer.population.template),
+        **(schedule.run_config or {}),
     }
     root = RunFolder.open(
         directory, kind="population", config=config, overwrite=overwrite, ignore=("epochs",)
@@ -297,9 +286,9 @@ def _open_folders(
                 root.root / name,
                 kind="train",
                 ignore=("epochs",),
-                config=_member_config(member.spec, optimizer, batch_size, run_config),
+                config=schedule.member_config(member.spec),
             )
-            _resume_member(population, member, stacked, log)
+            _resume_member(trainer.population, member, trainer.optimizer, log)
     except BaseException:
         for member in runs:
             if member.run is not None:
@@ -333,20 +322,7 @@ def _resume_member(population, member: _MemberRun, stacked: StackedOptimizer, lo
         member.stopped = "epochs"
 
 
-def _train(
-    trainer,
-    runs,
-    stacked,
-    val_data,
-    probe_size,
-    block_names,
-    head,
-    progress,
-    optimizer,
-    batch_size,
-    run_config,
-    log,
-) -> None:
+def _train(trainer: PopulationTrainer, runs, schedule: _Schedule, progress, log) -> None:
     bar = _Progress(progress, runs)
     try:
         while True:
@@ -359,18 +335,7 @@ def _train(
             for member in diverged:
                 bar.advance(member, stopped=True)
             if finished:
-                _end_epochs(
-                    trainer.population,
-                    finished,
-                    stacked,
-                    val_data,
-                    probe_size,
-                    block_names,
-                    head,
-                    optimizer,
-                    batch_size,
-                    run_config,
-                )
+                _end_epochs(trainer, finished, schedule)
                 for member in finished:
                     bar.advance(member, stopped=member.stopped is not None)
     finally:
@@ -409,23 +374,13 @@ def _one_step(trainer: PopulationTrainer, active: list[_MemberRun], log) -> None
         member.step += 1
 
 
-def _end_epochs(
-    population,
-    finished,
-    stacked,
-    val_data,
-    probe_size,
-    block_names,
-    head,
-    optimizer,
-    batch_size,
-    run_config,
-) -> None:
+def _end_epochs(trainer: PopulationTrainer, finished, schedule: _Schedule) -> None:
     """Each finished epoch's metrics (``fit``'s row), stopping rule and checkpoint.
 
     Members training on the shared data are evaluated at once (one batched forward per
     chunk); the predictive path is measured per member.
     """
+    population, val_data, probe_size = trainer.population, schedule.val_data, schedule.probe_size
     together = [m for m in finished if m.shared]
     evaluated: dict[int, dict[str, tuple[float, float]]] = {m.index: {} for m in finished}
     if together:
@@ -446,8 +401,8 @@ def _end_epochs(
             member.data,
             val_data,
             (X[:probe_size], y[:probe_size]),
-            block_names,
-            head,
+            schedule.block_names,
+            schedule.head,
             evaluated[member.index],
         )
         member.order = None
@@ -462,9 +417,9 @@ def _end_epochs(
             save_checkpoint(
                 member.run,
                 model,
-                stacked.optimizer_for(member.index, model),
+                trainer.optimizer.optimizer_for(member.index, model),
                 member.epoch,
-                _member_config(member.spec, optimizer, batch_size, run_config),
+                schedule.member_config(member.spec),
                 member.history,
             )
 
