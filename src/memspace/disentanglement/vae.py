@@ -123,7 +123,7 @@ def train_vae(
     kinetic action of the decoder's residual path (docs/theory.md §3.3).
     """
     from ..action import ActionTerm
-    from ..train import optimizer_step, penalised_loss
+    from ..train import optimizer_step
 
     if steps < 1 or beta < 0 or lam < 0:
         raise MemspaceError("steps must be ≥ 1 and beta, lam ≥ 0")
@@ -138,23 +138,13 @@ def train_vae(
     for _ in range(steps):
         x = torch.from_numpy(dataset.render(dataset.sample_factors(batch_size, rng)))
         x = x.to(next(model.parameters()).dtype)
-        mu, log_var = model.encode(x)
-        z = mu + torch.randn_like(mu) * (0.5 * log_var).exp()
-        parts = {}
-
-        def elbo(logits: Tensor, x=x, mu=mu, log_var=log_var) -> Tensor:
-            parts["reconstruction"] = (
-                nn.functional.binary_cross_entropy_with_logits(logits, x, reduction="sum")
-                / batch_size
-            )
-            parts["kl"] = 0.5 * (mu.pow(2) + log_var.exp() - 1 - log_var).sum(1).mean()
-            return parts["reconstruction"] + beta * parts["kl"]
-
-        total, _, _ = penalised_loss(lambda z=z: model.decode(z), elbo, term, lam)
+        noise = torch.randn((batch_size, latents), dtype=x.dtype)  # drawn as randn_like(μ)
+        total, _, _, reconstruction, kl = elbo_objective(
+            model, term, (x, noise, torch.tensor(float(beta))), lam, None
+        )
         optimizer_step(
             optimizer, total, f"training the β-VAE (β = {beta}, λ = {lam}) at step {len(recon) + 1}"
         )
-        reconstruction, kl = parts["reconstruction"], parts["kl"]
         recon.append(float(reconstruction.detach()))
         kls.append(float(kl.detach()))
     model.eval()
