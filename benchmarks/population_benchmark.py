@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -29,6 +28,9 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+from fisher_benchmark import _rss_bytes, machine_description  # noqa: E402
 
 from memspace import ResidualMLP, fit, load_dataset  # noqa: E402
 from memspace._errors import DataError  # noqa: E402
@@ -166,13 +168,6 @@ def time_pair(case: str, k: int, rounds: int, device: str) -> dict[str, float]:
     return {name: statistics.median(values) / steps for name, values in times.items()}
 
 
-def _rss() -> int:
-    import resource
-
-    with open("/proc/self/statm") as handle:
-        return int(handle.read().split()[1]) * resource.getpagesize()
-
-
 def peak_child(case: str, k: int, arm: str, device: str) -> int:
     """In a subprocess: the peak memory growth of one call of ``arm``."""
     import ctypes
@@ -191,12 +186,12 @@ def peak_child(case: str, k: int, arm: str, device: str) -> int:
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     ctypes.CDLL("libc.so.6").malloc_trim(0)
-    base = _rss()
+    base = _rss_bytes()
     peak, done = [base], threading.Event()
 
     def sample():
         while not done.is_set():
-            peak[0] = max(peak[0], _rss())
+            peak[0] = max(peak[0], _rss_bytes())
             time.sleep(0.0005)
 
     sampler = threading.Thread(target=sample)
@@ -204,7 +199,7 @@ def peak_child(case: str, k: int, arm: str, device: str) -> int:
     fn()
     done.set()
     sampler.join()
-    return max(peak[0], _rss()) - base
+    return max(peak[0], _rss_bytes()) - base
 
 
 def peak(case: str, k: int, arm: str, device: str) -> int | None:
@@ -215,22 +210,6 @@ def peak(case: str, k: int, arm: str, device: str) -> int | None:
         return int(out.stdout.strip().splitlines()[-1])
     except (ValueError, IndexError):
         return None
-
-
-def machine(device: str) -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = f", {torch.cuda.get_device_name()}" if device.startswith("cuda") else ""
-    return (
-        f"{cpu}, {os.cpu_count()} cores{gpu}, torch {torch.__version__} "
-        f"({torch.get_num_threads()} threads), Python {platform.python_version()}, device {device}"
-    )
 
 
 def cases(device: str) -> list[str]:
@@ -264,7 +243,7 @@ def markdown(results: dict, device: str, skipped: list[str]) -> str:
         "rounds; the speed-up is sequential over population; memory is peak growth during one "
         "call.",
         "",
-        f"Machine: {machine(device)}",
+        f"Machine: {machine_description(device)}",
         "",
         "| model | K | sequential ms/member-step | population ms/member-step | speed-up | "
         "memory sequential | memory population | target |",
@@ -339,7 +318,7 @@ def main() -> None:
         skipped.append("Fashion-MNIST (Debian's dataset-fashion-mnist is not installed)")
     text = markdown(results, args.device, skipped)
     args.json.write_text(
-        json.dumps({"machine": machine(args.device), "results": results}, indent=1)
+        json.dumps({"machine": machine_description(args.device), "results": results}, indent=1)
     )
     print(text)
     if args.out.exists() and args.out.name == "RESULTS.md":

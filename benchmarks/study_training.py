@@ -32,9 +32,9 @@ from memspace.population import Member, Population, train_population  # noqa: E4
 from memspace.studies.capacity import (  # noqa: E402
     CAPACITY_CONFIGS,
     POPULATION_SIZE,
+    cell_data,
     memorise,
     memorise_population,
-    random_labels,
 )
 from memspace.studies.robustness import ROBUSTNESS_CONFIGS  # noqa: E402
 
@@ -151,11 +151,9 @@ def capacity():
     ]
 
     def cell(kind, n, lam, seed):
-        pick = torch.randperm(len(X_all), generator=torch.Generator().manual_seed(seed))[:n]
-        y = random_labels(n, classes, seed * 7919 + n) if kind == "random" else y_all[pick]
+        data = cell_data(split.train, classes, kind, n, seed)
         torch.manual_seed(seed)
-        model = ResidualMLP(X_all.shape[1], config["width"], config["depth"], classes)
-        return model, (X_all[pick], y)
+        return ResidualMLP(X_all.shape[1], config["width"], config["depth"], classes), data
 
     options = dict(max_steps=config["max_steps"], lr=config["lr"], batch_size=config["batch_size"])
 
@@ -260,7 +258,7 @@ def write_section(text: str, out: Path) -> None:
 
 
 def main() -> None:
-    from population_benchmark import machine
+    from fisher_benchmark import machine_description
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fresh", action="store_true")
@@ -269,7 +267,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(2)
     stored = {} if args.fresh or not RESULTS.exists() else json.loads(RESULTS.read_text())
-    stored["machine"] = machine("cpu")
+    stored["machine"] = machine_description("cpu")
     stored.setdefault("studies", {})
     for name, build in STUDIES.items():
         if name in stored["studies"] or (args.only and name not in args.only):

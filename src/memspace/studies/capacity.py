@@ -42,6 +42,7 @@ from .measure import effective_dimension
 __all__ = [
     "Memorisation",
     "capacity_threshold",
+    "cell_data",
     "cost_per_bit",
     "cover_anchor",
     "cover_probability",
@@ -263,6 +264,16 @@ def memorise_population(
         model.load_state_dict(population.state(k))
         model.eval()
     return results
+
+
+def cell_data(
+    train: tuple[Tensor, Tensor], classes: int, kind: str, n: int, seed: int
+) -> tuple[Tensor, Tensor]:
+    """One capacity cell's N points (a seeded subset) with random (seeded) or real labels."""
+    X_all, y_all = train
+    pick = torch.randperm(len(X_all), generator=torch.Generator().manual_seed(seed))[:n]
+    y = random_labels(n, classes, seed * 7919 + n) if kind == "random" else y_all[pick]
+    return X_all[pick], y
 
 
 def capacity_threshold(
@@ -490,10 +501,7 @@ def capacity_study(
         )
         data, models = [], []
         for kind, n, lam, seed in chunk:
-            pick = torch.randperm(len(X_all), generator=torch.Generator().manual_seed(seed))[:n]
-            X = X_all[pick]
-            y = random_labels(n, classes, seed * 7919 + n) if kind == "random" else y_all[pick]
-            data.append((X, y))
+            data.append(cell_data(split.train, classes, kind, n, seed))
             torch.manual_seed(seed)
             models.append(factory())
         results = memorise_population(
