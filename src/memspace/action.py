@@ -38,7 +38,7 @@ from torch import Tensor, nn
 from ._errors import MemspaceError
 from ._stream import as_batch_stream
 from .paths.adapter import ResidualPath, StreamCapture, resolve_head
-from .paths.predictive import predictive_action, predictive_path, readout_path
+from .paths.predictive import check_anchor, predictive_action, predictive_path, readout_path
 
 __all__ = [
     "ACTIONS",
@@ -105,9 +105,11 @@ class ActionTerm:
         block_names: residual blocks of a model that is not a memspace residual model.
         head: its read-out (module, name or callable), for the predictive terms.
         likelihood: ``"classification"`` or ``"regression"`` (predictive terms).
-        anchor: where the predictive terms' path starts, ``"stem"`` or ``"prior"``
+        anchor: where the predictive terms' path starts: ``"prior"`` (v3, the default: the
+            stem's step counts, so idle blocks are not free) or ``"stem"`` (v2)
             (docs/theory.md §3.1a; :func:`~memspace.paths.predictive_path`'s).
-        prior: the prior of ``anchor="prior"``.
+        prior: the prior of ``anchor="prior"``: ``"uniform"`` or a tensor [C] (resolve
+            ``"labels"`` first with :func:`~memspace.paths.predictive.resolve_prior`).
     """
 
     name: str
@@ -115,7 +117,7 @@ class ActionTerm:
     block_names: Sequence[str] | None = None
     head: nn.Module | str | Callable[[Tensor], Tensor] | None = None
     likelihood: str = "classification"
-    anchor: str = "stem"
+    anchor: str = "prior"
     prior: Any = "uniform"
     path: ResidualPath = field(init=False)
 
@@ -129,6 +131,7 @@ class ActionTerm:
             raise MemspaceError(
                 f"unknown action {self.name!r}; use one of {', '.join(ACTIONS)}{extra}"
             )
+        check_anchor(self.anchor)
         self.path = ResidualPath(self.model, self.block_names)
         self._head = (
             resolve_head(self.model, self.head) if self.name.startswith("predictive") else None
@@ -179,7 +182,7 @@ class StraightenResult:
     """Outcome of :func:`straighten`.
 
     Attributes:
-        ratio_trained: A_trained / A_min, exact (A_min = E d(p_0, p_L)² of the trained net).
+        ratio_trained: A_trained / A_min, exact (A_min = E d(start, p_L)² of the trained net).
         ratio_straightened: A / A_min of the straightened network (its own end points),
             what this architecture reached with the end map held: ≥ 1.
         action_trained / least_action: the trained network's A and A_min.
@@ -187,6 +190,7 @@ class StraightenResult:
         kl: mean KL(p_trained ‖ p_straightened) on the data (≤ ``kl_tol``).
         model: the straightened network (a copy; the input model is untouched).
         history: (step, action, kl) at each evaluation.
+        anchor: where the paths start (``"prior"`` or ``"stem"``; docs/theory.md §3.1a).
     """
 
     ratio_trained: float
@@ -198,6 +202,7 @@ class StraightenResult:
     kl: float
     model: nn.Module
     history: list[tuple[int, float, float]]
+    anchor: str = "prior"
 
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the model)."""
@@ -238,6 +243,8 @@ def straighten(
     block_names: Sequence[str] | None = None,
     head: Any = None,
     batch_size: int = 512,
+    anchor: str = "prior",
+    prior: Any = "uniform",
 ) -> StraightenResult:
     """Re-optimise the residual blocks to least predictive action with the end map held.
 
@@ -247,9 +254,11 @@ def straighten(
     iterate infeasible). An iterate is feasible when its mean KL ≤ ``kl_tol``; the
     feasible iterate of least exact action is returned, the trained network included.
 
-    Because the least action E d(p_0, p_L)² is exact, ``ratio_trained`` needs no
-    straightening at all; straightening answers a second question, how close this
-    architecture gets to it (``ratio_straightened``).
+    Because the least action is exact, ``ratio_trained`` needs no straightening at all;
+    straightening answers a second question, how close this architecture gets to it
+    (``ratio_straightened``). Under ``anchor="prior"`` the stem's step d(π, p_0) is held
+    with the stem, so the blocks can even out only the L steps after it: a stem that does
+    most of the work keeps the ratio well above 1.
 
     Args:
         model: a trained residual network (copied, not modified).
@@ -263,7 +272,11 @@ def straighten(
         block_names: the residual blocks of a model that is not a memspace residual model.
         head: its read-out.
         batch_size: rows per batch for an ``(X, y)`` pair.
+        anchor: ``"prior"`` (v3, the default) or ``"stem"`` (v2), for the action minimised and
+            measured (:func:`~memspace.paths.predictive_path`).
+        prior: the prior of ``anchor="prior"`` (``"uniform"`` or a tensor [C]).
     """
+    check_anchor(anchor)
     student = copy.deepcopy(model).eval()
     path = ResidualPath(student, block_names)
     block_params = {id(p) for block in path.blocks for p in block.parameters()}
@@ -276,10 +289,12 @@ def straighten(
     stream = as_batch_stream(data, device=first.device, dtype=first.dtype, batch_size=batch_size)
     with torch.no_grad():
         teacher = [model(x).log_softmax(1) for x, _ in stream]
-    term = ActionTerm("predictive", student, block_names, head=head)
+    term = ActionTerm("predictive", student, block_names, head=head, anchor=anchor, prior=prior)
 
     def exact(net: nn.Module) -> tuple[float, float]:
-        result = predictive_path(net, stream, block_names=block_names, head=head)
+        result = predictive_path(
+            net, stream, block_names=block_names, head=head, anchor=anchor, prior=prior
+        )
         return result.action, result.least_action
 
     action0, least0 = exact(student)
@@ -328,4 +343,5 @@ def straighten(
         kl=best[2],
         model=student,
         history=history,
+        anchor=anchor,
     )

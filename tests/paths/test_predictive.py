@@ -53,28 +53,57 @@ def _arc_model(angles: list[float]) -> ResidualMLP:
     return model
 
 
-def test_equal_angular_steps_are_a_geodesic_at_constant_speed():
-    angles = list(np.linspace(0.2, 1.3, 9))
-    result = predictive_path(_arc_model(angles), _data(d=2, classes=2))
+PRIOR_ANGLE = math.pi / 4  # the uniform prior of two classes on the quarter circle
+
+
+def _arc_path(angles: list[float], anchor: str):
+    """The path of :func:`_arc_model` and its angles, the prior's first under ``anchor="prior"``."""
+    result = predictive_path(_arc_model(angles), _data(d=2, classes=2), anchor=anchor)
+    visited = ([PRIOR_ANGLE] if anchor == "prior" else []) + list(angles)
+    return result, np.array(visited)
+
+
+@pytest.mark.parametrize("anchor", ["prior", "stem"])
+def test_equal_angular_steps_are_a_geodesic_at_constant_speed(anchor):
+    # under the prior anchor the path's first step is the stem's, from π/4 to the first state
+    if anchor == "prior":
+        angles = list(PRIOR_ANGLE + 0.07 * np.arange(1, 10))
+    else:
+        angles = list(np.linspace(0.2, 1.3, 9))
+    result, visited = _arc_path(angles, anchor)
+    assert result.steps == len(visited) - 1
     assert result.ratio == pytest.approx(1.0, abs=1e-12)
     assert result.length == pytest.approx(result.endpoint_distance, abs=1e-12)
-    assert result.endpoint_distance == pytest.approx(2 * (1.3 - 0.2), abs=1e-12)  # d = 2|Δθ|
-    np.testing.assert_allclose(result.speeds, 2 * (1.3 - 0.2), rtol=1e-12)
+    span = visited[-1] - visited[0]
+    assert result.endpoint_distance == pytest.approx(2 * span, abs=1e-12)  # d = 2|Δθ|
+    np.testing.assert_allclose(result.speeds, 2 * span, rtol=1e-12)
 
 
-def test_uneven_steps_give_the_closed_form_ratio():
-    steps = np.array([0.05, 0.3, 0.1, 0.02, 0.2, 0.15])
-    angles = list(0.1 + np.concatenate([[0], np.cumsum(steps)]))
-    result = predictive_path(_arc_model(angles), _data(d=2, classes=2))
-    d = 2 * steps
+@pytest.mark.parametrize("anchor", ["prior", "stem"])
+def test_uneven_steps_give_the_closed_form_ratio(anchor):
+    steps = np.array([0.05, 0.3, 0.1, 0.02, 0.2, 0.15]) / 2
+    start = PRIOR_ANGLE if anchor == "prior" else 0.1
+    angles = list(
+        start + np.cumsum(steps)
+        if anchor == "prior"
+        else start + np.concatenate([[0], np.cumsum(steps)])
+    )
+    result, visited = _arc_path(angles, anchor)
+    d = 2 * np.diff(visited)
     assert result.ratio == pytest.approx(len(d) * (d**2).sum() / d.sum() ** 2, rel=1e-12)
-    assert result.detour == pytest.approx(1.0, abs=1e-12)  # monotone on the arc: no detour
+    assert result.detour_factor == pytest.approx(1.0, abs=1e-12)  # monotone on the arc
+    assert result.unevenness == pytest.approx(result.ratio, rel=1e-12)
 
 
-def test_a_path_that_turns_back_makes_a_detour():
-    angles = [0.3, 0.9, 0.5]  # out and part of the way back
-    result = predictive_path(_arc_model(angles), _data(d=2, classes=2))
-    assert result.detour == pytest.approx((0.6 + 0.4) / 0.2, rel=1e-12)
+@pytest.mark.parametrize("anchor", ["prior", "stem"])
+def test_a_path_that_turns_back_makes_a_detour(anchor):
+    angles = [0.3, 0.9, 0.5]  # out and part of the way back (under the prior: from π/4 first)
+    result, visited = _arc_path(angles, anchor)
+    turns = np.abs(np.diff(visited)).sum()
+    end = abs(visited[-1] - visited[0])
+    assert result.detour == pytest.approx(turns / end, rel=1e-12)
+    assert result.detour_factor == pytest.approx((turns / end) ** 2, rel=1e-12)  # one input
+    assert result.unevenness * result.detour_factor == pytest.approx(result.ratio, rel=1e-12)
 
 
 def test_distance_formula_against_arccos_form():
@@ -159,7 +188,8 @@ def test_infinitesimal_form_converges_at_second_order():
     errors = []
     for depth in (8, 16, 32):
         model = _shared_velocity_model(depth)
-        errors.append(abs(predictive_path(model, (X, y)).action - _infinitesimal_action(model, X)))
+        stem = predictive_path(model, (X, y), anchor="stem")  # the blocks' steps alone
+        errors.append(abs(stem.action - _infinitesimal_action(model, X)))
     assert 3.0 < errors[0] / errors[1] < 5.0 and 3.0 < errors[1] / errors[2] < 5.0
 
 
@@ -193,14 +223,22 @@ def test_regression_uses_euclidean_distance_of_means():
     model = _mlp(depth=3)
     X = _data()[0]
     target = torch.zeros(X.shape[0], 3, dtype=torch.float64)
-    result = predictive_path(model, (X, target), likelihood="regression")
+    result = predictive_path(model, (X, target), likelihood="regression", anchor="stem")
     with torch.no_grad():
         means = [model.head(s) for s in model.stream(X)]
     steps = torch.stack([(b - a).norm(dim=1) for a, b in zip(means[:-1], means[1:])], 1)
     assert result.length == pytest.approx(float(steps.sum(1).mean()), rel=1e-12)
     assert result.lens_accuracy is None
-    assert float(predictive_action(means, likelihood="regression")) == pytest.approx(
+    assert float(predictive_action(means, likelihood="regression", anchor="stem")) == pytest.approx(
         result.action, rel=1e-12
+    )
+    # prior-anchored: the targets' mean is where the path starts (a step more, h = 1/(L+1))
+    mean = torch.tensor([0.5, -1.0, 2.0], dtype=torch.float64)
+    anchored = predictive_path(model, (X, target), likelihood="regression", prior=mean)
+    first = (means[0] - mean).norm(dim=1)
+    assert anchored.length == pytest.approx(float((first + steps.sum(1)).mean()), rel=1e-12)
+    assert anchored.least_action == pytest.approx(
+        float((means[-1] - mean).norm(dim=1).pow(2).mean()), rel=1e-12
     )
 
 
@@ -272,7 +310,8 @@ def test_prior_anchor_closed_form_and_factors_on_a_trained_shape():
     assert path.least_action == pytest.approx(float(end.pow(2).mean()), rel=1e-10)
     assert path.unevenness * path.detour_factor == pytest.approx(path.ratio, rel=1e-12)
     assert path.ratio >= 1 and path.detour_factor >= 1 and path.unevenness >= 1
-    as_stem = predictive_path(model, (X, torch.zeros(len(X), dtype=torch.long)))
+    as_stem = predictive_path(model, (X, torch.zeros(len(X), dtype=torch.long)), anchor="stem")
+    assert predictive_path(model, (X, torch.zeros(len(X), dtype=torch.long))).anchor == "prior"
     assert as_stem.anchor == "stem" and len(as_stem.speeds) == 3 and len(path.speeds) == 4
 
 

@@ -16,8 +16,15 @@ Per input, with h = 1/L (depth is the path's time, from 0 to 1):
 
 Least action, exactly: among all paths with the same end points A ≥ C² ≥ d_0L², with
 equality for a great-circle arc at constant speed, so A_min = E d_0L² needs no
-optimisation and A/A_min ≥ 1 is an exact distance from least action. It splits into a
-detour (C/d_0L) and an uneven speed (A/C²).
+optimisation and A/A_min ≥ 1 is an exact distance from least action. Over the data it
+factors exactly as (E A / E C²)·(E C² / E d²): an uneven speed times a detour factor.
+
+Where the path starts (docs/theory.md §3.1a). ``anchor="prior"`` (v3, the default) starts
+it at the class prior π — the prediction of a network that stores nothing about x — and
+then visits p_0 … p_L: L+1 steps, h = 1/(L+1), A_min = E d(π, p_L)², a property of the
+network's function alone; a network whose blocks are idle has A/A_min = L+1.
+``anchor="stem"`` (v2) starts at p_0 = head(stem(x)): L steps, h = 1/L; nothing constrains
+p_0 there, so a regulariser can lower A by letting the stem and read-out do all the work.
 
 Cost: one forward with hooks on the blocks plus L+1 read-out evaluations.
 """
@@ -41,13 +48,62 @@ from ..fisher.likelihood import Likelihood
 from .adapter import ResidualPath, resolve_head
 
 __all__ = [
+    "ANCHORS",
     "PredictivePath",
+    "label_prior",
     "fisher_rao_distance",
     "predictive_action",
     "predictive_path",
     "readout_path",
     "squared_fisher_rao_distance",
 ]
+
+
+ANCHORS = ("prior", "stem")
+"""Where a predictive path starts: the class prior (v3, the default) or the stem (v2)."""
+
+
+def check_anchor(anchor: str) -> str:
+    """``anchor`` if it is one of :data:`ANCHORS`, else a MemspaceError naming them."""
+    if anchor not in ANCHORS:
+        raise MemspaceError(f"unknown anchor {anchor!r}; use 'prior' or 'stem'")
+    return anchor
+
+
+def label_prior(labels: Tensor, num_classes: int | None = None) -> Tensor:
+    """The labels' marginal π_k = #{y = k}/N, [C] (float64), for ``prior=``.
+
+    Classes that never occur get 1/(2N) before renormalising, so π stays positive (a
+    Fisher–Rao distance from a prior with a zero class is finite, but log π is not).
+
+    Args:
+        labels: integer class labels [N] (the training set's).
+        num_classes: C; default max label + 1.
+    """
+    labels = torch.as_tensor(labels)
+    if labels.dim() != 1 or labels.numel() == 0 or labels.dtype.is_floating_point:
+        raise MemspaceError("label_prior needs a non-empty vector of integer class labels")
+    classes = int(labels.max()) + 1 if num_classes is None else int(num_classes)
+    if int(labels.min()) < 0 or int(labels.max()) >= classes:
+        raise MemspaceError(f"labels must lie in 0..{classes - 1}")
+    counts = torch.bincount(labels.long(), minlength=classes).double()
+    counts = counts.clamp_min(0.5)
+    return counts / counts.sum()
+
+
+def resolve_prior(prior: str | Tensor, targets: Tensor | None, likelihood: str) -> Any:
+    """``prior`` with ``"labels"`` replaced by the training targets' marginal (or mean).
+
+    ``"labels"``: :func:`label_prior` of integer labels for classification, the targets'
+    mean [C] for regression. ``"uniform"`` and tensors pass through.
+    """
+    if not (isinstance(prior, str) and prior == "labels"):
+        return prior
+    if targets is None:
+        raise MemspaceError("prior='labels' needs the training targets")
+    if Likelihood.parse(likelihood) is Likelihood.CLASSIFICATION:
+        return label_prior(targets)
+    return torch.as_tensor(targets).double().reshape(len(targets), -1).mean(0)
 
 
 def _half_chord_squared(logp: Tensor, logq: Tensor) -> Tensor:
@@ -121,7 +177,7 @@ def predictive_action(
     *,
     likelihood: str | Likelihood = "classification",
     excess: bool = False,
-    anchor: str = "stem",
+    anchor: str = "prior",
     prior: str | Tensor = "uniform",
 ) -> Tensor:
     """Mean over the batch of A = L·Σ_l d(p_l, p_{l+1})² (or A − d(p_0, p_L)²), differentiable.
@@ -136,9 +192,7 @@ def predictive_action(
         prior: the prior for ``anchor="prior"`` (as :func:`predictive_path`'s).
     """
     lik = Likelihood.parse(likelihood)
-    if anchor not in ("stem", "prior"):
-        raise MemspaceError(f"unknown anchor {anchor!r}; use 'prior' or 'stem'")
-    if anchor == "prior":
+    if check_anchor(anchor) == "prior":
         outputs = [_prior_outputs(prior, lik, outputs[0]), *outputs]
     depth = len(outputs) - 1
     action = depth * _distances(outputs, lik, squared=True).sum(1)
@@ -182,7 +236,8 @@ class PredictivePath:
     likelihood: str
     mean_squared_length: float
     points: dict[str, np.ndarray] | None = field(default=None, repr=False)
-    anchor: str = "stem"
+    anchor: str = "prior"
+    stem_length: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -190,8 +245,22 @@ class PredictivePath:
         return self.action / self.least_action if self.least_action > 0 else float("inf")
 
     @property
+    def stem_share(self) -> float | None:
+        """E d(π, p_0) / E C: the share of the path's length the stem's step carries (prior).
+
+        Near 1 when the stem and read-out do the work and the blocks stand still. None under
+        the stem anchor, whose path has no stem step.
+        """
+        if self.stem_length is None:
+            return None
+        return self.stem_length / self.length if self.length > 0 else float("nan")
+
+    @property
     def detour(self) -> float:
-        """E C / E d_0L ≥ 1: how much longer the path is than the geodesic between its ends."""
+        """E C / E d ≥ 1, kept for v2's readers: *not* a factor of the ratio.
+
+        Use :attr:`detour_factor` (E C² / E d²), which with :attr:`unevenness` factors it.
+        """
         return self.length / self.endpoint_distance if self.endpoint_distance > 0 else float("inf")
 
     @property
@@ -225,8 +294,9 @@ class PredictivePath:
     def __repr__(self) -> str:
         return (
             f"PredictivePath(A={self.action:.4g}, A_min={self.least_action:.4g}, "
-            f"A/A_min={self.ratio:.3f}, "
-            f"length={self.length:.4g}, detour={self.detour:.3f}, L={self.depth}, "
+            f"A/A_min={self.ratio:.3f} (uneven {self.unevenness:.3f} × detour "
+            f"{self.detour_factor:.3f}), length={self.length:.4g}, anchor={self.anchor}, "
+            f"L={self.depth}, "
             f"N={self.num_data})"
         )
 
@@ -241,8 +311,10 @@ class PredictivePath:
                 ("least action A_min", self.least_action, ".4g"),
                 ("A / A_min", self.ratio, ".3f"),
                 ("length E C", self.length, ".4g"),
-                ("detour", self.detour, ".3f"),
-                ("unevenness", self.unevenness, ".3f"),
+                ("uneven speed E A / E C²", self.unevenness, ".3f"),
+                ("detour factor E C² / E d²", self.detour_factor, ".3f"),
+                ("stem's share of the length", self.stem_share, ".3f"),
+                ("anchor", self.anchor, "s"),
                 ("lens accuracy at the read-out", lens, ".3f"),
                 ("depth L", self.depth, "d"),
                 ("points N", self.num_data, "d"),
@@ -280,6 +352,7 @@ class PredictivePath:
             "unevenness": self.unevenness,
             "detour_factor": self.detour_factor,
             "anchor": self.anchor,
+            "stem_share": self.stem_share,
             "speeds": self.speeds.tolist(),
             "lens_accuracy": None if self.lens_accuracy is None else self.lens_accuracy.tolist(),
             "num_data": self.num_data,
@@ -300,7 +373,7 @@ def predictive_path(
     output: OutputSelector = None,
     points: bool = False,
     distributed: bool = False,
-    anchor: str = "stem",
+    anchor: str = "prior",
     prior: str | Tensor = "uniform",
 ) -> PredictivePath:
     """The predictive path, its action and its exact least action (module doc), streamed.
@@ -325,12 +398,12 @@ def predictive_path(
         distributed: each rank streams its shard; the sums and counts are all-reduced, so
             every rank returns the whole data set's path (:mod:`memspace.distributed`). Per-point
             arrays stay this rank's.
-        anchor: ``"stem"`` (v2: the path starts at head(stem(x))) or ``"prior"`` (v3: at the
-            class prior, docs/theory.md §3.1a; A_min = E d(π, p_L)², and a network whose
-            blocks are zero has A/A_min = L+1 exactly).
+        anchor: ``"prior"`` (v3, the default: the path starts at the class prior,
+            docs/theory.md §3.1a; A_min = E d(π, p_L)², and a network whose blocks are zero
+            has A/A_min = L+1 exactly) or ``"stem"`` (v2: it starts at head(stem(x))).
         prior: with ``anchor="prior"``: ``"uniform"`` (1/C each), or the prior itself — class
-            probabilities [C] (the training labels' marginal, say) for classification, the
-            targets' mean [C] for regression (required there).
+            probabilities [C] (the training labels' marginal, :func:`label_prior`) for
+            classification, the targets' mean [C] for regression (required there).
 
     Raises:
         MemspaceError: for a model without a read-out, a block that changes the stream's
@@ -358,8 +431,15 @@ def _prior_outputs(prior, lik: Likelihood, like: Tensor) -> Tensor:
     """The anchor as a read-out [N, C]: log π for classification, the mean for regression."""
     num, classes = like.shape
     if isinstance(prior, str):
+        if prior == "labels":
+            raise MemspaceError(
+                "prior='labels' names the training labels' marginal, which this data does not "
+                "give: pass prior=label_prior(training labels)"
+            )
         if prior != "uniform":
-            raise MemspaceError(f"unknown prior {prior!r}; use 'uniform' or give the prior [C]")
+            raise MemspaceError(
+                f"unknown prior {prior!r}; use 'uniform', 'labels' or give the prior [C]"
+            )
         if lik is not Likelihood.CLASSIFICATION:
             raise MemspaceError(
                 "a regression path anchored at the prior needs prior= the training targets' mean"
@@ -388,11 +468,10 @@ def _predictive_path(
     output,
     points,
     collective: Collective,
-    anchor: str = "stem",
+    anchor: str = "prior",
     prior: str | Tensor = "uniform",
 ) -> PredictivePath:
-    if anchor not in ("stem", "prior"):
-        raise MemspaceError(f"unknown anchor {anchor!r}; use 'prior' or 'stem'")
+    check_anchor(anchor)
     lik = Likelihood.parse(likelihood)
     check_eval_mode(model)
     path = ResidualPath(model, block_names)
@@ -404,7 +483,8 @@ def _predictive_path(
     )
     depth = path.depth
     steps = depth + (anchor == "prior")
-    sums = {"length": 0.0, "action": 0.0, "endpoint": 0.0, "endpoint2": 0.0, "length2": 0.0}
+    names = ("length", "action", "endpoint", "endpoint2", "length2", "stem")
+    sums = dict.fromkeys(names, 0.0)
     speed2 = torch.zeros(steps, dtype=torch.float64)
     correct = torch.zeros(depth + 1, dtype=torch.float64)
     labelled = lik is Likelihood.CLASSIFICATION
@@ -429,6 +509,7 @@ def _predictive_path(
         sums["endpoint"] += float(endpoint.sum())
         sums["endpoint2"] += float(endpoint.pow(2).sum())
         sums["length2"] += float(length.pow(2).sum())
+        sums["stem"] += float(dist[:, 0].sum())
         speed2 += (dist * steps).pow(2).sum(0).cpu()
         if (
             labelled
@@ -453,13 +534,12 @@ def _predictive_path(
         count += num
     totals = collective.reduce(
         torch.tensor(
-            [sums[k] for k in ("length", "action", "endpoint", "endpoint2", "length2")]
-            + [float(count), float(not labelled)],
+            [sums[k] for k in names] + [float(count), float(not labelled)],
             dtype=torch.float64,
         )
     )
-    sums = dict(zip(("length", "action", "endpoint", "endpoint2", "length2"), totals[:5].tolist()))
-    count, labelled = int(totals[5]), labelled and totals[6] == 0
+    sums = dict(zip(names, totals[: len(names)].tolist()))
+    count, labelled = int(totals[len(names)]), labelled and totals[len(names) + 1] == 0
     speed2, correct = collective.reduce(speed2), collective.reduce(correct)
     return PredictivePath(
         length=sums["length"] / count,
@@ -474,4 +554,5 @@ def _predictive_path(
         mean_squared_length=sums["length2"] / count,
         points={k: np.concatenate(v) for k, v in kept.items()} if points else None,
         anchor=anchor,
+        stem_length=sums["stem"] / count if anchor == "prior" else None,
     )
