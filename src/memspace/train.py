@@ -40,7 +40,7 @@ from ._options import check_number
 from ._runs import RunFolder, crash_point, read_regular
 from ._stream import check_finite
 from .action import ActionTerm
-from .paths.predictive import predictive_path
+from .paths.predictive import check_anchor, predictive_path, resolve_prior
 
 __all__ = [
     "MAX_BATCH_SIZE",
@@ -321,6 +321,8 @@ def fit(
     overwrite: bool = False,
     run_config: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    anchor: str = "prior",
+    prior: str | Tensor = "uniform",
 ) -> FitResult:
     """Train a residual classifier with an optional least-action term.
 
@@ -351,6 +353,11 @@ def fit(
         run_config: further options recorded with the run and checked on resume (the
             command line stores the data set and the architecture here).
         log: where notes go (a skipped damaged checkpoint); default ``warnings.warn``.
+        anchor: where the predictive path starts, for the predictive action terms and the
+            path metrics of each epoch: ``"prior"`` (v3, the default) or ``"stem"`` (v2)
+            (docs/theory.md §3.1a).
+        prior: the prior of ``anchor="prior"``: ``"uniform"``, ``"labels"`` (the training
+            labels' marginal) or a tensor [C].
 
     Returns:
         :class:`FitResult` with the model (in eval mode) and the metrics per epoch.
@@ -362,13 +369,17 @@ def fit(
     if val_data is not None:
         check_finite(val_data[0], "validation inputs")
     _check_options(action, lam, epochs, lr, batch_size)
+    check_anchor(anchor)
     log = log or (lambda message: warnings.warn(message, stacklevel=3))
-    term = ActionTerm(action, model, block_names, head=head) if action else None
+    prior_used = resolve_prior(prior, y, "classification")
+    path_options = dict(block_names=block_names, head=head, anchor=anchor, prior=prior_used)
+    term = ActionTerm(action, model, **path_options) if action else None
     opt = make_optimizer(optimizer, model.parameters(), lr, weight_decay)
     result = FitResult(model)
     start_epoch = 0
     config = fit_config(
-        action, lam, optimizer, lr, weight_decay, batch_size, seed, epochs, run_config
+        action, lam, optimizer, lr, weight_decay, batch_size, seed, epochs, run_config,
+        anchor=anchor, prior=prior,
     )
     run = None
     if checkpoint_dir is not None:
@@ -401,8 +412,7 @@ def fit(
             start_epoch,
             epochs,
             probe_size,
-            block_names,
-            head,
+            path_options,
             progress,
             run,
             config,
@@ -419,10 +429,27 @@ MAX_BATCH_SIZE = 1_000_000
 
 
 def fit_config(
-    action, lam, optimizer, lr, weight_decay, batch_size, seed, epochs, run_config=None
+    action,
+    lam,
+    optimizer,
+    lr,
+    weight_decay,
+    batch_size,
+    seed,
+    epochs,
+    run_config=None,
+    *,
+    anchor: str = "prior",
+    prior: Any = "uniform",
 ) -> dict[str, Any]:
-    """The configuration :func:`fit` records in its run folder (and checks on resume)."""
+    """The configuration :func:`fit` records in its run folder (and checks on resume).
+
+    The anchor and prior are part of it: a run folder trained under v2's stem anchor (or
+    before the anchor was recorded) is not resumed under v3's prior anchor.
+    """
     return {
+        "anchor": anchor,
+        "prior": prior if isinstance(prior, str) else [float(p) for p in torch.as_tensor(prior)],
         "action": action,
         "lam": lam,
         "optimizer": optimizer if isinstance(optimizer, str) else "custom",
@@ -461,8 +488,7 @@ def _train(
     start_epoch,
     epochs,
     probe_size,
-    block_names,
-    head,
+    path_options,
     progress,
     run,
     config,
@@ -501,8 +527,7 @@ def _train(
                 train_data,
                 val_data,
                 probe,
-                block_names,
-                head,
+                **path_options,
             )
             result.history.append(record_epoch)
             if run is not None:
@@ -525,6 +550,8 @@ def epoch_metrics(
     block_names,
     head,
     evaluated: dict[str, tuple[float, float]] | None = None,
+    anchor: str = "prior",
+    prior: Any = "uniform",
 ) -> dict:
     """One row of :func:`fit`'s history: losses, accuracies and the predictive path on ``probe``.
 
@@ -543,8 +570,11 @@ def epoch_metrics(
     if val_data is not None:
         metrics["val_loss"], metrics["val_acc"] = evaluated.get("val") or evaluate(model, val_data)
     try:
-        path = predictive_path(model, probe, block_names=block_names, head=head)
+        path = predictive_path(
+            model, probe, block_names=block_names, head=head, anchor=anchor, prior=prior
+        )
         metrics.update(
+            path_anchor=anchor,
             predictive_action=path.action,
             least_action=path.least_action,
             action_ratio=path.ratio,

@@ -59,6 +59,7 @@ def alone(spec: Member, data, epochs: int, **kwargs):
         batch_size=kwargs.pop("batch_size", 32),
         seed=spec.seed,
         progress=False,
+        anchor=spec.anchor,
         **kwargs,
     )
     return model, result
@@ -82,6 +83,9 @@ SPECS = [
     Member(seed=4, action="jacobian", lam=0.05, epochs=30),
     Member(seed=5, action="predictive-excess", lam=0.3, epochs=40, lr=2e-3, weight_decay=1e-2),
     Member(seed=6, action="predictive", lam=0.05, epochs=12),
+    # v2's anchor beside v3's default, in the same call
+    Member(seed=7, action="predictive", lam=0.2, epochs=15, anchor="stem"),
+    Member(seed=8, action="predictive-excess", lam=0.3, epochs=15, anchor="stem"),
 ]
 
 
@@ -184,6 +188,20 @@ def test_label_noise_and_subsets_are_the_members_own_data():
     )
     assert 0.1 < changed < 0.35  # about 2/3 of the 30 % redrawn land on another class
     assert len(member_data(data, specs[1], 3)[0]) == 90
+
+
+def test_the_labels_prior_is_fit_s_and_different_marginals_are_refused():
+    data = toy_data()
+    spec = Member(seed=3, action="predictive", lam=0.2, epochs=4)
+    result = train([spec], data, prior="labels")
+    model, alone_result = alone(spec, data, 4, prior="labels")
+    assert max_difference(result.member(0).model.state_dict(), model.state_dict()) < TOL
+    assert alone_result.history[-1]["path_anchor"] == "prior"
+    noisy = [spec, Member(seed=4, action="predictive", lam=0.2, epochs=4, label_noise=0.5)]
+    with pytest.raises(MemspaceError, match="different marginals"):
+        train(noisy, data, prior="labels")
+    with pytest.raises(MemspaceError, match="member 0: unknown anchor"):
+        train([Member(seed=1, action="predictive", lam=0.1, anchor="start")], data)
 
 
 def test_per_member_training_sets():

@@ -17,6 +17,7 @@ from .._errors import MemspaceError
 from .._options import check_number
 from .._runs import RunFolder
 from .._stream import check_finite
+from ..paths.predictive import resolve_prior
 from ..train import (
     MAX_BATCH_SIZE,
     FitResult,
@@ -120,6 +121,8 @@ class _Schedule:
     block_names: Sequence[str] | None
     head: Any
     run_config: dict[str, Any] | None
+    prior: Any = "uniform"
+    prior_used: Any = "uniform"
 
     def member_config(self, spec: Member) -> dict[str, Any]:
         """The configuration ``fit`` would record for this member (its run folder's)."""
@@ -133,6 +136,8 @@ class _Schedule:
             spec.seed,
             spec.epochs,
             {**spec.extras(), **(self.run_config or {})},
+            anchor=spec.anchor,
+            prior=self.prior,
         )
 
 
@@ -154,6 +159,7 @@ def train_population(
     member_names: Sequence[str] | None = None,
     run_config: dict[str, Any] | None = None,
     log: Callable[[str], None] | None = None,
+    prior: Any = "uniform",
 ) -> PopulationResult:
     """Train every member as :func:`memspace.train.fit` trains one network, all at once.
 
@@ -177,6 +183,9 @@ def train_population(
             ``member-000``, ``member-001``, ...): unique plain names.
         run_config: further options recorded with the run (and with every member).
         log: where notes go (a skipped damaged checkpoint, a diverged member).
+        prior: the prior of the members whose anchor is ``"prior"`` (``Member.anchor``):
+            ``"uniform"``, ``"labels"`` (each member's training labels' marginal, as ``fit``
+            takes it; refused when members' marginals differ) or a tensor [C].
 
     Returns:
         :class:`PopulationResult`; a member whose loss becomes NaN or ±Inf is stopped at that
@@ -197,7 +206,19 @@ def train_population(
     runs = _member_runs(population, train_data, trainer.members, num_classes, batch_size)
     if val_data is not None:
         check_finite(val_data[0], "validation inputs")
-    schedule = _Schedule(optimizer, batch_size, val_data, probe_size, block_names, head, run_config)
+    prior_used = _common_prior(prior, runs)
+    population.set_prior(prior_used)
+    schedule = _Schedule(
+        optimizer,
+        batch_size,
+        val_data,
+        probe_size,
+        block_names,
+        head,
+        run_config,
+        prior,
+        prior_used,
+    )
     root = None
     if checkpoint_dir is not None:
         names = _folder_names(member_names, population.size)
@@ -249,6 +270,19 @@ def _member_runs(population, train_data, specs, num_classes, batch_size) -> list
             shared = spec.train_size is None and spec.label_noise == 0
         runs.append(_MemberRun(k, spec, data, shared, batch_size=batch_size))
     return runs
+
+
+def _common_prior(prior: Any, runs: Sequence[_MemberRun]) -> Any:
+    """``prior`` resolved as ``fit`` resolves it; ``"labels"`` must give every member the same."""
+    if not (isinstance(prior, str) and prior == "labels"):
+        return resolve_prior(prior, None, "classification")
+    priors = [resolve_prior(prior, run.data[1], "classification") for run in runs]
+    if any(p.shape != priors[0].shape or not torch.equal(p, priors[0]) for p in priors):
+        raise MemspaceError(
+            "prior='labels': the members' training labels have different marginals (subsets "
+            "or label noise); give the prior as a tensor [C]"
+        )
+    return priors[0]
 
 
 def _folder_names(names: Sequence[str] | None, size: int) -> list[str]:
@@ -404,6 +438,8 @@ def _end_epochs(trainer: PopulationTrainer, finished, schedule: _Schedule) -> No
             schedule.block_names,
             schedule.head,
             evaluated[member.index],
+            anchor=member.spec.anchor,
+            prior=schedule.prior_used,
         )
         member.order = None
         reason = _stop_reason(member, row)

@@ -11,6 +11,8 @@ from torch import Tensor
 
 from .._errors import MemspaceError
 from .._options import MAX_SEED, check_number
+from ..action import ACTIONS
+from ..paths.predictive import check_anchor
 from ..train import MAX_EPOCHS
 
 
@@ -32,6 +34,8 @@ class Member:
         max_steps: stop after this many optimiser steps (inside an epoch, if need be).
         label_noise: the fraction of training labels redrawn uniformly (see :func:`member_data`).
         train_size: train on this many points drawn by the seed (see :func:`member_data`).
+        anchor: where a predictive action's path starts, ``"prior"`` (v3, the default) or
+            ``"stem"`` (v2), as ``fit``'s; also the anchor of the member's path metrics.
     """
 
     seed: int = 0
@@ -45,6 +49,18 @@ class Member:
     max_steps: int | None = None
     label_noise: float = 0.0
     train_size: int | None = None
+    anchor: str = "prior"
+
+    @property
+    def term(self) -> tuple[str, str | None] | None:
+        """The member's action term as ``(action, anchor)`` (None without an action).
+
+        Only the predictive terms depend on the anchor; the kinetic and Jacobian actions
+        carry None there, so members that differ only in an anchor those ignore share a term.
+        """
+        if self.action is None:
+            return None
+        return (self.action, self.anchor if self.action.startswith("predictive") else None)
 
     def check(self, index: int) -> None:
         """Refuse an option out of range, naming the member."""
@@ -64,6 +80,11 @@ class Member:
                 check_number("target_acc", self.target_acc, 0, 1)
             if self.target_ce is not None:
                 check_number("target_ce", self.target_ce, 0)
+            check_anchor(self.anchor)
+            if self.action is not None and self.action not in ACTIONS:
+                raise MemspaceError(
+                    f"unknown action {self.action!r}; use one of {', '.join(ACTIONS)}"
+                )
         except MemspaceError as error:
             raise MemspaceError(where + str(error)) from None
         if self.action is None and self.lam != 0:

@@ -115,6 +115,7 @@ class Population:
         self.block_names = block_names
         self.head = head
         self._loss_modules: dict[tuple, PenalisedLoss] = {}
+        self.prior: Any = "uniform"
         self._state_shapes: list[tuple[int, ...]] | None = None
         self._scratch: nn.Module | None = None
         self._scratch_tensors: dict[str, Tensor] = {}
@@ -286,7 +287,7 @@ class Population:
         self,
         members: Sequence[int],
         inputs: Sequence[Tensor],
-        action: str | None,
+        action: Any,
         lam: Tensor,
         probes: Sequence[Tensor] | None = None,
         objective: Objective | None = None,
@@ -299,8 +300,9 @@ class Population:
         Args:
             members: which members (K' of them), in the order of the batches.
             inputs: the batch tensors, each [K', B, ...] (for classification ``(x, y)``).
-            action: the members' common action (None for the data loss alone), or a tuple of
-                actions for :func:`classification_with_actions` (``lam`` then [K', 2, A]).
+            action: the members' common term ``(action, anchor)`` (:attr:`Member.term`; None
+                for the data loss alone), or a tuple of terms for
+                :func:`classification_with_actions` (``lam`` then [K', 2, A]).
             lam: [K'] their λ.
             probes: for the Jacobian action, one [K', B, ...] tensor per residual block (each
                 member's Gaussian probes, drawn as ``fit`` draws them).
@@ -354,21 +356,33 @@ class Population:
             self._state_shapes = [tuple(out.shape[1:]) for out in record.outputs]
         return self._state_shapes
 
-    def _loss_module(
-        self, action: str | tuple[str, ...] | None, objective: Objective
-    ) -> PenalisedLoss:
-        key = (action, objective)
+    def set_prior(self, prior: Any) -> None:
+        """The prior π of the prior-anchored predictive terms: ``"uniform"`` or a tensor [C]."""
+        self.prior = prior
+        self._loss_modules.clear()
+
+    def _loss_module(self, term: Any, objective: Objective) -> PenalisedLoss:
+        """The loss module of one term ``(action, anchor)``, several (a tuple of them), or None."""
+        key = (term, objective)
         if key not in self._loss_modules:
-            if isinstance(action, tuple):  # several terms in one call
-                term = tuple(
-                    ActionTerm(a, self.template, self.block_names, head=self.head) for a in action
-                )
-            elif action:
-                term = ActionTerm(action, self.template, self.block_names, head=self.head)
+            if term is None:
+                bound = None
+            elif isinstance(term[0], tuple):  # several terms in one call
+                bound = tuple(self._action_term(*t) for t in term)
             else:
-                term = None
-            self._loss_modules[key] = PenalisedLoss(self.template, term, objective)
+                bound = self._action_term(*term)
+            self._loss_modules[key] = PenalisedLoss(self.template, bound, objective)
         return self._loss_modules[key]
+
+    def _action_term(self, action: str, anchor: str | None) -> ActionTerm:
+        return ActionTerm(
+            action,
+            self.template,
+            self.block_names,
+            head=self.head,
+            anchor=anchor or "prior",
+            prior=self.prior,
+        )
 
 
 def _state_names(model: nn.Module) -> dict[str, str]:

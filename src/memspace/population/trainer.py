@@ -69,15 +69,15 @@ class PopulationTrainer:
         groups: dict[tuple, list[int]] = {}
         for k, (inputs, _) in batches.items():
             shapes = tuple(tuple(t.shape) for t in inputs)
-            key = shapes if merge else (self.members[k].action, shapes)
+            key = shapes if merge else (self.members[k].term, shapes)
             groups.setdefault(key, []).append(k)
         pop, results, totals, stepped = self.population, {}, [], []
         for rows in groups.values():
             width = len(batches[rows[0]][0])
             inputs = [torch.stack([batches[k][0][j] for k in rows]) for j in range(width)]
             first = inputs[0]
-            actions = [self.members[k].action for k in rows]
-            named = tuple(a for a in ACTIONS if a in actions)
+            actions = [self.members[k].term for k in rows]
+            named = tuple(sorted({a for a in actions if a is not None}, key=_term_order))
             objective = self.objective
             if len(set(actions)) == 1:  # one action for the group: the plain objective
                 action = actions[0]
@@ -93,11 +93,10 @@ class PopulationTrainer:
                         lam[i, 1, named.index(actions[i])] = 1.0
                 lam = lam.to(first.device)
             probes = None
-            if "jacobian" in actions:
+            jacobian = [a is not None and a[0] == "jacobian" for a in actions]
+            if any(jacobian):
                 probes = _draw_probes(
-                    pop,
-                    [batches[k][1] if a == "jacobian" else None for k, a in zip(rows, actions)],
-                    first,
+                    pop, [batches[k][1] if j else None for k, j in zip(rows, jacobian)], first
                 )
             outputs = pop.penalised_losses(rows, inputs, action, lam, probes, objective)
             total = outputs[0]
@@ -113,6 +112,11 @@ class PopulationTrainer:
             pop.backward(torch.stack(totals).sum())
             self.optimizer.step(sorted(stepped))
         return results
+
+
+def _term_order(term: tuple[str, str | None]) -> tuple[int, str]:
+    """Terms in :data:`~memspace.action.ACTIONS` order, then by anchor."""
+    return ACTIONS.index(term[0]), term[1] or ""
 
 
 def _draw_probes(
