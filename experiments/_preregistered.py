@@ -1,0 +1,104 @@
+"""What every pre-registered experiment shares: its cell store, its results file, its section.
+
+An experiment (``experiments/e*_*.py``) states its predictions before it runs, stores each
+cell (one trained group of networks and their measures) in an SQLite database as it is
+produced (:class:`memspace.zoo.ZooStore`: WAL, one transaction per network, resumable),
+and publishes by reading that database: a machine-readable ``results.json`` with the
+configuration, the seeds, the machine, every network's numbers, the statistics and the
+verdicts computed by code (:mod:`memspace.evaluation`), and its RESULTS.md section
+written from that file alone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+import torch  # noqa: E402
+
+from memspace._runs import write_atomic  # noqa: E402
+from memspace.evaluation import Estimate, Verdict  # noqa: E402
+
+
+def machine() -> str:
+    """The machine a cell ran on, as its row records it."""
+    return (
+        f"{platform.machine()} {platform.processor() or ''}".strip()
+        + f", {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, torch {torch.__version__}"
+    )
+
+
+def commit() -> str:
+    """The git commit the code ran at (``unknown`` outside a checkout)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=HERE,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def checkpoint_wal(path: Path) -> None:
+    """Fold the store's write-ahead log into the database file (before it is committed)."""
+    if path.exists():
+        with sqlite3.connect(path) as db:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+
+
+def write_results(path: Path, results: dict[str, Any]) -> Path:
+    """The experiment's machine-readable results, atomically (NaN written as null)."""
+
+    def clean(value: Any) -> Any:
+        if isinstance(value, float) and value != value:
+            return None
+        if isinstance(value, dict):
+            return {k: clean(v) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [clean(v) for v in value]
+        return value
+
+    return write_atomic(path, json.dumps(clean(results), indent=1, sort_keys=True) + "\n")
+
+
+def estimate_text(estimate: Estimate | dict[str, Any], fmt: str = "{:.3f}") -> str:
+    """``value [low, high]`` (or ``value (one cluster: no interval)``)."""
+    e = estimate if isinstance(estimate, dict) else estimate.as_dict()
+    value = fmt.format(e["value"])
+    if e["low"] is None or e["low"] != e["low"]:
+        return f"{value} (no interval: {e['clusters']} cluster)"
+    return f"{value} [{fmt.format(e['low'])}, {fmt.format(e['high'])}]"
+
+
+def verdict_table(verdicts: list[Verdict | dict[str, Any]]) -> list[str]:
+    """The markdown table of verdicts, as read from the results."""
+    lines = [
+        "| claim | verdict | test | n | effect | interval | p | note |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for v in verdicts:
+        v = v if isinstance(v, dict) else v.as_dict()
+        interval = (
+            "—"
+            if v["low"] is None or v["low"] != v["low"]
+            else f"[{v['low']:.3g}, {v['high']:.3g}]"
+        )
+        p = "—" if v["p"] is None else f"{v['p']:.3g}"
+        lines.append(
+            f"| {v['claim']} | **{v['verdict']}** | {v['test']} | {v['n']} | {v['effect']:.3g} "
+            f"| {interval} | {p} | {v['note']} |"
+        )
+    return lines
