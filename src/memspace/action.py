@@ -252,7 +252,8 @@ def straighten(
     · E KL(p_trained ‖ p) (a penalty method for "the same output distribution on the
     data"; the penalty grows by ``penalty_growth`` at every evaluation that finds the
     iterate infeasible). An iterate is feasible when its mean KL ≤ ``kl_tol``; the
-    feasible iterate of least exact action is returned, the trained network included.
+    feasible iterate of least exact A/A_min is returned, the trained network included (so
+    ``ratio_straightened`` ≤ ``ratio_trained``).
 
     Because the least action is exact, ``ratio_trained`` needs no straightening at all;
     straightening answers a second question, how close this architecture gets to it
@@ -301,6 +302,7 @@ def straighten(
     # The action term is A/A_trained: the penalty is scale-free
     scale = action0 if action0 > 0 else 1.0
     weight = penalty
+    ratio = lambda a, b: a / b if b > 0 else float("inf")  # noqa: E731
     best = (action0, least0, 0.0, copy.deepcopy(student.state_dict()))
     history = [(0, action0, 0.0)]
     optimizer = torch.optim.Adam(trainable, lr=lr)
@@ -325,14 +327,15 @@ def straighten(
             action, least = exact(student)
             kl_all = _mean_kl(student, stream, teacher)
             history.append((step, action, kl_all))
-            if kl_all <= kl_tol and action < best[0]:
+            # the best feasible iterate is the one nearest least action for its own end
+            # points (its A_min moves a little with p_L, within the KL tolerance)
+            if kl_all <= kl_tol and ratio(action, least) < ratio(best[0], best[1]):
                 best = (action, least, kl_all, copy.deepcopy(student.state_dict()))
             elif kl_all > kl_tol:
                 weight *= penalty_growth  # infeasible: tighten the penalty (continuation)
     student.load_state_dict(best[3])
     for p in student.parameters():
         p.requires_grad_(True)
-    ratio = lambda a, b: a / b if b > 0 else float("inf")  # noqa: E731
     return StraightenResult(
         ratio_trained=ratio(action0, least0),
         ratio_straightened=ratio(best[0], best[1]),

@@ -150,6 +150,10 @@ def _status(json_mode: bool):
     return emit
 
 
+def _formatted(value: Any, fmt: str) -> str:
+    return "—" if value is None else fmt.format(value)
+
+
 def _print_summary(metrics: dict[str, Any], json_mode: bool) -> None:
     if json_mode:
         typer.echo(json.dumps(metrics))
@@ -171,16 +175,20 @@ def _print_summary(metrics: dict[str, Any], json_mode: bool) -> None:
     ]
     for label, key, fmt in rows:
         table.add_row(label, *[fmt.format(metrics["networks"][n]["measures"][key]) for n in names])
-    for label, key, fmt in (
-        ("predictive action A", "action", "{:.4g}"),
-        ("least action A_min", "least_action", "{:.4g}"),
-        ("A / A_min", "ratio", "{:.3f}"),
+    for label, path, key, fmt in (
+        ("path anchor", "predictive_path", "anchor", "{}"),
+        ("predictive action A", "predictive_path", "action", "{:.4g}"),
+        ("least action A_min", "predictive_path", "least_action", "{:.4g}"),
+        ("A / A_min", "predictive_path", "ratio", "{:.3f}"),
+        ("  uneven speed", "predictive_path", "unevenness", "{:.3f}"),
+        ("  × detour factor", "predictive_path", "detour_factor", "{:.3f}"),
+        ("A / A_min, stem anchor (v2)", "predictive_path_stem", "ratio", "{:.3f}"),
     ):
         table.add_row(
             label,
             *[
-                fmt.format(metrics["networks"][n]["measures"]["predictive_path"][key])
-                if "predictive_path" in metrics["networks"][n]["measures"]
+                _formatted(metrics["networks"][n]["measures"][path].get(key), fmt)
+                if metrics["networks"][n]["measures"].get(path)
                 else "skipped"
                 for n in names
             ],

@@ -378,8 +378,17 @@ def fit(
     result = FitResult(model)
     start_epoch = 0
     config = fit_config(
-        action, lam, optimizer, lr, weight_decay, batch_size, seed, epochs, run_config,
-        anchor=anchor, prior=prior,
+        action,
+        lam,
+        optimizer,
+        lr,
+        weight_decay,
+        batch_size,
+        seed,
+        epochs,
+        run_config,
+        anchor=anchor,
+        prior=prior,
     )
     run = None
     if checkpoint_dir is not None:

@@ -24,7 +24,11 @@ def test_demo_writes_metrics_and_report(demo_run):
         assert len(net["history"]) == 3
         assert m["fisher_trace"] > 0 and m["fisher_rao_norm"] > 0
         path = m["predictive_path"]
-        assert len(path["speeds"]) == 8 and path["ratio"] >= 1 and path["detour"] >= 1
+        assert path["anchor"] == "prior" and len(path["speeds"]) == 9  # the stem's step first
+        assert path["ratio"] >= 1 and path["detour_factor"] >= 1
+        assert path["unevenness"] * path["detour_factor"] == pytest.approx(path["ratio"])
+        stem = m["predictive_path_stem"]
+        assert stem["anchor"] == "stem" and len(stem["speeds"]) == 8 and stem["ratio"] >= 1
         assert (
             len(m["sensitivity"]["deletion_kl"]) == 8
             and len(m["predictive_points"]["angle"][0]) == 9

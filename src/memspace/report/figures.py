@@ -77,14 +77,21 @@ def predictive_profile(networks: dict[str, Any], axes: Any = None) -> Figure | N
     fig, axes = _axes(axes, 2, (9, 3.4))
     for name, net in nets.items():
         path = net["measures"].predictive_path
-        blocks = np.arange(1, len(path["speeds"]) + 1)
+        prior = path.get("anchor", "stem") == "prior"
+        # under the prior anchor step 0 is the stem's, from the prior π to p_0
+        blocks = np.arange(0 if prior else 1, len(path["speeds"]) + (0 if prior else 1))
         color = _color(name)
+        factors = (
+            f" = {path['unevenness']:.2f} × {path['detour_factor']:.2f}"
+            if "detour_factor" in path
+            else ""
+        )
         axes[0].plot(
             blocks,
             path["speeds"],
             "o-",
             color=color,
-            label=f"{name}: A/A_min = {path['ratio']:.2f}, detour {path['detour']:.2f}",
+            label=f"{name}: A/A_min = {path['ratio']:.2f}{factors}",
         )
         # At least action every point moves along its geodesic at constant speed d_0L, so A = E
         # d_0L².
@@ -103,8 +110,11 @@ def predictive_profile(networks: dict[str, Any], axes: Any = None) -> Figure | N
                 color=color,
                 label=name,
             )
+    anchored = any(n["measures"].predictive_path.get("anchor") == "prior" for n in nets.values())
     axes[0].set(
-        xlabel="block l", ylabel="RMS $d(p_l, p_{l+1})/h$", title="Predictive speed over depth"
+        xlabel="step (0 = the stem's, from the prior)" if anchored else "block l",
+        ylabel="RMS step length / h",
+        title="Predictive speed over depth (uneven × detour)",
     )
     axes[1].set(
         xlabel="state l (0 = after stem)",
@@ -368,8 +378,7 @@ def capacity(summary: dict[str, Any]) -> Figure:
                 [r["predictive_action"] for r in fitted],
                 style,
                 color=color,
-                label=f"{kind}, λ = {lam:g}: "
-                f"{summary['cost_per_bit'][f'{kind}/{lam:g}']['slope']:.2g} per bit",
+                label=f"{kind}, λ = {lam:g}: " + _slope_text(summary, f"{kind}/{lam:g}"),
             )
     axes[0].set(
         xlabel="N training points",
@@ -380,10 +389,18 @@ def capacity(summary: dict[str, Any]) -> Figure:
     )
     axes[1].set(
         xlabel="bits stored N·log₂C",
-        ylabel="predictive action A of the fitted network",
-        title="Action against bits",
+        ylabel="E_x A per point of the fitted network",
+        title="Mean action per point against stored bits",
     )
     return _finish(fig, axes, legend_size=7)
+
+
+def _slope_text(summary: dict[str, Any], key: str) -> str:
+    """The legend's slope of E_x A against stored bits, or why there is none."""
+    slope = summary["cost_per_bit"].get(key, {}).get("slope", float("nan"))
+    if slope != slope:
+        return "too few fitted sizes for a slope"
+    return f"slope {slope:.2g} per bit"
 
 
 def cover_anchor(anchor: dict[str, Any]) -> Figure:
@@ -550,19 +567,45 @@ def zoo_cdf(board: list[dict[str, Any]]) -> Figure | None:
 # ----------------------------------------------------------------------------------------------
 # disentanglement
 def traversal(summary: dict[str, Any]) -> Figure:
-    """Latent traversals (rows: latents; columns: z_j from −2 to 2) and the decoder metric |G|."""
+    """Latent traversals (rows: latents; columns: z_j from −2 to 2) and the decoder metric |G|.
+
+    Decoded images with no visible shape (brightest pixel below 0.1 or a spread of under 0.02,
+    as a briefly trained smoke model gives) are not drawn: a panel of black squares reads as
+    broken; the figure then says why it shows the metric alone.
+    """
     images = np.asarray(summary["traversal"])  # [latents, steps, 4096]
     latents, steps = images.shape[:2]
-    fig, axes = plt.subplots(
-        1, 2, figsize=(12, 0.62 * latents + 1.2), gridspec_kw={"width_ratios": [steps, 5]}
-    )
+    blank = images.size == 0 or float(images.max()) < 0.1 or float(images.std()) < 0.02
+    if blank:
+        fig, ax = plt.subplots(1, 1, figsize=(5.5, 4.2))
+        axes = [None, ax]
+        fig.suptitle(
+            f"No traversal drawn: the decoder of {summary['traversal_model']} outputs blank "
+            "images (too little training)",
+            fontsize=8,
+        )
+    else:
+        fig, axes = plt.subplots(
+            1, 2, figsize=(12, 0.62 * latents + 1.2), gridspec_kw={"width_ratios": [steps, 5]}
+        )
+        _draw_traversal(axes[0], images, summary)
+    metric = np.asarray(summary["metric_mean"])
+    image = axes[1].imshow(metric, cmap="viridis")
+    axes[1].set(title="|G(z)| = |Jᵀ Λ J|, mean over z", xlabel="latent", ylabel="latent")
+    fig.colorbar(image, ax=axes[1], fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def _draw_traversal(ax: Any, images: np.ndarray, summary: dict[str, Any]) -> None:
+    latents, steps = images.shape[:2]
     grid = (
         images.reshape(latents, steps, 64, 64)
         .transpose(0, 2, 1, 3)
         .reshape(latents * 64, steps * 64)
     )
-    axes[0].imshow(grid, cmap="gray", vmin=0, vmax=1)
-    axes[0].set_yticks(
+    ax.imshow(grid, cmap="gray", vmin=0, vmax=1)
+    ax.set_yticks(
         np.arange(latents) * 64 + 32,
         [
             f"z{j} → factor {g}" if g >= 0 else f"z{j} (inactive)"
@@ -570,11 +613,5 @@ def traversal(summary: dict[str, Any]) -> Figure:
         ],
         fontsize=7,
     )
-    axes[0].set_xticks([])
-    axes[0].set_title(f"Latent traversals ({summary['traversal_model']})")
-    metric = np.asarray(summary["metric_mean"])
-    image = axes[1].imshow(metric, cmap="viridis")
-    axes[1].set(title="|G(z)| = |Jᵀ Λ J|, mean over z", xlabel="latent", ylabel="latent")
-    fig.colorbar(image, ax=axes[1], fraction=0.046)
-    fig.tight_layout()
-    return fig
+    ax.set_xticks([])
+    ax.set_title(f"Latent traversals ({summary['traversal_model']})")

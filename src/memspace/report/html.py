@@ -87,9 +87,10 @@ CAPTIONS = {
         "weight λ of "
         "the predictive action in the loss; N* is the largest N fitted by at least half the "
         "seeds. Right: "
-        "the predictive action A of the fitted networks against the bits the labels carry, "
-        "N·log₂C; the "
-        "legend gives the least-squares slope, the action per bit (docs/theory.md §5.1).",
+        "the mean predictive action per point, E_x A, of the fitted networks against the bits "
+        "the labels carry, N·log₂C; the legend gives the least-squares slope (a per-point mean "
+        "against a total, so not an action per bit; docs/theory.md §5.1), or says there are "
+        "too few fitted sizes for one.",
     ),
     "cover": (
         "The closed-form anchor",
@@ -175,21 +176,50 @@ ROWS = [
         "{:.1f}",
         "Σ λ/(λ+z), z = 10⁻³ λ_max (§1)",
     ),
+    ("path anchor", ("predictive_path", "anchor"), "{}", "where the path starts (§3.1a)"),
     (
         "predictive action A",
         ("predictive_path", "action"),
         "{:.4g}",
-        "E L Σ_l d(p_l, p_{l+1})² (§3)",
+        "E (L+1)·[d(π, p_0)² + Σ_l d(p_l, p_{l+1})²], from the prior π (§3.1a)",
     ),
     (
         "least action A_min",
         ("predictive_path", "least_action"),
         "{:.4g}",
-        "E d(p_0, p_L)², exact (§3)",
+        "E d(π, p_L)², exact (§3.1a)",
     ),
-    ("A / A_min", ("predictive_path", "ratio"), "{:.3f}", "distance from least action, ≥ 1 (§3)"),
-    ("detour", ("predictive_path", "detour"), "{:.3f}", "E C / E d(p_0, p_L), ≥ 1 (§3)"),
-    ("predictive length", ("predictive_path", "length"), "{:.4g}", "E Σ_l d(p_l, p_{l+1}) (§3)"),
+    (
+        "A / A_min",
+        ("predictive_path", "ratio"),
+        "{:.3f}",
+        "distance from least action: 1 = even steps on the geodesic, L+1 = idle blocks (§3.1a)",
+    ),
+    (
+        "uneven speed",
+        ("predictive_path", "unevenness"),
+        "{:.3f}",
+        "E A / E C², ≥ 1; × the detour factor = A / A_min (§3.1)",
+    ),
+    ("detour factor", ("predictive_path", "detour_factor"), "{:.3f}", "E C² / E d², ≥ 1 (§3.1)"),
+    (
+        "stem's share of the length",
+        ("predictive_path", "stem_share"),
+        "{:.3f}",
+        "E d(π, p_0) / E C: near 1 when the stem and read-out do the work",
+    ),
+    (
+        "A / A_min, stem anchor (v2)",
+        ("predictive_path_stem", "ratio"),
+        "{:.3f}",
+        "the path from p_0 = head(stem(x)) (§3.1a, v2): blind to idle depth",
+    ),
+    (
+        "predictive length",
+        ("predictive_path", "length"),
+        "{:.4g}",
+        "E [d(π, p_0) + Σ_l d(p_l, p_{l+1})] (§3.1a)",
+    ),
     (
         "kinetic action",
         ("sensitivity", "kinetic_action"),
@@ -263,7 +293,8 @@ def summary_table(networks: dict[str, Any]) -> str:
         for n in names:
             value = _row_value(label, key, networks[n]["measures"])
             try:
-                cells.append(f"<td>{fmt.format(value)}</td>" if value is not None else "<td>—</td>")
+                text = fmt.format(value) if value is not None else "—"
+                cells.append(f"<td>{html.escape(text)}</td>")
             except (ValueError, TypeError):
                 cells.append(f"<td>{html.escape(str(value))}</td>")
         rows.append(
@@ -314,6 +345,18 @@ def _num(value: Any, fmt: str = "{:.3g}") -> str:
         except (ValueError, TypeError):
             pass
     return _text(value)
+
+
+def _spread(entry: dict[str, Any], fmt: str = "{:.3f}") -> str:
+    """``mean ± sample std [interval]`` over seeds; one seed says so instead of "± 0.000"."""
+    mean, std = entry.get("mean"), entry.get("std")
+    if std is None or (isinstance(std, float) and math.isnan(std)) or entry.get("n") == 1:
+        return f"{_num(mean, fmt)} (one seed: no spread)"
+    text = f"{_num(mean, fmt)} ± {_num(std, fmt)}"
+    low, high = entry.get("low"), entry.get("high")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and low == low:
+        text += f" [{_num(low, fmt)}, {_num(high, fmt)}]"
+    return text
 
 
 def check_metrics(metrics: Any, source: str = "the metrics") -> None:
@@ -434,8 +477,16 @@ loss. Configuration: <code>{config}</code></p>
 def _capacity_section(summary: dict[str, Any]) -> str:
     anchor = summary["anchor"]
     lams = sorted({row["lam"] for row in summary["table"]})
+    top = max((row["n"] for row in summary["table"] if "n" in row), default=None)
+
+    def n_star_text(value: Any) -> str:
+        # N* at the largest N tried is censored: the network may store more
+        if value is not None and top is not None and value >= top:
+            return f"≥ {value} (the largest N tried: censored)"
+        return "below the smallest N tried" if value is None else str(value)
+
     n_star = ", ".join(
-        f"{kind} labels λ = {lam:g}: N* = {summary['n_star'].get(f'{kind}/{lam:g}')}"
+        f"{kind} labels λ = {lam:g}: N* = {n_star_text(summary['n_star'].get(f'{kind}/{lam:g}'))}"
         for kind in ("random", "real")
         for lam in lams
         if f"{kind}/{lam:g}" in summary["n_star"]
@@ -452,7 +503,8 @@ def _capacity_section(summary: dict[str, Any]) -> str:
         "MLPs trained "
         "to fit N points with random or real labels under an action budget λ. "
         f"{html.escape(n_star)}. Predictive "
-        "action per bit of the fitted networks (slope ± standard error): "
+        "slope of the fitted networks' mean action per point against stored bits (± standard "
+        "error): "
         f"{html.escape(cost or 'too few fitted cells')}. "
         f"Anchor: a linear model in d = {_num(anchor['d'])} dimensions fits random labels up to "
         "N* ≈ "
@@ -573,7 +625,7 @@ def _additivity_block(additivity: dict[str, Any]) -> str:
     numbers, networks = additivity["numbers"], additivity["networks"]
 
     def cell(entry: dict[str, float]) -> str:
-        return f"<td>{_num(entry['mean'], '{:.3f}')} ± {_num(entry['std'], '{:.3f}')}</td>"
+        return f"<td>{_spread(entry)}</td>"
 
     rows = "".join(
         f"<tr><th>{html.escape(name)}</th>"
@@ -595,8 +647,8 @@ def _additivity_block(additivity: dict[str, Any]) -> str:
         "learned by one "
         f"network or by two ({_num(n)} seed{plural}, held-out points). Joint least action over "
         "the sum "
-        f"of the separate ones: {_num(numbers['least_action_ratio']['mean'], '{:.3f}')} ± "
-        f"{_num(numbers['least_action_ratio']['std'], '{:.3f}')}; joint action over the sum of "
+        f"of the separate ones: {_spread(numbers['least_action_ratio'])}; joint action over the "
+        "sum of "
         "its own marginal "
         f"paths' actions: {_num(numbers['marginal_action_ratio']['mean'], '{:.3f}')} (1 to "
         "second order when the "

@@ -374,12 +374,14 @@ def measure_cell(
         "train_acc": memorisation.train_acc,
         "train_seconds": memorisation.seconds,
     }
-    path = predictive_path(model, data)
+    path = predictive_path(model, data)  # v3: from the class prior
     out.update(
+        path_anchor=path.anchor,
         predictive_action=path.action,
         least_action=path.least_action,
         action_ratio=path.ratio,
         predictive_length=path.length,
+        action_ratio_stem=predictive_path(model, data, anchor="stem").ratio,
     )
     out["kinetic_action"] = block_sensitivity(model, data, deletion=False).kinetic_action
     out["fisher_rao_norm"] = fisher_rao_norm(model, data)

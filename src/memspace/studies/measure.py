@@ -199,9 +199,16 @@ def measure_network(
         try:
             ResidualPath(model, block_names)
             status("predictive path")
-            out["predictive_path"] = predictive_path(
-                model, data, block_names=block_names, head=head, distributed=distributed
-            ).as_dict()
+            # v3's prior-anchored path, with v2's stem-anchored one beside it (§3.1a)
+            for key, anchor in (("predictive_path", "prior"), ("predictive_path_stem", "stem")):
+                out[key] = predictive_path(
+                    model,
+                    data,
+                    block_names=block_names,
+                    head=head,
+                    distributed=distributed,
+                    anchor=anchor,
+                ).as_dict()
         except MemspaceError as error:
             out["path_skipped"] = (
                 f"{error} — the path measures need the residual blocks (--blocks / block_names) "
@@ -214,13 +221,15 @@ def measure_network(
                 model, data, block_names=block_names, distributed=distributed
             ).as_dict()
             # One per-point pass on the first 150 test points serves both the point figure
-            # (the first 100) and, for 2-D inputs, the trajectories.
+            # (the first 100) and, for 2-D inputs, the trajectories: the blocks' part of the
+            # path, from p_0 (stem-anchored), whose L steps are the trajectories' L steps.
             per_point = predictive_path(
                 model,
                 (test[0][:150], test[1][:150]),
                 block_names=block_names,
                 head=head,
                 points=True,
+                anchor="stem",
             ).points
             out["predictive_points"] = _point_paths({k: v[:100] for k, v in per_point.items()})
         if initial_params is not None:

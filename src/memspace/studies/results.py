@@ -34,8 +34,9 @@ class NetworkMeasures:
         effective_dimension, effective_dimension_z: d_eff(z) = Σ λ/(λ+z) and its z = 10⁻³ λ_max.
         spectral_density: the SLQ density on a log grid (``log10_grid``, ``mass_per_decade``,
             ``fraction_near_zero``, ``floor``).
-        predictive_path: :meth:`memspace.paths.PredictivePath.as_dict` (None when the model is not a
-            path; then ``path_skipped`` says why).
+        predictive_path: :meth:`memspace.paths.PredictivePath.as_dict` under the prior anchor
+            (v3; None when the model is not a path; then ``path_skipped`` says why).
+        predictive_path_stem: the same under the stem anchor (v2), reported beside it.
         sensitivity: :meth:`memspace.paths.BlockSensitivity.as_dict`, with the path.
         predictive_points: per-point distances from the start over depth (and angles for two
             classes).
@@ -60,6 +61,7 @@ class NetworkMeasures:
     test_loss: float | None = None
     effective_dimension_z: float | None = None
     predictive_path: dict[str, Any] | None = None
+    predictive_path_stem: dict[str, Any] | None = None
     path_skipped: str | None = None
     sensitivity: dict[str, Any] | None = None
     predictive_points: dict[str, Any] | None = None

@@ -55,6 +55,7 @@ EXPECTED_MEASURES = (
     "effective_dimension",
     "predictive_action",
     "action_ratio",
+    "action_ratio_stem",
     "PACBAYES_MAG_FLATNESS",
     "SHARPNESS_MAG_FLATNESS",
     "PATH_NORM",
@@ -400,10 +401,11 @@ def _measure(net, initial, data, seed, factory, states=None) -> dict[str, float]
     F = FisherOperator(net, probe, seed=seed)
     out["fisher_trace"] = float(F.trace())
     out["effective_dimension"] = effective_dimension(F)[0]
-    path = predictive_path(net, probe)
+    path = predictive_path(net, probe)  # v3: from the class prior
     out.update(
         predictive_action=path.action, least_action=path.least_action, action_ratio=path.ratio
     )
+    out["action_ratio_stem"] = predictive_path(net, probe, anchor="stem").ratio  # v2, beside it
     sens = block_sensitivity(net, probe, deletion=False)
     out["block_sensitivity_max"] = float(np.max(sens.sensitivity))
     out["kinetic_action"] = sens.kinetic_action
