@@ -579,6 +579,30 @@ def section(results: dict) -> str:
         fields = ("claim", "statement", "test", "supported_if", "contradicted_if")
         lines.append("| " + " | ".join(p[f] for f in fields) + " |")
     lines += ["", "### Verdicts (read by code from the cells)", ""]
+    stored = {
+        depth: sorted(
+            {
+                s
+                for e in a["summaries"]
+                if e["depth"] == depth and e["arm"] == "plain"
+                for s in e["seeds"]
+            }
+        )
+        for depth in cfg["depths"]
+    }
+    missing = [
+        f"L = {d}: {len(seeds)} of {len(cfg['seeds'])} seeds"
+        for d, seeds in stored.items()
+        if len(seeds) < len(cfg["seeds"])
+    ]
+    if missing:
+        lines += [
+            "**Provisional — the run is not complete** ("
+            + "; ".join(missing)
+            + "). Every verdict below is recomputed from the cells when the run resumes; "
+            "with fewer seeds than pre-registered, none is final.",
+            "",
+        ]
     lines += verdict_table(a["verdicts"]) if a["verdicts"] else ["No cell has been stored yet."]
     lines += ["", "### Arms", ""]
     header = (
