@@ -254,9 +254,10 @@ def train_cell(store, train, test, classes, depth, seed, cfg, runs: Path, progre
         probe_size=256,
     )
     seconds = (time.perf_counter() - start) / len(members)
+    provenance = dict(machine=machine(), commit=commit())  # once per cell, not per network
     for k, a in enumerate(cell_arms):
         metrics = measure(trained.member(k).model, train, test, cfg, path_model=True)
-        hparams = dict(a, depth=depth, machine=machine(), commit=commit(), kind="residual")
+        hparams = dict(a, depth=depth, kind="residual", **provenance)
         store.add(
             row(model_id(depth, a, seed), hparams, seed, metrics, cfg["epochs"], seconds), metrics
         )
@@ -508,11 +509,9 @@ def analyse(cells: list[dict], cfg: dict) -> dict:
             group = _by_seed(cells, depth, f"{action}@prior", PRIMARY_LAMBDA)
             if group and plain:
                 family.append((depth, action, group, plain))
-    adjusted = holm(
-        [_paired(g, p, "test_accuracy", 100)[3].noninferiority_p for _, _, g, p in family]
-    )
-    for (depth, action, group, plain), p_adj in zip(family, adjusted):
-        _, _, _, comp = _paired(group, plain, "test_accuracy", 100)
+    compared = [_paired(g, p, "test_accuracy", 100)[3] for _, _, g, p in family]
+    adjusted = holm([comp.noninferiority_p for comp in compared])
+    for (depth, action, group, plain), comp, p_adj in zip(family, compared, adjusted):
         held = dataclasses.replace(comp, noninferiority_p=float(p_adj))
         verdicts.append(
             dataclasses.replace(

@@ -12,7 +12,6 @@ v3's prior anchor) lowers confidence: judge it by NLL and ECE as well as accurac
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import Tensor
 
@@ -51,4 +50,4 @@ def classification_metrics(logits: Tensor, labels: Tensor, bins: int = 15) -> di
     nll = float(-logp.gather(1, labels.long()[:, None]).mean())
     accuracy = float((logp.argmax(1) == labels).double().mean())
     ece = expected_calibration_error(logp.exp(), labels, bins)
-    return {"accuracy": accuracy, "nll": nll, "ece": float(np.float64(ece))}
+    return {"accuracy": accuracy, "nll": nll, "ece": ece}
