@@ -143,9 +143,18 @@ def run_cli_subprocess(
     )
 
 
+_STARTED: list[subprocess.Popen] = []
+"""Every process :func:`start_cli` started, so a failing test cannot leave one running."""
+
+
 def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
-    """``memspace ARGS`` started in the background as a plain subprocess (to kill or wait for)."""
-    return subprocess.Popen(
+    """``memspace ARGS`` started in the background as a plain subprocess (to kill or wait for).
+
+    A process the test leaves running is killed when the test ends (:func:`kill_leftovers`): a
+    failed assertion before a test's own kill would otherwise leave a 100 000-epoch run taking a
+    core from every later test.
+    """
+    process = subprocess.Popen(
         [sys.executable, "-m", "memspace.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -153,6 +162,20 @@ def start_cli(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subpr
         cwd=cwd,
         env=env or cli_env(),
     )
+    _STARTED.append(process)
+    return process
+
+
+def kill_leftovers() -> list[str]:
+    """Kill what :func:`start_cli` started and is still running; their command lines."""
+    killed = []
+    while _STARTED:
+        process = _STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+            killed.append(" ".join(map(str, process.args[3:])))
+    return killed
 
 
 def run_cases(

@@ -1,7 +1,8 @@
 """Test configuration: caches under .cache/, tests/ importable, and a clean slate per test.
 
 Per test: a fixed torch seed, the default dtype (float32: tests that need float64 ask for it)
-restored, a fixed number of torch threads, and no tap plan cached by another test.
+restored, a fixed number of torch threads, no tap plan cached by another test, and no background
+command left running by the test before.
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ def _seed_dtype_and_threads():
     clear_plan_cache()  # every test checks its own taps: no plan carries over from another test
     yield
     torch.set_default_dtype(torch.float32)  # a test that changed it leaks nothing into the next
+    if "cli_support" in sys.modules:  # no background command outlives the test that started it
+        sys.modules["cli_support"].kill_leftovers()
 
 
 @pytest.fixture(scope="session")

@@ -80,10 +80,9 @@ def _friendly(command):
     """Turn expected failures into one line on stderr and exit code 2 (Ctrl-C: 130, SIGTERM: 143).
 
     Expected failures are memspace's own errors (:class:`~memspace.MemspaceError`, raised where bad
-    input
-    is found) and operating-system errors (a full disk, a permission). Anything else is a bug of
-    ours:
-    its traceback is printed, with a line asking to report it, and the exit code is 1.
+    input is found) and operating-system errors (a full disk, a permission). Anything else is a bug
+    of ours: its traceback is printed, with a line asking to report it, and the exit code is 1. A
+    process that joined a process group leaves through :func:`_leave_a_process_group`.
     """
 
     @functools.wraps(command)
@@ -91,49 +90,68 @@ def _friendly(command):
         _cache_defaults()
         _catch_sigterm()
         try:
-            return command(*args, **kwargs)
-        except typer.Exit:
+            return _one_line_failures(command, *args, **kwargs)
+        except typer.Exit as leaving:
+            _leave_a_process_group(leaving.exit_code)
             raise
-        except KeyboardInterrupt as error:
-            if isinstance(error, _Terminated):
-                _fail(
-                    "terminated (SIGTERM); what was finished is saved: run the same command "
-                    "again to resume",
-                    143,
-                )
-            _fail(
-                "interrupted; what was finished is saved: run the same command again to resume", 130
-            )
-        except OSError as error:  # a disk or permission problem outside memspace's own writes
-            if os.environ.get("MEMSPACE_DEBUG"):
-                raise
-            if error.filename:
-                _fail(f"cannot access {error.filename}: {error.strerror or type(error).__name__}")
-            text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-            _fail(
-                f"operating-system error in {command.__name__}: "
-                f"{type(error).__name__}{f': {text}' if text else ''}"
-            )
-        except MemspaceError as error:
-            if os.environ.get("MEMSPACE_DEBUG"):
-                raise
-            text = (
-                str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            )
-            _fail(text)
-        except Exception:  # anything else is memspace's bug, never passed off as the user's mistake
-            import traceback
-
-            traceback.print_exc()
-            _fail(
-                f"internal error in memspace {command.__name__} (the traceback above): this is a "
-                "bug in "
-                "memspace, not a problem with your input; please report it with the command you "
-                "ran",
-                1,
-            )
 
     return wrapper
+
+
+def _one_line_failures(command, *args, **kwargs):
+    """Run ``command``; turn its expected failures into one line and an exit code (``_fail``)."""
+    try:
+        return command(*args, **kwargs)
+    except typer.Exit:
+        raise
+    except KeyboardInterrupt as error:
+        if isinstance(error, _Terminated):
+            _fail(
+                "terminated (SIGTERM); what was finished is saved: run the same command "
+                "again to resume",
+                143,
+            )
+        _fail("interrupted; what was finished is saved: run the same command again to resume", 130)
+    except OSError as error:  # a disk or permission problem outside memspace's own writes
+        if os.environ.get("MEMSPACE_DEBUG"):
+            raise
+        if error.filename:
+            _fail(f"cannot access {error.filename}: {error.strerror or type(error).__name__}")
+        text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        _fail(
+            f"operating-system error in {command.__name__}: "
+            f"{type(error).__name__}{f': {text}' if text else ''}"
+        )
+    except MemspaceError as error:
+        if os.environ.get("MEMSPACE_DEBUG"):
+            raise
+        text = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        _fail(text)
+    except Exception:  # anything else is memspace's bug, never passed off as the user's mistake
+        import traceback
+
+        traceback.print_exc()
+        _fail(
+            f"internal error in memspace {command.__name__} (the traceback above): this is a "
+            "bug in "
+            "memspace, not a problem with your input; please report it with the command you "
+            "ran",
+            1,
+        )
+
+
+def _leave_a_process_group(code: int) -> None:
+    """Leave with ``os._exit(code)`` if this process joined a process group; else return.
+
+    A gloo thread can outlive the C++ static destructors of a process that exits normally, and the
+    process then aborts (SIGABRT, "terminate called without an active exception") after printing
+    its one line. A rank that stops (on success or failure) flushes and leaves without them.
+    """
+    distributed = sys.modules.get("torch.distributed")
+    if distributed is not None and distributed.is_available() and distributed.is_initialized():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
 
 
 def _check_option(name: str, value, low=None, high=None, *, integer: bool = False) -> None:
