@@ -25,8 +25,23 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 import torch  # noqa: E402
 
+from memspace import load_dataset  # noqa: E402
 from memspace._runs import write_atomic  # noqa: E402
 from memspace.evaluation import Estimate, Verdict  # noqa: E402
+
+
+def training_draw(cfg: dict[str, Any]):
+    """The experiments' shared data, images as stored (unflattened).
+
+    ``train_size`` training images drawn once (seed 0), the first ``test_size`` test images,
+    and the number of classes.
+    """
+    split = load_dataset(cfg["data"])
+    keep = torch.randperm(len(split.train[0]), generator=torch.Generator().manual_seed(0))
+    X, y = split.train
+    X, y = X[keep[: cfg["train_size"]]], y[keep[: cfg["train_size"]]]
+    test = split.test[0][: cfg["test_size"]], split.test[1][: cfg["test_size"]]
+    return (X, y), test, split.num_classes
 
 
 def machine() -> str:
@@ -97,8 +112,9 @@ def verdict_table(verdicts: list[Verdict | dict[str, Any]]) -> list[str]:
             else f"[{v['low']:.3g}, {v['high']:.3g}]"
         )
         p = "—" if v["p"] is None else f"{v['p']:.3g}"
+        effect = "—" if v["effect"] is None else f"{v['effect']:.3g}"  # NaN was written as null
         lines.append(
-            f"| {v['claim']} | **{v['verdict']}** | {v['test']} | {v['n']} | {v['effect']:.3g} "
+            f"| {v['claim']} | **{v['verdict']}** | {v['test']} | {v['n']} | {effect} "
             f"| {interval} | {p} | {v['note']} |"
         )
     return lines

@@ -40,11 +40,12 @@ from _preregistered import (  # noqa: E402
     commit,
     estimate_text,
     machine,
+    training_draw,
     verdict_table,
     write_results,
 )
 
-from memspace import ResidualMLP, load_dataset, predictive_path  # noqa: E402
+from memspace import ResidualMLP, predictive_path  # noqa: E402
 from memspace.evaluation import (  # noqa: E402
     Prediction,
     classification_metrics,
@@ -166,13 +167,9 @@ def model_id(depth: int, arm: dict, seed: int) -> str:
 
 
 def load(cfg: dict):
-    """The training subset (drawn once, seed 0) and the test set, inputs flattened."""
-    split = load_dataset(cfg["data"])
-    keep = torch.randperm(len(split.train[0]), generator=torch.Generator().manual_seed(0))
-    X, y = split.train
-    X, y = X[keep[: cfg["train_size"]]].flatten(1), y[keep[: cfg["train_size"]]]
-    Xt, yt = split.test[0][: cfg["test_size"]].flatten(1), split.test[1][: cfg["test_size"]]
-    return (X, y), (Xt, yt), split.num_classes
+    """The training draw and the test set (:func:`training_draw`), inputs flattened."""
+    (X, y), (Xt, yt), classes = training_draw(cfg)
+    return (X.flatten(1), y), (Xt.flatten(1), yt), classes
 
 
 def logits_of(model: nn.Module, X: torch.Tensor) -> torch.Tensor:

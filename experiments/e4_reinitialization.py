@@ -48,12 +48,13 @@ from _preregistered import (  # noqa: E402
     commit,
     estimate_text,
     machine,
+    training_draw,
     verdict_table,
     write_results,
 )
 from scipy import stats  # noqa: E402
 
-from memspace import FisherOperator, load_dataset  # noqa: E402
+from memspace import FisherOperator  # noqa: E402
 from memspace.checkpoint import load_state  # noqa: E402
 from memspace.evaluation import (  # noqa: E402
     Prediction,
@@ -147,14 +148,10 @@ PREDICTIONS = {
 
 
 def load(cfg: dict):
-    """E1's training draw and the test set, average-pooled by ``pool``."""
-    split = load_dataset(cfg["data"])
-    keep = torch.randperm(len(split.train[0]), generator=torch.Generator().manual_seed(0))
-    X, y = split.train
-    X, y = X[keep[: cfg["train_size"]]], y[keep[: cfg["train_size"]]]
-    Xt, yt = split.test[0][: cfg["test_size"]], split.test[1][: cfg["test_size"]]
+    """E1's training draw and the test set (:func:`training_draw`), average-pooled by ``pool``."""
+    (X, y), (Xt, yt), classes = training_draw(cfg)
     pool = cfg["pool"]
-    return (F.avg_pool2d(X, pool), y), (F.avg_pool2d(Xt, pool), yt), split.num_classes
+    return (F.avg_pool2d(X, pool), y), (F.avg_pool2d(Xt, pool), yt), classes
 
 
 def factory_for(cfg: dict, classes: int, size: int):

@@ -6,7 +6,7 @@ import math
 
 import numpy as np
 import pytest
-from scipy import stats
+from scipy import optimize, stats
 
 from memspace import MemspaceError
 from memspace.evaluation import (
@@ -15,6 +15,7 @@ from memspace.evaluation import (
     equivalence,
     holm,
     kendall_ci,
+    logistic_threshold,
     mean_ci,
     noninferiority,
     paired_comparison,
@@ -127,6 +128,38 @@ def test_holm_on_a_worked_example():
     np.testing.assert_allclose(adjusted[:4], [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
     assert math.isnan(adjusted[4])
     assert holm([0.6, 0.9]).tolist() == [1.0, 1.0]
+
+
+def test_logistic_threshold_is_the_maximum_likelihood_crossing():
+    rng = np.random.default_rng(0)
+    sizes = np.repeat(100 * 2.0 ** np.arange(8), 300)
+    truth, width = np.log2(1000.0), 0.4
+    success = rng.random(len(sizes)) < 1 / (1 + np.exp((np.log2(sizes) - truth) / width))
+    fit = logistic_threshold(sizes, success)
+
+    def nll(theta):  # the unpenalised Bernoulli likelihood, minimised by scipy
+        z = theta[0] + theta[1] * np.log2(sizes)
+        return float(np.sum(np.logaddexp(0, z) - success * z))
+
+    a, b = optimize.minimize(nll, [10.0, -1.0], method="Nelder-Mead", tol=1e-10).x
+    assert fit["censored"] is None and fit["slope"] < 0
+    assert fit["log2_n_star"] == pytest.approx(-a / b, abs=0.01)  # the penalty is negligible here
+    assert fit["log2_n_star"] == pytest.approx(truth, abs=0.1)
+
+
+def test_logistic_threshold_on_a_sharp_transition_and_when_censored():
+    sizes = [100, 200, 400, 800, 1600, 3200] * 5
+    sharp = logistic_threshold(sizes, [n <= 400 for n in sizes])
+    assert 400 < sharp["n_star"] < 800  # between the last size always fitted and the first never
+    above = logistic_threshold(sizes, [True] * len(sizes))
+    assert above["censored"] == "above" and above["n_star"] == 3200
+    assert math.isnan(above["log2_n_star"])
+    below = logistic_threshold(sizes, [False] * len(sizes))
+    assert below["censored"] == "below" and below["n_star"] == 100
+    rising = logistic_threshold(sizes, [n >= 800 for n in sizes])
+    assert rising["censored"] == "no decline" and math.isnan(rising["n_star"])
+    with pytest.raises(MemspaceError, match="positive"):
+        logistic_threshold([0, 1], [True, False])
 
 
 def test_calibration_error_on_a_worked_example():

@@ -2,9 +2,9 @@
 
 :mod:`.statistics` holds the tests (seed-clustered bootstrap intervals for τ, Ψ and mean
 differences; Wilcoxon signed-rank and non-inferiority across seeds; a permutation null for
-the best of M measures; Holm's correction; sample standard deviations), :mod:`.verdicts`
-the pre-registered predictions and the rules that read a verdict from committed results,
-and :mod:`.calibration` accuracy, NLL and calibration error.
+the best of M measures; Holm's correction; sample standard deviations; a logistic threshold
+N*), :mod:`.verdicts` the pre-registered predictions and the rules that read a verdict from
+committed results, and :mod:`.calibration` accuracy, NLL and calibration error.
 """
 
 from .calibration import classification_metrics, expected_calibration_error
@@ -16,6 +16,7 @@ from .statistics import (
     equivalence,
     holm,
     kendall_ci,
+    logistic_threshold,
     mean_ci,
     noninferiority,
     paired_comparison,
@@ -46,6 +47,7 @@ __all__ = [
     "equivalence",
     "best_of_permutation",
     "holm",
+    "logistic_threshold",
     # verdicts
     "VERDICTS",
     "Prediction",

@@ -19,6 +19,8 @@ table of several claims is corrected for multiplicity:
   target, take the best of all M statistics each time, so choosing the winner afterwards is
   paid for.
 - :func:`holm` — Holm's step-down adjustment of a family of p-values.
+- :func:`logistic_threshold` — where a success probability crosses ½ along log₂ N, from a
+  logistic fit to every Bernoulli outcome (a capacity N* that is not the top of a grid).
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ __all__ = [
     "equivalence",
     "holm",
     "kendall_ci",
+    "logistic_threshold",
     "mean_ci",
     "noninferiority",
     "paired_comparison",
@@ -310,3 +313,50 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
     scaled = np.minimum(1.0, (m - np.arange(m)) * p[order])
     adjusted[order] = np.maximum.accumulate(scaled)
     return adjusted
+
+
+LOGISTIC_C = 100.0
+"""Inverse L2 weight on the slope of :func:`logistic_threshold` (finite on a sharp transition)."""
+
+
+def logistic_threshold(sizes: Sequence[float], successes: Sequence[bool]) -> dict[str, Any]:
+    """N* where P(success) = σ(a + b·log₂ N) crosses ½, fitted to every outcome.
+
+    A maximum-likelihood logistic fit over the individual trials (each size and seed one
+    Bernoulli outcome), with a weak L2 weight on the slope (C = ``LOGISTIC_C``) so that a sharp
+    transition, where the unpenalised estimate diverges, still puts N* between the last size
+    always fitted and the first never fitted. Censored outcomes are said so, not extrapolated:
+    every trial a success gives ``censored = "above"`` (N* ≥ the largest size), none gives
+    ``"below"``, a fit whose success does not fall with N gives ``"no decline"``; each has
+    ``log2_n_star`` NaN.
+
+    Args:
+        sizes: each trial's N [n] (positive).
+        successes: whether it succeeded [n].
+
+    Returns:
+        ``{"n_star", "log2_n_star", "slope", "censored", "trials"}``; ``n_star`` is the bound
+        (largest or smallest size) when censored.
+    """
+    from sklearn.linear_model import LogisticRegression
+
+    x = _vector(sizes, "the sizes")
+    y = np.asarray(successes, dtype=bool)
+    if len(x) != len(y):
+        raise MemspaceError(f"{len(x)} sizes for {len(y)} outcomes")
+    if (x <= 0).any():
+        raise MemspaceError("sizes must be positive")
+    out = dict(n_star=float("nan"), log2_n_star=float("nan"), slope=float("nan"), trials=len(x))
+    if y.all():
+        return dict(out, n_star=float(x.max()), censored="above")
+    if not y.any():
+        return dict(out, n_star=float(x.min()), censored="below")
+    log2 = np.log2(x)
+    fit = LogisticRegression(C=LOGISTIC_C).fit(log2[:, None], y)
+    slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    if slope >= 0:
+        return dict(out, slope=slope, censored="no decline")
+    crossing = -intercept / slope
+    return dict(
+        out, n_star=float(2.0**crossing), log2_n_star=float(crossing), slope=slope, censored=None
+    )

@@ -157,6 +157,8 @@ class ZooStore:
             except (TypeError, ValueError, RecursionError):
                 row["hparams"] = None
             numbers = ("train_acc", "test_acc", "train_ce", "gap", "seconds")
+            for k in numbers[1:4]:  # NULL: not measured (a memorisation cell has no test set)
+                row[k] = math.nan if row[k] is None else row[k]
             if (
                 not isinstance(row["hparams"], dict)
                 or not isinstance(row["id"], str)

@@ -1,0 +1,466 @@
+"""E3 — capacity without censoring (THEORY v3 §5, claim (iv)), pre-registered.
+
+How many random (x, y) pairs a residual MLP stores, and what the predictive action costs it.
+Inputs are Fashion-MNIST images (E1's training draw, flattened to 784 numbers), labels drawn
+uniformly over the 10 classes (N·log₂10 bits that no input predicts). A cell (group, N, seed)
+trains one network with Adam until it classifies all N points or 30 000 steps pass
+(``memorise``: mini-batches of 256, checked every 10 steps). The trajectory does not depend on
+the budget, so the same run says whether the fit came within 3 000 steps: both budgets of the
+issue from one run, exactly. N doubles from 100 until every seed of a group fails within the
+large budget (capped at the 12 000 images). Groups: the residual MLP (width 32, L = 4) at
+λ = 0 and at λ = 1 (the prior-anchored predictive action on the training batch), and a
+depth-0 network (stem and read-out alone, the same width: a rank-32 linear map) as the control.
+N* is where a logistic fit of "fitted" against log₂ N crosses ½, over every cell of the group
+(:func:`memspace.evaluation.logistic_threshold`), with a seed-bootstrap interval; a group whose
+cells all fit is censored and said so. The same seed gives every group the same points and
+labels, so the groups are compared paired.
+
+The predictions below were written before the first cell ran (they are in the commit that added
+this file); the verdicts are computed from the stored cells by :mod:`memspace.evaluation`.
+
+    python experiments/e3_capacity.py run        # train what is missing (resumable)
+    python experiments/e3_capacity.py publish    # results.json and RESULTS.md from the cells
+    python experiments/e3_capacity.py run --quick --store /tmp/e3.sqlite   # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+sys.path.insert(0, str(HERE))
+
+from _preregistered import (  # noqa: E402
+    checkpoint_wal,
+    commit,
+    estimate_text,
+    machine,
+    training_draw,
+    verdict_table,
+    write_results,
+)
+
+from memspace import ResidualMLP, predictive_path  # noqa: E402
+from memspace.evaluation import (  # noqa: E402
+    Prediction,
+    clustered_bootstrap,
+    decide_direction,
+    logistic_threshold,
+    mean_ci,
+)
+from memspace.studies.capacity import memorise_population, random_labels  # noqa: E402
+from memspace.zoo import ZooStore  # noqa: E402
+
+NAME = "e3_capacity"
+FOLDER = HERE / "e3"
+CONFIG = dict(
+    data="fashion-mnist",
+    train_size=12000,
+    test_size=1,
+    first_size=100,
+    width=32,
+    depth=4,
+    lambdas=[0.0, 1.0],
+    budgets=[3000, 30000],
+    lr=3e-3,
+    batch_size=256,
+    check_every=10,
+    seeds=[0, 1, 2, 3, 4],
+    path_points=512,
+)
+QUICK = dict(
+    CONFIG,
+    train_size=400,
+    first_size=25,
+    width=8,
+    depth=2,
+    budgets=[60, 300],
+    seeds=[0, 1],
+    path_points=64,
+)
+GROUPS = ("residual λ=0", "residual λ=1", "depth-0")
+
+PREDICTIONS = {
+    "depth": Prediction(
+        claim="(iv) the residual blocks add capacity",
+        statement="The residual MLP at λ = 0 stores more random labels than its depth-0 control "
+        "within 30 000 steps.",
+        test="log₂ N*(residual, λ = 0) − log₂ N*(depth-0), logistic N* over every cell, seeds "
+        "resampled together (paired), 95 % bootstrap interval",
+        supported_if="the interval lies above 0",
+        contradicted_if="the interval lies below 0",
+    ),
+    "action": Prediction(
+        claim="(iv) an action budget costs capacity",
+        statement="Training with the predictive action at λ = 1 lowers N* against λ = 0 "
+        "(30 000 steps).",
+        test="log₂ N*(λ = 1) − log₂ N*(λ = 0), as above",
+        supported_if="the interval lies below 0",
+        contradicted_if="the interval lies above 0",
+    ),
+    "budget": Prediction(
+        claim="(iv) a failure at 3 000 steps is capacity, not optimisation",
+        statement="Ten times the step budget (30 000 against 3 000) raises N* of the residual "
+        "MLP at λ = 0 by less than one doubling.",
+        test="log₂ N*(30 000 steps) − log₂ N*(3 000 steps), as above",
+        supported_if="the interval lies below 1",
+        contradicted_if="the interval lies above 1",
+    ),
+    "cost": Prediction(
+        claim="(iv) storing costs action",
+        statement="Among the fitted λ = 0 networks, the total predictive action N·Ā (prior "
+        "anchor, on the memorised points) grows with the bits stored N·log₂10.",
+        test="per seed the least-squares slope of N·Ā (nats) against N·log₂10 (bits) over its "
+        "fitted sizes, mean over seeds, seed-bootstrap 95 % interval",
+        supported_if="the interval lies above 0",
+        contradicted_if="the interval lies below 0",
+    ),
+}
+
+
+def cell_id(group: str, n: int, seed: int) -> str:
+    return f"{group.replace(' ', '').replace('λ=', 'lam')}-N{n}-s{seed}"
+
+
+def sizes(cfg: dict) -> list[int]:
+    """N = first_size · 2^k up to the training draw, the draw itself last."""
+    out, n = [], cfg["first_size"]
+    while n < cfg["train_size"]:
+        out.append(n)
+        n *= 2
+    return out + [cfg["train_size"]]
+
+
+def cell_points(X: torch.Tensor, classes: int, n: int, seed: int):
+    """A cell's N points: a seeded subset of the draw with seeded uniform labels."""
+    pick = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:n]
+    return X[pick], random_labels(n, classes, seed * 7919 + n)
+
+
+def build(group: str, dim: int, cfg: dict, classes: int) -> nn.Module:
+    if group == "depth-0":
+        return nn.Sequential(nn.Linear(dim, cfg["width"]), nn.Linear(cfg["width"], classes))
+    return ResidualMLP(dim, cfg["width"], cfg["depth"], classes)
+
+
+def train_stage(store, X, classes, group: str, n: int, cfg: dict) -> None:
+    """Every missing seed of one (group, N), trained as one population."""
+    seeds = [s for s in cfg["seeds"] if cell_id(group, n, s) not in store.model_ids()]
+    if not seeds:
+        return
+    lam = 1.0 if group == "residual λ=1" else 0.0
+    data, models = [], []
+    for seed in seeds:
+        data.append(cell_points(X, classes, n, seed))
+        torch.manual_seed(seed)
+        models.append(build(group, X.shape[1], cfg, classes))
+    start = time.perf_counter()
+    results = memorise_population(
+        models,
+        data,
+        actions=["predictive" if lam else None] * len(seeds),
+        lams=[lam] * len(seeds),
+        seeds=seeds,
+        max_steps=max(cfg["budgets"]),
+        lr=cfg["lr"],
+        batch_size=cfg["batch_size"],
+        check_every=cfg["check_every"],
+    )
+    seconds = (time.perf_counter() - start) / len(seeds)
+    provenance = dict(machine=machine(), commit=commit())
+    for seed, model, (Xc, yc), result in zip(seeds, models, data, results):
+        measures = {
+            "n": float(n),
+            "steps": float(result.steps),
+            "train_acc": result.train_acc,
+            "diverged": float(result.diverged is not None),
+        }
+        for budget in cfg["budgets"]:
+            measures[f"fitted_{budget}"] = float(result.fitted and result.steps <= budget)
+        if result.fitted and group != "depth-0":
+            probe = (Xc[: cfg["path_points"]], yc[: cfg["path_points"]])
+            path = predictive_path(model, probe)
+            measures.update(action=path.action, ratio=path.ratio)
+        store.add(
+            dict(
+                id=cell_id(group, n, seed),
+                hparams=dict(group=group, n=n, lam=lam, **provenance),
+                seed=seed,
+                train_acc=result.train_acc,
+                test_acc=float("nan"),  # stored as NULL: memorisation has no test set
+                train_ce=float("nan"),
+                gap=float("nan"),
+                epochs=result.steps,
+                converged=bool(result.fitted),
+                seconds=seconds,
+                init_file="none",
+                final_file="none",
+            ),
+            measures,
+        )
+
+
+def run(cfg: dict, store_path: Path, progress: bool) -> None:
+    store_path.parent.mkdir(parents=True, exist_ok=True)
+    store = ZooStore(store_path)
+    try:
+        (X, _), _, classes = training_draw(cfg)
+        X = X.flatten(1)
+        print(f"E3: random labels on up to {len(X)} images; {machine()}", flush=True)
+        active = list(GROUPS)  # N rises for every group together, so each has cells early
+        for n in sizes(cfg):
+            for group in list(active):
+                start = time.perf_counter()
+                train_stage(store, X, classes, group, n, cfg)
+                fitted = [
+                    m.get(f"fitted_{max(cfg['budgets'])}", 0.0)
+                    for i, m in store.measures().items()
+                    if i in {cell_id(group, n, s) for s in cfg["seeds"]}
+                ]
+                print(
+                    f"E3: {group}, N = {n}: {int(sum(fitted))} of {len(fitted)} fitted "
+                    f"({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
+                if not any(fitted):  # every seed failed: the doubling of this group ends
+                    active.remove(group)
+    finally:
+        store.close()
+    checkpoint_wal(store_path)
+
+
+# ---------------------------------------------------------------------------- analysis
+
+
+def _cells(store_path: Path) -> list[dict]:
+    store = ZooStore(store_path)
+    try:
+        measures = store.measures()
+        return [dict(m, measures=measures.get(m["id"], {})) for m in store.models()]
+    finally:
+        store.close()
+
+
+def _log2_n_star(rows: list[dict], budget: int) -> float:
+    fit = logistic_threshold(
+        [r["measures"]["n"] for r in rows], [r["measures"][f"fitted_{budget}"] > 0 for r in rows]
+    )
+    return fit["log2_n_star"]
+
+
+def _paired_difference(cells, a: tuple[str, int], b: tuple[str, int]):
+    """log₂ N*(a) − log₂ N*(b), resampling seeds together (a and b share each seed's data)."""
+    rows = [c for c in cells if c["hparams"]["group"] in (a[0], b[0])]
+    seeds = [c["seed"] for c in rows]
+
+    def statistic(idx: np.ndarray) -> float:
+        picked = [rows[i] for i in idx]
+        left = [r for r in picked if r["hparams"]["group"] == a[0]]
+        right = [r for r in picked if r["hparams"]["group"] == b[0]]
+        if not left or not right:
+            return float("nan")
+        return _log2_n_star(left, a[1]) - _log2_n_star(right, b[1])
+
+    return clustered_bootstrap(statistic, len(rows), seeds)
+
+
+def analyse(cells: list[dict], cfg: dict) -> dict:
+    """Every statistic and verdict, from the stored cells alone."""
+    groups = {}
+    for group in GROUPS:
+        rows = [c for c in cells if c["hparams"]["group"] == group]
+        if not rows:
+            continue
+        entry = dict(group=group, sizes=sorted({int(r["measures"]["n"]) for r in rows}))
+        for budget in cfg["budgets"]:
+            fit = logistic_threshold(
+                [r["measures"]["n"] for r in rows],
+                [r["measures"][f"fitted_{budget}"] > 0 for r in rows],
+            )
+            seeds = [r["seed"] for r in rows]
+            interval = clustered_bootstrap(
+                lambda idx, budget=budget, rows=rows: _log2_n_star([rows[i] for i in idx], budget),
+                len(rows),
+                seeds,
+            )
+            fractions = {
+                n: float(
+                    np.mean(
+                        [r["measures"][f"fitted_{budget}"] for r in rows if r["measures"]["n"] == n]
+                    )
+                )
+                for n in entry["sizes"]
+            }
+            entry[f"budget_{budget}"] = dict(
+                fit=fit, log2_interval=interval.as_dict(), fitted_fraction=fractions
+            )
+        groups[group] = entry
+    big, small = max(cfg["budgets"]), min(cfg["budgets"])
+    verdicts = []
+    if {"residual λ=0", "depth-0"} <= set(groups):
+        verdicts.append(
+            decide_direction(
+                PREDICTIONS["depth"],
+                _paired_difference(cells, ("residual λ=0", big), ("depth-0", big)),
+            )
+        )
+    if {"residual λ=0", "residual λ=1"} <= set(groups):
+        verdicts.append(
+            decide_direction(
+                PREDICTIONS["action"],
+                _paired_difference(cells, ("residual λ=1", big), ("residual λ=0", big)),
+                predicted="below",
+            )
+        )
+    slopes = []
+    if "residual λ=0" in groups:
+        verdicts.append(
+            decide_direction(
+                PREDICTIONS["budget"],
+                _paired_difference(cells, ("residual λ=0", big), ("residual λ=0", small)),
+                threshold=1.0,
+                predicted="below",
+            )
+        )
+        for seed in cfg["seeds"]:
+            fitted = [
+                c["measures"]
+                for c in cells
+                if c["hparams"]["group"] == "residual λ=0"
+                and c["seed"] == seed
+                and "action" in c["measures"]
+            ]
+            if len({m["n"] for m in fitted}) >= 2:
+                bits = [m["n"] * math.log2(10) for m in fitted]
+                total = [m["n"] * m["action"] for m in fitted]
+                slopes.append(float(np.polyfit(bits, total, 1)[0]))
+        if slopes:
+            verdicts.append(decide_direction(PREDICTIONS["cost"], mean_ci(slopes)))
+    return dict(
+        groups=groups,
+        action_slope_per_seed=slopes,
+        verdicts=[v.as_dict() for v in verdicts],
+    )
+
+
+def section(results: dict) -> str:
+    """The RESULTS.md section, written from ``results`` alone."""
+    cfg, a = results["config"], results["analysis"]
+    machines = sorted({c["hparams"].get("machine", "?") for c in results["cells"]})
+    seconds = sum(c["seconds"] for c in results["cells"])
+    lines = [
+        "## E3 — capacity without censoring (pre-registered)",
+        "",
+        f"Generated by `experiments/e3_capacity.py publish` from `experiments/e3/results.json` "
+        f"({len(results['cells'])} cells, {seconds / 60:.0f} min of training summed; machine: "
+        f"{'; '.join(machines)}). Random labels over 10 classes on Fashion-MNIST images; residual "
+        f"MLP width {cfg['width']}, L = {cfg['depth']}; Adam (lr {cfg['lr']}, batch "
+        f"{cfg['batch_size']}) until every point is fitted or {max(cfg['budgets'])} steps; N "
+        f"doubles from {cfg['first_size']} until every seed of a group fails; seeds "
+        f"{cfg['seeds']}. N* is the logistic crossing of ½ (log₂ N); intervals are 95 % "
+        "seed-bootstrap percentile intervals.",
+        "",
+        "### Predictions (written before the run)",
+        "",
+        "| claim | prediction | test | supported if | contradicted if |",
+        "|---|---|---|---|---|",
+    ]
+    for p in results["predictions"]:
+        fields = ("claim", "statement", "test", "supported_if", "contradicted_if")
+        lines.append("| " + " | ".join(p[f] for f in fields) + " |")
+    lines += ["", "### Verdicts (read by code from the cells)", ""]
+    done = list(a["groups"])
+    if set(done) != set(GROUPS):
+        lines += [
+            f"**Provisional — groups stored: {', '.join(done) or 'none'} of {', '.join(GROUPS)}.**",
+            "",
+        ]
+    lines += verdict_table(a["verdicts"]) if a["verdicts"] else ["No cell has been stored yet."]
+    lines += ["", "### N* per group and step budget", ""]
+    lines += ["| group | budget | N* | log₂ N* | fitted fraction by N |", "|---|---|---|---|---|"]
+    for group, e in a["groups"].items():
+        for budget in cfg["budgets"]:
+            b = e[f"budget_{budget}"]
+            fit = b["fit"]
+            if fit["censored"]:
+                n_star = (
+                    f"≥ {fit['n_star']:.0f} (censored)"
+                    if fit["censored"] == "above"
+                    else f"< {fit['n_star']:.0f} (censored)"
+                    if fit["censored"] == "below"
+                    else "no decline with N"
+                )
+                log2 = "—"
+            else:
+                n_star = f"{fit['n_star']:.0f}"
+                log2 = estimate_text(dict(b["log2_interval"], value=fit["log2_n_star"]), "{:.2f}")
+            fractions = ", ".join(f"{n}: {f:.1f}" for n, f in b["fitted_fraction"].items())
+            lines.append(f"| {group} | {budget} | {n_star} | {log2} | {fractions} |")
+    if a["action_slope_per_seed"]:
+        lines += [
+            "",
+            "Total predictive action N·Ā of the fitted λ = 0 networks per bit stored "
+            "(least-squares slope, nats per bit), per seed: "
+            + ", ".join(f"{s:.3g}" for s in a["action_slope_per_seed"])
+            + ".",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def publish(store_path: Path, cfg: dict, out: Path) -> Path:
+    checkpoint_wal(store_path)
+    cells = _cells(store_path)
+    results = dict(
+        experiment=NAME,
+        config=cfg,
+        predictions=[dict(p.as_dict(), key=k) for k, p in PREDICTIONS.items()],
+        cells=[
+            dict(
+                id=c["id"],
+                seed=c["seed"],
+                hparams=c["hparams"],
+                seconds=c["seconds"],
+                measures=c["measures"],
+            )
+            for c in cells
+        ],
+        analysis=analyse(cells, cfg),
+    )
+    write_results(out, results)
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["run", "publish"])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes")
+    parser.add_argument("--store", type=Path, default=FOLDER / "cells.sqlite")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    cfg = QUICK if args.quick else CONFIG
+    if args.command == "run":
+        run(cfg, args.store, progress=not args.no_progress)
+    results_file = args.store.parent / "results.json"
+    publish(args.store, cfg, results_file)
+    text = section(json.loads(results_file.read_text()))
+    if args.store == FOLDER / "cells.sqlite" and not args.quick:
+        from _publish import publish as publish_section
+
+        print(publish_section(NAME, text))
+    else:
+        (args.store.parent / f"{NAME}.md").write_text(text)
+        print(args.store.parent / f"{NAME}.md")
+
+
+if __name__ == "__main__":
+    main()
