@@ -15,7 +15,14 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from memspace._runs import write_atomic  # noqa: E402
 
-ORDER = ["e1_least_action", "e3_capacity", "e4_reinitialization", "least_action", "memory_space", "zoo"]
+ORDER = [
+    "e1_least_action",
+    "e3_capacity",
+    "e4_reinitialization",
+    "least_action",
+    "memory_space",
+    "zoo",
+]
 PRE_REGISTERED = {"e1_least_action", "e3_capacity", "e4_reinitialization"}
 SUPERSEDED_NOTE = """\
 > **The sections after the pre-registered experiments are v2 and superseded.** They were
