@@ -1,7 +1,8 @@
-"""E1's analysis reads each verdict from constructed cells (experiments/e1_least_action.py)."""
+"""The experiments' analyses read each verdict from constructed cells (experiments/e*.py)."""
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -82,3 +83,134 @@ def test_noisy_arms_are_not_established():
     assert verdicts["(ii) does not hurt: predictive@prior, L = 8"] == "not established"
     assert verdicts["(ii) helps: predictive@prior, L = 8"] == "not established"
     assert verdicts["(i) near least action, L = 8"] == "not established"
+
+
+# ------------------------------------------------------------------- E3 (capacity)
+
+e3 = pytest.importorskip("e3_capacity")
+E3_SIZES = [100, 200, 400, 800, 1600, 3200]
+
+
+def _e3_cells(last_fitted: dict[tuple[str, int], list[int]], per_bit=0.1) -> list[dict]:
+    """Cells whose seed s of group g fits every N up to ``last_fitted[g, budget][s]``.
+
+    A fitted network's total action N·Ā is 10 + ``per_bit`` · N log₂10.
+    """
+    cells = []
+    for group in e3.GROUPS:
+        for seed in range(5):
+            for n in E3_SIZES:
+                measures = {"n": float(n)}
+                for budget in e3.CONFIG["budgets"]:
+                    measures[f"fitted_{budget}"] = float(n <= last_fitted[group, budget][seed])
+                if measures["fitted_30000"] and group != "depth-0":
+                    measures["action"] = (10 + per_bit * n * math.log2(10)) / n
+                cells.append(
+                    dict(
+                        id=e3.cell_id(group, n, seed),
+                        seed=seed,
+                        hparams=dict(group=group, n=n),
+                        measures=measures,
+                        seconds=1.0,
+                    )
+                )
+    return cells
+
+
+def _e3_verdicts(cells):
+    return {v["claim"]: v["verdict"] for v in e3.analyse(cells, e3.CONFIG)["verdicts"]}
+
+
+def test_e3_capacity_that_depth_adds_and_the_action_costs_is_supported():
+    fits = {
+        ("residual λ=0", 30000): [1600, 1600, 3200, 1600, 800],
+        ("residual λ=0", 3000): [1600, 1600, 1600, 1600, 800],
+        ("residual λ=1", 30000): [400, 200, 400, 400, 200],
+        ("residual λ=1", 3000): [400, 200, 400, 400, 200],
+        ("depth-0", 30000): [200, 200, 100, 200, 200],
+        ("depth-0", 3000): [200, 200, 100, 200, 200],
+    }
+    verdicts = _e3_verdicts(_e3_cells(fits))
+    assert verdicts["(iv) the residual blocks add capacity"] == "supported"
+    assert verdicts["(iv) an action budget costs capacity"] == "supported"
+    assert verdicts["(iv) a failure at 3 000 steps is capacity, not optimisation"] == "supported"
+    assert verdicts["(iv) storing costs action"] == "supported"
+
+
+def test_e3_the_opposite_is_contradicted_and_a_censored_group_is_not_established():
+    fits = {
+        ("residual λ=0", 30000): [1600, 1600, 800, 1600, 800],
+        ("residual λ=0", 3000): [100, 200, 100, 100, 100],  # 3 000 steps were too few
+        ("residual λ=1", 30000): [3200, 3200, 1600, 3200, 3200],
+        ("residual λ=1", 3000): [800, 800, 800, 800, 800],
+        ("depth-0", 30000): [3200] * 5,  # every cell fitted: N* censored above the grid
+        ("depth-0", 3000): [3200] * 5,
+    }
+    verdicts = _e3_verdicts(_e3_cells(fits, per_bit=-0.0005))
+    assert verdicts["(iv) the residual blocks add capacity"] == "not established"
+    assert verdicts["(iv) an action budget costs capacity"] == "contradicted"
+    assert verdicts["(iv) a failure at 3 000 steps is capacity, not optimisation"] == "contradicted"
+    assert verdicts["(iv) storing costs action"] == "contradicted"
+
+
+# ------------------------------------------------------- E4 (re-initialisation)
+
+e4 = pytest.importorskip("e4_reinitialization")
+E4_LAYERS = ["stem", *(f"blocks.{i}" for i in range(8)), "head"]
+
+
+def _e4_cells(stem_damage: float, block_damage: float, trace_sign: float) -> list[dict]:
+    """Cells of 5 seeds: a block's damage grows with its index; its tr F with ``trace_sign``."""
+    cells = []
+    for seed in range(5):
+        jitter = 0.001 * (seed - 2)
+        for index, layer in enumerate(E4_LAYERS):
+            if layer == "stem":
+                damage = stem_damage
+            elif layer == "head":
+                damage = 0.002
+            else:
+                damage = block_damage + 0.0005 * index + jitter / 10
+            measures = dict(trained_error=0.12 + jitter, trained_nll=0.35)
+            for column in e4.COLUMNS:
+                measures[f"error_{column}"] = measures["trained_error"] + damage + jitter / 5
+                measures[f"nll_{column}"] = 0.35 + 3 * damage
+            measures.update(
+                trace=1.0 + trace_sign * index,
+                quadratic_kl=0.01 * (1 + trace_sign * index / 10),
+                reset_kl=0.01 * (1 + index / 10),
+                distance_l2=0.2,
+            )
+            cells.append(
+                dict(
+                    id=f"s{seed}-{layer}",
+                    seed=seed,
+                    hparams=dict(layer=layer, index=index),
+                    measures=measures,
+                )
+            )
+    return cells
+
+
+def _e4_verdicts(cells):
+    return {v["claim"]: v["verdict"] for v in e4.analyse(cells, e4.CONFIG)["verdicts"]}
+
+
+def test_e4_zhang_bengio_singer_pattern_with_ranked_damage_is_supported():
+    verdicts = _e4_verdicts(_e4_cells(stem_damage=0.4, block_damage=0.001, trace_sign=1.0))
+    assert verdicts["(v) the stem is critical"] == "supported"
+    assert verdicts["(v) residual blocks are re-initialisation robust"] == "supported"
+    assert verdicts["(v) residual blocks are re-randomisation robust"] == "supported"
+    assert verdicts["(v) Fisher sensitivity ranks the damage within blocks"] == "supported"
+    assert verdicts["(v) ½ δᵀFδ ranks the reset's KL within blocks"] == "supported"
+    analysis = e4.analyse(_e4_cells(0.4, 0.001, 1.0), e4.CONFIG)
+    labels = {e["layer"]: e["damage_0"]["zbs_label"] for e in analysis["layers"]}
+    assert labels["stem"] == "critical" and labels["blocks.0"] == "robust"
+
+
+def test_e4_a_robust_stem_damaging_blocks_and_reversed_ranks_are_contradicted():
+    verdicts = _e4_verdicts(_e4_cells(stem_damage=0.0, block_damage=0.05, trace_sign=-0.1))
+    assert verdicts["(v) the stem is critical"] == "contradicted"
+    assert verdicts["(v) residual blocks are re-initialisation robust"] == "contradicted"
+    assert verdicts["(v) Fisher sensitivity ranks the damage within blocks"] == "contradicted"
+    assert verdicts["(v) ½ δᵀFδ ranks the reset's KL within blocks"] == "contradicted"

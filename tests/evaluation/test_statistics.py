@@ -151,6 +151,12 @@ def test_logistic_threshold_on_a_sharp_transition_and_when_censored():
     sizes = [100, 200, 400, 800, 1600, 3200] * 5
     sharp = logistic_threshold(sizes, [n <= 400 for n in sizes])
     assert 400 < sharp["n_star"] < 800  # between the last size always fitted and the first never
+    from sklearn.linear_model import LogisticRegression  # the same penalised objective, a peer
+
+    x = np.log2(sizes)[:, None]
+    peer = LogisticRegression(C=100.0, tol=1e-10).fit(x, [n <= 400 for n in sizes])
+    crossing = -peer.intercept_[0] / peer.coef_[0, 0]
+    assert sharp["log2_n_star"] == pytest.approx(crossing, abs=1e-3)
     above = logistic_threshold(sizes, [True] * len(sizes))
     assert above["censored"] == "above" and above["n_star"] == 3200
     assert math.isnan(above["log2_n_star"])

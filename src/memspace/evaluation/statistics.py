@@ -323,7 +323,9 @@ def logistic_threshold(sizes: Sequence[float], successes: Sequence[bool]) -> dic
     """N* where P(success) = σ(a + b·log₂ N) crosses ½, fitted to every outcome.
 
     A maximum-likelihood logistic fit over the individual trials (each size and seed one
-    Bernoulli outcome), with a weak L2 weight on the slope (C = ``LOGISTIC_C``) so that a sharp
+    Bernoulli outcome), with a weak L2 weight b²/(2C) on the slope (C = ``LOGISTIC_C``;
+    scikit-learn's ``LogisticRegression(C)`` objective, solved by Newton's method here because a
+    bootstrap refits it thousands of times) so that a sharp
     transition, where the unpenalised estimate diverges, still puts N* between the last size
     always fitted and the first never fitted. Censored outcomes are said so, not extrapolated:
     every trial a success gives ``censored = "above"`` (N* ≥ the largest size), none gives
@@ -338,8 +340,6 @@ def logistic_threshold(sizes: Sequence[float], successes: Sequence[bool]) -> dic
         ``{"n_star", "log2_n_star", "slope", "censored", "trials"}``; ``n_star`` is the bound
         (largest or smallest size) when censored.
     """
-    from sklearn.linear_model import LogisticRegression
-
     x = _vector(sizes, "the sizes")
     y = np.asarray(successes, dtype=bool)
     if len(x) != len(y):
@@ -351,12 +351,26 @@ def logistic_threshold(sizes: Sequence[float], successes: Sequence[bool]) -> dic
         return dict(out, n_star=float(x.max()), censored="above")
     if not y.any():
         return dict(out, n_star=float(x.min()), censored="below")
-    log2 = np.log2(x)
-    fit = LogisticRegression(C=LOGISTIC_C).fit(log2[:, None], y)
-    slope, intercept = float(fit.coef_[0, 0]), float(fit.intercept_[0])
+    intercept, slope = _penalised_logistic(np.log2(x), y.astype(float), LOGISTIC_C)
     if slope >= 0:
         return dict(out, slope=slope, censored="no decline")
     crossing = -intercept / slope
     return dict(
         out, n_star=float(2.0**crossing), log2_n_star=float(crossing), slope=slope, censored=None
     )
+
+
+def _penalised_logistic(x: np.ndarray, y: np.ndarray, C: float) -> tuple[float, float]:
+    """(a, b) minimising Σ log(1 + e^{z}) − y z + b²/(2C), z = a + b x (Newton, strictly convex)."""
+    X = np.column_stack([np.ones_like(x), x])
+    theta = np.zeros(2)
+    ridge = np.array([0.0, 1.0 / C])
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(X @ theta)))
+        gradient = X.T @ (p - y) + ridge * theta
+        hessian = (X * (p * (1 - p))[:, None]).T @ X + np.diag(ridge) + 1e-12 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        theta -= step
+        if np.abs(step).max() < 1e-10:
+            break
+    return float(theta[0]), float(theta[1])
