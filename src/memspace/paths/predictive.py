@@ -383,8 +383,6 @@ def predictive_path(
             ``block_names`` (modules mapping x_l to x_{l+1}, in order) and ``head``.
         data: DataLoader, iterable of ``(x, y)`` or an ``(X, y)`` pair. Labels are used
             only for the lens accuracy (classification with integer labels).
-        head: the read-out applied to every state: a module, the name of one, or a
-            callable [stream] → logits [N, C]. Default: the model's ``head``.
         block_names: the residual blocks of a model that is not a memspace residual model.
         head: the read-out applied to every state: a module, the name of one, or a
             callable [stream] → logits [N, C]. Default: the model's ``head``.
