@@ -11,6 +11,7 @@ written from that file alone.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -28,6 +29,7 @@ import torch  # noqa: E402
 from memspace import load_dataset  # noqa: E402
 from memspace._runs import write_atomic  # noqa: E402
 from memspace.evaluation import Estimate, Verdict  # noqa: E402
+from memspace.zoo import ZooStore  # noqa: E402
 
 
 def training_draw(cfg: dict[str, Any]):
@@ -118,3 +120,55 @@ def verdict_table(verdicts: list[Verdict | dict[str, Any]]) -> list[str]:
             f"| {interval} | {p} | {v['note']} |"
         )
     return lines
+
+
+def stored_cells(store_path: Path) -> list[dict[str, Any]]:
+    """Every stored row with its measures (``measures``), by id."""
+    store = ZooStore(store_path)
+    try:
+        measures = store.measures()
+        return [dict(m, measures=measures.get(m["id"], {})) for m in store.models()]
+    finally:
+        store.close()
+
+
+def predictions_table(predictions: list[dict[str, str]]) -> list[str]:
+    """The section's "Predictions (written before the run)" heading and table."""
+    lines = [
+        "### Predictions (written before the run)",
+        "",
+        "| claim | prediction | test | supported if | contradicted if |",
+        "|---|---|---|---|---|",
+    ]
+    fields = ("claim", "statement", "test", "supported_if", "contradicted_if")
+    lines += ["| " + " | ".join(p[f] for f in fields) + " |" for p in predictions]
+    return lines + ["", "### Verdicts (read by code from the cells)", ""]
+
+
+def main(module: Any) -> None:
+    """An experiment's command line: ``run`` (then publish) or ``publish``.
+
+    ``module`` provides ``NAME``, ``FOLDER``, ``CONFIG``, ``QUICK`` and ``run(cfg, store,
+    progress)``, ``publish(store, cfg, results_file)``, ``section(results)``. The default store
+    publishes into experiments/RESULTS.md; another store (or ``--quick``) writes its section
+    beside the store.
+    """
+    parser = argparse.ArgumentParser(description=module.__doc__.splitlines()[0])
+    parser.add_argument("command", choices=["run", "publish"])
+    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes")
+    parser.add_argument("--store", type=Path, default=module.FOLDER / "cells.sqlite")
+    parser.add_argument("--no-progress", action="store_true")
+    args = parser.parse_args()
+    cfg = module.QUICK if args.quick else module.CONFIG
+    if args.command == "run":
+        module.run(cfg, args.store, progress=not args.no_progress)
+    results_file = args.store.parent / "results.json"
+    module.publish(args.store, cfg, results_file)
+    text = module.section(json.loads(results_file.read_text()))
+    if args.store == module.FOLDER / "cells.sqlite" and not args.quick:
+        from _publish import publish as publish_section
+
+        print(publish_section(module.NAME, text))
+    else:
+        (args.store.parent / f"{module.NAME}.md").write_text(text)
+        print(args.store.parent / f"{module.NAME}.md")

@@ -21,7 +21,6 @@ resumes from its population checkpoint (``experiments/e1/runs/``, not committed)
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import sys
 import time
@@ -40,6 +39,9 @@ from _preregistered import (  # noqa: E402
     commit,
     estimate_text,
     machine,
+    main,
+    predictions_table,
+    stored_cells,
     training_draw,
     verdict_table,
     write_results,
@@ -359,15 +361,6 @@ def run(cfg: dict, store_path: Path, progress: bool) -> None:
 # ---------------------------------------------------------------------------- analysis
 
 
-def _cells(store_path: Path) -> list[dict]:
-    store = ZooStore(store_path)
-    try:
-        measures = store.measures()
-        return [dict(m, measures=measures.get(m["id"], {})) for m in store.models()]
-    finally:
-        store.close()
-
-
 def _by_seed(cells, depth, arm, lam=None) -> dict[int, dict]:
     out = {}
     for c in cells:
@@ -566,15 +559,8 @@ def section(results: dict) -> str:
         f"Paths on the first {cfg['probe_size']} test images. Intervals are 95 % seed-bootstrap "
         "percentile intervals; ± is the sample standard deviation (ddof = 1).",
         "",
-        "### Predictions (written before the run)",
-        "",
-        "| claim | prediction | test | supported if | contradicted if |",
-        "|---|---|---|---|---|",
+        *predictions_table(results["predictions"]),
     ]
-    for p in results["predictions"]:
-        fields = ("claim", "statement", "test", "supported_if", "contradicted_if")
-        lines.append("| " + " | ".join(p[f] for f in fields) + " |")
-    lines += ["", "### Verdicts (read by code from the cells)", ""]
     stored = {
         depth: sorted(
             {
@@ -664,7 +650,7 @@ def section(results: dict) -> str:
 
 def publish(store_path: Path, cfg: dict, out: Path) -> Path:
     checkpoint_wal(store_path)
-    cells = _cells(store_path)
+    cells = stored_cells(store_path)
     results = dict(
         experiment=NAME,
         config=cfg,
@@ -687,27 +673,5 @@ def publish(store_path: Path, cfg: dict, out: Path) -> Path:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "publish"])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes")
-    parser.add_argument("--store", type=Path, default=FOLDER / "cells.sqlite")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
-    cfg = QUICK if args.quick else CONFIG
-    if args.command == "run":
-        run(cfg, args.store, progress=not args.no_progress)
-    results_file = args.store.parent / "results.json"
-    publish(args.store, cfg, results_file)
-    text = section(__import__("json").loads(results_file.read_text()))
-    if args.store == FOLDER / "cells.sqlite" and not args.quick:
-        from _publish import publish as publish_section
-
-        print(publish_section(NAME, text))
-    else:
-        (args.store.parent / f"{NAME}.md").write_text(text)
-        print(args.store.parent / f"{NAME}.md")
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

@@ -25,8 +25,6 @@ this file); the verdicts are computed from the stored cells by :mod:`memspace.ev
 
 from __future__ import annotations
 
-import argparse
-import json
 import math
 import sys
 import time
@@ -45,6 +43,9 @@ from _preregistered import (  # noqa: E402
     commit,
     estimate_text,
     machine,
+    main,
+    predictions_table,
+    stored_cells,
     training_draw,
     verdict_table,
     write_results,
@@ -242,15 +243,6 @@ def run(cfg: dict, store_path: Path, progress: bool) -> None:
 # ---------------------------------------------------------------------------- analysis
 
 
-def _cells(store_path: Path) -> list[dict]:
-    store = ZooStore(store_path)
-    try:
-        measures = store.measures()
-        return [dict(m, measures=measures.get(m["id"], {})) for m in store.models()]
-    finally:
-        store.close()
-
-
 def _log2_n_star(rows: list[dict], budget: int) -> float:
     fit = logistic_threshold(
         [r["measures"]["n"] for r in rows], [r["measures"][f"fitted_{budget}"] > 0 for r in rows]
@@ -370,15 +362,8 @@ def section(results: dict) -> str:
         f"{cfg['seeds']}. N* is the logistic crossing of ½ (log₂ N); intervals are 95 % "
         "seed-bootstrap percentile intervals.",
         "",
-        "### Predictions (written before the run)",
-        "",
-        "| claim | prediction | test | supported if | contradicted if |",
-        "|---|---|---|---|---|",
+        *predictions_table(results["predictions"]),
     ]
-    for p in results["predictions"]:
-        fields = ("claim", "statement", "test", "supported_if", "contradicted_if")
-        lines.append("| " + " | ".join(p[f] for f in fields) + " |")
-    lines += ["", "### Verdicts (read by code from the cells)", ""]
     done = list(a["groups"])
     if set(done) != set(GROUPS):
         lines += [
@@ -419,7 +404,7 @@ def section(results: dict) -> str:
 
 def publish(store_path: Path, cfg: dict, out: Path) -> Path:
     checkpoint_wal(store_path)
-    cells = _cells(store_path)
+    cells = stored_cells(store_path)
     results = dict(
         experiment=NAME,
         config=cfg,
@@ -440,27 +425,5 @@ def publish(store_path: Path, cfg: dict, out: Path) -> Path:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "publish"])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes")
-    parser.add_argument("--store", type=Path, default=FOLDER / "cells.sqlite")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
-    cfg = QUICK if args.quick else CONFIG
-    if args.command == "run":
-        run(cfg, args.store, progress=not args.no_progress)
-    results_file = args.store.parent / "results.json"
-    publish(args.store, cfg, results_file)
-    text = section(json.loads(results_file.read_text()))
-    if args.store == FOLDER / "cells.sqlite" and not args.quick:
-        from _publish import publish as publish_section
-
-        print(publish_section(NAME, text))
-    else:
-        (args.store.parent / f"{NAME}.md").write_text(text)
-        print(args.store.parent / f"{NAME}.md")
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

@@ -29,8 +29,6 @@ this file); the verdicts are computed from the stored cells by :mod:`memspace.ev
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -48,6 +46,9 @@ from _preregistered import (  # noqa: E402
     commit,
     estimate_text,
     machine,
+    main,
+    predictions_table,
+    stored_cells,
     training_draw,
     verdict_table,
     write_results,
@@ -55,7 +56,6 @@ from _preregistered import (  # noqa: E402
 from scipy import stats  # noqa: E402
 
 from memspace import FisherOperator  # noqa: E402
-from memspace.checkpoint import load_state  # noqa: E402
 from memspace.evaluation import (  # noqa: E402
     Prediction,
     Verdict,
@@ -65,8 +65,13 @@ from memspace.evaluation import (  # noqa: E402
 )
 from memspace.paths.models import ResidualCNN  # noqa: E402
 from memspace.population import Member, Population, train_population  # noqa: E402
-from memspace.studies.robustness import classify_layers, layer_units, reinitialization  # noqa: E402
-from memspace.train import load_checkpoint, snapshot  # noqa: E402
+from memspace.studies.robustness import (  # noqa: E402
+    classify_layers,
+    layer_units,
+    reinitialization,
+    training_checkpoints,
+)
+from memspace.train import snapshot  # noqa: E402
 from memspace.zoo import ZooStore  # noqa: E402
 
 NAME = "e4_reinitialization"
@@ -170,14 +175,7 @@ def _mean_kl(model, state_a, state_b, X) -> float:
 
 def measure_seed(model, factory, folder: Path, cfg: dict, train, test, seed: int) -> list[dict]:
     """Every layer's resets, tr F_ℓℓ and reset KL for one trained network (one row per layer)."""
-    checkpoints = {}
-    for tau in cfg["taus"]:
-        probe = factory()
-        if tau == 0:
-            probe.load_state_dict(load_state(folder / "init.safetensors"))
-        else:
-            load_checkpoint(folder / f"epoch-{tau:04d}.safetensors", probe)
-        checkpoints[str(tau)] = snapshot(probe)
+    checkpoints = training_checkpoints(factory, folder, cfg["taus"])
     final = snapshot(model)
     reinit = reinitialization(
         factory,
@@ -294,15 +292,6 @@ def run(cfg: dict, store_path: Path, progress: bool) -> None:
 
 
 # ---------------------------------------------------------------------------- analysis
-
-
-def _cells(store_path: Path) -> list[dict]:
-    store = ZooStore(store_path)
-    try:
-        measures = store.measures()
-        return [dict(m, measures=measures.get(m["id"], {})) for m in store.models()]
-    finally:
-        store.close()
 
 
 def _by_seed(cells: list[dict]) -> dict[int, list[dict]]:
@@ -437,15 +426,8 @@ def section(results: dict) -> str:
         "point (negligible), critical when above, undecided otherwise; memspace's thresholds "
         "(robust Δ ≤ 1 point, critical within 10 points of chance, else intermediate) beside it.",
         "",
-        "### Predictions (written before the run)",
-        "",
-        "| claim | prediction | test | supported if | contradicted if |",
-        "|---|---|---|---|---|",
+        *predictions_table(results["predictions"]),
     ]
-    for p in results["predictions"]:
-        fields = ("claim", "statement", "test", "supported_if", "contradicted_if")
-        lines.append("| " + " | ".join(p[f] for f in fields) + " |")
-    lines += ["", "### Verdicts (read by code from the cells)", ""]
     if len(a["seeds"]) < len(cfg["seeds"]):
         lines += [
             f"**Provisional — {len(a['seeds'])} of {len(cfg['seeds'])} seeds stored.**",
@@ -489,7 +471,7 @@ def section(results: dict) -> str:
 
 def publish(store_path: Path, cfg: dict, out: Path) -> Path:
     checkpoint_wal(store_path)
-    cells = _cells(store_path)
+    cells = stored_cells(store_path)
     results = dict(
         experiment=NAME,
         config=cfg,
@@ -505,27 +487,5 @@ def publish(store_path: Path, cfg: dict, out: Path) -> Path:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("command", choices=["run", "publish"])
-    parser.add_argument("--quick", action="store_true", help="a smoke run: tiny sizes")
-    parser.add_argument("--store", type=Path, default=FOLDER / "cells.sqlite")
-    parser.add_argument("--no-progress", action="store_true")
-    args = parser.parse_args()
-    cfg = QUICK if args.quick else CONFIG
-    if args.command == "run":
-        run(cfg, args.store, progress=not args.no_progress)
-    results_file = args.store.parent / "results.json"
-    publish(args.store, cfg, results_file)
-    text = section(json.loads(results_file.read_text()))
-    if args.store == FOLDER / "cells.sqlite" and not args.quick:
-        from _publish import publish as publish_section
-
-        print(publish_section(NAME, text))
-    else:
-        (args.store.parent / f"{NAME}.md").write_text(text)
-        print(args.store.parent / f"{NAME}.md")
-
-
 if __name__ == "__main__":
-    main()
+    main(sys.modules[__name__])

@@ -47,6 +47,7 @@ __all__ = [
     "layer_units",
     "reinitialization",
     "sensitivity_ranks_damage",
+    "training_checkpoints",
     "weight_noise",
 ]
 
@@ -388,6 +389,28 @@ def weight_noise(
     )
 
 
+def training_checkpoints(
+    model_factory: Callable[[], nn.Module], folder, taus: Sequence[int]
+) -> dict[str, dict[str, Tensor]]:
+    """``{str(τ): state}`` of a training run folder: τ = 0 its initialisation, else epoch τ.
+
+    The folder is one :func:`memspace.fit` (or a population member) wrote with checkpoints every
+    epoch; ``model_factory`` builds the architecture the states are loaded into (checked).
+    """
+    from ..checkpoint import load_state
+    from ..train import load_checkpoint
+
+    states = {}
+    for tau in taus:
+        probe = model_factory()
+        if tau == 0:
+            probe.load_state_dict(load_state(folder / "init.safetensors"))
+        else:
+            load_checkpoint(folder / f"epoch-{tau:04d}.safetensors", probe)
+        states[str(tau)] = snapshot(probe)
+    return states
+
+
 def sensitivity_ranks_damage(
     fisher_trace: Sequence[float], damage: Sequence[float]
 ) -> dict[str, float]:
@@ -448,7 +471,6 @@ def robustness_study(
     from ..data import load_dataset
     from ..paths import block_sensitivity, build_model
     from ..population import Member, Population, train_population
-    from ..train import load_checkpoint
     from ._cells import CellStore
 
     split = split or load_dataset(config["data"], seed=0, limit=config.get("limit"))
@@ -481,17 +503,7 @@ def robustness_study(
         if key in store:
             continue
         result = trained.member(done)
-        folder = trained.folders[done]
-        checkpoints = {}
-        for tau in config["taus"]:
-            probe = factory()
-            if tau == 0:
-                from ..checkpoint import load_state
-
-                probe.load_state_dict(load_state(folder / "init.safetensors"))
-            else:
-                load_checkpoint(folder / f"epoch-{tau:04d}.safetensors", probe)
-            checkpoints[str(tau)] = snapshot(probe)
+        checkpoints = training_checkpoints(factory, trained.folders[done], config["taus"])
         final = snapshot(result.model)
         status(f"re-initialization heat map, seed {seed}")
         reinit = reinitialization(
