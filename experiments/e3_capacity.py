@@ -25,6 +25,7 @@ this file); the verdicts are computed from the stored cells by :mod:`memspace.ev
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -250,6 +251,29 @@ def _log2_n_star(rows: list[dict], budget: int) -> float:
     return fit["log2_n_star"]
 
 
+def _bracket(cells, group: str, budget: int) -> tuple[float, float]:
+    """(largest N every seed fitted, smallest N no seed fitted): where the grid puts N*."""
+    rows = [c["measures"] for c in cells if c["hparams"]["group"] == group]
+    sizes = sorted({m["n"] for m in rows})
+    every = [n for n in sizes if all(m[f"fitted_{budget}"] for m in rows if m["n"] == n)]
+    none = [n for n in sizes if not any(m[f"fitted_{budget}"] for m in rows if m["n"] == n)]
+    return (max(every) if every else math.nan, min(none) if none else math.nan)
+
+
+def _resolution(cells, a: tuple[str, int], b: tuple[str, int]) -> str:
+    """The range of log₂ N*(a) − log₂ N*(b) that the grid brackets allow (the grid's resolution)."""
+    (a_low, a_high), (b_low, b_high) = _bracket(cells, *a), _bracket(cells, *b)
+    low, high = math.log2(a_low) - math.log2(b_high), math.log2(a_high) - math.log2(b_low)
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return "grid brackets incomplete"
+    return f"the grid brackets allow a difference in [{low:.2f}, {high:.2f}]"
+
+
+def _with_resolution(verdict, cells, a, b):
+    """The verdict with the grid's resolution in its note (the interval cannot show it)."""
+    return dataclasses.replace(verdict, note=f"{verdict.note}; {_resolution(cells, a, b)}")
+
+
 def _paired_difference(cells, a: tuple[str, int], b: tuple[str, int]):
     """log₂ N*(a) − log₂ N*(b), resampling seeds together (a and b share each seed's data)."""
     rows = [c for c in cells if c["hparams"]["group"] in (a[0], b[0])]
@@ -301,27 +325,42 @@ def analyse(cells: list[dict], cfg: dict) -> dict:
     verdicts = []
     if {"residual λ=0", "depth-0"} <= set(groups):
         verdicts.append(
-            decide_direction(
-                PREDICTIONS["depth"],
-                _paired_difference(cells, ("residual λ=0", big), ("depth-0", big)),
+            _with_resolution(
+                decide_direction(
+                    PREDICTIONS["depth"],
+                    _paired_difference(cells, ("residual λ=0", big), ("depth-0", big)),
+                ),
+                cells,
+                ("residual λ=0", big),
+                ("depth-0", big),
             )
         )
     if {"residual λ=0", "residual λ=1"} <= set(groups):
         verdicts.append(
-            decide_direction(
-                PREDICTIONS["action"],
-                _paired_difference(cells, ("residual λ=1", big), ("residual λ=0", big)),
-                predicted="below",
+            _with_resolution(
+                decide_direction(
+                    PREDICTIONS["action"],
+                    _paired_difference(cells, ("residual λ=1", big), ("residual λ=0", big)),
+                    predicted="below",
+                ),
+                cells,
+                ("residual λ=1", big),
+                ("residual λ=0", big),
             )
         )
     slopes = []
     if "residual λ=0" in groups:
         verdicts.append(
-            decide_direction(
-                PREDICTIONS["budget"],
-                _paired_difference(cells, ("residual λ=0", big), ("residual λ=0", small)),
-                threshold=1.0,
-                predicted="below",
+            _with_resolution(
+                decide_direction(
+                    PREDICTIONS["budget"],
+                    _paired_difference(cells, ("residual λ=0", big), ("residual λ=0", small)),
+                    threshold=1.0,
+                    predicted="below",
+                ),
+                cells,
+                ("residual λ=0", big),
+                ("residual λ=0", small),
             )
         )
         for seed in cfg["seeds"]:
@@ -360,7 +399,9 @@ def section(results: dict) -> str:
         f"{cfg['batch_size']}) until every point is fitted or {max(cfg['budgets'])} steps; N "
         f"doubles from {cfg['first_size']} until every seed of a group fails; seeds "
         f"{cfg['seeds']}. N* is the logistic crossing of ½ (log₂ N); intervals are 95 % "
-        "seed-bootstrap percentile intervals.",
+        "seed-bootstrap percentile intervals. Where every seed switches between the same two "
+        "sizes the interval has no width, and N* is known only to within that doubling: each "
+        "verdict's note gives the range of the difference the grid allows.",
         "",
         *predictions_table(results["predictions"]),
     ]
