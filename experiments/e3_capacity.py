@@ -60,7 +60,7 @@ from memspace.evaluation import (  # noqa: E402
     logistic_threshold,
     mean_ci,
 )
-from memspace.studies.capacity import memorise_population, random_labels  # noqa: E402
+from memspace.studies.capacity import cell_data, memorise_population  # noqa: E402
 from memspace.zoo import ZooStore  # noqa: E402
 
 NAME = "e3_capacity"
@@ -143,12 +143,6 @@ def sizes(cfg: dict) -> list[int]:
     return out + [cfg["train_size"]]
 
 
-def cell_points(X: torch.Tensor, classes: int, n: int, seed: int):
-    """A cell's N points: a seeded subset of the draw with seeded uniform labels."""
-    pick = torch.randperm(len(X), generator=torch.Generator().manual_seed(seed))[:n]
-    return X[pick], random_labels(n, classes, seed * 7919 + n)
-
-
 def build(group: str, dim: int, cfg: dict, classes: int) -> nn.Module:
     if group == "depth-0":
         return nn.Sequential(nn.Linear(dim, cfg["width"]), nn.Linear(cfg["width"], classes))
@@ -163,7 +157,7 @@ def train_stage(store, X, classes, group: str, n: int, cfg: dict) -> None:
     lam = 1.0 if group == "residual λ=1" else 0.0
     data, models = [], []
     for seed in seeds:
-        data.append(cell_points(X, classes, n, seed))
+        data.append(cell_data((X, None), classes, "random", n, seed))  # the study's cells
         torch.manual_seed(seed)
         models.append(build(group, X.shape[1], cfg, classes))
     start = time.perf_counter()
