@@ -11,9 +11,12 @@ from torch import nn
 from memspace import MemspaceError
 from memspace.zoo.measures import (
     generalization_measures,
+    is_literature_measure,
     margin,
     pac_bayes_sigma,
     path_norm,
+    size_adjusted,
+    size_unadjusted,
     weight_matrices,
 )
 
@@ -183,3 +186,17 @@ def test_models_the_norm_measures_do_not_cover_are_refused_by_name():
         generalization_measures(
             SequenceFirst(), SequenceFirst(), (torch.randn(5, 20, 4), y), pac_bayes=False
         )
+
+
+def test_the_size_adjustment_by_hand_and_its_inverse():
+    m = 400
+    assert size_adjusted("LOG_PROD_OF_SPEC", 10.0, m) == pytest.approx(0.5 * (10 - math.log(400)))
+    assert size_adjusted("fisher_trace", 16.0, m) == pytest.approx(0.2)
+    assert size_adjusted("PATH_NORM", -16.0, m) == pytest.approx(-0.2)  # the sign is kept
+    for name in ("LOG_SPEC_INIT_MAIN", "PACBAYES_MAG_FLATNESS", "predictive_action"):
+        for value in (-3.5, 0.0, 2.25, 1e4):
+            assert size_unadjusted(name, size_adjusted(name, value, m), m) == pytest.approx(value)
+    with pytest.raises(MemspaceError, match="at least 1"):
+        size_adjusted("PATH_NORM", 1.0, 0)
+    assert is_literature_measure("PACBAYES_MAG_FLATNESS") and is_literature_measure("L2_DIST")
+    assert not is_literature_measure("predictive_action")

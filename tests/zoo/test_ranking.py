@@ -11,6 +11,7 @@ from scipy.stats import kendalltau
 from memspace import MemspaceError
 from memspace.zoo.ranking import (
     granulated_kendall,
+    granulated_taus,
     hoeffding_weight,
     kendall_tau,
     pgdl_cmi,
@@ -40,6 +41,19 @@ def test_granulated_kendall_with_and_without_a_missing_cell():
     # without model (1,1): each ψ has one group of two left (the singleton groups are skipped)
     psi_all, psi, used = granulated_kendall([1, 2, 3], [1, 2, 4], {"a": [0, 0, 1], "b": [0, 1, 0]})
     assert psi == {"a": 1.0, "b": 1.0} and used == {"a": 1, "b": 1} and psi_all == 1.0
+
+
+def test_granulated_taus_are_the_groups_behind_psi():
+    hp = {"a": [0, 0, 1, 1], "b": [0, 1, 0, 1]}
+    taus = granulated_taus([1, 2, 3, 4], [1, 2, 4, 3], hp)
+    # the worked example above: ψ_a's groups give +1, +1; ψ_b's +1 (a = 0) and −1 (a = 1)
+    assert taus["a"].tolist() == [1.0, 1.0] and taus["b"].tolist() == [1.0, -1.0]
+    # two seeds per configuration: a group holds both configurations' seeds (4 models)
+    hp2 = {k: v + v for k, v in hp.items()}
+    taus = granulated_taus([1, 2, 3, 4, 1.5, 2.5, 3.5, 4.5], [1, 2, 4, 3] * 2, hp2)
+    assert len(taus["a"]) == 2 and all(len(t) for t in taus.values())
+    psi, by, _ = granulated_kendall([1, 2, 3, 4, 1.5, 2.5, 3.5, 4.5], [1, 2, 4, 3] * 2, hp2)
+    assert by == {k: pytest.approx(float(np.mean(v))) for k, v in taus.items()}
 
 
 def grid3(gap_of):

@@ -17,8 +17,10 @@ from pathlib import Path
 import pytest
 import yaml
 
-from memspace.zoo import ZooStore, evaluate_zoo, expand, load_grid, run_zoo
+from memspace import MemspaceError
+from memspace.zoo import ZooStore, evaluate_zoo, expand, load_grid, run_zoo, train_and_measure
 from memspace.zoo.ranking import kendall_tau
+from memspace.zoo.runner import SIZE_ADJUSTMENTS
 
 TINY = {
     "data": "digits",
@@ -101,6 +103,52 @@ def test_the_leaderboard_uses_the_stored_values(local_zoo):
         and {"lam", "train_size"} == entry["psi_by_hparam"].keys()
     )
     assert entry["cmi_mode"] == "faithful" and -1 <= entry["tau"] <= 1
+
+
+def test_every_measure_is_adjusted_alike_or_none_is(local_zoo):
+    rows, measures = contents(local_zoo)
+    kept = sorted(rows.values(), key=lambda r: r["id"])
+    gaps = [r["gap"] for r in kept]
+    boards = {
+        mode: {
+            e["measure"]: e for e in evaluate_zoo(local_zoo, size_adjustment=mode)["leaderboard"]
+        }
+        for mode in SIZE_ADJUSTMENTS
+    }
+    ours = [measures[r["id"]]["fisher_trace"] for r in kept]
+    theirs = [measures[r["id"]]["LOG_PROD_OF_SPEC"] for r in kept]  # stored adjusted
+    m = [r["hparams"]["train_size"] for r in kept]
+    assert boards["reference"]["fisher_trace"]["tau"] == pytest.approx(kendall_tau(ours, gaps))
+    assert boards["all"]["fisher_trace"]["tau"] == pytest.approx(
+        kendall_tau([math.sqrt(v / n) for v, n in zip(ours, m)], gaps)
+    )
+    assert boards["none"]["fisher_trace"]["tau"] == boards["reference"]["fisher_trace"]["tau"]
+    assert (
+        boards["all"]["LOG_PROD_OF_SPEC"]["tau"] == boards["reference"]["LOG_PROD_OF_SPEC"]["tau"]
+    )
+    assert boards["none"]["LOG_PROD_OF_SPEC"]["tau"] == pytest.approx(
+        kendall_tau([2 * v + math.log(n) for v, n in zip(theirs, m)], gaps)
+    )
+    # Only lam and train_size vary: Ψ without the train-size axis is ψ_lam
+    entry = boards["all"]["fisher_trace"]
+    assert entry["psi_without_train_size"] == pytest.approx(entry["psi_by_hparam"]["lam"])
+    with pytest.raises(MemspaceError, match="size_adjustment"):
+        evaluate_zoo(local_zoo, size_adjustment="literature")
+
+
+def test_a_train_accuracy_target_stops_a_model_and_marks_it_converged(tmp_path):
+    grid = load_grid({**TINY, "stop": {"target_acc": 0.05, "max_epochs": 6}})
+    model = expand(grid)[0]
+    row, _ = train_and_measure(model, grid["data"], grid["stop"], str(tmp_path), measures=False)
+    assert row["epochs"] == 1 and row["converged"] and row["train_acc"] >= 0.05
+    capped = load_grid({**TINY, "stop": {"target_acc": 1.0, "max_epochs": 2}})
+    row, _ = train_and_measure(
+        expand(capped)[0], capped["data"], capped["stop"], str(tmp_path), measures=False
+    )
+    assert row["epochs"] == 2 and row["converged"] == (row["train_acc"] >= 1.0)
+    for bad in (0, 1.5, float("nan"), True):
+        with pytest.raises(MemspaceError, match="target_acc"):
+            load_grid({**TINY, "stop": {"target_acc": bad, "max_epochs": 2}})
 
 
 def tagged_processes(tag: str) -> list[int]:

@@ -4,6 +4,7 @@ A grid file::
 
     data: digits
     stop: {target_ce: 0.01, max_epochs: 60}     # the stopping rule of every model
+                                                 # (or target_acc: a train-accuracy target)
     seeds: [0]
     grid:                                        # every combination is one configuration
       width: [16, 32]
@@ -94,7 +95,7 @@ MAX_GRID_BYTES = 1 << 20
 MAX_MODELS = 100_000
 """The most models a grid may expand to (configurations × seeds)."""
 _TOP_KEYS = {"data", "stop", "seeds", "grid"}
-_STOP_KEYS = {"target_ce", "max_epochs"}
+_STOP_KEYS = {"target_ce", "target_acc", "max_epochs"}
 
 
 class _GridLoader(yaml.SafeLoader):
@@ -198,11 +199,15 @@ def load_grid(source: str | Path | dict) -> dict[str, Any]:
     if set(stop) - _STOP_KEYS:
         raise MemspaceError(
             f"grid: unknown key stop.{sorted(map(str, set(stop) - _STOP_KEYS))[0]}; stop has "
-            f"{' and '.join(sorted(_STOP_KEYS))}"
+            f"{', '.join(sorted(_STOP_KEYS))}"
         )
     if "target_ce" in stop and (not _real(stop["target_ce"]) or stop["target_ce"] < 0):
         raise MemspaceError(
             f"grid: stop.target_ce = {stop['target_ce']!r} must be a finite number ≥ 0"
+        )
+    if "target_acc" in stop and (not _real(stop["target_acc"]) or not 0 < stop["target_acc"] <= 1):
+        raise MemspaceError(
+            f"grid: stop.target_acc = {stop['target_acc']!r} must be a number in (0, 1]"
         )
     seeds = grid["seeds"]
     if (

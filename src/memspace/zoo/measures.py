@@ -71,10 +71,13 @@ __all__ = [
     "PacBayesSigma",
     "SharpnessAlpha",
     "generalization_measures",
+    "is_literature_measure",
     "margin",
     "pac_bayes_sigma",
     "path_norm",
     "sharpness_alpha",
+    "size_adjusted",
+    "size_unadjusted",
     "weight_matrices",
 ]
 
@@ -520,7 +523,9 @@ def generalization_measures(
             sharpness_mag_alpha=alpha_mag,
             sharpness_mag_deviation=worst_mag.deviation,
         )
-    values = {name: (_adjust(name, value, m) if adjust else value) for name, value in raw.items()}
+    values = {
+        name: (size_adjusted(name, value, m) if adjust else value) for name, value in raw.items()
+    }
     return {**values, **extra}
 
 
@@ -529,8 +534,33 @@ def _log(x: float) -> float:
     return math.log(x) if x > 0 else -math.inf
 
 
-def _adjust(name: str, value: float, m: int) -> float:
-    """The reference's data-set-size adjustment: LOG_* ↦ ½(value − log m), others ↦ √(value/m)."""
+def size_adjusted(name: str, value: float, m: int) -> float:
+    """The reference's data-set-size adjustment: LOG_* ↦ ½(value − log m), others ↦ √(value/m).
+
+    Jiang et al. 2020 (the robust-generalization-measures code) apply it to every measure they
+    rank; a zoo that varies the training-set size m must apply it to every measure or to none,
+    since it alone moves a measure's ψ on the m axis (docs/theory.md §5.3). A negative value
+    keeps its sign: −√(−value/m).
+    """
+    if m < 1:
+        raise MemspaceError(f"the training-set size must be at least 1, got {m}")
     if name.startswith("LOG_"):
         return 0.5 * (value - math.log(m))
     return math.sqrt(value / m) if value >= 0 else -math.sqrt(-value / m)
+
+
+def size_unadjusted(name: str, value: float, m: int) -> float:
+    """The inverse of :func:`size_adjusted`: a stored, adjusted value back to the raw one."""
+    if m < 1:
+        raise MemspaceError(f"the training-set size must be at least 1, got {m}")
+    if name.startswith("LOG_"):
+        return 2.0 * value + math.log(m)
+    return value * value * m if value >= 0 else -value * value * m
+
+
+def is_literature_measure(name: str) -> bool:
+    """Whether ``name`` is one of the literature's measures (named in capitals, as the reference).
+
+    memspace's own measures are named in lower case; the two sets never share a name.
+    """
+    return name.isupper()

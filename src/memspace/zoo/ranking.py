@@ -38,6 +38,7 @@ from .._errors import MemspaceError
 __all__ = [
     "RobustSignError",
     "granulated_kendall",
+    "granulated_taus",
     "hoeffding_weight",
     "kendall_tau",
     "pgdl_cmi",
@@ -90,19 +91,38 @@ def granulated_kendall(
         ``(Ψ, {name: ψ_i}, {name: groups used})``; a hyperparameter with no group of two
         or more models has ψ_i = NaN and is left out of Ψ.
     """
+    psi, used = {}, {}
+    for name, taus in granulated_taus(measure, gap, hparams).items():
+        used[name] = len(taus)
+        psi[name] = float(np.mean(taus)) if len(taus) else math.nan
+    finite = [v for v in psi.values() if not math.isnan(v)]
+    return (float(np.mean(finite)) if finite else math.nan), psi, used
+
+
+def granulated_taus(
+    measure: Sequence[float],
+    gap: Sequence[float],
+    hparams: Mapping[str, Sequence[Any]],
+) -> dict[str, np.ndarray]:
+    """The τ of every granulation group, per hyperparameter: ψ_i is the mean of ``out[i]``.
+
+    A group of hyperparameter i holds the models that share every other hyperparameter (all
+    their seeds); groups with fewer than two models are skipped. Resampling these groups is a
+    bootstrap of Ψ that never puts one model twice into a group (a resample of models would,
+    and its ties shrink τ towards 0).
+    """
     mu, g = _arrays(measure, gap)
     table = _hparam_table(hparams, len(mu))
-    psi, used = {}, {}
+    out = {}
     for name in table:
         others = [o for o in table if o != name]
         groups: dict[tuple, list[int]] = {}
         for i in range(len(mu)):
             groups.setdefault(tuple(table[o][i] for o in others), []).append(i)
-        taus = [kendall_tau(mu[idx], g[idx]) for idx in groups.values() if len(idx) >= 2]
-        used[name] = len(taus)
-        psi[name] = float(np.mean(taus)) if taus else math.nan
-    finite = [v for v in psi.values() if not math.isnan(v)]
-    return (float(np.mean(finite)) if finite else math.nan), psi, used
+        out[name] = np.array(
+            [kendall_tau(mu[idx], g[idx]) for idx in groups.values() if len(idx) >= 2]
+        )
+    return out
 
 
 def _entropy_bits(p: np.ndarray) -> float:

@@ -6,7 +6,8 @@ on a ``distributed`` cluster when a scheduler address is given (the same code pa
 and commits each model with its measures as it arrives (:class:`~memspace.zoo.store.ZooStore`).
 Each model: a residual MLP trained with Adam on ``train_size`` training points with
 ``label_noise`` of their labels replaced (seeded), minimising cross-entropy + λ·A (the
-predictive action), until the training cross-entropy reaches ``stop.target_ce`` or
+predictive action), until the training cross-entropy reaches ``stop.target_ce``, the
+training accuracy ``stop.target_acc`` (on the labels it was given, noisy ones included) or
 ``stop.max_epochs``; initial and final weights saved as safetensors.
 
 Measures: memspace's (Fisher–Rao norm, tr F, effective dimension, the predictive action,
@@ -17,6 +18,7 @@ literature's (:func:`memspace.zoo.measures.generalization_measures`).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import time
@@ -34,10 +36,13 @@ from .store import ZooStore
 
 __all__ = [
     "DB",
+    "SIZE_ADJUSTMENTS",
+    "adjusted_measures",
     "die_with_parent",
     "evaluate_zoo",
     "leaderboard_points",
     "measure_zoo",
+    "psi_without",
     "remeasure",
     "run_zoo",
     "train_and_measure",
@@ -79,6 +84,12 @@ def _data(data: str, hparams: dict[str, Any], seed: int):
     from ..data import load_dataset
 
     split = load_dataset(data, seed=0)
+    if len(split.input_shape) > 1:  # images: the zoo's residual MLPs read them flattened
+        split = dataclasses.replace(
+            split,
+            train=(split.train[0].flatten(1), split.train[1]),
+            test=(split.test[0].flatten(1), split.test[1]),
+        )
     X, y = split.train
     n = hparams["train_size"] or len(X)
     if n > len(X):
@@ -160,7 +171,8 @@ def train_group_and_measure(
     The models form one :class:`~memspace.population.Population`; each is trained exactly as
     it would be alone (Adam with its learning rate and weight decay, its data, its order and
     probes from a generator seeded with seed + 1, epochs until its training cross-entropy
-    reaches ``stop.target_ce`` or ``stop.max_epochs``), then measured on its own.
+    reaches ``stop.target_ce``, its training accuracy ``stop.target_acc``, or ``stop.max_epochs``),
+    then measured on its own. A model is *converged* when it met a target (not the cap).
 
     ``parent``: the PID of the process that runs the pool, which this worker dies with
     (:func:`die_with_parent`).
@@ -206,7 +218,7 @@ def train_group_and_measure(
             for m in group
         ],
     )
-    target = stop.get("target_ce", 0.0)
+    target = _Target(stop.get("target_ce"), stop.get("target_acc"))
     active = [k for k in range(len(group)) if stop["max_epochs"] > 0]
     while active:
         batches = {}
@@ -231,9 +243,9 @@ def train_group_and_measure(
                 )
             if member.position == len(member.batches):
                 member.epochs += 1
-                member.train_ce, _ = evaluate(population.scratch(k).eval(), member.data)
+                member.train_ce, train_acc = evaluate(population.scratch(k).eval(), member.data)
                 member.states.append(population.state(k))
-                if member.epochs >= stop["max_epochs"] or member.train_ce <= target:
+                if member.epochs >= stop["max_epochs"] or target.met(member.train_ce, train_acc):
                     member.seconds = (time.time() - started) / len(group)
                     continue
             still.append(k)
@@ -244,7 +256,24 @@ def train_group_and_measure(
     ]
 
 
-def _finish(member: _ZooMember, net, weights_dir: str, measures: bool, target: float):
+@dataclass(frozen=True)
+class _Target:
+    """A zoo's stopping targets: train CE at most ``ce`` or train accuracy at least ``acc``.
+
+    With neither given, no model converges (each trains to the epoch cap), as a CE target
+    of 0 would rule.
+    """
+
+    ce: float | None
+    acc: float | None
+
+    def met(self, train_ce: float, train_acc: float) -> bool:
+        return (self.ce is not None and train_ce <= self.ce) or (
+            self.acc is not None and train_acc >= self.acc
+        )
+
+
+def _finish(member: _ZooMember, net, weights_dir: str, measures: bool, target: _Target):
     """Save a trained zoo model's weights and measure it: its row and its measures."""
     from safetensors.torch import save
 
@@ -278,7 +307,7 @@ def _finish(member: _ZooMember, net, weights_dir: str, measures: bool, target: f
         "train_ce": train_ce,
         "gap": train_acc - test_acc,
         "epochs": member.epochs,
-        "converged": train_ce <= target,
+        "converged": target.met(train_ce, train_acc),
         "seconds": member.seconds,
         "init_file": init_file.name,
         "final_file": final_file.name,
@@ -586,13 +615,19 @@ def evaluate_zoo(
     n_test: int | None = None,
     min_ess: float = 12.0,
     converged_only: bool = True,
+    size_adjustment: str = "reference",
 ) -> dict[str, Any]:
     """The leaderboard: every measure × every statistic of :mod:`memspace.zoo.ranking` over the zoo.
 
     Models that did not meet the stopping rule are left out (as Fantastic does) unless
-    ``converged_only=False``. The σ searches' and the margin's diagnostics are stored but not
-    ranked. ``n_test`` (default: the test-set size) sets the Hoeffding
-    weights of the robust sign error. PGDL's CMI uses the faithful scorer when the grid is
+    ``converged_only=False``. ``size_adjustment`` says which measures are adjusted for the
+    training-set size m (:func:`~memspace.zoo.measures.size_adjusted`): ``"reference"`` the
+    literature's only, as stored and as the reference code ranks them; ``"all"`` every measure
+    alike; ``"none"`` no measure. Only ``"all"`` and ``"none"`` compare the two families fairly
+    on a zoo that varies m. Each entry has Ψ over every varied hyperparameter and
+    ``psi_without_train_size``, Ψ over the others. The σ searches' and the margin's
+    diagnostics are stored but not ranked. ``n_test`` (default: the test-set size) sets the
+    Hoeffding weights of the robust sign error. PGDL's CMI uses the faithful scorer when the grid is
     complete with one model per configuration, the count-weighted version otherwise.
     """
     from ..data import load_dataset
@@ -606,6 +641,10 @@ def evaluate_zoo(
         rows, measures = store.models(), store.measures()
     finally:
         store.close()
+    if size_adjustment not in SIZE_ADJUSTMENTS:
+        raise MemspaceError(
+            f"size_adjustment {size_adjustment!r}: choose one of {', '.join(SIZE_ADJUSTMENTS)}"
+        )
     kept = [r for r in rows if r["converged"] or not converged_only]
     if len(kept) < 3:
         raise MemspaceError(
@@ -620,8 +659,17 @@ def evaluate_zoo(
     hparams = {name: [r["hparams"][name] for r in kept] for name in varied}
     gap = [r["gap"] for r in kept]
     seeds = [r["seed"] for r in kept]
+    split = load_dataset(grid["data"], seed=0)
     if n_test is None:
-        n_test = len(load_dataset(grid["data"], seed=0).test[0])
+        n_test = len(split.test[0])
+    measures = {
+        r["id"]: adjusted_measures(
+            measures.get(r["id"], {}),
+            r["hparams"]["train_size"] or len(split.train[0]),
+            size_adjustment,
+        )
+        for r in kept
+    }
     names = sorted({name for r in kept for name in measures.get(r["id"], {})} - DIAGNOSTICS)
     board = []
     for name in names:
@@ -634,6 +682,7 @@ def evaluate_zoo(
         entry = {"measure": name, "models": len(ok), "tau": kendall_tau(mu, g)}
         if hp:
             entry["psi"], entry["psi_by_hparam"], _ = granulated_kendall(mu, g, hp)
+            entry["psi_without_train_size"] = psi_without(entry["psi_by_hparam"], "train_size")
         if len(hp) >= 2:
             try:
                 entry["cmi"], _ = pgdl_cmi(mu, g, hp, faithful=True)
@@ -654,11 +703,41 @@ def evaluate_zoo(
     return {
         "models": len(rows),
         "kept": len(kept),
+        "size_adjustment": size_adjustment,
         "varied": varied,
         "n_test": n_test,
         "min_ess": min_ess,
         "leaderboard": board,
     }
+
+
+SIZE_ADJUSTMENTS = ("reference", "all", "none")
+"""Which measures :func:`evaluate_zoo` adjusts for the training-set size (its doc)."""
+
+
+def adjusted_measures(values: dict[str, float], m: int, size_adjustment: str) -> dict[str, float]:
+    """One model's stored measures under a size adjustment of :data:`SIZE_ADJUSTMENTS`.
+
+    Stored values follow the reference: the literature's measures adjusted for m, memspace's
+    raw. ``"all"`` adjusts memspace's too, ``"none"`` undoes the literature's.
+    """
+    from .measures import is_literature_measure, size_adjusted, size_unadjusted
+
+    out = {}
+    for name, value in values.items():
+        if name in DIAGNOSTICS or not math.isfinite(value) or size_adjustment == "reference":
+            out[name] = value
+        elif is_literature_measure(name):
+            out[name] = value if size_adjustment == "all" else size_unadjusted(name, value, m)
+        else:
+            out[name] = size_adjusted(name, value, m) if size_adjustment == "all" else value
+    return out
+
+
+def psi_without(psi_by_hparam: dict[str, float], name: str) -> float:
+    """Ψ recomputed without hyperparameter ``name``: the mean of the other finite ψ_i."""
+    rest = [v for k, v in psi_by_hparam.items() if k != name and not math.isnan(v)]
+    return float(np.mean(rest)) if rest else math.nan
 
 
 def leaderboard_points(
