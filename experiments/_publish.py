@@ -17,13 +17,14 @@ from memspace._runs import write_atomic  # noqa: E402
 
 ORDER = [
     "e1_least_action",
+    "e2_zoo",
     "e3_capacity",
     "e4_reinitialization",
     "least_action",
     "memory_space",
     "zoo",
 ]
-PRE_REGISTERED = {"e1_least_action", "e3_capacity", "e4_reinitialization"}
+PRE_REGISTERED = {"e1_least_action", "e2_zoo", "e3_capacity", "e4_reinitialization"}
 SUPERSEDED_NOTE = """\
 > **The sections after the pre-registered experiments are v2 and superseded.** They were
 > measured with the stem-anchored path (blind to idle depth, docs/theory.md §3.1), on digits
