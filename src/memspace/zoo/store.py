@@ -157,7 +157,8 @@ class ZooStore:
             except (TypeError, ValueError, RecursionError):
                 row["hparams"] = None
             numbers = ("train_acc", "test_acc", "train_ce", "gap", "seconds")
-            for k in numbers[1:4]:  # NULL: not measured (a memorisation cell has no test set)
+            for k in numbers[:4]:  # NULL: not measured (a memorisation cell has no test set,
+                # a VAE no accuracy)
                 row[k] = math.nan if row[k] is None else row[k]
             if (
                 not isinstance(row["hparams"], dict)
