@@ -20,11 +20,18 @@ ORDER = [
     "e2_zoo",
     "e3_capacity",
     "e4_reinitialization",
+    "e5_disentanglement",
     "least_action",
     "memory_space",
     "zoo",
 ]
-PRE_REGISTERED = {"e1_least_action", "e2_zoo", "e3_capacity", "e4_reinitialization"}
+PRE_REGISTERED = {
+    "e1_least_action",
+    "e2_zoo",
+    "e3_capacity",
+    "e4_reinitialization",
+    "e5_disentanglement",
+}
 SUPERSEDED_NOTE = """\
 > **The sections after the pre-registered experiments are v2 and superseded.** They were
 > measured with the stem-anchored path (blind to idle depth, docs/theory.md §3.1), on digits
