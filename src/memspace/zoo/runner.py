@@ -19,6 +19,7 @@ literature's (:func:`memspace.zoo.measures.generalization_measures`).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import os
 import time
@@ -78,9 +79,9 @@ DIAGNOSTICS = {
 }
 
 
-def _data(data: str, hparams: dict[str, Any], seed: int):
-    import torch
-
+@functools.lru_cache(maxsize=2)
+def _flat_split(data: str):
+    """The zoo's data set, loaded once per process (a group's members share it, read-only)."""
     from ..data import load_dataset
 
     split = load_dataset(data, seed=0)
@@ -90,6 +91,16 @@ def _data(data: str, hparams: dict[str, Any], seed: int):
             train=(split.train[0].flatten(1), split.train[1]),
             test=(split.test[0].flatten(1), split.test[1]),
         )
+    return split
+
+
+def _data(data: str, hparams: dict[str, Any], seed: int):
+    import torch
+
+    from ..data import DATASETS
+
+    # a named set is loaded once per process; a user's .npz is read afresh (it may change)
+    split = _flat_split(data) if data in DATASETS else _flat_split.__wrapped__(data)
     X, y = split.train
     n = hparams["train_size"] or len(X)
     if n > len(X):
