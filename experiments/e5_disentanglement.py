@@ -103,6 +103,7 @@ CONFIG = dict(
     dci_trees=30,
     kl_active=0.1,
     null_draws=200,
+    resamples=2000,
 )
 QUICK = dict(
     CONFIG,
@@ -118,6 +119,7 @@ QUICK = dict(
     metric_points=8,
     dci_trees=5,
     null_draws=20,
+    resamples=200,
 )
 SCORES = (
     "mig",
@@ -375,7 +377,10 @@ def analyse(cells: list[dict], cfg: dict) -> dict:
     for score in SCORES:
         for x in ("block_diagonality", "excess"):
             within_tau[f"{x}~{score}"] = clustered_bootstrap(
-                lambda idx, score=score, x=x: within(idx, score, x), len(kept), seeds
+                lambda idx, score=score, x=x: within(idx, score, x),
+                len(kept),
+                seeds,
+                resamples=cfg["resamples"],
             ).as_dict()
     out["within_beta_tau"] = within_tau
     verdicts.append(

@@ -214,3 +214,180 @@ def test_e4_a_robust_stem_damaging_blocks_and_reversed_ranks_are_contradicted():
     assert verdicts["(v) residual blocks are re-initialisation robust"] == "contradicted"
     assert verdicts["(v) Fisher sensitivity ranks the damage within blocks"] == "contradicted"
     assert verdicts["(v) ½ δᵀFδ ranks the reset's KL within blocks"] == "contradicted"
+
+
+e2 = pytest.importorskip("e2_zoo")
+E2_CFG = e2.QUICK
+
+
+def _e2_cells(sign: float):
+    """The quick grid's networks: the claimed measures follow the gap (sign +1) or oppose it."""
+    import numpy as np
+
+    from memspace.zoo import expand, load_grid
+
+    rng = np.random.default_rng(0)
+    cells = []
+    for model in expand(load_grid(E2_CFG["grid"])):
+        hp = model["hparams"]
+        gap = 0.02 + 0.1 * hp["label_noise"] + 0.02 * (hp["train_size"] == 300) + 0.01 * hp["lam"]
+        gap += 0.001 * rng.standard_normal()
+        follows = {name: 1.0 + sign * 10 * gap for name in e2.CLAIMED.values()}
+        measures = dict(follows, action_ratio_stem=1.0 + rng.random(), PATH_NORM=1.0 + rng.random())
+        cells.append(
+            dict(
+                id=model["id"],
+                seed=model["seed"],
+                hparams=hp,
+                measures=measures,
+                gap=gap,
+                converged=True,
+                epochs=4,
+                train_acc=0.9,
+                test_acc=0.9 - gap,
+            )
+        )
+    return cells
+
+
+def test_e2_measures_that_rank_the_gap_are_supported_and_the_best_beats_chance():
+    analysis = e2.analyse(_e2_cells(+1.0), E2_CFG)
+    verdicts = {v["claim"]: v for v in analysis["verdicts"]}
+    for key in e2.CLAIMED:
+        assert verdicts[e2.PREDICTIONS[key].claim]["verdict"] == "supported"
+    best = verdicts[e2.PREDICTIONS["best"].claim]
+    assert best["verdict"] == "supported" and best["p"] == pytest.approx(1 / 50)
+    # the point value of every Ψ interval is Ψ itself
+    entry = analysis["measures"]["all"]["predictive_action"]
+    assert entry["psi_ci"]["value"] == pytest.approx(entry["psi"])
+    assert entry["psi_ci"]["low"] <= entry["psi"] <= entry["psi_ci"]["high"]
+
+
+def test_e2_measures_that_rank_it_backwards_are_contradicted():
+    verdicts = {v["claim"]: v["verdict"] for v in e2.analyse(_e2_cells(-1.0), E2_CFG)["verdicts"]}
+    for key in e2.CLAIMED:
+        assert verdicts[e2.PREDICTIONS[key].claim] == "contradicted"
+
+
+def test_e2_psi_interval_resamples_groups_by_hand():
+    import numpy as np
+
+    groups = {"a": np.array([1.0, 1.0]), "b": np.array([1.0, -1.0]), "c": np.array([])}
+    out = e2.psi_interval(groups, 200, 0.95, seed=0)
+    assert out["value"] == pytest.approx(0.5) and out["n"] == 4
+    # ψ_a is always 1; ψ_b* ∈ {−1, 0, 1}: Ψ* ∈ {0, ½, 1}
+    assert out["low"] == pytest.approx(0.0) and out["high"] == pytest.approx(1.0)
+    assert e2.psi_interval(groups, 10, 0.95, 0, without="b")["value"] == pytest.approx(1.0)
+
+
+e5 = pytest.importorskip("e5_disentanglement")
+E5_CFG = dict(e5.QUICK, seeds=[0, 1, 2, 3, 4])
+
+
+def _e5_cells(lam_gain: float, collapsed: str | None = None):
+    cells = []
+    for seed in E5_CFG["seeds"]:
+        for beta in E5_CFG["betas"]:
+            for lam in E5_CFG["lams"]:
+                bd = 0.6 + 0.02 * seed + lam_gain * lam + 0.1 * (beta > 1)
+                measures = {s: 0.1 for s in e5.SCORES}
+                measures.update(
+                    active_latents=5.0,
+                    reconstruction=100.0,
+                    kl=10.0,
+                    collapsed=0.0,
+                    block_diagonality=bd,
+                    null_mean=0.5,
+                    excess=bd - 0.5,
+                    null_p=0.01,
+                    mig=0.1 + bd / 2,  # within β, MIG rises with block-diagonality
+                )
+                key = e5.cell_id(beta, lam, seed)
+                if key == collapsed:
+                    measures.update(collapsed=1.0, active_latents=1.0, block_diagonality=math.nan)
+                cells.append(
+                    dict(id=key, seed=seed, hparams=dict(beta=beta, lam=lam), measures=measures)
+                )
+    return cells
+
+
+def test_e5_block_diagonal_disentangled_and_helped_by_least_action_is_supported():
+    analysis = e5.analyse(_e5_cells(0.05, collapsed=e5.cell_id(1.0, 0.0, 2)), E5_CFG)
+    verdicts = {v["claim"]: v["verdict"] for v in analysis["verdicts"]}
+    assert set(verdicts.values()) == {"supported"} and len(verdicts) == 4
+    assert analysis["collapsed"] == [e5.cell_id(1.0, 0.0, 2)]  # excluded and counted
+    arm = next(a for a in analysis["arms"] if a["beta"] == 1.0 and a["lam"] == 0.0)
+    assert arm["collapsed"] == 1 and arm["block_diagonality"]["n"] == 4
+
+
+def test_e5_least_action_that_lowers_block_diagonality_is_contradicted():
+    verdicts = {v["claim"]: v["verdict"] for v in e5.analyse(_e5_cells(-0.05), E5_CFG)["verdicts"]}
+    assert verdicts[e5.PREDICTIONS["lam-bd"].claim] == "contradicted"
+    assert verdicts[e5.PREDICTIONS["lam-mig"].claim] == "contradicted"
+
+
+def test_e5_the_kl_rule_and_the_grouping_null_by_hand():
+    import numpy as np
+    import torch
+
+    # KL(N(μ, σ²) ‖ N(0, 1)) = ½(μ² + σ² − 1 − log σ²): μ = 1, σ = 1 → ½; μ = 0, σ = 1 → 0
+    kl = e5.latent_kl(np.array([[1.0, 0.0], [1.0, 0.0]]), np.zeros((2, 2)))
+    assert kl.tolist() == pytest.approx([0.5, 0.0])
+    # a block-diagonal G for groups (0, 0, 1, 1): the true grouping scores 1, every other
+    # pairing of the four latents puts weight off its blocks
+    G = torch.zeros(1, 4, 4)
+    G[0, :2, :2] = 1.0
+    G[0, 2:, 2:] = 1.0
+    null = e5.grouping_null(G, np.array([0, 0, 1, 1]), draws=60, seed=0)
+    assert null.max() == pytest.approx(1.0) and null.min() < 1.0
+    assert (null == 1.0).mean() == pytest.approx(1 / 3, abs=0.2)  # 2 of the 6 labelings
+
+
+def test_the_claims_table_reads_each_verdict_and_names_what_has_not_run(tmp_path):
+    import json
+
+    import _publish
+
+    (tmp_path / "e3").mkdir()
+    verdict = dict(
+        claim="(iv) storing costs action",
+        verdict="supported",
+        test="t",
+        n=5,
+        effect=24.7,
+        low=24.2,
+        high=25.3,
+        p=None,
+        note="",
+    )
+    (tmp_path / "e3" / "results.json").write_text(json.dumps({"analysis": {"verdicts": [verdict]}}))
+    text = _publish.claims_section(tmp_path)
+    assert (
+        "| (iv) storing costs action | e3_capacity | **supported** | 5 | 24.7 [24.2, 25.3] |"
+        in text
+    )
+    assert "| (vi) | e5_disentanglement | **not yet run** |" in text
+
+
+def test_an_experiment_still_running_reads_no_verdict_into_the_claims(tmp_path):
+    import json
+
+    import _publish
+
+    (tmp_path / "e2").mkdir()
+    verdict = dict(
+        claim="(iii) x",
+        verdict="supported",
+        test="t",
+        n=5,
+        effect=1.0,
+        low=0.5,
+        high=1.5,
+        p=None,
+        note="",
+    )
+    analysis = {"networks": 16, "expected": 192, "verdicts": [verdict]}
+    (tmp_path / "e2" / "results.json").write_text(json.dumps({"analysis": analysis}))
+    text = _publish.claims_section(tmp_path)
+    assert "| (iii) | e2_zoo (16 of 192 stored) | **running**" in text
+    assert "(iii) x" not in text and "**supported**" not in text
