@@ -159,6 +159,15 @@ def _check_option(name: str, value, low=None, high=None, *, integer: bool = Fals
     check_number(f"--{name}", value, low, high, integer=integer, flag="")
 
 
+def _check_size_adjustment(value: str) -> None:
+    from .zoo.runner import SIZE_ADJUSTMENTS
+
+    if value not in SIZE_ADJUSTMENTS:
+        raise MemspaceError(
+            f"--size-adjustment {value!r}: choose one of {', '.join(SIZE_ADJUSTMENTS)}"
+        )
+
+
 def _status(json_mode: bool):
     started = time.time()
 
@@ -563,6 +572,14 @@ MinEss = Annotated[
     float, typer.Option(help="Smallest effective sample size of a kept environment.")
 ]
 JsonOutput = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout.")]
+SizeAdjustment = Annotated[
+    str,
+    typer.Option(
+        help="Which measures are adjusted for the training-set size: all (alike, the default), "
+        "none, or reference (the literature's only, as the reference code; unfair on a zoo "
+        "that varies it)."
+    ),
+]
 
 
 def _check_pool(workers: int, connect_timeout: float) -> None:
@@ -641,13 +658,17 @@ def zoo_measure(
 @zoo_app.command("evaluate")
 @_friendly
 def zoo_evaluate(
-    out: ZooFolder = Path("runs/zoo"), min_ess: MinEss = 12.0, json_output: JsonOutput = False
+    out: ZooFolder = Path("runs/zoo"),
+    min_ess: MinEss = 12.0,
+    size_adjustment: SizeAdjustment = "all",
+    json_output: JsonOutput = False,
 ) -> None:
     """The leaderboard: every measure's rank agreement with the generalization gap."""
     from .zoo import evaluate_zoo
 
     _check_option("min-ess", min_ess, 1, 1e9)
-    evaluation = evaluate_zoo(out, min_ess=min_ess)
+    _check_size_adjustment(size_adjustment)
+    evaluation = evaluate_zoo(out, min_ess=min_ess, size_adjustment=size_adjustment)
     if json_output:
         typer.echo(json.dumps(evaluation))
         return
@@ -660,14 +681,19 @@ def zoo_evaluate(
 
 @zoo_app.command("report")
 @_friendly
-def zoo_report(out: ZooFolder = Path("runs/zoo"), min_ess: MinEss = 12.0) -> None:
+def zoo_report(
+    out: ZooFolder = Path("runs/zoo"),
+    min_ess: MinEss = 12.0,
+    size_adjustment: SizeAdjustment = "all",
+) -> None:
     """Write leaderboard.html into the zoo folder."""
     from ._runs import RunFolder
     from .report.html import render_zoo_report
     from .zoo import evaluate_zoo, leaderboard_points
 
     _check_option("min-ess", min_ess, 1, 1e9)
-    evaluation = evaluate_zoo(out, min_ess=min_ess)
+    _check_size_adjustment(size_adjustment)
+    evaluation = evaluate_zoo(out, min_ess=min_ess, size_adjustment=size_adjustment)
     evaluation["points"] = leaderboard_points(out, evaluation)
     with RunFolder.attach(out) as run:
         path = render_zoo_report(evaluation, run.path("leaderboard.html"))

@@ -150,6 +150,10 @@ CASES = {
     "--min-ess nan": (["zoo", "evaluate", "--min-ess", "nan", "--out", "out"], ["--min-ess"]),
     "--min-ess -5": (["zoo", "evaluate", "--min-ess", "-5", "--out", "out"], ["--min-ess"]),
     "--min-ess inf": (["zoo", "evaluate", "--min-ess", "inf", "--out", "out"], ["--min-ess"]),
+    "an unknown --size-adjustment": (
+        ["zoo", "report", "--size-adjustment", "literature", "--out", "out"],
+        ["--size-adjustment 'literature'", "all, none"],
+    ),
     "an empty --scheduler": (
         ["zoo", "run", "--grid", "quick", "--scheduler", "", "--out", "out"],
         ["--scheduler is empty"],

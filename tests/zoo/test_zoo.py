@@ -91,7 +91,7 @@ def test_a_dask_cluster_on_localhost_gives_identical_results(local_zoo, tmp_path
 
 
 def test_the_leaderboard_uses_the_stored_values(local_zoo):
-    evaluation = evaluate_zoo(local_zoo, min_ess=1)
+    evaluation = evaluate_zoo(local_zoo, min_ess=1, size_adjustment="reference")
     rows, measures = contents(local_zoo)
     kept = sorted(rows.values(), key=lambda r: r["id"])
     entry = next(e for e in evaluation["leaderboard"] if e["measure"] == "fisher_trace")

@@ -626,16 +626,16 @@ def evaluate_zoo(
     n_test: int | None = None,
     min_ess: float = 12.0,
     converged_only: bool = True,
-    size_adjustment: str = "reference",
+    size_adjustment: str = "all",
 ) -> dict[str, Any]:
     """The leaderboard: every measure × every statistic of :mod:`memspace.zoo.ranking` over the zoo.
 
     Models that did not meet the stopping rule are left out (as Fantastic does) unless
     ``converged_only=False``. ``size_adjustment`` says which measures are adjusted for the
-    training-set size m (:func:`~memspace.zoo.measures.size_adjusted`): ``"reference"`` the
-    literature's only, as stored and as the reference code ranks them; ``"all"`` every measure
-    alike; ``"none"`` no measure. Only ``"all"`` and ``"none"`` compare the two families fairly
-    on a zoo that varies m. Each entry has Ψ over every varied hyperparameter and
+    training-set size m (:func:`~memspace.zoo.measures.size_adjusted`): ``"all"`` (the default)
+    every measure alike; ``"none"`` no measure; ``"reference"`` the literature's only, as stored
+    and as the reference code ranks them. Only ``"all"`` and ``"none"`` compare the two
+    families fairly on a zoo that varies m. Each entry has Ψ over every varied hyperparameter and
     ``psi_without_train_size``, Ψ over the others. The σ searches' and the margin's
     diagnostics are stored but not ranked. ``n_test`` (default: the test-set size) sets the
     Hoeffding weights of the robust sign error. PGDL's CMI uses the faithful scorer when the grid is
@@ -756,13 +756,24 @@ def leaderboard_points(
 ) -> dict[str, tuple[list, list]]:
     """``{measure: (values, gaps)}`` over the converged models.
 
-    For the top ``count`` of the leaderboard.
+    For the top ``count`` of the leaderboard, each value under the evaluation's size adjustment.
     """
     store = ZooStore(Path(out) / DB)
     try:
         rows, measures = [r for r in store.models() if r["converged"]], store.measures()
     finally:
         store.close()
+    adjustment = evaluation.get("size_adjustment", "reference")
+    if adjustment != "reference":
+        from ..data import load_dataset
+
+        full = len(load_dataset(zoo_grid(out)["data"], seed=0).train[0])
+        measures = {
+            r["id"]: adjusted_measures(
+                measures.get(r["id"], {}), r["hparams"]["train_size"] or full, adjustment
+            )
+            for r in rows
+        }
     return {
         e["measure"]: (
             [measures.get(r["id"], {}).get(e["measure"], math.nan) for r in rows],
