@@ -525,7 +525,12 @@ def section(results: dict) -> str:
         *predictions_table(results["predictions"]),
     ]
     if a["networks"] < a["expected"]:
-        lines += [f"**Provisional — {a['networks']} of {a['expected']} networks stored.**", ""]
+        lines += [
+            f"**Running — {a['networks']} of {a['expected']} networks stored.** The verdicts are "
+            "read when every cell is in (results.json holds the interim analysis); "
+            f"`python experiments/{results['experiment']}.py run` resumes.",
+        ]
+        return "\n".join(lines) + "\n"
     lines += verdict_table(a["verdicts"]) if a["verdicts"] else ["No cell has been stored yet."]
     if "measures" not in a:
         return "\n".join(lines) + "\n"

@@ -426,7 +426,12 @@ def section(results: dict) -> str:
         *predictions_table(results["predictions"]),
     ]
     if a["models"] < a["expected"]:
-        lines += [f"**Provisional — {a['models']} of {a['expected']} VAEs stored.**", ""]
+        lines += [
+            f"**Running — {a['models']} of {a['expected']} VAEs stored.** The verdicts are read "
+            "when every cell is in (results.json holds the interim analysis); "
+            f"`python experiments/{results['experiment']}.py run` resumes.",
+        ]
+        return "\n".join(lines) + "\n"
     lines += verdict_table(a["verdicts"]) if a["verdicts"] else ["No verdict can be read yet."]
     lines += [
         "",
