@@ -132,6 +132,36 @@ def stored_cells(store_path: Path) -> list[dict[str, Any]]:
         store.close()
 
 
+CELL_FIELDS = ("id", "seed", "hparams", "seconds", "measures")
+
+
+def publish_cells(
+    module: Any,
+    store_path: Path,
+    cfg: dict[str, Any],
+    out: Path,
+    fields: tuple[str, ...] = CELL_FIELDS,
+    **extra: Any,
+) -> Path:
+    """An experiment's results file from its store: config, predictions, cells, analysis.
+
+    ``module`` provides ``NAME``, ``PREDICTIONS`` and ``analyse(cells, cfg)``; ``fields`` are
+    the stored row's fields each cell keeps; ``extra`` adds top-level entries (fixed thresholds).
+    """
+    checkpoint_wal(store_path)
+    cells = stored_cells(store_path)
+    results = dict(
+        experiment=module.NAME,
+        config=cfg,
+        predictions=[dict(p.as_dict(), key=k) for k, p in module.PREDICTIONS.items()],
+        cells=[{k: c[k] for k in fields} for c in cells],
+        analysis=module.analyse(cells, cfg),
+        **extra,
+    )
+    write_results(out, results)
+    return out
+
+
 def predictions_table(predictions: list[dict[str, str]]) -> list[str]:
     """The section's "Predictions (written before the run)" heading and table."""
     lines = [

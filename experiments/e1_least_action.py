@@ -41,10 +41,9 @@ from _preregistered import (  # noqa: E402
     machine,
     main,
     predictions_table,
-    stored_cells,
+    publish_cells,
     training_draw,
     verdict_table,
-    write_results,
 )
 
 from memspace import ResidualMLP, predictive_path  # noqa: E402
@@ -649,28 +648,14 @@ def section(results: dict) -> str:
 
 
 def publish(store_path: Path, cfg: dict, out: Path) -> Path:
-    checkpoint_wal(store_path)
-    cells = stored_cells(store_path)
-    results = dict(
-        experiment=NAME,
-        config=cfg,
-        predictions=[dict(p.as_dict(), key=k) for k, p in PREDICTIONS.items()],
+    return publish_cells(
+        sys.modules[__name__],
+        store_path,
+        cfg,
+        out,
+        fields=("converged", "id", "seed", "hparams", "seconds", "measures"),
         margin_points=MARGIN_POINTS,
-        cells=[
-            dict(
-                converged=c["converged"],
-                id=c["id"],
-                seed=c["seed"],
-                hparams=c["hparams"],
-                seconds=c["seconds"],
-                measures=c["measures"],
-            )
-            for c in cells
-        ],
-        analysis=analyse(cells, cfg),
     )
-    write_results(out, results)
-    return out
 
 
 if __name__ == "__main__":

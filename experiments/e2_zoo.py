@@ -51,9 +51,8 @@ from _preregistered import (  # noqa: E402
     machine,
     main,
     predictions_table,
-    stored_cells,
+    publish_cells,
     verdict_table,
-    write_results,
 )
 
 from memspace.evaluation import (  # noqa: E402
@@ -605,35 +604,14 @@ def section(results: dict) -> str:
 
 
 def publish(store_path: Path, cfg: dict, out: Path) -> Path:
-    checkpoint_wal(store_path)
-    cells = stored_cells(store_path)
-    results = dict(
-        experiment=NAME,
-        config=cfg,
-        predictions=[dict(p.as_dict(), key=k) for k, p in PREDICTIONS.items()],
-        cells=[
-            {
-                k: c[k]
-                for k in (
-                    "id",
-                    "seed",
-                    "hparams",
-                    "measures",
-                    "train_acc",
-                    "test_acc",
-                    "train_ce",
-                    "gap",
-                    "epochs",
-                    "converged",
-                    "seconds",
-                )
-            }
-            for c in cells
-        ],
-        analysis=analyse(cells, cfg),
+    fields = ("id", "seed", "hparams", "measures", "train_acc", "test_acc", "train_ce", "gap")
+    return publish_cells(
+        sys.modules[__name__],
+        store_path,
+        cfg,
+        out,
+        fields=(*fields, "epochs", "converged", "seconds"),
     )
-    write_results(out, results)
-    return out
 
 
 if __name__ == "__main__":

@@ -48,10 +48,9 @@ from _preregistered import (  # noqa: E402
     machine,
     main,
     predictions_table,
-    stored_cells,
+    publish_cells,
     training_draw,
     verdict_table,
-    write_results,
 )
 from scipy import stats  # noqa: E402
 
@@ -470,21 +469,14 @@ def section(results: dict) -> str:
 
 
 def publish(store_path: Path, cfg: dict, out: Path) -> Path:
-    checkpoint_wal(store_path)
-    cells = stored_cells(store_path)
-    results = dict(
-        experiment=NAME,
-        config=cfg,
-        predictions=[dict(p.as_dict(), key=k) for k, p in PREDICTIONS.items()],
+    return publish_cells(
+        sys.modules[__name__],
+        store_path,
+        cfg,
+        out,
+        fields=("id", "seed", "hparams", "measures"),
         negligible_points=NEGLIGIBLE_POINTS,
-        cells=[
-            dict(id=c["id"], seed=c["seed"], hparams=c["hparams"], measures=c["measures"])
-            for c in cells
-        ],
-        analysis=analyse(cells, cfg),
     )
-    write_results(out, results)
-    return out
 
 
 if __name__ == "__main__":

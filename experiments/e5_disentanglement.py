@@ -53,9 +53,8 @@ from _preregistered import (  # noqa: E402
     machine,
     main,
     predictions_table,
-    stored_cells,
+    publish_cells,
     verdict_table,
-    write_results,
 )
 from scipy import stats  # noqa: E402
 
@@ -475,26 +474,7 @@ def section(results: dict) -> str:
 
 
 def publish(store_path: Path, cfg: dict, out: Path) -> Path:
-    checkpoint_wal(store_path)
-    cells = stored_cells(store_path)
-    results = dict(
-        experiment=NAME,
-        config=cfg,
-        predictions=[dict(p.as_dict(), key=k) for k, p in PREDICTIONS.items()],
-        cells=[
-            dict(
-                id=c["id"],
-                seed=c["seed"],
-                hparams=c["hparams"],
-                measures=c["measures"],
-                seconds=c["seconds"],
-            )
-            for c in cells
-        ],
-        analysis=analyse(cells, cfg),
-    )
-    write_results(out, results)
-    return out
+    return publish_cells(sys.modules[__name__], store_path, cfg, out)
 
 
 if __name__ == "__main__":
