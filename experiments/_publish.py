@@ -145,6 +145,8 @@ def claims_section(folder: Path = HERE) -> str:
             )
             effect = "—" if v["effect"] is None else f"{v['effect']:.3g}"
             p = "" if v["p"] is None else f", p = {v['p']:.3g}"
+            caveat = v["note"].split("; ")[-1] if "grid brackets allow" in v["note"] else ""
+            p += f"; {caveat}" if caveat else ""
             rows[numeral].append(
                 f"| {v['claim']} | {name}{note} | **{v['verdict']}** | {v['n']} | "
                 f"{effect}{interval}{p} | {_stem_beside(name, results, v)} |"
