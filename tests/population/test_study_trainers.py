@@ -103,13 +103,14 @@ def test_a_zoo_group_trains_each_model_as_it_would_be_trained_alone(tmp_path):
     assert [[m["id"] for m in g] for g in groups] == [["m0", "m1"], ["m2"], ["wide"]]
 
 
-def test_vae_population_equals_train_vae_cell_by_cell():
+@pytest.mark.parametrize("warmup", [0, 3])
+def test_vae_population_equals_train_vae_cell_by_cell(warmup):
     from memspace.disentanglement import DSpritesLike
     from memspace.disentanglement.vae import train_vae, train_vae_population
 
     dataset = DSpritesLike()
     cells = [(1.0, 0.0, 0), (4.0, 0.5, 1), (2.0, 0.0, 2)]
-    kwargs = dict(steps=4, batch_size=4, latents=3, width=8, depth=2)
+    kwargs = dict(steps=4, batch_size=4, latents=3, width=8, depth=2, warmup=warmup)
     together = train_vae_population(dataset, cells, **kwargs)
     for k, (beta, lam, seed) in enumerate(cells):
         alone = train_vae(dataset, beta=beta, lam=lam, seed=seed, **kwargs)

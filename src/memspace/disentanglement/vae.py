@@ -32,6 +32,7 @@ __all__ = [
     "latent_groups",
     "pullback_metric",
     "elbo_objective",
+    "kl_weight",
     "train_vae",
     "train_vae_population",
 ]
@@ -104,6 +105,23 @@ class VAETraining:
     seconds: float
 
 
+def kl_weight(beta: float, step: int, warmup: int) -> float:
+    """The KL term's weight at training step ``step`` (0-based) under a linear warm-up.
+
+    β_t = β · min(1, (t + 1) / warmup), and β throughout when ``warmup`` is 0: KL annealing
+    (Bowman et al. 2016, "Generating sentences from a continuous space"; Sønderby et al. 2016),
+    which lets the encoder carry information before the KL term can close the posterior.
+    """
+    if warmup <= 0:
+        return float(beta)
+    return float(beta) * min(1.0, (step + 1) / warmup)
+
+
+def _check_schedule(steps: int, warmup: int, pairs) -> None:
+    if steps < 1 or warmup < 0 or any(beta < 0 or lam < 0 for beta, lam in pairs):
+        raise MemspaceError("steps must be ≥ 1, warmup ≥ 0 and beta, lam ≥ 0")
+
+
 def train_vae(
     dataset,
     *,
@@ -116,17 +134,18 @@ def train_vae(
     width: int = 64,
     depth: int = 4,
     seed: int = 0,
+    warmup: int = 0,
 ) -> VAETraining:
     """Train a :class:`ConvVAE` on images rendered on the fly from ``dataset``'s random factors.
 
-    Loss per image: Σ_pixels BCE + β·KL(q(z|x) ‖ N(0, I)) + λ·A_kin, A_kin = h Σ_l ‖v_l‖² the
-    kinetic action of the decoder's residual path (docs/theory.md §3.3).
+    Loss per image: Σ_pixels BCE + β_t·KL(q(z|x) ‖ N(0, I)) + λ·A_kin, A_kin = h Σ_l ‖v_l‖² the
+    kinetic action of the decoder's residual path (docs/theory.md §3.3), β_t = β after a linear
+    KL warm-up of ``warmup`` steps (:func:`kl_weight`; 0: none).
     """
     from ..action import ActionTerm
     from ..train import optimizer_step
 
-    if steps < 1 or beta < 0 or lam < 0:
-        raise MemspaceError("steps must be ≥ 1 and beta, lam ≥ 0")
+    _check_schedule(steps, warmup, [(beta, lam)])
     torch.manual_seed(seed)
     model = ConvVAE(latents, width, depth)
     term = ActionTerm("kinetic", model.path) if lam > 0 else None
@@ -135,13 +154,12 @@ def train_vae(
     recon, kls = [], []
     started = time.time()
     model.train()
-    for _ in range(steps):
+    for step in range(steps):
         x = torch.from_numpy(dataset.render(dataset.sample_factors(batch_size, rng)))
         x = x.to(next(model.parameters()).dtype)
         noise = torch.randn((batch_size, latents), dtype=x.dtype)  # drawn as randn_like(μ)
-        total, _, _, reconstruction, kl = elbo_objective(
-            model, term, (x, noise, torch.tensor(float(beta))), lam, None
-        )
+        weight = torch.tensor(kl_weight(beta, step, warmup))
+        total, _, _, reconstruction, kl = elbo_objective(model, term, (x, noise, weight), lam, None)
         optimizer_step(
             optimizer, total, f"training the β-VAE (β = {beta}, λ = {lam}) at step {len(recon) + 1}"
         )
@@ -186,21 +204,23 @@ def train_vae_population(
     latents: int = 10,
     width: int = 64,
     depth: int = 4,
+    warmup: int = 0,
 ) -> list[VAETraining]:
     """:func:`train_vae` for several (β, λ, seed) cells at once, as one population.
 
     Member k is the VAE ``train_vae(dataset, beta=β_k, lam=λ_k, seed=s_k, ...)`` trains
     alone: its initial weights from the seed, its images rendered from a
     ``RandomState(seed)``, its reparametrisation noise from the generator state that
-    follows its initialisation (the global one ``train_vae`` draws from).
+    follows its initialisation (the global one ``train_vae`` draws from), its KL weight on
+    the same warm-up.
 
     Raises:
-        MemspaceError: for steps < 1, β or λ < 0, or a member whose loss diverges (naming it).
+        MemspaceError: for steps < 1, warmup < 0, β or λ < 0, or a member whose loss
+            diverges (naming it).
     """
     from ..population import Member, Population, PopulationTrainer
 
-    if steps < 1 or any(beta < 0 or lam < 0 for beta, lam, _ in cells):
-        raise MemspaceError("steps must be ≥ 1 and beta, lam ≥ 0")
+    _check_schedule(steps, warmup, [(beta, lam) for beta, lam, _ in cells])
     models, noises, renders = [], [], []
     for _, _, seed in cells:
         torch.manual_seed(seed)
@@ -225,7 +245,7 @@ def train_vae_population(
             x = torch.from_numpy(dataset.render(dataset.sample_factors(batch_size, renders[k])))
             x = x.to(population.flat.dtype)
             noise = torch.randn((batch_size, latents), generator=noises[k], dtype=x.dtype)
-            batches[k] = ((x, noise, torch.tensor(float(beta))), None)
+            batches[k] = ((x, noise, torch.tensor(kl_weight(beta, step, warmup))), None)
         for k, values in trainer.step(batches).items():
             if not np.isfinite(values[0]):
                 beta, lam, seed = cells[k]
