@@ -90,3 +90,47 @@ def test_the_cache_does_not_keep_a_model_alive():
     del model
     gc.collect()
     assert ref() is None
+
+
+def _batch_sizes_seen(model, run):
+    """The batch size of every forward of ``model`` while ``run()`` runs."""
+    seen = []
+    handle = model.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
+    try:
+        run()
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_a_first_operator_runs_one_full_batch_forward_and_checks_on_a_slice():
+    """The taps' check costs a forward and backward on CHECK_SAMPLES samples, not the batch."""
+    from memspace.fisher import CHECK_SAMPLES
+
+    model, data = _model(), _data((64, 6))
+    for memory in ("fast", "low"):
+        clear_plan_cache()
+        op = FisherOperator(model, data, kind="mc", memory=memory)
+        seen = _batch_sizes_seen(model, op.diag)
+        # the sample-axis probe (2 and 3 copies of one sample), the check, then one real pass
+        assert seen == [2, 3, CHECK_SAMPLES, 64], (memory, seen)
+        assert not op.tap_plan().cached
+        cached = FisherOperator(model, data, kind="mc", memory=memory)
+        assert _batch_sizes_seen(model, cached.diag) == [64]
+        torch.testing.assert_close(cached.diag(), op.diag(), rtol=0, atol=0)
+
+
+def test_a_use_outside_the_layer_is_caught_on_the_slice_whatever_the_batch():
+    """A weight used functionally is refused from a check that sees only the first samples."""
+
+    class Reused(TwoLayers):
+        def forward(self, x):
+            return self.fc2(torch.tanh(self.fc1(x))) + nnf.linear(x, self.fc1.weight)[:, :3]
+
+    torch.manual_seed(0)
+    model = Reused().double().eval()
+    for n in (3, 200):
+        clear_plan_cache()
+        plan = FisherOperator(model, _data((n, 6))).tap_plan()
+        assert "fc1" in plan.reasons and "outside" in plan.reasons["fc1"], plan
+        assert [t.weight_name for t in plan.taps] == ["fc2.weight"]

@@ -1,6 +1,6 @@
 """The Fisher information metric (docs/theory.md §1): operator, structures, spectral tools."""
 
-from ._collect import TapPlan, clear_plan_cache
+from ._collect import CHECK_SAMPLES, TapPlan, clear_plan_cache
 from .ekfac import EKFAC, EigenBlock
 from .kfac import KFAC, KroneckerBlock
 from .likelihood import FisherKind, Likelihood
@@ -13,6 +13,7 @@ __all__ = [
     "FisherKind",
     "Likelihood",
     "TapPlan",
+    "CHECK_SAMPLES",
     "clear_plan_cache",
     # structures
     "KFAC",

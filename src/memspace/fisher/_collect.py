@@ -6,13 +6,17 @@ A collector streams the data, plans and checks the taps (:class:`TapPlan`) and c
 :class:`LayerStatistic` layer by layer; the memory mode is chosen once, as the collector's class:
 
 - :class:`FastCollector` (``memory="fast"``): one forward with taps per batch, one backward per
-  column to the layers' outputs; the taps are planned and verified inside the first batch's pass.
+  column to the layers' outputs.
 - :class:`LowMemoryCollector` (``memory="low"``): per column a forward in which each tap adds a
   zero probe to its output, and one backward to the probes; a layer's statistic is taken in its
   backward hook and its input freed then, so the peak is about a gradient's.
 
-Every parameter that no verified tap covers is listed in the plan's ``fallback`` and gets the
-exact per-sample treatment of :mod:`._jacobians` from the caller (never dropped).
+Both plan the taps on the first batch and verify them (:meth:`Collector.verified_plan`) on its
+first :data:`CHECK_SAMPLES` samples, in one small forward and backward of their own: the check is
+about which code uses the weights, which a slice of the batch shows as well as all of it, so a
+new operator costs little more than one whose plan is cached. Every parameter that no verified
+tap covers is listed in the plan's ``fallback`` and gets the exact per-sample treatment of
+:mod:`._jacobians` from the caller (never dropped).
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ._pass import DataPass
 from ._taps import LayerTap, check_tap_layout, is_tappable, summed_weight_grads
 
 __all__ = [
+    "CHECK_SAMPLES",
     "Collector",
     "FastCollector",
     "FisherParts",
@@ -84,8 +89,6 @@ class TappedBatch:
         taps: the verified taps.
         fallback: selected parameter names not covered by a tap.
         inputs: the batch inputs (for the fallback's per-sample Jacobians).
-        first_column: the first column's output gradients per verified tap, when the taps'
-            check computed them (then :meth:`column_grads` does not compute them again).
     """
 
     outputs: Tensor
@@ -93,21 +96,16 @@ class TappedBatch:
     taps: list[LayerTap]
     fallback: list[str]
     inputs: Tensor
-    first_column: list[list[Tensor | None]] | None = None
 
     def column_grads(self) -> Iterator[list[list[Tensor | None]]]:
         """For each column s_k, the gradients of s_kᵀf w.r.t. each tap's outputs.
 
         Only gradients with respect to layer outputs are requested, so autograd skips
-        every weight-gradient product. ``first_column``, when the taps' check already took
-        s_0's gradients in its own backward, stands in for the first one.
+        every weight-gradient product.
         """
         flat = [out for tap in self.taps for out in tap.outputs]
         num = self.factors.shape[0]
         for k in range(num):
-            if k == 0 and self.first_column is not None:
-                yield self.first_column
-                continue
             if not flat:
                 yield []
                 continue
@@ -127,6 +125,9 @@ class LayerStatistic(Protocol):
     def flush(self, tap: LayerTap) -> None:
         """The layer's columns so far are all given; its inputs are still recorded."""
 
+
+CHECK_SAMPLES = 16
+"""How many samples of the first batch the taps' check runs on (all of them when fewer)."""
 
 _PLANS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 """Verified plans per model, held weakly: ``{model: {fingerprint: (taps, fallback, reasons)}}``."""
@@ -178,8 +179,11 @@ class Collector:
         self.plan: TapPlan | None = None
 
     def tap_plan(self) -> TapPlan:
-        """The verified :class:`TapPlan` (computed on the first batch, then kept)."""
-        raise NotImplementedError
+        """The verified :class:`TapPlan` (taken on the first batch, then kept)."""
+        if self.plan is None:
+            x, y = next(iter(self.data_pass.data))
+            self.plan = self.verified_plan(x, y)
+        return self.plan
 
     def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
         """Feed ``statistic`` every tapped layer's columns.
@@ -301,6 +305,45 @@ class Collector:
         ] = (specs, list(plan.fallback), dict(reasons))
         return plan
 
+    def verified_plan(self, x: Tensor, y: Tensor) -> TapPlan:
+        """The plan of the first batch ``(x, y)``: from the cache, or planned and checked anew.
+
+        The check runs on the batch's first :data:`CHECK_SAMPLES` samples. One seeded random
+        combination r of their output-Fisher columns is back-propagated once, to the parameters
+        (autograd, every use) and, through zero probes on the taps' outputs, to the layers,
+        whose batch-summed weight gradients Σ_n g_n a_nᵀ a hook forms as they arrive
+        (:meth:`taps_accounting_for` compares the two). A parameter also used outside its
+        module's calls (attention's functional form, a tied layer) makes them differ.
+        """
+        cached = self.cached_plan(x)
+        if cached is not None:
+            return cached
+        dp = self.data_pass
+        taps, reasons = self.plan_taps(x)
+        names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
+        if not names:
+            return self.make_plan(taps, reasons, x)
+        head = slice(0, min(dp.call.num_samples(x), CHECK_SAMPLES))
+        leaves, others = dp.parameters()
+        summed: dict[str, Tensor] = {}
+        outputs, probes = self.probe_forward(
+            dp.call.take(x, head),
+            {**others, **leaves},
+            taps,
+            lambda tap, grads: _keep_sums(tap, grads, summed),
+        )
+        r = dp.random_column_mix(dp.factors(outputs.detach(), y[head], 0))
+        grads = torch.autograd.grad(
+            outputs, [leaves[n] for n in names] + probes, r, allow_unused=True
+        )
+        direct = dict(zip(names, grads[: len(names)]))
+        del outputs, probes, grads
+        for tap in taps:
+            tap.clear()
+        return self.make_plan(
+            self.taps_accounting_for(taps, leaves, direct, summed, reasons), reasons, x
+        )
+
     def cached_plan(self, x: Tensor) -> TapPlan | None:
         """The plan an earlier operator verified for this model and input layout, or None."""
         entry = _PLANS.get(self.data_pass.model, {}).get(
@@ -372,16 +415,10 @@ class FastCollector(Collector):
 
     memory = "fast"
 
-    def tap_plan(self) -> TapPlan:
-        if self.plan is None:
-            for _ in self.tapped_batches():
-                break
-        return self.plan
-
     def tapped_batches(self) -> Iterator[TappedBatch]:
         """Stream batches through a forward that taps every verified layer.
 
-        On the first batch of the first pass the taps are planned and verified (:class:`TapPlan`).
+        The plan is taken on the first batch of the first pass (:meth:`verified_plan`).
 
         Raises:
             MemspaceError: when a later batch runs a tapped layer differently from the
@@ -389,14 +426,10 @@ class FastCollector(Collector):
         """
         dp = self.data_pass
         leaves, others = dp.parameters()
-        plan = self.plan
         for index, (x, y) in enumerate(dp.data):
-            if plan is None:
-                plan = self.plan = self.cached_plan(x)
-            if plan is None:
-                taps, reasons = self.plan_taps(x)
-            else:
-                taps = plan.taps
+            if self.plan is None:
+                self.plan = self.verified_plan(x, y)
+            taps = self.plan.taps
             for tap in taps:
                 tap.clear()
             handles = [tap.module.register_forward_hook(tap.hook) for tap in taps]
@@ -406,10 +439,6 @@ class FastCollector(Collector):
                 for handle in handles:
                     handle.remove()
             factors = dp.factors(outputs, y, index)
-            first_column = None
-            if plan is None:
-                taps, first_column = self._verify_taps(taps, leaves, outputs, factors, reasons)
-                plan = self.plan = self.make_plan(taps, reasons, x)
             num = dp.call.num_samples(x)
             for tap in taps:
                 expected = len(tap.sample_axes or [])
@@ -422,7 +451,7 @@ class FastCollector(Collector):
                         f"({expected} call(s)); its per-sample shortcut does not apply: pass "
                         "params= without it"
                     )
-            yield TappedBatch(outputs, factors, taps, plan.fallback, x, first_column)
+            yield TappedBatch(outputs, factors, taps, self.plan.fallback, x)
 
     def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
         for batch in self.tapped_batches():
@@ -437,57 +466,6 @@ class FastCollector(Collector):
                 statistic.flush(tap)
             yield batch.inputs, batch.factors, batch.fallback
 
-    def _verify_taps(
-        self,
-        taps: list[LayerTap],
-        leaves: dict[str, Tensor],
-        outputs: Tensor,
-        factors: Tensor,
-        reasons: dict[str, str],
-    ) -> tuple[list[LayerTap], list[list[Tensor | None]] | None]:
-        """Keep the taps whose calls account for the whole gradient of their parameters.
-
-        One combination r of the output-Fisher columns is back-propagated once, to the
-        parameters (autograd, every use) and to the taps' outputs (the shortcut's view, Σ_n
-        per-sample gradients) together. A parameter also used outside its module's calls
-        (attention's functional form, a tied layer) makes the two differ.
-
-        With several columns r is a seeded random mix of them. With one column (``kind="mc"``
-        with one sample, ``"empirical"``) the mix is a multiple of it and the check is
-        scale-free, so r is the column itself: this backward is then also the column's, and
-        its output gradients are returned for the kept taps, so the first pass costs no
-        extra backward at all.
-
-        Returns:
-            (the kept taps, the first column's output gradients per kept tap or None).
-        """
-        names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
-        if not names:
-            return taps, None
-        single = factors.shape[0] == 1
-        r = factors[0] if single else self.data_pass.random_column_mix(factors)
-        flat = [out for tap in taps for out in tap.outputs]
-        grads = torch.autograd.grad(
-            outputs,
-            [leaves[n] for n in names] + flat,
-            r,
-            retain_graph=not single,
-            allow_unused=True,
-        )
-        direct = dict(zip(names, grads[: len(names)]))
-        via = iter(grads[len(names) :])
-        per_tap = [[next(via) for _ in tap.outputs] for tap in taps]
-        summed: dict[str, Tensor] = {}
-        for tap, tap_grads in zip(taps, per_tap):
-            tap_grads = _zeros_for_unused(tap, tap_grads)
-            if tap_grads:
-                _keep_sums(tap, tap_grads, summed)
-        kept = self.taps_accounting_for(taps, leaves, direct, summed, reasons)
-        if not single:
-            return kept, None
-        index = {id(tap): i for i, tap in enumerate(taps)}
-        return kept, [per_tap[index[id(tap)]] for tap in kept]
-
 
 class LowMemoryCollector(Collector):
     """``memory="low"``: K probe forwards per batch.
@@ -496,50 +474,6 @@ class LowMemoryCollector(Collector):
     """
 
     memory = "low"
-
-    def tap_plan(self) -> TapPlan:
-        if self.plan is None:
-            self.plan = self._low_memory_plan()
-        return self.plan
-
-    def _low_memory_plan(self) -> TapPlan:
-        """The taps' check at a gradient's memory.
-
-        One backward of rᵀf reaches the parameters (autograd, every use) and, through zero probes,
-        each tap's output, whose batch-summed weight gradient a hook forms and compares as it
-        arrives (no graph kept, no per-sample gradients).
-        """
-        dp = self.data_pass
-        x, y = next(iter(dp.data))
-        cached = self.cached_plan(x)
-        if cached is not None:
-            return cached
-        taps, reasons = self.plan_taps(x)
-        leaves, others = dp.parameters()
-        summed: dict[str, Tensor] = {}
-        outputs, probes = self.probe_forward(
-            x, {**others, **leaves}, taps, lambda tap, grads: _keep_sums(tap, grads, summed)
-        )
-        r = dp.random_column_mix(dp.factors(outputs.detach(), y, 0))
-        names = [n for tap in taps for n in (tap.weight_name, tap.bias_name) if n]
-        direct = (
-            dict(
-                zip(
-                    names,
-                    torch.autograd.grad(
-                        outputs, [leaves[n] for n in names] + probes, r, allow_unused=True
-                    )[: len(names)],
-                )
-            )
-            if names
-            else {}
-        )
-        del outputs
-        for tap in taps:
-            tap.clear()
-        return self.make_plan(
-            self.taps_accounting_for(taps, leaves, direct, summed, reasons), reasons, x
-        )
 
     def probe_columns(
         self, complete: Callable[[LayerTap, list[Tensor], int], None]
