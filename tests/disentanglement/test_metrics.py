@@ -194,3 +194,43 @@ def test_the_generator_has_dsprites_factor_structure():
     shifted = data.render(np.array([[1, 3, 7, 21, 9]]))[0, 0]
     # PosX moves x
     assert abs(np.nonzero(shifted)[1].mean() - np.nonzero(moved)[1].mean() - 40 / 31) < 0.3
+
+
+def _render_on_the_full_grid(data, factors):
+    """The rasteriser's definition (module doc) evaluated on all 256 × 256 subsamples."""
+    from memspace.disentanglement.data import _inside_polygon
+
+    s = data.supersample
+    grid = (np.arange(64 * s) + 0.5) / s
+    gx, gy = np.meshgrid(grid, grid)
+    images = np.zeros((len(factors), 1, 64, 64), dtype=np.uint8)
+    for n, (shape, scale, orientation, px, py) in enumerate(factors):
+        size = (0.5 + 0.5 * scale / 5) * 10.0
+        theta = 2 * np.pi * orientation / 40
+        dx, dy = gx - (12 + 40 * px / 31), gy - (12 + 40 * py / 31)
+        u = (np.cos(theta) * dx + np.sin(theta) * dy) / size
+        v = (-np.sin(theta) * dx + np.cos(theta) * dy) / size
+        if shape == 0:
+            mask = (np.abs(u) <= 1) & (np.abs(v) <= 1)
+        elif shape == 1:
+            mask = u**2 + (v / 0.5) ** 2 <= 1
+        else:
+            mask = _inside_polygon(u.ravel(), -v.ravel(), data._heart).reshape(u.shape)
+        images[n, 0] = mask.reshape(64, s, 64, s).mean(axis=(1, 3)) >= 0.5
+    return images
+
+
+def test_rendering_on_the_bounding_box_equals_the_full_grid_bit_for_bit():
+    data = DSpritesLike()
+    corners = np.array(
+        [
+            [shape, scale, orientation, x, y]
+            for shape in range(3)
+            for scale in (0, 5)
+            for orientation in (0, 5, 17)
+            for x in (0, 31)
+            for y in (0, 31)
+        ]
+    )
+    factors = np.concatenate([corners, data.sample_factors(200, np.random.RandomState(3))])
+    assert np.array_equal(data.render(factors), _render_on_the_full_grid(data, factors))
