@@ -317,26 +317,29 @@ def cover_anchor(
     rng = np.random.default_rng(seed)
     fitted, separable = [], []
     for n in sizes:
-        hits, exact = 0, 0
+        data, models = [], []
         for trial in range(trials):
             X = rng.standard_normal((n, d))
             labels = rng.integers(0, 2, n)
             torch.manual_seed(seed * 100_003 + n * 1009 + trial)
-            model = nn.Linear(d, 2, bias=False).double()
-            result = memorise(
-                model,
-                torch.from_numpy(X),
-                torch.from_numpy(labels),
-                max_steps=max_steps,
-                lr=lr,
-                batch_size=n,
-                seed=trial,
-                check_every=5,
-            )
-            hits += result.fitted
-            exact += linearly_separable(X, 2.0 * labels - 1.0)
-        fitted.append(hits / trials)
-        separable.append(exact / trials)
+            models.append(nn.Linear(d, 2, bias=False).double())
+            data.append((X, labels))
+        # the trials of one N train as one population, each exactly as memorise alone
+        results = memorise_population(
+            models,
+            [(torch.from_numpy(X), torch.from_numpy(labels)) for X, labels in data],
+            actions=[None] * trials,
+            lams=[0.0] * trials,
+            seeds=list(range(trials)),
+            max_steps=max_steps,
+            lr=lr,
+            batch_size=n,
+            check_every=5,
+        )
+        fitted.append(sum(result.fitted for result in results) / trials)
+        separable.append(
+            sum(linearly_separable(X, 2.0 * labels - 1.0) for X, labels in data) / trials
+        )
     closed = [cover_probability(n, d) for n in sizes]
     return {
         "d": d,
