@@ -15,7 +15,7 @@ from .action import (
     straighten,
 )
 from .complexity import TrajectoryLength, fisher_distance, fisher_rao_norm, trajectory_length
-from .data import DataSplit, load_dataset
+from .data import DataSplit, load_dataset, modular_arithmetic
 from .fisher import EKFAC, KFAC, FisherKind, FisherOperator, Likelihood
 from .paths import (
     BlockSensitivity,
@@ -67,5 +67,6 @@ __all__ = [
     "FitResult",
     # data
     "load_dataset",
+    "modular_arithmetic",
     "DataSplit",
 ]

@@ -5,6 +5,9 @@
 - ``fashion-mnist``: Debian's ``dataset-fashion-mnist`` package (28×28, 10 classes),
   read from ``/usr/share/datasets/fashion-mnist`` when installed
   (``apt-get install dataset-fashion-mnist``); a clear error otherwise.
+- :func:`modular_arithmetic`: every pair (a, b) of Z_p once, labelled a ∘ b mod p for ∘ ∈ {+, −, ×},
+  as the tokens [a, b, =] of the grokking literature (Power et al. 2022; Nanda et al. 2023),
+  with an exact, seeded training fraction.
 - a path to your own ``.npz`` file with arrays ``X`` and ``y`` (split here), or
   ``X_train``, ``y_train``, ``X_test``, ``y_test``; loaded with ``allow_pickle=False``.
   Labels must cover 0..C−1, or the file stores the class count as ``num_classes``.
@@ -29,9 +32,15 @@ from torch import Tensor
 from ._errors import DataError, MemspaceError
 from ._npz import load_npz
 
-__all__ = ["DATASETS", "DataSplit", "load_dataset"]
+__all__ = ["DATASETS", "MODULAR_OPERATIONS", "DataSplit", "load_dataset", "modular_arithmetic"]
 
 DATASETS = ("digits", "moons", "fashion-mnist")
+MODULAR_OPERATIONS = {
+    "+": lambda a, b, p: (a + b) % p,
+    "-": lambda a, b, p: (a - b) % p,
+    "*": lambda a, b, p: (a * b) % p,
+}
+"""The operations of :func:`modular_arithmetic`, each (a, b, p) ↦ a ∘ b mod p."""
 MAX_CLASSES = 2**20
 """The most classes a data file may have (labels beyond are refused before any work)."""
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
@@ -286,3 +295,47 @@ def load_dataset(
     if name.endswith(".npz"):
         return _npz(Path(name), test_fraction, seed)
     raise MemspaceError(f"unknown data set {name!r}; choose one of {', '.join(DATASETS)}")
+
+
+def modular_arithmetic(
+    p: int, op: str = "+", *, train_fraction: float = 0.3, seed: int = 0
+) -> DataSplit:
+    """All p² pairs of Z_p, labelled (a ∘ b) mod p, split into train and test pairs.
+
+    Each input is the token sequence [a, b, p] (p is the ``=`` token, so the vocabulary has
+    p + 1 tokens and the answer is read at the last position), int64 [3]; the label is
+    a ∘ b mod p (C = p classes). Exactly round(train_fraction · p²) pairs, drawn by a seeded
+    permutation, are for training; every other pair is a test pair.
+
+    Args:
+        p: the modulus (at least 2; a prime for the grokking anchors, e.g. 113 as Nanda et al.).
+        op: ``"+"``, ``"-"`` or ``"*"`` (:data:`MODULAR_OPERATIONS`).
+        train_fraction: the share of pairs for training, in (0, 1).
+        seed: seed of the permutation.
+
+    Raises:
+        MemspaceError: for p < 2, an unknown operation, or a fraction that leaves either part
+            empty.
+    """
+    if not isinstance(p, int) or p < 2 or p > 4096:
+        raise MemspaceError(f"the modulus p must be an integer in [2, 4096], got {p!r}")
+    if op not in MODULAR_OPERATIONS:
+        raise MemspaceError(
+            f"unknown operation {op!r}; choose one of {', '.join(MODULAR_OPERATIONS)}"
+        )
+    n_train = int(round(train_fraction * p * p))
+    if not 0 < n_train < p * p:
+        raise MemspaceError(
+            f"train_fraction {train_fraction} leaves no training or no test pair of the {p * p}"
+        )
+    a, b = np.meshgrid(np.arange(p), np.arange(p), indexing="ij")
+    a, b = a.ravel(), b.ravel()
+    tokens = np.stack([a, b, np.full_like(a, p)], 1).astype(np.int64)
+    labels = MODULAR_OPERATIONS[op](a, b, p).astype(np.int64)
+    order = np.random.default_rng(seed).permutation(p * p)
+    train, test = order[:n_train], order[n_train:]
+
+    def part(idx: np.ndarray) -> tuple[Tensor, Tensor]:
+        return torch.from_numpy(tokens[idx]), torch.from_numpy(labels[idx])
+
+    return DataSplit(f"modular-{op}-{p}", part(train), part(test), p)

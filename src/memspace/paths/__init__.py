@@ -9,6 +9,14 @@ from .models import (
     build_model,
     check_architecture_fits,
 )
+from .modular import (
+    FourierSpectrum,
+    ModularMLP,
+    ModularTransformer,
+    embedding_matrix,
+    fourier_concentration,
+    fourier_spectrum,
+)
 from .predictive import (
     PredictivePath,
     fisher_rao_distance,
@@ -27,6 +35,13 @@ __all__ = [
     "ResidualCNN",
     "build_model",
     "check_architecture_fits",
+    # modular arithmetic (grokking) and the Fourier structure of its embeddings
+    "ModularTransformer",
+    "ModularMLP",
+    "FourierSpectrum",
+    "embedding_matrix",
+    "fourier_spectrum",
+    "fourier_concentration",
     # any model
     "ResidualPath",
     "StreamCapture",
