@@ -109,3 +109,13 @@ def test_a_layer_that_never_runs_has_zero_fisher_everywhere():
     torch.testing.assert_close(
         F.diag()[:8], dense_fisher(model, X, y, names=["used.weight", "used.bias"]).diagonal()
     )
+
+
+@pytest.mark.parametrize("shape", [(50, 7), (300, 256), (97, 600), (40, 1000)])
+def test_the_blocked_gram_is_the_product_and_exactly_symmetric(shape):
+    from memspace.fisher._statistics import gram
+
+    rows = torch.randn(*shape, dtype=torch.float64)
+    result = gram(rows)
+    torch.testing.assert_close(result, rows.T @ rows, rtol=1e-12, atol=1e-12)
+    assert torch.equal(result, result.T)
