@@ -22,6 +22,7 @@ labels are int64.
 from __future__ import annotations
 
 import gzip
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -304,8 +305,9 @@ def modular_arithmetic(
 
     Each input is the token sequence [a, b, p] (p is the ``=`` token, so the vocabulary has
     p + 1 tokens and the answer is read at the last position), int64 [3]; the label is
-    a ∘ b mod p (C = p classes). Exactly round(train_fraction · p²) pairs, drawn by a seeded
-    permutation, are for training; every other pair is a test pair.
+    a ∘ b mod p (C = p classes). Exactly ⌊train_fraction · p²⌋ pairs (as Nanda et al.: 3 830
+    of 12 769 at p = 113 and 0.3), drawn by a seeded permutation, are for training; every
+    other pair is a test pair.
 
     Args:
         p: the modulus (at least 2; a prime for the grokking anchors, e.g. 113 as Nanda et al.).
@@ -323,7 +325,7 @@ def modular_arithmetic(
         raise MemspaceError(
             f"unknown operation {op!r}; choose one of {', '.join(MODULAR_OPERATIONS)}"
         )
-    n_train = int(round(train_fraction * p * p))
+    n_train = int(math.floor(train_fraction * p * p + 1e-9))
     if not 0 < n_train < p * p:
         raise MemspaceError(
             f"train_fraction {train_fraction} leaves no training or no test pair of the {p * p}"

@@ -32,7 +32,8 @@ def test_every_pair_once_the_fraction_exact_and_seeded(op, rule):
     p = 11
     split = modular_arithmetic(p, op, train_fraction=0.3, seed=4)
     (xtr, ytr), (xte, yte) = split.train, split.test
-    assert len(xtr) == round(0.3 * p * p) and len(xtr) + len(xte) == p * p
+    assert len(xtr) == math.floor(0.3 * p * p) and len(xtr) + len(xte) == p * p
+    assert len(modular_arithmetic(113, op).train[0]) == 3830  # Nanda et al.'s split size
     pairs = torch.cat([xtr, xte])[:, :2].tolist()
     assert sorted(map(tuple, pairs)) == [(a, b) for a in range(p) for b in range(p)]
     x, y = torch.cat([xtr, xte]), torch.cat([ytr, yte])
