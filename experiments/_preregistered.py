@@ -94,6 +94,8 @@ def write_results(path: Path, results: dict[str, Any]) -> Path:
 def estimate_text(estimate: Estimate | dict[str, Any], fmt: str = "{:.3f}") -> str:
     """``value [low, high]`` (or ``value (one cluster: no interval)``)."""
     e = estimate if isinstance(estimate, dict) else estimate.as_dict()
+    if e["value"] is None or e["value"] != e["value"]:
+        return "— (not measurable)"
     value = fmt.format(e["value"])
     if e["low"] is None or e["low"] != e["low"]:
         return f"{value} (no interval: {e['clusters']} cluster)"

@@ -21,9 +21,6 @@ ORDER = [
     "e3_capacity",
     "e4_reinitialization",
     "e5_disentanglement",
-    "least_action",
-    "memory_space",
-    "zoo",
 ]
 PRE_REGISTERED = {
     "e1_least_action",
@@ -32,23 +29,13 @@ PRE_REGISTERED = {
     "e4_reinitialization",
     "e5_disentanglement",
 }
-SUPERSEDED_NOTE = """\
-> **The sections after the pre-registered experiments are v2 and superseded.** They were
-> measured with the stem-anchored path (blind to idle depth, docs/theory.md §3.1), on digits
-> and moons (where logistic regression is as accurate, so depth is untested), with at most
-> three seeds, and their verdicts were typed thresholds, not the tests of docs/theory.md §6.
-> Read with these corrections: claim (iii) on the zoo has the wrong sign (τ = −0.06, Ψ = −0.21
-> for the predictive action; −0.16 for least action): it is contradicted there, not "not
-> established"; the zoo table sorts by |Ψ|, which hides signs (the kinetic action's Ψ is −0.32;
-> by signed Ψ memspace's measures rank low); the re-initialisation map reproduces Zhang, Bengio
-> and Singer's pattern by their own criterion (the stem the only critical layer) although it is
-> labelled "not supported" by thresholds of ours; N* = 800 at λ = 0 is the top of the grid
-> (censored, ≥ 800); the "action per bit" is the slope of a per-point mean against total bits;
-> every "±" there is a ddof = 0 deviation; "detour" there is E C / E d, not a factor of
-> A/A_min; the zoo gave memspace's measures no dataset-size adjustment while the literature's
-> had one, and dropped every 20 %-label-noise model. The pre-registered experiments (issue
-> #20: E1–E5) replace them one by one.
-"""
+RETIRED_NOTE = (
+    "The v2 sections that preceded these experiments (least action on digits and moons, the "
+    "memory-space studies, the digits zoo) were retired on 2026-12-06: they used the "
+    "stem-anchored path, data where depth is untested, at most three seeds and typed "
+    "thresholds, and parts of them were wrong (the corrections are listed in issue #20). E1–E5 "
+    "replace them; the old text stays in the history (`git show 41b2283:experiments/RESULTS.md`)."
+)
 
 
 NUMERALS = ("(i)", "(ii)", "(iii)", "(iv)", "(v)", "(vi)")
@@ -184,14 +171,9 @@ def publish(name: str, text: str) -> Path:
         "Each section is written by the script it names (see `experiments/`) from its "
         "machine-readable results; numbers are as measured. The pre-registered experiments "
         "come first: their predictions were committed before their runs and their verdicts "
-        "are computed by code (docs/theory.md §6).",
+        "are computed by code (docs/theory.md §6). " + RETIRED_NOTE,
         "",
     ]
     parts += [claims_section()]
-    fresh = [p for p in present if p.stem in PRE_REGISTERED]
-    old = [p for p in present if p.stem not in PRE_REGISTERED]
-    parts += [p.read_text().rstrip() + "\n" for p in fresh]
-    if old:
-        parts += [SUPERSEDED_NOTE]
-        parts += [p.read_text().rstrip() + "\n" for p in old]
+    parts += [p.read_text().rstrip() + "\n" for p in present if p.stem in PRE_REGISTERED]
     return write_atomic(HERE / "RESULTS.md", "\n".join(parts))

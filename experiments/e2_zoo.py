@@ -600,6 +600,17 @@ def section(results: dict) -> str:
         "- CMI and the sign error have intervals (200 resamples) for the claimed measures and the "
         "three leaders; the other rows give the point value.",
     ]
+    seeds = len(cfg["grid"]["seeds"])
+    if seeds**2 < cfg["min_ess"]:
+        lines.append(
+            f"- **The robust sign error keeps no environment, by design error.** An environment "
+            f"(two configurations that differ in one hyperparameter) holds at most {seeds} × "
+            f"{seeds} = {seeds**2} pairs of runs, and its effective sample size W²/ΣW² cannot "
+            f"exceed the number of pairs, so the pre-registered ESS ≥ {cfg['min_ess']:g} "
+            "(Dziugaite et al.'s) can never be met with these seeds. It decides none of E2's "
+            f"claims; measuring it needs at least {math.ceil(math.sqrt(cfg['min_ess']))} seeds "
+            "per configuration."
+        )
     return "\n".join(lines) + "\n"
 
 
