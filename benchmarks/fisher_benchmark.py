@@ -511,10 +511,23 @@ def write_markdown(results: dict, path: Path) -> None:
     notes = HERE / "NOTES.md"
     if notes.exists():
         lines += [notes.read_text().rstrip("\n"), ""]
+    text = "\n".join(lines).rstrip("\n") + "\n"
     previous = path.read_text() if path.exists() else ""
-    marker = "\n## Path profile cost against depth"
-    tail = previous[previous.index(marker) :] if marker in previous else ""
-    path.write_text("\n".join(lines).rstrip("\n") + "\n" + tail)
+    path.write_text(text + kept_sections(previous, text))
+
+
+def kept_sections(previous: str, written: str) -> str:
+    """The sections of ``previous`` that ``written`` does not write itself, in their order.
+
+    Other scripts add their sections to RESULTS.md (the ResNet, population and study-training
+    benchmarks); rewriting the Fisher tables keeps them.
+    """
+    own = {line for line in written.splitlines() if line.startswith("## ")}
+    parts = previous.split("\n## ")[1:]
+    kept = [
+        "## " + part.rstrip("\n") + "\n" for part in parts if "## " + part.split("\n")[0] not in own
+    ]
+    return "".join("\n" + part for part in kept)
 
 
 if __name__ == "__main__":
