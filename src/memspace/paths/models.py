@@ -97,6 +97,19 @@ class ResidualPathModel(nn.Module):
                 nn.init.zeros_(last.bias)
 
 
+def mlp_blocks(width: int, depth: int, hidden: int, activation: str) -> nn.ModuleList:
+    """L blocks x ↦ x + h·(W₂ σ(W₁x + b₁) + b₂) on a stream of ``width``, h = 1/L."""
+    return nn.ModuleList(
+        ResidualBlock(
+            nn.Sequential(
+                nn.Linear(width, hidden), _activation(activation), nn.Linear(hidden, width)
+            ),
+            1.0 / depth,
+        )
+        for _ in range(depth)
+    )
+
+
 class ResidualMLP(ResidualPathModel):
     """Linear stem → L blocks v_l(x) = W₂ σ(W₁x + b₁) + b₂ → linear head.
 
@@ -124,17 +137,8 @@ class ResidualMLP(ResidualPathModel):
         super().__init__()
         if depth < 1:
             raise MemspaceError(f"depth must be at least 1, got {depth}")
-        hidden = hidden or width
         self.stem = nn.Linear(in_features, width)
-        self.blocks = nn.ModuleList(
-            ResidualBlock(
-                nn.Sequential(
-                    nn.Linear(width, hidden), _activation(activation), nn.Linear(hidden, width)
-                ),
-                1.0 / depth,
-            )
-            for _ in range(depth)
-        )
+        self.blocks = mlp_blocks(width, depth, hidden or width, activation)
         self.head = nn.Linear(width, num_classes)
         if identity_init:
             self._zero_last_layers()

@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from torch.nn import functional as nnf
 
 from .._errors import MemspaceError
-from .models import ResidualBlock, ResidualPathModel, _activation
+from .models import ResidualPathModel, _activation, mlp_blocks
 
 __all__ = [
     "FourierSpectrum",
@@ -205,18 +205,9 @@ class ModularMLP(ResidualPathModel):
         super().__init__()
         if depth < 1:
             raise MemspaceError(f"depth must be at least 1, got {depth}")
-        hidden = hidden or width
         self.p = p
         self.stem = OneHotPair(p, width)
-        self.blocks = nn.ModuleList(
-            ResidualBlock(
-                nn.Sequential(
-                    nn.Linear(width, hidden), _activation(activation), nn.Linear(hidden, width)
-                ),
-                1.0 / depth,
-            )
-            for _ in range(depth)
-        )
+        self.blocks = mlp_blocks(width, depth, hidden or width, activation)
         self.head = nn.Linear(width, p)
 
 
