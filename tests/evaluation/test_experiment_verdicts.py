@@ -391,3 +391,17 @@ def test_an_experiment_still_running_reads_no_verdict_into_the_claims(tmp_path):
     text = _publish.claims_section(tmp_path)
     assert "| (iii) | e2_zoo (16 of 192 stored) | **running**" in text
     assert "(iii) x" not in text and "**supported**" not in text
+
+
+def test_an_estimate_that_could_not_be_measured_prints_as_such():
+    """A NaN estimate (null in results.json) reads "not measurable", not a crash or a number."""
+    from _preregistered import estimate_text
+
+    assert estimate_text({"value": None, "low": None, "high": None, "clusters": 0}) == (
+        "— (not measurable)"
+    )
+    nan = {"value": math.nan, "low": math.nan, "high": math.nan, "clusters": 0}
+    assert estimate_text(nan) == "— (not measurable)"
+    assert estimate_text({"value": 0.5, "low": 0.25, "high": 0.75, "clusters": 5}) == (
+        "0.500 [0.250, 0.750]"
+    )
