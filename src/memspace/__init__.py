@@ -5,7 +5,7 @@ of a configuration (:mod:`memspace.complexity`) and of a path (:mod:`memspace.pa
 → least action (:mod:`memspace.action`, :mod:`memspace.train`) → studies and reports.
 """
 
-from ._errors import DataError, MemspaceError
+from ._errors import DataError, MemspaceError, MemspaceWarning
 from .action import (
     ACTIONS,
     ActionTerm,
@@ -35,6 +35,7 @@ __all__ = [
     "__version__",
     # errors
     "MemspaceError",
+    "MemspaceWarning",
     "DataError",
     # the metric
     "FisherOperator",

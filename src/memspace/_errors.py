@@ -8,7 +8,13 @@ stderr and exit code 2; anything else that escapes is a bug in memspace and keep
 
 from __future__ import annotations
 
-__all__ = ["ArgumentTypeError", "DataError", "MemspaceError", "ModelError"]
+__all__ = [
+    "ArgumentTypeError",
+    "DataError",
+    "MemspaceError",
+    "MemspaceWarning",
+    "ModelError",
+]
 
 
 class MemspaceError(ValueError):
@@ -28,3 +34,10 @@ class ModelError(MemspaceError):
 
 class ArgumentTypeError(MemspaceError, TypeError):
     """An argument of the wrong type (a ``TypeError`` too, as Python's own would be)."""
+
+
+class MemspaceWarning(UserWarning):
+    """A result memspace computed, but not all of it the way the caller may assume.
+
+    Such as K-FAC layers that have no Kronecker block and take their exact diagonal instead.
+    """

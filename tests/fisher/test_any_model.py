@@ -110,9 +110,13 @@ def test_each_shortcut_is_taken_or_refused_for_its_reason(name):
     case = make_zoo_case(name)
     plan = _operator(case).tap_plan()
     expected = EXPECTED_FALLBACKS.get(name, {})
-    assert set(plan.reasons) == set(expected)
+    refused = {layer: why for layer, why in plan.reasons.items() if "no layer rule" not in why}
+    assert set(refused) == set(expected)
     for layer, why in expected.items():
         assert why in plan.reasons[layer]
+    # every layer on the exact path is named, with why (no silent diagonal in K-FAC)
+    owners = {name.rpartition(".")[0] or "<root>" for name in plan.fallback}
+    assert owners == set(plan.reasons)
 
 
 def test_sequence_first_equals_batch_first_everywhere():
@@ -182,6 +186,25 @@ def test_recurrent_float32_runs_and_agrees_with_float64(cell):
     torch.testing.assert_close(F32.diag().double(), F64.diag(), rtol=1e-5, atol=1e-7)
     assert F32.eigh(2)[0][0] == pytest.approx(float(F64.eigh(2)[0][0]), rel=1e-5)
     assert F32.jacobian_fallback is not None  # the recurrent layers took the per-sample loop
+
+
+@pytest.mark.parametrize("name", ["lstm", "encoder-batch-first", "token-mlp"])
+def test_the_public_plan_names_every_layer_and_the_jacobian_path(name):
+    """``F.plan()``: each selected layer once, fast or exact with why, and how Jacobians run."""
+    case = make_zoo_case(name)
+    F = _operator(case)
+    plan = F.plan()
+    assert not set(plan.tapped) & set(plan.exact)
+    owners = {n.rpartition(".")[0] or "<root>" for n, _ in case.model.named_parameters()}
+    assert set(plan.tapped) | set(plan.exact) == owners
+    if not plan.exact:
+        assert plan.jacobians == "not needed"
+    elif name == "lstm":  # no batching rule for recurrent kernels: the loop, with the error
+        assert plan.jacobians.startswith("a loop over samples") and F.jacobian_fallback
+        assert F.jacobian_fallback in plan.jacobians
+    else:
+        assert plan.jacobians.startswith("vmap") and F.jacobian_fallback is None
+    assert all(line in str(plan) for line in plan.exact)
 
 
 def test_default_kernels_are_restored_after_a_pass():

@@ -1,6 +1,6 @@
 """The Fisher information metric (docs/theory.md §1): operator, structures, spectral tools."""
 
-from ._collect import CHECK_SAMPLES, TapPlan, clear_plan_cache
+from ._collect import CHECK_SAMPLES, FisherPlan, TapPlan, clear_plan_cache
 from .ekfac import EKFAC, EigenBlock
 from .kfac import KFAC, KroneckerBlock
 from .likelihood import FisherKind, Likelihood
@@ -12,6 +12,7 @@ __all__ = [
     "FisherOperator",
     "FisherKind",
     "Likelihood",
+    "FisherPlan",
     "TapPlan",
     "CHECK_SAMPLES",
     "clear_plan_cache",

@@ -34,6 +34,7 @@ from .._model_call import sample_axes_by_probe
 from .._params import shared_parameters
 from ._jacobians import PerSampleJacobians
 from ._pass import DataPass
+from ._rules import rule_for
 from ._taps import LayerTap, check_tap_layout, is_tappable, summed_weight_grads
 
 __all__ = [
@@ -41,6 +42,7 @@ __all__ = [
     "Collector",
     "FastCollector",
     "FisherParts",
+    "FisherPlan",
     "LayerStatistic",
     "LowMemoryCollector",
     "TapPlan",
@@ -59,7 +61,9 @@ class TapPlan:
         taps: verified taps (sample axis per call known, parameters owned by the layer
             alone, every use of them inside the layer's calls).
         fallback: selected parameter names handled by exact per-sample Jacobians.
-        reasons: for each tappable layer whose parameters fell back, why.
+        reasons: for each layer with a parameter in ``fallback``, why: a tap refused by its check,
+            or no rule for the layer's type (LayerNorm, embeddings, attention's packed
+            in-projection, ...). Those layers have no Kronecker block in K-FAC and EKFAC.
         cached: whether the plan came from the cache of an earlier operator on the same model,
             parameters and input layout (:func:`clear_plan_cache`), not from a check of its own.
     """
@@ -77,6 +81,34 @@ class TapPlan:
             + (", from the cache" if self.cached else "")
             + ")"
         )
+
+
+@dataclass(frozen=True)
+class FisherPlan:
+    """Which path each layer of a Fisher structure takes, and why (``FisherOperator.plan()``).
+
+    Attributes:
+        tapped: layer → the rule of its per-layer shortcut (``Linear``, ``Conv2d``, ``Conv1D``):
+            the fast diagonal, and a Kronecker block in K-FAC and EKFAC.
+        exact: layer → why its parameters take the exact per-sample path (no Kronecker block).
+        jacobians: how that exact path computes per-sample Jacobians (vmap, or a per-sample loop
+            and the error that sent it there); ``"not needed"`` when every layer is tapped.
+        cached: whether the taps' plan came from an earlier operator's check.
+    """
+
+    tapped: dict[str, str]
+    exact: dict[str, str]
+    jacobians: str
+    cached: bool = False
+
+    def __str__(self) -> str:
+        width = max((len(n) for n in [*self.tapped, *self.exact]), default=5)
+        lines = [f"{name:<{width}}  fast ({rule} rule)" for name, rule in self.tapped.items()]
+        lines += [f"{name:<{width}}  exact: {why}" for name, why in self.exact.items()]
+        lines.append(f"per-sample Jacobians: {self.jacobians}")
+        if self.cached:
+            lines.append("(the taps' plan was checked by an earlier operator on this model)")
+        return "\n".join(lines)
 
 
 @dataclass
@@ -293,7 +325,9 @@ class Collector:
         same model and input layout (:func:`_fingerprint`).
         """
         covered = {n for tap in taps for n in (tap.weight_name, tap.bias_name) if n}
-        plan = TapPlan(taps, [n for n in self.data_pass.space.names if n not in covered], reasons)
+        fallback = [n for n in self.data_pass.space.names if n not in covered]
+        reasons.update(_uncovered_reasons(self.data_pass.model, fallback, reasons))
+        plan = TapPlan(taps, fallback, reasons)
         self._check_plans_agree(plan)
         names = {id(m): n for n, m in self.data_pass.model.named_modules()}
         specs = [
@@ -578,6 +612,34 @@ class _ProbeTap:
         self.tap.clear()  # the inputs go as soon as the layer is done
 
 
+def _uncovered_reasons(
+    model: nn.Module, fallback: list[str], known: dict[str, str]
+) -> dict[str, str]:
+    """Why each module owning a ``fallback`` parameter has no tap, where ``known`` does not say.
+
+    The owner is the module whose qualified name is the parameter's prefix (``<root>`` for a
+    parameter of the model itself).
+    """
+    modules = dict(model.named_modules())
+    reasons: dict[str, str] = {}
+    for name in fallback:
+        prefix, _, attr = name.rpartition(".")
+        label = prefix or "<root>"
+        if label in known or label in reasons:
+            continue
+        module = modules.get(prefix)
+        rule = rule_for(module) if module is not None else None
+        refusal = rule.refuses(module) if rule is not None else None
+        if refusal:
+            reasons[label] = f"{refusal}: its rule does not cover it (exact per-sample path)"
+        elif rule is not None:
+            reasons[label] = f"{attr!r} is not a weight or bias its rule covers (exact path)"
+        else:
+            kind = type(module).__name__ if module is not None else "a parameter"
+            reasons[label] = f"no layer rule for {kind} (exact per-sample path, no Kronecker block)"
+    return reasons
+
+
 def _zeros_for_unused(tap: LayerTap, grads: list[Tensor | None]) -> list[Tensor]:
     """The output gradients of a tap's calls, zeros where an output did not reach the loss."""
     if all(g is not None for g in grads):
@@ -588,6 +650,7 @@ def _zeros_for_unused(tap: LayerTap, grads: list[Tensor | None]) -> list[Tensor]
 def _keep_sums(tap: LayerTap, grads: list[Tensor], summed: dict[str, Tensor]) -> None:
     """Store the tap's batch-summed weight and bias gradients in ``summed`` (the taps' check)."""
     weight, bias = summed_weight_grads(tap, grads)
-    for name, value in ((tap.weight_name, weight), (tap.bias_name, bias)):
-        if name:
-            summed[name] = value
+    if tap.weight_name:
+        summed[tap.weight_name] = tap.rule.weight_from_rows(weight, tap.module.weight.shape)
+    if tap.bias_name:
+        summed[tap.bias_name] = bias

@@ -32,6 +32,18 @@ class PerSampleJacobians:
     def __init__(self, data_pass: DataPass):
         self.data_pass = data_pass
         self.vmap_failure: str | None = None
+        self.ran = False
+
+    def path(self, names: Sequence[str], x: Tensor) -> str:
+        """How the Jacobians of ``names`` are computed: ``"vmap"`` or the per-sample loop and why.
+
+        Tried on the first sample of the batch ``x`` if no Jacobian has been computed yet.
+        """
+        if not self.ran and names:
+            self.jacobians(names, self.data_pass.call.take(x, slice(0, 1)))
+        if self.vmap_failure is None:
+            return "vmap (torch.func.vmap of jacrev over the samples)"
+        return f"a loop over samples, one backward per output ({self.vmap_failure})"
 
     def jacobians(self, names: Sequence[str], x: Tensor) -> dict[str, Tensor]:
         """J_n for the named parameters on a batch x: dict of [N, D, p]."""
@@ -40,6 +52,7 @@ class PerSampleJacobians:
         fixed = {**others, **{n: t.detach() for n, t in leaves.items() if n not in names}}
         wanted = {n: leaves[n].detach() for n in names}
         dim = dp.call.sample_dim
+        self.ran = True
         if self.vmap_failure is None:
 
             def single(params: dict[str, Tensor], xn: Tensor) -> Tensor:

@@ -8,8 +8,13 @@ gradient g of its output. In the column layout shared by every rule,
     gradients g  → [N, O, T]
     per-sample weight gradient  Σ_t g_t a_tᵀ  [N, O, I],   bias gradient  Σ_t g_t  [N, O].
 
-The diagonal, K-FAC and EKFAC are written once against this layout. Adding a layer type is
-adding one small rule to :data:`RULES`; a layer with no rule takes the exact per-sample path.
+The diagonal, K-FAC and EKFAC are written once against this layout. A rule also says how its
+weight is stored: [O, I] rows (Linear), [O, C, kh, kw] read as [O, C·kh·kw] (Conv2d), or [I, O]
+(``transformers``' Conv1D, GPT-2's linear layer with a transposed weight), through
+:meth:`LayerRule.weight_rows` and :meth:`LayerRule.weight_from_rows`. Adding a layer type is
+adding one small rule to :data:`RULES` (or, for a class of an optional library that memspace does
+not import, to :data:`RULES_BY_NAME`); a layer with no rule takes the exact per-sample path, and
+the plan says so.
 """
 
 from __future__ import annotations
@@ -18,7 +23,15 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as nnf
 
-__all__ = ["Conv2dRule", "LayerRule", "LinearRule", "RULES", "rule_for"]
+__all__ = [
+    "Conv1DRule",
+    "Conv2dRule",
+    "LayerRule",
+    "LinearRule",
+    "RULES",
+    "RULES_BY_NAME",
+    "rule_for",
+]
 
 
 class LayerRule:
@@ -58,6 +71,31 @@ class LayerRule:
         """Whether the per-sample gradient of a call with these inputs is g aᵀ (one position)."""
         return False
 
+    transposed = False
+    """Whether the weight is stored [I, O] (its rows are the inputs): ``transformers``' Conv1D."""
+
+    def out_features(self, module: nn.Module) -> int:
+        """O, the number of output features (rows of the weight matrix)."""
+        return module.weight.shape[1 if self.transposed else 0]
+
+    def weight_rows(self, weight: Tensor) -> Tensor:
+        """A weight-shaped tensor as its matrix [O, I] (a view)."""
+        return weight_rows(weight, self.transposed)
+
+    def weight_from_rows(self, matrix: Tensor, shape: torch.Size) -> Tensor:
+        """A matrix [O, I] in the weight's own layout ``shape``."""
+        return weight_from_rows(matrix, shape, self.transposed)
+
+
+def weight_rows(weight: Tensor, transposed: bool) -> Tensor:
+    """``weight`` as [O, I]: its first axis against the rest, or its transpose (a view)."""
+    return weight.T if transposed else weight.reshape(weight.shape[0], -1)
+
+
+def weight_from_rows(matrix: Tensor, shape: torch.Size, transposed: bool) -> Tensor:
+    """A matrix [O, I] in the layout ``shape`` of a weight (:func:`weight_rows` undone)."""
+    return matrix.T.reshape(shape) if transposed else matrix.reshape(shape)
+
 
 class LinearRule(LayerRule):
     """``nn.Linear`` on inputs [..., I]: every leading axis but the sample's is a position."""
@@ -71,6 +109,17 @@ class LinearRule(LayerRule):
 
     def rank_one(self, inputs: Tensor) -> bool:
         return inputs.dim() == 2
+
+
+class Conv1DRule(LinearRule):
+    """``transformers.pytorch_utils.Conv1D`` (GPT-2): a Linear whose weight is stored [I, O].
+
+    y = x W + b on inputs [..., I] (``addmm`` on the flattened rows, reshaped back), so the
+    per-sample gradient of W is Σ_t a_t g_tᵀ, the transpose of a Linear's; the columns are a
+    Linear's and only the weight's layout differs (:attr:`LayerRule.transposed`).
+    """
+
+    transposed = True
 
 
 class Conv2dRule(LayerRule):
@@ -147,10 +196,19 @@ def _conv_weight_grad(
 RULES: dict[type[nn.Module], LayerRule] = {nn.Linear: LinearRule(), nn.Conv2d: Conv2dRule()}
 """The layer types the taps cover, by exact type or base class."""
 
+RULES_BY_NAME: dict[str, LayerRule] = {"transformers.pytorch_utils.Conv1D": Conv1DRule()}
+"""Layer types of optional libraries, by qualified class name (memspace does not import them)."""
+
 
 def rule_for(module: nn.Module) -> LayerRule | None:
-    """The rule for ``module``'s type (the nearest base class in :data:`RULES`), or None."""
+    """The rule for ``module``'s type, or None.
+
+    The nearest base class in :data:`RULES` or, by qualified name, in :data:`RULES_BY_NAME`.
+    """
     for cls in type(module).__mro__:
         if cls in RULES:
             return RULES[cls]
+        rule = RULES_BY_NAME.get(f"{cls.__module__}.{cls.__qualname__}")
+        if rule is not None:
+            return rule
     return None

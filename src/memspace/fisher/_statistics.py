@@ -43,7 +43,7 @@ class DiagonalSquares:
             return
         weight_sq, bias_sq = per_sample_square_sums(tap, grads)
         if tap.weight_name:
-            self.total[tap.weight_name] += weight_sq.view_as(self.total[tap.weight_name])
+            tap.rule.weight_rows(self.total[tap.weight_name]).add_(weight_sq)
         if tap.bias_name:
             self.total[tap.bias_name] += bias_sq
 
@@ -52,7 +52,9 @@ class DiagonalSquares:
         if squares is None:
             return
         if tap.weight_name:
-            self.total[tap.weight_name].addmm_(squares.T, tap.inputs[0].square())
+            tap.rule.weight_rows(self.total[tap.weight_name]).addmm_(
+                squares.T, tap.inputs[0].square()
+            )
         if tap.bias_name:
             self.total[tap.bias_name] += squares.sum(0)
 

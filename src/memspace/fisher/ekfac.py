@@ -34,6 +34,7 @@ from torch import Tensor, nn
 
 from .._errors import MemspaceError
 from ._pass import Vector
+from ._rules import weight_rows
 from ._statistics import RotatedSquares
 from .kfac import KFAC, BlockApproximation, KroneckerBlock
 
@@ -53,6 +54,8 @@ class EigenBlock:
     grad_basis: Tensor
     input_basis: Tensor
     eigenvalues: Tensor
+    transposed: bool = False
+    """The weight is stored [I, O] (``transformers``' Conv1D), as in :class:`KroneckerBlock`."""
 
 
 def _basis(block: KroneckerBlock) -> tuple[Tensor, Tensor]:
@@ -104,6 +107,7 @@ class EKFAC(BlockApproximation):
                 u_g,
                 u_a,
                 torch.zeros(u_g.shape[0], u_a.shape[0], dtype=u_g.dtype, device=u_g.device),
+                block.transposed,
             )
             self.blocks.append(eigen)
             by_module[id(modules[block.module_name])] = eigen
@@ -123,8 +127,7 @@ class EKFAC(BlockApproximation):
         for block in self.blocks:
             columns = []
             if block.weight_name is not None:
-                weight = parts[block.weight_name]
-                columns.append(weight.reshape(weight.shape[0], -1))
+                columns.append(weight_rows(parts[block.weight_name], block.transposed))
             if block.bias_name is not None:
                 columns.append(parts[block.bias_name][:, None])
             stacked = torch.cat(columns, 1)  # V̄ [O, I']

@@ -20,6 +20,7 @@ Fallback: parameters of any other layer get their exact Fisher *diagonal* block
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -27,9 +28,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from .._errors import MemspaceError
-from ._collect import FisherParts, fisher_parts
+from .._errors import MemspaceError, MemspaceWarning
+from ._collect import FisherParts, TapPlan, fisher_parts
 from ._pass import Vector
+from ._rules import weight_from_rows, weight_rows
 from ._statistics import KroneckerSums
 
 __all__ = ["BlockApproximation", "KFAC", "KroneckerBlock"]
@@ -44,6 +46,8 @@ class KroneckerBlock:
     bias_name: str | None
     input_factor: Tensor
     grad_factor: Tensor
+    transposed: bool = False
+    """The weight is stored [I, O] (``transformers``' Conv1D); the factors are those of [O, I]."""
 
     def eigenvalues(self) -> Tensor:
         """All eigenvalues of G ⊗ A restricted to the selected parameters, [O·(I+1)]."""
@@ -115,9 +119,11 @@ class BlockApproximation:
         """Split a block's [O, I'] matrix into its weight and bias entries of ``out``."""
         if block.weight_name is not None:
             shape = self.space.shapes[self.space.names.index(block.weight_name)]
-            out[block.weight_name] = matrix[
-                :, : matrix.shape[1] - (1 if block.bias_name else 0)
-            ].reshape(shape)
+            out[block.weight_name] = weight_from_rows(
+                matrix[:, : matrix.shape[1] - (1 if block.bias_name else 0)],
+                shape,
+                block.transposed,
+            )
         if block.bias_name is not None:
             out[block.bias_name] = matrix[:, -1]
 
@@ -203,7 +209,7 @@ class KFAC(BlockApproximation):
                             device=dp.device,
                         )
                 continue
-            out_features = tap.module.weight.shape[0]
+            out_features = tap.rule.out_features(tap.module)
             g = sums.grads.get(
                 key, torch.zeros(out_features, out_features, dtype=dp.dtype, device=dp.device)
             )
@@ -214,10 +220,12 @@ class KFAC(BlockApproximation):
                     bias_name=tap.bias_name,
                     input_factor=dp.reduce(sums.inputs[key]) / num,
                     grad_factor=dp.reduce(g) / num,
+                    transposed=tap.rule.transposed,
                 )
             )
         for name, value in fallback.items():
             self.fallback_diag[name] = dp.reduce(value) / num
+        _warn_unblocked(type(self).__name__, parts.collector.tap_plan())
 
     # ----------------------------------------------------------- products
     def mv(self, v: Vector) -> Vector:
@@ -234,14 +242,13 @@ class KFAC(BlockApproximation):
             if block.weight_name is None:
                 torch.mul(g @ parts[block.bias_name], a[-1, -1], out=out[block.bias_name])
                 continue
-            weight = parts[block.weight_name]
-            rows = weight.reshape(weight.shape[0], -1)
-            target = out[block.weight_name].view(weight.shape[0], -1)
+            rows = weight_rows(parts[block.weight_name], block.transposed)  # V_w [O, I]
+            target = weight_rows(out[block.weight_name], block.transposed)
             if block.bias_name is None:
-                torch.matmul(g, rows @ a, out=target)
+                _matmul_into(g, rows @ a, target)
                 continue
             right = (rows @ a[:-1]).addr_(parts[block.bias_name], a[-1])  # V̄ A, [O, I+1]
-            torch.matmul(g, right[:, :-1], out=target)
+            _matmul_into(g, right[:, :-1], target)
             torch.mv(g, right[:, -1], out=out[block.bias_name])
         for name, d in self.fallback_diag.items():
             torch.mul(d, parts[name].reshape(-1), out=out[name].view(-1))
@@ -276,3 +283,24 @@ class KFAC(BlockApproximation):
             d.reshape(-1) for d in self.fallback_diag.values()
         ]
         return torch.sort(torch.cat(values), descending=True).values
+
+
+def _warn_unblocked(structure: str, plan: TapPlan) -> None:
+    """Say which layers have no Kronecker block (their exact Fisher diagonal stands in)."""
+    if not plan.fallback:
+        return
+    layers = "; ".join(f"{layer}: {why}" for layer, why in plan.reasons.items())
+    warnings.warn(
+        f"{structure}: {len(plan.fallback)} parameter tensor(s) have no Kronecker block and take "
+        f"their exact Fisher diagonal instead ({layers})",
+        MemspaceWarning,
+        stacklevel=5,
+    )
+
+
+def _matmul_into(left: Tensor, right: Tensor, target: Tensor) -> None:
+    """Write left @ right into ``target`` in place (it may be a transposed view)."""
+    if target.is_contiguous():
+        torch.matmul(left, right, out=target)
+    else:
+        target.copy_(left @ right)

@@ -32,16 +32,17 @@ from .._errors import MemspaceError
 from .._model_call import OutputSelector
 from ..distributed import guarded
 from . import spectral
-from ._collect import TappedBatch, TapPlan, fisher_parts
+from ._collect import FisherPlan, TappedBatch, TapPlan, fisher_parts
 from ._forward_mode import forward_mode_rules
 from ._pass import Vector
+from ._rules import rule_for
 from ._statistics import DiagonalSquares
 from .ekfac import EKFAC
 from .kfac import KFAC
 from .likelihood import FisherKind, Likelihood
 from .spectral import SpectralDensity
 
-__all__ = ["FisherOperator", "TapPlan", "TappedBatch", "Vector"]
+__all__ = ["FisherOperator", "FisherPlan", "TapPlan", "TappedBatch", "Vector"]
 
 
 class FisherOperator:
@@ -172,6 +173,22 @@ class FisherOperator:
         batch, then kept).
         """
         return self.collector.tap_plan()
+
+    def plan(self) -> FisherPlan:
+        """Which layers take the per-layer shortcut, which the exact path and why.
+
+        Also how per-sample Jacobians are computed there (``vmap`` or a loop, and the error that
+        sent the model to the loop): planned and checked on the first batch (the Jacobian path on
+        its first sample) if no pass has yet.
+        """
+        taps = self.tap_plan()
+        names = {id(m): n or "<root>" for n, m in self.model.named_modules()}
+        tapped = {names[id(t.module)]: _rule_name(t.module) for t in taps.taps}
+        jacobians = "not needed"
+        if taps.fallback:
+            x, _ = next(iter(self.data))
+            jacobians = self.jacobians.path(taps.fallback, x)
+        return FisherPlan(tapped, dict(taps.reasons), jacobians, taps.cached)
 
     def __repr__(self) -> str:
         return (
@@ -383,3 +400,9 @@ def _format_bytes(size: float) -> str:
             return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} TiB"
+
+
+def _rule_name(module: nn.Module) -> str:
+    """The layer type whose rule taps ``module`` (its nearest class the rules name)."""
+    rule = rule_for(module)
+    return type(rule).__name__.removesuffix("Rule") if rule is not None else type(module).__name__
