@@ -3,11 +3,16 @@
 Shared by the Fisher engine and the path functions (one definition of "the model's
 output for a batch", so the two can never disagree):
 
-- :class:`ModelCall` holds the two facts a layout needs and that memspace does not guess:
+- :class:`ModelCall` holds the facts a layout needs and that memspace does not guess:
   ``sample_dim``, the axis of the *inputs* that indexes data points (0, or 1 for a
-  sequence-first model taking [T, N, ...]), and ``output``, how to pick the logits
-  [N, D] out of whatever the model returns (a tuple, a dict, a Hugging Face
-  ``ModelOutput``, an object with attributes).
+  sequence-first model taking [T, N, ...]); ``output``, how to pick the logits
+  out of whatever the model returns (a tuple, a dict, a Hugging Face
+  ``ModelOutput``, an object with attributes); and ``positions``, which positions of a
+  sequence output [N, T, V] are data points of the Fisher (None: the outputs are [N, D]).
+- The *inputs* of one batch are a tensor (the model's one positional input), a tuple of
+  tensors (several positional inputs) or a mapping of tensors (keyword inputs: a tokenizer's
+  ``BatchEncoding``, a collator's dict). Every tensor in them carries the samples on
+  ``sample_dim``; :meth:`ModelCall.take` and the others act on all of them alike.
 - :func:`derivative_kernels` selects, for the duration of memspace's own passes, the
   kernels that have every derivative rule memspace uses (forward mode, vmap): the math
   kernel of scaled-dot-product attention, no fused fast path of ``MultiheadAttention``
@@ -33,7 +38,12 @@ from torch import Tensor, nn
 from ._errors import DataError, MemspaceError
 
 __all__ = [
+    "POSITIONS",
+    "Inputs",
     "ModelCall",
+    "call_with",
+    "input_tensors",
+    "map_inputs",
     "OutputSelector",
     "derivative_kernels",
     "sample_axes_by_probe",
@@ -42,6 +52,44 @@ __all__ = [
 
 OutputSelector = Union[None, int, str, Callable[[Any], Tensor]]
 """None (the model returns a tensor), an index (tuple/list), a key or attribute name, a callable."""
+
+Inputs = Union[Tensor, tuple, Mapping]
+"""A batch's model inputs: a tensor, a tuple of tensors (positional) or a mapping (keywords)."""
+
+POSITIONS = (None, "all", "last")
+"""Which positions of a sequence output [N, T, V] count (see :class:`ModelCall`)."""
+
+
+def input_tensors(x: Inputs) -> list[tuple[str, Tensor]]:
+    """The tensors of a batch's inputs with their names (``x``, ``x[1]``, ``x['input_ids']``)."""
+    if isinstance(x, Tensor):
+        return [("x", x)]
+    if isinstance(x, Mapping):
+        return [(f"x[{k!r}]", v) for k, v in x.items() if isinstance(v, Tensor)]
+    if isinstance(x, tuple):
+        return [(f"x[{i}]", v) for i, v in enumerate(x) if isinstance(v, Tensor)]
+    raise DataError(
+        f"inputs of type {type(x).__name__}: expected a tensor, a tuple of tensors or a mapping "
+        "of names to tensors"
+    )
+
+
+def map_inputs(x: Inputs, fn: Callable[[Tensor], Tensor]) -> Inputs:
+    """``x`` with ``fn`` applied to each of its tensors (other values kept)."""
+    if isinstance(x, Tensor):
+        return fn(x)
+    if isinstance(x, Mapping):
+        return {k: fn(v) if isinstance(v, Tensor) else v for k, v in x.items()}
+    return tuple(fn(v) if isinstance(v, Tensor) else v for v in x)
+
+
+def call_with(x: Inputs) -> tuple[tuple, dict]:
+    """(positional, keyword) arguments of the model for the inputs ``x``."""
+    if isinstance(x, Tensor):
+        return (x,), {}
+    if isinstance(x, Mapping):
+        return (), dict(x)
+    return tuple(x), {}
 
 
 def select_output(raw: Any, output: OutputSelector, where: str = "the model") -> Tensor:
@@ -134,12 +182,19 @@ class ModelCall:
     Attributes:
         sample_dim: axis of the inputs that indexes data points.
         output: selector of the outputs [N, D] (see :func:`select_output`).
+        positions: for outputs [N, T, V] (a language model's, a token classifier's): ``"all"``
+            (every position the attention mask and the labels keep is a data point of the
+            Fisher), ``"last"`` (the last attended position of each sequence, [N, V]); None
+            for outputs [N, D].
     """
 
     sample_dim: int = 0
     output: OutputSelector = None
+    positions: str | None = None
 
     def __post_init__(self) -> None:
+        if self.positions not in POSITIONS:
+            raise MemspaceError(f"positions must be None, 'all' or 'last', got {self.positions!r}")
         if (
             not isinstance(self.sample_dim, int)
             or isinstance(self.sample_dim, bool)
@@ -150,24 +205,75 @@ class ModelCall:
                 f"{self.sample_dim!r}"
             )
 
-    def num_samples(self, x: Tensor) -> int:
-        """N, the size of ``x`` along the sample axis."""
-        if x.dim() <= self.sample_dim:
-            raise MemspaceError(
-                f"inputs of shape {tuple(x.shape)} have no axis {self.sample_dim} "
-                "(sample_dim); pass the axis that indexes data points"
-            )
-        return x.shape[self.sample_dim]
+    def num_samples(self, x: Inputs) -> int:
+        """N, the size of every tensor of the inputs ``x`` along the sample axis.
 
-    def take(self, x: Tensor, index: Tensor | slice) -> Tensor:
-        """The samples ``index`` of a batch, along the sample axis."""
+        Raises:
+            DataError: no tensor, a tensor without that axis, or tensors that disagree on N.
+        """
+        tensors = input_tensors(x)
+        if not tensors:
+            raise DataError("the inputs hold no tensor")
+        sizes = {}
+        for name, t in tensors:
+            if t.dim() <= self.sample_dim:
+                raise DataError(
+                    f"inputs {name} of shape {tuple(t.shape)} have no axis {self.sample_dim} "
+                    "(sample_dim); pass the axis that indexes data points"
+                )
+            sizes[name] = t.shape[self.sample_dim]
+        if len(set(sizes.values())) > 1:
+            raise DataError(
+                f"the inputs disagree on the number of samples along axis {self.sample_dim}: "
+                + ", ".join(f"{n} has {k}" for n, k in sizes.items())
+            )
+        return next(iter(sizes.values()))
+
+    def take(self, x: Inputs, index: Tensor | slice) -> Inputs:
+        """The samples ``index`` of a batch, along the sample axis of every input tensor."""
         if isinstance(index, slice):
-            return x[(slice(None),) * self.sample_dim + (index,)]
-        return x.index_select(self.sample_dim, index.to(x.device))
+            lead = (slice(None),) * self.sample_dim + (index,)
+            return map_inputs(x, lambda t: t[lead])
+        return map_inputs(x, lambda t: t.index_select(self.sample_dim, index.to(t.device)))
+
+    def repeat_first(self, x: Inputs, copies: int) -> Inputs:
+        """A batch of ``copies`` copies of the first sample of ``x``."""
+        first = self.take(x, slice(0, 1))
+        return map_inputs(first, lambda t: torch.cat([t] * copies, dim=self.sample_dim))
+
+    def single(self, x: Inputs) -> Inputs:
+        """One sample without its sample axis (as ``vmap`` passes it) made a batch of one."""
+        return map_inputs(x, lambda t: t.unsqueeze(self.sample_dim))
+
+    def signature(self, x: Inputs) -> tuple:
+        """What a plan depends on in the inputs: names, one sample's shapes and dtypes."""
+        return tuple(
+            (name, tuple(t.shape[: self.sample_dim]) + tuple(t.shape[self.sample_dim + 1 :]),
+             t.dtype)
+            for name, t in input_tensors(x)
+        )  # fmt: skip
 
     def outputs(self, raw: Any, num: int, where: str = "the model") -> Tensor:
-        """Select the outputs and check that they are [N, D] with the batch's N."""
+        """Select the outputs and check that they are [N, D] with the batch's N.
+
+        With ``positions="all"`` they must be [N, T, V] (returned as they are; :meth:`last`
+        picks the last position for ``"last"``).
+        """
         out = select_output(raw, self.output, where)
+        if self.positions is not None:
+            if out.dim() != 3 or out.shape[0] != num:
+                raise DataError(
+                    f"{where}: model output has shape {tuple(out.shape)} for a batch of {num} "
+                    f"inputs; positions={self.positions!r} expects sequence outputs [N, T, V] = "
+                    f"[{num}, T, V]"
+                )
+            return out
+        if out.dim() == 3 and out.shape[0] == num:
+            raise DataError(
+                f"{where}: model output has shape {tuple(out.shape)}, a sequence [N, T, V] for a "
+                f"batch of {num} inputs; pass positions='all' (every position a data point of "
+                "the Fisher, masked by the attention mask and labels -100) or positions='last'"
+            )
         if out.dim() != 2 or out.shape[0] != num:
             hint = (
                 " (for a sequence-first model pass sample_dim=1; the outputs must be [N, D] with "
@@ -202,7 +308,6 @@ def sample_axes_by_probe(
     ``x``. An entry is ``None`` when the module's number of calls differs between the two
     runs; an axis is ``None`` when no axis of that tensor goes from 2 to 3.
     """
-    first = call.take(x, slice(0, 1))
     records: list[list[list[tuple[tuple[int, ...], tuple[int, ...]]]]] = []
     for copies in (2, 3):
         seen: list[list[tuple[tuple[int, ...], tuple[int, ...]]]] = [[] for _ in modules]
@@ -221,7 +326,7 @@ def sample_axes_by_probe(
             handles.append(module.register_forward_hook(hook))
         try:
             with torch.no_grad():
-                run(torch.cat([first] * copies, dim=call.sample_dim))
+                run(call.repeat_first(x, copies))
         finally:
             for handle in handles:
                 handle.remove()

@@ -1,15 +1,23 @@
 """Streaming over a data source and checking each batch on the way.
 
 A *data source* is one of
-- a ``torch.utils.data.DataLoader`` (or any re-iterable of ``(x, y)`` batches),
-- a pair of tensors ``(X, y)``, cut into batches of ``batch_size`` rows.
+- a ``torch.utils.data.DataLoader`` (or any re-iterable of batches), whose batches are
+  ``(x, y)`` pairs or mappings;
+- a pair of tensors ``(X, y)``, cut into batches of ``batch_size`` rows;
+- a mapping of tensors with the samples first (a tokenizer's ``BatchEncoding`` of a whole
+  data set), cut likewise.
+
+A batch's inputs x are a tensor, a tuple of tensors (the model's positional inputs) or a
+mapping (its keyword inputs, :mod:`memspace._model_call`). In a mapping batch every key but
+``labels`` goes to the model, and ``labels`` (optional: the true and Monte-Carlo Fisher never
+read them) are the targets y; a ``{"x": ..., "y": ...}`` mapping is an (x, y) pair.
 
 Memory is bounded by one batch: nothing here concatenates batches.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +25,7 @@ import torch
 from torch import Tensor
 
 from ._errors import DataError
+from ._model_call import ModelCall, input_tensors, map_inputs
 
 __all__ = ["BatchStream", "as_batch_stream", "check_finite"]
 
@@ -27,6 +36,24 @@ def check_finite(tensor: Tensor, what: str) -> None:
         if not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise DataError(f"{what} contains {bad} NaN/Inf value(s)")
+
+
+@dataclass(frozen=True)
+class _MappingBatches:
+    """A mapping of tensors [N, ...] (samples on ``sample_dim``) cut into mapping batches."""
+
+    tensors: dict
+    batch_size: int
+    sample_dim: int = 0
+
+    def __iter__(self) -> Iterator[dict]:
+        first = next(iter(self.tensors.values()))
+        lead = (slice(None),) * self.sample_dim
+        for start in range(0, first.shape[self.sample_dim], self.batch_size):
+            rows = slice(start, start + self.batch_size)
+            yield {  # labels are samples-first like every target
+                k: v[rows] if k == "labels" else v[(*lead, rows)] for k, v in self.tensors.items()
+            }
 
 
 @dataclass(frozen=True)
@@ -86,41 +113,62 @@ class BatchStream:
             sample_dim=sample_dim,
         )
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+    def __iter__(self) -> Iterator[tuple[Any, Tensor | None]]:
         count = 0
         for index, batch in enumerate(self._source):
             x, y = _split_batch(batch, index)
             if not self._prechecked:
-                check_finite(x, f"batch {index} (inputs)")
-                check_finite(y, f"batch {index} (targets)")
-            if x.dim() <= self.sample_dim:
-                raise DataError(
-                    f"batch {index}: inputs of shape {tuple(x.shape)} have no sample axis "
-                    f"{self.sample_dim} (sample_dim)"
-                )
-            num = x.shape[self.sample_dim]
+                for name, tensor in input_tensors(x):
+                    label = "" if isinstance(x, Tensor) else f" {name}"
+                    check_finite(tensor, f"batch {index} (inputs{label})")
+                if y is not None:
+                    check_finite(y, f"batch {index} (targets)")
+            try:
+                num = ModelCall(self.sample_dim).num_samples(x)
+            except DataError as error:
+                raise DataError(f"batch {index}: {error}") from None
             if num == 0:
                 continue
-            if y.shape[0] != num:
+            if y is not None and y.shape[0] != num:
                 raise DataError(
                     f"batch {index}: {num} inputs (axis {self.sample_dim}) but {y.shape[0]} targets"
                 )
-            x = x.to(self.device, self.dtype if x.is_floating_point() else x.dtype)
-            y = y.to(self.device, self.dtype if y.is_floating_point() else y.dtype)
+            x = map_inputs(
+                x, lambda t: t.to(self.device, self.dtype if t.is_floating_point() else t.dtype)
+            )
+            if y is not None:
+                y = y.to(self.device, self.dtype if y.is_floating_point() else y.dtype)
             count += 1
             yield x, y
         if count == 0:
             raise DataError("the data source is empty: it yielded no (x, y) batch")
 
 
-def _split_batch(batch: Any, index: int) -> tuple[Tensor, Tensor]:
-    if isinstance(batch, dict) and {"x", "y"} <= batch.keys():
-        batch = (batch["x"], batch["y"])
+def _split_batch(batch: Any, index: int) -> tuple[Any, Tensor | None]:
+    """(inputs, targets or None) of one batch (module doc)."""
+    if isinstance(batch, Mapping):
+        if {"x", "y"} <= batch.keys():
+            batch = (batch["x"], batch["y"])
+        else:
+            inputs = {k: v for k, v in batch.items() if k != "labels"}
+            labels = batch.get("labels")
+            if labels is not None and not isinstance(labels, Tensor):
+                raise DataError(f"batch {index}: its labels are not a tensor")
+            return inputs, labels
     if not isinstance(batch, (tuple, list)) or len(batch) < 2:
-        raise DataError(f"batch {index} is a {type(batch).__name__}; expected an (x, y) pair")
+        raise DataError(
+            f"batch {index} is a {type(batch).__name__}; expected an (x, y) pair or a mapping "
+            "of model inputs"
+        )
     x, y = batch[0], batch[1]
-    if not isinstance(x, Tensor) or not isinstance(y, Tensor):
-        raise DataError(f"batch {index}: inputs and targets must be torch tensors")
+    if isinstance(x, list):
+        x = tuple(x)
+    if not isinstance(x, (Tensor, tuple, Mapping)) or not input_tensors(x):
+        raise DataError(
+            f"batch {index}: inputs must be a tensor, a tuple of tensors or a mapping of tensors"
+        )
+    if y is not None and not isinstance(y, Tensor):
+        raise DataError(f"batch {index}: targets must be a torch tensor")
     return x, y
 
 
@@ -180,6 +228,19 @@ def as_batch_stream(
             dtype,
             prechecked=True,
             size=targets.shape[0],
+            sample_dim=sample_dim,
+        )
+    if isinstance(data, Mapping) and data and all(isinstance(v, Tensor) for v in data.values()):
+        if batch_size < 1:
+            raise DataError(f"batch_size must be positive, got {batch_size}")
+        num = ModelCall(sample_dim).num_samples({k: v for k, v in data.items() if k != "labels"})
+        if num == 0:
+            raise DataError("the data source is empty: its tensors have no rows")
+        return BatchStream(
+            _MappingBatches(dict(data), batch_size, sample_dim),
+            device,
+            dtype,
+            size=num,
             sample_dim=sample_dim,
         )
     if isinstance(data, Tensor):

@@ -121,13 +121,15 @@ class TappedBatch:
         taps: the verified taps.
         fallback: selected parameter names not covered by a tap.
         inputs: the batch inputs (for the fallback's per-sample Jacobians).
+        units: the batch's data points (N, or the positions that count for sequence outputs).
     """
 
     outputs: Tensor
     factors: Tensor
     taps: list[LayerTap]
     fallback: list[str]
-    inputs: Tensor
+    inputs: Any
+    units: int
 
     def column_grads(self) -> Iterator[list[list[Tensor | None]]]:
         """For each column s_k, the gradients of s_kᵀf w.r.t. each tap's outputs.
@@ -187,7 +189,7 @@ def _fingerprint(data_pass: DataPass, x: Tensor, memory: str) -> tuple:
         (name, id(p), tuple(p.shape), p.dtype, str(p.device))
         for name, p in data_pass.model.named_parameters(remove_duplicate=False)
     )
-    sample = tuple(x.shape[: call.sample_dim]) + tuple(x.shape[call.sample_dim + 1 :])
+    sample = call.signature(x)
     output = call.output if isinstance(call.output, (int, str, type(None))) else id(call.output)
     return (
         memory,
@@ -195,8 +197,8 @@ def _fingerprint(data_pass: DataPass, x: Tensor, memory: str) -> tuple:
         params,
         modules,
         sample,
-        x.dtype,
         call.sample_dim,
+        call.positions,
         output,
     )
 
@@ -217,11 +219,11 @@ class Collector:
             self.plan = self.verified_plan(x, y)
         return self.plan
 
-    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Any, Tensor, list[str], int]]:
         """Feed ``statistic`` every tapped layer's columns.
 
-        Yield (inputs, factors [K, N, D], fallback names) after each batch, for the caller's exact
-        per-sample part.
+        Yield (inputs, factors [K, N, ...], fallback names, data points) after each batch, for the
+        caller's exact per-sample part and its count.
         """
         raise NotImplementedError
 
@@ -366,7 +368,8 @@ class Collector:
             taps,
             lambda tap, grads: _keep_sums(tap, grads, summed),
         )
-        r = dp.random_column_mix(dp.factors(outputs.detach(), y[head], 0))
+        y_head = None if y is None else y[head]
+        r = dp.random_column_mix(dp.factors(outputs.detach(), y_head, 0, dp.call.take(x, head)))
         grads = torch.autograd.grad(
             outputs, [leaves[n] for n in names] + probes, r, allow_unused=True
         )
@@ -472,7 +475,7 @@ class FastCollector(Collector):
             finally:
                 for handle in handles:
                     handle.remove()
-            factors = dp.factors(outputs, y, index)
+            factors = dp.factors(outputs, y, index, x)
             num = dp.call.num_samples(x)
             for tap in taps:
                 expected = len(tap.sample_axes or [])
@@ -485,9 +488,11 @@ class FastCollector(Collector):
                         f"({expected} call(s)); its per-sample shortcut does not apply: pass "
                         "params= without it"
                     )
-            yield TappedBatch(outputs, factors, taps, self.plan.fallback, x)
+            yield TappedBatch(
+                outputs, factors, taps, self.plan.fallback, x, dp.units(x, y, outputs)
+            )
 
-    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Any, Tensor, list[str], int]]:
         for batch in self.tapped_batches():
             ran = [
                 tap for tap in batch.taps if tap.inputs
@@ -498,7 +503,7 @@ class FastCollector(Collector):
                         statistic.column(tap, _zeros_for_unused(tap, tap_grads), k)
             for tap in ran:
                 statistic.flush(tap)
-            yield batch.inputs, batch.factors, batch.fallback
+            yield batch.inputs, batch.factors, batch.fallback, batch.units
 
 
 class LowMemoryCollector(Collector):
@@ -511,11 +516,12 @@ class LowMemoryCollector(Collector):
 
     def probe_columns(
         self, complete: Callable[[LayerTap, list[Tensor], int], None]
-    ) -> Iterator[tuple[Tensor, Tensor]]:
+    ) -> Iterator[tuple[Any, Tensor, int]]:
         """Per batch and output-Fisher column s_k.
 
         A probe forward and one backward of s_kᵀf to the probes, with ``complete(tap, grads, k)``
-        called layer by layer. Yields (inputs, factors [K, N, D]) after each batch. K columns cost K
+        called layer by layer. Yields (inputs, factors [K, N, ...], data points) after each
+        batch. K columns cost K
         forwards (the fast path: one forward, K backwards).
         """
         dp = self.data_pass
@@ -523,30 +529,32 @@ class LowMemoryCollector(Collector):
         others = {n: p.detach() for n, p in dp.model.named_parameters()}
         for index, (x, y) in enumerate(dp.data):
             factors = None
+            units = 0
             column = 0
             while factors is None or column < factors.shape[0]:
                 outputs, probes = self.probe_forward(
                     x, others, plan.taps, lambda tap, grads, k=column: complete(tap, grads, k)
                 )
                 if factors is None:
-                    factors = dp.factors(outputs.detach(), y, index)
+                    factors = dp.factors(outputs.detach(), y, index, x)
+                    units = dp.units(x, y, outputs)
                 if probes:
                     torch.autograd.grad(outputs, probes, factors[column], allow_unused=True)
                 del outputs, probes
                 column += 1
             for tap in plan.taps:
                 tap.clear()
-            yield x, factors
+            yield x, factors, units
 
-    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Tensor, Tensor, list[str]]]:
+    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Any, Tensor, list[str], int]]:
         plan = self.tap_plan()
 
         def complete(tap: LayerTap, grads: list[Tensor], column: int) -> None:
             statistic.column(tap, grads, column)
             statistic.flush(tap)  # the inputs go when the hook returns
 
-        for x, factors in self.probe_columns(complete):
-            yield x, factors, plan.fallback
+        for x, factors, units in self.probe_columns(complete):
+            yield x, factors, plan.fallback, units
 
 
 def make_collector(memory: str, data_pass: DataPass) -> Collector:

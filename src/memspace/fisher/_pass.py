@@ -19,6 +19,7 @@ share one definition of each and never reach into one another.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -27,8 +28,8 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call
 
-from .._errors import ArgumentTypeError, MemspaceError
-from .._model_call import ModelCall, OutputSelector, derivative_kernels
+from .._errors import ArgumentTypeError, DataError, MemspaceError, MemspaceWarning
+from .._model_call import Inputs, ModelCall, OutputSelector, call_with, derivative_kernels
 from .._params import ParameterSpace, check_eval_mode
 from .._stream import BatchStream, as_batch_stream
 from ..distributed import Collective
@@ -38,6 +39,7 @@ from .likelihood import (
     apply_output_fisher,
     check_outputs,
     output_sqrt_factors,
+    sequence_sqrt_factors,
 )
 
 __all__ = ["DataPass", "Vector"]
@@ -73,6 +75,8 @@ class DataPass:
         distributed: bool = False,
         sample_dim: int = 0,
         output: OutputSelector = None,
+        positions: str | None = None,
+        exact_columns: int = 1024,
     ):
         if not isinstance(model, nn.Module):
             raise ArgumentTypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -82,7 +86,13 @@ class DataPass:
             raise MemspaceError(f"mc_samples must be a positive integer, got {mc_samples!r}")
         check_eval_mode(model)
         self.model = model
-        self.call = ModelCall(sample_dim, output)
+        self.call = ModelCall(sample_dim, output, positions)
+        if not isinstance(exact_columns, int) or exact_columns < 0:
+            raise MemspaceError(
+                f"exact_columns must be a non-negative integer, got {exact_columns!r}"
+            )
+        self.exact_columns = exact_columns
+        self._sampled_note = False
         self.space = ParameterSpace(model, params)
         first = next(iter(self.space.tensors().values()))
         self.device, self.dtype = first.device, first.dtype
@@ -108,16 +118,97 @@ class DataPass:
                 others[name] = p.detach()
         return leaves, others
 
-    def forward(self, params: Mapping[str, Tensor], x: Tensor, *, check: bool = True) -> Any:
-        """Outputs [N, D] of the model at ``params`` (selected by ``output``, shape checked).
+    def forward(self, params: Mapping[str, Tensor], x: Inputs, *, check: bool = True) -> Any:
+        """Outputs of the model at ``params`` (selected by ``output``, shape checked).
 
-        With ``check=False`` whatever the model returns.
+        [N, D]; [N, T, V] with ``positions="all"``; the last attended position's [N, V] with
+        ``positions="last"``. With ``check=False`` whatever the model returns.
         """
+        args, kwargs = call_with(x)
         with derivative_kernels(self.model):
-            raw = functional_call(self.model, dict(params), (x,))
+            raw = functional_call(self.model, dict(params), args, kwargs)
         if not check:
             return raw
-        return self.call.outputs(raw, self.call.num_samples(x))
+        out = self.call.outputs(raw, self.call.num_samples(x))
+        if self.call.positions == "last":
+            index = self.last_positions(x, out.shape[1])
+            out = out.gather(1, index[:, None, None].expand(-1, 1, out.shape[2])).squeeze(1)
+        return out
+
+    # ------------------------------------------------------ sequence positions
+    def attention_mask(self, x: Inputs, num: int, length: int) -> Tensor | None:
+        """The inputs' ``attention_mask`` [N, T], or None when they have none.
+
+        Raises:
+            DataError: a mask whose shape is not the outputs' [N, T].
+        """
+        mask = x.get("attention_mask") if isinstance(x, Mapping) else None
+        if mask is None:
+            return None
+        if not isinstance(mask, Tensor) or tuple(mask.shape) != (num, length):
+            shape = tuple(mask.shape) if isinstance(mask, Tensor) else type(mask).__name__
+            raise DataError(
+                f"the attention_mask has shape {shape}, but the sequence outputs have "
+                f"[N, T] = [{num}, {length}]: it cannot say which positions count"
+            )
+        return mask
+
+    def last_positions(self, x: Inputs, length: int) -> Tensor:
+        """Per sequence, its last attended position [N] (T − 1 without an attention mask)."""
+        num = self.call.num_samples(x)
+        mask = self.attention_mask(x, num, length)
+        if mask is None:
+            return torch.full((num,), length - 1, dtype=torch.long, device=self.device)
+        steps = torch.arange(1, length + 1, device=mask.device)
+        return (mask.ne(0) * steps).argmax(dim=1)
+
+    def position_targets(
+        self, x: Inputs, y: Tensor | None, outputs: Tensor
+    ) -> tuple[Tensor | None, Tensor]:
+        """(labels [N, T] with dropped positions set to 0, or None; mask [N, T]) of a batch.
+
+        A position counts where the attention mask (if the inputs have one) is 1 and the label
+        (if given) is not −100. Labels are aligned with the logits' positions (a causal LM's
+        Hugging Face ``labels`` shifted by one: y[:, t] = labels[:, t + 1]).
+
+        Raises:
+            DataError: labels that are not [N, T] for outputs [N, T, V].
+        """
+        num, length = outputs.shape[:2]
+        mask = torch.ones(num, length, dtype=torch.bool, device=outputs.device)
+        attention = self.attention_mask(x, num, length)
+        if attention is not None:
+            mask &= attention.ne(0)
+        if y is None:
+            return None, mask
+        if self.likelihood is Likelihood.CLASSIFICATION:
+            if tuple(y.shape) != (num, length):
+                raise DataError(
+                    f"labels of shape {tuple(y.shape)} for sequence outputs "
+                    f"{tuple(outputs.shape)}: positions='all' needs labels [N, T] = "
+                    f"[{num}, {length}] aligned with the logits' positions (-100 where ignored)"
+                )
+            mask &= y.ne(-100)
+            return torch.where(mask, y, torch.zeros_like(y)), mask
+        if tuple(y.shape) != tuple(outputs.shape):
+            raise DataError(
+                f"regression targets of shape {tuple(y.shape)} for sequence outputs "
+                f"{tuple(outputs.shape)}: they must have the outputs' shape"
+            )
+        return y, mask
+
+    def units(self, x: Inputs, y: Tensor | None, outputs: Tensor) -> int:
+        """The data points of a batch: N, or the positions that count (``positions="all"``)."""
+        if self.call.positions != "all":
+            return self.call.num_samples(x)
+        return int(self.position_targets(x, y, outputs)[1].sum())
+
+    def targets(self, x: Inputs, y: Tensor | None, length: int | None = None) -> Tensor | None:
+        """The targets of the outputs :meth:`forward` returns (``"last"``: the last position's)."""
+        if y is None or self.call.positions != "last" or y.dim() < 2:
+            return y
+        index = self.last_positions(x, y.shape[1])
+        return y.gather(1, index[:, None]).squeeze(1)
 
     def module_name(self, module: nn.Module) -> str:
         """The qualified name of ``module`` in the model (``<root>`` for the model itself)."""
@@ -135,16 +226,55 @@ class DataPass:
         return torch.zeros(self.space.numel, dtype=self.dtype, device=self.device)
 
     # ---------------------------------------------------- the output Fisher
-    def generator(self, index: int) -> torch.Generator | None:
-        """The generator of batch ``index``'s Monte-Carlo labels (None unless ``kind="mc"``)."""
-        if self.kind is not FisherKind.MC:
+    def generator(self, index: int, sampled: bool = False) -> torch.Generator | None:
+        """The generator of batch ``index``'s Monte-Carlo labels.
+
+        None unless ``kind="mc"`` or ``sampled`` (the true Fisher's sampled sequence columns).
+        """
+        if self.kind is not FisherKind.MC and not sampled:
             return None
         gen = torch.Generator(device=self.device)
         gen.manual_seed(self.seed * 1_000_003 + index)
         return gen
 
-    def factors(self, outputs: Tensor, y: Tensor, index: int) -> Tensor:
-        """Output-Fisher columns s [K, N, D] of batch ``index`` (Λ̂_n = Σ_k s_kn s_knᵀ)."""
+    def _labels_needed(self, y: Tensor | None, index: int) -> None:
+        if y is None and self.kind is FisherKind.EMPIRICAL:
+            raise DataError(
+                f"batch {index} has no labels: the empirical Fisher needs them (the true and "
+                "Monte-Carlo Fisher do not)"
+            )
+
+    def factors(self, outputs: Tensor, y: Tensor | None, index: int, x: Inputs = None) -> Tensor:
+        """Output-Fisher columns s [K, N, ...] of batch ``index`` (Λ̂_n = Σ_k s_kn s_knᵀ).
+
+        [K, N, D] for outputs [N, D]; [K, N, T, V] for sequence outputs
+        (:func:`.likelihood.sequence_sqrt_factors`: exact columns for the true Fisher while the
+        batch needs at most ``exact_columns`` of them, sampled ones beyond, said once by a
+        :class:`~memspace.MemspaceWarning`).
+        """
+        self._labels_needed(y, index)
+        if self.call.positions == "all":
+            labels, mask = self.position_targets(x, y, outputs)
+            exact = outputs.shape[1] * outputs.shape[2] <= self.exact_columns
+            if self.kind is FisherKind.TRUE and not exact:
+                self._note_sampled(outputs.shape)
+            check_outputs(
+                outputs.reshape(-1, outputs.shape[2]),
+                None if labels is None else labels.reshape(-1, *labels.shape[2:]),
+                self.likelihood,
+                f"batch {index}",
+            )
+            return sequence_sqrt_factors(
+                outputs,
+                labels,
+                mask,
+                self.likelihood,
+                self.kind,
+                mc_samples=self.mc_samples,
+                generator=self.generator(index, sampled=not exact),
+                exact_columns=exact,
+            )
+        y = self.targets(x, y)
         check_outputs(outputs, y, self.likelihood, f"batch {index}")
         return output_sqrt_factors(
             outputs,
@@ -155,21 +285,48 @@ class DataPass:
             generator=self.generator(index),
         )
 
-    def apply_output_fisher(self, outputs: Tensor, y: Tensor, index: int, u: Tensor) -> Tensor:
-        """Λ̂ u per sample, [N, D]."""
-        check_outputs(outputs, y, self.likelihood, f"batch {index}")
+    def _note_sampled(self, shape: torch.Size) -> None:
+        """Say once that the true Fisher's columns are sampled for this model's outputs."""
+        if self._sampled_note:
+            return
+        self._sampled_note = True
+        warnings.warn(
+            f"sequence outputs {tuple(shape)} need T·V = {shape[1] * shape[2]} exact columns of "
+            f"the true output Fisher per batch, over exact_columns={self.exact_columns}: the "
+            f"diagonal, K-FAC, EKFAC and dense use {self.mc_samples} sampled label(s) per "
+            "position instead (unbiased; F @ v and quad stay exact). Raise exact_columns for "
+            "the exact columns, at T·V backward passes per batch",
+            MemspaceWarning,
+            stacklevel=2,
+        )
+
+    def apply_output_fisher(
+        self, outputs: Tensor, y: Tensor | None, index: int, u: Tensor, x: Inputs = None
+    ) -> Tensor:
+        """Λ̂ u per sample, the shape of the outputs ([N, D] or [N, T, V])."""
+        self._labels_needed(y, index)
         if self.kind is FisherKind.TRUE:
+            if self.call.positions == "all":
+                _, mask = self.position_targets(x, y, outputs)
+                rows = apply_output_fisher(
+                    outputs.detach().reshape(-1, outputs.shape[2]),
+                    u.reshape(-1, outputs.shape[2]),
+                    self.likelihood,
+                )
+                return rows.reshape(outputs.shape) * mask.unsqueeze(2).to(u.dtype)
+            check_outputs(outputs, self.targets(x, y), self.likelihood, f"batch {index}")
             return apply_output_fisher(outputs.detach(), u, self.likelihood)
-        s = self.factors(outputs, y, index)
-        return torch.einsum("knd,kn->nd", s, torch.einsum("knd,nd->kn", s, u))
+        s = self.factors(outputs, y, index, x)
+        coefficients = (s * u.unsqueeze(0)).flatten(2).sum(2)  # [K, N]
+        return torch.einsum("kn...,kn->n...", s, coefficients)
 
     def random_column_mix(self, factors: Tensor) -> Tensor:
-        """One seeded random combination r [N, D] of the output-Fisher columns [K, N, D]."""
+        """One seeded random combination r [N, ...] of the output-Fisher columns [K, N, ...]."""
         gen = torch.Generator(device=factors.device).manual_seed(self.seed + 7919)
         coeffs = torch.randn(
             factors.shape[0], generator=gen, dtype=factors.dtype, device=factors.device
         )
-        return torch.einsum("k,knd->nd", coeffs, factors)
+        return torch.einsum("k,k...->...", coeffs, factors)
 
     # ------------------------------------------------------- the reduction
     def guard(self) -> AbstractContextManager:
@@ -192,12 +349,18 @@ class DataPass:
         """N, by one pass over the data if no pass has counted it yet."""
         if self.num_data is None:
             with self.guard():
-                self.count(sum(self.call.num_samples(x) for x, _ in self.data))
+                if self.call.positions == "all":
+                    params = dict(self.model.named_parameters())
+                    with torch.no_grad():
+                        local = sum(self.units(x, y, self.forward(params, x)) for x, y in self.data)
+                else:
+                    local = sum(self.call.num_samples(x) for x, _ in self.data)
+                self.count(local)
         return self.num_data
 
     def known_scale(self) -> float | None:
         """1/N when N is known before the pass and no reduction across processes follows."""
-        if self.data.size is None or self.distributed:
+        if self.data.size is None or self.distributed or self.call.positions == "all":
             return None
         return 1.0 / self.data.size
 
@@ -214,5 +377,12 @@ class DataPass:
             return total
         total = self.reduce(total)
         if self.count(local) == 0:
-            raise MemspaceError("no data points: every batch was empty")
+            raise DataError(
+                "no data points: every batch was empty"
+                + (
+                    " or had every position masked or labelled -100"
+                    if self.call.positions == "all"
+                    else ""
+                )
+            )
         return total.div_(float(self.num_data))

@@ -113,8 +113,8 @@ class EKFAC(BlockApproximation):
             by_module[id(modules[block.module_name])] = eigen
         with dp.guard():
             count = 0
-            for x, _, _ in parts.collector.collect(RotatedSquares(by_module)):
-                count += dp.call.num_samples(x)
+            for _, _, _, units in parts.collector.collect(RotatedSquares(by_module)):
+                count += units
             num = dp.count(count)
             for block in self.blocks:
                 block.eigenvalues = dp.reduce(block.eigenvalues) / num

@@ -190,10 +190,10 @@ class KFAC(BlockApproximation):
         sums = KroneckerSums()
         fallback: dict[str, Tensor] = {}
         count = 0
-        for x, factors, names in parts.collector.collect(sums):
+        for x, factors, names, units in parts.collector.collect(sums):
             for name, sq in parts.jacobians.diag_sums(names, x, factors).items():
                 fallback[name] = sq if name not in fallback else fallback[name] + sq
-            count += dp.call.num_samples(x)
+            count += units
         num = dp.count(count)
         self.blocks: list[KroneckerBlock] = []
         self.fallback_diag: dict[str, Tensor] = {}

@@ -33,6 +33,7 @@ __all__ = [
     "check_outputs",
     "log_likelihood",
     "output_sqrt_factors",
+    "sequence_sqrt_factors",
 ]
 
 
@@ -75,14 +76,18 @@ class FisherKind(str, Enum):
         return _parse_option(cls, value, "Fisher kind")
 
 
-def check_outputs(outputs: Tensor, targets: Tensor, likelihood: Likelihood, where: str) -> None:
+def check_outputs(
+    outputs: Tensor, targets: Tensor | None, likelihood: Likelihood, where: str
+) -> None:
     """Check model outputs [N, D] against targets; raise :class:`DataError` if wrong.
 
     Classification needs integer targets [N] in [0, C); regression needs targets of
-    the outputs' shape.
+    the outputs' shape. ``targets=None`` (no labels: the true and MC Fisher) checks the outputs.
     """
     if outputs.dim() != 2:
         raise DataError(f"{where}: model output has shape {tuple(outputs.shape)}; expected [N, D]")
+    if targets is None:
+        return
     if likelihood is Likelihood.CLASSIFICATION:
         if targets.is_floating_point() or targets.dim() != 1:
             raise DataError(
@@ -168,3 +173,49 @@ def output_sqrt_factors(
     labels = torch.multinomial(probs, mc_samples, replacement=True, generator=generator)
     onehot = torch.nn.functional.one_hot(labels.T, dim).to(outputs.dtype)  # [M, N, D]
     return (onehot - probs.unsqueeze(0)) * scale
+
+
+def sequence_sqrt_factors(
+    outputs: Tensor,
+    targets: Tensor | None,
+    mask: Tensor,
+    likelihood: Likelihood,
+    kind: FisherKind,
+    *,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+    exact_columns: bool = True,
+) -> Tensor:
+    """Columns s_k [K, N, T, V] of the output Fisher of sequence outputs [N, T, V].
+
+    Every position t kept by ``mask`` [N, T] (1 kept, 0 dropped) is a data point, so sample n's
+    output Fisher is block-diagonal over its positions, Λ̂_n = ⊕_t m_nt Λ̂(f_nt), and F =
+    (1/Σ m) Σ_n J_nᵀ Λ̂_n J_n sums over (sequence, position) pairs.
+
+    - ``exact_columns`` (TRUE): one column per (class, position), K = V·T, each supported on its
+      position: Σ_k s_k s_kᵀ is Λ̂_n exactly;
+    - otherwise (MC; TRUE with ``exact_columns=False``): ``mc_samples`` labels drawn at every
+      position, one column per draw holding all positions' scores, K = M. Labels at different
+      positions are independent given the logits (teacher forcing) and their scores have mean
+      zero, so the cross-position terms of s sᵀ vanish in expectation: E Σ_k s_k s_kᵀ = Λ̂_n, an
+      unbiased estimate at a cost independent of T (the per-sequence gradient, as in kronfluence);
+    - EMPIRICAL: one column of the data labels' scores at every position, K = 1.
+    """
+    num, length, dim = outputs.shape
+    rows = outputs.detach().reshape(num * length, dim)
+    row_targets = None if targets is None else targets.reshape(num * length, *targets.shape[2:])
+    weight = mask.to(outputs.dtype).reshape(num, length, 1)
+    if kind is FisherKind.TRUE and exact_columns:
+        base = (
+            output_sqrt_factors(rows, row_targets, likelihood, kind).reshape(dim, num, length, dim)
+            * weight.sqrt()
+        )
+        columns = base.new_zeros(dim, length, num, length, dim)
+        for t in range(length):
+            columns[:, t, :, t] = base[:, :, t]
+        return columns.reshape(dim * length, num, length, dim)
+    sampled = FisherKind.MC if kind is FisherKind.TRUE else kind
+    base = output_sqrt_factors(
+        rows, row_targets, likelihood, sampled, mc_samples=mc_samples, generator=generator
+    )
+    return base.reshape(-1, num, length, dim) * weight

@@ -10,7 +10,12 @@ Costs per batch, in multiples of one forward+backward (a "gradient"):
   ≈ 1.7 gradients; ``quad`` skips the backward.
 - ``diag``: one forward and one backward per column of Λ̂ (C for the true Fisher,
   M for Monte-Carlo, 1 empirical) *without weight gradients*, then one squared
-  product per layer: Σ_k (g_k ⊗ a)² = (Σ_k g_k²) ⊗ a² for a Linear layer.
+  product per layer: Σ_k (g_k ⊗ a)² = (Σ_k g_k²) ⊗ a² for a Linear layer. Layers without
+  a tap add K vector-Jacobian products per sample (K the number of columns).
+- Sequence outputs [N, T, V] (``positions="all"``): ``F @ v`` and ``quad`` cost the same
+  (Λ applied per position, nothing beyond the logits' size); the true Fisher's columns for
+  ``diag``, K-FAC, EKFAC and ``dense`` are T·V per batch while T·V ≤ ``exact_columns``, and
+  M sampled per-sequence columns beyond (``mc_samples``; unbiased, said by a warning).
 
 Every accumulation is a plain sum over batches with a sample count, divided at the
 end; with ``distributed=True`` sums and counts are all-reduced over the default
@@ -51,8 +56,12 @@ class FisherOperator:
     Args:
         model: an ``nn.Module`` mapping a batch x to outputs [N, D]; in eval mode if it
             has BatchNorm or dropout. Its device and dtype are used for everything.
-        data: a DataLoader (``shuffle=False``), a re-iterable of ``(x, y)`` batches, or
-            a pair of tensors ``(X, y)``. Streamed: memory is bounded by one batch.
+        data: a DataLoader (``shuffle=False``), a re-iterable of ``(x, y)`` batches or of
+            mappings (a collator's dicts: every key but ``labels`` goes to the model as a
+            keyword, ``labels`` are the targets), a pair of tensors ``(X, y)``, or a mapping of
+            tensors (a tokenizer's ``BatchEncoding``), cut into batches. x may be a tensor, a
+            tuple (positional inputs) or a mapping (keyword inputs). Labels are optional for
+            ``kind="true"`` and ``"mc"``. Streamed: memory is bounded by one batch.
         kind: ``"true"`` (exact E over the model's labels), ``"mc"`` (``mc_samples``
             sampled labels per input, fixed by ``seed`` and the batch index) or
             ``"empirical"`` (data labels).
@@ -71,6 +80,17 @@ class FisherOperator:
             (tuple), a key or attribute name (dict, ``ModelOutput``), or a callable.
         memory: ``"fast"`` (default) or ``"low"``: :meth:`mv` and :meth:`diag` at about a
             gradient's peak memory, for large models (see :meth:`mv` and :meth:`diag`).
+        positions: for sequence outputs [N, T, V] (language models, token classifiers):
+            ``"all"`` makes every position a data point, F = (1/#positions) Σ_{n,t}
+            J_ntᵀ Λ(p_nt) J_nt, keeping the positions where the inputs' ``attention_mask`` is 1
+            and the labels (aligned with the logits; −100 ignored) are not −100; ``"last"``
+            takes each sequence's last attended position. None: outputs are [N, D].
+        exact_columns: with ``positions="all"`` and the true Fisher, the diagonal, K-FAC,
+            EKFAC and :meth:`dense` back-propagate one column per (class, position), T·V per
+            batch, while T·V is at most this; beyond, ``mc_samples`` labels sampled per
+            position instead (unbiased, said by a warning). F @ v and quad are exact at any
+            vocabulary: Λ u = p ⊙ u − p (pᵀu) per position, nothing of size T·V formed beyond
+            the logits.
 
     Every pass runs the model with kernels that have all derivative rules (math
     attention, no fused MHA fast path, no oneDNN RNN kernels), restored afterwards.
@@ -97,6 +117,8 @@ class FisherOperator:
         sample_dim: int = 0,
         output: OutputSelector = None,
         memory: str = "fast",
+        positions: str | None = None,
+        exact_columns: int = 1024,
     ):
         self.data_pass, self.collector, self.jacobians = fisher_parts(
             model,
@@ -111,6 +133,8 @@ class FisherOperator:
             distributed=distributed,
             sample_dim=sample_dim,
             output=output,
+            positions=positions,
+            exact_columns=exact_columns,
         )
         self.max_dense_bytes = max_dense_bytes
 
@@ -239,19 +263,19 @@ class FisherOperator:
             if self.memory == "low":
                 primal, jvp = self._graph_free_jvp(x, tangent)
                 leaves, others = dp.parameters()
-                weighted = dp.apply_output_fisher(primal, y, index, jvp)
+                weighted = dp.apply_output_fisher(primal, y, index, jvp, x)
                 del jvp
                 primal = dp.forward({**others, **leaves}, x)
             else:
                 primal, jvp, leaves = self._dual_forward(x, tangent)
-                weighted = dp.apply_output_fisher(primal, y, index, jvp)
+                weighted = dp.apply_output_fisher(primal, y, index, jvp, x)
             if scale is not None:
                 weighted = weighted * scale
             # Gradients accumulate in place into views of one flat buffer: no copies.
             for name, leaf in leaves.items():
                 leaf.grad = views[name]
             torch.autograd.backward(primal, weighted, inputs=list(leaves.values()))
-            count += dp.call.num_samples(x)
+            count += dp.units(x, y, primal)
         flat = dp.finish(flat, count, scale)
         if isinstance(v, Mapping):
             return self.space.to_dict(flat)
@@ -270,8 +294,8 @@ class FisherOperator:
         for index, (x, y) in enumerate(dp.data):
             primal, jvp = self._graph_free_jvp(x, tangent)
             with torch.no_grad():
-                total += (jvp * dp.apply_output_fisher(primal, y, index, jvp)).sum()
-            count += dp.call.num_samples(x)
+                total += (jvp * dp.apply_output_fisher(primal, y, index, jvp, x)).sum()
+            count += dp.units(x, y, primal)
         return dp.finish(total, count)
 
     # ----------------------------------------------------------- diagonal
@@ -287,10 +311,10 @@ class FisherOperator:
         flat = self.data_pass.zeros()
         total = self.space.to_dict(flat)
         count = 0
-        for x, factors, fallback in self.collector.collect(DiagonalSquares(total)):
+        for x, factors, fallback, units in self.collector.collect(DiagonalSquares(total)):
             for name, squares in self.jacobians.diag_sums(fallback, x, factors).items():
                 total[name] += squares.view_as(total[name])
-            count += self.call.num_samples(x)
+            count += units
         return self.data_pass.finish(flat, count)
 
     # ----------------------------------------------------------- dense
@@ -316,8 +340,8 @@ class FisherOperator:
         for index, (x, y) in enumerate(dp.data):
             with torch.no_grad():
                 outputs = dp.forward(dict(self.model.named_parameters()), x)
-            total += self.jacobians.gram_sum(x, dp.factors(outputs, y, index))
-            count += dp.call.num_samples(x)
+            total += self.jacobians.gram_sum(x, dp.factors(outputs, y, index, x))
+            count += dp.units(x, y, outputs)
         return dp.finish(total, count)
 
     # ----------------------------------------------------------- spectral

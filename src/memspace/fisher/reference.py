@@ -9,7 +9,7 @@ Only for small models and data.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -17,7 +17,7 @@ from torch.func import functional_call, jacrev
 
 from .likelihood import FisherKind, Likelihood, output_sqrt_factors
 
-__all__ = ["dense_fisher", "full_jacobian", "output_fisher_matrices"]
+__all__ = ["dense_fisher", "dense_sequence_fisher", "full_jacobian", "output_fisher_matrices"]
 
 
 def full_jacobian(model: nn.Module, inputs: Tensor, names: Sequence[str] | None = None) -> Tensor:
@@ -79,3 +79,42 @@ def dense_fisher(
         outputs, targets, likelihood, kind, mc_samples=mc_samples, generator=generator
     )
     return torch.einsum("ndp,nde,neq->pq", jac, lam, jac) / inputs.shape[0]
+
+
+def dense_sequence_fisher(
+    model: nn.Module,
+    inputs: Mapping[str, Tensor],
+    mask: Tensor,
+    *,
+    likelihood: str = "classification",
+    output: str | None = None,
+    factors: Tensor | None = None,
+) -> Tensor:
+    """The Fisher of sequence outputs [N, T, V], per position, dense [P, P].
+
+    F = (1/Σ m) Σ_n Σ_t m_nt J_ntᵀ Λ(f_nt) J_nt with J_nt = ∂f_nt/∂θ [V, P], every Jacobian
+    formed whole (``jacrev`` of the model on keyword ``inputs``). With ``factors`` [K, N, T, V]
+    the output Fisher of sample n is Σ_k s_kn s_knᵀ over all its positions at once instead (the
+    sampled per-sequence columns of :func:`memspace.fisher.likelihood.sequence_sqrt_factors`).
+    """
+    params = {n: p.detach() for n, p in model.named_parameters()}
+
+    def outputs(selected: dict[str, Tensor]) -> Tensor:
+        raw = functional_call(model, selected, (), dict(inputs))
+        return raw if output is None else getattr(raw, output)
+
+    jac = jacrev(outputs)(params)
+    num, length, dim = jac[next(iter(params))].shape[:3]
+    flat = torch.cat([jac[n].reshape(num, length, dim, -1) for n in params], dim=3)
+    weight = mask.to(flat.dtype)
+    with torch.no_grad():
+        logits = outputs(params)
+    if factors is not None:
+        proj = torch.einsum("kntv,ntvp->knp", factors, flat)
+        return torch.einsum("knp,knq->pq", proj, proj) / weight.sum()
+    if Likelihood(likelihood) is Likelihood.REGRESSION:
+        lam = torch.eye(dim, dtype=flat.dtype).expand(num, length, dim, dim)
+    else:
+        p = logits.softmax(dim=2)
+        lam = torch.diag_embed(p) - p.unsqueeze(3) * p.unsqueeze(2)
+    return torch.einsum("nt,ntvp,ntvw,ntwq->pq", weight, flat, lam, flat) / weight.sum()
