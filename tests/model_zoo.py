@@ -82,6 +82,45 @@ class TinyBert(nn.Module):
         return OrderedDict(logits=self.decoder(hidden[:, 0]) + self.bias, hidden=hidden)
 
 
+class MaskedAttention(nn.Module):
+    """Causal self-attention with a key padding mask read off the inputs, attention weights kept.
+
+    Inputs [N, T, d]; a position whose first feature is below −1 is padding. The averaged attention
+    weights are returned and used (need_weights=True), so both of torch's attention branches are
+    covered across the zoo.
+    """
+
+    def __init__(self, d: int = 6, classes: int = 3):
+        super().__init__()
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x):
+        length = x.shape[1]
+        causal = torch.ones(length, length, dtype=torch.bool).triu(1)
+        padding = x[..., 0] < -1
+        padding[:, 0] = False  # every query keeps a key
+        out, weights = self.attn(
+            x, x, x, attn_mask=causal, key_padding_mask=padding, need_weights=True
+        )
+        return self.head(torch.tanh(out).mean(1) + weights.sum(1)[..., :1])
+
+
+class CrossAttention(nn.Module):
+    """Queries from the inputs, keys and values from a transform of them (cross-attention)."""
+
+    def __init__(self, d: int = 6, classes: int = 3, kdim: int | None = None):
+        super().__init__()
+        self.memory = nn.Linear(d, kdim or d)
+        self.attn = nn.MultiheadAttention(d, 2, batch_first=True, kdim=kdim, vdim=kdim)
+        self.head = nn.Linear(d, classes)
+
+    def forward(self, x):
+        memory = torch.tanh(self.memory(x))
+        out, _ = self.attn(x, memory, memory, need_weights=False)
+        return self.head(out.mean(1))
+
+
 class RecurrentClassifier(nn.Module):
     """LSTM or GRU over [N, T, d] → last hidden state → linear head."""
 
@@ -224,6 +263,21 @@ ZOO: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, dict]]] = {
         TupleOutput(),
         torch.randn(6, 4),
         {"output": 0},
+    )[1:],
+    "attention-masked": lambda: (
+        torch.manual_seed(18),
+        MaskedAttention(),
+        torch.randn(5, 4, 6),
+        {},
+    )[1:],
+    "cross-attention": lambda: (torch.manual_seed(19), CrossAttention(), torch.randn(5, 3, 6), {})[
+        1:
+    ],
+    "cross-attention-kdim": lambda: (
+        torch.manual_seed(20),
+        CrossAttention(kdim=4),
+        torch.randn(5, 3, 6),
+        {},
     )[1:],
     "token-mlp": lambda: (torch.manual_seed(16), TokenMLP(), torch.randn(5, 3, 3), {})[1:],
     "separate-projections": lambda: (

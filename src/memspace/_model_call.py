@@ -41,6 +41,7 @@ __all__ = [
     "POSITIONS",
     "Inputs",
     "ModelCall",
+    "axes_from_shapes",
     "call_with",
     "input_tensors",
     "map_inputs",
@@ -331,15 +332,20 @@ def sample_axes_by_probe(
             for handle in handles:
                 handle.remove()
         records.append(seen)
-    result: list[list[tuple[int | None, int | None]] | None] = []
-    for small, large in zip(*records):
-        if len(small) != len(large):
-            result.append(None)
-            continue
-        result.append(
-            [
-                (_axis_from_shapes(a[0], b[0]), _axis_from_shapes(a[1], b[1]))
-                for a, b in zip(small, large)
-            ]
-        )
-    return result
+    return [axes_from_shapes(small, large) for small, large in zip(*records)]
+
+
+def axes_from_shapes(
+    small: Sequence[tuple[Sequence[int], Sequence[int]]],
+    large: Sequence[tuple[Sequence[int], Sequence[int]]],
+) -> list[tuple[int | None, int | None]] | None:
+    """Per call, the (input, output) axes that go from 2 to 3 copies of one sample.
+
+    ``small`` and ``large`` hold one module's (input shape, output shape) per call in the runs on
+    2 and on 3 copies; None when its number of calls differs between them.
+    """
+    if len(small) != len(large):
+        return None
+    return [
+        (_axis_from_shapes(a[0], b[0]), _axis_from_shapes(a[1], b[1])) for a, b in zip(small, large)
+    ]

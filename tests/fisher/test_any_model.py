@@ -69,16 +69,42 @@ def test_fisher_rao_norm(zoo):
 
 EXPECTED_FALLBACKS = {
     # layer → why its tap is refused (every other Linear/Conv2d takes the shortcut)
-    "encoder-batch-first": {"layers.0.self_attn.out_proj": "used outside its own calls"},
-    "encoder-sequence-first": {"layers.0.self_attn.out_proj": "used outside its own calls"},
-    "bert-tied": {"encoder.self_attn.out_proj": "used outside its own calls"},
-    "bert-tied-decoder-first": {
-        "encoder.self_attn.out_proj": "used outside its own calls",
-        "decoder": "shared with",
-    },
+    # attention's projections are tapped through their functional calls (see below)
+    "bert-tied-decoder-first": {"decoder": "shared with"},
+    "cross-attention": {"attn": "used outside its own calls"},  # its split in-projection
     "tied-linears": {"first": "shared with"},
     "reshaped-rows": {"inner": "no axis that indexes data points"},
 }
+
+
+ATTENTION = {  # case → its MultiheadAttention modules
+    "encoder-batch-first": ["layers.0.self_attn"],
+    "encoder-sequence-first": ["layers.0.self_attn"],
+    "bert-tied": ["encoder.self_attn"],
+    "bert-tied-decoder-first": ["encoder.self_attn"],
+    "attention-masked": ["attn"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(ATTENTION))
+def test_attention_projections_take_the_fast_path(name):
+    """The packed in-projection and the out-projection, both called functionally by torch."""
+    case = make_zoo_case(name)
+    plan = _operator(case).plan()
+    for attention in ATTENTION[name]:
+        assert plan.tapped[attention] == "PackedInProjection"
+        assert plan.tapped[f"{attention}.out_proj"] == "Linear"
+    assert not any("attn" in layer for layer in plan.exact)
+
+
+def test_cross_attention_keeps_its_out_projection_and_refuses_its_in_projection():
+    """Split into three calls on slices of the weight, the in-projection fails the check."""
+    plan = _operator(make_zoo_case("cross-attention")).plan()
+    assert plan.tapped["attn.out_proj"] == "Linear"
+    assert "used outside its own calls" in plan.exact["attn"]
+    plan = _operator(make_zoo_case("cross-attention-kdim")).plan()  # separate q, k, v weights
+    assert plan.tapped["attn.out_proj"] == "Linear"
+    assert "no layer rule for MultiheadAttention" in plan.exact["attn"]
 
 
 def test_a_key_bias_with_a_zero_gradient_keeps_its_layer_on_the_fast_path():

@@ -30,12 +30,20 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import MemspaceError
-from .._model_call import sample_axes_by_probe
+from .._model_call import axes_from_shapes
 from .._params import shared_parameters
 from ._jacobians import PerSampleJacobians
 from ._pass import DataPass
 from ._rules import rule_for
-from ._taps import LayerTap, check_tap_layout, is_tappable, summed_weight_grads
+from ._taps import (
+    LayerTap,
+    attention_taps,
+    check_tap_layout,
+    is_tappable,
+    per_sample_weight_grads,
+    recording,
+    summed_weight_grads,
+)
 
 __all__ = [
     "CHECK_SAMPLES",
@@ -233,8 +241,13 @@ class Collector:
         dp = self.data_pass
         selected = set(dp.space.names)
         taps: list[LayerTap] = []
+        attention_projections = set()
         for prefix, module in dp.model.named_modules():
-            if not is_tappable(module):
+            if isinstance(module, nn.MultiheadAttention):
+                taps.extend(attention_taps(prefix, module, selected))
+                attention_projections.add(id(module.out_proj))
+        for prefix, module in dp.model.named_modules():
+            if id(module) in attention_projections or not is_tappable(module):
                 continue
             names = {attr: f"{prefix}.{attr}" if prefix else attr for attr in ("weight", "bias")}
             weight = names["weight"] if names["weight"] in selected else None
@@ -253,12 +266,7 @@ class Collector:
         leaves, others = dp.parameters()
         params = {**others, **{n: t.detach() for n, t in leaves.items()}}
         candidates = self._candidates()
-        axes = sample_axes_by_probe(
-            lambda xx: dp.forward(params, xx, check=False),
-            x,
-            dp.call,
-            [tap.module for tap in candidates],
-        )
+        axes = self._probe_axes(candidates, params, x)
         kept, reasons = [], {}
         for tap, tap_axes in zip(candidates, axes):
             names = [n for n in (tap.weight_name, tap.bias_name) if n]
@@ -266,7 +274,7 @@ class Collector:
             why = (
                 f"its parameter is shared with {', '.join(owners)}"
                 if owners
-                else check_tap_layout(tap.module, tap_axes)
+                else check_tap_layout(tap.rule, tap_axes)
             )
             if why:
                 reasons[dp.module_name(tap.module)] = why
@@ -274,6 +282,30 @@ class Collector:
             tap.sample_axes = [a for a, _ in tap_axes]
             kept.append(tap)
         return kept, reasons
+
+    def _probe_axes(
+        self, taps: list[LayerTap], params: dict[str, Tensor], x: Any
+    ) -> list[list[tuple[int | None, int | None]] | None]:
+        """Per tap and call, (input, output) sample axes by shape tracing.
+
+        :func:`memspace._model_call.sample_axes_by_probe`'s probe through :func:`recording`, so that
+        functional taps are traced like module taps: the model runs on 2 and on 3 copies of one
+        sample, and the axis whose size goes from 2 to 3 is the sample axis.
+        """
+        dp = self.data_pass
+        records = []
+        for copies in (2, 3):
+            seen: list[list[tuple[tuple, tuple]]] = [[] for _ in taps]
+            index = {id(tap): i for i, tap in enumerate(taps)}
+
+            def record(tap: LayerTap, inputs: Tensor, output: Tensor) -> None:
+                shape = tuple(output.shape) if isinstance(output, Tensor) else ()
+                seen[index[id(tap)]].append((tuple(inputs.shape), shape))
+
+            with torch.no_grad(), recording(taps, params, copies, record):
+                dp.forward(params, dp.call.repeat_first(x, copies), check=False)
+            records.append(seen)
+        return [axes_from_shapes(small, large) for small, large in zip(*records)]
 
     def taps_accounting_for(
         self,
@@ -333,7 +365,15 @@ class Collector:
         self._check_plans_agree(plan)
         names = {id(m): n for n, m in self.data_pass.model.named_modules()}
         specs = [
-            (names[id(t.module)], t.weight_name, t.bias_name, list(t.sample_axes or []))
+            (
+                names[id(t.module)],
+                t.weight_name,
+                t.bias_name,
+                list(t.sample_axes or []),
+                t.functional,
+                t.rows,
+                t.packed,
+            )
             for t in taps
         ]
         _PLANS.setdefault(self.data_pass.model, {})[
@@ -377,9 +417,52 @@ class Collector:
         del outputs, probes, grads
         for tap in taps:
             tap.clear()
-        return self.make_plan(
-            self.taps_accounting_for(taps, leaves, direct, summed, reasons), reasons, x
+        kept = self.taps_accounting_for(taps, leaves, direct, summed, reasons)
+        kept = self._rows_split_checked(kept, dp.call.take(x, head), r, reasons)
+        return self.make_plan(kept, reasons, x)
+
+    def _rows_split_checked(
+        self, taps: list[LayerTap], x: Any, r: Tensor, reasons: dict[str, str]
+    ) -> list[LayerTap]:
+        """The taps, less rows taps whose split of the rows into samples is not the model's.
+
+        A rows tap (:attr:`LayerTap.rows`) assumes its call's rows [T·N] are time-major. A batch
+        sum cannot see which row belongs to which sample, so the first sample alone is
+        back-propagated (the column mix ``r`` [N, ...] zeroed elsewhere): autograd's gradient is
+        then that sample's, and the tap's own per-sample gradient of its sample 0 must equal it.
+        """
+        rows = [tap for tap in taps if tap.rows]
+        if not rows:
+            return taps
+        dp = self.data_pass
+        leaves, others = dp.parameters()
+        first = torch.zeros_like(r)
+        first[0] = r[0]
+        mine: dict[str, Tensor] = {}
+
+        def keep_first(tap: LayerTap, grads: list[Tensor]) -> None:
+            weight, bias = per_sample_weight_grads(tap, grads)
+            if tap.weight_name:
+                mine[tap.weight_name] = tap.rule.weight_from_rows(weight[0], tap.weight.shape)
+            if tap.bias_name:
+                mine[tap.bias_name] = bias[0]
+
+        outputs, probes = self.probe_forward(x, {**others, **leaves}, rows, keep_first)
+        names = [n for tap in rows for n in (tap.weight_name, tap.bias_name) if n]
+        grads = torch.autograd.grad(
+            outputs, [leaves[n] for n in names] + probes, first, allow_unused=True
         )
+        direct = dict(zip(names, grads[: len(names)]))
+        for tap in rows:
+            tap.clear()
+        split = self.taps_accounting_for(rows, leaves, direct, mine, {})
+        for tap in rows:
+            if tap not in split:
+                reasons[dp.module_name(tap.module)] = (
+                    "its rows [T·N, I] are not split into samples time-major, as torch's "
+                    "attention does"
+                )
+        return [tap for tap in taps if not tap.rows or tap in split]
 
     def cached_plan(self, x: Tensor) -> TapPlan | None:
         """The plan an earlier operator verified for this model and input layout, or None."""
@@ -391,7 +474,16 @@ class Collector:
         specs, fallback, reasons = entry
         modules = dict(self.data_pass.model.named_modules())
         taps = [
-            LayerTap(modules[name], weight, bias, list(axes)) for name, weight, bias, axes in specs
+            LayerTap(
+                modules[name],
+                weight,
+                bias,
+                list(axes),
+                functional=functional,
+                rows=rows,
+                packed=packed,
+            )
+            for name, weight, bias, axes, functional, rows, packed in specs
         ]
         plan = TapPlan(taps, list(fallback), dict(reasons), cached=True)
         self._check_plans_agree(plan)
@@ -434,16 +526,12 @@ class Collector:
         have all arrived, then frees that layer's inputs: activations go as the backward proceeds.
         """
         probes: list[Tensor] = []
-        handles = [
-            tap.module.register_forward_hook(_ProbeTap(tap, probes, complete)) for tap in taps
-        ]
-        try:
-            for tap in taps:
-                tap.clear()
+        probe_taps = {id(tap): _ProbeTap(tap, probes, complete) for tap in taps}
+        for tap in taps:
+            tap.clear()
+        num = self.data_pass.call.num_samples(x)
+        with recording(taps, params, num, lambda tap, a, out: probe_taps[id(tap)](a, out)):
             outputs = self.data_pass.forward(params, x)
-        finally:
-            for handle in handles:
-                handle.remove()
         return outputs, probes
 
 
@@ -469,14 +557,11 @@ class FastCollector(Collector):
             taps = self.plan.taps
             for tap in taps:
                 tap.clear()
-            handles = [tap.module.register_forward_hook(tap.hook) for tap in taps]
-            try:
-                outputs = dp.forward({**others, **leaves}, x)
-            finally:
-                for handle in handles:
-                    handle.remove()
-            factors = dp.factors(outputs, y, index, x)
+            params = {**others, **leaves}
             num = dp.call.num_samples(x)
+            with recording(taps, params, num, lambda tap, a, out: tap.record(a, out)):
+                outputs = dp.forward(params, x)
+            factors = dp.factors(outputs, y, index, x)
             for tap in taps:
                 expected = len(tap.sample_axes or [])
                 if len(tap.inputs) != expected or any(a.shape[0] != num for a in tap.inputs):
@@ -600,10 +685,10 @@ class _ProbeTap:
         self.tap, self.probes, self.complete = tap, probes, complete
         self.grads: dict[int, Tensor] = {}
 
-    def __call__(self, module: nn.Module, args: tuple, output: Tensor) -> Tensor:
+    def __call__(self, inputs: Tensor, output: Tensor) -> Tensor:
         tap = self.tap
         call = len(tap.inputs)
-        tap.inputs.append(args[0].detach().movedim(tap.axis(call), 0))
+        tap.inputs.append(inputs.detach().movedim(tap.axis(call), 0))
         probe = torch.zeros((), dtype=output.dtype, device=output.device, requires_grad=True)
         self.probes.append(probe)
         result = output + probe
@@ -659,6 +744,6 @@ def _keep_sums(tap: LayerTap, grads: list[Tensor], summed: dict[str, Tensor]) ->
     """Store the tap's batch-summed weight and bias gradients in ``summed`` (the taps' check)."""
     weight, bias = summed_weight_grads(tap, grads)
     if tap.weight_name:
-        summed[tap.weight_name] = tap.rule.weight_from_rows(weight, tap.module.weight.shape)
+        summed[tap.weight_name] = tap.rule.weight_from_rows(weight, tap.weight.shape)
     if tap.bias_name:
         summed[tap.bias_name] = bias

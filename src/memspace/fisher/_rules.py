@@ -28,6 +28,7 @@ __all__ = [
     "Conv2dRule",
     "LayerRule",
     "LinearRule",
+    "PackedInProjectionRule",
     "RULES",
     "RULES_BY_NAME",
     "rule_for",
@@ -120,6 +121,18 @@ class Conv1DRule(LinearRule):
     """
 
     transposed = True
+
+
+class PackedInProjectionRule(LinearRule):
+    """``nn.MultiheadAttention``'s packed in-projection: ``in_proj_weight`` [3E, E] as a Linear.
+
+    Self-attention (query, key and value the same tensor) projects them in one
+    ``F.linear(x, in_proj_weight, in_proj_bias)`` on [T, N, E]; the tap records that call
+    (:attr:`memspace.fisher._taps.LayerTap.functional`), whose columns are a Linear's.
+    """
+
+    def out_features(self, module: nn.Module) -> int:
+        return module.in_proj_weight.shape[0]
 
 
 class Conv2dRule(LayerRule):

@@ -20,18 +20,26 @@ recorded.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field, replace
 
 from torch import Tensor, nn
+from torch.nn import functional as nnf
 
-from ._rules import LayerRule, rule_for
+from ._rules import LayerRule, PackedInProjectionRule, rule_for
+
+PACKED_IN_PROJECTION = PackedInProjectionRule()
 
 __all__ = [
     "LayerTap",
+    "Recorder",
+    "attention_taps",
     "check_tap_layout",
     "is_tappable",
     "per_sample_square_sums",
     "per_sample_weight_grads",
+    "recording",
     "summed_weight_grads",
 ]
 
@@ -43,18 +51,17 @@ def is_tappable(module: nn.Module) -> bool:
 
 
 def check_tap_layout(
-    module: nn.Module, axes: list[tuple[int | None, int | None]] | None
+    rule: LayerRule, axes: list[tuple[int | None, int | None]] | None
 ) -> str | None:
-    """Why a tap cannot be used for ``module`` with these probed sample axes, or None.
+    """Why a tap cannot be used for a layer with these probed sample axes, or None.
 
     Args:
-        module: a layer :func:`is_tappable` accepts.
+        rule: the layer's rule.
         axes: per call, the (input, output) sample axes from
             :func:`memspace._model_call.sample_axes_by_probe` (None: calls vary with N).
     """
     if axes is None:
         return "its number of calls depends on the batch"
-    rule = rule_for(module)
     for call, (in_axis, out_axis) in enumerate(axes):
         if in_axis is None or out_axis is None:
             return (
@@ -89,23 +96,37 @@ class LayerTap:
     inputs: list[Tensor] = field(default_factory=list)
     outputs: list[Tensor] = field(default_factory=list)
     _features: dict[int, Tensor] = field(default_factory=dict)
+    functional: str | None = None
+    """For a layer its model does not call as a module (attention's projections): the full name of
+    the weight whose ``F.linear`` calls are recorded (:func:`recording`); None for a module tap."""
+    rows: bool = False
+    """The recorded calls act on rows [T·N, I], time-major (torch's attention out-projection);
+    they are recorded as [T, N, I]."""
+    packed: bool = False
+    """The tap is ``nn.MultiheadAttention``'s packed in-projection (``PackedInProjectionRule``),
+    and ``module`` is the attention module."""
 
     @property
     def rule(self) -> LayerRule:
-        """The layer's rule (:func:`._rules.rule_for`)."""
-        return rule_for(self.module)
+        """The layer's rule (:func:`._rules.rule_for`, or the packed in-projection's)."""
+        return PACKED_IN_PROJECTION if self.packed else rule_for(self.module)
+
+    @property
+    def weight(self) -> Tensor:
+        """The layer's weight parameter (its shape is the weight's layout)."""
+        return self.module.in_proj_weight if self.packed else self.module.weight
+
+    def record(self, inputs: Tensor, output: Tensor) -> None:
+        """Record one call's input (sample axis moved first, detached) and its output."""
+        call = len(self.inputs)
+        self.inputs.append(inputs.detach().movedim(self.axis(call), 0))
+        self.outputs.append(output)
 
     def axis(self, call: int) -> int:
         """The sample axis of call ``call`` (0 while unknown)."""
         if self.sample_axes is None or call >= len(self.sample_axes):
             return 0
         return self.sample_axes[call]
-
-    def hook(self, module: nn.Module, args: tuple, output: Tensor) -> None:
-        """Forward hook: record the call's input (sample axis first) and its output."""
-        call = len(self.inputs)
-        self.inputs.append(args[0].detach().movedim(self.axis(call), 0))
-        self.outputs.append(output)
 
     def clear(self) -> None:
         """Forget what the last forward recorded."""
@@ -146,6 +167,95 @@ class LayerTap:
         return self.rule.output_grads(self.module, grad, self.axis(call))
 
 
+Recorder = Callable[[LayerTap, Tensor, Tensor], "Tensor | None"]
+"""What a forward does at each call of a tapped layer: ``record(tap, input, output)``, returning a
+replacement of the output (a probe added to it) or None."""
+
+
+def attention_taps(
+    prefix: str, attention: nn.MultiheadAttention, selected: set[str]
+) -> list[LayerTap]:
+    """Taps on an ``nn.MultiheadAttention``'s projections, which its forward calls functionally.
+
+    The packed in-projection (``in_proj_weight``, when query, key and value share one embedding
+    size) and the out-projection, whose ``F.linear`` runs on rows [T·N, E] in time-major order
+    (``torch.nn.functional.multi_head_attention_forward`` views them as [T, N, E] right after).
+    Each is kept only if its checks pass, like every tap: a cross-attention's in-projection, split
+    into three calls on slices of the weight, records no call and fails the gradient check.
+    """
+    name = f"{prefix}." if prefix else ""
+    taps = []
+    if attention._qkv_same_embed_dim and attention.in_proj_weight is not None:
+        weight, bias = f"{name}in_proj_weight", f"{name}in_proj_bias"
+        tap = LayerTap(
+            attention,
+            weight if weight in selected else None,
+            bias if attention.in_proj_bias is not None and bias in selected else None,
+            functional=weight,
+            packed=True,
+        )
+        if tap.weight_name or tap.bias_name:
+            taps.append(tap)
+    out = attention.out_proj
+    weight, bias = f"{name}out_proj.weight", f"{name}out_proj.bias"
+    tap = LayerTap(
+        out,
+        weight if weight in selected else None,
+        bias if out.bias is not None and bias in selected else None,
+        functional=weight,
+        rows=True,
+    )
+    if tap.weight_name or tap.bias_name:
+        taps.append(tap)
+    return taps
+
+
+@contextmanager
+def recording(
+    taps: list[LayerTap], params: Mapping[str, Tensor], num: int, record: Recorder
+) -> Iterator[None]:
+    """Call ``record`` at every call of each tap during the forwards inside the block.
+
+    A module tap by a forward hook; a functional tap (:attr:`LayerTap.functional`) by wrapping
+    ``torch.nn.functional.linear`` and recognising its weight, the very tensor ``params`` holds
+    under that name (``functional_call`` hands the model those tensors). A rows tap's call on
+    [T·N, I] is recorded as [T, N, I] with ``num`` = N samples, and its output goes on from that
+    view, so gradients with respect to the recorded output reach it.
+    """
+    handles = [
+        tap.module.register_forward_hook(
+            lambda module, args, output, tap=tap: record(tap, args[0], output)
+        )
+        for tap in taps
+        if tap.functional is None
+    ]
+    by_weight = {id(params[tap.functional]): tap for tap in taps if tap.functional is not None}
+    original = nnf.linear
+
+    def linear(inputs: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+        output = original(inputs, weight, bias)
+        tap = by_weight.get(id(weight))
+        if tap is None:
+            return output
+        if tap.rows and inputs.dim() == 2 and inputs.shape[0] % num == 0:
+            flat = output.shape
+            inputs = inputs.view(-1, num, inputs.shape[-1])
+            output = output.view(-1, num, output.shape[-1])
+            replaced = record(tap, inputs, output)
+            return (output if replaced is None else replaced).reshape(flat)
+        replaced = record(tap, inputs, output)
+        return output if replaced is None else replaced
+
+    if by_weight:
+        nnf.linear = linear
+    try:
+        yield
+    finally:
+        nnf.linear = original
+        for handle in handles:
+            handle.remove()
+
+
 def per_sample_weight_grads(tap: LayerTap, grads: list[Tensor]) -> tuple[Tensor, Tensor]:
     """Per-sample gradients of weight [N, O, I] and bias [N, O], summed over calls.
 
@@ -173,7 +283,7 @@ def per_sample_square_sums(
     (ResNet-18's last convolution: 128 × 512 × 4608 entries, 1.2 GB, at once otherwise).
     """
     num = tap.inputs[0].shape[0]
-    per_sample = tap.module.weight.numel()
+    per_sample = tap.weight.numel()
     chunk = max(1, max_elements // max(1, per_sample))
     if chunk >= num:
         weight, bias = per_sample_weight_grads(tap, grads)
@@ -181,12 +291,8 @@ def per_sample_square_sums(
     weight_sq = bias_sq = None
     for start in range(0, num, chunk):
         size = min(chunk, num - start)
-        part = LayerTap(
-            tap.module,
-            tap.weight_name,
-            tap.bias_name,
-            tap.sample_axes,
-            [a.narrow(0, start, size) for a in tap.inputs],
+        part = replace(
+            tap, inputs=[a.narrow(0, start, size) for a in tap.inputs], outputs=[], _features={}
         )
         part_grads = [g.narrow(tap.axis(call), start, size) for call, g in enumerate(grads)]
         weight, bias = per_sample_weight_grads(part, part_grads)

@@ -40,7 +40,6 @@ from . import spectral
 from ._collect import FisherPlan, TappedBatch, TapPlan, fisher_parts
 from ._forward_mode import forward_mode_rules
 from ._pass import Vector
-from ._rules import rule_for
 from ._statistics import DiagonalSquares
 from .ekfac import EKFAC
 from .kfac import KFAC
@@ -207,7 +206,7 @@ class FisherOperator:
         """
         taps = self.tap_plan()
         names = {id(m): n or "<root>" for n, m in self.model.named_modules()}
-        tapped = {names[id(t.module)]: _rule_name(t.module) for t in taps.taps}
+        tapped = {names[id(t.module)]: _rule_name(t) for t in taps.taps}
         jacobians = "not needed"
         if taps.fallback:
             x, _ = next(iter(self.data))
@@ -426,7 +425,6 @@ def _format_bytes(size: float) -> str:
     return f"{size:.1f} TiB"
 
 
-def _rule_name(module: nn.Module) -> str:
-    """The layer type whose rule taps ``module`` (its nearest class the rules name)."""
-    rule = rule_for(module)
-    return type(rule).__name__.removesuffix("Rule") if rule is not None else type(module).__name__
+def _rule_name(tap: Any) -> str:
+    """The name of the rule that taps a layer (``Linear``, ``Conv1D``, ``PackedInProjection``)."""
+    return type(tap.rule).__name__.removesuffix("Rule")
