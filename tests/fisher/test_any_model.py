@@ -7,12 +7,15 @@ taken or refused for the stated reason.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from torch import nn
 
-from memspace import MemspaceError, fisher_rao_norm
+from memspace import MemspaceError, MemspaceWarning, fisher_rao_norm
 from memspace.fisher import KFAC, FisherOperator
+from memspace.fisher.reference import dense_fisher
 from model_zoo import ZOO, make_zoo_case, reference_fisher
 
 NAMES = sorted(ZOO)
@@ -283,3 +286,47 @@ def test_a_sequence_first_model_without_sample_dim_is_refused_not_wrong():
     case = make_zoo_case("encoder-sequence-first")  # [T=3, N=5, d]; targets for 5 samples
     with pytest.raises(MemspaceError, match="3 samples .axis 0. but y has 5|sample_dim"):
         FisherOperator(case.model, (case.inputs, case.targets)).diag()
+
+
+def test_layer_norms_take_their_fast_elementwise_path_or_say_why_not():
+    """A LayerNorm's per-sample gradients are elementwise (∇w = Σ_t g ⊙ x̂): tapped, no block."""
+
+    class Norms(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.inner = nn.Linear(4, 6)
+            self.norm = nn.LayerNorm(6)
+            self.unbiased = nn.LayerNorm(6, bias=False)
+            self.plane = nn.LayerNorm((3, 6))  # normalises over two axes: no rule
+            self.head = nn.Linear(6, 3)
+
+        def forward(self, x):
+            h = self.plane(self.unbiased(torch.tanh(self.norm(self.inner(x)))))
+            return self.head(h.mean(1))
+
+    torch.manual_seed(0)
+    model = Norms().double().eval()
+    with torch.no_grad():
+        for norm in (model.norm, model.unbiased, model.plane):
+            norm.weight.normal_(1, 0.3)
+        model.norm.bias.normal_(0, 0.3)
+    x, y = torch.randn(7, 3, 4, dtype=torch.float64), torch.randint(0, 3, (7,))
+    F = FisherOperator(model, (x, y))
+    plan = F.plan()
+    assert plan.tapped["norm"] == plan.tapped["unbiased"] == "LayerNorm"
+    assert "normalises over 2 axes" in plan.exact["plane"]
+    reference = dense_fisher(model, x, y)
+    torch.testing.assert_close(F.diag(), reference.diagonal(), rtol=1e-10, atol=1e-14)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", MemspaceWarning)
+        kfac = F.kfac()
+    start = 0
+    for name, p in model.named_parameters():  # K-FAC keeps the norms' exact diagonal
+        if "norm" in name or "unbiased" in name:
+            torch.testing.assert_close(
+                kfac.fallback_diag[name],
+                reference.diagonal()[start : start + p.numel()],
+                rtol=1e-10,
+                atol=1e-14,
+            )
+        start += p.numel()

@@ -26,6 +26,7 @@ from torch.nn import functional as nnf
 __all__ = [
     "Conv1DRule",
     "Conv2dRule",
+    "LayerNormRule",
     "LayerRule",
     "LinearRule",
     "PackedInProjectionRule",
@@ -74,6 +75,10 @@ class LayerRule:
 
     transposed = False
     """Whether the weight is stored [I, O] (its rows are the inputs): ``transformers``' Conv1D."""
+
+    kronecker = True
+    """Whether the layer's Fisher block is approximated as G ⊗ A (K-FAC); an elementwise layer's
+    is not, and K-FAC keeps its exact diagonal, taken from the same tap."""
 
     def out_features(self, module: nn.Module) -> int:
         """O, the number of output features (rows of the weight matrix)."""
@@ -186,6 +191,48 @@ class Conv2dRule(LayerRule):
         return weight.reshape(weight.shape[0], -1)
 
 
+class LayerNormRule(LayerRule):
+    """``nn.LayerNorm`` over its last axis with an affine map: y = x̂ ⊙ w + b.
+
+    x̂ = (x − mean) / √(var + ε) is the normalised input. The per-sample gradients are elementwise,
+    ∇w = Σ_t g_t ⊙ x̂_t and ∇b = Σ_t g_t, so the features are x̂ in a Linear's layout [N, D, T] and
+    the weight reads as a column [D, 1] (O = D, I = 1) in every diagonal statistic. There is no
+    Kronecker block (:attr:`LayerRule.kronecker` is False): K-FAC and EKFAC keep the exact diagonal
+    from this tap instead of per-sample Jacobians.
+    """
+
+    kronecker = False
+
+    def refuses(self, module: nn.Module) -> str | None:
+        if not module.elementwise_affine:
+            return "no affine parameters"
+        if len(module.normalized_shape) != 1:
+            return f"it normalises over {len(module.normalized_shape)} axes"
+        return None
+
+    def out_features(self, module: nn.Module) -> int:
+        return module.normalized_shape[0]
+
+    def features(self, module: nn.Module, inputs: Tensor) -> Tensor:
+        normalised = nnf.layer_norm(inputs, module.normalized_shape, None, None, module.eps)
+        return LINEAR.features(module, normalised)
+
+    def output_grads(self, module: nn.Module, grad: Tensor, axis: int) -> Tensor:
+        return LINEAR.output_grads(module, grad, axis)
+
+    def per_sample_weight_grads(
+        self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int
+    ) -> Tensor:
+        g = self.output_grads(module, grad, axis)
+        return (g * self.features(module, inputs)).sum(2, keepdim=True)  # [N, D, 1]
+
+    def summed_weight_grads(
+        self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int
+    ) -> Tensor:
+        g = self.output_grads(module, grad, axis)
+        return (g * self.features(module, inputs)).sum(dim=(0, 2)).unsqueeze(1)  # [D, 1]
+
+
 def _conv_weight_grad(
     module: nn.Module, grad: Tensor, inputs: Tensor, weight: Tensor, groups: int
 ) -> Tensor:
@@ -206,7 +253,13 @@ def _conv_weight_grad(
     return grad_weight
 
 
-RULES: dict[type[nn.Module], LayerRule] = {nn.Linear: LinearRule(), nn.Conv2d: Conv2dRule()}
+LINEAR = LinearRule()
+
+RULES: dict[type[nn.Module], LayerRule] = {
+    nn.Linear: LINEAR,
+    nn.Conv2d: Conv2dRule(),
+    nn.LayerNorm: LayerNormRule(),
+}
 """The layer types the taps cover, by exact type or base class."""
 
 RULES_BY_NAME: dict[str, LayerRule] = {"transformers.pytorch_utils.Conv1D": Conv1DRule()}

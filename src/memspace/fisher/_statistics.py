@@ -19,7 +19,7 @@ from torch import Tensor
 
 from ._taps import LayerTap, per_sample_square_sums
 
-__all__ = ["DiagonalSquares", "KroneckerSums", "RotatedSquares", "gram"]
+__all__ = ["ByRule", "DiagonalSquares", "KroneckerSums", "RotatedSquares", "gram"]
 
 _CHUNK_ELEMENTS = 1 << 24
 """Unfolded patches and rotated per-sample gradients are formed this many entries at a time."""
@@ -76,6 +76,23 @@ class KroneckerSums:
 
     def flush(self, tap: LayerTap) -> None:
         pass
+
+
+class ByRule:
+    """Feeds each tap to ``kronecker`` or, for an elementwise layer (no Kronecker block), to
+    ``elementwise``: K-FAC's factors and its exact diagonal of the layer norms, in one pass."""
+
+    def __init__(self, kronecker: Any, elementwise: Any):
+        self.kronecker, self.elementwise = kronecker, elementwise
+
+    def _for(self, tap: LayerTap) -> Any:
+        return self.kronecker if tap.rule.kronecker else self.elementwise
+
+    def column(self, tap: LayerTap, grads: list[Tensor], column: int) -> None:
+        self._for(tap).column(tap, grads, column)
+
+    def flush(self, tap: LayerTap) -> None:
+        self._for(tap).flush(tap)
 
 
 class RotatedSquares:

@@ -32,7 +32,7 @@ from .._errors import MemspaceError, MemspaceWarning
 from ._collect import FisherParts, TapPlan, fisher_parts
 from ._pass import Vector
 from ._rules import weight_from_rows, weight_rows
-from ._statistics import KroneckerSums
+from ._statistics import ByRule, DiagonalSquares, KroneckerSums
 
 __all__ = ["BlockApproximation", "KFAC", "KroneckerBlock"]
 
@@ -187,10 +187,19 @@ class KFAC(BlockApproximation):
 
     def _accumulate(self, parts: FisherParts) -> None:
         dp = parts.data_pass
+        plan = parts.collector.tap_plan()
+        elementwise = {  # tapped layers without a Kronecker block: their exact diagonal
+            name: torch.zeros_like(leaf)
+            for tap in plan.taps
+            if not tap.rule.kronecker
+            for name, leaf in ((tap.weight_name, tap.weight), (tap.bias_name, tap.module.bias))
+            if name
+        }
         sums = KroneckerSums()
+        statistic = ByRule(sums, DiagonalSquares(elementwise))
         fallback: dict[str, Tensor] = {}
         count = 0
-        for x, factors, names, units in parts.collector.collect(sums):
+        for x, factors, names, units in parts.collector.collect(statistic):
             for name, sq in parts.jacobians.diag_sums(names, x, factors).items():
                 fallback[name] = sq if name not in fallback else fallback[name] + sq
             count += units
@@ -198,7 +207,9 @@ class KFAC(BlockApproximation):
         self.blocks: list[KroneckerBlock] = []
         self.fallback_diag: dict[str, Tensor] = {}
         prefix_of = {id(m): n for n, m in dp.model.named_modules()}
-        for tap in parts.collector.tap_plan().taps:
+        for tap in plan.taps:
+            if not tap.rule.kronecker:
+                continue
             key = id(tap.module)
             if key not in sums.inputs:  # never ran: a zero block, kept as a zero diagonal
                 for name in (tap.weight_name, tap.bias_name):
@@ -223,9 +234,9 @@ class KFAC(BlockApproximation):
                     transposed=tap.rule.transposed,
                 )
             )
-        for name, value in fallback.items():
-            self.fallback_diag[name] = dp.reduce(value) / num
-        _warn_unblocked(type(self).__name__, parts.collector.tap_plan())
+        for name, value in {**fallback, **elementwise}.items():
+            self.fallback_diag[name] = dp.reduce(value.reshape(-1).to(dp.dtype)) / num
+        _warn_unblocked(type(self).__name__, plan)
 
     # ----------------------------------------------------------- products
     def mv(self, v: Vector) -> Vector:
@@ -286,13 +297,23 @@ class KFAC(BlockApproximation):
 
 
 def _warn_unblocked(structure: str, plan: TapPlan) -> None:
-    """Say which layers have no Kronecker block (their exact Fisher diagonal stands in)."""
-    if not plan.fallback:
+    """Say which layers have no Kronecker block (their exact Fisher diagonal stands in).
+
+    Layers on the exact per-sample path (with why) and elementwise taps (layer norms).
+    """
+    elementwise = [tap for tap in plan.taps if not tap.rule.kronecker]
+    if not plan.fallback and not elementwise:
         return
-    layers = "; ".join(f"{layer}: {why}" for layer, why in plan.reasons.items())
+    layers = [f"{layer}: {why}" for layer, why in plan.reasons.items()]
+    layers += [
+        f"{type(tap.module).__name__} {tap.weight_name or tap.bias_name}: elementwise, its "
+        "diagonal from its tap"
+        for tap in elementwise
+    ]
+    count = len(plan.fallback) + sum(bool(t.weight_name) + bool(t.bias_name) for t in elementwise)
     warnings.warn(
-        f"{structure}: {len(plan.fallback)} parameter tensor(s) have no Kronecker block and take "
-        f"their exact Fisher diagonal instead ({layers})",
+        f"{structure}: {count} parameter tensor(s) have no Kronecker block and take their exact "
+        f"Fisher diagonal instead ({'; '.join(layers)})",
         MemspaceWarning,
         stacklevel=5,
     )
