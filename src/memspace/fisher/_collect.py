@@ -54,7 +54,6 @@ __all__ = [
     "LayerStatistic",
     "LowMemoryCollector",
     "TapPlan",
-    "TappedBatch",
     "clear_plan_cache",
     "fisher_parts",
     "make_collector",
@@ -117,45 +116,6 @@ class FisherPlan:
         if self.cached:
             lines.append("(the taps' plan was checked by an earlier operator on this model)")
         return "\n".join(lines)
-
-
-@dataclass
-class TappedBatch:
-    """One batch after a forward with layer taps, ready for per-column backward passes.
-
-    Attributes:
-        outputs: model outputs [N, D] (in the graph).
-        factors: output-Fisher columns [K, N, D] (Λ̂ = Σ_k s_k s_kᵀ).
-        taps: the verified taps.
-        fallback: selected parameter names not covered by a tap.
-        inputs: the batch inputs (for the fallback's per-sample Jacobians).
-        units: the batch's data points (N, or the positions that count for sequence outputs).
-    """
-
-    outputs: Tensor
-    factors: Tensor
-    taps: list[LayerTap]
-    fallback: list[str]
-    inputs: Any
-    units: int
-
-    def column_grads(self) -> Iterator[list[list[Tensor | None]]]:
-        """For each column s_k, the gradients of s_kᵀf w.r.t. each tap's outputs.
-
-        Only gradients with respect to layer outputs are requested, so autograd skips
-        every weight-gradient product.
-        """
-        flat = [out for tap in self.taps for out in tap.outputs]
-        num = self.factors.shape[0]
-        for k in range(num):
-            if not flat:
-                yield []
-                continue
-            grads = torch.autograd.grad(
-                self.outputs, flat, self.factors[k], retain_graph=k < num - 1, allow_unused=True
-            )
-            it = iter(grads)
-            yield [[next(it) for _ in tap.outputs] for tap in self.taps]
 
 
 class LayerStatistic(Protocol):
@@ -518,15 +478,22 @@ class Collector:
         params: dict[str, Tensor],
         taps: list[LayerTap],
         complete: Callable[[LayerTap, list[Tensor]], None],
+        keep_inputs: bool = False,
+        hooks: list | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """A forward in which each tap keeps its layer's input and adds a zero probe to its output.
 
         Returns (outputs, probes). A backward to the probes (no parameter needs to require a
         gradient) calls ``complete(tap, output gradients per call)`` as soon as a layer's gradients
-        have all arrived, then frees that layer's inputs: activations go as the backward proceeds.
+        have all arrived, then frees that layer's inputs (unless ``keep_inputs``: for several
+        backward passes): activations go as the backward proceeds. ``hooks``, if given, receives
+        the taps' probe hooks (their ``finish()`` completes a layer whose outputs did not all
+        reach the loss).
         """
         probes: list[Tensor] = []
-        probe_taps = {id(tap): _ProbeTap(tap, probes, complete) for tap in taps}
+        probe_taps = {id(tap): _ProbeTap(tap, probes, complete, keep_inputs) for tap in taps}
+        if hooks is not None:
+            hooks.extend(probe_taps.values())
         for tap in taps:
             tap.clear()
         num = self.data_pass.call.num_samples(x)
@@ -540,55 +507,68 @@ class FastCollector(Collector):
 
     memory = "fast"
 
-    def tapped_batches(self) -> Iterator[TappedBatch]:
-        """Stream batches through a forward that taps every verified layer.
+    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Any, Tensor, list[str], int]]:
+        """One tapped forward per batch, then one backward per output-Fisher column.
 
-        The plan is taken on the first batch of the first pass (:meth:`verified_plan`).
+        Each layer's output gradients are handed to ``statistic`` in a hook as they arrive and
+        dropped, so the backward never holds every layer's at once (a gradient's worth of
+        activations more, for a ResNet); the backward goes to zero probes on the layers' outputs, so
+        no weight gradient is formed.
 
         Raises:
             MemspaceError: when a later batch runs a tapped layer differently from the
                 first (another number of calls, or no sample axis of the batch's size).
         """
         dp = self.data_pass
-        leaves, others = dp.parameters()
+        others = {n: p.detach() for n, p in dp.model.named_parameters()}
         for index, (x, y) in enumerate(dp.data):
             if self.plan is None:
                 self.plan = self.verified_plan(x, y)
             taps = self.plan.taps
-            for tap in taps:
-                tap.clear()
-            params = {**others, **leaves}
-            num = dp.call.num_samples(x)
-            with recording(taps, params, num, lambda tap, a, out: tap.record(a, out)):
-                outputs = dp.forward(params, x)
-            factors = dp.factors(outputs, y, index, x)
-            for tap in taps:
-                expected = len(tap.sample_axes or [])
-                if len(tap.inputs) != expected or any(a.shape[0] != num for a in tap.inputs):
-                    raise MemspaceError(
-                        f"layer {dp.module_name(tap.module)} ran {len(tap.inputs)} time(s) in "
-                        f"batch {index} with "
-                        f"inputs {[tuple(a.shape) for a in tap.inputs]} (sample axis first), "
-                        "unlike the first batch "
-                        f"({expected} call(s)); its per-sample shortcut does not apply: pass "
-                        "params= without it"
-                    )
-            yield TappedBatch(
-                outputs, factors, taps, self.plan.fallback, x, dp.units(x, y, outputs)
+            column = [0]
+            hooks: list[_ProbeTap] = []
+            outputs, probes = self.probe_forward(
+                x,
+                others,
+                taps,
+                lambda tap, grads: statistic.column(tap, grads, column[0]),
+                keep_inputs=True,
+                hooks=hooks,
             )
+            self._check_calls(taps, dp.call.num_samples(x), index)
+            factors = dp.factors(outputs.detach(), y, index, x)
+            units = dp.units(x, y, outputs)
+            for k in range(factors.shape[0] if probes else 0):
+                column[0] = k
+                torch.autograd.grad(
+                    outputs,
+                    probes,
+                    factors[k],
+                    retain_graph=k < factors.shape[0] - 1,
+                    allow_unused=True,
+                )
+                for hook in hooks:
+                    hook.finish()
+            del outputs, probes
+            for tap in taps:
+                if tap.inputs:  # a layer that did not run has zero Fisher
+                    statistic.flush(tap)
+                tap.clear()
+            yield x, factors, self.plan.fallback, units
 
-    def collect(self, statistic: LayerStatistic) -> Iterator[tuple[Any, Tensor, list[str], int]]:
-        for batch in self.tapped_batches():
-            ran = [
-                tap for tap in batch.taps if tap.inputs
-            ]  # a layer that did not run has zero Fisher
-            for k, grads in enumerate(batch.column_grads()):
-                for tap, tap_grads in zip(batch.taps, grads):
-                    if tap.inputs:
-                        statistic.column(tap, _zeros_for_unused(tap, tap_grads), k)
-            for tap in ran:
-                statistic.flush(tap)
-            yield batch.inputs, batch.factors, batch.fallback, batch.units
+    def _check_calls(self, taps: list[LayerTap], num: int, index: int) -> None:
+        """Raise if a tapped layer ran unlike in the first batch (see :meth:`collect`)."""
+        for tap in taps:
+            expected = len(tap.sample_axes or [])
+            if len(tap.inputs) != expected or any(a.shape[0] != num for a in tap.inputs):
+                raise MemspaceError(
+                    f"layer {self.data_pass.module_name(tap.module)} ran {len(tap.inputs)} "
+                    f"time(s) in batch {index} with "
+                    f"inputs {[tuple(a.shape) for a in tap.inputs]} (sample axis first), "
+                    "unlike the first batch "
+                    f"({expected} call(s)); its per-sample shortcut does not apply: pass "
+                    "params= without it"
+                )
 
 
 class LowMemoryCollector(Collector):
@@ -681,14 +661,18 @@ class _ProbeTap:
         tap: LayerTap,
         probes: list[Tensor],
         complete: Callable[[LayerTap, list[Tensor]], None],
+        keep_inputs: bool = False,
     ):
         self.tap, self.probes, self.complete = tap, probes, complete
+        self.keep_inputs = keep_inputs
         self.grads: dict[int, Tensor] = {}
+        self.outputs: list[tuple[torch.Size, torch.dtype, torch.device]] = []
 
     def __call__(self, inputs: Tensor, output: Tensor) -> Tensor:
         tap = self.tap
         call = len(tap.inputs)
         tap.inputs.append(inputs.detach().movedim(tap.axis(call), 0))
+        self.outputs.append((output.shape, output.dtype, output.device))
         probe = torch.zeros((), dtype=output.dtype, device=output.device, requires_grad=True)
         self.probes.append(probe)
         result = output + probe
@@ -697,12 +681,26 @@ class _ProbeTap:
 
     def _arrived(self, call: int, grad: Tensor) -> None:
         self.grads[call] = grad
-        if len(self.grads) < len(self.tap.inputs):
-            return
+        if len(self.grads) == len(self.tap.inputs):
+            self._complete()
+
+    def _complete(self) -> None:
         grads = [self.grads[c] for c in range(len(self.tap.inputs))]
         self.grads.clear()
         self.complete(self.tap, grads)
-        self.tap.clear()  # the inputs go as soon as the layer is done
+        if not self.keep_inputs:
+            self.tap.clear()  # the inputs go as soon as the layer is done
+
+    def finish(self) -> None:
+        """Complete a layer some of whose calls got no gradient in the last backward.
+
+        (An output that does not reach the loss.) Zeros stand in for the missing gradients.
+        """
+        if self.grads:
+            for call, (shape, dtype, device) in enumerate(self.outputs):
+                if call not in self.grads:
+                    self.grads[call] = torch.zeros(shape, dtype=dtype, device=device)
+            self._complete()
 
 
 def _uncovered_reasons(
@@ -731,13 +729,6 @@ def _uncovered_reasons(
             kind = type(module).__name__ if module is not None else "a parameter"
             reasons[label] = f"no layer rule for {kind} (exact per-sample path, no Kronecker block)"
     return reasons
-
-
-def _zeros_for_unused(tap: LayerTap, grads: list[Tensor | None]) -> list[Tensor]:
-    """The output gradients of a tap's calls, zeros where an output did not reach the loss."""
-    if all(g is not None for g in grads):
-        return grads
-    return [torch.zeros_like(o) if g is None else g for g, o in zip(grads, tap.outputs)]
 
 
 def _keep_sums(tap: LayerTap, grads: list[Tensor], summed: dict[str, Tensor]) -> None:

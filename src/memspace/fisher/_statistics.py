@@ -79,8 +79,10 @@ class KroneckerSums:
 
 
 class ByRule:
-    """Feeds each tap to ``kronecker`` or, for an elementwise layer (no Kronecker block), to
-    ``elementwise``: K-FAC's factors and its exact diagonal of the layer norms, in one pass."""
+    """Feed each tap to ``kronecker``, or to ``elementwise`` for a layer without a Kronecker block.
+
+    K-FAC's factors and its exact diagonal of the layer norms, in one pass.
+    """
 
     def __init__(self, kronecker: Any, elementwise: Any):
         self.kronecker, self.elementwise = kronecker, elementwise

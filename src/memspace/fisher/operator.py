@@ -37,7 +37,7 @@ from .._errors import MemspaceError
 from .._model_call import OutputSelector
 from ..distributed import guarded
 from . import spectral
-from ._collect import FisherPlan, TappedBatch, TapPlan, fisher_parts
+from ._collect import FisherPlan, TapPlan, fisher_parts
 from ._forward_mode import forward_mode_rules
 from ._pass import Vector
 from ._statistics import DiagonalSquares
@@ -46,7 +46,7 @@ from .kfac import KFAC
 from .likelihood import FisherKind, Likelihood
 from .spectral import SpectralDensity
 
-__all__ = ["FisherOperator", "FisherPlan", "TapPlan", "TappedBatch", "Vector"]
+__all__ = ["FisherOperator", "FisherPlan", "TapPlan", "Vector"]
 
 
 class FisherOperator:
