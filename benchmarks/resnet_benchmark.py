@@ -18,7 +18,7 @@ The diagonal and K-FAC cover the convolution and linear weights (curvlinops' K-F
 those; BatchNorm's 9.6 k parameters would take memspace's exact per-sample path). The products cover
 every parameter. The two libraries' products are checked to agree before anything is timed.
 
-    python benchmarks/resnet_benchmark.py             # full size: prints, appends to RESULTS.md
+    python benchmarks/resnet_benchmark.py             # full size: prints, rewrites its section
     python benchmarks/resnet_benchmark.py --quick     # batch 8, width 8: a smoke run, no RESULTS
 """
 
@@ -316,9 +316,14 @@ def main() -> None:
                 indent=1,
             )
         )
-    if not args.quick:
-        with args.out.open("a") as handle:
-            handle.write("\n".join(lines) + "\n")
+    if not args.quick:  # replaces this script's section of RESULTS.md, keeps every other
+        previous = args.out.read_text() if args.out.exists() else ""
+        heading = next(line for line in lines if line.startswith("## "))
+        parts = previous.split("\n## ")
+        kept = parts[0] + "".join(
+            "\n## " + part for part in parts[1:] if "## " + part.split("\n")[0] != heading
+        )
+        args.out.write_text(kept.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,8 @@
 """A residual network as a path of near-identity maps (docs/theory.md §3)."""
 
 from .adapter import ResidualPath, StreamCapture, resolve_head
+from .hf import LensAdapter, lens_adapter
+from .lens import LensPath, lens_path, unigram_prior
 from .models import (
     ResidualBlock,
     ResidualCNN,
@@ -48,6 +50,12 @@ __all__ = [
     "resolve_head",
     # the predictive path and its exact least action
     "PredictivePath",
+    # the logit lens of a language model as a predictive path, per token
+    "LensAdapter",
+    "LensPath",
+    "lens_adapter",
+    "lens_path",
+    "unigram_prior",
     "predictive_path",
     "predictive_action",
     "readout_path",

@@ -40,7 +40,7 @@ import torch
 from torch import Tensor, nn
 
 from .._errors import DataError, MemspaceError
-from .._model_call import ModelCall, OutputSelector, derivative_kernels
+from .._model_call import ModelCall, OutputSelector, call_with, derivative_kernels
 from .._params import check_eval_mode
 from .._stream import as_batch_stream
 from ..distributed import Collective
@@ -490,8 +490,9 @@ def _predictive_path(
     kept: dict[str, list[np.ndarray]] = {}
     for index, (x, y) in enumerate(stream):
         num = call.num_samples(x)
+        args, kwargs = call_with(x)
         with torch.no_grad(), derivative_kernels(model), path.capture() as record:
-            call.outputs(model(x), num, f"batch {index}")
+            call.outputs(model(*args, **kwargs), num, f"batch {index}")
         states = path.states(record)
         with torch.no_grad(), derivative_kernels(model):
             outputs = readout_path(states, readout, num, f"batch {index}")
@@ -511,6 +512,7 @@ def _predictive_path(
         speed2 += (dist * steps).pow(2).sum(0).cpu()
         if (
             labelled
+            and y is not None
             and y.dtype in (torch.int64, torch.int32, torch.int16, torch.uint8)
             and y.dim() == 1
         ):
