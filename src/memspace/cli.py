@@ -268,14 +268,32 @@ def demo(
 @_friendly
 def measure(
     model: Annotated[
-        Path,
+        Path | None,
         typer.Option(
             help="Weights: .safetensors, or a torch.save file (loaded with weights_only=True)."
         ),
-    ],
+    ] = None,
     arch: Annotated[
-        str, typer.Option(help="MODULE:FACTORY or path/to/file.py:FACTORY returning the nn.Module.")
-    ],
+        str | None,
+        typer.Option(help="MODULE:FACTORY or path/to/file.py:FACTORY returning the nn.Module."),
+    ] = None,
+    hf: Annotated[
+        Path | None,
+        typer.Option(
+            help="A local Hugging Face language-model folder (config.json, safetensors weights; "
+            "never downloads, never runs remote code), measured on --text or --tokens."
+        ),
+    ] = None,
+    text: Annotated[
+        Path | None,
+        typer.Option(help="With --hf: a text file, tokenised by the folder's tokenizer."),
+    ] = None,
+    tokens: Annotated[
+        Path | None,
+        typer.Option(help="With --hf: an .npz with input_ids [N, T] (and attention_mask)."),
+    ] = None,
+    max_length: Annotated[int, typer.Option(help="With --hf: tokens per sequence.")] = 128,
+    max_sequences: Annotated[int, typer.Option(help="With --hf: sequences measured.")] = 16,
     data: Annotated[str, typer.Option(help=DATA_HELP)] = "digits",
     blocks: Annotated[
         str | None,
@@ -321,6 +339,34 @@ def measure(
     from .studies.measure import measure_weights
 
     _check_option("seed", seed, 0, MAX_SEED, integer=True)
+    if hf is not None:
+        if model is not None or arch is not None or distributed:
+            raise MemspaceError("--hf measures a Hugging Face folder alone: drop --model/--arch")
+        _check_option("max-length", max_length, 2, 1 << 20, integer=True)
+        _check_option("max-sequences", max_sequences, 1, 1 << 20, integer=True)
+        from .studies.language import measure_hf
+
+        metrics, report = measure_hf(
+            hf,
+            text=text,
+            tokens=tokens,
+            max_length=max_length,
+            max_sequences=max_sequences,
+            out=out,
+            seed=seed,
+            overwrite=overwrite,
+            status=lambda m: typer.echo(f"  {m}", err=json_output),
+        )
+        if json_output:
+            typer.echo(json.dumps(metrics["language"], indent=1))
+        typer.echo(f"report: {report}", err=json_output)
+        return
+    if model is None or arch is None:
+        raise MemspaceError(
+            "measure needs --model and --arch (or --hf FOLDER for a language model)"
+        )
+    if text is not None or tokens is not None:
+        raise MemspaceError("--text and --tokens go with --hf")
     rank, world = 0, 1
     if distributed:
         from .distributed import init_process_group

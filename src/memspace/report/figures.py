@@ -615,3 +615,45 @@ def _draw_traversal(ax: Any, images: np.ndarray, summary: dict[str, Any]) -> Non
     )
     ax.set_xticks([])
     ax.set_title(f"Latent traversals ({summary['traversal_model']})")
+
+
+def lens_profile(language: dict[str, Any], axes: Any = None) -> Figure:
+    """A language model's logit lens over depth: speed per step, agreement and settled share.
+
+    Left: the RMS speed (L+1)·d_l of each step of the per-token predictive path (step 0 leaves
+    the prior). Right: per state l, the share of tokens whose lens top-1 is the model's, and the
+    share whose prediction has settled by l.
+    """
+    lens = language["lens"]
+    fig, (left, right) = _axes(axes, 2, (9.5, 3.4))
+    steps = np.arange(len(lens["speeds"]))
+    left.bar(steps, lens["speeds"], color=_color("memspace"), label="speed (L+1)·d(l)")
+    left.set_xticks(steps)
+    left.set_xlabel("step l (0: from the prior)")
+    left.set_ylabel("RMS speed")
+    states = np.arange(len(lens["agreement"]))
+    right.plot(states, lens["agreement"], marker="o", label="lens top-1 = model's")
+    right.plot(states, lens["settled"], marker="s", label="settled by layer l")
+    right.set_xticks(states)
+    right.set_xlabel("state l (0: embeddings)")
+    right.set_ylim(-0.02, 1.02)
+    return _finish(fig, [left, right])
+
+
+def lens_heatmap(language: dict[str, Any]) -> Figure:
+    """Token × layer map of the predictive path's steps (L+1)·d_l, for the first sequence."""
+    heat = language["heatmap"]
+    steps = np.asarray(heat["steps"], dtype=float)
+    tokens = [literal(t) for t in heat["tokens"]]
+    height = max(2.5, 0.22 * len(tokens) + 1.0)
+    fig, ax = plt.subplots(figsize=(6.5, min(height, 14.0)))
+    image = ax.imshow(steps, aspect="auto", cmap="viridis", interpolation="nearest")
+    ax.set_xticks(range(steps.shape[1]))
+    ax.set_xlabel("step l (0: from the prior)")
+    ax.set_ylabel("token")
+    if len(tokens) <= 64:
+        ax.set_yticks(range(len(tokens)))
+        ax.set_yticklabels(tokens, fontsize=7)
+    fig.colorbar(image, ax=ax, label="(L+1)·d(l)")
+    fig.tight_layout()
+    return fig

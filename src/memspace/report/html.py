@@ -29,6 +29,20 @@ from . import figures
 __all__ = ["check_metrics", "render_report", "render_zoo_report"]
 
 CAPTIONS = {
+    "lens": (
+        "The logit lens as a predictive path",
+        "Every state of the residual stream read with the model's final norm and unembedding, per "
+        "token, from the prior π through the embeddings and each layer to the model's prediction. "
+        "Left: the RMS speed of each step. Right: the share of tokens whose lens agrees with the "
+        "model's top-1 at each state, and the share whose prediction has settled by then (it "
+        "agrees at every later state).",
+    ),
+    "lens-heatmap": (
+        "Where each token's prediction moves",
+        "The first sequence, token by token: each step's Fisher–Rao length times L+1, from the "
+        "prior (step 0) to the last layer. A bright cell is a layer that changes that token's "
+        "prediction much.",
+    ),
     "predictive": (
         "The predictive path over depth",
         "Left: the read-out applied to every state of the residual stream, p_l = "
@@ -370,9 +384,17 @@ def check_metrics(metrics: Any, source: str = "the metrics") -> None:
     if (
         not isinstance(metrics, dict)
         or not isinstance(metrics.get("networks"), dict)
-        or not (metrics["networks"] or metrics.get("studies"))
+        or not (metrics["networks"] or metrics.get("studies") or metrics.get("language"))
     ):
         raise MemspaceError(f"{source} is not a memspace metrics file: it has no 'networks'")
+    language = metrics.get("language")
+    if language is not None and (
+        not isinstance(language, dict)
+        or not isinstance(language.get("lens"), dict)
+        or not isinstance(language.get("fisher"), dict)
+        or not isinstance(language.get("heatmap"), dict)
+    ):
+        raise MemspaceError(f"{source}: 'language' must hold 'lens', 'fisher' and 'heatmap'")
     studies = metrics.get("studies", {})
     known = section_names()
     if not isinstance(studies, dict) or any(name not in known for name in studies):
@@ -414,6 +436,8 @@ def render_report(metrics: dict[str, Any], path: str | Path, title: str | None =
     )
     config = html.escape(json.dumps(run.get("config", {})))
     body = [_networks_section(networks, drawn, config)] if networks else []
+    if metrics.get("language"):
+        body.append(_language_section(metrics["language"]))
     for name, summary in metrics.get("studies", {}).items():
         heading, draw = study_section(name)
         if name != "zoo":  # the demo's quick zoo is an evaluation, checked by its own section
@@ -472,6 +496,30 @@ loss. Configuration: <code>{config}</code></p>
 <h2>Figures</h2>
 {"".join(blocks)}
 """
+
+
+def _language_section(language: dict[str, Any]) -> str:
+    """A language model: its Fisher over positions and its logit lens as a predictive path."""
+    lens, fisher = language["lens"], language["fisher"]
+    rows = [
+        ("family", _text(language.get("family"))),
+        ("positions measured", _num(fisher.get("positions"), "{:.0f}")),
+        ("tr F (MC, one label per position)", _num(fisher.get("trace"))),
+        ("Fisher–Rao norm θᵀFθ", _num(fisher.get("fisher_rao_norm"))),
+        ("lens path length E C", _num(lens.get("length"))),
+        ("action E A / least action E d(π, p_L)²", _num(lens.get("ratio"))),
+        ("mean settle layer (of L)", f"{_num(lens.get('settle_layer'))} of {lens.get('depth')}"),
+    ]
+    table = "".join(f"<tr><td>{html.escape(k)}</td><td>{v}</td></tr>" for k, v in rows)
+    plan = language.get("plan", {})
+    exact = ", ".join(html.escape(str(k)) for k in plan.get("exact", {})) or "none"
+    return (
+        f"<h2>Language model: {html.escape(str(language.get('model', '')))}</h2>\n"
+        f'<table class="summary">{table}</table>\n'
+        f'<p class="sub">Layers on the exact per-sample path: {exact}.</p>\n'
+        + _figure_block("lens", figures.lens_profile(language))
+        + _figure_block("lens-heatmap", figures.lens_heatmap(language))
+    )
 
 
 def _capacity_section(summary: dict[str, Any]) -> str:
