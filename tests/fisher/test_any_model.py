@@ -73,6 +73,7 @@ def test_fisher_rao_norm(zoo):
 EXPECTED_FALLBACKS = {
     # layer → why its tap is refused (every other Linear/Conv2d takes the shortcut)
     # attention's projections are tapped through their functional calls (see below)
+    "bert-tied": {"embed": "shared with"},  # the embedding and the tied output layer
     "bert-tied-decoder-first": {"decoder": "shared with"},
     "cross-attention": {"attn": "used outside its own calls"},  # its split in-projection
     "tied-linears": {"first": "shared with"},
@@ -330,3 +331,28 @@ def test_layer_norms_take_their_fast_elementwise_path_or_say_why_not():
                 atol=1e-14,
             )
         start += p.numel()
+
+
+def test_embeddings_sum_their_sparse_per_sample_gradients_exactly():
+    """Repeated tokens add within a sample before squaring; padding rows get nothing."""
+
+    class Bag(nn.Module):
+        def __init__(self, **options):
+            super().__init__()
+            self.embed = nn.Embedding(9, 4, padding_idx=0, **options)
+            self.head = nn.Linear(4, 3)
+
+        def forward(self, tokens):
+            return self.head(torch.tanh(self.embed(tokens)).sum(1))
+
+    torch.manual_seed(0)
+    model = Bag().double().eval()
+    tokens = torch.tensor([[1, 1, 2, 0], [3, 0, 0, 0], [4, 5, 4, 4], [8, 7, 1, 2]])
+    y = torch.randint(0, 3, (4,))
+    F = FisherOperator(model, (tokens, y))
+    assert F.plan().tapped["embed"] == "Embedding"
+    reference = dense_fisher(model, tokens, y)
+    torch.testing.assert_close(F.diag(), reference.diagonal(), rtol=1e-10, atol=1e-14)
+    assert float(F.diag()[:4].abs().max()) == 0.0  # the padding row
+    refused = FisherOperator(Bag(max_norm=1.0).double().eval(), (tokens, y)).plan()
+    assert "max_norm renormalises" in refused.exact["embed"]

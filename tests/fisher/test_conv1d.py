@@ -122,11 +122,16 @@ def test_gpt2_kfac_has_a_block_per_conv1d_and_names_every_other_layer():
     plan = kfac.parts.collector.tap_plan()
     owners = {name.rpartition(".")[0] for name in plan.fallback}
     assert owners == set(plan.reasons)  # every layer without a block is named, with why
-    assert "no layer rule for Embedding" in plan.reasons["transformer.wte"]
+    # token embeddings and layer norms are tapped too, without a block; the position embedding
+    # looks up positions [1, T] shared by every sample, so no axis of its input is the sample's
+    assert plan.fallback == ["transformer.wpe.weight"]
+    assert "no axis that indexes data points" in plan.reasons["transformer.wpe"]
     unblocked = [w for w in caught if issubclass(w.category, MemspaceWarning)]
-    assert len(unblocked) == 1 and "transformer.wte" in str(unblocked[0].message)
-    assert "transformer.ln_f.weight: elementwise" in str(unblocked[0].message)  # tapped, no block
-    assert "transformer.ln_f.weight" in kfac.fallback_diag
+    assert len(unblocked) == 1 and "transformer.wte.weight: elementwise" in str(
+        unblocked[0].message
+    )
+    assert "transformer.ln_f.weight: elementwise" in str(unblocked[0].message)
+    assert {"transformer.ln_f.weight", "transformer.wte.weight"} <= set(kfac.fallback_diag)
     assert unblocked[0].filename == __file__  # it points at the caller's line
     # the fast diagonal (Conv1D taps) against F's dense matrix from its exact products
     F = FisherOperator(model, (x, y), output="logits")

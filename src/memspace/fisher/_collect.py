@@ -211,7 +211,8 @@ class Collector:
                 continue
             names = {attr: f"{prefix}.{attr}" if prefix else attr for attr in ("weight", "bias")}
             weight = names["weight"] if names["weight"] in selected else None
-            bias = names["bias"] if module.bias is not None and names["bias"] in selected else None
+            has_bias = getattr(module, "bias", None) is not None
+            bias = names["bias"] if has_bias and names["bias"] in selected else None
             if weight or bias:
                 taps.append(LayerTap(module, weight, bias))
         return taps

@@ -26,6 +26,7 @@ from torch.nn import functional as nnf
 __all__ = [
     "Conv1DRule",
     "Conv2dRule",
+    "EmbeddingRule",
     "LayerNormRule",
     "LayerRule",
     "LinearRule",
@@ -91,6 +92,13 @@ class LayerRule:
     def weight_from_rows(self, matrix: Tensor, shape: torch.Size) -> Tensor:
         """A matrix [O, I] in the weight's own layout ``shape``."""
         return weight_from_rows(matrix, shape, self.transposed)
+
+    def square_sums(
+        self, module: nn.Module, inputs: list[Tensor], grads: list[Tensor], axes: list[int]
+    ) -> Tensor | None:
+        """Σ_n (per-sample weight gradient)² [O, I] without forming them, or None (then they are
+        formed a chunk of samples at a time)."""
+        return None
 
 
 def weight_rows(weight: Tensor, transposed: bool) -> Tensor:
@@ -233,6 +241,73 @@ class LayerNormRule(LayerRule):
         return (g * self.features(module, inputs)).sum(dim=(0, 2)).unsqueeze(1)  # [D, 1]
 
 
+class EmbeddingRule(LayerRule):
+    """``nn.Embedding``: the lookup W[x] of token ids x, weight [V, d].
+
+    The per-sample gradient is sparse, ∇W_n = Σ_t e_{x_nt} g_ntᵀ (rows of the tokens the sample
+    holds; none for ``padding_idx``, which the lookup treats as a constant). Its squares are summed
+    without forming it (:meth:`square_sums`): the gradients of each (sample, token) pair are added
+    first, O(T·d) per sample whatever V. No Kronecker block: K-FAC keeps the exact diagonal.
+    """
+
+    kronecker = False
+
+    def refuses(self, module: nn.Module) -> str | None:
+        if module.max_norm is not None:
+            return "max_norm renormalises its rows in the forward"
+        if module.scale_grad_by_freq:
+            return "scale_grad_by_freq scales its gradient by the batch's counts"
+        return None
+
+    def check_axes(self, call: int, axis: int) -> str | None:
+        return None
+
+    def out_features(self, module: nn.Module) -> int:
+        return module.num_embeddings
+
+    def output_grads(self, module: nn.Module, grad: Tensor, axis: int) -> Tensor:
+        return LINEAR.output_grads(module, grad, axis)
+
+    def _pairs(
+        self, module: nn.Module, inputs: list[Tensor], grads: list[Tensor], axes: list[int]
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(sample index, token id, output gradient [pairs, d]) of every kept lookup."""
+        samples, ids, rows = [], [], []
+        for x, g, axis in zip(inputs, grads, axes):
+            g = g.movedim(axis, 0)
+            num = x.shape[0]
+            x, g = x.reshape(num, -1), g.reshape(num, -1, g.shape[-1])
+            keep = x != module.padding_idx if module.padding_idx is not None else x >= 0
+            index = torch.arange(num, device=x.device)[:, None].expand_as(x)
+            samples.append(index[keep])
+            ids.append(x[keep])
+            rows.append(g[keep])
+        return torch.cat(samples), torch.cat(ids), torch.cat(rows)
+
+    def square_sums(
+        self, module: nn.Module, inputs: list[Tensor], grads: list[Tensor], axes: list[int]
+    ) -> Tensor:
+        samples, ids, rows = self._pairs(module, inputs, grads, axes)
+        vocab = module.num_embeddings
+        keys, where = torch.unique(samples * vocab + ids, return_inverse=True)
+        per_pair = rows.new_zeros(len(keys), rows.shape[1]).index_add_(0, where, rows)
+        return rows.new_zeros(vocab, rows.shape[1]).index_add_(0, keys % vocab, per_pair.square())
+
+    def per_sample_weight_grads(
+        self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int
+    ) -> Tensor:
+        samples, ids, rows = self._pairs(module, [inputs], [grad], [axis])
+        vocab, num = module.num_embeddings, inputs.shape[0]
+        flat = rows.new_zeros(num * vocab, rows.shape[1]).index_add_(0, samples * vocab + ids, rows)
+        return flat.reshape(num, vocab, rows.shape[1])
+
+    def summed_weight_grads(
+        self, module: nn.Module, inputs: Tensor, grad: Tensor, axis: int
+    ) -> Tensor:
+        _, ids, rows = self._pairs(module, [inputs], [grad], [axis])
+        return rows.new_zeros(module.num_embeddings, rows.shape[1]).index_add_(0, ids, rows)
+
+
 def _conv_weight_grad(
     module: nn.Module, grad: Tensor, inputs: Tensor, weight: Tensor, groups: int
 ) -> Tensor:
@@ -259,6 +334,7 @@ RULES: dict[type[nn.Module], LayerRule] = {
     nn.Linear: LINEAR,
     nn.Conv2d: Conv2dRule(),
     nn.LayerNorm: LayerNormRule(),
+    nn.Embedding: EmbeddingRule(),
 }
 """The layer types the taps cover, by exact type or base class."""
 

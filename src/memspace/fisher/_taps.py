@@ -282,6 +282,11 @@ def per_sample_square_sums(
     ``max_elements`` entries (64 MiB in float32), so a wide layer never holds a batch of them
     (ResNet-18's last convolution: 128 × 512 × 4608 entries, 1.2 GB, at once otherwise).
     """
+    custom = tap.rule.square_sums(
+        tap.module, tap.inputs, grads, [tap.axis(c) for c in range(len(grads))]
+    )
+    if custom is not None:  # a rule that sums the squares without forming them (embeddings)
+        return custom, None
     num = tap.inputs[0].shape[0]
     per_sample = tap.weight.numel()
     chunk = max(1, max_elements // max(1, per_sample))

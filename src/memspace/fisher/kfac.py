@@ -188,11 +188,14 @@ class KFAC(BlockApproximation):
     def _accumulate(self, parts: FisherParts) -> None:
         dp = parts.data_pass
         plan = parts.collector.tap_plan()
+        space = dp.space
         elementwise = {  # tapped layers without a Kronecker block: their exact diagonal
-            name: torch.zeros_like(leaf)
+            name: torch.zeros(
+                space.shapes[space.names.index(name)], dtype=dp.dtype, device=dp.device
+            )
             for tap in plan.taps
             if not tap.rule.kronecker
-            for name, leaf in ((tap.weight_name, tap.weight), (tap.bias_name, tap.module.bias))
+            for name in (tap.weight_name, tap.bias_name)
             if name
         }
         sums = KroneckerSums()
