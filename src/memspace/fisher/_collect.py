@@ -481,6 +481,7 @@ class Collector:
         complete: Callable[[LayerTap, list[Tensor]], None],
         keep_inputs: bool = False,
         hooks: list | None = None,
+        on_input: Callable[[LayerTap, int], bool] | None = None,
     ) -> tuple[Tensor, list[Tensor]]:
         """A forward in which each tap keeps its layer's input and adds a zero probe to its output.
 
@@ -489,10 +490,13 @@ class Collector:
         have all arrived, then frees that layer's inputs (unless ``keep_inputs``: for several
         backward passes): activations go as the backward proceeds. ``hooks``, if given, receives
         the taps' probe hooks (their ``finish()`` completes a layer whose outputs did not all
-        reach the loss).
+        reach the loss). ``on_input(tap, call)``, if given, sees each call's input as it is
+        recorded; when it returns True the input is dropped (a placeholder [N, 0] keeps the count).
         """
         probes: list[Tensor] = []
-        probe_taps = {id(tap): _ProbeTap(tap, probes, complete, keep_inputs) for tap in taps}
+        probe_taps = {
+            id(tap): _ProbeTap(tap, probes, complete, keep_inputs, on_input) for tap in taps
+        }
         if hooks is not None:
             hooks.extend(probe_taps.values())
         for tap in taps:
@@ -535,6 +539,7 @@ class FastCollector(Collector):
                 lambda tap, grads: statistic.column(tap, grads, column[0]),
                 keep_inputs=True,
                 hooks=hooks,
+                on_input=getattr(statistic, "forward", None),
             )
             self._check_calls(taps, dp.call.num_samples(x), index)
             factors = dp.factors(outputs.detach(), y, index, x)
@@ -581,14 +586,18 @@ class LowMemoryCollector(Collector):
     memory = "low"
 
     def probe_columns(
-        self, complete: Callable[[LayerTap, list[Tensor], int], None]
+        self,
+        complete: Callable[[LayerTap, list[Tensor], int], None],
+        on_input: Callable[[LayerTap, int], bool] | None = None,
+        after_batch: Callable[[LayerTap], None] | None = None,
     ) -> Iterator[tuple[Any, Tensor, int]]:
         """Per batch and output-Fisher column s_k.
 
         A probe forward and one backward of s_kᵀf to the probes, with ``complete(tap, grads, k)``
         called layer by layer. Yields (inputs, factors [K, N, ...], data points) after each
-        batch. K columns cost K
-        forwards (the fast path: one forward, K backwards).
+        batch. K columns cost K forwards (the fast path: one forward, K backwards). ``on_input``
+        sees the inputs of the batch's first forward (:meth:`probe_forward`); ``after_batch(tap)``
+        runs for every tap at the end of each batch.
         """
         dp = self.data_pass
         plan = self.tap_plan()
@@ -599,7 +608,11 @@ class LowMemoryCollector(Collector):
             column = 0
             while factors is None or column < factors.shape[0]:
                 outputs, probes = self.probe_forward(
-                    x, others, plan.taps, lambda tap, grads, k=column: complete(tap, grads, k)
+                    x,
+                    others,
+                    plan.taps,
+                    lambda tap, grads, k=column: complete(tap, grads, k),
+                    on_input=on_input if column == 0 else None,
                 )
                 if factors is None:
                     factors = dp.factors(outputs.detach(), y, index, x)
@@ -609,6 +622,8 @@ class LowMemoryCollector(Collector):
                 del outputs, probes
                 column += 1
             for tap in plan.taps:
+                if after_batch is not None:
+                    after_batch(tap)
                 tap.clear()
             yield x, factors, units
 
@@ -619,7 +634,8 @@ class LowMemoryCollector(Collector):
             statistic.column(tap, grads, column)
             statistic.flush(tap)  # the inputs go when the hook returns
 
-        for x, factors, units in self.probe_columns(complete):
+        on_input = getattr(statistic, "forward", None)
+        for x, factors, units in self.probe_columns(complete, on_input, statistic.flush):
             yield x, factors, plan.fallback, units
 
 
@@ -663,9 +679,10 @@ class _ProbeTap:
         probes: list[Tensor],
         complete: Callable[[LayerTap, list[Tensor]], None],
         keep_inputs: bool = False,
+        on_input: Callable[[LayerTap, int], bool] | None = None,
     ):
         self.tap, self.probes, self.complete = tap, probes, complete
-        self.keep_inputs = keep_inputs
+        self.keep_inputs, self.on_input = keep_inputs, on_input
         self.grads: dict[int, Tensor] = {}
         self.outputs: list[tuple[torch.Size, torch.dtype, torch.device]] = []
 
@@ -673,6 +690,8 @@ class _ProbeTap:
         tap = self.tap
         call = len(tap.inputs)
         tap.inputs.append(inputs.detach().movedim(tap.axis(call), 0))
+        if self.on_input is not None and self.on_input(tap, call):  # done with it: let it go
+            tap.inputs[call] = tap.inputs[call].new_empty(tap.inputs[call].shape[0], 0)
         self.outputs.append((output.shape, output.dtype, output.device))
         probe = torch.zeros((), dtype=output.dtype, device=output.device, requires_grad=True)
         self.probes.append(probe)

@@ -96,8 +96,10 @@ class LayerRule:
     def square_sums(
         self, module: nn.Module, inputs: list[Tensor], grads: list[Tensor], axes: list[int]
     ) -> Tensor | None:
-        """Σ_n (per-sample weight gradient)² [O, I] without forming them, or None (then they are
-        formed a chunk of samples at a time)."""
+        """Σ_n (per-sample weight gradient)² [O, I] without forming them, or None.
+
+        None: they are formed a chunk of samples at a time instead.
+        """
         return None
 
 

@@ -60,22 +60,38 @@ class DiagonalSquares:
 
 
 class KroneckerSums:
-    """K-FAC's sums per layer (keyed by module): ``inputs`` Σ ā āᵀ/T and ``grads`` Σ g gᵀ."""
+    """K-FAC's sums per layer (keyed by module): ``inputs`` Σ ā āᵀ/T and ``grads`` Σ g gᵀ.
+
+    The input factor is taken in the forward, call by call (:meth:`forward`), so a layer's input
+    is dropped as soon as it is seen and never held through the backward; the gradient factor is
+    taken as each layer's output gradients arrive.
+    """
 
     def __init__(self) -> None:
         self.inputs: dict[int, Tensor] = {}
         self.grads: dict[int, Tensor] = {}
+        self._pending: dict[int, tuple[Tensor, int]] = {}
+
+    def forward(self, tap: LayerTap, call: int) -> bool:
+        """One call's input moments, added to the batch's; True: its input may go."""
+        key = id(tap.module)
+        moments, positions = call_input_moments(tap, call)
+        tap.drop_features()  # unfolded patches, the largest temporaries: one layer's at a time
+        if key in self._pending:
+            total, count = self._pending[key]
+            moments, positions = total + moments, count + positions
+        self._pending[key] = (moments, positions)
+        return True
 
     def column(self, tap: LayerTap, grads: list[Tensor], column: int) -> None:
         key = id(tap.module)
-        if column == 0:
-            _add(self.inputs, key, input_covariance(tap))
-            tap.drop_features()  # unfolded patches, the largest temporaries: one layer's at a time
         for call, g in enumerate(grads):
             _add(self.grads, key, output_grad_covariance(tap, g, call))
 
     def flush(self, tap: LayerTap) -> None:
-        pass
+        pending = self._pending.pop(id(tap.module), None)
+        if pending is not None:  # Σ ā āᵀ over the batch's calls, divided by their positions
+            _add(self.inputs, id(tap.module), pending[0] / pending[1])
 
 
 class ByRule:
@@ -89,6 +105,10 @@ class ByRule:
 
     def _for(self, tap: LayerTap) -> Any:
         return self.kronecker if tap.rule.kronecker else self.elementwise
+
+    def forward(self, tap: LayerTap, call: int) -> bool:
+        statistic = self._for(tap)
+        return bool(statistic.forward(tap, call)) if hasattr(statistic, "forward") else False
 
     def column(self, tap: LayerTap, grads: list[Tensor], column: int) -> None:
         self._for(tap).column(tap, grads, column)
@@ -115,40 +135,39 @@ class RotatedSquares:
         pass
 
 
-def input_covariance(tap: LayerTap, max_elements: int = _CHUNK_ELEMENTS) -> Tensor:
-    """Σ_n Σ_t ā ā ᵀ / T over the calls of one tapped layer, [I(+1), I(+1)].
+def call_input_moments(
+    tap: LayerTap, call: int, max_elements: int = _CHUNK_ELEMENTS
+) -> tuple[Tensor, int]:
+    """(Σ_n Σ_t ā ā ᵀ over one call of a tapped layer [I(+1), I(+1)], its positions T).
 
-    Features are formed a chunk of samples at a time (at most ``max_elements`` entries): ResNet-18's
-    first stage alone would unfold to 128 × 576 × 1024 entries per layer.
+    K-FAC's input factor is their sum over calls divided by the calls' positions. Features are
+    formed a chunk of samples at a time (at most ``max_elements`` entries): ResNet-18's first stage
+    alone would unfold to 128 × 576 × 1024 entries per layer.
     """
-    total, positions = None, 0
-    for call in range(len(tap.inputs)):
-        a = tap.inputs[call]
-        per_sample = tap.features_of(a[:1], call).numel()
-        chunk = max(1, max_elements // max(1, per_sample))
-        parts = (
-            [tap.features(call)]
-            if chunk >= len(a)
-            else [
-                tap.features_of(a[start : start + chunk], call) for start in range(0, len(a), chunk)
-            ]
-        )
-        for cols in parts:  # [n, I, T]
-            cov = gram(_positions_as_rows(cols))
-            if tap.bias_name is not None:
-                sums = cols.sum(dim=(0, 2))
-                count = torch.full(
-                    (1, 1),
-                    float(cols.shape[0] * cols.shape[2]),
-                    dtype=cols.dtype,
-                    device=cols.device,
-                )
-                cov = torch.cat(
-                    [torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0
-                )
-            total = cov if total is None else total + cov
-        positions += parts[0].shape[2]
-    return total / positions
+    total = None
+    a = tap.inputs[call]
+    per_sample = tap.features_of(a[:1], call).numel()
+    chunk = max(1, max_elements // max(1, per_sample))
+    parts = (
+        [tap.features(call)]
+        if chunk >= len(a)
+        else [tap.features_of(a[start : start + chunk], call) for start in range(0, len(a), chunk)]
+    )
+    for cols in parts:  # [n, I, T]
+        cov = gram(_positions_as_rows(cols))
+        if tap.bias_name is not None:
+            sums = cols.sum(dim=(0, 2))
+            count = torch.full(
+                (1, 1),
+                float(cols.shape[0] * cols.shape[2]),
+                dtype=cols.dtype,
+                device=cols.device,
+            )
+            cov = torch.cat(
+                [torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0
+            )
+        total = cov if total is None else total + cov
+    return total, parts[0].shape[2]
 
 
 def output_grad_covariance(tap: LayerTap, grad: Tensor, call: int) -> Tensor:
