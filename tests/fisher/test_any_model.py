@@ -73,10 +73,9 @@ def test_fisher_rao_norm(zoo):
 EXPECTED_FALLBACKS = {
     # layer → why its tap is refused (every other Linear/Conv2d takes the shortcut)
     # attention's projections are tapped through their functional calls (see below)
-    "bert-tied": {"embed": "shared with"},  # the embedding and the tied output layer
-    "bert-tied-decoder-first": {"decoder": "shared with"},
+    # tied weights (an embedding and its output layer, two Linears) are tapped as a group
     "cross-attention": {"attn": "used outside its own calls"},  # its split in-projection
-    "tied-linears": {"first": "shared with"},
+
     "reshaped-rows": {"inner": "no axis that indexes data points"},
 }
 

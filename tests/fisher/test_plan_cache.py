@@ -57,7 +57,9 @@ def test_retying_a_parameter_makes_the_next_operator_check_again():
     assert FisherOperator(model, data).tap_plan().reasons == {}
     model.fc2.weight = model.fc1.weight
     plan = FisherOperator(model, data).tap_plan()
-    assert not plan.cached and "fc1" in plan.reasons and "shared" in plan.reasons["fc1"]
+    assert not plan.cached  # checked anew: now the two layers are one tied group
+    assert [tap.group for tap in plan.taps] == ["fc1.weight", "fc1.weight"]
+    assert [tap.weight_name for tap in plan.taps] == ["fc1.weight", "fc1.weight"]
 
 
 def test_a_replaced_forward_is_checked_again_and_its_functional_use_caught():

@@ -206,16 +206,30 @@ class Collector:
             if isinstance(module, nn.MultiheadAttention):
                 taps.extend(attention_taps(prefix, module, selected))
                 attention_projections.add(id(module.out_proj))
-        for prefix, module in dp.model.named_modules():
+        canonical = {id(p): n for n, p in dp.model.named_parameters()}  # a tied weight's one name
+        for _, module in dp.model.named_modules():
             if id(module) in attention_projections or not is_tappable(module):
                 continue
-            names = {attr: f"{prefix}.{attr}" if prefix else attr for attr in ("weight", "bias")}
-            weight = names["weight"] if names["weight"] in selected else None
-            has_bias = getattr(module, "bias", None) is not None
-            bias = names["bias"] if has_bias and names["bias"] in selected else None
+            weight, bias = (canonical.get(id(getattr(module, a, None))) for a in ("weight", "bias"))
+            weight = weight if weight in selected else None
+            bias = bias if getattr(module, "bias", None) is not None and bias in selected else None
             if weight or bias:
                 taps.append(LayerTap(module, weight, bias))
         return taps
+
+    def _tied_groups(self, candidates: list[LayerTap], shared: dict[str, list[str]]) -> None:
+        """Mark the taps that share one weight, when every place it is registered is one of them.
+
+        Their per-sample gradients are summed before they are squared (:attr:`LayerTap.group`),
+        so a tied embedding and output layer both stay on the fast path; their weight has no
+        Kronecker block. A weight also registered elsewhere stays refused.
+        """
+        for name, aliases in shared.items():
+            users = [tap for tap in candidates if tap.weight_name == name]
+            places = {f"{self.data_pass.module_name(t.module)}.weight" for t in users}
+            if len(users) > 1 and places == {name, *aliases}:
+                for tap in users:
+                    tap.group, tap.group_size = name, len(users)
 
     def plan_taps(self, x: Tensor) -> tuple[list[LayerTap], dict[str, str]]:
         """Static checks and the sample-axis probe.
@@ -227,10 +241,11 @@ class Collector:
         leaves, others = dp.parameters()
         params = {**others, **{n: t.detach() for n, t in leaves.items()}}
         candidates = self._candidates()
+        self._tied_groups(candidates, shared)
         axes = self._probe_axes(candidates, params, x)
         kept, reasons = [], {}
         for tap, tap_axes in zip(candidates, axes):
-            names = [n for n in (tap.weight_name, tap.bias_name) if n]
+            names = [n for n in (tap.weight_name, tap.bias_name) if n and n != tap.group]
             owners = next((shared[n] for n in names if n in shared), None)
             why = (
                 f"its parameter is shared with {', '.join(owners)}"
@@ -242,7 +257,23 @@ class Collector:
                 continue
             tap.sample_axes = [a for a, _ in tap_axes]
             kept.append(tap)
-        return kept, reasons
+        return self._whole_groups(kept, reasons), reasons
+
+    def _whole_groups(self, taps: list[LayerTap], reasons: dict[str, str]) -> list[LayerTap]:
+        """The taps, less every member of a tied group some other member of which was refused."""
+        count: dict[str, int] = {}
+        for tap in taps:
+            if tap.group is not None:
+                count[tap.group] = count.get(tap.group, 0) + 1
+        kept = []
+        for tap in taps:
+            if tap.group is not None and count[tap.group] < tap.group_size:
+                reasons[self.data_pass.module_name(tap.module)] = (
+                    f"its weight {tap.group} is tied to a use that takes the exact path"
+                )
+                continue
+            kept.append(tap)
+        return kept
 
     def _probe_axes(
         self, taps: list[LayerTap], params: dict[str, Tensor], x: Any
@@ -334,6 +365,8 @@ class Collector:
                 t.functional,
                 t.rows,
                 t.packed,
+                t.group,
+                t.group_size,
             )
             for t in taps
         ]
@@ -380,7 +413,7 @@ class Collector:
             tap.clear()
         kept = self.taps_accounting_for(taps, leaves, direct, summed, reasons)
         kept = self._rows_split_checked(kept, dp.call.take(x, head), r, reasons)
-        return self.make_plan(kept, reasons, x)
+        return self.make_plan(self._whole_groups(kept, reasons), reasons, x)
 
     def _rows_split_checked(
         self, taps: list[LayerTap], x: Any, r: Tensor, reasons: dict[str, str]
@@ -443,8 +476,10 @@ class Collector:
                 functional=functional,
                 rows=rows,
                 packed=packed,
+                group=group,
+                group_size=group_size,
             )
-            for name, weight, bias, axes, functional, rows, packed in specs
+            for name, weight, bias, axes, functional, rows, packed, group, group_size in specs
         ]
         plan = TapPlan(taps, list(fallback), dict(reasons), cached=True)
         self._check_plans_agree(plan)
@@ -632,7 +667,8 @@ class LowMemoryCollector(Collector):
 
         def complete(tap: LayerTap, grads: list[Tensor], column: int) -> None:
             statistic.column(tap, grads, column)
-            statistic.flush(tap)  # the inputs go when the hook returns
+            if tap.group is None:  # a tied group is flushed when the batch ends
+                statistic.flush(tap)  # the inputs go when the hook returns
 
         on_input = getattr(statistic, "forward", None)
         for x, factors, units in self.probe_columns(complete, on_input, statistic.flush):
@@ -754,7 +790,9 @@ def _uncovered_reasons(
 def _keep_sums(tap: LayerTap, grads: list[Tensor], summed: dict[str, Tensor]) -> None:
     """Store the tap's batch-summed weight and bias gradients in ``summed`` (the taps' check)."""
     weight, bias = summed_weight_grads(tap, grads)
-    if tap.weight_name:
-        summed[tap.weight_name] = tap.rule.weight_from_rows(weight, tap.weight.shape)
-    if tap.bias_name:
-        summed[tap.bias_name] = bias
+    for name, value in (
+        (tap.weight_name, tap.rule.weight_from_rows(weight, tap.weight.shape)),
+        (tap.bias_name, bias),
+    ):
+        if name:  # a tied weight's taps add up
+            summed[name] = value if name not in summed else summed[name] + value

@@ -34,8 +34,15 @@ class DiagonalSquares:
     def __init__(self, total: Mapping[str, Tensor]):
         self.total = total
         self._pending: dict[int, Tensor] = {}
+        self._tied: dict[tuple[str, int], list[tuple[LayerTap, list[Tensor], list[Tensor]]]] = {}
 
     def column(self, tap: LayerTap, grads: list[Tensor], column: int) -> None:
+        if tap.group is not None:  # a tied weight: wait for every tap that uses it
+            members = self._tied.setdefault((tap.group, column), [])
+            members.append((tap, list(tap.inputs), grads))
+            if len(members) == tap.group_size:
+                self._tied_squares(self._tied.pop((tap.group, column)))
+            return
         if tap.rank_one:
             g2 = grads[0].square()
             key = id(tap)
@@ -48,6 +55,10 @@ class DiagonalSquares:
             self.total[tap.bias_name] += bias_sq
 
     def flush(self, tap: LayerTap) -> None:
+        if tap.group is not None:  # a tied tap whose partners' outputs never reached the loss
+            for key in [key for key in self._tied if key[0] == tap.group]:
+                self._tied_squares(self._tied.pop(key))
+            return
         squares = self._pending.pop(id(tap), None)
         if squares is None:
             return
@@ -57,6 +68,42 @@ class DiagonalSquares:
             )
         if tap.bias_name:
             self.total[tap.bias_name] += squares.sum(0)
+
+    def _tied_squares(
+        self,
+        members: list[tuple[LayerTap, list[Tensor], list[Tensor]]],
+        max_elements: int = _CHUNK_ELEMENTS,
+    ) -> None:
+        """Σ_n (Σ_taps ∇W_n)² of a tied weight, formed a chunk of samples at a time.
+
+        Each tap's per-sample gradients [n, O, I] are put in the weight's own layout and added
+        over its calls and over the taps before squaring; a tap's own bias is squared alone.
+        """
+        name = members[0][0].weight_name
+        target = self.total[name]
+        num = members[0][1][0].shape[0]
+        chunk = max(1, max_elements // max(1, target.numel()))
+        for start in range(0, num, chunk):
+            size = min(chunk, num - start)
+            summed = None
+            for tap, inputs, grads in members:
+                for call, grad in enumerate(grads):
+                    axis = tap.axis(call)
+                    part = tap.rule.per_sample_weight_grads(
+                        tap.module,
+                        inputs[call].narrow(0, start, size),
+                        grad.narrow(axis, start, size),
+                        axis,
+                    )
+                    part = (part.transpose(1, 2) if tap.rule.transposed else part).reshape(
+                        size, *target.shape
+                    )
+                    summed = part if summed is None else summed + part
+            target += summed.square().sum(0)
+        for tap, _, grads in members:
+            if tap.bias_name:
+                bias = sum(tap.output_grads(g, c).sum(2) for c, g in enumerate(grads))
+                self.total[tap.bias_name] += bias.square().sum(0)
 
 
 class KroneckerSums:
@@ -97,14 +144,15 @@ class KroneckerSums:
 class ByRule:
     """Feed each tap to ``kronecker``, or to ``elementwise`` for a layer without a Kronecker block.
 
-    K-FAC's factors and its exact diagonal of the layer norms, in one pass.
+    K-FAC's factors and the exact diagonal of the layers without a block (layer norms, embeddings,
+    tied weights), in one pass.
     """
 
     def __init__(self, kronecker: Any, elementwise: Any):
         self.kronecker, self.elementwise = kronecker, elementwise
 
     def _for(self, tap: LayerTap) -> Any:
-        return self.kronecker if tap.rule.kronecker else self.elementwise
+        return self.kronecker if tap.rule.kronecker and tap.group is None else self.elementwise
 
     def forward(self, tap: LayerTap, call: int) -> bool:
         statistic = self._for(tap)

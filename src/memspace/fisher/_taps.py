@@ -102,6 +102,11 @@ class LayerTap:
     rows: bool = False
     """The recorded calls act on rows [T·N, I], time-major (torch's attention out-projection);
     they are recorded as [T, N, I]."""
+    group: str | None = None
+    """The name of a weight this layer shares with other taps (a tied embedding and output
+    layer), whose per-sample gradients add up before they are squared; None when untied."""
+    group_size: int = 1
+    """How many taps share the weight of :attr:`group`."""
     packed: bool = False
     """The tap is ``nn.MultiheadAttention``'s packed in-projection (``PackedInProjectionRule``),
     and ``module`` is the attention module."""

@@ -194,7 +194,7 @@ class KFAC(BlockApproximation):
                 space.shapes[space.names.index(name)], dtype=dp.dtype, device=dp.device
             )
             for tap in plan.taps
-            if not tap.rule.kronecker
+            if not tap.rule.kronecker or tap.group is not None
             for name in (tap.weight_name, tap.bias_name)
             if name
         }
@@ -211,7 +211,7 @@ class KFAC(BlockApproximation):
         self.fallback_diag: dict[str, Tensor] = {}
         prefix_of = {id(m): n for n, m in dp.model.named_modules()}
         for tap in plan.taps:
-            if not tap.rule.kronecker:
+            if not tap.rule.kronecker or tap.group is not None:
                 continue
             key = id(tap.module)
             if key not in sums.inputs:  # never ran: a zero block, kept as a zero diagonal
@@ -304,16 +304,19 @@ def _warn_unblocked(structure: str, plan: TapPlan) -> None:
 
     Layers on the exact per-sample path (with why) and elementwise taps (layer norms).
     """
-    elementwise = [tap for tap in plan.taps if not tap.rule.kronecker]
+    elementwise = [tap for tap in plan.taps if not tap.rule.kronecker or tap.group is not None]
     if not plan.fallback and not elementwise:
         return
     layers = [f"{layer}: {why}" for layer, why in plan.reasons.items()]
     layers += [
-        f"{type(tap.module).__name__} {tap.weight_name or tap.bias_name}: elementwise, its "
-        "diagonal from its tap"
+        f"{type(tap.module).__name__} {tap.weight_name or tap.bias_name}: "
+        + ("tied, " if tap.group is not None else "elementwise, ")
+        + "its diagonal from its tap"
         for tap in elementwise
     ]
-    count = len(plan.fallback) + sum(bool(t.weight_name) + bool(t.bias_name) for t in elementwise)
+    count = len(plan.fallback) + len(
+        {n for t in elementwise for n in (t.weight_name, t.bias_name) if n}
+    )
     warnings.warn(
         f"{structure}: {count} parameter tensor(s) have no Kronecker block and take their exact "
         f"Fisher diagonal instead ({'; '.join(layers)})",

@@ -1,0 +1,193 @@
+"""A GPT-2-small-sized language model: the Fisher over positions and the logit lens.
+
+As multiples of a gradient, with peak memory.
+
+GPT-2 small's configuration (12 layers, d 768, 12 heads, vocabulary 50 257; 124 M parameters)
+with random weights, a batch of 4 sequences of T = 128 tokens, float32, Hugging Face's eager
+attention. Operations, each timed in this process (median of --rounds) and its peak memory measured
+in a fresh process (VmHWM growth, set-up included):
+
+- gradient: one forward+backward of the mean next-token cross-entropy (the unit);
+- F@v over every (sequence, position) pair (``positions="all"``, the true Fisher, Λ applied
+  analytically per position): fast and memory="low";
+- the MC diagonal, one sampled label per position (per-sequence columns);
+- the logit lens over all 12 layers (``lens_path``), against a forward+backward.
+
+Targets of issue #23: F@v ≤ 2.5× a gradient; memory="low" F@v at ≤ 1.5× a gradient's peak
+memory; MC diagonal ≤ 3×; the lens ≤ 1.5× a forward+backward.
+
+    python benchmarks/lm_benchmark.py            # prints; rewrites its section of RESULTS.md
+    python benchmarks/lm_benchmark.py --quick    # 2 layers, T 16: a smoke run, no RESULTS
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "src"))
+
+from memspace import MemspaceWarning  # noqa: E402
+from memspace.fisher import FisherOperator  # noqa: E402
+from memspace.paths import lens_path  # noqa: E402
+
+
+def setup(quick: bool):
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    layers, length = (2, 16) if quick else (12, 128)
+    config = transformers.GPT2Config(n_layer=layers, attn_implementation="eager")
+    torch.manual_seed(0)
+    model = transformers.GPT2LMHeadModel(config).eval()
+    ids = torch.randint(
+        0, config.vocab_size, (4, length), generator=torch.Generator().manual_seed(1)
+    )
+    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+
+
+def tasks(model, batch) -> dict[str, callable]:
+    params = [p for p in model.parameters() if p.requires_grad]
+    options = {"positions": "all", "output": "logits", "batch_size": 4}
+    F = FisherOperator(model, batch, **options)
+    low = FisherOperator(model, batch, memory="low", **options)
+    mc = FisherOperator(model, batch, kind="mc", **options)
+    v = torch.randn(F.shape[0], generator=torch.Generator().manual_seed(2))
+    ids = batch["input_ids"]
+
+    def gradient():
+        loss = model(**batch, labels=ids).loss
+        return torch.autograd.grad(loss, params)
+
+    return {
+        "gradient": gradient,
+        "memspace F@v": lambda: F @ v,
+        "memspace F@v, memory=low": lambda: low @ v,
+        "memspace diag, MC (1 label per position)": mc.diag,
+        "memspace logit lens, every layer": lambda: lens_path(model, batch, batch_size=4),
+    }
+
+
+def median_seconds(fn, rounds: int) -> float:
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def child(name: str, quick: bool) -> None:
+    """Peak resident-memory growth of one operation, set-up included, in a fresh process (bytes)."""
+
+    def high_water() -> int:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+    import transformers  # noqa: F401  (imported before the baseline)
+
+    Path("/proc/self/clear_refs").write_text("5")
+    before = high_water()
+    model, batch = setup(quick)
+    tasks(model, batch)[name]()
+    print(high_water() - before)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--child")
+    parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    args = parser.parse_args()
+    warnings.simplefilter("ignore", MemspaceWarning)
+    torch.set_num_threads(2)
+    if args.child:
+        child(args.child, args.quick)
+        return
+    model, batch = setup(args.quick)
+    run = tasks(model, batch)
+    plan = FisherOperator(model, batch, positions="all", output="logits").plan()
+    seconds = {name: median_seconds(fn, args.rounds) for name, fn in run.items()}
+    memory = {}
+    for name in run:
+        out = subprocess.run(
+            [sys.executable, __file__, "--child", name, *(["--quick"] if args.quick else [])],
+            capture_output=True,
+            text=True,
+        )
+        memory[name] = (
+            int(out.stdout.strip().splitlines()[-1])
+            if out.returncode == 0 and out.stdout.strip()
+            else None
+        )
+        if memory[name] is None:
+            print(f"memory of {name!r} not measured: {out.stderr.strip()[-300:]}", file=sys.stderr)
+    base_t, base_m = seconds["gradient"], memory["gradient"]
+    params = sum(p.numel() for p in model.parameters())
+    layers, length = model.config.n_layer, batch["input_ids"].shape[1]
+    lines = [
+        "",
+        "## GPT-2-small-sized language model: the Fisher over positions and the logit lens",
+        "",
+        f"`benchmarks/lm_benchmark.py{' --quick' if args.quick else ''}`, {platform.machine()}, "
+        f"2 threads, torch {torch.__version__}; GPT-2 configuration with {layers} layers "
+        f"({params / 1e6:.1f} M parameters, random weights), batch 4 × T {length}, float32, eager "
+        f"attention. Layer taps: {len(plan.tapped)} layers fast, exact: "
+        f"{', '.join(plan.exact) or 'none'}. Median of {args.rounds} runs; memory: peak resident "
+        "growth in a fresh process, set-up included.",
+        "",
+        "| operation | time (× gradient) | peak memory (× gradient) |",
+        "|---|---|---|",
+    ]
+    for name in run:
+        ratio_m = f"×{memory[name] / base_m:.2f}" if memory[name] and base_m else "—"
+        lines.append(f"| {name} | ×{seconds[name] / base_t:.2f} | {ratio_m} |")
+
+    def verdict(value: float | None, target: float) -> str:
+        if value is None:
+            return "not measured"
+        return f"×{value:.2f} (target ≤ {target}: {'met' if value <= target else 'missed'})"
+
+    low_m = memory["memspace F@v, memory=low"]
+    lines += [
+        "",
+        "Targets of #23: F@v "
+        + verdict(seconds["memspace F@v"] / base_t, 2.5)
+        + "; memory=low F@v peak memory "
+        + verdict(low_m / base_m if low_m and base_m else None, 1.5)
+        + "; MC diagonal "
+        + verdict(seconds["memspace diag, MC (1 label per position)"] / base_t, 3)
+        + "; logit lens "
+        + verdict(seconds["memspace logit lens, every layer"] / base_t, 1.5)
+        + " a forward+backward.",
+        f"\nGradient: {base_t:.2f} s"
+        + (f", {base_m / 2**20:.0f} MiB" if base_m else "")
+        + ". Ratios within one run only.",
+    ]
+    print("\n".join(lines))
+    if not args.quick:
+        previous = args.out.read_text() if args.out.exists() else ""
+        heading = lines[1]
+        parts = previous.split("\n## ")
+        kept = parts[0] + "".join(
+            "\n## " + part for part in parts[1:] if "## " + part.split("\n")[0] != heading
+        )
+        args.out.write_text(kept.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
