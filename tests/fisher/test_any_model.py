@@ -75,7 +75,6 @@ EXPECTED_FALLBACKS = {
     # attention's projections are tapped through their functional calls (see below)
     # tied weights (an embedding and its output layer, two Linears) are tapped as a group
     "cross-attention": {"attn": "used outside its own calls"},  # its split in-projection
-
     "reshaped-rows": {"inner": "no axis that indexes data points"},
 }
 

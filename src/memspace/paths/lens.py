@@ -35,7 +35,6 @@ from .._params import check_eval_mode
 from .._stream import as_batch_stream
 from .adapter import ResidualPath
 from .hf import lens_adapter
-from .predictive import fisher_rao_distance
 
 __all__ = ["LensPath", "lens_path", "unigram_prior"]
 
@@ -244,7 +243,8 @@ def _token_path(
     agreement [M, L+1] of each state's top-1 with the model's, and d(π, p_L) [M], in float64.
     """
 
-    def lens(l: int) -> Tensor:
+    def lens(l: int) -> tuple[Tensor, Tensor]:
+        """(√p [M, V] of state l's read-out over the kept positions, its top-1 [M])."""
         logits = head(states[l])
         if not isinstance(logits, Tensor) or logits.dim() != 3 or logits.shape[:2] != mask.shape:
             shape = tuple(logits.shape) if isinstance(logits, Tensor) else type(logits).__name__
@@ -252,31 +252,34 @@ def _token_path(
                 f"batch {index}: the read-out maps state x_{l} {tuple(states[l].shape)} to "
                 f"{shape}; it must give logits [N, T, V] over the same positions"
             )
-        rows = logits[mask].double()
+        rows = logits[mask]
         if not bool(torch.isfinite(rows).all()):
             raise DataError(f"batch {index}: the read-out gives NaN/Inf logits at state x_{l}")
-        return rows.log_softmax(-1)
+        return (rows.log_softmax(-1) / 2).exp(), rows.argmax(-1)
 
-    final = lens(depth)
+    def distance(a: Tensor, b: Tensor) -> Tensor:
+        """d(p, q) = 4·arcsin(‖√p − √q‖/2) in float64, from √p and √q (the model's dtype)."""
+        return 4 * torch.asin((a - b).norm(dim=-1).double().div(2).clamp(0.0, 1.0))
+
+    final, top = lens(depth)
     vocab = final.shape[1]
     if isinstance(prior, str):
         if prior != "uniform":
             raise MemspaceError(f"unknown prior {prior!r}; use 'uniform' or give the prior [V]")
-        previous = final.new_full((1, vocab), -float(np.log(vocab)))
+        previous = final.new_full((1, vocab), vocab**-0.5)
     else:
         prior = torch.as_tensor(prior, dtype=torch.float64, device=final.device)
         if prior.shape != (vocab,) or not bool((prior > 0).all()):
             raise MemspaceError(
                 f"the prior must be positive of shape [{vocab}], got {tuple(prior.shape)}"
             )
-        previous = (prior / prior.sum()).log()[None]
-    endpoint = fisher_rao_distance(previous.expand_as(final), final)
-    top = final.argmax(-1)
+        previous = (prior / prior.sum()).sqrt().to(final.dtype)[None]
+    endpoint = distance(previous, final)
     distances, agreement = [], []
     for l in range(depth + 1):
-        current = final if l == depth else lens(l)
-        distances.append(fisher_rao_distance(previous.expand_as(current), current))
-        agreement.append(current.argmax(-1) == top)
+        current, current_top = (final, top) if l == depth else lens(l)
+        distances.append(distance(previous, current))
+        agreement.append(current_top == top)
         previous = current
     agree = torch.stack(agreement, 1)
     still = torch.ones_like(top, dtype=torch.bool)
