@@ -249,3 +249,26 @@ def test_hugging_face_families_per_position(family, attention):
     if family == "llama":  # an error of the method would be O(1), far above float32's
         error = (F.diag() - reference.diagonal()).abs().max() / reference.diagonal().abs().max()
         assert float(error) < 1e-5
+
+
+def test_dict_batches_equal_a_wrapped_module_bit_for_bit():
+    """The mapping reaches the model as keywords: the same numbers as a wrapper taking a tensor."""
+    model, batch = tiny_lm(), lm_batch()
+    batch["attention_mask"] = torch.ones_like(batch["attention_mask"])  # the wrapper sees no mask
+
+    class Wrapped(nn.Module):
+        def __init__(self, inner):
+            super().__init__()
+            self.inner = inner
+
+        def forward(self, x):
+            return self.inner(input_ids=x[:, 0], attention_mask=x[:, 1])
+
+    stacked = torch.stack([batch["input_ids"], batch["attention_mask"]], 1)
+    labels = batch["input_ids"].roll(-1, 1)
+    ours = FisherOperator(model, [(batch, labels)], positions="all", kind="empirical")
+    theirs = FisherOperator(Wrapped(model), [(stacked, labels)], positions="all", kind="empirical")
+    assert ours.num_data == theirs.num_data == LENGTH * 4
+    v = torch.randn(ours.shape[0], dtype=torch.float64)
+    torch.testing.assert_close(ours @ v, theirs @ v, rtol=0, atol=0)
+    torch.testing.assert_close(ours.diag(), theirs.diag(), rtol=0, atol=0)

@@ -190,3 +190,28 @@ def test_a_causal_lm_trained_here_settles_before_its_last_layer():
     assert path.settle_layer < path.depth - 0.5
     assert np.all(path.settled <= path.agreement + 1e-12)
     assert path.settled[-1] == path.agreement[-1] == 1.0
+
+
+def test_gpt_neox_is_found_and_read_through_its_final_norm_and_unembedding():
+    config = transformers.GPTNeoXConfig(
+        vocab_size=VOCAB, hidden_size=8, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=12, max_position_embeddings=16,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = transformers.GPTNeoXForCausalLM(config).double().eval()
+    adapter = lens_adapter(model)
+    assert adapter.family == "gpt_neox" and adapter.block_names == [
+        "gpt_neox.layers.0",
+        "gpt_neox.layers.1",
+    ]
+    data = batch()
+    outputs = []
+    hook = model.gpt_neox.layers[-1].register_forward_hook(lambda m, a, out: outputs.append(out))
+    with torch.no_grad():
+        logits = model(**data).logits
+    hook.remove()
+    # the adapter's read-out of the last block's output is the model's own logits
+    last = outputs[0][0] if isinstance(outputs[0], tuple) else outputs[0]
+    torch.testing.assert_close(adapter.head(last), logits, rtol=1e-10, atol=1e-12)
+    path = lens_path(model, data)
+    assert path.agreement[-1] == 1.0 and path.depth == 2

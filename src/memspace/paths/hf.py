@@ -9,7 +9,7 @@ read-out, which each family names differently. One small adapter per family says
 family             residual blocks                 read-out of a state h
 =================  ==============================  ==========================================
 GPT-2              ``transformer.h.{i}``           ``lm_head(transformer.ln_f(h))``
-GPT-NeoX, Pythia   ``gpt_neox.layers.{i}``         ``embed_out(gpt_neox.final_layer_norm(h))``
+GPT-NeoX, Pythia   ``gpt_neox.layers.{i}``         ``lm_head(gpt_neox.final_layer_norm(h))``
 Llama, Mistral,    ``model.layers.{i}``            ``lm_head(model.norm(h))``
 Qwen2, Gemma …
 BERT-style MLM     ``<base>.encoder.layer.{i}``    ``cls(h)`` (transform, norm, decoder)
@@ -88,12 +88,13 @@ def lens_adapter(model: nn.Module) -> LensAdapter:
             _blocks(model, "transformer.h"),
             _compose(modules["transformer.ln_f"], modules["lm_head"]),
         )
-    if has("gpt_neox.layers", "gpt_neox.final_layer_norm", "embed_out"):
-        return LensAdapter(
-            "gpt_neox",
-            _blocks(model, "gpt_neox.layers"),
-            _compose(modules["gpt_neox.final_layer_norm"], modules["embed_out"]),
-        )
+    for out in ("embed_out", "lm_head"):  # transformers 4 named it embed_out, 5 lm_head
+        if has("gpt_neox.layers", "gpt_neox.final_layer_norm", out):
+            return LensAdapter(
+                "gpt_neox",
+                _blocks(model, "gpt_neox.layers"),
+                _compose(modules["gpt_neox.final_layer_norm"], modules[out]),
+            )
     if has("model.layers", "model.norm", "lm_head"):
         return LensAdapter(
             "llama",
