@@ -252,14 +252,19 @@ def _token_path(
                 f"batch {index}: the read-out maps state x_{l} {tuple(states[l].shape)} to "
                 f"{shape}; it must give logits [N, T, V] over the same positions"
             )
-        rows = logits[mask]
-        if not bool(torch.isfinite(rows).all()):
+        rows = logits.flatten(0, 1) if every else logits[mask]
+        top = rows.argmax(-1)
+        normaliser = torch.logsumexp(rows, -1, keepdim=True)  # NaN/Inf anywhere reach it
+        if not bool(torch.isfinite(normaliser).all()):
             raise DataError(f"batch {index}: the read-out gives NaN/Inf logits at state x_{l}")
-        return (rows.log_softmax(-1) / 2).exp(), rows.argmax(-1)
+        return rows.sub(normaliser).mul_(0.5).exp_(), top  # √p, in as few passes as it takes
 
     def distance(a: Tensor, b: Tensor) -> Tensor:
         """d(p, q) = 4·arcsin(‖√p − √q‖/2) in float64, from √p and √q (the model's dtype)."""
-        return 4 * torch.asin((a - b).norm(dim=-1).double().div(2).clamp(0.0, 1.0))
+        chord = torch.linalg.vector_norm(a - b, dim=-1).double()
+        return 4 * torch.asin(chord.div(2).clamp(0.0, 1.0))
+
+    every = bool(mask.all())
 
     final, top = lens(depth)
     vocab = final.shape[1]
