@@ -84,42 +84,42 @@ def _remote(path: Path) -> Path:
 
 
 BAD = {
-    "no folder": (lambda p: p / "missing", ["--text", "t.txt"], "no such folder"),
-    "no config": (lambda p: p, ["--text", "t.txt"], "no config.json"),
-    "remote code": (lambda p: _remote(p / "remote"), ["--text", "t.txt"], "remote code"),
+    "no folder": (lambda p, f: p / "missing", ["--text", "t.txt"], "no such folder"),
+    "no config": (lambda p, f: p, ["--text", "t.txt"], "no config.json"),
+    "remote code": (lambda p, f: _remote(p / "remote"), ["--text", "t.txt"], "remote code"),
     "no tokenizer": (
-        lambda p: save_folder(p / "bare", tokenizer=False),
+        lambda p, f: save_folder(p / "bare", tokenizer=False),
         ["--text", "t.txt"],
         "no tokenizer",
     ),
     "ids outside the vocabulary": (
-        lambda p: save_folder(p / "m"),
+        lambda p, f: f,
         ["--tokens", "big.npz"],
         "outside the vocabulary",
     ),
     "longer than the context": (
-        lambda p: save_folder(p / "m"),
+        lambda p, f: f,
         ["--tokens", "long.npz"],
         "longer than the model's context",
     ),
     "a mask of the wrong shape": (
-        lambda p: save_folder(p / "m"),
+        lambda p, f: f,
         ["--tokens", "mask.npz"],
         "attention_mask has shape",
     ),
     "every position masked": (
-        lambda p: save_folder(p / "m"),
+        lambda p, f: f,
         ["--tokens", "empty.npz"],
         "keeps no position",
     ),
-    "with --model": (lambda p: save_folder(p / "m"), ["--model", "x", "--text", "t.txt"], "alone"),
+    "with --model": (lambda p, f: f, ["--model", "x", "--text", "t.txt"], "alone"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD))
-def test_bad_folders_and_tokens_are_one_line_exit_2(case, tmp_path):
+def test_bad_folders_and_tokens_are_one_line_exit_2(case, tmp_path, folder):
     make, extra, message = BAD[case]
-    target = make(tmp_path)
+    target = make(tmp_path, folder)
     (tmp_path / "t.txt").write_text("the cat sat")
     np.savez(tmp_path / "big.npz", input_ids=np.array([[0, 99]]))
     np.savez(tmp_path / "long.npz", input_ids=np.zeros((1, 20), dtype=int))
