@@ -439,8 +439,8 @@ def section(results: dict) -> str:
         f"steps of batch {cfg['batch_size']} with a {cfg.get('warmup', 0)}-step KL warm-up "
         "(the recipe amended after the first recipe collapsed its first cell: see the "
         f"experiment's docstring and `e5/pilot.json`); β ∈ {cfg['betas']}, λ ∈ {cfg['lams']}, "
-        f"seeds {cfg['seeds']}. Active latent: mean KL ≥ {cfg['kl_active']:g} nats; collapsed (fewer "
-        "than two active latents, or one factor): excluded and counted. Intervals: 95 % "
+        f"seeds {cfg['seeds']}. Active latent: mean KL ≥ {cfg['kl_active']:g} nats; collapsed "
+        "(fewer than two active latents, or one factor): excluded and counted. Intervals: 95 % "
         "percentile bootstrap over seeds.",
         "",
         *predictions_table(results["predictions"]),
