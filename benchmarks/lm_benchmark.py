@@ -24,11 +24,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -36,6 +33,8 @@ import torch
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+
+from _measure import high_water, median_seconds, replace_section, reset_high_water  # noqa: E402
 
 from memspace import MemspaceWarning  # noqa: E402
 from memspace.fisher import FisherOperator  # noqa: E402
@@ -78,28 +77,11 @@ def tasks(model, batch) -> dict[str, callable]:
     }
 
 
-def median_seconds(fn, rounds: int) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def child(name: str, quick: bool) -> None:
     """Peak resident-memory growth of one operation, set-up included, in a fresh process (bytes)."""
-
-    def high_water() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
     import transformers  # noqa: F401  (imported before the baseline)
 
-    Path("/proc/self/clear_refs").write_text("5")
+    reset_high_water()
     before = high_water()
     model, batch = setup(quick)
     tasks(model, batch)[name]()
@@ -180,13 +162,7 @@ def main() -> None:
     ]
     print("\n".join(lines))
     if not args.quick:
-        previous = args.out.read_text() if args.out.exists() else ""
-        heading = lines[1]
-        parts = previous.split("\n## ")
-        kept = parts[0] + "".join(
-            "\n## " + part for part in parts[1:] if "## " + part.split("\n")[0] != heading
-        )
-        args.out.write_text(kept.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+        replace_section(args.out, lines)
 
 
 if __name__ == "__main__":

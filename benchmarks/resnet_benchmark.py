@@ -39,6 +39,8 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
+from _measure import replace_section  # noqa: E402
+
 from memspace.fisher import KFAC, FisherOperator  # noqa: E402
 
 
@@ -317,13 +319,7 @@ def main() -> None:
             )
         )
     if not args.quick:  # replaces this script's section of RESULTS.md, keeps every other
-        previous = args.out.read_text() if args.out.exists() else ""
-        heading = next(line for line in lines if line.startswith("## "))
-        parts = previous.split("\n## ")
-        kept = parts[0] + "".join(
-            "\n## " + part for part in parts[1:] if "## " + part.split("\n")[0] != heading
-        )
-        args.out.write_text(kept.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+        replace_section(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -20,11 +20,8 @@ from __future__ import annotations
 
 import argparse
 import platform
-import resource
-import statistics
 import subprocess
 import sys
-import time
 import warnings
 from pathlib import Path
 
@@ -33,6 +30,8 @@ from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
+
+from _measure import high_water, median_seconds, replace_section, reset_high_water  # noqa: E402
 
 from memspace import MemspaceWarning  # noqa: E402
 from memspace._model_call import derivative_kernels  # noqa: E402
@@ -143,16 +142,6 @@ def check_agreement(model, x, y) -> float:
     return float((ours - theirs).norm() / theirs.norm())
 
 
-def median_seconds(fn, rounds: int) -> float:
-    fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 def child(name: str) -> None:
     """Peak resident-memory growth of one operation, set-up included, in a fresh process (bytes).
 
@@ -161,13 +150,7 @@ def child(name: str) -> None:
     """
     import curvlinops  # noqa: F401  (imported before the baseline, like everything else)
 
-    def high_water() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-    Path("/proc/self/clear_refs").write_text("5")
+    reset_high_water()
     before = high_water()
     model, x, y = setup()
     run = tasks(model, x, y)[name]
@@ -250,13 +233,7 @@ def main() -> None:
         "these machines.",
     ]
     print("\n".join(lines))
-    previous = args.out.read_text() if args.out.exists() else ""
-    heading = lines[1]
-    parts = previous.split("\n## ")
-    kept = parts[0] + "".join(
-        "\n## " + part for part in parts[1:] if "## " + part.split("\n")[0] != heading
-    )
-    args.out.write_text(kept.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+    replace_section(args.out, lines)
 
 
 if __name__ == "__main__":

@@ -189,29 +189,22 @@ def attention_taps(
     into three calls on slices of the weight, records no call and fails the gradient check.
     """
     name = f"{prefix}." if prefix else ""
-    taps = []
+    projections = [(attention.out_proj, "out_proj.weight", "out_proj.bias", {"rows": True})]
     if attention._qkv_same_embed_dim and attention.in_proj_weight is not None:
-        weight, bias = f"{name}in_proj_weight", f"{name}in_proj_bias"
+        projections.insert(0, (attention, "in_proj_weight", "in_proj_bias", {"packed": True}))
+    taps = []
+    for module, weight, bias, layout in projections:
+        weight, bias = name + weight, name + bias
+        has_bias = dict(attention.named_parameters()).get(bias[len(name) :]) is not None
         tap = LayerTap(
-            attention,
+            module,
             weight if weight in selected else None,
-            bias if attention.in_proj_bias is not None and bias in selected else None,
+            bias if has_bias and bias in selected else None,
             functional=weight,
-            packed=True,
+            **layout,
         )
         if tap.weight_name or tap.bias_name:
             taps.append(tap)
-    out = attention.out_proj
-    weight, bias = f"{name}out_proj.weight", f"{name}out_proj.bias"
-    tap = LayerTap(
-        out,
-        weight if weight in selected else None,
-        bias if out.bias is not None and bias in selected else None,
-        functional=weight,
-        rows=True,
-    )
-    if tap.weight_name or tap.bias_name:
-        taps.append(tap)
     return taps
 
 

@@ -1,0 +1,55 @@
+"""What the benchmark scripts share: median times, peak resident memory, their RESULTS sections.
+
+Each script times its operations in its own process and measures each one's peak memory in a
+fresh one (``ru_maxrss`` survives fork+exec, so a child starts at its parent's peak: the
+high-water mark is reset through /proc/self/clear_refs and read from /proc/self/status). Each
+writes one section of RESULTS.md, replacing its previous one and keeping every other.
+"""
+
+from __future__ import annotations
+
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+__all__ = ["high_water", "median_seconds", "replace_section", "reset_high_water"]
+
+
+def median_seconds(fn: Callable[[], object], rounds: int) -> float:
+    """The median wall time of ``rounds`` calls of ``fn`` after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def reset_high_water() -> None:
+    """Reset this process's peak resident memory to its current size (Linux)."""
+    Path("/proc/self/clear_refs").write_text("5")
+
+
+def high_water() -> int:
+    """This process's peak resident memory since the last reset, in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def replace_section(path: Path, lines: list[str]) -> None:
+    """Write ``lines`` (a section: its first ``## `` line is the heading) into ``path``.
+
+    The file's section of the same heading is replaced; every other section is kept, in order.
+    """
+    heading = next(line for line in lines if line.startswith("## "))
+    previous = path.read_text() if path.exists() else ""
+    parts = previous.split("\n## ")
+    kept = parts[0] + "".join(
+        "\n## " + part for part in parts[1:] if "## " + part.split("\n")[0] != heading
+    )
+    path.write_text(kept.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
