@@ -10,11 +10,19 @@ from __future__ import annotations
 
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["high_water", "median_seconds", "replace_section", "reset_high_water"]
+__all__ = [
+    "child_memory",
+    "high_water",
+    "median_seconds",
+    "replace_section",
+    "reset_high_water",
+]
 
 
 def median_seconds(fn: Callable[[], object], rounds: int) -> float:
@@ -53,3 +61,12 @@ def replace_section(path: Path, lines: list[str]) -> None:
         "\n## " + part for part in parts[1:] if "## " + part.split("\n")[0] != heading
     )
     path.write_text(kept.rstrip("\n") + "\n" + "\n".join(lines) + "\n")
+
+
+def child_memory(command: list[str], name: str) -> int | None:
+    """The peak-memory growth a child run of ``command`` prints last (bytes), or None, said."""
+    out = subprocess.run(command, capture_output=True, text=True)
+    if out.returncode == 0 and out.stdout.strip():
+        return int(out.stdout.strip().splitlines()[-1])
+    print(f"memory of {name!r} not measured: {out.stderr.strip()[-300:]}", file=sys.stderr)
+    return None

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import platform
-import subprocess
 import sys
 import warnings
 from pathlib import Path
@@ -34,7 +33,13 @@ import torch
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _measure import high_water, median_seconds, replace_section, reset_high_water  # noqa: E402
+from _measure import (  # noqa: E402
+    child_memory,
+    high_water,
+    median_seconds,
+    replace_section,
+    reset_high_water,
+)
 
 from memspace import MemspaceWarning  # noqa: E402
 from memspace.fisher import FisherOperator  # noqa: E402
@@ -106,18 +111,8 @@ def main() -> None:
     seconds = {name: median_seconds(fn, args.rounds) for name, fn in run.items()}
     memory = {}
     for name in run:
-        out = subprocess.run(
-            [sys.executable, __file__, "--child", name, *(["--quick"] if args.quick else [])],
-            capture_output=True,
-            text=True,
-        )
-        memory[name] = (
-            int(out.stdout.strip().splitlines()[-1])
-            if out.returncode == 0 and out.stdout.strip()
-            else None
-        )
-        if memory[name] is None:
-            print(f"memory of {name!r} not measured: {out.stderr.strip()[-300:]}", file=sys.stderr)
+        command = [sys.executable, __file__, "--child", name, *(["--quick"] if args.quick else [])]
+        memory[name] = child_memory(command, name)
     base_t, base_m = seconds["gradient"], memory["gradient"]
     params = sum(p.numel() for p in model.parameters())
     layers, length = model.config.n_layer, batch["input_ids"].shape[1]

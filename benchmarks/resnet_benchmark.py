@@ -28,7 +28,6 @@ import argparse
 import json
 import platform
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -39,7 +38,7 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _measure import replace_section  # noqa: E402
+from _measure import child_memory, replace_section  # noqa: E402
 
 from memspace.fisher import KFAC, FisherOperator  # noqa: E402
 
@@ -261,14 +260,7 @@ def main() -> None:
             + (["--quick"] if args.quick else [])
             + (["--batch", str(args.batch)] if args.batch else [])
         )
-        out = subprocess.run(command, capture_output=True, text=True)
-        memory[name] = (
-            int(out.stdout.strip().splitlines()[-1])
-            if out.returncode == 0 and out.stdout.strip()
-            else None
-        )
-        if memory[name] is None:
-            print(f"memory of {name!r} not measured: {out.stderr.strip()[-300:]}", file=sys.stderr)
+        memory[name] = child_memory(command, name)
     base_t, base_m = seconds["gradient"], memory["gradient"]
     params = sum(p.numel() for p in model.parameters())
     label = args.device_label or (
