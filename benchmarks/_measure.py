@@ -18,6 +18,7 @@ from pathlib import Path
 
 __all__ = [
     "child_memory",
+    "cuda_peak",
     "high_water",
     "median_seconds",
     "replace_section",
@@ -25,15 +26,40 @@ __all__ = [
 ]
 
 
-def median_seconds(fn: Callable[[], object], rounds: int) -> float:
-    """The median wall time of ``rounds`` calls of ``fn`` after one warm-up call."""
+def median_seconds(fn: Callable[[], object], rounds: int, device: str = "cpu") -> float:
+    """The median wall time of ``rounds`` calls of ``fn`` after one warm-up call.
+
+    On CUDA each call is timed to the device's synchronisation.
+    """
+
+    def sync() -> None:
+        if device.startswith("cuda"):
+            import torch
+
+            torch.cuda.synchronize()
+
     fn()
+    sync()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def cuda_peak(fn: Callable[[], object], device: str) -> int:
+    """Peak CUDA memory allocated by ``fn`` above what was allocated before it (bytes)."""
+    import torch
+
+    torch.cuda.synchronize()
+    torch.cuda.empty_cache()
+    base = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize()
+    return torch.cuda.max_memory_allocated(device) - base
 
 
 def reset_high_water() -> None:

@@ -8,7 +8,8 @@
 # Writes: device.txt (nvidia-smi, torch), tests.txt (pytest on the GPU machine, including the CUDA
 # tests), resnet-128.md/json and resnet-512.md/json (ResNet-18 at batch 128 and at curvlinops'
 # anchor batch 512: MC-Fisher matvec about 2.8x a gradient on an A6000) and population.md/json
-# (training K networks as one population against K sequential fits, on CUDA). The other benchmarks
+# (training K networks as one population against K sequential fits, on CUDA) and lm.md (GPT-2 small:
+# F@v, memory="low" F@v, the MC diagonal and the logit lens over positions). The other benchmarks
 # measure CPU memory (VmHWM) and are run on the CPU machines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +34,9 @@ for batch in 128 512; do
   PYTHONPATH=src timeout 900 "$PYTHON" benchmarks/resnet_benchmark.py --device cuda --batch "$batch" --rounds 10 \
     --out "$OUT/resnet-$batch.md" --json "$OUT/resnet-$batch.json" || status=1
 done
+# The language model (#23): a GPT-2-small-sized model's Fisher over positions and its logit lens
+PYTHONPATH=src timeout 900 "$PYTHON" benchmarks/lm_benchmark.py --device cuda --rounds 5 \
+  --out "$OUT/lm.md" || status=1
 # The population benchmark on the GPU: K members as one vmap against K sequential fits (#21)
 PYTHONPATH=src timeout 600 "$PYTHON" benchmarks/population_benchmark.py --device cuda --rounds 3 \
   --out "$OUT/population.md" --json "$OUT/population.json" || status=1

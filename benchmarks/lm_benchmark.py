@@ -35,6 +35,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 
 from _measure import (  # noqa: E402
     child_memory,
+    cuda_peak,
     high_water,
     median_seconds,
     replace_section,
@@ -46,7 +47,7 @@ from memspace.fisher import FisherOperator  # noqa: E402
 from memspace.paths import lens_path  # noqa: E402
 
 
-def setup(quick: bool):
+def setup(quick: bool, device: str = "cpu"):
     import transformers
 
     transformers.utils.logging.set_verbosity_error()
@@ -56,8 +57,8 @@ def setup(quick: bool):
     model = transformers.GPT2LMHeadModel(config).eval()
     ids = torch.randint(
         0, config.vocab_size, (4, length), generator=torch.Generator().manual_seed(1)
-    )
-    return model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    ).to(device)
+    return model.to(device), {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
 
 
 def tasks(model, batch) -> dict[str, callable]:
@@ -66,7 +67,7 @@ def tasks(model, batch) -> dict[str, callable]:
     F = FisherOperator(model, batch, **options)
     low = FisherOperator(model, batch, memory="low", **options)
     mc = FisherOperator(model, batch, kind="mc", **options)
-    v = torch.randn(F.shape[0], generator=torch.Generator().manual_seed(2))
+    v = torch.randn(F.shape[0], generator=torch.Generator().manual_seed(2)).to(F.device)
     ids = batch["input_ids"]
 
     def gradient():
@@ -99,18 +100,24 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--child")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda: on CUDA, memory is the allocator's peak"
+    )
     args = parser.parse_args()
     warnings.simplefilter("ignore", MemspaceWarning)
     torch.set_num_threads(2)
     if args.child:
         child(args.child, args.quick)
         return
-    model, batch = setup(args.quick)
+    model, batch = setup(args.quick, args.device)
     run = tasks(model, batch)
     plan = FisherOperator(model, batch, positions="all", output="logits").plan()
-    seconds = {name: median_seconds(fn, args.rounds) for name, fn in run.items()}
+    seconds = {name: median_seconds(fn, args.rounds, args.device) for name, fn in run.items()}
     memory = {}
     for name in run:
+        if args.device != "cpu":
+            memory[name] = cuda_peak(run[name], args.device)
+            continue
         command = [sys.executable, __file__, "--child", name, *(["--quick"] if args.quick else [])]
         memory[name] = child_memory(command, name)
     base_t, base_m = seconds["gradient"], memory["gradient"]
@@ -120,12 +127,21 @@ def main() -> None:
         "",
         "## GPT-2-small-sized language model: the Fisher over positions and the logit lens",
         "",
-        f"`benchmarks/lm_benchmark.py{' --quick' if args.quick else ''}`, {platform.machine()}, "
-        f"2 threads, torch {torch.__version__}; GPT-2 configuration with {layers} layers "
+        f"`benchmarks/lm_benchmark.py{' --quick' if args.quick else ''}`, "
+        + (
+            f"{platform.machine()}, 2 threads"
+            if args.device == "cpu"
+            else torch.cuda.get_device_name(args.device)
+        )
+        + f", torch {torch.__version__}; GPT-2 configuration with {layers} layers "
         f"({params / 1e6:.1f} M parameters, random weights), batch 4 × T {length}, float32, eager "
         f"attention. Layer taps: {len(plan.tapped)} layers fast, exact: "
-        f"{', '.join(plan.exact) or 'none'}. Median of {args.rounds} runs; memory: peak resident "
-        "growth in a fresh process, set-up included.",
+        f"{', '.join(plan.exact) or 'none'}. Median of {args.rounds} runs; memory: "
+        + (
+            "peak resident growth in a fresh process, set-up included."
+            if args.device == "cpu"
+            else "the CUDA allocator's peak above what was allocated before the operation."
+        ),
         "",
         "| operation | time (× gradient) | peak memory (× gradient) |",
         "|---|---|---|",

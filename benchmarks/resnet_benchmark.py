@@ -27,9 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -38,7 +36,14 @@ from torch import nn
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
 
-from _measure import child_memory, replace_section  # noqa: E402
+from _measure import (  # noqa: E402
+    child_memory,
+    cuda_peak,
+    high_water,
+    median_seconds,
+    replace_section,
+    reset_high_water,
+)
 
 from memspace.fisher import KFAC, FisherOperator  # noqa: E402
 
@@ -163,44 +168,10 @@ def check_agreement(model, x, y) -> float:
     )
 
 
-def median_seconds(fn, rounds: int, device: str = "cpu") -> float:
-    def sync():
-        if device.startswith("cuda"):
-            torch.cuda.synchronize()
-
-    fn()
-    sync()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def cuda_peak(fn, device: str) -> int:
-    """Peak CUDA memory allocated by ``fn`` above what was allocated before it (bytes)."""
-    torch.cuda.synchronize()
-    torch.cuda.empty_cache()
-    base = torch.cuda.memory_allocated(device)
-    torch.cuda.reset_peak_memory_stats(device)
-    fn()
-    torch.cuda.synchronize()
-    return torch.cuda.max_memory_allocated(device) - base
-
-
 def child(name: str, quick: bool, batch: int | None) -> None:
     """Peak resident-memory growth of one operation, set-up included, in a fresh process (bytes)."""
     have = _have_curvlinops()
-
-    def high_water() -> int:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-        raise SystemExit("no VmHWM")
-
-    Path("/proc/self/clear_refs").write_text("5")
+    reset_high_water()
     before = high_water()
     model, x, y = setup(quick, batch)
     tasks(model, x, y, have)[name]()
