@@ -34,6 +34,36 @@ def problem() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
     return model, X, torch.randint(0, 3, (11,))
 
 
+class TokenModel(torch.nn.Module):
+    """Token ids [N, T] → logits [N, T, 6] (an embedding, a causal running mean, a head)."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = torch.nn.Embedding(6, 3)
+        self.head = torch.nn.Linear(3, 6)
+
+    def forward(self, ids):
+        h = torch.tanh(self.embed(ids)).cumsum(1) / torch.arange(1, ids.shape[1] + 1)[:, None]
+        return self.head(h)
+
+
+def sequence_problem() -> tuple[torch.nn.Module, torch.Tensor, torch.Tensor]:
+    """11 sequences of 5 tokens; labels −100 at a few positions (those do not count)."""
+    torch.manual_seed(1)
+    ids = torch.randint(0, 6, (11, 5))
+    labels = ids.roll(-1, 1)
+    labels[:, -1] = -100
+    labels[::3, 1] = -100
+    return TokenModel().double().eval(), ids, labels
+
+
+def sequence_quantities(model, ids, labels, distributed: bool) -> dict[str, torch.Tensor]:
+    """The Fisher over (sequence, position) pairs: products, diagonal and the position count."""
+    F = FisherOperator(model, (ids, labels), positions="all", batch_size=2, distributed=distributed)
+    v = torch.randn(F.shape[0], dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    return {"seq_mv": F @ v, "seq_diag": F.diag(), "seq_n": torch.tensor(float(F.num_data))}
+
+
 def quantities(model, X, y, distributed: bool) -> dict[str, torch.Tensor]:
     """Every memspace quantity the issue lists, as float64 tensors."""
     F = FisherOperator(model, (X, y), batch_size=2, distributed=distributed)
@@ -106,7 +136,13 @@ def _worker(rank: int, world: int, root: str, mode: str) -> None:
         model, X, y = problem()
         X, y = shard((X, y), rank, world)
         if mode == "equal":
-            torch.save(quantities(model, X, y, distributed=True), f"{root}/rank{rank}.pt")
+            seq_model, ids, labels = sequence_problem()
+            ids, labels = shard((ids, labels), rank, world)
+            values = {
+                **quantities(model, X, y, distributed=True),
+                **sequence_quantities(seq_model, ids, labels, distributed=True),
+            }
+            torch.save(values, f"{root}/rank{rank}.pt")
         elif mode == "fails":
             if rank == 1:
                 X = X.clone()
@@ -149,9 +185,14 @@ def test_two_ranks_equal_one_process_for_every_quantity(tmp_path):
     outcomes = _run(tmp_path, "equal")
     assert outcomes == [{}, {}], outcomes
     model, X, y = problem()
-    alone = quantities(model, X, y, distributed=False)
+    seq_model, ids, labels = sequence_problem()
+    alone = {
+        **quantities(model, X, y, distributed=False),
+        **sequence_quantities(seq_model, ids, labels, distributed=False),
+    }
     ranks = [torch.load(tmp_path / f"rank{rank}.pt", weights_only=True) for rank in range(2)]
     assert float(ranks[0]["n"]) == 11
+    assert float(ranks[0]["seq_n"]) == int((labels != -100).sum())  # positions over both ranks
     for name, value in alone.items():
         for rank in ranks:
             assert torch.equal(rank[name], ranks[0][name]), f"{name}: the ranks differ"
