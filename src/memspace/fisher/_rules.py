@@ -261,9 +261,6 @@ class EmbeddingRule(LayerRule):
             return "scale_grad_by_freq scales its gradient by the batch's counts"
         return None
 
-    def check_axes(self, call: int, axis: int) -> str | None:
-        return None
-
     def out_features(self, module: nn.Module) -> int:
         return module.num_embeddings
 
