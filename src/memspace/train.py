@@ -103,7 +103,7 @@ def make_optimizer(name, params, lr: float, weight_decay: float) -> torch.optim.
     raise MemspaceError(f"unknown optimizer {name!r}; use 'adam' or 'sgd'")
 
 
-def _optimizer_tensors(
+def optimizer_tensors(
     optimizer: torch.optim.Optimizer,
 ) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """Split an optimizer state dict into tensors (for safetensors) and JSON metadata."""
@@ -609,7 +609,7 @@ def save_checkpoint(
     Then ``metrics.jsonl`` is rewritten from ``history``; returns the checkpoint's path.
     """
     tensors = {f"model.{k}": v for k, v in cpu_state(model).items()}
-    opt_tensors, opt_meta = _optimizer_tensors(opt)
+    opt_tensors, opt_meta = optimizer_tensors(opt)
     tensors.update(opt_tensors)
     metadata = {
         "epoch": json.dumps(epoch),

@@ -19,10 +19,11 @@ __all__ = ["STUDIES", "Study", "get_study", "prepare_study", "run_study"]
 
 
 def _registered() -> dict[str, Study]:
-    from . import capacity, disentanglement, robustness
+    from . import capacity, disentanglement, grokking, robustness
 
     return {
-        study.name: study for study in (capacity.STUDY, robustness.STUDY, disentanglement.STUDY)
+        study.name: study
+        for study in (capacity.STUDY, robustness.STUDY, disentanglement.STUDY, grokking.STUDY)
     }
 
 
