@@ -21,6 +21,7 @@ ORDER = [
     "e3_capacity",
     "e4_reinitialization",
     "e5_disentanglement",
+    "e6_grokking",
 ]
 PRE_REGISTERED = {
     "e1_least_action",
@@ -28,6 +29,7 @@ PRE_REGISTERED = {
     "e3_capacity",
     "e4_reinitialization",
     "e5_disentanglement",
+    "e6_grokking",
 }
 RETIRED_NOTE = (
     "The v2 sections that preceded these experiments (least action on digits and moons, the "
@@ -53,6 +55,7 @@ RESULT_FILES = {
     "e3_capacity": "e3",
     "e4_reinitialization": "e4",
     "e5_disentanglement": "e5",
+    "e6_grokking": "e6",
 }
 
 

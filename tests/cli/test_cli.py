@@ -36,8 +36,18 @@ def test_demo_writes_metrics_and_report(demo_run):
         assert len(m["trajectories"]["points"]) == 9
         assert m["trajectory_length"] > 0 and len(m["trajectory_step_lengths"]) == 3
     html = (run / "report.html").read_text()
-    assert html.count("<figure") == 12 and "http://" not in html and "https://" not in html
-    assert metrics["studies"].keys() == {"capacity", "robustness", "zoo", "disentanglement"}
+    assert html.count("<figure") == 13 and "http://" not in html and "https://" not in html
+    assert metrics["studies"].keys() == {
+        "capacity",
+        "robustness",
+        "zoo",
+        "disentanglement",
+        "grokking",
+    }
+    grokking = {r["arm"]: r for r in metrics["studies"]["grokking"]["runs"]}
+    assert grokking["wd=1"]["test_accuracy"][-1] > 0.9  # the quick version groks with decay
+    assert grokking["wd=0"]["test_accuracy"][-1] < 0.1  # and stays at chance without it
+    assert "Memorise, then compress" in html
     assert len(metrics["studies"]["disentanglement"]["table"]) == 4
     assert metrics["studies"]["zoo"]["models"] == 8 and metrics["studies"]["zoo"]["leaderboard"]
     assert "Capacity ↔ complexity" in html and "Robustness ↔ generalization" in html
@@ -55,7 +65,7 @@ def test_report_rerenders_from_saved_metrics(demo_run, tmp_path):
     run, _ = demo_run
     result = run_cli("report", str(run), "--output", str(tmp_path / "again.html"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert (tmp_path / "again.html").read_text().count("<figure") == 12
+    assert (tmp_path / "again.html").read_text().count("<figure") == 13
     assert_clean_failure(
         run_cli("report", str(tmp_path / "nowhere"), cwd=tmp_path), "metrics.json not found"
     )

@@ -84,7 +84,7 @@ def report(demo_run) -> Path:
 @needs_chromium
 def test_report_renders_every_figure_and_runs_no_script(report, tmp_path):
     # Networks 6, studies 2 each, zoo
-    assert inspect(report, tmp_path / "profile") == "12/12 scripts=0 ran=no"
+    assert inspect(report, tmp_path / "profile") == "13/13 scripts=0 ran=no"
     dom = report.read_text()
     for figure in (
         "fig-predictive",

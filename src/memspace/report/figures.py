@@ -22,6 +22,7 @@ from matplotlib.figure import Figure  # noqa: E402
 __all__ = [
     "capacity",
     "cover_anchor",
+    "grokking_curves",
     "literal",
     "point_paths",
     "predictive_profile",
@@ -657,3 +658,84 @@ def lens_heatmap(language: dict[str, Any]) -> Figure:
     fig.colorbar(image, ax=ax, label="(L+1)·d(l)")
     fig.tight_layout()
     return fig
+
+
+_ARM_COLORS = {"wd=0": "#7F7F7F", "wd=0.1": "#4C72B0", "wd=1": "#55A868", "wd=1+action": "#DD8452"}
+_MORE_COLORS = ["#8172B3", "#C44E52", "#937860", "#DA8BC3"]
+
+
+def grokking_curves(summary: dict[str, Any]) -> Figure:
+    """The grokking study on a shared log-step axis (x: step + 1), one thin line per run.
+
+    Panels: train (dashed) and test (solid) accuracy; the effective dimension, the Fisher–Rao
+    norm and tr F on the train pairs; the weight norm; the Fourier concentration of the
+    embedding; the embedding's spectrum at the first and last checkpoint of the first run of
+    the arm with the largest weight decay. The first step with test accuracy ≥ 0.5 of each run
+    is marked by a dotted line in its arm's colour.
+    """
+    runs = summary["runs"]
+    arms = list(dict.fromkeys(r["arm"] for r in runs))
+    colors = {
+        arm: _ARM_COLORS.get(arm, _MORE_COLORS[i % len(_MORE_COLORS)]) for i, arm in enumerate(arms)
+    }
+    fig, axes = plt.subplots(2, 4, figsize=(17, 7.5))
+    axes = axes.ravel()
+    panels = [
+        ("test_accuracy", "accuracy (train dashed, test solid)", False),
+        ("effective_dimension", "effective dimension (train)", False),
+        ("fisher_rao_norm", "Fisher–Rao norm θᵀFθ (train)", True),
+        ("fisher_trace", "tr F (train)", True),
+        ("weight_norm", "weight norm ‖θ‖₂", False),
+        (
+            "fourier_concentration",
+            f"Fourier concentration (top {summary['config']['fourier_k']})",
+            False,
+        ),
+        ("arc_length", "Fisher arc length so far", False),
+    ]
+    labelled: set[str] = set()
+    for run in runs:
+        x = np.asarray(run["steps"]) + 1
+        color = colors[run["arm"]]
+        label = literal(run["arm"]) if run["arm"] not in labelled else None
+        labelled.add(run["arm"])
+        for ax, (key, title, log) in zip(axes, panels):
+            values = np.asarray(run[key], dtype=float)
+            if log:
+                values = np.where(values > 0, values, np.nan)
+            ax.plot(
+                x,
+                values,
+                color=color,
+                lw=1,
+                alpha=0.8,
+                label=label if key == panels[0][0] else None,
+            )
+            if key == "test_accuracy":
+                ax.plot(x, run["train_accuracy"], color=color, lw=1, ls="--", alpha=0.8)
+            grokked = run["events"]["effective_dimension"]["grokked"]
+            if grokked is not None:
+                ax.axvline(grokked + 1, color=color, ls=":", lw=0.8, alpha=0.6)
+            ax.set(xscale="log", title=title, xlabel="step + 1")
+            if log:
+                ax.set_yscale("log")
+    reference = max(runs, key=lambda r: (_arm_decay(summary, r["arm"]), -r["seed"]))
+    ax = axes[-1]
+    k = np.arange(len(reference["spectrum_first"]))
+    ax.bar(k - 0.2, reference["spectrum_first"], width=0.4, label="first checkpoint", color="#999")
+    ax.bar(k + 0.2, reference["spectrum_last"], width=0.4, label="last checkpoint", color="#C44E52")
+    ax.set(
+        title=literal(f"embedding spectrum, {reference['arm']} seed {reference['seed']}"),
+        xlabel="frequency k",
+        ylabel="share of ‖E‖²",
+    )
+    ax.legend(fontsize=8)
+    for ax in axes:
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _arm_decay(summary: dict[str, Any], arm: str) -> float:
+    return next((a["weight_decay"] for a in summary["config"]["arms"] if a["name"] == arm), 0.0)

@@ -152,6 +152,15 @@ CAPTIONS = {
         "stated minimum); a robust measure has its whole CDF near 0, and its max is the robust "
         "criterion.",
     ),
+    "grokking": (
+        "Memorise, then compress",
+        "Modular addition trained full batch, one thin line per run (colour: arm), on a shared "
+        "log-step axis; a dotted line marks the step where a run's test accuracy first reaches "
+        "50 %. Top: accuracy, then the effective dimension, Fisher–Rao norm and tr F on the "
+        "training pairs (the true Fisher). Bottom: the weight norm, the Fourier concentration of "
+        "the number embedding, the Fisher arc length of training so far (F at each segment's "
+        "midpoint), and the embedding's spectrum at the first and last checkpoint.",
+    ),
     "traversal": (
         "Latent traversals and the decoder metric",
         "Left: decoded images as one latent moves from −2 to 2 around an encoded image (rows: "
@@ -715,10 +724,60 @@ def _additivity_block(additivity: dict[str, Any]) -> str:
 
 ZOO_TITLE = "Does complexity predict generalization? A quick zoo"
 
+
+def _grokking_section(summary: dict[str, Any]) -> str:
+    config = summary["config"]
+    arms: dict[str, list[dict[str, Any]]] = {}
+    for run in summary["runs"]:
+        arms.setdefault(run["arm"], []).append(run)
+
+    def steps(values: list[Any]) -> str:
+        return ", ".join("never" if v is None else _num(v, "{:d}") for v in values)
+
+    rows = "".join(
+        f"<tr><th>{_text(arm)}</th><td>{len(runs)}</td>"
+        f"<td>{steps([r['events']['effective_dimension']['memorised'] for r in runs])}</td>"
+        f"<td>{steps([r['events']['effective_dimension']['grokked'] for r in runs])}</td>"
+        f"<td>{_text(', '.join(_num(r['test_accuracy'][-1], '{:.2f}') for r in runs))}</td>"
+        f"<td>{_text(', '.join(_num(r['fourier_concentration'][-1], '{:.2f}') for r in runs))}"
+        "</td></tr>"
+        for arm, runs in arms.items()
+    )
+    verdicts = "".join(
+        f"<tr><th>{_text(v['claim'])}</th><td><b>{_text(v['verdict'])}</b></td>"
+        f"<td>{_num(v['effect'])}</td><td>[{_num(v['low'])}, {_num(v['high'])}]</td>"
+        f"<td>{v['n']}</td><td>{_text(v['note'])}</td></tr>"
+        for v in summary["verdicts"]
+    )
+    quick = len(config["seeds"]) < 5
+    caveat = (
+        f" This run has {len(config['seeds'])} seed(s) per arm: no claim can be decided "
+        "(the evidence standard asks for at least 5, paired); it checks the plumbing."
+        if quick
+        else ""
+    )
+    return (
+        f"<p>Does the network's complexity rise while it memorises and fall when it generalizes? "
+        f"(a + b) mod {_num(config['p'], '{:d}')} with {_num(config['train_fraction'], '{:.0%}')} "
+        f"of the pairs for training, a {_text(config['model'])} of width "
+        f"{_num(config['width'], '{:d}')}, full-batch AdamW (lr {_num(config['lr'], '{:g}')}) for "
+        f"{_num(config['steps'], '{:d}')} steps; arms by weight decay (and λ of the "
+        f"prior-anchored action), {len(config['seeds'])} seed(s) each.{caveat}</p>"
+        "<table><tr><th>arm</th><th>runs</th><th>memorised (train ≥ 99 %) at step</th>"
+        "<th>grokked (test ≥ 50 %) at step</th><th>final test accuracy</th>"
+        f"<th>final Fourier concentration</th></tr>{rows}</table>"
+        + _figure_block("grokking", figures.grokking_curves(summary))
+        + "<p>Claims written before the run, verdicts read by code from the checkpoints:</p>"
+        "<table><tr><th>claim</th><th>verdict</th><th>effect</th><th>95 % interval</th>"
+        f"<th>n</th><th>note</th></tr>{verdicts}</table>"
+    )
+
+
 _DRAW = {
     "capacity": _capacity_section,
     "robustness": _robustness_section,
     "disentanglement": _disentanglement_section,
+    "grokking": _grokking_section,
     "zoo": lambda e: _zoo_section(e, limit=12),
 }
 """Each study's figures and tables; a study without an entry gets :func:`_generic_section`."""

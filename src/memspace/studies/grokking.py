@@ -49,7 +49,14 @@ from torch.func import functional_call
 from torch.nn import functional as nnf
 
 from .._errors import MemspaceError
-from ..evaluation import Prediction, Verdict, decide_direction, mean_ci, paired_comparison
+from ..evaluation import (
+    Estimate,
+    Prediction,
+    Verdict,
+    decide_direction,
+    mean_ci,
+    paired_comparison,
+)
 from .base import Study
 
 __all__ = [
@@ -453,6 +460,8 @@ def train_run(
     from .._runs import crash_point
     from ..action import ActionTerm
 
+    if _cell_key(arm["name"], seed, config["steps"]) in store:
+        return  # complete: its last checkpoint is stored (its state file is no longer needed)
     model = build_modular_model(config, seed)
     optimizer = torch.optim.AdamW(
         model.parameters(),
@@ -539,8 +548,9 @@ def run_events(cells: Sequence[dict[str, Any]], measure: str = "effective_dimens
 
     ``memorised``: the first step with train accuracy ≥ 0.99; ``grokked``: the first with test
     accuracy ≥ 0.5 (None: never, censored at the last step); ``peak``: the step of the measure's
-    largest train value at or before the end of the transition (test accuracy ≥ 0.95, or the end);
-    ``initial`` / ``peak_value`` / ``final``: its values there.
+    largest train value over the whole run (where it starts to fall for good; a window ending at
+    the transition would force every peak before it, and (g2) with it); ``initial`` /
+    ``peak_value`` / ``final``: its values there.
     """
     cells = sorted(cells, key=lambda c: c["step"])
     steps = [c["step"] for c in cells]
@@ -549,20 +559,18 @@ def run_events(cells: Sequence[dict[str, Any]], measure: str = "effective_dimens
         return next((c["step"] for c in cells if condition(c)), None)
 
     grokked = first(lambda c: c["test"]["accuracy"] >= 0.5)
-    settled = first(lambda c: c["test"]["accuracy"] >= 0.95)
-    window = [c for c in cells if settled is None or c["step"] <= settled]
-    values = [c["train"][measure] for c in window]
+    values = [c["train"][measure] for c in cells]
     top = int(np.argmax(values))
     return {
         "memorised": first(lambda c: c["train"]["accuracy"] >= 0.99),
         "grokked": grokked,
         "censored_at": None if grokked is not None else steps[-1],
-        "peak": window[top]["step"],
+        "peak": cells[top]["step"],
         "initial": cells[0]["train"][measure],
         "peak_value": values[top],
         "final": cells[-1]["train"][measure],
         "final_test_accuracy": cells[-1]["test"]["accuracy"],
-        "fourier_at_peak": window[top]["fourier_concentration"],
+        "fourier_at_peak": cells[top]["fourier_concentration"],
         "fourier_final": cells[-1]["fourier_concentration"],
     }
 
@@ -607,7 +615,7 @@ def grokking_verdicts(
         )
         grokked = [e for e in events if e["grokked"] is not None]
         lead = [e["grokked"] - e["peak"] for e in grokked]
-        verdict = decide_direction(GROKKING_PREDICTIONS["g2"], mean_ci(lead))
+        verdict = decide_direction(GROKKING_PREDICTIONS["g2"], _mean(lead))
         if len(grokked) < len(events):
             verdict = _noted(
                 verdict, f"{len(events) - len(grokked)} run(s) never grokked, left out"
@@ -651,6 +659,13 @@ def grokking_verdicts(
     gain = [e["fourier_final"] - e["fourier_at_peak"] for e in events]
     verdicts.append(decide_direction(GROKKING_PREDICTIONS["g4"], mean_ci(gain)))
     return [v.as_dict() for v in verdicts]
+
+
+def _mean(values: Sequence[float]) -> Estimate:
+    """:func:`mean_ci`, or an estimate without a value when there is nothing to average."""
+    if not values:
+        return Estimate(math.nan, math.nan, math.nan, 0.95, 0, 0, "no run to average")
+    return mean_ci(values)
 
 
 def _named(verdict: Verdict, measure: str) -> Verdict:
