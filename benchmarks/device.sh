@@ -9,7 +9,9 @@
 # tests), resnet-128.md/json and resnet-512.md/json (ResNet-18 at batch 128 and at curvlinops'
 # anchor batch 512: MC-Fisher matvec about 2.8x a gradient on an A6000) and population.md/json
 # (training K networks as one population against K sequential fits, on CUDA) and lm.md (GPT-2 small:
-# F@v, memory="low" F@v, the MC diagonal and the logit lens over positions). The other benchmarks
+# F@v, memory="low" F@v, the MC diagonal and the logit lens over positions), grokking.md (a step, a
+# population of 5 seeds and a checkpoint of the grokking study) and grokking-anchor/ (the study at
+# p = 113 on Nanda et al.'s transformer, as far as 7 minutes reach). The other benchmarks
 # measure CPU memory (VmHWM) and are run on the CPU machines.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -40,4 +42,10 @@ PYTHONPATH=src timeout 900 "$PYTHON" benchmarks/lm_benchmark.py --device cuda --
 # The population benchmark on the GPU: K members as one vmap against K sequential fits (#21)
 PYTHONPATH=src timeout 600 "$PYTHON" benchmarks/population_benchmark.py --device cuda --rounds 3 \
   --out "$OUT/population.md" --json "$OUT/population.json" || status=1
+# Grokking (#22): a step, a population of 5 seeds and a checkpoint on the GPU, then Nanda et al.'s
+# configuration (p = 113, the transformer) through the study, resumable: what fits in 7 minutes
+PYTHONPATH=src timeout 300 "$PYTHON" benchmarks/grokking_benchmark.py --device cuda --rounds 3 \
+  --out "$OUT/grokking.md" || status=1
+PYTHONPATH=src timeout 420 "$PYTHON" experiments/e6_grokking.py run --config anchor --device cuda \
+  --out "$OUT/grokking-anchor" || status=1
 exit $status

@@ -10,6 +10,7 @@ by ``grokking_verdicts`` from the stored checkpoints.
 
     python experiments/e6_grokking.py run      # train and measure (resumes), then publish
     python experiments/e6_grokking.py publish  # results.json and the RESULTS.md section
+    python experiments/e6_grokking.py run --config anchor --device cuda --out DIR  # p = 113
 
 The CPU study runs at p = 47, where a width-128 MLP groks in a few thousand steps (about 4 ms a
 step on one core of the 2-core machine); Nanda et al.'s transformer at p = 113 (3 830 training
@@ -47,11 +48,11 @@ RUN = FOLDER / "run"
 CONFIG = GROKKING_CONFIGS["full"]
 
 
-def run(config: dict) -> None:
-    """Train and measure every (arm, seed) run not yet complete, in ``RUN``."""
+def run(config: dict, out: Path = RUN) -> None:
+    """Train and measure every (arm, seed) run not yet complete, in ``out``."""
     torch.set_num_threads(1)
     started = time.time()
-    with RunFolder.open(RUN, kind="study-grokking", config=config) as folder:
+    with RunFolder.open(out, kind="study-grokking", config=config) as folder:
         grokking_study(
             folder,
             config,
@@ -71,13 +72,13 @@ def analyse(cells: list[dict], config: dict) -> dict:
     }
 
 
-def publish(config: dict) -> dict:
+def publish(config: dict, out: Path = RUN, results_file: Path = FOLDER / "results.json") -> dict:
     """``experiments/e6/results.json`` from the stored checkpoints.
 
     ``cells.jsonl`` is read as it stands (never through a link), so a run still in progress, which
     holds the folder's lock, can be published as interim results.
     """
-    text = read_regular(RUN / "cells.jsonl", "the stored checkpoints").decode()
+    text = read_regular(out / "cells.jsonl", "the stored checkpoints").decode()
     cells = [json.loads(line) for line in text.splitlines() if line.strip()]
     results = {
         "experiment": NAME,
@@ -88,8 +89,8 @@ def publish(config: dict) -> dict:
         "cells": len(cells),
         "analysis": analyse(cells, config),
     }
-    write_results(FOLDER / "results.json", results)
-    return json.loads((FOLDER / "results.json").read_text())
+    write_results(results_file, results)
+    return json.loads(results_file.read_text())
 
 
 def section(results: dict) -> str:
@@ -105,8 +106,8 @@ def section(results: dict) -> str:
         f"({a['models']} of {a['expected']} runs complete, {results['cells']} checkpoints; "
         f"{seconds / 60:.0f} min of training and measuring summed; machine: "
         f"{results['machine']}). (a + b) mod {cfg['p']}, {cfg['train_fraction']:.0%} of the "
-        f"pairs for training; a residual MLP on one-hot pairs (width {cfg['width']}, "
-        f"{cfg['depth']} block); full-batch AdamW, lr {cfg['lr']:g}, betas {cfg['betas']}, "
+        f"pairs for training; a {cfg['model']} of width {cfg['width']} and depth {cfg['depth']}; "
+        f"full-batch AdamW, lr {cfg['lr']:g}, betas {cfg['betas']}, "
         f"{cfg['steps']} steps; arms "
         + ", ".join(f"{arm['name']}" for arm in cfg["arms"])
         + f"; seeds {cfg['seeds']}. Checkpoints: {cfg['checkpoints']} log-spaced, plus one every "
@@ -157,13 +158,27 @@ def section(results: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("command", choices=["run", "publish"])
+    parser.add_argument("--config", choices=["full", "anchor"], default="full")
+    parser.add_argument("--device", help="where to train (default: the configuration's)")
+    parser.add_argument("--out", type=Path, help="the run folder (the anchor's: required)")
     args = parser.parse_args()
-    if args.command == "run":
-        run(CONFIG)
-    results = publish(CONFIG)
-    from _publish import publish as publish_section
+    config = dict(GROKKING_CONFIGS[args.config])
+    if args.device:
+        config["device"] = args.device
+    if args.config == "full" and args.out is None and "device" not in config:
+        if args.command == "run":
+            run(config)
+        from _publish import publish as publish_section
 
-    print(publish_section(NAME, section(results)))
+        print(publish_section(NAME, section(publish(config))))
+        return
+    if args.out is None:
+        parser.error("--out is required with --config anchor or --device")
+    if args.command == "run":
+        run(config, args.out)
+    results = publish(config, args.out, args.out / "results.json")
+    (args.out / f"{NAME}.md").write_text(section(results))
+    print(args.out / f"{NAME}.md")
 
 
 if __name__ == "__main__":

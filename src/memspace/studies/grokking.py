@@ -133,6 +133,23 @@ GROKKING_CONFIGS = {
     ),
 }
 
+GROKKING_CONFIGS["anchor"] = dict(
+    # Nanda et al.'s configuration: their transformer at p = 113 with 30 % of the pairs, lr 10⁻³
+    # (weight decay by arm); about 190 s per 1 000 steps of one seed on one core here, so it is the
+    # GPU's (benchmarks/device.sh runs it through experiments/e6_grokking.py --config anchor)
+    GROKKING_CONFIGS["full"],
+    p=113,
+    train_fraction=0.3,
+    model="transformer",
+    width=128,
+    heads=4,
+    d_mlp=512,
+    depth=1,
+    lr=1e-3,
+    steps=20000,
+    device="cuda",
+)
+
 COMPLEXITY_MEASURES = ("effective_dimension", "fisher_rao_norm", "fisher_trace")
 """The measures (g1) and (g2) are about, each read on the train pairs."""
 
@@ -259,7 +276,7 @@ def _noise_kl(model: nn.Module, x: Tensor, sigma: float, samples: int, seed: int
         total = 0.0
         for _ in range(samples):
             noisy = {
-                k: v + sigma * torch.randn(v.shape, generator=generator, dtype=v.dtype)
+                k: v + sigma * torch.randn(v.shape, generator=generator, dtype=v.dtype).to(v.device)
                 for k, v in params.items()
             }
             log_q = torch.log_softmax(functional_call(model64, noisy, (x,)), -1)
@@ -328,14 +345,17 @@ def checkpoint_measures(
     Returns ``{"train": {...}, "test": {...}, "weight_norm", "fourier_concentration",
     "fourier_spectrum"}``; each part holds ``accuracy`` and ``loss`` on every pair of the part
     and the Fisher measures on its first ``measure_points`` pairs (the effective dimension on the
-    train pairs only: its SLQ is most of a checkpoint's cost).
+    train pairs only: its SLQ is most of a checkpoint's cost). The pairs are moved to the model's
+    device.
     """
     from ..paths.modular import embedding_matrix, fourier_spectrum
 
     model.eval()
     n = config["measure_points"]
+    device = next(model.parameters()).device
     out: dict[str, Any] = {}
     for part, (X, y) in (("train", split.train), ("test", split.test)):
+        X, y = X.to(device), y.to(device)
         accuracy, loss = _accuracy_and_loss(model, (X, y))
         out[part] = {
             "accuracy": accuracy,
@@ -387,10 +407,11 @@ def _save_state(run, name: str, model, optimizer, init, previous, meta: dict[str
     from ..train import optimizer_tensors
 
     tensors, optimizer_meta = optimizer_tensors(optimizer)
+    tensors = {k: v.cpu() for k, v in tensors.items()}
     for k, param in model.named_parameters():
-        tensors[f"model.{k}"] = param.detach().contiguous()
-        tensors[f"init.{k}"] = init[k].contiguous()
-        tensors[f"previous.{k}"] = previous[k].contiguous()
+        tensors[f"model.{k}"] = param.detach().cpu().contiguous()
+        tensors[f"init.{k}"] = init[k].cpu().contiguous()
+        tensors[f"previous.{k}"] = previous[k].cpu().contiguous()
     metadata = {"state": json.dumps(meta), "optimizer": json.dumps(optimizer_meta)}
     run.write(name, save(tensors, metadata=metadata))
 
@@ -433,8 +454,9 @@ def _load_state(run, name: str, model, optimizer) -> tuple[dict, dict, dict[str,
         for k, param in model.named_parameters():
             param.copy_(tensors[f"model.{k}"])
     restore_optimizer(optimizer, tensors, optimizer_meta)
-    init = {k: tensors[f"init.{k}"] for k in names}
-    previous = {k: tensors[f"previous.{k}"] for k in names}
+    device = next(model.parameters()).device
+    init = {k: tensors[f"init.{k}"].to(device) for k in names}
+    previous = {k: tensors[f"previous.{k}"].to(device) for k in names}
     return init, previous, meta
 
 
@@ -462,7 +484,8 @@ def train_run(
 
     if _cell_key(arm["name"], seed, config["steps"]) in store:
         return  # complete: its last checkpoint is stored (its state file is no longer needed)
-    model = build_modular_model(config, seed)
+    device = torch.device(config.get("device", "cpu"))
+    model = build_modular_model(config, seed).to(device)
     optimizer = torch.optim.AdamW(
         model.parameters(),
         lr=config["lr"],
@@ -479,7 +502,8 @@ def train_run(
     else:
         init, previous, meta = loaded
     schedule = set(checkpoint_schedule(config["steps"], config["checkpoints"]))
-    X, y = split.train
+    X, y = (t.to(device) for t in split.train)
+    test = tuple(t.to(device) for t in split.test)
     arc_data = (X[: config["measure_points"]], y[: config["measure_points"]])
     step, arc, seconds = meta["step"], meta["arc_length"], meta["seconds"]
     started = time.perf_counter()
@@ -487,7 +511,7 @@ def train_run(
     while True:
         probe = step % config["probe_every"] == 0
         if probe and step > 0:
-            in_transition = 0.02 <= _accuracy_and_loss(model, split.test)[0] <= 0.98
+            in_transition = 0.02 <= _accuracy_and_loss(model, test)[0] <= 0.98
         dense = in_transition and step % config["dense_every"] == 0
         measure = step in schedule or dense
         if (probe or measure) and step > 0:
