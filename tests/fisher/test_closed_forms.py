@@ -103,3 +103,29 @@ def test_reparametrisation_covariance():
     f_phi = FisherOperator(Reparametrised(linear, mixing), (X, y)).dense()
     jac = torch.kron(torch.eye(4, dtype=torch.float64), mixing.T.contiguous())
     torch.testing.assert_close(f_phi, jac.T @ f_theta @ jac)
+
+
+def test_a_confident_network_keeps_its_quadratic_form_in_float32():
+    """θᵀFθ of a nearly one-hot classifier: float32 agrees with float64, never negative.
+
+    Its logits are large (|u| ~ 50) and its probabilities one-hot to within e⁻²⁰, so uᵀΛu is about
+    ε‖u‖²; written as uᵀ(p ⊙ u) − (pᵀu)² it is the difference of two numbers of size ‖u‖², which
+    float32 returns as noise of either sign (the grokking study measured −5·10⁻³ this way).
+    """
+    torch.manual_seed(0)
+    X = torch.randn(2048, 8, dtype=torch.float64)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 5)).double()
+    with torch.no_grad():
+        for param in model.parameters():
+            param.mul_(10.0)
+        top2 = model(X).topk(2, dim=1).values
+    X = X[top2[:, 0] - top2[:, 1] > 20][:256]  # the confident points only
+    y = model(X).argmax(1)
+    reference = FisherOperator(model, (X, y))
+    theta = {n: p.detach() for n, p in model.named_parameters()}
+    exact = float(reference.quad(theta))
+    model32 = model.float()
+    single = FisherOperator(model32, (X.float(), y))
+    value = float(single.quad({n: p.detach() for n, p in model32.named_parameters()}))
+    assert 0 < exact < 1  # confident: the form is tiny against ‖Jθ‖² (thousands here)
+    assert value == pytest.approx(exact, rel=1e-3)

@@ -38,6 +38,7 @@ from .likelihood import (
     Likelihood,
     apply_output_fisher,
     check_outputs,
+    output_fisher_quad_terms,
     output_sqrt_factors,
     sequence_sqrt_factors,
 )
@@ -319,6 +320,30 @@ class DataPass:
         s = self.factors(outputs, y, index, x)
         coefficients = (s * u.unsqueeze(0)).flatten(2).sum(2)  # [K, N]
         return torch.einsum("kn...,kn->n...", s, coefficients)
+
+    def output_fisher_quad(
+        self, outputs: Tensor, y: Tensor | None, index: int, u: Tensor, x: Inputs = None
+    ) -> Tensor:
+        """uᵀ Λ̂ u summed over the batch's samples (and counted positions), a scalar.
+
+        The true Fisher's is a sum of non-negative terms (:func:`output_fisher_quad_terms`), so a
+        confident network's quadratic form keeps its sign and its digits; the sampled kinds'
+        are Σ_k (s_kᵀu)², non-negative already.
+        """
+        self._labels_needed(y, index)
+        if self.kind is FisherKind.TRUE:
+            if self.call.positions == "all":
+                _, mask = self.position_targets(x, y, outputs)
+                rows = output_fisher_quad_terms(
+                    outputs.detach().reshape(-1, outputs.shape[2]),
+                    u.reshape(-1, outputs.shape[2]),
+                    self.likelihood,
+                )
+                return (rows.reshape(outputs.shape) * mask.unsqueeze(2).to(u.dtype)).sum()
+            check_outputs(outputs, self.targets(x, y), self.likelihood, f"batch {index}")
+            return output_fisher_quad_terms(outputs.detach(), u, self.likelihood).sum()
+        s = self.factors(outputs, y, index, x)
+        return ((s * u.unsqueeze(0)).flatten(2).sum(2) ** 2).sum()
 
     def random_column_mix(self, factors: Tensor) -> Tensor:
         """One seeded random combination r [N, ...] of the output-Fisher columns [K, N, ...]."""

@@ -293,7 +293,7 @@ class FisherOperator:
         for index, (x, y) in enumerate(dp.data):
             primal, jvp = self._graph_free_jvp(x, tangent)
             with torch.no_grad():
-                total += (jvp * dp.apply_output_fisher(primal, y, index, jvp, x)).sum()
+                total += dp.output_fisher_quad(primal, y, index, jvp, x)
             count += dp.units(x, y, primal)
         return dp.finish(total, count)
 
