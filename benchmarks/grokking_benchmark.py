@@ -41,17 +41,7 @@ from memspace.studies.grokking import (  # noqa: E402
 )
 
 CONFIGS = {
-    "anchor": dict(
-        GROKKING_CONFIGS["full"],
-        p=113,
-        train_fraction=0.3,
-        model="transformer",
-        width=128,
-        heads=4,
-        d_mlp=512,
-        depth=1,
-        lr=1e-3,
-    ),
+    "anchor": dict(GROKKING_CONFIGS["anchor"], device="cpu"),  # trained on --device below
     "cpu": dict(GROKKING_CONFIGS["full"]),
 }
 SEEDS = 5
