@@ -186,16 +186,26 @@ class ModelCall:
         positions: for outputs [N, T, V] (a language model's, a token classifier's): ``"all"``
             (every position the attention mask and the labels keep is a data point of the
             Fisher), ``"last"`` (the last attended position of each sequence, [N, V]); None
-            for outputs [N, D].
+            for outputs [N, D]; or a callable ``inputs → mask [N, T]`` (bool or 0/1): ``"all"``
+            with only the positions the mask keeps, as well as the attention mask and the labels
+            (a loss mask, the answer tokens of a prompt, one position of interest).
+        position_mask: that callable (set from ``positions``; None otherwise).
     """
 
     sample_dim: int = 0
     output: OutputSelector = None
-    positions: str | None = None
+    positions: str | Callable[[Inputs], Tensor] | None = None
+    position_mask: Callable[[Inputs], Tensor] | None = None
 
     def __post_init__(self) -> None:
+        if callable(self.positions):
+            object.__setattr__(self, "position_mask", self.positions)
+            object.__setattr__(self, "positions", "all")
         if self.positions not in POSITIONS:
-            raise MemspaceError(f"positions must be None, 'all' or 'last', got {self.positions!r}")
+            raise MemspaceError(
+                f"positions must be None, 'all', 'last' or a callable inputs → mask [N, T], got "
+                f"{self.positions!r}"
+            )
         if (
             not isinstance(self.sample_dim, int)
             or isinstance(self.sample_dim, bool)

@@ -272,3 +272,45 @@ def test_dict_batches_equal_a_wrapped_module_bit_for_bit():
     v = torch.randn(ours.shape[0], dtype=torch.float64)
     torch.testing.assert_close(ours @ v, theirs @ v, rtol=0, atol=0)
     torch.testing.assert_close(ours.diag(), theirs.diag(), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("memory", ["fast", "low"])
+def test_a_position_mask_callable_keeps_only_its_positions(memory):
+    """positions=callable: the Fisher over the positions it keeps (and the attention mask keeps).
+
+    Keeping the even positions equals labelling the odd ones −100, and equals the per-position
+    reference over exactly those positions.
+    """
+    model, batch = tiny_lm(), lm_batch()
+    labels = batch["input_ids"].roll(-1, 1)
+    even = (torch.arange(LENGTH) % 2 == 0).expand(len(labels), LENGTH)
+
+    def keep_even(inputs):
+        assert set(inputs) == {"input_ids", "attention_mask"}  # the model's inputs, no labels
+        return even.long()  # 0/1 integers count as a mask as well as booleans
+
+    F = FisherOperator(model, [(batch, labels)], positions=keep_even, memory=memory)
+    ignored = torch.where(even, labels, torch.full_like(labels, -100))
+    G = FisherOperator(model, [(batch, ignored)], positions="all", memory=memory)
+    mask = batch["attention_mask"].bool() & even
+    reference = dense_sequence_fisher(model, batch, mask)
+    v = torch.randn(F.shape[0], dtype=torch.float64)
+    assert F.num_data == G.num_data == int(mask.sum())
+    torch.testing.assert_close(F @ v, reference @ v, rtol=1e-10, atol=1e-13)
+    torch.testing.assert_close(F.diag(), G.diag(), rtol=1e-10, atol=1e-14)
+    torch.testing.assert_close(F.quad(v), v @ reference @ v, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize(
+    "mask, word",
+    [
+        (lambda x: torch.ones(LENGTH, dtype=torch.bool), "shape"),
+        (lambda x: [[1] * LENGTH] * 4, "not a mask tensor"),
+        (lambda x: torch.full((4, LENGTH), 2), "other than 0 and 1"),
+        (lambda x: torch.full((4, LENGTH), float("nan")), "NaN"),
+    ],
+)
+def test_a_bad_position_mask_is_one_clear_error(mask, word):
+    model, batch = tiny_lm(), lm_batch()
+    with pytest.raises(DataError, match=word):
+        FisherOperator(model, batch, positions=mask).diag()

@@ -20,7 +20,7 @@ share one definition of each and never reach into one another.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
 
@@ -76,7 +76,7 @@ class DataPass:
         distributed: bool = False,
         sample_dim: int = 0,
         output: OutputSelector = None,
-        positions: str | None = None,
+        positions: str | Callable[[Inputs], Tensor] | None = None,
         exact_columns: int = 1024,
     ):
         if not isinstance(model, nn.Module):
@@ -154,6 +154,28 @@ class DataPass:
             )
         return mask
 
+    def user_position_mask(self, x: Inputs, num: int, length: int) -> Tensor:
+        """The caller's ``positions`` mask of a batch, checked: bool [N, T].
+
+        Raises:
+            DataError: a mask that is not a tensor of the outputs' [N, T] with 0/1 entries.
+        """
+        mask = self.call.position_mask(x)
+        where = "the positions callable returned"
+        if not isinstance(mask, Tensor):
+            raise DataError(f"{where} a {type(mask).__name__}, not a mask tensor [N, T]")
+        if tuple(mask.shape) != (num, length):
+            raise DataError(
+                f"{where} a mask of shape {tuple(mask.shape)}, but the sequence outputs have "
+                f"[N, T] = [{num}, {length}]"
+            )
+        if mask.dtype != torch.bool:
+            if mask.is_floating_point() and not torch.isfinite(mask).all():
+                raise DataError(f"{where} a mask with NaN or Inf entries")
+            if ((mask != 0) & (mask != 1)).any():
+                raise DataError(f"{where} a mask with entries other than 0 and 1")
+        return mask.to(device=self.device).ne(0)
+
     def last_positions(self, x: Inputs, length: int) -> Tensor:
         """Per sequence, its last attended position [N] (T − 1 without an attention mask)."""
         num = self.call.num_samples(x)
@@ -180,6 +202,8 @@ class DataPass:
         attention = self.attention_mask(x, num, length)
         if attention is not None:
             mask &= attention.ne(0)
+        if self.call.position_mask is not None:
+            mask &= self.user_position_mask(x, num, length)
         if y is None:
             return None, mask
         if self.likelihood is Likelihood.CLASSIFICATION:

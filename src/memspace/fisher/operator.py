@@ -34,7 +34,7 @@ import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
 from .._errors import MemspaceError
-from .._model_call import OutputSelector
+from .._model_call import Inputs, OutputSelector
 from ..distributed import guarded
 from . import spectral
 from ._collect import FisherPlan, TapPlan, fisher_parts
@@ -83,7 +83,9 @@ class FisherOperator:
             ``"all"`` makes every position a data point, F = (1/#positions) Σ_{n,t}
             J_ntᵀ Λ(p_nt) J_nt, keeping the positions where the inputs' ``attention_mask`` is 1
             and the labels (aligned with the logits; −100 ignored) are not −100; ``"last"``
-            takes each sequence's last attended position. None: outputs are [N, D].
+            takes each sequence's last attended position; a callable ``inputs → mask [N, T]``
+            is ``"all"`` with only the positions it keeps as well (a loss mask, the answer of a
+            prompt). None: outputs are [N, D].
         exact_columns: with ``positions="all"`` and the true Fisher, the diagonal, K-FAC,
             EKFAC and :meth:`dense` back-propagate one column per (class, position), T·V per
             batch, while T·V is at most this; beyond, ``mc_samples`` labels sampled per
@@ -116,7 +118,7 @@ class FisherOperator:
         sample_dim: int = 0,
         output: OutputSelector = None,
         memory: str = "fast",
-        positions: str | None = None,
+        positions: str | Callable[[Inputs], Tensor] | None = None,
         exact_columns: int = 1024,
     ):
         self.data_pass, self.collector, self.jacobians = fisher_parts(
