@@ -190,6 +190,11 @@ class ModelCall:
             with only the positions the mask keeps, as well as the attention mask and the labels
             (a loss mask, the answer tokens of a prompt, one position of interest).
         position_mask: that callable (set from ``positions``; None otherwise).
+
+    With ``sample_dim=1`` and ``positions``, a sequence-first model's outputs are [T, N, V], and
+    its attention mask and position mask [T, N], as its inputs; they are read as [N, T, V] and
+    [N, T] (transposed views). Its labels are [N, T], samples first, as every target in memspace
+    (the batch stream cuts targets along their first axis).
     """
 
     sample_dim: int = 0
@@ -252,6 +257,17 @@ class ModelCall:
         first = self.take(x, slice(0, 1))
         return map_inputs(first, lambda t: torch.cat([t] * copies, dim=self.sample_dim))
 
+    def sequence_mask(self, y: Any) -> Any:
+        """A sequence-first model's mask [T, N] (an input's layout) as [N, T], as :meth:`outputs`.
+
+        Anything else (a batch-first model's, not a tensor) passes unchanged.
+        """
+        if not isinstance(y, Tensor):
+            return y
+        if self.positions is None or self.sample_dim != 1 or y.dim() < 2:
+            return y
+        return y.transpose(0, 1)
+
     def single(self, x: Inputs) -> Inputs:
         """One sample without its sample axis (as ``vmap`` passes it) made a batch of one."""
         return map_inputs(x, lambda t: t.unsqueeze(self.sample_dim))
@@ -268,9 +284,18 @@ class ModelCall:
         """Select the outputs and check that they are [N, D] with the batch's N.
 
         With ``positions="all"`` they must be [N, T, V] (returned as they are; :meth:`last`
-        picks the last position for ``"last"``).
+        picks the last position for ``"last"``), or [T, N, V] with ``sample_dim=1`` (a
+        sequence-first model's: returned transposed, [N, T, V], a view).
         """
         out = select_output(raw, self.output, where)
+        if self.positions is not None and self.sample_dim == 1:
+            if out.dim() != 3 or out.shape[1] != num:
+                raise DataError(
+                    f"{where}: model output has shape {tuple(out.shape)} for a batch of {num} "
+                    f"inputs; sample_dim=1 with positions={self.positions!r} expects "
+                    f"sequence-first outputs [T, N, V] = [T, {num}, V] (labels [N, T])"
+                )
+            return out.transpose(0, 1)
         if self.positions is not None:
             if out.dim() != 3 or out.shape[0] != num:
                 raise DataError(

@@ -314,3 +314,46 @@ def test_a_bad_position_mask_is_one_clear_error(mask, word):
     model, batch = tiny_lm(), lm_batch()
     with pytest.raises(DataError, match=word):
         FisherOperator(model, batch, positions=mask).diag()
+
+
+class SequenceFirst(nn.Module):
+    """The tiny LM sequence-first: ids and mask [T, N] in, logits [T, N, V] out."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask):
+        return self.model(input_ids.T, attention_mask.T).transpose(0, 1)
+
+
+@pytest.mark.parametrize("memory", ["fast", "low"])
+def test_sequence_first_outputs_with_sample_dim_1_equal_the_batch_first_model(memory):
+    """sample_dim=1: logits [T, N, V], masks [T, N], labels [N, T] — the same Fisher.
+
+    N ≠ T and N = T: a layout mistaken for its transposition would change the numbers (or fail).
+    """
+    for num in (4, LENGTH):
+        model, batch = tiny_lm(), lm_batch(num)
+        labels = batch["input_ids"].roll(-1, 1)
+        labels[:, -1] = -100
+        first = {k: v.T.contiguous() for k, v in batch.items()}
+        keep = lambda x: x["input_ids"] % 3 != 0  # noqa: E731  (the inputs' layout: [T, N] there)
+        F = FisherOperator(model, [(batch, labels)], positions=keep, memory=memory)
+        G = FisherOperator(
+            SequenceFirst(model),
+            [(first, labels)],
+            positions=keep,
+            sample_dim=1,
+            memory=memory,
+        )
+        v = torch.randn(F.shape[0], dtype=torch.float64)
+        assert F.num_data == G.num_data
+        torch.testing.assert_close(G @ v, F @ v, rtol=1e-10, atol=1e-13)
+        torch.testing.assert_close(G.diag(), F.diag(), rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(G.quad(v), F.quad(v), rtol=1e-10, atol=1e-13)
+    batch_first_out = SequenceFirst(model)
+    batch_first_out.forward = lambda input_ids, attention_mask: model(input_ids.T, attention_mask.T)
+    first = {k: v.T.contiguous() for k, v in lm_batch(4).items()}
+    with pytest.raises(DataError, match=r"sequence-first outputs \[T, N, V\]"):
+        FisherOperator(batch_first_out, first, positions="all", sample_dim=1).diag()

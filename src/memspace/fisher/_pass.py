@@ -143,7 +143,7 @@ class DataPass:
         Raises:
             DataError: a mask whose shape is not the outputs' [N, T].
         """
-        mask = x.get("attention_mask") if isinstance(x, Mapping) else None
+        mask = self.call.sequence_mask(x.get("attention_mask") if isinstance(x, Mapping) else None)
         if mask is None:
             return None
         if not isinstance(mask, Tensor) or tuple(mask.shape) != (num, length):
@@ -160,7 +160,7 @@ class DataPass:
         Raises:
             DataError: a mask that is not a tensor of the outputs' [N, T] with 0/1 entries.
         """
-        mask = self.call.position_mask(x)
+        mask = self.call.sequence_mask(self.call.position_mask(x))
         where = "the positions callable returned"
         if not isinstance(mask, Tensor):
             raise DataError(f"{where} a {type(mask).__name__}, not a mask tensor [N, T]")
