@@ -13,6 +13,9 @@ in a fresh process (VmHWM growth, set-up included):
 - the MC diagonal, one sampled label per position (per-sequence columns);
 - the logit lens over all 12 layers (``lens_path``), against a forward+backward.
 
+curvlinops' GGN@v over every position (its model given the dict batch, its loss the mean
+cross-entropy) is timed beside memspace's F@v in the same run.
+
 Targets of issue #23: F@v ≤ 2.5× a gradient; memory="low" F@v at ≤ 1.5× a gradient's peak
 memory; MC diagonal ≤ 3×; the lens ≤ 1.5× a forward+backward.
 
@@ -29,6 +32,7 @@ import warnings
 from pathlib import Path
 
 import torch
+from torch import nn
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "src"))
@@ -45,6 +49,8 @@ from _measure import (  # noqa: E402
 from memspace import MemspaceWarning  # noqa: E402
 from memspace.fisher import FisherOperator  # noqa: E402
 from memspace.paths import lens_path  # noqa: E402
+
+CURVLINOPS = "curvlinops GGN@v (every position)"
 
 
 def setup(quick: bool, device: str = "cpu"):
@@ -80,7 +86,46 @@ def tasks(model, batch) -> dict[str, callable]:
         "memspace F@v, memory=low": lambda: low @ v,
         "memspace diag, MC (1 label per position)": mc.diag,
         "memspace logit lens, every layer": lambda: lens_path(model, batch, batch_size=4),
+        **_curvlinops(model, batch, params, v),
     }
+
+
+class _FlatLogits(nn.Module):
+    """The LM as curvlinops takes a model: a dict batch in, logits [N·T, V] for its loss."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, batch):
+        return self.model(**batch).logits.flatten(0, 1)
+
+
+def _curvlinops(model, batch, params, v) -> dict[str, callable]:
+    """The GGN@v of curvlinops (the true Fisher of the softmax cross-entropy) over every position.
+
+    Its model sees a dict batch and returns every position's logits, its loss the mean
+    cross-entropy over positions; the vector is memspace's, split per parameter. Absent when
+    curvlinops is not installed (said on stderr).
+    """
+    try:
+        from curvlinops import GGNLinearOperator
+    except ImportError as error:
+        print(f"curvlinops not run: {error}", file=sys.stderr)
+        return {}
+    labels = batch["input_ids"].flatten()
+    ggn = GGNLinearOperator(
+        _FlatLogits(model),
+        nn.CrossEntropyLoss(),
+        params,
+        [(batch, labels)],
+        batch_size_fn=lambda b: b["input_ids"].shape[0],
+        check_deterministic=False,
+        progressbar=False,
+    )
+    pieces = list(torch.split(v, [p.numel() for p in params]))
+    vector = [piece.reshape(p.shape) for piece, p in zip(pieces, params)]
+    return {"curvlinops GGN@v (every position)": lambda: ggn @ vector}
 
 
 def child(name: str, quick: bool) -> None:
@@ -164,6 +209,11 @@ def main() -> None:
         + verdict(low_m / base_m if low_m and base_m else None, 1.5)
         + "; MC diagonal "
         + verdict(seconds["memspace diag, MC (1 label per position)"] / base_t, 3)
+        + (
+            f"; curvlinops' GGN@v ×{seconds[CURVLINOPS] / base_t:.2f} in the same run"
+            if CURVLINOPS in seconds
+            else ""
+        )
         + "; logit lens "
         + verdict(seconds["memspace logit lens, every layer"] / base_t, 1.5)
         + " a forward+backward.",
