@@ -191,6 +191,10 @@ CASES = {
         ["study", "memory", "--out", "out"],
         ["unknown study 'memory'", "capacity, robustness"],
     ),
+    "grokking on other data": (
+        ["study", "grokking", "--quick", "--data", "digits", "--out", "out"],
+        ["grokking study runs on modular arithmetic", "'digits'"],
+    ),
     "disentanglement on other data": (
         ["study", "disentanglement", "--quick", "--data", "digits", "--out", "out"],
         ["dsprites-like (generated) or a dSprites .npz", "'digits'"],
