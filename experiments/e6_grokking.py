@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -31,9 +32,16 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 import torch  # noqa: E402
-from _preregistered import commit, machine, verdict_table, write_results  # noqa: E402
+from _preregistered import (  # noqa: E402
+    commit,
+    estimate_text,
+    machine,
+    verdict_table,
+    write_results,
+)
 
 from memspace._runs import RunFolder, read_regular  # noqa: E402
+from memspace.evaluation import mean_ci  # noqa: E402
 from memspace.studies.grokking import (  # noqa: E402
     COMPLEXITY_MEASURES,
     GROKKING_CONFIGS,
@@ -61,15 +69,48 @@ def run(config: dict, out: Path = RUN) -> None:
 
 
 def analyse(cells: list[dict], config: dict) -> dict:
-    """The summary (curves, events, verdicts) and the runs' completeness."""
+    """The summary (curves, events, verdicts), the runs' completeness, and beside (g1) per arm.
+
+    ``by_arm`` is descriptive, not pre-registered: per arm and measure, the mean over seeds of
+    log10(peak / initial) and log10(final / peak) with their intervals — whether a rise and fall
+    is grokking's or every arm's.
+    """
     summary = summarise_grokking(cells, config)
     complete = [r for r in summary["runs"] if r["steps"][-1] == config["steps"]]
+    by_arm: dict[str, dict] = {}
+    for arm in dict.fromkeys(r["arm"] for r in summary["runs"]):
+        runs = [r for r in summary["runs"] if r["arm"] == arm]
+        by_arm[arm] = {}
+        for measure in COMPLEXITY_MEASURES:
+            events = [r["events"][measure] for r in runs]
+            by_arm[arm][measure] = {
+                "rise": mean_ci([log10_ratio(e["peak_value"], e["initial"]) for e in events]),
+                "fall": mean_ci([log10_ratio(e["final"], e["peak_value"]) for e in events]),
+                "peak_step": [e["peak"] for e in events],
+            }
+            by_arm[arm][measure] = {
+                k: v.as_dict() if hasattr(v, "as_dict") else v
+                for k, v in by_arm[arm][measure].items()
+            }
     return {
         "models": len(complete),
         "expected": len(config["arms"]) * len(config["seeds"]),
         "verdicts": summary["verdicts"] if len(complete) == len(summary["runs"]) else [],
+        "by_arm": by_arm,
         "runs": summary["runs"],
     }
+
+
+def _arms(runs: list[dict]) -> dict[str, list[dict]]:
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], []).append(run)
+    return arms
+
+
+def log10_ratio(a: float, b: float) -> float:
+    """log10(a / b), NaN unless both are positive."""
+    return math.log10(a / b) if a > 0 and b > 0 else float("nan")
 
 
 def publish(config: dict, out: Path = RUN, results_file: Path = FOLDER / "results.json") -> dict:
@@ -125,6 +166,42 @@ def section(results: dict) -> str:
         ]
     else:
         lines += verdict_table(a["verdicts"])
+        lines += [
+            "",
+            "### Beside (g1), every arm (descriptive, not pre-registered)",
+            "",
+            "Whether a measure's rise and fall belongs to grokking or to every arm: per arm, the "
+            "mean over seeds of log10(peak / initial) and log10(final / peak), 95 % intervals, "
+            "and the steps of the peaks.",
+            "",
+            "| arm | measure | rise | fall | peak steps |",
+            "|---|---|---|---|---|",
+        ]
+        for arm, measures in a.get("by_arm", {}).items():
+            for measure, e in measures.items():
+                rise, fall = (estimate_text(e[k], "{:+.2f}") for k in ("rise", "fall"))
+                name = measure.replace("_", " ")
+                lines.append(f"| {arm} | {name} | {rise} | {fall} | {e['peak_step']} |")
+        silent = [
+            arm
+            for arm, runs in _arms(a["runs"]).items()
+            if all(r["events"][COMPLEXITY_MEASURES[0]]["grokked"] is None for r in runs)
+        ]
+        falls = [
+            f"{measure.replace('_', ' ')} in {arm}"
+            for arm in silent
+            for measure in COMPLEXITY_MEASURES
+            if (a["by_arm"][arm][measure]["fall"]["high"] or 0) < 0
+        ]
+        if falls:
+            lines += [
+                "",
+                f"Read by code: in the arms where no run grokked ({', '.join(silent)}), these "
+                f"measures fall from their peak all the same: {'; '.join(falls)}. Their fall is "
+                "not grokking's: the Fisher of a network that fits its training pairs with "
+                "growing confidence shrinks whether or not it generalizes, and (g1)'s support "
+                "says nothing beyond that for them.",
+            ]
         lines.append("")
     lines += [
         "### Runs",
