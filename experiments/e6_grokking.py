@@ -60,6 +60,9 @@ def run(config: dict, out: Path = RUN) -> None:
     """Train and measure every (arm, seed) run not yet complete, in ``out``."""
     torch.set_num_threads(1)
     started = time.time()
+    write_results(
+        out.parent / f"{out.name}-machine.json", {"machine": machine(), "commit": commit()}
+    )
     with RunFolder.open(out, kind="study-grokking", config=config) as folder:
         grokking_study(
             folder,
@@ -101,6 +104,14 @@ def analyse(cells: list[dict], config: dict) -> dict:
     }
 
 
+def _run_machine(out: Path) -> dict[str, str]:
+    """The machine and commit the run recorded when it started (this process's otherwise, said)."""
+    path = out.parent / f"{out.name}-machine.json"
+    if path.is_file():
+        return json.loads(read_regular(path, "the run's machine").decode())
+    return {"machine": f"{machine()} (the publishing process's)", "commit": commit()}
+
+
 def _arms(runs: list[dict]) -> dict[str, list[dict]]:
     arms: dict[str, list[dict]] = {}
     for run in runs:
@@ -125,8 +136,7 @@ def publish(config: dict, out: Path = RUN, results_file: Path = FOLDER / "result
         "experiment": NAME,
         "config": config,
         "predictions": [dict(p.as_dict(), key=k) for k, p in GROKKING_PREDICTIONS.items()],
-        "machine": machine(),
-        "commit": commit(),
+        **_run_machine(out),
         "cells": len(cells),
         "analysis": analyse(cells, config),
     }
