@@ -325,22 +325,30 @@ class DataPass:
             stacklevel=2,
         )
 
+    def _true_rows(self, rule, outputs: Tensor, y: Tensor | None, index: int, u: Tensor, x: Inputs):
+        """``rule(outputs, u, likelihood)`` per sample of the true Fisher, the outputs' shape.
+
+        With ``positions="all"`` it is applied per position and the positions that do not count
+        (attention mask, labels −100, the position mask) are zeroed.
+        """
+        if self.call.positions == "all":
+            _, mask = self.position_targets(x, y, outputs)
+            rows = rule(
+                outputs.detach().reshape(-1, outputs.shape[2]),
+                u.reshape(-1, outputs.shape[2]),
+                self.likelihood,
+            )
+            return rows.reshape(outputs.shape) * mask.unsqueeze(2).to(u.dtype)
+        check_outputs(outputs, self.targets(x, y), self.likelihood, f"batch {index}")
+        return rule(outputs.detach(), u, self.likelihood)
+
     def apply_output_fisher(
         self, outputs: Tensor, y: Tensor | None, index: int, u: Tensor, x: Inputs = None
     ) -> Tensor:
         """Λ̂ u per sample, the shape of the outputs ([N, D] or [N, T, V])."""
         self._labels_needed(y, index)
         if self.kind is FisherKind.TRUE:
-            if self.call.positions == "all":
-                _, mask = self.position_targets(x, y, outputs)
-                rows = apply_output_fisher(
-                    outputs.detach().reshape(-1, outputs.shape[2]),
-                    u.reshape(-1, outputs.shape[2]),
-                    self.likelihood,
-                )
-                return rows.reshape(outputs.shape) * mask.unsqueeze(2).to(u.dtype)
-            check_outputs(outputs, self.targets(x, y), self.likelihood, f"batch {index}")
-            return apply_output_fisher(outputs.detach(), u, self.likelihood)
+            return self._true_rows(apply_output_fisher, outputs, y, index, u, x)
         s = self.factors(outputs, y, index, x)
         coefficients = (s * u.unsqueeze(0)).flatten(2).sum(2)  # [K, N]
         return torch.einsum("kn...,kn->n...", s, coefficients)
@@ -356,16 +364,7 @@ class DataPass:
         """
         self._labels_needed(y, index)
         if self.kind is FisherKind.TRUE:
-            if self.call.positions == "all":
-                _, mask = self.position_targets(x, y, outputs)
-                rows = output_fisher_quad_terms(
-                    outputs.detach().reshape(-1, outputs.shape[2]),
-                    u.reshape(-1, outputs.shape[2]),
-                    self.likelihood,
-                )
-                return (rows.reshape(outputs.shape) * mask.unsqueeze(2).to(u.dtype)).sum()
-            check_outputs(outputs, self.targets(x, y), self.likelihood, f"batch {index}")
-            return output_fisher_quad_terms(outputs.detach(), u, self.likelihood).sum()
+            return self._true_rows(output_fisher_quad_terms, outputs, y, index, u, x).sum()
         s = self.factors(outputs, y, index, x)
         return ((s * u.unsqueeze(0)).flatten(2).sum(2) ** 2).sum()
 
