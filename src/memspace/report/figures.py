@@ -682,7 +682,7 @@ def grokking_curves(summary: dict[str, Any]) -> Figure:
     axes = axes.ravel()
     panels = [
         ("test_accuracy", "accuracy (train dashed, test solid)", False),
-        ("effective_dimension", "effective dimension (train)", False),
+        ("effective_dimension", "effective dimension (train)", True),
         ("fisher_rao_norm", "Fisher–Rao norm θᵀFθ (train)", True),
         ("fisher_trace", "tr F (train)", True),
         ("weight_norm", "weight norm ‖θ‖₂", False),
