@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import sys
 import time
 from pathlib import Path
@@ -87,8 +86,8 @@ def analyse(cells: list[dict], config: dict) -> dict:
         for measure in COMPLEXITY_MEASURES:
             events = [r["events"][measure] for r in runs]
             by_arm[arm][measure] = {
-                "rise": mean_ci([log10_ratio(e["peak_value"], e["initial"]) for e in events]),
-                "fall": mean_ci([log10_ratio(e["final"], e["peak_value"]) for e in events]),
+                "rise": mean_ci([e["rise"] for e in events]),
+                "fall": mean_ci([e["fall"] for e in events]),
                 "peak_step": [e["peak"] for e in events],
             }
             by_arm[arm][measure] = {
@@ -117,11 +116,6 @@ def _arms(runs: list[dict]) -> dict[str, list[dict]]:
     for run in runs:
         arms.setdefault(run["arm"], []).append(run)
     return arms
-
-
-def log10_ratio(a: float, b: float) -> float:
-    """log10(a / b), NaN unless both are positive."""
-    return math.log10(a / b) if a > 0 and b > 0 else float("nan")
 
 
 def publish(config: dict, out: Path = RUN, results_file: Path = FOLDER / "results.json") -> dict:

@@ -40,6 +40,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -574,7 +575,8 @@ def run_events(cells: Sequence[dict[str, Any]], measure: str = "effective_dimens
     accuracy ≥ 0.5 (None: never, censored at the last step); ``peak``: the step of the measure's
     largest train value over the whole run (where it starts to fall for good; a window ending at
     the transition would force every peak before it, and (g2) with it); ``initial`` /
-    ``peak_value`` / ``final``: its values there.
+    ``peak_value`` / ``final``: its values there; ``rise`` / ``fall``: log10(peak / initial) and
+    log10(final / peak) (NaN unless both are positive).
     """
     cells = sorted(cells, key=lambda c: c["step"])
     steps = [c["step"] for c in cells]
@@ -593,6 +595,8 @@ def run_events(cells: Sequence[dict[str, Any]], measure: str = "effective_dimens
         "initial": cells[0]["train"][measure],
         "peak_value": values[top],
         "final": cells[-1]["train"][measure],
+        "rise": _log10_ratio(values[top], cells[0]["train"][measure]),
+        "fall": _log10_ratio(cells[-1]["train"][measure], values[top]),
         "final_test_accuracy": cells[-1]["test"]["accuracy"],
         "fourier_at_peak": cells[top]["fourier_concentration"],
         "fourier_final": cells[-1]["fourier_concentration"],
@@ -626,8 +630,7 @@ def grokking_verdicts(
         return []
     for measure in COMPLEXITY_MEASURES:
         events = [run_events(runs[(reference, s)], measure) for s in seeds]
-        rise = [_log10_ratio(e["peak_value"], e["initial"]) for e in events]
-        fall = [_log10_ratio(e["final"], e["peak_value"]) for e in events]
+        rise, fall = [e["rise"] for e in events], [e["fall"] for e in events]
         verdicts.append(
             _named(decide_direction(GROKKING_PREDICTIONS["g1-rise"], mean_ci(rise)), measure)
         )
@@ -671,7 +674,7 @@ def grokking_verdicts(
         estimate = mean_ci(times)
         verdict = decide_direction(GROKKING_PREDICTIONS["g3"], estimate, predicted="above")
         if verdict.verdict == "contradicted":  # two-sided: an interval below 0 supports "faster"
-            verdict = _replace(verdict, "supported")
+            verdict = replace(verdict, verdict="supported")
         verdicts.append(
             _noted(
                 verdict,
@@ -693,17 +696,11 @@ def _mean(values: Sequence[float]) -> Estimate:
 
 
 def _named(verdict: Verdict, measure: str) -> Verdict:
-    return _replace(verdict, claim=f"{verdict.claim}: {measure.replace('_', ' ')}")
+    return replace(verdict, claim=f"{verdict.claim}: {measure.replace('_', ' ')}")
 
 
 def _noted(verdict: Verdict, note: str) -> Verdict:
-    return _replace(verdict, note=f"{verdict.note}; {note}")
-
-
-def _replace(verdict: Verdict, value: str | None = None, **changes: Any) -> Verdict:
-    from dataclasses import replace
-
-    return replace(verdict, **({"verdict": value} if value else {}), **changes)
+    return replace(verdict, note=f"{verdict.note}; {note}")
 
 
 def summarise_grokking(cells: Sequence[dict[str, Any]], config: dict[str, Any]) -> dict[str, Any]:
