@@ -36,6 +36,22 @@ def test_nan_and_inf_name_the_batch(case):
         )
 
 
+def test_finiteness_by_sum_is_exact_for_overflow_and_cancelling_infinities(case):
+    """The sum test's only shortcut is 'finite sum ⇒ finite entries'; overflow takes the mask."""
+    from memspace._stream import all_finite
+
+    big = torch.full((4,), 1e308, dtype=torch.float64)  # finite entries, an infinite sum
+    assert all_finite(big)
+    FisherOperator(nn.Linear(4, 2).double(), (big.view(1, 4), torch.zeros(1).long()))
+    for bad in (float("nan"), float("inf"), -float("inf")):
+        x = torch.ones(3, 5)
+        x[1, 2] = bad
+        assert not all_finite(x)
+    cancelling = torch.tensor([float("inf"), -float("inf"), 1.0])
+    assert not all_finite(cancelling)
+    assert all_finite(torch.empty(0)) and all_finite(torch.arange(3))
+
+
 def test_empty_sources(case):
     with pytest.raises(DataError, match="empty"):
         FisherOperator(case.model, (case.inputs[:0], case.targets[:0]))

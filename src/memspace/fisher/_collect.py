@@ -319,22 +319,28 @@ class Collector:
         arithmetic (a key projection's bias, by the softmax's shift invariance) gives two
         round-offs that agree with nothing else, and is not a use outside the layer's calls.
         """
-        kept = []
+        index: dict[str, tuple[int, float]] = {}  # name → (where its norms are, its dtype's ε)
+        norms: list[Tensor] = []  # per parameter: ‖direct‖, ‖summed‖, ‖direct − summed‖
         for tap in taps:
-            pairs = []
             for name in (tap.weight_name, tap.bias_name):
-                if not name:
+                if not name or name in index:
                     continue
                 ref = direct.get(name)
+                mine = summed.get(name)
                 ref = torch.zeros_like(leaves[name]) if ref is None else ref
-                mine = summed[name].reshape(ref.shape) if name in summed else torch.zeros_like(ref)
-                pairs.append((ref, mine, max(float(ref.norm()), float(mine.norm()))))
-            layer_scale = max((scale for _, _, scale in pairs), default=0.0)
+                mine = torch.zeros_like(ref) if mine is None else mine.reshape(ref.shape)
+                index[name] = (len(norms), torch.finfo(ref.dtype).eps)
+                # autograd's gradient is ours to overwrite: the difference needs no new tensor
+                norms += [ref.norm(), mine.norm(), ref.sub_(mine).norm()]
+        values = _as_floats(norms)
+        triples = [[index[n] for n in (t.weight_name, t.bias_name) if n] for t in taps]
+        kept = []
+        for tap, entries in zip(taps, triples):
+            layer_scale = max((max(values[i], values[i + 1]) for i, _ in entries), default=0.0)
             good = True
-            for ref, mine, scale in pairs:
-                eps = torch.finfo(ref.dtype).eps
-                bound = eps**0.5 * scale + 64 * eps * layer_scale + 1e-30
-                good &= float((ref - mine).norm()) <= bound
+            for i, eps in entries:
+                bound = eps**0.5 * max(values[i], values[i + 1]) + 64 * eps * layer_scale + 1e-30
+                good &= values[i + 2] <= bound
             if good:
                 kept.append(tap)
             else:
@@ -785,6 +791,13 @@ def _uncovered_reasons(
             kind = type(module).__name__ if module is not None else "a parameter"
             reasons[label] = f"no layer rule for {kind} (exact per-sample path, no Kronecker block)"
     return reasons
+
+
+def _as_floats(scalars: list[Tensor]) -> list[float]:
+    """0-d tensors as floats, in one transfer where they share a device."""
+    if len({t.device for t in scalars}) == 1:
+        return torch.stack([t.double() for t in scalars]).tolist()
+    return [float(t) for t in scalars]
 
 
 def _keep_sums(tap: LayerTap, grads: list[Tensor], summed: dict[str, Tensor]) -> None:
