@@ -17,6 +17,7 @@ from memspace._runs import write_atomic  # noqa: E402
 
 ORDER = [
     "e1_least_action",
+    "e1_cnn",
     "e2_zoo",
     "e3_capacity",
     "e4_reinitialization",
@@ -25,6 +26,7 @@ ORDER = [
 ]
 PRE_REGISTERED = {
     "e1_least_action",
+    "e1_cnn",
     "e2_zoo",
     "e3_capacity",
     "e4_reinitialization",
@@ -42,8 +44,8 @@ RETIRED_NOTE = (
 
 NUMERALS = ("(i)", "(ii)", "(iii)", "(iv)", "(v)", "(vi)")
 CLAIM_SOURCES = {
-    "(i)": "e1_least_action",
-    "(ii)": "e1_least_action",
+    "(i)": "e1_least_action, e1_cnn",
+    "(ii)": "e1_least_action, e1_cnn",
     "(iii)": "e2_zoo",
     "(iv)": "e3_capacity",
     "(v)": "e2_zoo, e4_reinitialization",
@@ -51,6 +53,7 @@ CLAIM_SOURCES = {
 }
 RESULT_FILES = {
     "e1_least_action": "e1",
+    "e1_cnn": "e1-cnn",
     "e2_zoo": "e2",
     "e3_capacity": "e3",
     "e4_reinitialization": "e4",
@@ -68,12 +71,13 @@ def _stem_beside(name: str, results: dict, verdict: dict) -> str:
     """The same question under the stem anchor (v2), where the experiment measured it."""
     a = results["analysis"]
     claim = verdict["claim"]
-    if name == "e1_least_action" and claim.startswith("(i)"):
+    e1 = name in ("e1_least_action", "e1_cnn")
+    if e1 and claim.startswith("(i)"):
         depth = int(claim.rsplit("L = ", 1)[1])
         plain = next(s for s in a["summaries"] if s["arm"] == "plain" and s["depth"] == depth)
         r = plain["ratio_stem"]
         return f"plain nets' A/A_min = {r['value']:.2f} [{r['low']:.2f}, {r['high']:.2f}]"
-    if name == "e1_least_action" and claim.startswith("(ii)"):
+    if e1 and claim.startswith("(ii)"):
         depth = int(claim.rsplit("L = ", 1)[1])
         arm = claim.split(": ", 1)[1].split(",")[0].replace("@prior", "@stem")
         for c in a["comparisons"]:
