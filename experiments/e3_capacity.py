@@ -10,6 +10,12 @@ issue from one run, exactly. N doubles from 100 until every seed of a group fail
 large budget (capped at the 12 000 images). Groups: the residual MLP (width 32, L = 4) at
 λ = 0 and at λ = 1 (the prior-anchored predictive action on the training batch), and a
 depth-0 network (stem and read-out alone, the same width: a rank-32 linear map) as the control.
+Refinement (added on 2026-12-07, after the doubling grid's cells were read and published):
+within each group's bracket — the largest N every seed fitted and the smallest N no seed
+fitted, per budget, on the doubling grid alone — the sizes at quarter doublings are trained too
+(:func:`refinement_sizes`, a fixed rule of the grid's cells), so that N* is resolved to a
+quarter doubling rather than a doubling; the estimator and the predictions are unchanged, and
+the table keeps the grid-only N* beside the refined one.
 N* is where a logistic fit of "fitted" against log₂ N crosses ½, over every cell of the group
 (:func:`memspace.evaluation.logistic_threshold`), with a seed-bootstrap interval; a group whose
 cells all fit is censored and said so. The same seed gives every group the same points and
@@ -47,6 +53,7 @@ from _preregistered import (  # noqa: E402
     main,
     predictions_table,
     publish_cells,
+    stored_cells,
     training_draw,
     verdict_table,
 )
@@ -90,6 +97,7 @@ QUICK = dict(
     path_points=64,
 )
 GROUPS = ("residual λ=0", "residual λ=1", "depth-0")
+REFINE_STEPS = 4  # a bracket [a, b] gets the sizes a·(b/a)^(k/4), k = 1, 2, 3
 
 PREDICTIONS = {
     "depth": Prediction(
@@ -140,6 +148,29 @@ def sizes(cfg: dict) -> list[int]:
         out.append(n)
         n *= 2
     return out + [cfg["train_size"]]
+
+
+def refinement_sizes(cells: list[dict], cfg: dict) -> dict[str, list[int]]:
+    """Per group, the sizes inside its doubling-grid brackets (every budget) at quarter steps.
+
+    Read from the grid's cells alone (sizes of :func:`sizes`), so that the refinement's own
+    cells never move it: for each budget the bracket (largest N every seed fitted, smallest N
+    no seed fitted) gets a·(b/a)^(k/4), k = 1..3, rounded; a group whose bracket is incomplete
+    gets none.
+    """
+    grid = set(sizes(cfg))
+    out = {}
+    for group in GROUPS:
+        rows = [c for c in cells if c["hparams"]["group"] == group and c["hparams"]["n"] in grid]
+        wanted: set[int] = set()
+        for budget in cfg["budgets"]:
+            low, high = _bracket(rows, group, budget)
+            if math.isfinite(low) and math.isfinite(high) and high > low:
+                wanted |= {
+                    round(low * (high / low) ** (k / REFINE_STEPS)) for k in range(1, REFINE_STEPS)
+                }
+        out[group] = sorted(wanted - grid)
+    return out
 
 
 def build(group: str, dim: int, cfg: dict, classes: int) -> nn.Module:
@@ -229,6 +260,17 @@ def run(cfg: dict, store_path: Path, progress: bool) -> None:
                 )
                 if not any(fitted):  # every seed failed: the doubling of this group ends
                     active.remove(group)
+        store.close()  # the grid is complete: its brackets decide the refinement
+        refine = refinement_sizes(stored_cells(store_path), cfg)
+        store = ZooStore(store_path)
+        for group, extra in refine.items():
+            for n in extra:
+                start = time.perf_counter()
+                train_stage(store, X, classes, group, n, cfg)
+                print(
+                    f"E3: refinement, {group}, N = {n} ({time.perf_counter() - start:.0f} s)",
+                    flush=True,
+                )
     finally:
         store.close()
     checkpoint_wal(store_path)
@@ -310,8 +352,16 @@ def analyse(cells: list[dict], cfg: dict) -> dict:
                 )
                 for n in entry["sizes"]
             }
+            grid = [r for r in rows if r["hparams"]["n"] in set(sizes(cfg))]
+            grid_fit = logistic_threshold(
+                [r["measures"]["n"] for r in grid],
+                [r["measures"][f"fitted_{budget}"] > 0 for r in grid],
+            )
             entry[f"budget_{budget}"] = dict(
-                fit=fit, log2_interval=interval.as_dict(), fitted_fraction=fractions
+                fit=fit,
+                grid_fit=grid_fit,
+                log2_interval=interval.as_dict(),
+                fitted_fraction=fractions,
             )
         groups[group] = entry
     big, small = max(cfg["budgets"]), min(cfg["budgets"])
@@ -391,10 +441,12 @@ def section(results: dict) -> str:
         f"MLP width {cfg['width']}, L = {cfg['depth']}; Adam (lr {cfg['lr']}, batch "
         f"{cfg['batch_size']}) until every point is fitted or {max(cfg['budgets'])} steps; N "
         f"doubles from {cfg['first_size']} until every seed of a group fails; seeds "
-        f"{cfg['seeds']}. N* is the logistic crossing of ½ (log₂ N); intervals are 95 % "
-        "seed-bootstrap percentile intervals. Where every seed switches between the same two "
-        "sizes the interval has no width, and N* is known only to within that doubling: each "
-        "verdict's note gives the range of the difference the grid allows.",
+        f"{cfg['seeds']}. Then (added after the grid run was read, a fixed rule of its cells) "
+        "the sizes at quarter doublings inside each group's brackets. N* is the logistic "
+        "crossing of ½ (log₂ N) over every cell; intervals are 95 % seed-bootstrap percentile "
+        "intervals. Where every seed switches between the same two sizes the interval has no "
+        "width, and N* is known only to within those sizes: each verdict's note gives the range "
+        "of the difference the sizes allow.",
         "",
         *predictions_table(results["predictions"]),
     ]
@@ -406,7 +458,10 @@ def section(results: dict) -> str:
         ]
     lines += verdict_table(a["verdicts"]) if a["verdicts"] else ["No cell has been stored yet."]
     lines += ["", "### N* per group and step budget", ""]
-    lines += ["| group | budget | N* | log₂ N* | fitted fraction by N |", "|---|---|---|---|---|"]
+    lines += [
+        "| group | budget | N* | log₂ N* | N*, doubling grid only | fitted fraction by N |",
+        "|---|---|---|---|---|---|",
+    ]
     for group, e in a["groups"].items():
         for budget in cfg["budgets"]:
             b = e[f"budget_{budget}"]
@@ -424,7 +479,9 @@ def section(results: dict) -> str:
                 n_star = f"{fit['n_star']:.0f}"
                 log2 = estimate_text(dict(b["log2_interval"], value=fit["log2_n_star"]), "{:.2f}")
             fractions = ", ".join(f"{n}: {f:.1f}" for n, f in b["fitted_fraction"].items())
-            lines.append(f"| {group} | {budget} | {n_star} | {log2} | {fractions} |")
+            grid = b.get("grid_fit") or fit
+            grid_text = "censored" if grid["censored"] else f"{grid['n_star']:.0f}"
+            lines.append(f"| {group} | {budget} | {n_star} | {log2} | {grid_text} | {fractions} |")
     if a["action_slope_per_seed"]:
         lines += [
             "",
