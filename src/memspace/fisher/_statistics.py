@@ -99,11 +99,11 @@ class DiagonalSquares:
                         size, *target.shape
                     )
                     summed = part if summed is None else summed + part
-            target += summed.square().sum(0)
+            target += summed.square_().sum(0)  # a sum of fresh products: ours to square
         for tap, _, grads in members:
             if tap.bias_name:
                 bias = sum(tap.output_grads(g, c).sum(2) for c, g in enumerate(grads))
-                self.total[tap.bias_name] += bias.square().sum(0)
+                self.total[tap.bias_name] += bias.square_().sum(0)
 
 
 class KroneckerSums:
@@ -279,7 +279,7 @@ def rotated_squares(tap: LayerTap, grads: list[Tensor], block: Any) -> Tensor:
     for start in range(0, num, chunk):
         total += (
             torch.bmm(g_all[start : start + chunk], a_all[start : start + chunk].transpose(1, 2))
-            .square()
+            .square_()
             .sum(0)
         )
     return total

@@ -290,7 +290,7 @@ def per_sample_square_sums(
     chunk = max(1, max_elements // max(1, per_sample))
     if chunk >= num:
         weight, bias = per_sample_weight_grads(tap, grads)
-        return (weight**2).sum(0), (bias**2).sum(0)
+        return weight.square_().sum(0), bias.square_().sum(0)  # fresh tensors: in place
     weight_sq = bias_sq = None
     for start in range(0, num, chunk):
         size = min(chunk, num - start)
@@ -299,7 +299,7 @@ def per_sample_square_sums(
         )
         part_grads = [g.narrow(tap.axis(call), start, size) for call, g in enumerate(grads)]
         weight, bias = per_sample_weight_grads(part, part_grads)
-        w2, b2 = (weight**2).sum(0), (bias**2).sum(0)
+        w2, b2 = weight.square_().sum(0), bias.square_().sum(0)
         weight_sq = w2 if weight_sq is None else weight_sq + w2
         bias_sq = b2 if bias_sq is None else bias_sq + b2
     return weight_sq, bias_sq
