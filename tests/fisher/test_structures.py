@@ -119,3 +119,28 @@ def test_the_blocked_gram_is_the_product_and_exactly_symmetric(shape):
     result = gram(rows)
     torch.testing.assert_close(result, rows.T @ rows, rtol=1e-12, atol=1e-12)
     assert torch.equal(result, result.T)
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_input_moments_summed_in_chunks_are_the_whole_batch_moments(bias):
+    """K-FAC's input moments added chunk by chunk into one factor equal Σ_n Σ_t ā āᵀ at once."""
+    from memspace.fisher._statistics import call_input_moments
+    from memspace.fisher._taps import LayerTap
+
+    torch.manual_seed(0)
+    conv = nn.Conv2d(3, 140, 3, padding=1, bias=bias).double()  # I = 27 (+ 1): one block
+    wide = nn.Conv2d(32, 8, 3, bias=bias).double()  # I = 288 (+ 1): two blocks, mirrored
+    for layer, channels in ((conv, 3), (wide, 32)):
+        x = torch.randn(13, channels, 6, 6, dtype=torch.float64)
+        tap = LayerTap(layer, "weight", "bias" if bias else None, [0])
+        tap.inputs.append(x)
+        patches = nn.functional.unfold(x, 3, padding=layer.padding)  # [N, I, T]
+        if bias:
+            patches = torch.cat([patches, torch.ones_like(patches[:, :1])], 1)
+        rows = patches.transpose(1, 2).reshape(-1, patches.shape[1])
+        expected = rows.T @ rows
+        for max_elements in (1 << 22, patches.shape[2] * patches.shape[1] * 2, 1):
+            moments, positions = call_input_moments(tap, 0, max_elements=max_elements)
+            assert positions == patches.shape[2]
+            torch.testing.assert_close(moments, expected, rtol=1e-12, atol=1e-10)
+            assert torch.equal(moments, moments.T)

@@ -22,7 +22,11 @@ from ._taps import LayerTap, per_sample_square_sums
 __all__ = ["ByRule", "DiagonalSquares", "KroneckerSums", "RotatedSquares", "gram"]
 
 _CHUNK_ELEMENTS = 1 << 24
-"""Unfolded patches and rotated per-sample gradients are formed this many entries at a time."""
+"""Rotated per-sample gradients are formed this many entries at a time."""
+_MOMENT_CHUNK_ELEMENTS = 1 << 22
+"""Unfolded patches are formed this many entries at a time (16 MiB in float32, and as much
+again for their rows): at ResNet-18's last stage one batch is 38 MB, a twelfth of its gradient's
+peak memory."""
 
 
 class DiagonalSquares:
@@ -126,7 +130,7 @@ class KroneckerSums:
         tap.drop_features()  # unfolded patches, the largest temporaries: one layer's at a time
         if key in self._pending:
             total, count = self._pending[key]
-            moments, positions = total + moments, count + positions
+            moments, positions = total.add_(moments), count + positions
         self._pending[key] = (moments, positions)
         return True
 
@@ -138,7 +142,7 @@ class KroneckerSums:
     def flush(self, tap: LayerTap) -> None:
         pending = self._pending.pop(id(tap.module), None)
         if pending is not None:  # Σ ā āᵀ over the batch's calls, divided by their positions
-            _add(self.inputs, id(tap.module), pending[0] / pending[1])
+            _add(self.inputs, id(tap.module), pending[0].div_(pending[1]))
 
 
 class ByRule:
@@ -184,38 +188,37 @@ class RotatedSquares:
 
 
 def call_input_moments(
-    tap: LayerTap, call: int, max_elements: int = _CHUNK_ELEMENTS
+    tap: LayerTap, call: int, max_elements: int = _MOMENT_CHUNK_ELEMENTS
 ) -> tuple[Tensor, int]:
     """(Σ_n Σ_t ā ā ᵀ over one call of a tapped layer [I(+1), I(+1)], its positions T).
 
     K-FAC's input factor is their sum over calls divided by the calls' positions. Features are
-    formed a chunk of samples at a time (at most ``max_elements`` entries): ResNet-18's first stage
-    alone would unfold to 128 × 576 × 1024 entries per layer.
+    formed a chunk of samples at a time (at most ``max_elements`` entries) and their products
+    added into one factor-sized sum in place: ResNet-18's first stage alone would unfold to
+    128 × 576 × 1024 entries per layer, and its last stage's factor is 4608² entries.
     """
-    total = None
     a = tap.inputs[call]
     per_sample = tap.features_of(a[:1], call).numel()
     chunk = max(1, max_elements // max(1, per_sample))
     parts = (
-        [tap.features(call)]
+        iter([tap.features(call)])
         if chunk >= len(a)
-        else [tap.features_of(a[start : start + chunk], call) for start in range(0, len(a), chunk)]
+        else (tap.features_of(a[start : start + chunk], call) for start in range(0, len(a), chunk))
     )
-    for cols in parts:  # [n, I, T]
-        cov = gram(_positions_as_rows(cols))
+    total, width, positions = None, 0, 0
+    for cols in parts:  # [n, I, T], one chunk alive at a time
+        if total is None:
+            width, positions = cols.shape[1], cols.shape[2]
+            size = width + (tap.bias_name is not None)
+            total = cols.new_zeros(size, size)
+        add_upper_gram_(total[:width, :width], _positions_as_rows(cols))
         if tap.bias_name is not None:
-            sums = cols.sum(dim=(0, 2))
-            count = torch.full(
-                (1, 1),
-                float(cols.shape[0] * cols.shape[2]),
-                dtype=cols.dtype,
-                device=cols.device,
-            )
-            cov = torch.cat(
-                [torch.cat([cov, sums[:, None]], 1), torch.cat([sums[None, :], count], 1)], 0
-            )
-        total = cov if total is None else total + cov
-    return total, parts[0].shape[2]
+            total[:width, width] += cols.sum(dim=(0, 2))
+            total[width, width] += cols.shape[0] * cols.shape[2]
+    symmetrise_(total[:width, :width])
+    if tap.bias_name is not None:
+        total[width, :width] = total[:width, width]
+    return total, positions
 
 
 def output_grad_covariance(tap: LayerTap, grad: Tensor, call: int) -> Tensor:
@@ -223,32 +226,55 @@ def output_grad_covariance(tap: LayerTap, grad: Tensor, call: int) -> Tensor:
     return gram(_positions_as_rows(tap.output_grads(grad, call)))
 
 
-def gram(rows: Tensor, min_block: int = 128, max_blocks: int = 4) -> Tensor:
+def gram(rows: Tensor) -> Tensor:
     """rowsᵀ rows [F, F] of rows [M, F], computing only the blocks on and above the diagonal.
 
     torch has no symmetric rank-k product (BLAS syrk); with the columns cut into k blocks
-    (k ≤ ``max_blocks``, each at least ``min_block`` wide) the k(k+1)/2 upper blocks are
-    multiplied and the lower ones mirrored: 10 of 16 block products for k = 4, 25–40 % of a
-    K-FAC input factor's time on ResNet-18's convolutions. The diagonal blocks are averaged
-    with their transposes (a general product's round-off is not symmetric), so the result is
-    exactly symmetric.
+    (:func:`_block_edges`) the k(k+1)/2 upper blocks are multiplied (:func:`add_upper_gram_`)
+    and the lower ones mirrored (:func:`symmetrise_`): 10 of 16 block products for k = 4,
+    25–40 % of a K-FAC input factor's time on ResNet-18's convolutions. The result is exactly
+    symmetric.
     """
-    width = rows.shape[1]
+    out = rows.new_zeros(rows.shape[1], rows.shape[1])
+    return symmetrise_(add_upper_gram_(out, rows))
+
+
+def _block_edges(width: int, min_block: int = 128, max_blocks: int = 4) -> list[int]:
+    """Column edges of k ≤ ``max_blocks`` blocks, each at least ``min_block`` wide (or one)."""
     blocks = max(1, min(max_blocks, width // min_block))
-    if blocks == 1:
-        square = rows.T @ rows
-        return (square + square.T) / 2
-    edges = [round(width * i / blocks) for i in range(blocks + 1)]
-    out = rows.new_empty(width, width)
-    for i in range(blocks):
-        for j in range(i, blocks):
-            rows_i, cols_j = slice(edges[i], edges[i + 1]), slice(edges[j], edges[j + 1])
-            block = rows[:, rows_i].T @ rows[:, cols_j]
-            if i == j:
-                out[rows_i, cols_j] = (block + block.T) / 2
-            else:
-                out[rows_i, cols_j] = block
-                out[cols_j, rows_i] = block.T
+    return [round(width * i / blocks) for i in range(blocks + 1)]
+
+
+def add_upper_gram_(out: Tensor, rows: Tensor) -> Tensor:
+    """``out`` += rowsᵀ rows on the blocks on and above the diagonal, in place; returns ``out``.
+
+    ``out`` [F, F] may be a view (a factor with a bias row); the blocks below the diagonal are
+    left as they are until :func:`symmetrise_`, so chunks of rows add up without a second
+    factor-sized tensor.
+    """
+    edges = _block_edges(rows.shape[1])
+    for i in range(len(edges) - 1):
+        rows_i = slice(edges[i], edges[i + 1])
+        for j in range(i, len(edges) - 1):
+            cols_j = slice(edges[j], edges[j + 1])
+            out[rows_i, cols_j].addmm_(rows[:, rows_i].T, rows[:, cols_j])
+    return out
+
+
+def symmetrise_(out: Tensor) -> Tensor:
+    """Complete an upper-block sum of :func:`add_upper_gram_` in place: exactly symmetric.
+
+    The blocks below the diagonal become the transposes of those above; a diagonal block is
+    averaged with its transpose (a general product's round-off is not symmetric).
+    """
+    edges = _block_edges(out.shape[0])
+    for i in range(len(edges) - 1):
+        rows_i = slice(edges[i], edges[i + 1])
+        diagonal = out[rows_i, rows_i]
+        diagonal.copy_((diagonal + diagonal.T) / 2)
+        for j in range(i + 1, len(edges) - 1):
+            cols_j = slice(edges[j], edges[j + 1])
+            out[cols_j, rows_i] = out[rows_i, cols_j].T
     return out
 
 
@@ -286,8 +312,11 @@ def rotated_squares(tap: LayerTap, grads: list[Tensor], block: Any) -> Tensor:
 
 
 def _add(sums: dict, key: Any, value: Tensor) -> None:
-    """sums[key] += value, starting from value."""
-    sums[key] = value if key not in sums else sums[key] + value
+    """sums[key] += value in place, starting from value (a fresh tensor the sums then own)."""
+    if key in sums:
+        sums[key].add_(value)
+    else:
+        sums[key] = value
 
 
 def _positions_as_rows(cols: Tensor) -> Tensor:
