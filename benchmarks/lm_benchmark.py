@@ -183,7 +183,8 @@ def main() -> None:
         f"attention. Layer taps: {len(plan.tapped)} layers fast, exact: "
         f"{', '.join(plan.exact) or 'none'}. Median of {args.rounds} runs; memory: "
         + (
-            "peak resident growth in a fresh process, set-up included."
+            "peak resident growth in a fresh process, set-up included, glibc returning "
+            "freed memory at once."
             if args.device == "cpu"
             else "the CUDA allocator's peak above what was allocated before the operation."
         ),

@@ -251,7 +251,8 @@ def main() -> None:
         f"{len(weights(model))} convolution and linear weights. Median of {args.rounds} runs; "
         "memory: "
         + (
-            "peak resident growth in a fresh process, set-up included."
+            "peak resident growth in a fresh process, set-up included, glibc returning "
+            "freed memory at once."
             if args.device == "cpu"
             else "the CUDA allocator's peak above what was allocated before the operation."
         ),
