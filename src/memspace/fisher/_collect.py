@@ -794,9 +794,9 @@ def _uncovered_reasons(
 
 
 def _as_floats(scalars: list[Tensor]) -> list[float]:
-    """0-d tensors as floats, in one transfer where they share a device."""
-    if len({t.device for t in scalars}) == 1:
-        return torch.stack([t.double() for t in scalars]).tolist()
+    """0-d tensors as floats, in one transfer where they share a device and dtype."""
+    if len({(t.device, t.dtype) for t in scalars}) == 1:
+        return torch.stack(scalars).tolist()
     return [float(t) for t in scalars]
 
 
