@@ -27,7 +27,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -42,12 +41,10 @@ from _preregistered import (  # noqa: E402
     commit,
     machine,
     main,
-    publish_cells,
     training_draw,
 )
 
 from memspace import ResidualCNN  # noqa: E402
-from memspace.evaluation import classification_metrics  # noqa: E402
 from memspace.paths.predictive import label_prior  # noqa: E402
 from memspace.train import fit  # noqa: E402
 from memspace.zoo import ZooStore  # noqa: E402
@@ -151,57 +148,14 @@ def train_network(store, train, test, classes, depth, arm, seed, cfg, runs: Path
 
 
 def train_controls(store, train, test, classes, cfg, done: set[str]) -> None:
-    """A depth-0 CNN per seed (stem and read-out alone), and logistic regression."""
+    """E1's controls: a depth-0 CNN per seed (stem and read-out alone), logistic regression."""
     size = train[0].shape[-1]
-    for seed in cfg["seeds"]:
-        id_ = f"L0-linear-s{seed}"
-        if id_ in done:
-            continue
-        torch.manual_seed(seed)
-        full = ResidualCNN(1, cfg["width"], 1, classes, image_size=size)
-        model = nn.Sequential(full.stem, full.head)
-        start = time.perf_counter()
-        fit(
-            model,
-            train,
-            epochs=cfg["epochs"],
-            lr=cfg["lr"],
-            batch_size=cfg["batch_size"],
-            seed=seed,
-            progress=False,
-        )
-        metrics = e1.measure(model, train, test, cfg, path_model=False)
-        hparams = dict(arm="depth-0", depth=0, machine=machine(), commit=commit(), kind="control")
-        store.add(
-            e1.row(id_, hparams, seed, metrics, cfg["epochs"], time.perf_counter() - start),
-            metrics,
-        )
-    if "logistic" in done:
-        return
-    from sklearn.linear_model import LogisticRegression
 
-    start = time.perf_counter()
-    clf = LogisticRegression(C=1.0, max_iter=e1.LOGISTIC_MAX_ITER)
-    flat, flat_test = train[0].flatten(1).numpy(), test[0].flatten(1).numpy()
-    clf.fit(flat, train[1].numpy())
-    logits = torch.from_numpy(clf.decision_function(flat_test))
-    metrics = {f"test_{k}": v for k, v in classification_metrics(logits, test[1]).items()}
-    tm = classification_metrics(torch.from_numpy(clf.decision_function(flat)), train[1])
-    metrics.update(train_acc=tm["accuracy"], train_nll=tm["nll"])
-    metrics["gap"] = metrics["train_acc"] - metrics["test_accuracy"]
-    iterations = int(np.max(clf.n_iter_))
-    hparams = dict(
-        arm="logistic",
-        depth=0,
-        machine=machine(),
-        commit=commit(),
-        kind="control",
-        max_iter=e1.LOGISTIC_MAX_ITER,
-        iterations=iterations,
-    )
-    entry = e1.row("logistic", hparams, 0, metrics, 0, time.perf_counter() - start)
-    entry["converged"] = iterations < e1.LOGISTIC_MAX_ITER
-    store.add(entry, metrics)
+    def depth0() -> nn.Module:
+        full = ResidualCNN(1, cfg["width"], 1, classes, image_size=size)
+        return nn.Sequential(full.stem, full.head)
+
+    e1.train_controls(store, train, test, classes, cfg, done, depth0=depth0)
 
 
 def run(cfg: dict, store_path: Path, progress: bool) -> None:
@@ -263,14 +217,7 @@ def section(results: dict) -> str:
 
 
 def publish(store_path: Path, cfg: dict, out: Path) -> Path:
-    return publish_cells(
-        sys.modules[__name__],
-        store_path,
-        cfg,
-        out,
-        fields=("converged", "id", "seed", "hparams", "seconds", "measures"),
-        margin_points=MARGIN_POINTS,
-    )
+    return e1.publish(store_path, cfg, out, module=sys.modules[__name__])
 
 
 if __name__ == "__main__":

@@ -261,19 +261,24 @@ def train_cell(store, train, test, classes, depth, seed, cfg, runs: Path, progre
         )
 
 
-def train_controls(store, train, test, classes, cfg, done: set[str]):
+def train_controls(store, train, test, classes, cfg, done: set[str], depth0=None):
     """The controls: a depth-0 network per seed, and logistic regression.
 
-    The depth-0 network is the stem and read-out alone, trained as the others are; logistic
-    regression is scikit-learn's (L2, C = 1).
+    The depth-0 network (``depth0()``; by default a linear stem and read-out of E1's width) is
+    trained as the others are; logistic regression is scikit-learn's (L2, C = 1) on the inputs
+    flattened.
     """
     for seed in cfg["seeds"]:
         id_ = f"L0-linear-s{seed}"
         if id_ in done:
             continue
         torch.manual_seed(seed)
-        model = nn.Sequential(
-            nn.Linear(train[0].shape[1], cfg["width"]), nn.Linear(cfg["width"], classes)
+        model = (
+            depth0()
+            if depth0 is not None
+            else nn.Sequential(
+                nn.Linear(train[0].shape[1], cfg["width"]), nn.Linear(cfg["width"], classes)
+            )
         )
         start = time.perf_counter()
         fit(
@@ -295,11 +300,12 @@ def train_controls(store, train, test, classes, cfg, done: set[str]):
         from sklearn.linear_model import LogisticRegression
 
         start = time.perf_counter()
+        flat, flat_test = train[0].flatten(1).numpy(), test[0].flatten(1).numpy()
         clf = LogisticRegression(C=1.0, max_iter=LOGISTIC_MAX_ITER)
-        clf.fit(train[0].numpy(), train[1].numpy())
-        logits = torch.from_numpy(clf.decision_function(test[0].numpy()))
+        clf.fit(flat, train[1].numpy())
+        logits = torch.from_numpy(clf.decision_function(flat_test))
         metrics = {f"test_{k}": v for k, v in classification_metrics(logits, test[1]).items()}
-        train_logits = torch.from_numpy(clf.decision_function(train[0].numpy()))
+        train_logits = torch.from_numpy(clf.decision_function(flat))
         tm = classification_metrics(train_logits, train[1])
         metrics.update(train_acc=tm["accuracy"], train_nll=tm["nll"])
         metrics["gap"] = metrics["train_acc"] - metrics["test_accuracy"]
@@ -657,9 +663,10 @@ def section_body(results: dict, header: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def publish(store_path: Path, cfg: dict, out: Path) -> Path:
+def publish(store_path: Path, cfg: dict, out: Path, module=None) -> Path:
+    """results.json from the cells; ``module`` (default this one) names and analyses them."""
     return publish_cells(
-        sys.modules[__name__],
+        module or sys.modules[__name__],
         store_path,
         cfg,
         out,
