@@ -153,6 +153,32 @@ def test_e3_the_opposite_is_contradicted_and_a_censored_group_is_not_established
     assert verdicts["(iv) storing costs action"] == "contradicted"
 
 
+def test_e3_refinement_sizes_are_quarter_doublings_inside_the_grid_brackets():
+    fits = {
+        ("residual λ=0", 30000): [1600, 1600, 3200, 1600, 800],  # every seed: 800; none: 3200+
+        ("residual λ=0", 3000): [1600, 1600, 1600, 1600, 800],
+        ("residual λ=1", 30000): [400] * 5,  # every seed: 400; none: 800
+        ("residual λ=1", 3000): [400] * 5,
+        ("depth-0", 30000): [3200] * 5,  # every cell fitted: no bracket, no refinement
+        ("depth-0", 3000): [3200] * 5,
+    }
+    cells = _e3_cells(fits)
+    sizes = e3.refinement_sizes(cells, e3.CONFIG)
+    quarter = [round(400 * 2 ** (k / 4)) for k in (1, 2, 3)]
+    assert sizes["residual λ=1"] == quarter
+    # λ = 0: at 30 000 steps a seed fits the largest size, so no bracket; at 3 000 steps the
+    # bracket is [800, 3200] and its quarter points 1131, 1600, 2263 (1600 is on the grid)
+    assert sizes["residual λ=0"] == [1131, 2263]
+    assert sizes["depth-0"] == []
+    # a refinement cell does not move the brackets it came from
+    extra = dict(cells[0], id="extra", hparams=dict(group="residual λ=1", n=quarter[0]))
+    extra["measures"] = {"n": float(quarter[0]), "fitted_30000": 0.0, "fitted_3000": 0.0}
+    assert e3.refinement_sizes([*cells, extra], e3.CONFIG) == sizes
+    # and the analysis keeps the grid-only N* beside the refined one
+    entry = e3.analyse([*cells, extra], e3.CONFIG)["groups"]["residual λ=1"]["budget_30000"]
+    assert entry["grid_fit"]["n_star"] != entry["fit"]["n_star"]
+
+
 # ------------------------------------------------------- E4 (re-initialisation)
 
 e4 = pytest.importorskip("e4_reinitialization")
