@@ -75,6 +75,25 @@ def test_a_replaced_forward_is_checked_again_and_its_functional_use_caught():
     assert not plan.cached and "used outside its own calls" in plan.reasons["fc1"]
 
 
+def test_a_hook_added_after_the_plan_is_checked_again_and_the_numbers_stay_right():
+    """A forward hook that rescales fc1's output changes what fc1's weight gradient is."""
+    from memspace.fisher.reference import dense_fisher
+
+    model, data = _model(), _data()
+    assert FisherOperator(model, data).tap_plan().reasons == {}
+    handle = model.fc1.register_forward_hook(lambda module, args, output: 2 * output)
+    F = FisherOperator(model, data)
+    assert not F.tap_plan().cached
+    torch.testing.assert_close(F.diag(), dense_fisher(model, *data).diagonal())
+    handle.remove()
+    assert FisherOperator(model, data).tap_plan().cached  # as before the hook: the first plan
+    handle = torch.nn.modules.module.register_module_forward_hook(lambda m, a, out: out)
+    try:
+        assert not FisherOperator(model, data).tap_plan().cached  # a global hook too
+    finally:
+        handle.remove()
+
+
 def test_another_input_layout_or_memory_mode_is_checked_again():
     model = _model()
     FisherOperator(model, _data()).tap_plan()
@@ -94,15 +113,21 @@ def test_the_cache_does_not_keep_a_model_alive():
     assert ref() is None
 
 
-def _batch_sizes_seen(model, run):
-    """The batch size of every forward of ``model`` while ``run()`` runs."""
-    seen = []
-    handle = model.register_forward_hook(lambda mod, args, out: seen.append(args[0].shape[0]))
-    try:
+class _BatchSizes:
+    """The batch size of every forward of a model, from one hook kept on it throughout.
+
+    (A hook added or removed is part of what a cached plan depends on: one hook for the whole
+    test keeps the model the same between its operators.)
+    """
+
+    def __init__(self, model):
+        self.seen: list[int] = []
+        model.register_forward_hook(lambda mod, args, out: self.seen.append(args[0].shape[0]))
+
+    def during(self, run) -> list[int]:
+        self.seen.clear()
         run()
-    finally:
-        handle.remove()
-    return seen
+        return list(self.seen)
 
 
 def test_a_first_operator_runs_one_full_batch_forward_and_checks_on_a_slice():
@@ -110,15 +135,16 @@ def test_a_first_operator_runs_one_full_batch_forward_and_checks_on_a_slice():
     from memspace.fisher import CHECK_SAMPLES
 
     model, data = _model(), _data((64, 6))
+    sizes = _BatchSizes(model)
     for memory in ("fast", "low"):
         clear_plan_cache()
         op = FisherOperator(model, data, kind="mc", memory=memory)
-        seen = _batch_sizes_seen(model, op.diag)
+        seen = sizes.during(op.diag)
         # the sample-axis probe (2 and 3 copies of one sample), the check, then one real pass
         assert seen == [2, 3, CHECK_SAMPLES, 64], (memory, seen)
         assert not op.tap_plan().cached
         cached = FisherOperator(model, data, kind="mc", memory=memory)
-        assert _batch_sizes_seen(model, cached.diag) == [64]
+        assert sizes.during(cached.diag) == [64]
         torch.testing.assert_close(cached.diag(), op.diag(), rtol=0, atol=0)
 
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
 import torch
+import torch.nn.modules.module as module_globals
 from torch import Tensor, nn
 
 from .._errors import MemspaceError
@@ -143,14 +144,16 @@ def clear_plan_cache() -> None:
 def _fingerprint(data_pass: DataPass, x: Tensor, memory: str) -> tuple:
     """What a plan depends on, as a key.
 
-    The model's modules (their types, forward functions and modes), every parameter (which
-    tensor, its shape, dtype and device: re-tying or replacing one changes it), the selected
-    names, one sample's input shape and dtype, the sample axis and the output selector. The
-    weights' values are not part of it: the plan is about which code uses them.
+    The model's modules (their types, forward functions, modes and hooks), every parameter
+    (which tensor, its shape, dtype and device: re-tying or replacing one changes it), the
+    selected names, one sample's input shape and dtype, the sample axis and the output selector.
+    The weights' values are not part of it: the plan is about which code uses them. A hook
+    added or removed (on a module, or global) changes the key: a forward hook that rescales a
+    layer's output changes what its weight's gradient is.
     """
     call = data_pass.call
     modules = tuple(
-        (name, type(m), type(m).forward, m.__dict__.get("forward"), m.training)
+        (name, type(m), type(m).forward, m.__dict__.get("forward"), m.training, _hooks(m))
         for name, m in data_pass.model.named_modules()
     )
     params = tuple(
@@ -161,6 +164,7 @@ def _fingerprint(data_pass: DataPass, x: Tensor, memory: str) -> tuple:
     output = call.output if isinstance(call.output, (int, str, type(None))) else id(call.output)
     return (
         memory,
+        _hooks(module_globals),
         tuple(data_pass.space.names),
         params,
         modules,
@@ -169,6 +173,29 @@ def _fingerprint(data_pass: DataPass, x: Tensor, memory: str) -> tuple:
         call.positions,
         output,
     )
+
+
+_HOOK_TABLES = (
+    "_forward_hooks",
+    "_forward_pre_hooks",
+    "_backward_hooks",
+    "_backward_pre_hooks",
+)
+
+
+def _hooks(owner: Any) -> tuple:
+    """The handles of the forward and backward hooks ``owner`` holds (a module, or torch's
+    table of global module hooks), as the ids torch gave them: never reused, so a hook removed
+    and another added is a new key. torch has no public way to list hooks, so the tables are
+    read by name (``_forward_hooks``, …; the globals ``_global_forward_hooks``, …).
+    """
+    tables = []
+    for table in _HOOK_TABLES:
+        hooks = getattr(owner, table, None)
+        if hooks is None:
+            hooks = getattr(owner, f"_global{table}", None)
+        tables.append(tuple(hooks) if hooks is not None else ())
+    return tuple(tables)
 
 
 class Collector:
