@@ -184,10 +184,12 @@ _HOOK_TABLES = (
 
 
 def _hooks(owner: Any) -> tuple:
-    """The handles of the forward and backward hooks ``owner`` holds (a module, or torch's
-    table of global module hooks), as the ids torch gave them: never reused, so a hook removed
-    and another added is a new key. torch has no public way to list hooks, so the tables are
-    read by name (``_forward_hooks``, …; the globals ``_global_forward_hooks``, …).
+    """The handles of the forward and backward hooks ``owner`` holds, as torch numbered them.
+
+    ``owner`` is a module, or torch's table of global module hooks. Handle numbers are never
+    reused, so a hook removed and another added is a new key. torch has no public way to list
+    hooks, so the tables are read by name (``_forward_hooks``, …; the globals
+    ``_global_forward_hooks``, …).
     """
     tables = []
     for table in _HOOK_TABLES:
