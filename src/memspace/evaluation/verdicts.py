@@ -117,7 +117,7 @@ def decide_direction(
         high,
         p,
         f"predicted {predicted} {threshold:g}; {round(estimate.level * 100)} % interval, "
-        f"{estimate.clusters} clusters",
+        f"{estimate.clusters} cluster{'' if estimate.clusters == 1 else 's'}",
     )
 
 
