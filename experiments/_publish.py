@@ -89,6 +89,7 @@ def _stem_beside(name: str, results: dict, verdict: dict) -> str:
             ):
                 d = c["difference"]  # in points, as the prior-anchored verdicts
                 return f"{arm}: {d['value']:+.2f} points [{d['low']:+.2f}, {d['high']:+.2f}]"
+        return f"— ({arm} was not run)"
     if name == "e2_zoo" and claim.startswith("(iii) A/A_min"):
         entry = a.get("measures", {}).get("all", {}).get("action_ratio_stem")
         if entry:
