@@ -350,6 +350,7 @@ class Collector:
         """
         index: dict[str, tuple[int, float]] = {}  # name → (where its norms are, its dtype's ε)
         norms: list[Tensor] = []  # per parameter: ‖direct‖, ‖summed‖, ‖direct − summed‖
+        overwritten: set[int] = set()
         for tap in taps:
             for name in (tap.weight_name, tap.bias_name):
                 if not name or name in index:
@@ -359,7 +360,11 @@ class Collector:
                 ref = torch.zeros_like(leaves[name]) if ref is None else ref
                 mine = torch.zeros_like(ref) if mine is None else mine.reshape(ref.shape)
                 index[name] = (len(norms), torch.finfo(ref.dtype).eps)
-                # autograd's gradient is ours to overwrite: the difference needs no new tensor
+                # autograd's gradient is ours to overwrite, so the difference needs no new tensor,
+                # unless autograd handed one tensor to two parameters (``x + p1 + p2``)
+                if ref.untyped_storage().data_ptr() in overwritten:
+                    ref = ref.clone()
+                overwritten.add(ref.untyped_storage().data_ptr())
                 norms += [ref.norm(), mine.norm(), ref.sub_(mine).norm()]
         values = _as_floats(norms)
         triples = [[index[n] for n in (t.weight_name, t.bias_name) if n] for t in taps]
