@@ -124,12 +124,17 @@ def verdict_table(verdicts: list[Verdict | dict[str, Any]]) -> list[str]:
     return lines
 
 
+def cells_of(store: ZooStore) -> list[dict[str, Any]]:
+    """Every row of an open store with its measures (``measures``), by id."""
+    measures = store.measures()
+    return [dict(m, measures=measures.get(m["id"], {})) for m in store.models()]
+
+
 def stored_cells(store_path: Path) -> list[dict[str, Any]]:
-    """Every stored row with its measures (``measures``), by id."""
+    """:func:`cells_of` the store at ``store_path``."""
     store = ZooStore(store_path)
     try:
-        measures = store.measures()
-        return [dict(m, measures=measures.get(m["id"], {})) for m in store.models()]
+        return cells_of(store)
     finally:
         store.close()
 

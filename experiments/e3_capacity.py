@@ -46,6 +46,7 @@ sys.path.insert(0, str(HERE.parent / "src"))
 sys.path.insert(0, str(HERE))
 
 from _preregistered import (  # noqa: E402
+    cells_of,
     checkpoint_wal,
     commit,
     estimate_text,
@@ -53,7 +54,6 @@ from _preregistered import (  # noqa: E402
     main,
     predictions_table,
     publish_cells,
-    stored_cells,
     training_draw,
     verdict_table,
 )
@@ -260,10 +260,8 @@ def run(cfg: dict, store_path: Path, progress: bool) -> None:
                 )
                 if not any(fitted):  # every seed failed: the doubling of this group ends
                     active.remove(group)
-        store.close()  # the grid is complete: its brackets decide the refinement
-        refine = refinement_sizes(stored_cells(store_path), cfg)
-        store = ZooStore(store_path)
-        for group, extra in refine.items():
+        # the grid is complete: its brackets decide the refinement
+        for group, extra in refinement_sizes(cells_of(store), cfg).items():
             for n in extra:
                 start = time.perf_counter()
                 train_stage(store, X, classes, group, n, cfg)
