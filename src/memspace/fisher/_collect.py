@@ -30,6 +30,7 @@ import torch
 import torch.nn.modules.module as module_globals
 from torch import Tensor, nn
 
+from .._backprop import grad_along
 from .._errors import MemspaceError
 from .._model_call import axes_from_shapes
 from .._params import shared_parameters
@@ -444,9 +445,7 @@ class Collector:
         )
         y_head = None if y is None else y[head]
         r = dp.random_column_mix(dp.factors(outputs.detach(), y_head, 0, dp.call.take(x, head)))
-        grads = torch.autograd.grad(
-            outputs, [leaves[n] for n in names] + probes, r, allow_unused=True
-        )
+        grads = grad_along(outputs, [leaves[n] for n in names] + probes, r, allow_unused=True)
         direct = dict(zip(names, grads[: len(names)]))
         del outputs, probes, grads
         for tap in taps:
@@ -483,9 +482,7 @@ class Collector:
 
         outputs, probes = self.probe_forward(x, {**others, **leaves}, rows, keep_first)
         names = [n for tap in rows for n in (tap.weight_name, tap.bias_name) if n]
-        grads = torch.autograd.grad(
-            outputs, [leaves[n] for n in names] + probes, first, allow_unused=True
-        )
+        grads = grad_along(outputs, [leaves[n] for n in names] + probes, first, allow_unused=True)
         direct = dict(zip(names, grads[: len(names)]))
         for tap in rows:
             tap.clear()
@@ -621,7 +618,7 @@ class FastCollector(Collector):
             units = dp.units(x, y, outputs)
             for k in range(factors.shape[0] if probes else 0):
                 column[0] = k
-                torch.autograd.grad(
+                grad_along(
                     outputs,
                     probes,
                     factors[k],
@@ -693,7 +690,7 @@ class LowMemoryCollector(Collector):
                     factors = dp.factors(outputs.detach(), y, index, x)
                     units = dp.units(x, y, outputs)
                 if probes:
-                    torch.autograd.grad(outputs, probes, factors[column], allow_unused=True)
+                    grad_along(outputs, probes, factors[column], allow_unused=True)
                 del outputs, probes
                 column += 1
             for tap in plan.taps:

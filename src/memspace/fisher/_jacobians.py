@@ -19,6 +19,7 @@ import torch
 from torch import Tensor
 from torch.func import vjp, vmap
 
+from .._backprop import grad_along
 from .._model_call import map_inputs
 from ._pass import DataPass
 
@@ -100,7 +101,7 @@ class PerSampleJacobians:
             out = dp.forward({**fixed, **params}, dp.call.take(x, slice(n, n + 1)))[0]
             per_column: dict[str, list[Tensor]] = {k: [] for k in names}
             for k in range(columns):
-                grads = torch.autograd.grad(
+                grads = grad_along(
                     out,
                     [params[name] for name in names],
                     factors[k, n],

@@ -33,6 +33,7 @@ import torch
 import torch.autograd.forward_ad as fwAD
 from torch import Tensor, nn
 
+from .._backprop import backward_along
 from .._errors import MemspaceError
 from .._model_call import Inputs, OutputSelector
 from ..distributed import guarded
@@ -275,7 +276,7 @@ class FisherOperator:
             # Gradients accumulate in place into views of one flat buffer: no copies.
             for name, leaf in leaves.items():
                 leaf.grad = views[name]
-            torch.autograd.backward(primal, weighted, inputs=list(leaves.values()))
+            backward_along(primal, weighted, list(leaves.values()))
             count += dp.units(x, y, primal)
         flat = dp.finish(flat, count, scale)
         if isinstance(v, Mapping):
