@@ -220,6 +220,110 @@ OPERATIONS = [
     "K-FAC matvec",
     "trace, exact",
 ]
+FIRST_USE_OPERATIONS = {
+    "mc": "diagonal, MC, first use in a new process",
+    "exact": "diagonal, exact, first use in a new process",
+}
+"""Timed in fresh processes (:func:`first_use_rows`), on the MLP only."""
+
+
+# --------------------------------------------------------------------------- first use
+FIRST_USE_RUNS = 5
+"""Fresh processes per library and operation whose first call is timed (the median is kept)."""
+
+
+def first_use_task(library: str, kind: str, model, x, y) -> Callable:
+    """A library's whole first Fisher diagonal on a model (``kind``: "mc" or "exact").
+
+    Everything a user runs is inside: memspace builds the operator (and checks its taps),
+    BackPACK extends a copy of the model and its loss, NNGeometry builds its generator.
+    """
+    if library == "memspace":
+        from memspace.fisher import FisherOperator
+
+        return lambda: FisherOperator(
+            model, (x, y), batch_size=x.shape[0], kind="mc" if kind == "mc" else "true"
+        ).diag()
+    if library == "BackPACK":
+        import backpack
+        from backpack import extensions as ext
+
+        def backpack_first():
+            extended = backpack.extend(copy.deepcopy(model))
+            loss_fn = backpack.extend(nn.CrossEntropyLoss())
+            with backpack.backpack(ext.DiagGGNMC() if kind == "mc" else ext.DiagGGNExact()):
+                loss_fn(extended(x), y).backward()
+
+        return backpack_first
+    from nngeometry.metrics import FIM, FIM_MonteCarlo
+    from nngeometry.object import PMatDiag
+
+    loader = torch.utils.data.DataLoader(
+        torch.utils.data.TensorDataset(x, y), batch_size=x.shape[0]
+    )
+    metric = FIM_MonteCarlo if kind == "mc" else FIM
+    return lambda: metric(model, loader, PMatDiag, variant="classif_logits")
+
+
+def first_use_child(library: str, kind: str, device: str) -> tuple[float, float]:
+    """In a fresh process: (a warm gradient's seconds, the library's first diagonal's seconds).
+
+    torch itself is warmed first by three gradients of the same model and batch, so what is timed
+    is the library's first use (imports it makes, checks, shapes it runs for the first time), not
+    torch's start.
+    """
+    model, x, y = make_setup("mlp", device)
+    gradient = gradient_task(model, x, y)
+    for _ in range(3):
+        gradient()
+    sync(device)
+    start = time.perf_counter()
+    gradient()
+    sync(device)
+    gradient_seconds = time.perf_counter() - start
+    task = first_use_task(library, kind, model, x, y)
+    sync(device)
+    start = time.perf_counter()
+    task()
+    sync(device)
+    return gradient_seconds, time.perf_counter() - start
+
+
+def first_use_rows(device: str) -> list[dict]:
+    """Each library's first diagonal in new processes, as a multiple of its process's gradient."""
+    rows = []
+    for kind, op in FIRST_USE_OPERATIONS.items():
+        for library in ("memspace", "BackPACK", "NNGeometry"):
+            ratios, seconds = [], []
+            for _ in range(FIRST_USE_RUNS):
+                command = [
+                    sys.executable, __file__, "--first-use", library, kind, "--device", device
+                ]  # fmt: skip
+                out = subprocess.run(
+                    command,
+                    capture_output=True,
+                    text=True,
+                    env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                )
+                try:
+                    gradient_seconds, first = map(float, out.stdout.split()[-2:])
+                except ValueError:
+                    print(f"first use of {library} not measured: {out.stderr[-300:]}")
+                    break
+                ratios.append(first / gradient_seconds)
+                seconds.append(first)
+            if ratios:
+                rows.append(
+                    {
+                        "library": library,
+                        "operation": op,
+                        "seconds": statistics.median(seconds),
+                        "ratio": statistics.median(ratios),
+                        "peak_bytes": None,
+                        "memory_ratio": None,
+                    }
+                )
+    return rows
 
 
 def all_tasks(model, x, y, only: str | None = None) -> tuple[dict, dict]:
@@ -350,12 +454,16 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true")
     parser.add_argument("--out", type=Path, default=HERE / "RESULTS.md")
     parser.add_argument("--child", nargs=3, metavar=("MODEL", "LIBRARY", "OP"))
+    parser.add_argument("--first-use", nargs=2, metavar=("LIBRARY", "KIND"))
     parser.add_argument(
         "--markdown-only", action="store_true", help="rewrite RESULTS.md from results.json"
     )
     args = parser.parse_args()
     if args.child:
         print(peak_memory_child(*args.child, args.device))
+        return
+    if args.first_use:
+        print(*first_use_child(*args.first_use, args.device))
         return
     if args.markdown_only:
         write_markdown(json.loads((HERE / "results.json").read_text()), args.out)
@@ -385,6 +493,8 @@ def main() -> None:
                     "memory_ratio": mem_ratio,
                 }
             )
+        if model_name == "mlp":
+            rows += first_use_rows(args.device)
         results["models"][model_name] = {
             "rows": rows,
             "skipped": skipped,
@@ -495,7 +605,9 @@ def write_markdown(results: dict, path: Path) -> None:
             f"Gradient: {grad['seconds'] * 1e3:.2f} ms; peak growth "
             f"{(grad['peak_bytes'] or 0) / 2**20:.1f} MiB.\n",
         )
-        for op in OPERATIONS:
+        for op in [*OPERATIONS, *FIRST_USE_OPERATIONS.values()]:
+            if not any(o == op for _, o in by_key):
+                continue
             cells = []
             for library in LIBRARIES:
                 row = by_key.get((library, op))
