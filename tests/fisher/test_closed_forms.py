@@ -8,6 +8,7 @@ from torch import nn
 
 from cases import make_case
 from memspace.fisher import FisherOperator
+from memspace.fisher.likelihood import categorical_sqrt_factors
 
 
 class SoftmaxLogistic(nn.Module):
@@ -129,3 +130,38 @@ def test_a_confident_network_keeps_its_quadratic_form_in_float32():
     value = float(single.quad({n: p.detach() for n, p in model32.named_parameters()}))
     assert 0 < exact < 1  # confident: the form is tiny against ‖Jθ‖² (thousands here)
     assert value == pytest.approx(exact, rel=1e-3)
+
+
+@pytest.mark.parametrize("classes", [2, 3, 10])
+def test_the_output_factor_has_classes_minus_one_columns_that_square_to_diag_p_minus_ppt(classes):
+    """Λ(p) = diag p − p pᵀ has rank C − 1, and the true Fisher back-propagates C − 1 columns."""
+    torch.manual_seed(classes)
+    logits = torch.cat(
+        [
+            torch.randn(6, classes, dtype=torch.float64),
+            30 * torch.randn(6, classes, dtype=torch.float64),  # nearly one-hot rows
+            torch.zeros(1, classes, dtype=torch.float64),  # uniform: every class is the largest
+        ]
+    )
+    probs = logits.softmax(dim=1)
+    columns = categorical_sqrt_factors(probs)
+    assert columns.shape == (classes - 1, len(probs), classes)
+    squared = torch.einsum("knc,knd->ncd", columns, columns)
+    expected = torch.diag_embed(probs) - probs.unsqueeze(2) * probs.unsqueeze(1)
+    torch.testing.assert_close(squared, expected, rtol=0, atol=1e-15)
+
+
+def test_a_confident_rows_output_fisher_keeps_its_relative_accuracy_in_float32():
+    """Λ_dd = p_d (1 − p_d) of the likeliest class d, when 1 − p_d is far below float32's ε.
+
+    Formed as 1 − p_d it would be 0 (p_d rounds to 1); the factor forms it from the small
+    probabilities, Σ_{c≠d} p_c.
+    """
+    logits = torch.tensor([[30.0, 0.0, 1.0, -2.0]])
+    probs = logits.softmax(dim=1)
+    assert probs[0, 0] == 1.0  # in float32
+    columns = categorical_sqrt_factors(probs)
+    squared = torch.einsum("knc,knd->ncd", columns, columns)
+    exact = logits.double().softmax(dim=1)
+    expected = float(exact[0, 0] * exact[0, 1:].sum())
+    assert abs(float(squared[0, 0, 0]) - expected) <= 1e-5 * expected

@@ -48,9 +48,11 @@ class DiagonalSquares:
                 self._tied_squares(self._tied.pop((tap.group, column)))
             return
         if tap.rank_one:
-            g2 = grads[0].square()
-            key = id(tap)
-            self._pending[key] = g2 if key not in self._pending else self._pending[key] + g2
+            key, g = id(tap), grads[0]
+            if key in self._pending:  # Σ_k g_k², in place in the sum the first column made
+                self._pending[key].addcmul_(g, g)
+            else:
+                self._pending[key] = g.square()
             return
         weight_sq, bias_sq = per_sample_square_sums(tap, grads)
         if tap.weight_name:

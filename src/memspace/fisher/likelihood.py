@@ -33,6 +33,7 @@ __all__ = [
     "output_fisher_quad_terms",
     "check_outputs",
     "log_likelihood",
+    "categorical_sqrt_factors",
     "output_sqrt_factors",
     "sequence_sqrt_factors",
 ]
@@ -154,7 +155,8 @@ def output_sqrt_factors(
 ) -> Tensor:
     """Columns s_k with Λ̂ = Σ_k s_k s_kᵀ per sample, shape [K, N, D].
 
-    - TRUE, classification: s_c = √p_c (e_c − p), K = C (Σ_c s_c s_cᵀ = diag p − p pᵀ);
+    - TRUE, classification: K = C − 1 columns of :func:`categorical_sqrt_factors` (Λ = diag p −
+      p pᵀ has rank C − 1: one back-propagated column fewer than the C of s_c = √p_c (e_c − p));
     - TRUE, regression: s_d = e_d, K = D;
     - MC: s_m = r_m / √M with r_m = e_{y_m} − p (classification) or r_m = ε_m ~ N(0, I);
     - EMPIRICAL: s = e_y − p (classification) or y − f (regression), K = 1.
@@ -165,10 +167,7 @@ def output_sqrt_factors(
         eye = torch.eye(dim, dtype=outputs.dtype, device=outputs.device)
         if likelihood is Likelihood.REGRESSION:
             return eye.unsqueeze(1).expand(dim, num, dim)
-        probs = outputs.softmax(dim=1)
-        # [C, N, D]: s_c[n] = sqrt(p_nc) (e_c - p_n)
-        diff = eye.unsqueeze(1) - probs.unsqueeze(0)
-        return probs.T.sqrt().unsqueeze(2) * diff
+        return categorical_sqrt_factors(outputs.softmax(dim=1))
     if kind is FisherKind.EMPIRICAL:
         if likelihood is Likelihood.REGRESSION:
             return (targets - outputs).unsqueeze(0)
@@ -192,6 +191,38 @@ def output_sqrt_factors(
     return (onehot - probs.unsqueeze(0)) * scale
 
 
+def categorical_sqrt_factors(probs: Tensor) -> Tensor:
+    """C − 1 columns s'_j [C − 1, N, C], Σ_j s'_j s'_jᵀ = diag p − p pᵀ, for each row p of [N, C].
+
+    The C columns s_c = √p_c (e_c − p) square to Λ = diag p − p pᵀ but are dependent
+    (Σ_c √p_c s_c = 0), so with d the most probable class, s_d = −Σ_{c≠d} a_c s_c, a_c = √(p_c/p_d),
+    and Λ = S (I + a aᵀ) Sᵀ over the other C − 1 columns S. (I + β a aᵀ)² = I + a aᵀ for
+    β = 1 / (1 + √(1 + ‖a‖²)), which gives
+
+        s'_j = s_j − β a_j s_d = √p_j (e_j − β e_d − (1 − β) p),   j ≠ d.
+
+    ‖a‖² = Σ_{c≠d} p_c / p_d ≤ C − 1 is formed from the small probabilities, never as 1 − p_d, so
+    a confident network's Λ_dd = Σ_{c≠d} p_c (1 − (1 − β) p_c)² + … keeps its relative accuracy.
+    One class (C = 1) has Λ = 0: its one column is zero.
+    """
+    num, classes = probs.shape
+    if classes == 1:
+        return torch.zeros_like(probs).unsqueeze(0)
+    top = probs.argmax(dim=1, keepdim=True)  # d, [N, 1]
+    p_top = probs.gather(1, top)
+    others = probs.scatter(1, top, 0.0)  # p with p_d zeroed
+    beta = 1 / (1 + torch.sqrt(1 + others.sum(dim=1, keepdim=True) / p_top))  # [N, 1]
+    columns = torch.diag_embed(torch.ones_like(probs))  # [N, j, i]: e_j
+    columns.scatter_add_(
+        2, top.unsqueeze(1).expand(num, classes, 1), -beta.unsqueeze(1).expand(num, classes, 1)
+    )
+    columns -= ((1 - beta) * probs).unsqueeze(1)  # − (1 − β) p
+    columns *= probs.sqrt().unsqueeze(2)  # √p_j
+    order = torch.arange(classes, device=probs.device).expand(num, classes)
+    kept = order[order != top].reshape(num, classes - 1)  # per sample, j ≠ d in order
+    return columns.gather(1, kept.unsqueeze(2).expand(num, classes - 1, classes)).transpose(0, 1)
+
+
 def sequence_sqrt_factors(
     outputs: Tensor,
     targets: Tensor | None,
@@ -209,8 +240,8 @@ def sequence_sqrt_factors(
     output Fisher is block-diagonal over its positions, Λ̂_n = ⊕_t m_nt Λ̂(f_nt), and F =
     (1/Σ m) Σ_n J_nᵀ Λ̂_n J_n sums over (sequence, position) pairs.
 
-    - ``exact_columns`` (TRUE): one column per (class, position), K = V·T, each supported on its
-      position: Σ_k s_k s_kᵀ is Λ̂_n exactly;
+    - ``exact_columns`` (TRUE): (V − 1)·T columns (V·T for regression outputs), each supported on
+      its position: Σ_k s_k s_kᵀ is Λ̂_n exactly;
     - otherwise (MC; TRUE with ``exact_columns=False``): ``mc_samples`` labels drawn at every
       position, one column per draw holding all positions' scores, K = M. Labels at different
       positions are independent given the logits (teacher forcing) and their scores have mean
@@ -223,14 +254,13 @@ def sequence_sqrt_factors(
     row_targets = None if targets is None else targets.reshape(num * length, *targets.shape[2:])
     weight = mask.to(outputs.dtype).reshape(num, length, 1)
     if kind is FisherKind.TRUE and exact_columns:
-        base = (
-            output_sqrt_factors(rows, row_targets, likelihood, kind).reshape(dim, num, length, dim)
-            * weight.sqrt()
-        )
-        columns = base.new_zeros(dim, length, num, length, dim)
+        base = output_sqrt_factors(rows, row_targets, likelihood, kind)
+        per_position = base.shape[0]  # C − 1 for classification, D for regression
+        base = base.reshape(per_position, num, length, dim) * weight.sqrt()
+        columns = base.new_zeros(per_position, length, num, length, dim)
         for t in range(length):
             columns[:, t, :, t] = base[:, :, t]
-        return columns.reshape(dim * length, num, length, dim)
+        return columns.reshape(per_position * length, num, length, dim)
     sampled = FisherKind.MC if kind is FisherKind.TRUE else kind
     base = output_sqrt_factors(
         rows, row_targets, likelihood, sampled, mc_samples=mc_samples, generator=generator
