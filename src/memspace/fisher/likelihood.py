@@ -164,8 +164,8 @@ def output_sqrt_factors(
     outputs = outputs.detach()
     num, dim = outputs.shape
     if kind is FisherKind.TRUE:
-        eye = torch.eye(dim, dtype=outputs.dtype, device=outputs.device)
         if likelihood is Likelihood.REGRESSION:
+            eye = torch.eye(dim, dtype=outputs.dtype, device=outputs.device)
             return eye.unsqueeze(1).expand(dim, num, dim)
         return categorical_sqrt_factors(outputs.softmax(dim=1))
     if kind is FisherKind.EMPIRICAL:
@@ -218,9 +218,9 @@ def categorical_sqrt_factors(probs: Tensor) -> Tensor:
     )
     columns -= ((1 - beta) * probs).unsqueeze(1)  # − (1 − β) p
     columns *= probs.sqrt().unsqueeze(2)  # √p_j
-    order = torch.arange(classes, device=probs.device).expand(num, classes)
-    kept = order[order != top].reshape(num, classes - 1)  # per sample, j ≠ d in order
-    return columns.gather(1, kept.unsqueeze(2).expand(num, classes - 1, classes)).transpose(0, 1)
+    index = torch.arange(classes - 1, device=probs.device)
+    kept = (index + (index >= top)).unsqueeze(2)  # per sample, j ≠ d in order [N, C − 1, 1]
+    return columns.gather(1, kept.expand(num, classes - 1, classes)).transpose(0, 1)
 
 
 def sequence_sqrt_factors(
