@@ -8,7 +8,7 @@ the block:
 so that h²s_l²/2 is, to first order, E KL(p ‖ p without block l) (the output Fisher is the
 Hessian of the KL). The measured deletion KL is reported beside it. Written with the
 columns s_k of Λ (Λ = Σ_k s_k s_kᵀ): s_l² = E Σ_k ⟨g_{l+1,k}, v_l⟩², g = ∂(s_kᵀ f)/∂x_{l+1},
-all blocks from one backward of the C columns.
+all blocks from one backward of the C − 1 columns.
 
 This is a robustness diagnostic, not an action. The pulled-back metric J_{l+1}ᵀΛJ_{l+1}
 has rank ≤ C−1 and changes with depth, so "h Σ s_l²" has no positive floor:
