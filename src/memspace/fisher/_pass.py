@@ -38,6 +38,7 @@ from .likelihood import (
     Likelihood,
     apply_output_fisher,
     check_outputs,
+    exact_column_count,
     output_fisher_quad_terms,
     output_sqrt_factors,
     sequence_sqrt_factors,
@@ -280,9 +281,10 @@ class DataPass:
         self._labels_needed(y, index)
         if self.call.positions == "all":
             labels, mask = self.position_targets(x, y, outputs)
-            exact = outputs.shape[1] * outputs.shape[2] <= self.exact_columns
+            needed = outputs.shape[1] * exact_column_count(outputs.shape[2], self.likelihood)
+            exact = needed <= self.exact_columns
             if self.kind is FisherKind.TRUE and not exact:
-                self._note_sampled(outputs.shape)
+                self._note_sampled(outputs.shape, needed)
             check_outputs(
                 outputs.reshape(-1, outputs.shape[2]),
                 None if labels is None else labels.reshape(-1, *labels.shape[2:]),
@@ -310,17 +312,17 @@ class DataPass:
             generator=self.generator(index),
         )
 
-    def _note_sampled(self, shape: torch.Size) -> None:
+    def _note_sampled(self, shape: torch.Size, needed: int) -> None:
         """Say once that the true Fisher's columns are sampled for this model's outputs."""
         if self._sampled_note:
             return
         self._sampled_note = True
         warnings.warn(
-            f"sequence outputs {tuple(shape)} need T·V = {shape[1] * shape[2]} exact columns of "
-            f"the true output Fisher per batch, over exact_columns={self.exact_columns}: the "
-            f"diagonal, K-FAC, EKFAC and dense use {self.mc_samples} sampled label(s) per "
-            "position instead (unbiased; F @ v and quad stay exact). Raise exact_columns for "
-            "the exact columns, at T·V backward passes per batch",
+            f"sequence outputs {tuple(shape)} need {needed} exact columns of the true output "
+            f"Fisher per batch (T·(V − 1) for a classifier), over exact_columns="
+            f"{self.exact_columns}: the diagonal, K-FAC, EKFAC and dense use {self.mc_samples} "
+            "sampled label(s) per position instead (unbiased; F @ v and quad stay exact). Raise "
+            "exact_columns for the exact columns, at that many backward passes per batch",
             MemspaceWarning,
             stacklevel=2,
         )

@@ -34,6 +34,7 @@ __all__ = [
     "check_outputs",
     "log_likelihood",
     "categorical_sqrt_factors",
+    "exact_column_count",
     "output_sqrt_factors",
     "sequence_sqrt_factors",
 ]
@@ -189,6 +190,17 @@ def output_sqrt_factors(
     labels = torch.multinomial(probs, mc_samples, replacement=True, generator=generator)
     onehot = torch.nn.functional.one_hot(labels.T, dim).to(outputs.dtype)  # [M, N, D]
     return (onehot - probs.unsqueeze(0)) * scale
+
+
+def exact_column_count(dim: int, likelihood: Likelihood) -> int:
+    """How many columns the true output Fisher of one D-dimensional output takes.
+
+    C − 1 for a classifier over C = D classes (:func:`categorical_sqrt_factors`; one for C = 1),
+    D for a regressor.
+    """
+    if likelihood is Likelihood.CLASSIFICATION:
+        return max(dim - 1, 1)
+    return dim
 
 
 def categorical_sqrt_factors(probs: Tensor) -> Tensor:

@@ -14,7 +14,8 @@ Costs per batch, in multiples of one forward+backward (a "gradient"):
   a tap add K vector-Jacobian products per sample (K the number of columns).
 - Sequence outputs [N, T, V] (``positions="all"``): ``F @ v`` and ``quad`` cost the same
   (Λ applied per position, nothing beyond the logits' size); the true Fisher's columns for
-  ``diag``, K-FAC, EKFAC and ``dense`` are T·V per batch while T·V ≤ ``exact_columns``, and
+  ``diag``, K-FAC, EKFAC and ``dense`` are T·(V − 1) per batch while that is ≤ ``exact_columns``
+  (T·V for a regressor), and
   M sampled per-sequence columns beyond (``mc_samples``; unbiased, said by a warning).
 
 Every accumulation is a plain sum over batches with a sample count, divided at the
